@@ -1,0 +1,35 @@
+"""ONNX -> QGraph: load, check, fold BatchNorm, simplify, place quantizers, partition."""
+from __future__ import annotations
+
+import os
+
+from .fold import FoldReport, fold
+from .graph import QGraph, build_qgraph, sort_topologically, topo_order_ok
+from .load import check, infer_shapes, read_model, set_input_shapes, simplify, upgrade_opset, opset_of
+from .partition import GRANULARITIES, Region, partition
+
+
+def import_model(path: str | os.PathLike, input_shapes: dict[str, list[int]] | None = None,
+                 skip_nodes: frozenset[str] = frozenset(), simplify_model: bool = True) -> QGraph:
+    """read -> check -> opset >= 13 -> fold BN (gamma kept) -> onnxsim -> fold again -> QGraph."""
+    model = read_model(path)
+    if not topo_order_ok(model.graph):
+        sort_topologically(model.graph)
+    check(model)
+    model = upgrade_opset(model)
+    set_input_shapes(model, input_shapes)
+    info = {"opset": opset_of(model), "simplifier": "none", "path": str(path)}
+    model, report = fold(infer_shapes(model))
+    if simplify_model:
+        model, info["simplifier"] = simplify(model)
+        model, again = fold(model)
+        report.folded.update(again.folded)
+        report.gamma.update(again.gamma)
+        report.beta.update(again.beta)
+        report.removed += again.removed
+        report.unfolded_bn = again.unfolded_bn
+    model = infer_shapes(model)
+    return build_qgraph(model, report, info, frozenset(skip_nodes))
+
+
+__all__ = ["import_model", "QGraph", "Region", "partition", "GRANULARITIES", "FoldReport"]

@@ -1,0 +1,150 @@
+"""Graph clean-up before quantization: BatchNorm folding into Conv/Gemm, Identity/Dropout removal.
+
+Folding keeps each folded BN's gamma and beta per output channel: RAPQ's BN-based L-P loss
+(Eq. 17-19) needs gamma after the BN is gone.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+
+@dataclass
+class FoldReport:
+    folded: dict[str, str] = field(default_factory=dict)  # layer node name -> BN node name
+    gamma: dict[str, np.ndarray] = field(default_factory=dict)  # layer node name -> BN gamma
+    beta: dict[str, np.ndarray] = field(default_factory=dict)
+    removed: list[str] = field(default_factory=list)  # Identity / Dropout nodes
+    unfolded_bn: list[str] = field(default_factory=list)  # BN nodes left in place (no Conv before them)
+
+
+def _consumers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
+    out: dict[str, list[onnx.NodeProto]] = {}
+    for n in graph.node:
+        for i in n.input:
+            out.setdefault(i, []).append(n)
+    return out
+
+
+def _rename_input(graph: onnx.GraphProto, old: str, new: str) -> None:
+    for n in graph.node:
+        for k, i in enumerate(n.input):
+            if i == old:
+                n.input[k] = new
+    for o in graph.output:
+        if o.name == old:
+            o.name = new
+
+
+def remove_passthrough(graph: onnx.GraphProto, report: FoldReport) -> None:
+    """Drop Identity and inference-mode Dropout nodes, rewiring their consumers."""
+    graph_outputs = {o.name for o in graph.output}
+    for node in list(graph.node):
+        if node.op_type not in ("Identity", "Dropout"):
+            continue
+        if node.op_type == "Dropout" and len(node.output) > 1 and node.output[1]:
+            if any(node.output[1] in n.input for n in graph.node) or node.output[1] in graph_outputs:
+                continue  # the mask is used: leave it
+        src, dst = node.input[0], node.output[0]
+        graph.node.remove(node)
+        if dst in graph_outputs and src in {i.name for i in graph.input}:
+            graph.node.append(onnx.helper.make_node("Identity", [src], [dst], name=node.name))
+            continue
+        if dst in graph_outputs:
+            # Keep the output name stable: rename the producer's output instead.
+            for n in graph.node:
+                for k, o in enumerate(n.output):
+                    if o == src:
+                        n.output[k] = dst
+            _rename_input(graph, src, dst)
+        else:
+            _rename_input(graph, dst, src)
+        report.removed.append(node.name)
+
+
+def fold_batchnorm(graph: onnx.GraphProto, report: FoldReport) -> None:
+    """Fold BatchNormalization into the preceding Conv or Gemm when it is that layer's only consumer.
+
+    w' = w * g / sqrt(var + eps) per output channel, b' = (b - mean) * g / sqrt(var + eps) + beta.
+    """
+    inits = {i.name: i for i in graph.initializer}
+    consumers = _consumers(graph)
+    producers = {o: n for n in graph.node for o in n.output}
+    graph_outputs = {o.name for o in graph.output}
+    for bn in [n for n in graph.node if n.op_type == "BatchNormalization"]:
+        layer = producers.get(bn.input[0])
+        params = [inits.get(i) for i in bn.input[1:5]]
+        foldable = (
+            layer is not None and layer.op_type in ("Conv", "Gemm")
+            and len(consumers.get(bn.input[0], [])) == 1 and bn.input[0] not in graph_outputs
+            and len(layer.input) >= 2 and layer.input[1] in inits and all(p is not None for p in params)
+            and (len(layer.input) < 3 or not layer.input[2] or layer.input[2] in inits)
+            and len([o for o in bn.output if o]) == 1
+        )
+        if layer is not None and layer.op_type == "Gemm":
+            attrs = {a.name: onnx.helper.get_attribute_value(a) for a in layer.attribute}
+            foldable = foldable and attrs.get("alpha", 1.0) == 1.0 and attrs.get("beta", 1.0) == 1.0
+        if not foldable:
+            report.unfolded_bn.append(bn.name)
+            continue
+        eps = next((a.f for a in bn.attribute if a.name == "epsilon"), 1e-5)
+        gamma, beta, mean, var = (numpy_helper.to_array(p).astype(np.float64) for p in params)
+        k = gamma / np.sqrt(var + eps)
+        w_init = inits[layer.input[1]]
+        w = numpy_helper.to_array(w_init).astype(np.float64)
+        if layer.op_type == "Conv":
+            w = w * k.reshape(-1, *([1] * (w.ndim - 1)))
+        else:
+            trans_b = any(a.name == "transB" and a.i == 1 for a in layer.attribute)
+            w = w * (k.reshape(-1, 1) if trans_b else k.reshape(1, -1))
+        has_bias = len(layer.input) >= 3 and layer.input[2]
+        b = numpy_helper.to_array(inits[layer.input[2]]).astype(np.float64) if has_bias else np.zeros_like(mean)
+        b = (b - mean) * k + beta
+        # New initializer names: the originals may be shared with other nodes.
+        w_name, b_name = f"{layer.name or layer.output[0]}.weight_folded", f"{layer.name or layer.output[0]}.bias_folded"
+        graph.initializer.append(numpy_helper.from_array(w.astype(np.float32), w_name))
+        graph.initializer.append(numpy_helper.from_array(b.astype(np.float32), b_name))
+        layer.input[1] = w_name
+        if has_bias:
+            layer.input[2] = b_name
+        else:
+            layer.input.append(b_name)
+        # The layer now produces the BN's output tensor.
+        layer.output[0] = bn.output[0]
+        graph.node.remove(bn)
+        report.folded[layer.name] = bn.name
+        report.gamma[layer.name] = gamma.astype(np.float32)
+        report.beta[layer.name] = beta.astype(np.float32)
+    prune_initializers(graph)
+
+
+def prune_initializers(graph: onnx.GraphProto) -> None:
+    used = {i for n in graph.node for i in n.input}
+    keep = [i for i in graph.initializer if i.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(keep)
+
+
+def ensure_node_names(graph: onnx.GraphProto) -> None:
+    """Give every node a unique, non-empty name (errors and reports refer to nodes by name)."""
+    seen: set[str] = set()
+    for i, n in enumerate(graph.node):
+        name = n.name or f"{n.op_type}_{i}"
+        base, k = name, 1
+        while name in seen:
+            name, k = f"{base}_{k}", k + 1
+        n.name = name
+        seen.add(name)
+
+
+def fold(model: onnx.ModelProto) -> tuple[onnx.ModelProto, FoldReport]:
+    """Return a cleaned copy: unique node names, no Identity/Dropout, BN folded where possible."""
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    report = FoldReport()
+    ensure_node_names(model.graph)
+    remove_passthrough(model.graph, report)
+    fold_batchnorm(model.graph, report)
+    return model, report

@@ -1,0 +1,322 @@
+"""QGraph: the folded float graph plus what quantization needs to know about it.
+
+Placement follows DESIGN.md section 3:
+- quantized layers: Conv, Gemm, MatMul with a constant weight operand (2-D);
+- a layer followed by Relu, or by Clip with constant bounds, is one unit: its quant point is after
+  the activation function;
+- every other float tensor produced by a non-carry op (Add, Mul, Concat, pools, islands such as
+  Sigmoid/HardSwish/Softmax) and every float graph input is a quant point;
+- carry ops (MaxPool, Reshape, Flatten, Transpose, Pad, Slice, Split, ...) keep their input's
+  quantization: their outputs are "carried" tensors, not new quant points.
+"""
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from ..errors import ModelError, UnsupportedOpError
+from ..sim.ops import OPS
+from .fold import FoldReport
+
+CARRY_OPS = frozenset({"MaxPool", "Reshape", "Flatten", "Transpose", "Pad", "Slice", "Split", "Squeeze",
+                       "Unsqueeze", "Identity", "Dropout", "GlobalMaxPool", "Resize", "Upsample", "Expand",
+                       "Tile", "Gather"})
+LAYER_OPS = frozenset({"Conv", "Gemm", "MatMul"})
+FUSABLE_ACTS = frozenset({"Relu", "Clip"})
+FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16}
+
+
+@dataclass
+class Layer:
+    """One quantizable layer unit (weighted op + optional fused Relu/ReLU6)."""
+
+    name: str  # ONNX node name of the Conv/Gemm/MatMul
+    op_type: str
+    input: str  # activation input tensor
+    weight: str  # initializer name
+    bias: str | None
+    raw_output: str  # the weighted op's own output
+    output: str  # the unit's output (after the fused activation)
+    act_node: str | None = None  # fused Relu / Clip node name
+    act_bounds: tuple[float, float] | None = None  # Clip bounds of the fused activation (Relu: (0, inf))
+    weight_axis: int = 0  # per-channel axis of the weight tensor
+    groups: int = 1
+    weight_shape: tuple[int, ...] = ()
+    macs_per_sample: int = 0
+    bn_gamma: np.ndarray | None = None  # folded BatchNorm gamma per output channel (RAPQ Eq. 17-19)
+    bn_beta: np.ndarray | None = None
+
+    @property
+    def out_channels(self) -> int:
+        return self.weight_shape[self.weight_axis]
+
+    @property
+    def depthwise(self) -> bool:
+        return self.op_type == "Conv" and self.groups > 1 and self.groups == self.out_channels
+
+
+@dataclass
+class QuantPoint:
+    """A float tensor that the deployed model holds as integers with its own scale."""
+
+    tensor: str
+    producer: str | None  # node name (None for a graph input)
+    kind: str  # input | layer | merge | island
+    consumers: list[str] = field(default_factory=list)
+
+
+@dataclass
+class QGraph:
+    model: onnx.ModelProto
+    layers: list[Layer]
+    quant_points: dict[str, QuantPoint]
+    source: dict[str, str]  # every quantized float tensor -> the quant point whose parameters it carries
+    shapes: dict[str, tuple]  # static shapes from shape inference (batch dim may be -1)
+    inputs: list[str]
+    outputs: list[str]
+    fold: FoldReport
+    import_info: dict
+
+    @property
+    def nodes(self) -> list[onnx.NodeProto]:
+        return list(self.model.graph.node)
+
+    def layer(self, name: str) -> Layer:
+        for layer in self.layers:
+            if layer.name == name:
+                return layer
+        raise KeyError(name)
+
+    def initializer(self, name: str) -> np.ndarray:
+        for init in self.model.graph.initializer:
+            if init.name == name:
+                return numpy_helper.to_array(init)
+        raise KeyError(name)
+
+
+def attrs_of(node: onnx.NodeProto) -> dict:
+    out = {}
+    for a in node.attribute:
+        v = helper.get_attribute_value(a)
+        if isinstance(v, onnx.TensorProto):
+            v = numpy_helper.to_array(v)
+        out[a.name] = v
+    return out
+
+
+def _constant_value(name: str, inits: dict, const_nodes: dict) -> np.ndarray | None:
+    if name in inits:
+        return inits[name]
+    if name in const_nodes:
+        return const_nodes[name]
+    return None
+
+
+def topo_check(graph: onnx.GraphProto) -> None:
+    """Every node input must be produced earlier, be a graph input or an initializer (no cycles)."""
+    known = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
+    for n in graph.node:
+        missing = [i for i in n.input if i not in known]
+        if missing:
+            raise ModelError(f"node {n.name!r} ({n.op_type}) reads {missing[0]!r}, which no earlier node produces "
+                             "(dangling tensor or cycle); re-export or topologically sort the model")
+        known.update(n.output)
+    missing_out = [o.name for o in graph.output if o.name not in known]
+    if missing_out:
+        raise ModelError(f"graph output {missing_out[0]!r} is produced by no node")
+
+
+def unshare_layer_initializers(g: onnx.GraphProto) -> None:
+    """Give every Conv/Gemm/MatMul its own weight and bias initializers.
+
+    Simplifiers deduplicate equal initializers (e.g. all-zero folded biases); a quantized layer
+    needs its own copy, since its integers and scales are its own.
+    """
+    users: dict[str, int] = {}
+    for n in g.node:
+        for i in set(n.input):
+            users[i] = users.get(i, 0) + 1
+    by_name = {i.name: i for i in g.initializer}
+    for n in g.node:
+        if n.op_type not in LAYER_OPS:
+            continue
+        for k in (1, 2):
+            if len(n.input) > k and n.input[k] in by_name and users[n.input[k]] > 1:
+                old = n.input[k]
+                new = f"{n.name}.{'weight' if k == 1 else 'bias'}"
+                copy = onnx.TensorProto()
+                copy.CopyFrom(by_name[old])
+                copy.name = new
+                g.initializer.append(copy)
+                by_name[new] = copy
+                users[old] -= 1
+                n.input[k] = new
+
+
+def build_qgraph(model: onnx.ModelProto, fold: FoldReport, import_info: dict,
+                 skip_nodes: frozenset[str] = frozenset()) -> QGraph:
+    g = model.graph
+    topo_check(g)
+    unknown = [(n.name, n.op_type) for n in g.node if n.op_type not in OPS or n.domain not in ("", "ai.onnx")]
+    if unknown:
+        raise UnsupportedOpError(unknown)
+    missing_skips = sorted(set(skip_nodes) - {n.name for n in g.node})
+    if missing_skips:
+        raise ModelError(f"--skip-nodes names {missing_skips[:5]} which are not nodes of the (folded) graph; "
+                         "run `onnxptq inspect` to list node names")
+
+    unshare_layer_initializers(g)
+    inits = {i.name: numpy_helper.to_array(i) for i in g.initializer}
+    const_nodes = {n.output[0]: attrs_of(n).get("value") for n in g.node if n.op_type == "Constant"}
+    elem_type: dict[str, int] = {}
+    shapes: dict[str, tuple] = {}
+    for vi in list(g.input) + list(g.value_info) + list(g.output):
+        tt = vi.type.tensor_type
+        elem_type[vi.name] = tt.elem_type
+        if tt.HasField("shape"):
+            shapes[vi.name] = tuple(d.dim_value if d.HasField("dim_value") else -1 for d in tt.shape.dim)
+    for k, v in inits.items():
+        shapes[k] = tuple(v.shape)
+
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for n in g.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    graph_outputs = [o.name for o in g.output]
+    inputs = [i.name for i in g.input if i.name not in inits]
+
+    def is_float(t: str) -> bool:
+        return elem_type.get(t, onnx.TensorProto.FLOAT) in FLOAT_TYPES and t not in inits and t not in const_nodes
+
+    # ---- layers and fused activations
+    layers: list[Layer] = []
+    fused_inner: set[str] = set()  # raw outputs hidden inside a unit
+    layer_of_node: dict[str, Layer] = {}
+    for n in g.node:
+        if n.op_type not in LAYER_OPS or n.name in skip_nodes:
+            continue
+        a = attrs_of(n)
+        if n.op_type == "MatMul":
+            if n.input[1] not in inits or inits[n.input[1]].ndim != 2 or n.input[0] in inits:
+                continue
+            w_name, b_name, axis = n.input[1], None, 1
+        elif n.op_type == "Gemm":
+            if n.input[1] not in inits or a.get("transA", 0) or a.get("alpha", 1.0) != 1.0 or a.get("beta", 1.0) != 1.0:
+                continue
+            w_name, axis = n.input[1], 0 if a.get("transB", 0) else 1
+            b_name = n.input[2] if len(n.input) > 2 and n.input[2] in inits else None
+            if len(n.input) > 2 and n.input[2] and b_name is None:
+                continue
+        else:
+            if n.input[1] not in inits:
+                continue
+            w_name, axis = n.input[1], 0
+            b_name = n.input[2] if len(n.input) > 2 and n.input[2] else None
+            if b_name is not None and b_name not in inits:
+                continue
+        if not is_float(n.input[0]):
+            continue
+        w = inits[w_name]
+        if n.op_type == "Conv":
+            macs = int(np.prod(w.shape))
+            out_shape = shapes.get(n.output[0], ())
+            if out_shape and all(d > 0 for d in out_shape[2:]):
+                macs *= int(np.prod(out_shape[2:]))
+        else:
+            macs = int(np.prod(w.shape))
+        layer = Layer(name=n.name, op_type=n.op_type, input=n.input[0], weight=w_name, bias=b_name,
+                      raw_output=n.output[0], output=n.output[0], weight_axis=axis, groups=int(a.get("group", 1)),
+                      weight_shape=tuple(w.shape), macs_per_sample=macs,
+                      bn_gamma=fold.gamma.get(n.name), bn_beta=fold.beta.get(n.name))
+        cons = consumers.get(n.output[0], [])
+        if len(cons) == 1 and n.output[0] not in graph_outputs and cons[0].name not in skip_nodes:
+            c = cons[0]
+            bounds = None
+            if c.op_type == "Relu":
+                bounds = (0.0, float("inf"))
+            elif c.op_type == "Clip":
+                ca = attrs_of(c)
+                lo = _constant_value(c.input[1], inits, const_nodes) if len(c.input) > 1 and c.input[1] else ca.get("min", -np.inf)
+                hi = _constant_value(c.input[2], inits, const_nodes) if len(c.input) > 2 and c.input[2] else ca.get("max", np.inf)
+                if lo is not None and hi is not None:
+                    bounds = (float(np.asarray(lo)), float(np.asarray(hi)))
+            if bounds is not None:
+                layer.act_node, layer.act_bounds, layer.output = c.name, bounds, c.output[0]
+                fused_inner.add(n.output[0])
+        layers.append(layer)
+        layer_of_node[n.name] = layer
+
+    # ---- quant points and carried tensors
+    quant_points: dict[str, QuantPoint] = {}
+    source: dict[str, str] = {}
+    for t in inputs:
+        if is_float(t):
+            quant_points[t] = QuantPoint(t, None, "input")
+            source[t] = t
+    fused_act_nodes = {layer.act_node for layer in layers if layer.act_node}
+    for n in g.node:
+        if n.op_type == "Constant":
+            continue
+        for o in n.output:
+            if not o or not is_float(o) or o in fused_inner:
+                continue
+            if n.op_type in CARRY_OPS:
+                src = source.get(n.input[0])
+                if src is not None:
+                    source[o] = src
+                    continue
+            kind = "layer" if n.name in layer_of_node or n.name in fused_act_nodes else (
+                "merge" if n.op_type in ("Add", "Sub", "Mul", "Concat", "GlobalAveragePool", "AveragePool", "ReduceMean", "Sum")
+                else "island")
+            quant_points[o] = QuantPoint(o, n.name, kind)
+            source[o] = o
+    for qp in quant_points.values():
+        qp.consumers = sorted({c.name for t, s in source.items() if s == qp.tensor for c in consumers.get(t, [])})
+
+    unquantized_inputs = [layer.name for layer in layers if layer.input not in source]
+    if unquantized_inputs:
+        # A layer whose input stays float cannot run on integers: leave it float and say so.
+        layers = [layer for layer in layers if layer.input in source]
+        import_info["float_layers"] = unquantized_inputs
+    return QGraph(model=model, layers=layers, quant_points=quant_points, source=source, shapes=shapes,
+                  inputs=inputs, outputs=graph_outputs, fold=fold, import_info=import_info)
+
+
+def topo_order_ok(graph: onnx.GraphProto) -> bool:
+    """True when nodes are listed in a valid execution order (checked by ``topo_check``)."""
+    try:
+        topo_check(graph)
+        return True
+    except ModelError:
+        return False
+
+
+def sort_topologically(graph: onnx.GraphProto) -> None:
+    """Reorder nodes into a valid execution order (Kahn); models from some exporters are unsorted."""
+    produced_by = {o: k for k, n in enumerate(graph.node) for o in n.output}
+    nodes = list(graph.node)
+    indeg = [0] * len(nodes)
+    users: dict[int, list[int]] = {}
+    for k, n in enumerate(nodes):
+        for i in set(n.input):
+            if i in produced_by:
+                indeg[k] += 1
+                users.setdefault(produced_by[i], []).append(k)
+    ready = deque(k for k in range(len(nodes)) if indeg[k] == 0)
+    order = []
+    while ready:
+        k = ready.popleft()
+        order.append(k)
+        for u in users.get(k, []):
+            indeg[u] -= 1
+            if indeg[u] == 0:
+                ready.append(u)
+    if len(order) != len(nodes):
+        stuck = next(nodes[k].name for k in range(len(nodes)) if indeg[k] > 0)
+        raise ModelError(f"the graph has a cycle through node {stuck!r}; ONNX graphs must be acyclic")
+    del graph.node[:]
+    graph.node.extend(nodes[k] for k in order)

@@ -1,0 +1,34 @@
+"""Quantize / dequantize with ONNX QuantizeLinear semantics (round half to even, saturate).
+
+Every function here works unchanged on numpy arrays and torch tensors (both provide ``/``,
+``.round()`` (half to even) and ``.clip()``), so the simulation, the exporters and the tests share
+one definition. The NumPy runtime mirrors these rules without importing this package.
+``round_fn`` lets the torch simulation substitute a straight-through rounding for gradients.
+"""
+from __future__ import annotations
+
+from typing import Callable, TypeVar
+
+from .grid import Grid
+
+T = TypeVar("T")  # numpy.ndarray or torch.Tensor
+
+
+def rne(x: T) -> T:
+    """Round half to even (numpy and torch both round ties to even)."""
+    return x.round()
+
+
+def quantize(x: T, scale, zero_point, grid: Grid, round_fn: Callable[[T], T] = rne) -> T:
+    """q = clip(RNE(x / s) + z, qmin, qmax): ONNX QuantizeLinear (divides, as onnxruntime does)."""
+    return (round_fn(x / scale) + zero_point).clip(grid.qmin, grid.qmax)
+
+
+def dequantize(q: T, scale, zero_point) -> T:
+    """x = (q - z) * s: ONNX DequantizeLinear."""
+    return (q - zero_point) * scale
+
+
+def fake_quantize(x: T, scale, zero_point, grid: Grid, round_fn: Callable[[T], T] = rne) -> T:
+    """dequantize(quantize(x)): the value the deployed model sees."""
+    return dequantize(quantize(x, scale, zero_point, grid, round_fn), scale, zero_point)

@@ -1,0 +1,57 @@
+"""Torch fake-quantizers: modules holding one tensor's QParams, applying quant.rounding with STE."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..quant import QParams, fake_quantize
+from ..quant.observer import Observer
+
+
+class _RoundSTE(torch.autograd.Function):
+    """Round half to even forward, identity backward (straight-through estimator)."""
+
+    @staticmethod
+    def forward(ctx, x):  # noqa: D102
+        return x.round()
+
+    @staticmethod
+    def backward(ctx, g):  # noqa: D102
+        return g
+
+
+def round_ste(x: torch.Tensor) -> torch.Tensor:
+    return _RoundSTE.apply(x)
+
+
+class FakeQuant(nn.Module):
+    """Applies ``QParams`` to a tensor; observes it instead while calibrating; passes it when off."""
+
+    def __init__(self, name: str, bits: int, axis: int | None = None) -> None:
+        super().__init__()
+        self.name, self.bits, self.axis = name, bits, axis
+        self.params: QParams | None = None
+        self.observer: Observer | None = None
+        self.enabled = False
+        self.register_buffer("scale", torch.ones(()), persistent=False)
+        self.register_buffer("zero_point", torch.zeros(()), persistent=False)
+
+    def set_params(self, params: QParams, ndim: int | None = None) -> None:
+        self.params = params
+        scale, zp = params.scale, params.zero_point
+        if params.axis is not None and ndim is not None:
+            shape = [1] * ndim
+            shape[params.axis] = -1
+            scale, zp = scale.reshape(shape), zp.reshape(shape)
+        device = self.scale.device
+        self.scale = torch.as_tensor(np.asarray(scale, dtype=np.float32), device=device)
+        self.zero_point = torch.as_tensor(np.asarray(zp, dtype=np.float32), device=device)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.observer is not None:
+            self.observer.update(x)
+            return x
+        if not self.enabled or self.params is None:
+            return x
+        return fake_quantize(x, self.scale, self.zero_point, self.params.grid, round_ste)

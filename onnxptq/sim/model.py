@@ -1,0 +1,170 @@
+"""SimModel: runs a QGraph in torch with fake-quantizers exactly where the deployed model has integers.
+
+Float mode (all quantizers off) reproduces the ONNX model; quantized mode applies, per DESIGN.md
+section 3, weight quantizers (per channel), the int32 bias with scale s_x * s_w, and activation
+quantizers at every quant point. Regions of the graph can be run alone (for reconstruction).
+"""
+from __future__ import annotations
+
+import re
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..importer.graph import Layer, QGraph, attrs_of
+from ..quant import fake_quantize
+from ..quant.grid import BIAS_GRID
+from .fake_quant import FakeQuant, round_ste
+from .ops import OPS, conv, gemm
+
+
+def _key(name: str) -> str:
+    """ModuleDict keys may not contain dots; keep them readable and unique."""
+    return re.sub(r"[^0-9A-Za-z_]", "_", name) + f"_{zlib.crc32(name.encode()):08x}"
+
+
+@dataclass
+class SimNode:
+    name: str
+    op_type: str
+    inputs: list[str]
+    outputs: list[str]
+    attrs: dict
+    layer: Layer | None
+
+
+class SimModel(nn.Module):
+    def __init__(self, qg: QGraph) -> None:
+        super().__init__()
+        self.qg = qg
+        g = qg.model.graph
+        layer_by_node = {layer.name: layer for layer in qg.layers}
+        weight_names = {layer.weight for layer in qg.layers} | {layer.bias for layer in qg.layers if layer.bias}
+        self.consts: dict[str, torch.Tensor] = {}
+        self.weights = nn.ParameterDict()
+        self._wkey: dict[str, str] = {}
+        for init in g.initializer:
+            arr = np.array(qg.initializer(init.name))
+            t = torch.from_numpy(arr.copy())
+            if init.name in weight_names:
+                self._wkey[init.name] = _key(init.name)
+                self.weights[self._wkey[init.name]] = nn.Parameter(t.float(), requires_grad=False)
+            else:
+                self.consts[init.name] = t
+        self.nodes: list[SimNode] = []
+        for n in g.node:
+            a = attrs_of(n)
+            if n.op_type == "Constant":
+                self.consts[n.output[0]] = torch.as_tensor(np.array(a["value"])) if "value" in a else \
+                    torch.as_tensor(np.array(next(iter(a.values()))))
+                continue
+            if n.op_type == "Split":
+                a["_num_outputs"] = len(n.output)
+            self.nodes.append(SimNode(n.name, n.op_type, list(n.input), list(n.output), a, layer_by_node.get(n.name)))
+        self.act_fq = nn.ModuleDict({_key(t): FakeQuant(t, 8) for t in qg.quant_points})
+        self.w_fq = nn.ModuleDict({_key(layer.name): FakeQuant(layer.weight, 8, layer.weight_axis) for layer in qg.layers})
+        self._act_key = {t: _key(t) for t in qg.quant_points}
+        self.quantize_bias = True
+        self._last_use = self._compute_last_use()
+
+    # ------------------------------------------------------------------ accessors
+    def act_quantizer(self, tensor: str) -> FakeQuant:
+        return self.act_fq[self._act_key[tensor]]
+
+    def weight_quantizer(self, layer: str) -> FakeQuant:
+        return self.w_fq[_key(layer)]
+
+    def weight(self, init_name: str) -> nn.Parameter:
+        return self.weights[self._wkey[init_name]]
+
+    def act_quantizers(self):
+        return ((t, self.act_fq[k]) for t, k in self._act_key.items())
+
+    def set_quant(self, weights: bool | None = None, acts: bool | None = None) -> None:
+        """Turn weight and/or activation quantization on or off."""
+        if weights is not None:
+            for fq in self.w_fq.values():
+                fq.enabled = weights
+        if acts is not None:
+            for fq in self.act_fq.values():
+                fq.enabled = acts
+
+    # ------------------------------------------------------------------ execution
+    def _compute_last_use(self) -> dict[str, int]:
+        last: dict[str, int] = {}
+        for k, n in enumerate(self.nodes):
+            for i in n.inputs:
+                last[i] = k
+        for o in self.qg.outputs:
+            last[o] = len(self.nodes)
+        return last
+
+    def _layer_forward(self, node: SimNode, x: torch.Tensor) -> torch.Tensor:
+        layer = node.layer
+        w = self.weight_quantizer(layer.name)(self.weight(layer.weight))
+        b = self.weight(layer.bias) if layer.bias else None
+        if b is not None and self.quantize_bias:
+            b = self._quantized_bias(layer, b)
+        if layer.op_type == "Conv":
+            return conv(x, w, b, node.attrs)
+        if layer.op_type == "Gemm":
+            return gemm(x, w, b, node.attrs)
+        return torch.matmul(x, w)
+
+    def _quantized_bias(self, layer: Layer, b: torch.Tensor) -> torch.Tensor:
+        """int32 bias with scale s_x * s_w[c] when both the input and the weight are quantized."""
+        wq = self.weight_quantizer(layer.name)
+        src = self.qg.source.get(layer.input)
+        aq = self.act_quantizer(src) if src is not None else None
+        if not (wq.enabled and wq.params is not None and aq is not None and aq.enabled and aq.params is not None):
+            return b
+        s_b = torch.as_tensor(self.bias_scale(layer), device=b.device)
+        return fake_quantize(b, s_b, 0, BIAS_GRID, round_ste)
+
+    def bias_scale(self, layer: Layer) -> np.ndarray:
+        """float32 s_x * s_w[c]: the exported bias DequantizeLinear scale (DESIGN.md section 4)."""
+        s_x = self.act_quantizer(self.qg.source[layer.input]).params.scale
+        s_w = self.weight_quantizer(layer.name).params.scale
+        return (np.float32(s_x) * s_w.astype(np.float32)).astype(np.float32)
+
+    def run_nodes(self, env: dict[str, torch.Tensor], start: int = 0, stop: int | None = None,
+                  keep: bool = False) -> dict[str, torch.Tensor]:
+        """Execute nodes[start:stop] on ``env`` (tensor name -> value), quantizing at quant points."""
+        stop = len(self.nodes) if stop is None else stop
+        for k in range(start, stop):
+            node = self.nodes[k]
+            if node.layer is not None:
+                outs = [self._layer_forward(node, env[node.inputs[0]])]
+            else:
+                ins = [None if not i else env[i] if i in env else self.consts[i] for i in node.inputs]
+                outs = OPS[node.op_type](ins, node.attrs)
+            for name, v in zip(node.outputs, outs):
+                if not name:
+                    continue
+                key = self._act_key.get(name)
+                env[name] = self.act_fq[key](v) if key is not None else v
+            if not keep:
+                for i in node.inputs:
+                    if i in env and self._last_use.get(i, -1) <= k:
+                        del env[i]
+        return env
+
+    def forward(self, feeds: dict[str, torch.Tensor], keep: bool = False) -> dict[str, torch.Tensor]:
+        env: dict[str, torch.Tensor] = {}
+        for name in self.qg.inputs:
+            if name not in feeds:
+                raise KeyError(f"missing model input {name!r}")
+            x = feeds[name]
+            key = self._act_key.get(name)
+            env[name] = self.act_fq[key](x) if key is not None else x
+        env = self.run_nodes(env, keep=keep)
+        return env if keep else {o: env[o] for o in self.qg.outputs}
+
+    def node_index(self, name: str) -> int:
+        for k, n in enumerate(self.nodes):
+            if n.name == name:
+                return k
+        raise KeyError(name)
