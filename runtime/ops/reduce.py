@@ -1,0 +1,67 @@
+"""Reductions: ReduceSum, ReduceMean, ReduceMax, ReduceMin, ReduceProd.
+
+``axes`` is an attribute before ReduceSum-13 / the others' opset 18 and an optional input after;
+with the input form, empty axes mean "all axes" unless ``noop_with_empty_axes=1`` (identity).
+Integer sums wrap in the input dtype (ReduceSum output type = input type). Integer ReduceMean is the
+exact sum divided by the count, truncated toward zero (onnxruntime and ``onnx.reference`` agree).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..dtypes import is_integer
+from . import Node, register
+from .elementwise import trunc_div
+
+_AXES_INPUT_SINCE = {"ReduceSum": 13}
+
+
+def _axes(node: Node, x: np.ndarray, axes: np.ndarray | None) -> tuple[int, ...] | None:
+    """Normalised axes, or None for 'identity' (noop_with_empty_axes with no axes)."""
+    if node.opset >= _AXES_INPUT_SINCE.get(node.op_type, 18):
+        ax = None if axes is None else [int(a) for a in axes.reshape(-1)]
+    else:
+        ax = node.attr("axes")
+    if not ax:
+        if node.attr("noop_with_empty_axes", 0):
+            return None
+        return tuple(range(x.ndim))
+    return tuple(sorted({a + x.ndim if a < 0 else a for a in ax}))
+
+
+def _reducer(kind: str):
+    def fn(node: Node, x: np.ndarray, axes: np.ndarray | None = None) -> np.ndarray:
+        ax = _axes(node, x, axes)
+        if ax is None:
+            return x
+        keep = bool(node.attr("keepdims", 1))
+        if kind == "sum":
+            return np.sum(x, axis=ax, dtype=x.dtype, keepdims=keep)
+        if kind == "prod":
+            return np.prod(x, axis=ax, dtype=x.dtype, keepdims=keep)
+        if kind == "mean":
+            if is_integer(x.dtype):
+                n = int(np.prod([x.shape[a] for a in ax], dtype=np.int64))
+                s = np.sum(x, axis=ax, dtype=np.int64, keepdims=keep)
+                return trunc_div(s, np.int64(n)).astype(x.dtype)
+            return np.mean(x, axis=ax, dtype=x.dtype, keepdims=keep)
+        # max / min: the empty reduction gives the identity (-inf / +inf or dtype min / max)
+        if x.dtype == np.bool_:
+            init = kind == "min"
+        elif is_integer(x.dtype):
+            info = np.iinfo(x.dtype)
+            init = info.min if kind == "max" else info.max
+        else:
+            init = -np.inf if kind == "max" else np.inf
+        f = np.max if kind == "max" else np.min
+        return f(x, axis=ax, keepdims=keep, initial=init)
+
+    return fn
+
+
+register("ReduceSum")(_reducer("sum"))
+register("ReduceMean")(_reducer("mean"))
+register("ReduceMax")(_reducer("max"))
+register("ReduceMin")(_reducer("min"))
+register("ReduceProd")(_reducer("prod"))

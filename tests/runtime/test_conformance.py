@@ -1,0 +1,175 @@
+"""ONNX's own operator conformance cases, run through runtime/.
+
+Every node test case shipped with the installed onnx (``onnx.backend.test.case.node``) whose ops
+are all implemented by runtime/ is executed and compared with onnx's expected outputs: integer and
+bool outputs exactly, float outputs with the case's own rtol/atol (NaN == NaN), dtype and shape
+always exactly.
+
+Cases the runtime legitimately cannot run are not hidden: ``expected_unsupported`` states why for
+each, and those cases must raise ``runtime.UnsupportedOpError`` (asserted) before being reported as
+skipped with that reason. Any other failure is a test failure.
+
+Run this file as a script for a per-op summary: ``python tests/runtime/test_conformance.py``.
+"""
+
+from __future__ import annotations
+
+import collections
+import warnings
+
+import numpy as np
+import pytest
+from onnx import TensorProto, numpy_helper
+
+import runtime
+
+
+def _collect():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from onnx.backend.test.case.node import collect_testcases
+
+        cases = collect_testcases()
+    keep = []
+    for c in cases:
+        nodes = c.model.graph.node
+        if all(n.domain in ("", "ai.onnx") for n in nodes) and {
+            n.op_type for n in nodes
+        } <= runtime.SUPPORTED_OPS:
+            keep.append(c)
+    return sorted(keep, key=lambda c: c.name)
+
+
+CASES = _collect()
+
+#: Ops whose int8/uint8/int32 cases must exist and pass (integer-model critical path).
+REQUIRED_OPS = [
+    "QuantizeLinear",
+    "DequantizeLinear",
+    "ConvInteger",
+    "MatMulInteger",
+    "QLinearConv",
+    "QLinearMatMul",
+    "BitShift",
+    "Div",
+    "Mod",
+    "Round",
+    "Cast",
+    "Clip",
+    "ReduceSum",
+    "Gather",
+    "MaxPool",
+    "Pad",
+]
+#: onnx ships only float-data cases for these; their integer variants are checked against
+#: onnxruntime / onnx.reference in test_ops.py.
+FLOAT_ONLY_IN_SUITE = {"ReduceSum", "Gather"}
+
+
+def expected_unsupported(case) -> str | None:
+    """Why a case whose op types are all implemented still cannot run, or None."""
+    g = case.model.graph
+    for vi in list(g.input) + list(g.output):
+        if not vi.type.HasField("tensor_type"):
+            return "sequence/optional-typed graph values (runtime executes tensors only)"
+    for n in g.node:
+        attrs = {a.name: a for a in n.attribute}
+        if n.op_type == "BatchNormalization" and "training_mode" in attrs and attrs["training_mode"].i:
+            return "BatchNormalization training_mode=1 (runtime is inference-only)"
+        if n.op_type == "Dropout" and len(n.input) >= 3 and n.input[2]:
+            return "Dropout with a training_mode input (random masks; runtime is inference-only)"
+        if n.op_type == "Resize":
+            mode = next((a.s.decode() for a in n.attribute if a.name == "mode"), "nearest")
+            if mode != "nearest":
+                return f"Resize mode={mode!r}: runtime implements nearest only (integer tensors)"
+    return None
+
+
+def _arr(v) -> np.ndarray:
+    return numpy_helper.to_array(v) if isinstance(v, TensorProto) else np.asarray(v)
+
+
+def _compare(name: str, got: np.ndarray, exp: np.ndarray, rtol: float, atol: float) -> None:
+    assert got.dtype == exp.dtype, f"{name}: dtype {got.dtype} != expected {exp.dtype}"
+    assert got.shape == exp.shape, f"{name}: shape {got.shape} != expected {exp.shape}"
+    if exp.dtype.kind in "iub":
+        np.testing.assert_array_equal(got, exp, err_msg=name)
+        return
+    g = got.astype(np.float64)
+    e = exp.astype(np.float64)
+    np.testing.assert_allclose(g, e, rtol=rtol, atol=atol, equal_nan=True, err_msg=name)
+
+
+def run_case(case) -> None:
+    sess = runtime.Session(case.model)
+    init = {t.name for t in case.model.graph.initializer}
+    in_names = [vi.name for vi in case.model.graph.input if vi.name not in init]
+    for inputs, outputs in case.data_sets:
+        feeds = {n: _arr(v) for n, v in zip(in_names, inputs)}
+        got = sess.run(feeds)
+        for name, exp in zip(sess.output_names, outputs):
+            _compare(f"{case.name}:{name}", got[name], _arr(exp), case.rtol, case.atol)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_conformance(case) -> None:
+    reason = expected_unsupported(case)
+    if reason is not None:
+        with pytest.raises(runtime.UnsupportedOpError):
+            run_case(case)
+        pytest.skip(f"legitimately unsupported: {reason}")
+    run_case(case)
+
+
+def test_required_ops_have_integer_cases() -> None:
+    """The integer/quantization ops each have runnable conformance cases with 8/32-bit ints."""
+    runnable = {op for c in CASES if not expected_unsupported(c) for op in {n.op_type for n in c.model.graph.node}}
+    assert not [op for op in REQUIRED_OPS if op not in runnable]
+    int_types = {np.dtype(t) for t in (np.int8, np.uint8, np.int32)}
+    covered = collections.defaultdict(int)
+    for c in CASES:
+        if expected_unsupported(c):
+            continue
+        types = set()
+        for vi in list(c.model.graph.input) + list(c.model.graph.output):
+            try:
+                types.add(np.dtype(runtime.dtypes.np_dtype(vi.type.tensor_type.elem_type)))
+            except Exception:
+                pass
+        if types & int_types:
+            for op in {n.op_type for n in c.model.graph.node}:
+                covered[op] += 1
+    missing = [op for op in REQUIRED_OPS if covered[op] == 0 and op not in FLOAT_ONLY_IN_SUITE]
+    assert not missing, f"no runnable int8/uint8/int32 conformance case for {missing}"
+
+
+def summary() -> dict[str, collections.Counter]:
+    """Per-op pass / skip / fail counts (a case counts for every op type it contains)."""
+    per_op: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+    for c in CASES:
+        reason = expected_unsupported(c)
+        if reason:
+            status = "skipped"
+        else:
+            try:
+                run_case(c)
+                status = "passed"
+            except Exception:  # pragma: no cover - reporting only
+                status = "failed"
+        for op in {n.op_type for n in c.model.graph.node}:
+            per_op[op][status] += 1
+    return per_op
+
+
+if __name__ == "__main__":  # pragma: no cover
+    tot = collections.Counter()
+    reasons = collections.Counter(r for c in CASES if (r := expected_unsupported(c)))
+    for c in CASES:
+        tot["cases"] += 1
+    res = summary()
+    for op in sorted(res):
+        cnt = res[op]
+        print(f"{op:24s} passed {cnt['passed']:4d}  skipped {cnt['skipped']:3d}  failed {cnt['failed']:3d}")
+    print(f"{tot['cases']} runnable cases; skipped with reasons:")
+    for r, n in reasons.items():
+        print(f"  {n:3d}  {r}")
