@@ -30,7 +30,9 @@ class QuantConfig:
     a_scale_method: str = "mse"
     percentile: float = 99.99
     w_symmetric: bool = True  # False: asymmetric per-channel weights (zero-point in the grid)
-    a_symmetric: bool = True  # for signed activations; non-negative ones always use the unsigned grid
+    a_symmetric: bool = False  # signed activations: symmetric grid, or (default) asymmetric with a zero point;
+    # non-negative activations always use the unsigned grid with zero point 0
+    bias_correction: bool = True  # shift biases by E[(W_q - W) x] measured on calibration data
     # method and its granularity
     method: str = "rtn"
     granularity: str = "block"

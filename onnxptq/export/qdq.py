@@ -99,7 +99,7 @@ class QDQWriter:
             node = self._node(layer.name)
             node.input[1] = dq_out
             if layer.bias:
-                b = self.sim.weight(layer.bias).detach().cpu().numpy().astype(np.float32)
+                b = self.sim.effective_bias(layer, quantized_weights=True).detach().cpu().numpy().astype(np.float32)
                 s_b = self.sim.bias_scale(layer).reshape(-1)
                 b_q = np.clip(np.round(b / s_b), -2**31, 2**31 - 1).astype(np.int32)
                 bq_name = self._const(f"{layer.name}.bias_quantized", b_q)

@@ -80,6 +80,7 @@ class QGraph:
     outputs: list[str]
     fold: FoldReport
     import_info: dict
+    float_tensors: frozenset[str] = frozenset()  # non-constant float tensors (activations)
 
     @property
     def nodes(self) -> list[onnx.NodeProto]:
@@ -282,8 +283,11 @@ def build_qgraph(model: onnx.ModelProto, fold: FoldReport, import_info: dict,
         # A layer whose input stays float cannot run on integers: leave it float and say so.
         layers = [layer for layer in layers if layer.input in source]
         import_info["float_layers"] = unquantized_inputs
+    float_tensors = frozenset(t for n in g.node for t in n.output if t and is_float(t)) | frozenset(
+        t for t in inputs if is_float(t))
     return QGraph(model=model, layers=layers, quant_points=quant_points, source=source, shapes=shapes,
-                  inputs=inputs, outputs=graph_outputs, fold=fold, import_info=import_info)
+                  inputs=inputs, outputs=graph_outputs, fold=fold, import_info=import_info,
+                  float_tensors=float_tensors)
 
 
 def topo_order_ok(graph: onnx.GraphProto) -> bool:

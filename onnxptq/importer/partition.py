@@ -34,13 +34,16 @@ class Region:
 
 
 def find_cuts(qg: QGraph) -> list[tuple[int, str]]:
-    """(node index, tensor) after which ``tensor`` is the only live non-constant tensor."""
+    """(node index, tensor) after which ``tensor`` is the only live float activation.
+
+    Integer side tensors (e.g. ``Shape(input)`` feeding a late Reshape for a dynamic batch) carry
+    no data to reconstruct and do not prevent a cut; region execution recomputes or caches them.
+    """
     g = qg.model.graph
-    consts = {i.name for i in g.initializer} | {n.output[0] for n in g.node if n.op_type == "Constant"}
     last_use: dict[str, int] = {}
     for k, n in enumerate(g.node):
         for i in n.input:
-            if i and i not in consts:
+            if i in qg.float_tensors:
                 last_use[i] = k
     outputs = set(qg.outputs)
     live = {i for i in qg.inputs if i in last_use or i in outputs}
@@ -48,7 +51,7 @@ def find_cuts(qg: QGraph) -> list[tuple[int, str]]:
     for k, n in enumerate(g.node):
         if n.op_type == "Constant":
             continue
-        live.update(o for o in n.output if o and (o in outputs or last_use.get(o, -1) > k))
+        live.update(o for o in n.output if o in qg.float_tensors and (o in outputs or last_use.get(o, -1) > k))
         live = {t for t in live if t in outputs or last_use.get(t, -1) > k}
         if len(live) == 1:
             cuts.append((k, next(iter(live))))

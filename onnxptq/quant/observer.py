@@ -11,7 +11,7 @@ import torch
 class Observer:
     """Collects min, max and up to ``sample_size`` values of one activation tensor."""
 
-    def __init__(self, sample_size: int = 1 << 18, seed: int = 0) -> None:
+    def __init__(self, sample_size: int = 1 << 16, seed: int = 0) -> None:
         self.sample_size = sample_size
         self.min = float("inf")
         self.max = float("-inf")

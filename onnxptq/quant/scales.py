@@ -60,28 +60,39 @@ def percentile(x: torch.Tensor, grid: Grid, symmetric: bool, axis: int | None = 
 
 def lp_error(x: torch.Tensor, xq: torch.Tensor, p: float, axis: int | None) -> torch.Tensor:
     """Mean |x - xq|^p per channel (or scalar): the clipping criterion of BRECQ's L_p search (p = 2.4)."""
-    return (x - xq).abs().pow(p).mean(dim=_reduce_dims(x, axis))
+    d = (x - xq).abs()
+    return (d * d if p == 2.0 else d.pow(p)).mean(dim=_reduce_dims(x, axis))
 
 
 def lp_search(x: torch.Tensor, grid: Grid, symmetric: bool, axis: int | None = None, p: float = 2.4,
-              candidates: int = 100, min_ratio: float = 0.2):
-    """Shrink the min/max range by ratios in [min_ratio, 1]; keep the ratio minimizing the L_p error.
+              candidates: int = 80, min_ratio: float = 0.2):
+    """Shrink the min/max range by a ratio in [min_ratio, 1]; keep the ratio minimizing the L_p error.
 
-    BRECQ (Appendix B.1) searches ~80-100 clipping ratios with p = 2.4; done per channel at once.
+    BRECQ (Appendix B.1) searches 80 clipping ratios with p = 2.4. Done for all channels at once and
+    coarse-to-fine: ``sqrt(candidates)`` evenly spaced ratios, then as many around each channel's
+    best one, which resolves the ratio finer than an 80-point grid with a quarter of the evaluations.
     """
     dims = _reduce_dims(x, axis)
     lo0, hi0 = x.amin(dim=dims), x.amax(dim=dims)
-    best_scale, best_zp = range_to_qparams(lo0, hi0, grid, symmetric)
-    best_err = lp_error(x, fake_quantize(x, _view(best_scale, x, axis), _view(best_zp, x, axis), grid), p, axis)
-    for i in range(1, candidates):
-        r = 1.0 - (1.0 - min_ratio) * i / (candidates - 1)
-        scale, zp = range_to_qparams(lo0 * r, hi0 * r, grid, symmetric)
-        err = lp_error(x, fake_quantize(x, _view(scale, x, axis), _view(zp, x, axis), grid), p, axis)
-        better = err < best_err
-        best_err = torch.where(better, err, best_err)
-        best_scale = torch.where(better, scale, best_scale)
-        best_zp = torch.where(better, zp, best_zp)
-    return best_scale, best_zp
+    n = max(2, int(round(candidates ** 0.5)))
+    step = (1.0 - min_ratio) / (n - 1)
+    best_r = torch.ones_like(hi0)
+    best_err = None
+    for stage in range(2):
+        for j in range(n):
+            if stage == 0:
+                r = torch.full_like(hi0, min_ratio + j * step)
+            else:
+                r = (best_r + (j - (n - 1) / 2) * (2 * step / (n - 1))).clamp(min_ratio / 2, 1.0)
+            scale, zp = range_to_qparams(lo0 * r, hi0 * r, grid, symmetric)
+            err = lp_error(x, fake_quantize(x, _view(scale, x, axis), _view(zp, x, axis), grid), p, axis)
+            if best_err is None:
+                best_err, best_r = err, r
+                continue
+            better = err < best_err
+            best_err = torch.where(better, err, best_err)
+            best_r = torch.where(better, r, best_r)
+    return range_to_qparams(lo0 * best_r, hi0 * best_r, grid, symmetric)
 
 
 # ---------------------------------------------------------------- power-of-two scales
@@ -102,23 +113,48 @@ def po2_zero_point(scale: torch.Tensor, zp: torch.Tensor, new_scale: torch.Tenso
 
 
 def po2_search(x: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor, grid: Grid, axis: int | None = None,
-               p: float = 2.0, span: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
+               p: float = 2.4, span: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
     """Exponent search (Quark-style MinMSE): try 2^k for k in [ceil(log2 s) - span, ceil(log2 s)].
 
     ceil(log2 s) is the smallest exponent with no more clipping than the float scale; smaller
-    exponents trade clipping for rounding error. Keeps the exponent with the lowest L_p error.
+    exponents trade clipping for rounding error. With a zero point (asymmetric grids) a smaller
+    range must be clipped somewhere: besides RAPQ Eq. 5 (keep x_min), keeping x_max and centring the
+    range are tried. Keeps the (exponent, zero point) with the lowest L_p error.
     """
     k0 = torch.ceil(torch.log2(scale.double()))
+    asymmetric = bool((zp != 0).any())
+    dims = _reduce_dims(x, axis)
+    hi = x.amax(dim=dims) if asymmetric else None
+    lo = x.amin(dim=dims) if asymmetric else None
     best_scale = best_zp = best_err = None
     for k in range(-span, 1):
         s = torch.exp2(k0 + k).to(scale.dtype)
-        z = po2_zero_point(scale, zp, s, grid)
-        err = lp_error(x, fake_quantize(x, _view(s, x, axis), _view(z, x, axis), grid), p, axis)
-        if best_err is None:
-            best_scale, best_zp, best_err = s, z, err
-            continue
-        better = err < best_err
-        best_err = torch.where(better, err, best_err)
-        best_scale = torch.where(better, s, best_scale)
-        best_zp = torch.where(better, z, best_zp)
+        candidates = [po2_zero_point(scale, zp, s, grid)]
+        if asymmetric:
+            keep_max = (grid.qmax - hi / s).round().clamp(grid.qmin, grid.qmax).to(torch.int64)
+            centre = ((grid.qmin + grid.qmax) / 2 - (lo + hi) / (2 * s)).round().clamp(grid.qmin, grid.qmax).to(torch.int64)
+            candidates += [keep_max, centre]
+        for z in candidates:
+            err = lp_error(x, fake_quantize(x, _view(s, x, axis), _view(z, x, axis), grid), p, axis)
+            if best_err is None:
+                best_scale, best_zp, best_err = s, z, err
+                continue
+            better = err < best_err
+            best_err = torch.where(better, err, best_err)
+            best_scale = torch.where(better, s, best_scale)
+            best_zp = torch.where(better, z, best_zp)
     return best_scale, best_zp
+
+
+def bias_safe_weight_scale(w_scale: torch.Tensor, bias: torch.Tensor, x_scale: float, po2: bool,
+                           bias_bits: int = 32) -> torch.Tensor:
+    """Smallest change to per-channel weight scales so the bias fits its int32 grid at s_x * s_w.
+
+    A channel whose weights are (nearly) all zero gets a tiny s_w; its bias / (s_x s_w) would then
+    saturate int32 and change the output. Raising s_w to |b| / (s_x (2^31 - 1)) (next power of two for
+    Po2 scales) keeps the bias exact; the weights of such channels are ~0 and still quantize to ~0.
+    """
+    need = bias.abs() / (x_scale * float(2 ** (bias_bits - 1) - 1))
+    if po2:
+        need = torch.exp2(torch.ceil(torch.log2(need.double().clamp(min=1e-300)))).to(w_scale.dtype)
+    return torch.maximum(w_scale, need.to(w_scale.dtype))

@@ -68,6 +68,8 @@ class SimModel(nn.Module):
         self.w_fq = nn.ModuleDict({_key(layer.name): FakeQuant(layer.weight, 8, layer.weight_axis) for layer in qg.layers})
         self._act_key = {t: _key(t) for t in qg.quant_points}
         self.quantize_bias = True
+        self.layer_input_hook = None  # callable(layer, x) run on every layer input (statistics)
+        self.bias_delta: dict[str, torch.Tensor] = {}  # layer -> bias correction applied with quantized weights
         self._last_use = self._compute_last_use()
 
     # ------------------------------------------------------------------ accessors
@@ -104,8 +106,11 @@ class SimModel(nn.Module):
 
     def _layer_forward(self, node: SimNode, x: torch.Tensor) -> torch.Tensor:
         layer = node.layer
-        w = self.weight_quantizer(layer.name)(self.weight(layer.weight))
-        b = self.weight(layer.bias) if layer.bias else None
+        if self.layer_input_hook is not None:
+            self.layer_input_hook(layer, x)
+        wq = self.weight_quantizer(layer.name)
+        w = wq(self.weight(layer.weight))
+        b = self.effective_bias(layer) if layer.bias else None
         if b is not None and self.quantize_bias:
             b = self._quantized_bias(layer, b)
         if layer.op_type == "Conv":
@@ -113,6 +118,16 @@ class SimModel(nn.Module):
         if layer.op_type == "Gemm":
             return gemm(x, w, b, node.attrs)
         return torch.matmul(x, w)
+
+    def effective_bias(self, layer: Layer, quantized_weights: bool | None = None) -> torch.Tensor:
+        """The float bias, minus its bias correction when the weights are quantized (default: if enabled)."""
+        b = self.weight(layer.bias)
+        delta = self.bias_delta.get(layer.name)
+        if quantized_weights is None:
+            quantized_weights = self.weight_quantizer(layer.name).enabled
+        if delta is not None and quantized_weights:
+            b = b - delta.to(b.device)
+        return b
 
     def _quantized_bias(self, layer: Layer, b: torch.Tensor) -> torch.Tensor:
         """int32 bias with scale s_x * s_w[c] when both the input and the weight are quantized."""

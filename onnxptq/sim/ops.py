@@ -347,7 +347,8 @@ def _gather(i, a):
     axis = a.get("axis", 0) % x.dim()
     ind = ind.long()
     ind = torch.where(ind < 0, ind + x.shape[axis], ind)
-    return [torch.index_select(x, axis, ind.reshape(-1)).reshape(*x.shape[:axis], *ind.shape, *x.shape[axis + 1:])]
+    out = torch.index_select(x, axis, ind.reshape(-1))
+    return [out.reshape(tuple(x.shape[:axis]) + tuple(ind.shape) + tuple(x.shape[axis + 1:]))]
 
 
 @op("Shape")

@@ -1,0 +1,26 @@
+"""onnxptq: ONNX-to-ONNX post-training quantization with a bundled NumPy integer runtime."""
+__version__ = "0.1.0"
+
+from .config import QuantConfig  # noqa: E402
+
+
+def quantize(*args, **kwargs):
+    """See ``onnxptq.api.quantize`` (imported lazily: torch loads only when needed)."""
+    from .api import quantize as _quantize
+
+    return _quantize(*args, **kwargs)
+
+
+def inspect(*args, **kwargs):
+    from .api import inspect as _inspect
+
+    return _inspect(*args, **kwargs)
+
+
+def evaluate(*args, **kwargs):
+    from .api import evaluate as _evaluate
+
+    return _evaluate(*args, **kwargs)
+
+
+__all__ = ["QuantConfig", "quantize", "inspect", "evaluate", "__version__"]

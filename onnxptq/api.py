@@ -1,0 +1,197 @@
+"""Python API: ``quantize(model, calib, config) -> QuantResult``, ``inspect``, ``evaluate``.
+
+The CLI is a thin shell over these functions; both take the same options (``QuantConfig``).
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+
+from .config import QuantConfig
+from .data import Dataset, load_dataset
+from .errors import ConfigError, OutputError
+from .eval import Fidelity, fidelity, run_onnxruntime
+from .importer import QGraph, import_model, partition
+from .plan import BitPlan, make_plan
+from .sim.model import SimModel
+
+
+@dataclass
+class QuantResult:
+    model: onnx.ModelProto
+    output: Path | None
+    qgraph: QGraph
+    sim: SimModel
+    plan: BitPlan
+    config: QuantConfig
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def summary(self) -> dict:
+        """Bits, scale kind, weight sizes before/after, times: the table printed at the end of a run."""
+        qg, plan = self.qgraph, self.plan
+        n_params = {layer.name: int(np.prod(layer.weight_shape)) for layer in qg.layers}
+        float_bytes = sum(4 * n for n in n_params.values())
+        quant_bytes = sum(n * plan.w_bits[k] / 8 for k, n in n_params.items())
+        bias_bytes = sum(4 * layer.out_channels for layer in qg.layers if layer.bias)
+        hist: dict[int, int] = {}
+        for b in plan.w_bits.values():
+            hist[b] = hist.get(b, 0) + 1
+        ahist: dict[int, int] = {}
+        for b in plan.a_bits.values():
+            ahist[b] = ahist.get(b, 0) + 1
+        return {
+            "layers": len(qg.layers), "quant_points": len(qg.quant_points),
+            "weight_bits": dict(sorted(hist.items())), "activation_bits": dict(sorted(ahist.items())),
+            "scale": self.config.scale, "method": self.config.method,
+            "weights_float_bytes": float_bytes, "weights_quant_bytes": int(quant_bytes + bias_bytes),
+            "compression": float_bytes / max(quant_bytes + bias_bytes, 1),
+            "file_bytes": self.output.stat().st_size if self.output else len(self.model.SerializeToString()),
+            "timings_s": {k: round(v, 2) for k, v in self.timings.items()},
+        }
+
+    def simulate(self, inputs: dict[str, np.ndarray], batch_size: int = 32) -> np.ndarray:
+        """First model output from the torch simulation (what the exported model computes)."""
+        return simulate(self.sim, inputs, batch_size)
+
+
+def _as_dataset(calib, qg: QGraph, limit: int | None) -> Dataset:
+    specs = {name: qg.shapes.get(name, ()) for name in qg.inputs}
+    if isinstance(calib, Dataset):
+        return calib.take(limit) if limit else calib
+    if isinstance(calib, (str, os.PathLike)):
+        return load_dataset(calib, specs, limit)
+    if isinstance(calib, np.ndarray):
+        calib = {qg.inputs[0]: calib}
+    from .data import validate
+
+    ds = Dataset({k: validate(k, np.asarray(v), specs.get(k, ()), "calibration arrays") for k, v in calib.items()})
+    return ds.take(limit) if limit else ds
+
+
+def check_output_path(output: str | os.PathLike, model_path: str | os.PathLike | None, force: bool) -> Path:
+    out = Path(output)
+    if model_path is not None and out.resolve() == Path(model_path).resolve():
+        raise OutputError(f"output {out} is the input model; choose another path (the input is never overwritten)")
+    if out.exists() and not force:
+        raise OutputError(f"output {out} already exists; pass --force (force=True) to replace it")
+    if out.is_dir():
+        raise OutputError(f"output {out} is a directory; give a file path such as {out / 'model.qdq.onnx'}")
+    parent = out.parent if str(out.parent) else Path(".")
+    if not parent.is_dir():
+        raise OutputError(f"output directory {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise OutputError(f"output directory {parent} is not writable")
+    return out
+
+
+def save_atomic(model: onnx.ModelProto, out: Path) -> None:
+    """Write to a temporary file beside ``out`` and rename: never a partially written model."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent if str(out.parent) else ".")
+    os.close(fd)
+    try:
+        data = model.SerializeToString()
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, out)
+    except OSError as e:
+        raise OutputError(f"cannot write {out}: {e.strerror or e}") from None
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+@torch.no_grad()
+def simulate(sim: SimModel, inputs: dict[str, np.ndarray], batch_size: int = 32) -> np.ndarray:
+    device = next(iter(sim.weights.values())).device if len(sim.weights) else torch.device("cpu")
+    n = len(next(iter(inputs.values())))
+    outs = []
+    for i in range(0, n, batch_size):
+        feeds = {k: torch.from_numpy(v[i:i + batch_size]).to(device) for k, v in inputs.items()}
+        outs.append(sim(feeds)[sim.qg.outputs[0]].cpu().numpy())
+    return np.concatenate(outs)
+
+
+def quantize(model: str | os.PathLike, calib, config: QuantConfig | None = None, output: str | os.PathLike | None = None,
+             force: bool = False, **overrides) -> QuantResult:
+    """Quantize an ONNX model with calibration data; write it to ``output`` if given.
+
+    ``calib``: a .npz/.npy path, a ``Dataset``, an array (single-input models) or a dict of arrays.
+    ``overrides``: QuantConfig fields, e.g. ``quantize("m.onnx", "calib.npz", w_bits=4, scale="po2")``.
+    """
+    if config is None:
+        config = QuantConfig(**overrides)
+    elif overrides:
+        bad = sorted(set(overrides) - set(QuantConfig.field_names()))
+        if bad:
+            raise ConfigError(f"unknown option(s) {bad}")
+        config = QuantConfig(**{**config.to_dict(), **overrides})
+    out = check_output_path(output, model, force) if output is not None else None
+    torch.manual_seed(config.seed)
+    np.random.seed(config.seed)
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    qg = import_model(model, config.input_shapes or None, frozenset(config.skip_nodes))
+    timings["import"] = time.perf_counter() - t0
+    data = _as_dataset(calib, qg, config.num_calib)
+    plan = make_plan(qg, config)
+    sim = SimModel(qg).to(config.device)
+    t0 = time.perf_counter()
+    from .recon.calibrate import calibrate
+
+    calibrate(sim, data, plan, config)
+    timings["calibrate"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    from .export.qdq import export_qdq
+
+    qmodel = export_qdq(sim, config.opset)
+    onnx.checker.check_model(qmodel)
+    timings["export"] = time.perf_counter() - t0
+    if out is not None:
+        save_atomic(qmodel, out)
+    return QuantResult(qmodel, out, qg, sim, plan, config, timings)
+
+
+def inspect(model: str | os.PathLike, granularity: str = "block", input_shapes: dict | None = None) -> dict:
+    """Layers, regions, activation quant points and BN folding of a model, as a JSON-able dict."""
+    qg = import_model(model, input_shapes)
+    regions = partition(qg, granularity)
+    return {
+        "model": str(model),
+        "opset": qg.import_info["opset"],
+        "simplifier": qg.import_info["simplifier"],
+        "inputs": {i: list(qg.shapes.get(i, ())) for i in qg.inputs},
+        "outputs": qg.outputs,
+        "batchnorm_folded": qg.fold.folded,
+        "batchnorm_unfolded": qg.fold.unfolded_bn,
+        "removed_nodes": qg.fold.removed,
+        "float_layers": qg.import_info.get("float_layers", []),
+        "layers": [{"name": x.name, "op": x.op_type, "weight_shape": list(x.weight_shape), "groups": x.groups,
+                    "activation": x.act_node and (("ReLU" if x.act_bounds[1] == float("inf") else f"Clip{x.act_bounds}")),
+                    "bn_gamma": x.bn_gamma is not None, "macs": x.macs_per_sample} for x in qg.layers],
+        "quant_points": [{"tensor": q.tensor, "kind": q.kind, "producer": q.producer, "consumers": q.consumers}
+                         for q in qg.quant_points.values()],
+        "granularity": granularity,
+        "regions": [r.to_dict() for r in regions],
+    }
+
+
+def evaluate(float_model: str | os.PathLike, quant_model: str | os.PathLike, data, batch_size: int = 32,
+             limit: int | None = None) -> Fidelity:
+    """Run both models in onnxruntime on ``data`` and compare (accuracy if the data has labels)."""
+    from .importer.load import read_model
+
+    read_model(quant_model)  # a clear error for a missing / unreadable quantized model
+    qg = import_model(float_model, simplify_model=False)
+    ds = _as_dataset(data, qg, limit)
+    f = run_onnxruntime(str(float_model), ds.inputs, batch_size)
+    q = run_onnxruntime(str(quant_model), ds.inputs, batch_size)
+    return fidelity(f, q, ds.labels)

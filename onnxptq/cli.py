@@ -1,0 +1,208 @@
+"""``onnxptq`` command line: a thin shell over ``onnxptq.api``.
+
+User mistakes (missing files, bad data, bad options) print ``error: ...`` and exit 2 with no
+traceback; Ctrl-C exits 130 and leaves no partial output file.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+
+from . import __version__
+from .config import FORMATS, GRANULARITIES, METHODS, PO2_METHODS, SCALE_KINDS, SCALE_METHODS, QuantConfig
+from .errors import ConfigError, OnnxPtqError
+
+
+def _shape_arg(text: str) -> dict[str, list[int]]:
+    """--input-shape name:1,3,224,224 (several separated by ';')."""
+    out = {}
+    for part in text.split(";"):
+        if ":" not in part:
+            raise argparse.ArgumentTypeError(f"expected NAME:D0,D1,..., got {part!r}")
+        name, dims = part.rsplit(":", 1)
+        try:
+            out[name] = [int(d) for d in dims.split(",")]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"dims must be integers: {dims!r}") from None
+    return out
+
+
+def _bits_or_same(text: str) -> int | None:
+    return None if text in ("same", "none") else int(text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="onnxptq", description="ONNX post-training quantization")
+    p.add_argument("--version", action="version", version=f"onnxptq {__version__}")
+    p.add_argument("-v", "--verbose", action="store_true", help="log details (warnings from simplification, ...)")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("inspect", help="layers, blocks, activation quant points, BN folding")
+    s.add_argument("model")
+    s.add_argument("--granularity", choices=GRANULARITIES, default="block")
+    s.add_argument("--input-shape", type=_shape_arg, default=None, help="NAME:D0,D1,... (batch stays dynamic)")
+    s.add_argument("--json", action="store_true", help="machine-readable output")
+
+    d = QuantConfig()
+    q = sub.add_parser("quantize", help="quantize a float ONNX model with calibration data")
+    q.add_argument("model")
+    q.add_argument("--calib", required=True, help=".npz (arrays keyed by input name) or .npy calibration data")
+    q.add_argument("-o", "--output", required=True, help="where to write the quantized ONNX model")
+    q.add_argument("--force", action="store_true", help="replace an existing output file")
+    q.add_argument("--w-bits", type=int, default=d.w_bits)
+    q.add_argument("--a-bits", type=int, default=d.a_bits)
+    q.add_argument("--first-last-bits", type=_bits_or_same, default=d.first_last_bits,
+                   help="bits of the first/last layer weights and inputs (default 8; 'same' = like the rest)")
+    q.add_argument("--scale", choices=SCALE_KINDS, default=d.scale, help="float scales or powers of two")
+    q.add_argument("--po2-method", choices=PO2_METHODS, default=d.po2_method)
+    q.add_argument("--w-scale-method", choices=SCALE_METHODS, default=d.w_scale_method)
+    q.add_argument("--a-scale-method", choices=SCALE_METHODS, default=d.a_scale_method)
+    q.add_argument("--percentile", type=float, default=d.percentile)
+    q.add_argument("--w-asymmetric", action="store_true", help="asymmetric per-channel weights")
+    q.add_argument("--a-symmetric", action="store_true",
+                   help="symmetric grid for signed activations (default: asymmetric with a zero point)")
+    q.add_argument("--no-bias-correction", action="store_true", help="keep the float biases as they are")
+    q.add_argument("--method", choices=METHODS, default=d.method)
+    q.add_argument("--granularity", choices=GRANULARITIES, default=d.granularity)
+    q.add_argument("--format", choices=FORMATS, default=d.format)
+    q.add_argument("--opset", type=int, default=d.opset)
+    q.add_argument("--num-calib", type=int, default=d.num_calib)
+    q.add_argument("--batch-size", type=int, default=d.batch_size)
+    q.add_argument("--seed", type=int, default=d.seed)
+    q.add_argument("--device", default=d.device)
+    q.add_argument("--skip-nodes", default="", help="comma-separated node names to leave in float")
+    q.add_argument("--input-shape", type=_shape_arg, default=None, help="NAME:D0,D1,... (batch stays dynamic)")
+    q.add_argument("--no-progress", action="store_true")
+    q.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+    e = sub.add_parser("eval", help="accuracy (if labels) and fidelity of a quantized model vs its float model")
+    e.add_argument("float_model")
+    e.add_argument("quant_model")
+    e.add_argument("--data", required=True, help=".npz with the model input(s) and optional 'labels'")
+    e.add_argument("--batch-size", type=int, default=32)
+    e.add_argument("--limit", type=int, default=None, help="use the first N samples")
+    e.add_argument("--json", action="store_true")
+    return p
+
+
+def cmd_inspect(args) -> int:
+    from .api import inspect
+
+    info = inspect(args.model, args.granularity, args.input_shape)
+    if args.json:
+        print(json.dumps(info, indent=1))
+        return 0
+    print(f"model {info['model']}  opset {info['opset']}  simplifier {info['simplifier']}")
+    print(f"inputs {info['inputs']}  outputs {info['outputs']}")
+    print(f"BatchNorm folded: {len(info['batchnorm_folded'])}" +
+          (f"  left unfolded: {info['batchnorm_unfolded']}" if info["batchnorm_unfolded"] else "") +
+          f"  Identity/Dropout removed: {len(info['removed_nodes'])}")
+    if info["float_layers"]:
+        print(f"layers left in float (input not quantizable): {info['float_layers']}")
+    print(f"\n{len(info['layers'])} quantizable layers")
+    print(f"  {'#':>3} {'op':<6} {'weight':<18} {'grp':>4} {'act':<14} {'BN':<3} {'MACs':>12}  name")
+    for k, x in enumerate(info["layers"]):
+        print(f"  {k:>3} {x['op']:<6} {str(tuple(x['weight_shape'])):<18} {x['groups']:>4} {str(x['activation'] or '-'):<14} "
+              f"{'yes' if x['bn_gamma'] else '-':<3} {x['macs']:>12}  {x['name']}")
+    kinds: dict[str, int] = {}
+    for q in info["quant_points"]:
+        kinds[q["kind"]] = kinds.get(q["kind"], 0) + 1
+    print(f"\n{len(info['quant_points'])} activation quant points: " + ", ".join(f"{v} {k}" for k, v in kinds.items()))
+    print(f"\n{len(info['regions'])} regions at granularity '{info['granularity']}'")
+    for r in info["regions"]:
+        print(f"  {r['name']:<28} {len(r['layers']):>2} layers  {r['nodes']:>3} nodes  in={r['input']}  out={r['output']}")
+    return 0
+
+
+def _fmt_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return str(n)
+
+
+def cmd_quantize(args) -> int:
+    from .api import quantize
+
+    cfg = QuantConfig(
+        w_bits=args.w_bits, a_bits=args.a_bits, first_last_bits=args.first_last_bits, scale=args.scale,
+        po2_method=args.po2_method, w_scale_method=args.w_scale_method, a_scale_method=args.a_scale_method,
+        percentile=args.percentile, w_symmetric=not args.w_asymmetric, a_symmetric=args.a_symmetric, bias_correction=not args.no_bias_correction,
+        method=args.method, granularity=args.granularity, num_calib=args.num_calib, batch_size=args.batch_size,
+        seed=args.seed, device=args.device, skip_nodes=[s for s in args.skip_nodes.split(",") if s],
+        input_shapes=args.input_shape or {}, format=args.format, opset=args.opset, progress=not args.no_progress,
+    )
+    t0 = time.perf_counter()
+    res = quantize(args.model, args.calib, cfg, args.output, force=args.force)
+    s = res.summary()
+    s["total_s"] = round(time.perf_counter() - t0, 2)
+    s["output"] = str(res.output)
+    if args.json:
+        print(json.dumps(s, indent=1))
+        return 0
+    rows = [
+        ("output", s["output"]),
+        ("method", f"{s['method']} ({cfg.scale} scales{', ' + cfg.po2_method if cfg.scale == 'po2' else ''})"),
+        ("layers", f"{s['layers']} quantized, {s['quant_points']} activation quant points"),
+        ("weight bits", ", ".join(f"{b}-bit x{n}" for b, n in s["weight_bits"].items())),
+        ("activation bits", ", ".join(f"{b}-bit x{n}" for b, n in s["activation_bits"].items())),
+        ("weights size", f"{_fmt_bytes(s['weights_float_bytes'])} -> {_fmt_bytes(s['weights_quant_bytes'])} "
+                         f"({s['compression']:.1f}x)"),
+        ("file size", _fmt_bytes(s["file_bytes"])),
+        ("time", f"{s['total_s']:.1f} s (" + ", ".join(f"{k} {v:.1f} s" for k, v in s["timings_s"].items()) + ")"),
+    ]
+    w = max(len(k) for k, _ in rows)
+    print("\n".join(f"{k:<{w}}  {v}" for k, v in rows))
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from .api import evaluate
+
+    fid = evaluate(args.float_model, args.quant_model, args.data, args.batch_size, args.limit)
+    if args.json:
+        print(json.dumps(fid.to_dict(), indent=1))
+        return 0
+    if fid.float_accuracy is not None:
+        print(f"accuracy          float {fid.float_accuracy:.4f}   quantized {fid.quant_accuracy:.4f}   "
+              f"delta {100 * (fid.quant_accuracy - fid.float_accuracy):+.2f} points")
+    print(f"output SQNR       {fid.sqnr_db:.2f} dB")
+    print(f"top-1 agreement   {fid.top1_agreement:.4f}")
+    print(f"top-5 containment {fid.top5_containment:.4f}")
+    print(f"KL(float||quant)  {fid.kl:.5f}")
+    print(f"samples           {fid.samples}")
+    return 0
+
+
+COMMANDS = {"inspect": cmd_inspect, "quantize": cmd_quantize, "eval": cmd_eval}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.ERROR, format="%(levelname)s: %(message)s")
+    try:
+        return COMMANDS[args.command](args)
+    except OnnxPtqError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("interrupted: nothing was written", file=sys.stderr)
+        return 130
+    except MemoryError:
+        print("error: out of memory; lower --batch-size or --num-calib", file=sys.stderr)
+        return 3
+    except Exception as e:  # a bug: say so in one line; -v shows the traceback
+        if args.verbose:
+            raise
+        print(f"error: internal error ({type(e).__name__}: {str(e)[:300]}); rerun with -v for the traceback "
+              "and please report it", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
