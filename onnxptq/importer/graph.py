@@ -162,7 +162,8 @@ def build_qgraph(model: onnx.ModelProto, fold: FoldReport, import_info: dict,
                  skip_nodes: frozenset[str] = frozenset()) -> QGraph:
     g = model.graph
     topo_check(g)
-    unknown = [(n.name, n.op_type) for n in g.node if n.op_type not in OPS or n.domain not in ("", "ai.onnx")]
+    unknown = [(n.name, n.op_type) for n in g.node
+               if (n.op_type not in OPS and n.op_type != "Constant") or n.domain not in ("", "ai.onnx")]
     if unknown:
         raise UnsupportedOpError(unknown)
     missing_skips = sorted(set(skip_nodes) - {n.name for n in g.node})

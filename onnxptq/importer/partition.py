@@ -113,39 +113,29 @@ def _merge(parts: list[Region]) -> Region:
 
 
 def blocks(qg: QGraph) -> list[Region]:
-    segs = _segments(qg)
+    """Segments of one name scope merge (a Fire module's squeeze with its expands, the three convs of a
+    MobileNetV2 block without shortcut); remaining runs of single-layer regions (stems, heads) merge
+    into chunks of 2-3 layers."""
+    groups: list[list[Region]] = []
+    for s in _segments(qg):
+        key = _scope(s.layers[0])
+        same_scope = groups and key is not None and _scope(groups[-1][-1].layers[0]) == key
+        # Exporter scopes may name a whole stage (/layers.8/...): never join two multi-layer segments.
+        two_multi = same_scope and len(s.layers) > 1 and any(len(g.layers) > 1 for g in groups[-1])
+        if same_scope and not two_multi:
+            groups[-1].append(s)
+        else:
+            groups.append([s])
     out: list[Region] = []
     run: list[Region] = []
-
-    def flush() -> None:
-        groups: list[list[Region]] = []
-        for s in run:
-            key = _scope(s.layers[0])
-            if groups and key is not None and _scope(groups[-1][-1].layers[0]) == key:
-                groups[-1].append(s)
-            else:
-                groups.append([s])
-        # Adjacent unscoped singletons (stems, heads) merge into chunks of 2-3 layers.
-        pending: list[Region] = []
-        for grp in groups:
-            if len(grp) == 1 and _scope(grp[0].layers[0]) is None:
-                pending.append(grp[0])
-                continue
-            if pending:
-                out.extend(_merge(c) for c in _chunks(pending))
-                pending = []
-            out.extend(_merge(c) for c in _chunks(grp))
-        if pending:
-            out.extend(_merge(c) for c in _chunks(pending))
-        run.clear()
-
-    for s in segs:
-        if len(s.layers) == 1:
-            run.append(s)
-        else:
-            flush()
-            out.append(s)
-    flush()
+    for region in (_merge(g) for g in groups):
+        if len(region.layers) == 1:
+            run.append(region)
+            continue
+        out.extend(_merge(c) for c in (_chunks(run) if run else []))
+        run = []
+        out.append(region)
+    out.extend(_merge(c) for c in (_chunks(run) if run else []))
     for k, r in enumerate(out):
         scope = _scope(r.layers[0]) if r.layers else None
         r.name = f"block{k}" + (f" {scope}" if scope else "")

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Callable, TypeVar
 
+import numpy as np
+
 from .grid import Grid
 
 T = TypeVar("T")  # numpy.ndarray or torch.Tensor
@@ -19,14 +21,21 @@ def rne(x: T) -> T:
     return x.round()
 
 
+def _like(v, x):
+    """numpy parameters in x's float dtype, so float32 math stays float32 (as in ONNX and torch)."""
+    if isinstance(x, np.ndarray) and x.dtype.kind == "f" and isinstance(v, (np.ndarray, np.generic)):
+        return np.asarray(v).astype(x.dtype, copy=False)
+    return v
+
+
 def quantize(x: T, scale, zero_point, grid: Grid, round_fn: Callable[[T], T] = rne) -> T:
     """q = clip(RNE(x / s) + z, qmin, qmax): ONNX QuantizeLinear (divides, as onnxruntime does)."""
-    return (round_fn(x / scale) + zero_point).clip(grid.qmin, grid.qmax)
+    return (round_fn(x / _like(scale, x)) + _like(zero_point, x)).clip(grid.qmin, grid.qmax)
 
 
 def dequantize(q: T, scale, zero_point) -> T:
     """x = (q - z) * s: ONNX DequantizeLinear."""
-    return (q - zero_point) * scale
+    return (q - _like(zero_point, q)) * _like(scale, q)
 
 
 def fake_quantize(x: T, scale, zero_point, grid: Grid, round_fn: Callable[[T], T] = rne) -> T:

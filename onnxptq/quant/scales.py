@@ -151,10 +151,21 @@ def bias_safe_weight_scale(w_scale: torch.Tensor, bias: torch.Tensor, x_scale: f
     """Smallest change to per-channel weight scales so the bias fits its int32 grid at s_x * s_w.
 
     A channel whose weights are (nearly) all zero gets a tiny s_w; its bias / (s_x s_w) would then
-    saturate int32 and change the output. Raising s_w to |b| / (s_x (2^31 - 1)) (next power of two for
-    Po2 scales) keeps the bias exact; the weights of such channels are ~0 and still quantize to ~0.
+    saturate int32 and change the output. Raising s_w until |b| / (s_x s_w) <= 2^(bits-2) (half the
+    int32 range: margin for float32 rounding of s_x * s_w; next power of two for Po2 scales) keeps the
+    bias exact; the weights of such channels are ~0 and still quantize to ~0. Computed in float64.
     """
-    need = bias.abs() / (x_scale * float(2 ** (bias_bits - 1) - 1))
+    need = bias.double().abs() / (float(x_scale) * float(2 ** (bias_bits - 2)))
     if po2:
-        need = torch.exp2(torch.ceil(torch.log2(need.double().clamp(min=1e-300)))).to(w_scale.dtype)
-    return torch.maximum(w_scale, need.to(w_scale.dtype))
+        need = torch.exp2(torch.ceil(torch.log2(need.clamp(min=1e-300))))
+    return torch.maximum(w_scale.double(), need).to(w_scale.dtype)
+
+
+def even_zero_point(zp: torch.Tensor) -> torch.Tensor:
+    """Odd zero points moved down to the even neighbour (still on any signed grid: qmin is even).
+
+    onnxruntime's fused QLinearAdd adds the output zero point before rounding, so with an odd zero
+    point exact ties (frequent with Po2 scales) round differently from QuantizeLinear; even zero
+    points make both agree (measured on onnxruntime 1.32, tests/test_qdq_parity.py).
+    """
+    return zp - torch.remainder(zp, 2)

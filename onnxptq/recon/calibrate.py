@@ -82,6 +82,9 @@ def calibrate_activations(sim: SimModel, observers: dict[str, Observer], plan: B
             raise RuntimeError(f"quant point {t!r} saw no data during calibration")
         grid = activation_grid(plan.a_bits[t], obs.nonnegative)
         params = choose_scale(obs.sample(), grid, cfg.a_symmetric or not grid.signed, None, cfg, cfg.a_scale_method)
+        if params.po2 and not params.symmetric:
+            zp = S.even_zero_point(torch.tensor(params.zero_point)).numpy()
+            params = QParams(grid, params.scale, zp, None, po2=True)
         fq.bits = grid.bits
         fq.set_params(params)
 
@@ -110,7 +113,7 @@ def calibrate_weights(sim: SimModel, plan: BitPlan, cfg: QuantConfig,
         params = choose_scale(w, grid, cfg.w_symmetric, layer.weight_axis, cfg, cfg.w_scale_method)
         if layer.bias and input_means is not None and layer.name in input_means:
             scale, zp = params.shaped_for(w.dim())
-            w_q = fake_quantize(w, torch.tensor(scale, device=w.device), torch.tensor(zp, device=w.device).float(),
+            w_q = fake_quantize(w, torch.tensor(np.array(scale), device=w.device), torch.tensor(np.array(zp), device=w.device).float(),
                                 grid)
             sim.bias_delta[layer.name] = bias_shift(layer, w, w_q, input_means[layer.name].to(w.device))
         if layer.bias:
