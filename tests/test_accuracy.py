@@ -5,7 +5,7 @@ import pytest
 
 from onnxptq import api
 
-from conftest import DIGITS, MODELS, digits_path
+from helpers import DIGITS, MODELS, digits_path
 
 MAX_DROP = 0.005  # 0.5 points
 

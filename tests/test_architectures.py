@@ -11,7 +11,7 @@ from onnxptq import api
 from onnxptq.importer import partition
 from onnxptq.sim.model import SimModel
 
-from conftest import TV_ARCHS, ort_run
+from helpers import TV_ARCHS, ort_run
 
 pytestmark = pytest.mark.slow
 

@@ -17,7 +17,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from onnxptq.cli import main
 
-from conftest import MODELS, ROOT, sha256
+from helpers import MODELS, ROOT, sha256
 
 MODEL = MODELS / "digits_mbv2.onnx"  # the fastest shipped model to quantize
 CALIB = MODELS / "digits_calib.npz"

@@ -12,7 +12,7 @@ from onnxptq.importer import import_model
 from onnxptq.importer.fold import fold
 from onnxptq.sim.model import SimModel
 
-from conftest import DIGITS, count_ops, digits_path, export_torch_model, ort_run
+from helpers import DIGITS, count_ops, digits_path, export_torch_model, ort_run
 
 REL_TOL = 1e-4
 

@@ -8,7 +8,7 @@ import pytest
 
 from onnxptq.importer import GRANULARITIES, import_model, partition
 
-from conftest import DIGITS, TV_ARCHS, digits_path
+from helpers import DIGITS, TV_ARCHS, digits_path
 
 MAX_BLOCK_LAYERS = 8  # an Inception module (6 convs) or an SE inverted residual (5) is one block
 

@@ -14,7 +14,7 @@ from onnx import TensorProto, helper, numpy_helper
 from onnxptq import api
 from onnxptq.quant import is_power_of_two
 
-from conftest import DIGITS, ort_run
+from helpers import DIGITS, ort_run
 
 BITS = [(8, 8), (4, 8), (8, 4), (4, 4)]
 FIRST_LAST = [8, None]

@@ -14,7 +14,7 @@ from onnxptq.quant import scales as S
 from onnxptq.quant.grid import weight_grid
 from onnxptq.quant.observer import Observer
 
-from conftest import ort_run
+from helpers import ort_run
 
 # ---------------------------------------------------------------- grids
 

@@ -4,7 +4,7 @@ import numpy as np
 from onnxptq.api import quantize
 from onnxptq.verify import qdq_output_parity
 
-from conftest import digits_path
+from helpers import digits_path
 
 
 def test_po2_report_is_bit_exact_and_float_report_counts(tmp_path, digits_calib, digits_val):
