@@ -9,6 +9,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
@@ -22,6 +23,9 @@ from .importer import QGraph, import_model, partition
 from .plan import BitPlan, make_plan
 from .sim.model import SimModel
 
+if TYPE_CHECKING:
+    from .export.intplan import IntProgram
+
 
 @dataclass
 class QuantResult:
@@ -32,6 +36,7 @@ class QuantResult:
     plan: BitPlan
     config: QuantConfig
     timings: dict[str, float] = field(default_factory=dict)
+    program: "IntProgram | None" = None  # the integer program (format "int")
 
     def summary(self) -> dict:
         """Bits, scale kind, weight sizes before/after, times: the table printed at the end of a run."""
@@ -57,8 +62,19 @@ class QuantResult:
         }
 
     def simulate(self, inputs: dict[str, np.ndarray], batch_size: int = 32) -> np.ndarray:
-        """First model output from the torch simulation (what the exported model computes)."""
+        """First model output from the torch simulation of what the exported model computes: the
+        fake-quant simulation for QDQ, the integer simulation for integer ONNX."""
+        if self.program is not None:
+            return self.integer_sim().run_batched(inputs, batch_size)
         return simulate(self.sim, inputs, batch_size)
+
+    def integer_sim(self):
+        """``sim.integer.IntSim`` of the exported integer program (format "int")."""
+        from .sim.integer import IntSim
+
+        if self.program is None:
+            raise ConfigError("the integer simulation exists for --format int results only")
+        return IntSim(self.program, self.sim.consts, self.config.device)
 
 
 def _as_dataset(calib, qg: QGraph, limit: int | None) -> Dataset:
@@ -150,14 +166,22 @@ def quantize(model: str | os.PathLike, calib, config: QuantConfig | None = None,
     calibrate(sim, data, plan, config)
     timings["calibrate"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    from .export.qdq import export_qdq
+    program = None
+    if config.format == "int":
+        from .export.integer import export_integer
+        from .export.intplan import lower
 
-    qmodel = export_qdq(sim, config.opset)
+        program = lower(sim, config.int_rounding, config.opset)
+        qmodel = export_integer(program, qg.model)
+    else:
+        from .export.qdq import export_qdq
+
+        qmodel = export_qdq(sim, config.opset)
     onnx.checker.check_model(qmodel)
     timings["export"] = time.perf_counter() - t0
     if out is not None:
         save_atomic(qmodel, out)
-    return QuantResult(qmodel, out, qg, sim, plan, config, timings)
+    return QuantResult(qmodel, out, qg, sim, plan, config, timings, program)
 
 
 def inspect(model: str | os.PathLike, granularity: str = "block", input_shapes: dict | None = None) -> dict:

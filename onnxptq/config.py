@@ -13,7 +13,8 @@ METHODS = ("rtn",)
 SCALE_KINDS = ("float", "po2")
 SCALE_METHODS = ("minmax", "percentile", "mse")
 PO2_METHODS = ("search", "floor", "round")
-FORMATS = ("qdq",)
+FORMATS = ("qdq", "int")
+INT_ROUNDINGS = ("rne", "half_up")
 GRANULARITIES = ("layer", "block", "stage", "net")
 
 
@@ -44,13 +45,15 @@ class QuantConfig:
     skip_nodes: list[str] = field(default_factory=list)
     input_shapes: dict[str, list[int]] = field(default_factory=dict)
     # export
-    format: str = "qdq"
+    format: str = "qdq"  # qdq (onnxruntime and other QDQ runtimes) | int (shift-based integer ONNX, Po2 only)
+    int_rounding: str = "rne"  # integer export requantization: rne (parity with QDQ) | half_up (some hardware)
     opset: int = 21
     progress: bool = True
 
     def __post_init__(self) -> None:
         for name, allowed in (("scale", SCALE_KINDS), ("po2_method", PO2_METHODS), ("w_scale_method", SCALE_METHODS),
                               ("a_scale_method", SCALE_METHODS), ("method", METHODS), ("format", FORMATS),
+                              ("int_rounding", INT_ROUNDINGS),
                               ("granularity", GRANULARITIES)):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{name} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}")
@@ -64,6 +67,12 @@ class QuantConfig:
             raise ConfigError(f"percentile must be in (50, 100]; got {self.percentile}")
         if self.num_calib < 1 or self.batch_size < 1:
             raise ConfigError("num_calib and batch_size must be positive")
+        if self.format == "int" and self.scale != "po2":
+            raise ConfigError("--format int writes shift-based integer ONNX and needs power-of-two scales: add --scale po2")
+        if self.format == "int" and self.a_bits > 8:
+            raise ConfigError("--format int stores activations in int8: use --a-bits <= 8 (16-bit activations: --format qdq)")
+        if self.int_rounding != "rne" and self.format != "int":
+            raise ConfigError("--int-rounding applies to --format int only")
         if self.opset < 21 and (self.w_bits <= 4 or self.a_bits <= 4):
             raise ConfigError(f"4-bit containers need opset >= 21; got opset {self.opset}")
         if self.device != "cpu":

@@ -1,0 +1,311 @@
+"""Shift-based integer ONNX (DESIGN.md section 4): standard ops only, every arithmetic step exact.
+
+Writes an ``IntProgram`` (``export/intplan.py``) as ONNX:
+- model input: ``Mul(2^f) -> Round -> Add(z) -> Clip -> Cast(int8)``; outputs: ``(Cast(c) - z) * 2^-f``;
+- Conv/Gemm/MatMul: ``ConvInteger`` / ``MatMulInteger`` on int8 containers with the input zero point
+  (explicit ``Pad`` with the zero point when the input has one), + int32 bias, then the per-channel
+  RNE shift R(a, n) built from ``Mod``/``Div`` (floor via ``a - Mod(a, D)``: exact for any integer),
+  ``+ z_y``, ``Clip`` to the grid (fused Relu/ReLU6 bounds included), ``Cast(int8)``;
+- Add/Sub/Sum: operands shifted left to the common fraction, added in int32, then R;
+- Mul (activation x activation), Concat (each input requantized), average pools (``ReduceSum`` or a
+  ones-kernel ``ConvInteger``, then exact RNE division), elementwise activations (``Gather`` lookup
+  tables over the input grid), data movement (``MaxPool``, ``Reshape``, ``Pad`` with the zero point, ...)
+  directly on int8.
+Accumulators switch to int64 where the lowering could not prove |a| + 2^(n-1) < 2^31.
+The program itself is embedded as JSON metadata (``onnxptq.program``) so ``onnxptq verify`` can
+replay the quantizer's integer simulation against the file.
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from .intplan import IntProgram, Step, TInt
+
+PROGRAM_KEY = "onnxptq.program"
+FORMAT_KEY = "onnxptq.format"
+
+
+def qname(t: str) -> str:
+    """Name of the int8 container tensor of float tensor ``t``."""
+    return f"{t}.q"
+
+
+class IntegerWriter:
+    def __init__(self, program: IntProgram, source: onnx.ModelProto) -> None:
+        self.p, self.src = program, source
+        self.nodes: list[onnx.NodeProto] = []
+        self.inits: list[onnx.TensorProto] = []
+        self._names: set[str] = set()
+        self.shapes = _shapes(source)
+
+    # ------------------------------------------------------------------ helpers
+    def _unique(self, base: str) -> str:
+        name, k = base, 1
+        while name in self._names:
+            k += 1
+            name = f"{base}_{k}"
+        self._names.add(name)
+        return name
+
+    def const(self, base: str, arr) -> str:
+        name = self._unique(base)
+        self.inits.append(numpy_helper.from_array(np.asarray(arr), name))
+        return name
+
+    def op(self, op_type: str, inputs: list[str], base: str, out: str | None = None, **attrs) -> str:
+        out = out or self._unique(base)
+        self._names.add(out)
+        self.nodes.append(helper.make_node(op_type, inputs, [out], name=self._unique(f"{base}/{op_type}"), **attrs))
+        return out
+
+    def int_of(self, t: str) -> str:
+        return qname(t) if t in self.p.tensors else t
+
+    @staticmethod
+    def _dt(wide: bool):
+        return (TensorProto.INT64, np.int64) if wide else (TensorProto.INT32, np.int32)
+
+    def widen(self, c: str, zp: int, wide: bool, base: str) -> str:
+        """int8 container -> centred int32/int64 value c - z."""
+        elem, np_dt = self._dt(wide)
+        v = self.op("Cast", [c], f"{base}/wide", to=elem)
+        if zp:
+            v = self.op("Sub", [v, self.const(f"{base}/zp", np_dt(zp))], f"{base}/centred")
+        return v
+
+    def requant(self, a: str, shift, pre: int, wide: bool, base: str, shape: list[int] | None = None) -> str:
+        """R(a * 2^pre, n + pre) (``quant.requant.requant_shift``) from Mul/Mod/Div/Add/Sub."""
+        elem, np_dt = self._dt(wide)
+        n = np.asarray(shift, dtype=np.int64) + pre
+        if pre:
+            a = self.op("Mul", [a, self.const(f"{base}/pre", np_dt(2 ** pre))], f"{base}/pre_shifted")
+        uniform = n.size == 1 or np.all(n == n.reshape(-1)[0])
+        d = (np.int64(1) << (n.reshape(-1)[:1] if uniform else n)).astype(np_dt)
+        if uniform:
+            d = d.reshape(())
+        elif shape is not None:
+            d = d.reshape(shape)
+        D = self.const(f"{base}/D", d)
+        if self.p.rounding == "half_up":
+            t = self.op("Add", [a, self.const(f"{base}/half", (d // 2).astype(np_dt))], f"{base}/biased")
+        else:
+            m = self.op("Mod", [a, D], f"{base}/mod")
+            f = self.op("Div", [self.op("Sub", [a, m], f"{base}/floor_num"), D], f"{base}/floor")
+            odd = self.op("Mod", [f, self.const(f"{base}/two", np_dt(2))], f"{base}/odd")
+            t = self.op("Add", [self.op("Add", [a, self.const(f"{base}/half_m1", (d // 2 - 1).astype(np_dt))],
+                                        f"{base}/biased0"), odd], f"{base}/biased")
+        return self.op("Div", [self.op("Sub", [t, self.op("Mod", [t, D], f"{base}/tmod")], f"{base}/tfloor"), D],
+                       f"{base}/rounded")
+
+    def finish(self, v: str, step: Step, out: str, wide: bool, base: str) -> str:
+        """+ z_y, Clip to the grid, Cast(int8)."""
+        _, np_dt = self._dt(wide)
+        a = step.attrs
+        if a["y_zp"]:
+            v = self.op("Add", [v, self.const(f"{base}/y_zp", np_dt(a["y_zp"]))], f"{base}/with_zp")
+        v = self.op("Clip", [v, self.const(f"{base}/lo", np_dt(a["lo"])), self.const(f"{base}/hi", np_dt(a["hi"]))],
+                    f"{base}/clipped")
+        return self.op("Cast", [v], base, out=out, to=TensorProto.INT8)
+
+    def pad_zp(self, x: str, pads: list[int], zp: int, base: str) -> str:
+        """Explicit constant Pad of an NCHW int8 tensor with its zero point (real value 0)."""
+        nd = len(pads) // 2
+        full = [0, 0, *pads[:nd], 0, 0, *pads[nd:]]
+        return self.op("Pad", [x, self.const(f"{base}/pads", np.array(full, np.int64)),
+                               self.const(f"{base}/pad_value", np.int8(zp))], f"{base}/padded", mode="constant")
+
+    # ------------------------------------------------------------------ steps
+    def s_input(self, step: Step) -> None:
+        t: TInt = self.p.tensors[step.outputs[0]]
+        x, base = step.inputs[0], f"{step.node}/quantize"
+        v = self.op("Mul", [x, self.const(f"{base}/scale", np.float32(2.0 ** t.frac))], f"{base}/scaled")
+        v = self.op("Round", [v], f"{base}/rounded")
+        if t.zp:
+            v = self.op("Add", [v, self.const(f"{base}/zp", np.float32(t.zp))], f"{base}/with_zp")
+        v = self.op("Clip", [v, self.const(f"{base}/lo", np.float32(t.lo)), self.const(f"{base}/hi", np.float32(t.hi))],
+                    f"{base}/clipped")
+        self.op("Cast", [v], base, out=qname(x), to=TensorProto.INT8)
+
+    def s_layer(self, step: Step) -> None:
+        a, base = step.attrs, step.node
+        wide = a["wide"]
+        x = qname(step.inputs[0])
+        w = self.p.arrays[a["weight"]]
+        w_name = self.const(a["weight"], w.astype(np.int8))
+        x_zp = self.const(f"{base}/x_zp", np.int8(a["x_zp"]))
+        if a["op_type"] == "Conv":
+            conv_attrs = dict(a["conv"])
+            pads = list(conv_attrs.get("pads", []))
+            if a["x_zp"] and any(pads):
+                x = self.pad_zp(x, pads, a["x_zp"], base)
+                conv_attrs.pop("pads")
+            acc = self.op("ConvInteger", [x, w_name, x_zp], f"{base}/acc", **conv_attrs)
+            shape = [-1] + [1] * (w.ndim - 2)
+        else:
+            acc = self.op("MatMulInteger", [x, w_name, x_zp], f"{base}/acc")
+            shape = [-1]
+        elem, np_dt = self._dt(wide)
+        if wide:
+            acc = self.op("Cast", [acc], f"{base}/acc64", to=elem)
+        if a["bias"] is not None:
+            b = self.p.arrays[a["bias"]].astype(np_dt).reshape(shape)
+            acc = self.op("Add", [acc, self.const(a["bias"], b)], f"{base}/acc_bias")
+        r = self.requant(acc, a["shift"], a["pre"], wide, f"{base}/requant", shape)
+        self.finish(r, step, qname(step.outputs[0]), wide, f"{base}/out")
+
+    def s_add(self, step: Step) -> None:
+        a, base = step.attrs, step.node
+        _, np_dt = self._dt(a["wide"])
+        total = None
+        for k, (t, zp, left, sign) in enumerate(zip(step.inputs, a["zps"], a["left"], a["signs"])):
+            v = self.widen(qname(t), zp, a["wide"], f"{base}/in{k}")
+            if left:
+                v = self.op("Mul", [v, self.const(f"{base}/in{k}/align", np_dt(2 ** left))], f"{base}/in{k}/aligned")
+            total = v if total is None else self.op("Sub" if sign < 0 else "Add", [total, v], f"{base}/sum{k}")
+        r = self.requant(total, a["shift"], a["pre"], a["wide"], f"{base}/requant")
+        self.finish(r, step, qname(step.outputs[0]), a["wide"], f"{base}/out")
+
+    def s_mul(self, step: Step) -> None:
+        a, base = step.attrs, step.node
+        u = self.widen(qname(step.inputs[0]), a["zps"][0], a["wide"], f"{base}/in0")
+        v = self.widen(qname(step.inputs[1]), a["zps"][1], a["wide"], f"{base}/in1")
+        prod = self.op("Mul", [u, v], f"{base}/product")
+        r = self.requant(prod, a["shift"], a["pre"], a["wide"], f"{base}/requant")
+        self.finish(r, step, qname(step.outputs[0]), a["wide"], f"{base}/out")
+
+    def s_concat(self, step: Step) -> None:
+        a, base = step.attrs, step.node
+        parts = []
+        for k, (t, part) in enumerate(zip(step.inputs, a["parts"])):
+            if part["same"]:
+                parts.append(qname(t))
+                continue
+            v = self.widen(qname(t), part["zp"], False, f"{base}/in{k}")
+            r = self.requant(v, part["shift"], part["pre"], False, f"{base}/in{k}/requant")
+            parts.append(self.finish(r, step, self._unique(f"{base}/in{k}/q"), False, f"{base}/in{k}/out"))
+        self.op("Concat", parts, base, out=qname(step.outputs[0]), axis=a["axis"])
+
+    def s_avgpool(self, step: Step) -> None:
+        a, base = step.attrs, step.node
+        wide = a["wide"]
+        elem, np_dt = self._dt(wide)
+        x = qname(step.inputs[0])
+        if a["op_type"] == "AveragePool":
+            if any(a["pads"]):
+                x = self.pad_zp(x, a["pads"], a["x_zp"], base)
+            ones = np.ones((a["channels"], 1, *a["kernel"]), np.int8)
+            s = self.op("ConvInteger", [x, self.const(f"{base}/ones", ones), self.const(f"{base}/x_zp", np.int8(a["x_zp"]))],
+                        f"{base}/window_sum", group=a["channels"], kernel_shape=a["kernel"], strides=a["strides"])
+            if wide:
+                s = self.op("Cast", [s], f"{base}/sum64", to=elem)
+        else:
+            v = self.widen(x, a["x_zp"], wide, f"{base}/in")
+            s = self.op("ReduceSum", [v, self.const(f"{base}/axes", np.array(a["axes"], np.int64))], f"{base}/sum",
+                        keepdims=int(a.get("keepdims", 1)))
+        if a["up"]:
+            s = self.op("Mul", [s, self.const(f"{base}/up", np_dt(2 ** a["up"]))], f"{base}/aligned")
+        D = self.const(f"{base}/divisor", np_dt(a["divisor"]))
+        r = self.op("Mod", [s, D], f"{base}/rem")
+        q = self.op("Div", [self.op("Sub", [s, r], f"{base}/floor_num"), D], f"{base}/floor")
+        twice = self.op("Mul", [r, self.const(f"{base}/two", np_dt(2))], f"{base}/twice_rem")
+        if self.p.rounding == "half_up":
+            up = self.op("Div", [twice, D], f"{base}/round_up")
+        else:
+            odd = self.op("Mod", [q, self.const(f"{base}/two_", np_dt(2))], f"{base}/odd")
+            up = self.op("Div", [self.op("Add", [twice, odd], f"{base}/tie"),
+                                 self.const(f"{base}/divisor_p1", np_dt(a["divisor"] + 1))], f"{base}/round_up")
+        y = self.op("Add", [q, up], f"{base}/rounded")
+        self.finish(y, step, qname(step.outputs[0]), wide, f"{base}/out")
+
+    def s_lut(self, step: Step) -> None:
+        a, base = step.attrs, step.node
+        idx = self.op("Cast", [qname(step.inputs[0])], f"{base}/index_wide", to=TensorProto.INT32)
+        if a["offset"]:
+            idx = self.op("Sub", [idx, self.const(f"{base}/offset", np.int32(a["offset"]))], f"{base}/index")
+        self.op("Gather", [self.const(f"{base}/table", a["table"].astype(np.int8)), idx], base,
+                out=qname(step.outputs[0]), axis=0)
+
+    def s_copy(self, step: Step) -> None:
+        """Data movement on int8 (carry) or non-activation computations (pass), inputs renamed."""
+        a = step.attrs
+        op_type = a["op_type"]
+        attrs = {k: v for k, v in a.get("attrs", {}).items()}
+        ins = [self.int_of(i) if i else "" for i in step.inputs]
+        outs = [self.int_of(o) if o else "" for o in step.outputs]
+        if op_type == "Constant":
+            src = next(n for n in self.src.graph.node if n.name == step.node and n.op_type == "Constant")
+            node = onnx.NodeProto()
+            node.CopyFrom(src)
+            node.name = self._unique(step.node)
+            self.nodes.append(node)
+            return
+        if a.get("pad_value") is not None:
+            ins = (ins + ["", ""])[:3] if len(ins) < 3 else ins
+            ins[2] = self.const(f"{step.node}/pad_value", np.int8(a["pad_value"]))
+            attrs.pop("value", None)
+        if op_type == "GlobalMaxPool":
+            rank = len(self.shapes.get(step.inputs[0], ())) or 4
+            self.nodes.append(helper.make_node("ReduceMax", [ins[0], self.const(f"{step.node}/axes", np.arange(2, rank))],
+                                               outs, name=self._unique(step.node), keepdims=1))
+            return
+        for i in step.inputs:
+            if i and i not in self.p.tensors:
+                self._copy_initializer(i)
+        self.nodes.append(helper.make_node(op_type, ins, outs, name=self._unique(step.node), **attrs))
+
+    def _copy_initializer(self, name: str) -> None:
+        if name in self._names:
+            return
+        for init in self.src.graph.initializer:
+            if init.name == name:
+                self.inits.append(init)
+                self._names.add(name)
+                return
+
+    def s_output(self, step: Step) -> None:
+        t: TInt = self.p.tensors[step.inputs[0]]
+        base = f"{step.node}/dequantize"
+        v = self.widen(qname(step.inputs[0]), t.zp, False, base)
+        v = self.op("Cast", [v], f"{base}/float", to=TensorProto.FLOAT)
+        self.op("Mul", [v, self.const(f"{base}/scale", np.float32(2.0 ** -t.frac))], base, out=step.outputs[0])
+
+    # ------------------------------------------------------------------ assemble
+    def build(self) -> onnx.ModelProto:
+        handlers = {"input": self.s_input, "layer": self.s_layer, "add": self.s_add, "mul": self.s_mul,
+                    "concat": self.s_concat, "avgpool": self.s_avgpool, "lut": self.s_lut, "carry": self.s_copy,
+                    "pass": self.s_copy, "output": self.s_output}
+        for step in self.p.steps:
+            handlers[step.kind](step)
+        g = self.src.graph
+        inputs = [i for i in g.input if i.name in self.p.inputs]
+        outputs = [helper.make_tensor_value_info(o.name, TensorProto.FLOAT, _dims(o)) for o in g.output]
+        graph = helper.make_graph(self.nodes, f"{g.name or 'model'}_integer", inputs, outputs, self.inits)
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", self.p.opset)],
+                                  producer_name="onnxptq")
+        model.ir_version = 10
+        helper.set_model_props(model, {FORMAT_KEY: "integer", PROGRAM_KEY: json.dumps(self.p.to_json())})
+        return model
+
+
+def _dims(vi: onnx.ValueInfoProto):
+    if not vi.type.tensor_type.HasField("shape"):
+        return None
+    return [d.dim_param if d.dim_param else (d.dim_value if d.HasField("dim_value") else None)
+            for d in vi.type.tensor_type.shape.dim]
+
+
+def _shapes(model: onnx.ModelProto) -> dict[str, tuple]:
+    out = {}
+    for vi in list(model.graph.input) + list(model.graph.value_info) + list(model.graph.output):
+        if vi.type.tensor_type.HasField("shape"):
+            out[vi.name] = tuple(d.dim_value for d in vi.type.tensor_type.shape.dim)
+    return out
+
+
+def export_integer(program: IntProgram, source: onnx.ModelProto) -> onnx.ModelProto:
+    """The integer ONNX model of ``program``; ``source`` is the folded float model it was lowered from."""
+    return IntegerWriter(program, source).build()

@@ -1,0 +1,409 @@
+"""Lowering a calibrated Po2 model to an integer program (DESIGN.md section 4).
+
+``lower(sim)`` turns the QGraph and the simulation's quantizers into an ``IntProgram``: one step per
+ONNX node, each holding the exact integer parameters (container zero points, per-channel shifts,
+clip bounds, lookup tables, accumulator bounds and the int32/int64 choice). Two back ends read it:
+
+- ``export/integer.py`` writes it as standard ONNX (ConvInteger, MatMulInteger, Mod, Div, ...);
+- ``sim/integer.py`` executes it in torch with ``quant.requant`` (the integer simulation).
+
+Containers: every 2-8-bit activation is an int8 tensor ``c`` with zero point ``z`` and ``f``
+fractional bits, value ``(c - z) * 2^-f``. Unsigned 8-bit grids [0, 255] are stored shifted by -128
+(zero point z - 128); all other grids fit int8 unchanged. Weights are stored centred (q - z_w, which
+fits int8 for symmetric grids and for asymmetric grids of at most 7 bits), so ConvInteger needs no
+weight zero point.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+
+from ..errors import ConfigError, UnsupportedOpError
+from ..importer.graph import CARRY_OPS, QGraph, attrs_of
+from ..quant import quantize
+from ..quant.requant import ROUNDING_MODES, po2_frac, rne_float, shift_bound
+from ..sim.model import SimModel
+
+INT8_MIN, INT8_MAX = -128, 127
+LUT_OPS = frozenset({"Relu", "Clip", "Sigmoid", "Tanh", "HardSwish", "HardSigmoid", "LeakyRelu", "Elu", "Softplus",
+                     "Mish", "Gelu", "Erf", "Neg", "Abs", "Exp", "Selu", "Celu", "Softsign", "ThresholdedRelu"})
+CARRY_SUPPORTED = frozenset({"MaxPool", "Reshape", "Flatten", "Transpose", "Pad", "Slice", "Split", "Squeeze",
+                             "Unsqueeze", "Identity", "GlobalMaxPool", "Resize", "Expand", "Tile", "Gather"})
+
+
+@dataclass
+class TInt:
+    """An integer tensor: int8 container values c, zero point z, value (c - z) * 2^-frac."""
+
+    name: str  # the float tensor it represents
+    frac: int
+    zp: int
+    lo: int  # grid bounds inside the container
+    hi: int
+    bits: int
+    signed: bool
+
+    @property
+    def max_abs(self) -> int:
+        """Largest |c - z| on the grid."""
+        return max(abs(self.lo - self.zp), abs(self.hi - self.zp))
+
+
+@dataclass
+class Step:
+    kind: str  # input | layer | add | mul | concat | avgpool | lut | carry | pass | output
+    node: str  # ONNX node name (the tensor name for input/output steps)
+    inputs: list[str]  # float tensor names read (container tensors for integer operands)
+    outputs: list[str]
+    attrs: dict = field(default_factory=dict)
+
+
+@dataclass
+class IntProgram:
+    tensors: dict[str, TInt]  # every integer tensor (quant points and carried tensors)
+    steps: list[Step]
+    arrays: dict[str, np.ndarray]  # large constants (weights, biases) by key
+    inputs: list[str]
+    outputs: list[str]
+    rounding: str = "rne"
+    opset: int = 21
+
+    def to_json(self) -> dict:
+        """JSON-able record (large arrays by sha256), embedded in the exported model's metadata."""
+        return {"rounding": self.rounding, "opset": self.opset, "inputs": self.inputs, "outputs": self.outputs,
+                "tensors": {k: asdict(v) for k, v in self.tensors.items()},
+                "steps": [{"kind": s.kind, "node": s.node, "inputs": s.inputs, "outputs": s.outputs,
+                           "attrs": _jsonable(s.attrs)} for s in self.steps],
+                "arrays": {k: {"sha256": _digest(v), "shape": list(v.shape), "dtype": str(v.dtype)}
+                           for k, v in self.arrays.items()}}
+
+
+def _digest(a: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()
+
+
+def _jsonable(v):
+    if isinstance(v, dict):
+        return {k: _jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, np.ndarray):
+        return {"__array__": v.tolist(), "dtype": str(v.dtype)}
+    if isinstance(v, (np.integer,)):
+        return int(v)
+    if isinstance(v, (np.floating,)):
+        return float(v)
+    if isinstance(v, bytes):
+        return v.decode()
+    return v
+
+
+def from_jsonable(v):
+    if isinstance(v, dict):
+        if "__array__" in v:
+            return np.array(v["__array__"], dtype=v["dtype"])
+        return {k: from_jsonable(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [from_jsonable(x) for x in v]
+    return v
+
+
+def program_from_json(d: dict, arrays: dict[str, np.ndarray]) -> IntProgram:
+    steps = [Step(s["kind"], s["node"], s["inputs"], s["outputs"], from_jsonable(s["attrs"])) for s in d["steps"]]
+    return IntProgram({k: TInt(**v) for k, v in d["tensors"].items()}, steps, arrays, d["inputs"], d["outputs"],
+                      d["rounding"], d["opset"])
+
+
+# ---------------------------------------------------------------------------------------------- lowering
+
+class _Lowering:
+    def __init__(self, sim: SimModel, rounding: str, opset: int) -> None:
+        if rounding not in ROUNDING_MODES:
+            raise ConfigError(f"rounding must be one of {', '.join(ROUNDING_MODES)}; got {rounding!r}")
+        self.sim, self.qg, self.rounding, self.opset = sim, sim.qg, rounding, opset
+        self.tensors: dict[str, TInt] = {}
+        self.arrays: dict[str, np.ndarray] = {}
+        self.steps: list[Step] = []
+        self.layer_by_node = {layer.name: layer for layer in self.qg.layers}
+        self.fused_act = {layer.act_node: layer for layer in self.qg.layers if layer.act_node}
+        self.errors: list[tuple[str, str, str]] = []
+
+    # -------------------------------------------------------------- tensors
+    def quant_point(self, t: str) -> TInt:
+        fq = self.sim.act_quantizer(t)
+        p = fq.params
+        if p is None or not fq.enabled:
+            raise ConfigError(f"activation {t!r} is not quantized; the integer format needs every activation quantized")
+        if not p.po2:
+            raise ConfigError(f"activation {t!r} has a non-power-of-two scale {float(p.scale)}; "
+                              "the integer format needs --scale po2")
+        if p.grid.bits > 8:
+            raise ConfigError(f"activation {t!r} has {p.grid.bits} bits; the integer format stores 2-8-bit "
+                              "activations in int8 (use --a-bits <= 8 or --format qdq)")
+        off = -128 if (not p.grid.signed and p.grid.bits == 8) else 0
+        return TInt(t, int(po2_frac(p.scale).reshape(())), int(p.zero_point.reshape(())) + off,
+                    p.grid.qmin + off, p.grid.qmax + off, p.grid.bits, p.grid.signed)
+
+    def tint(self, t: str) -> TInt:
+        if t not in self.tensors:
+            src = self.qg.source.get(t)
+            if src is None:
+                raise _Unsupported(f"tensor {t!r} has no integer form (a constant or a float tensor)")
+            base = self.tensors.get(src) or self.quant_point(src)
+            self.tensors[src] = base
+            self.tensors[t] = TInt(t, base.frac, base.zp, base.lo, base.hi, base.bits, base.signed)
+        return self.tensors[t]
+
+    def is_int(self, t: str) -> bool:
+        return bool(t) and t in self.qg.source
+
+    # -------------------------------------------------------------- build
+    def run(self) -> IntProgram:
+        for t in self.qg.inputs:
+            if self.is_int(t):
+                self.steps.append(Step("input", t, [t], [t]))
+                self.tint(t)
+        for n in self.qg.model.graph.node:
+            if n.op_type == "Constant":
+                self.steps.append(Step("pass", n.name, list(n.input), list(n.output), {"op_type": "Constant"}))
+                continue
+            if n.name in self.fused_act:
+                continue
+            try:
+                self.node(n)
+            except _Unsupported as e:
+                self.errors.append((n.name, n.op_type, str(e)))
+        for o in self.qg.outputs:
+            if not self.is_int(o):
+                self.errors.append((o, "output", "the graph output is not an integer tensor"))
+                continue
+            self.steps.append(Step("output", o, [o], [o]))
+        if self.errors:
+            raise UnsupportedOpError([(name, f"{op}: {why}") for name, op, why in self.errors], what="export as integer ONNX")
+        return IntProgram(self.tensors, self.steps, self.arrays, list(self.qg.inputs), list(self.qg.outputs),
+                          self.rounding, self.opset)
+
+    def node(self, n) -> None:
+        a = attrs_of(n)
+        float_in = [i for i in n.input if i in self.qg.float_tensors]
+        float_out = [o for o in n.output if o in self.qg.float_tensors]
+        if not float_in and not float_out:
+            self.steps.append(Step("pass", n.name, list(n.input), list(n.output), {"op_type": n.op_type, "attrs": a}))
+            return
+        if n.name in self.layer_by_node:
+            self.layer(n, a)
+            return
+        if any(not self.is_int(i) for i in float_in):
+            raise _Unsupported("reads a float tensor that has no integer form (a layer left float, e.g. by --skip-nodes)")
+        if not float_out:  # e.g. Shape of an activation: runs on the container
+            self.steps.append(Step("pass", n.name, list(n.input), list(n.output), {"op_type": n.op_type, "attrs": a}))
+            return
+        out = float_out[0]
+        if n.op_type in CARRY_OPS and self.qg.source.get(out) != out:
+            self.carry(n, a)
+        elif n.op_type in ("Add", "Sub", "Sum"):
+            self.add(n)
+        elif n.op_type == "Mul":
+            self.mul(n)
+        elif n.op_type == "Concat":
+            self.concat(n, a)
+        elif n.op_type in ("GlobalAveragePool", "AveragePool", "ReduceMean"):
+            self.avgpool(n, a)
+        elif n.op_type in LUT_OPS and len(float_in) == 1:
+            self.lut(n, a)
+        else:
+            raise _Unsupported("no exact integer form (supported: Conv/Gemm/MatMul, Add/Sub/Sum, Mul, Concat, "
+                               "average pools, elementwise activations as lookup tables, data-movement ops)")
+
+    # -------------------------------------------------------------- steps
+    def layer(self, n, a: dict) -> None:
+        layer = self.layer_by_node[n.name]
+        x = self.tint(layer.input)
+        y = self.tint(layer.output)
+        wq = self.sim.weight_quantizer(layer.name)
+        p = wq.params
+        if p is None or not wq.enabled:
+            raise _Unsupported("its weights are not quantized")
+        if not p.po2:
+            raise _Unsupported("its weight scales are not powers of two (use --scale po2)")
+        from ..recon.calibrate import integer_weights
+
+        q = integer_weights(self.sim, layer.name)
+        zp = p.zero_point.reshape(-1).astype(np.int64)
+        shape = [1] * q.ndim
+        shape[layer.weight_axis] = -1
+        w = q - zp.reshape(shape)
+        if w.min() < INT8_MIN or w.max() > INT8_MAX:
+            raise _Unsupported(f"asymmetric {p.grid.bits}-bit weights do not fit int8 once centred; "
+                               "use symmetric weights or at most 7 bits")
+        f_w = po2_frac(p.scale).reshape(-1)
+        if layer.op_type == "Conv":
+            w_store = w.astype(np.int8)
+            per_out = np.abs(w).reshape(w.shape[0], -1).sum(1)
+            cdim = 1
+        else:  # Gemm / MatMul: stored as B of MatMulInteger, shape (K, M)
+            w_store = (w.T if layer.weight_axis == 0 else w).astype(np.int8)
+            per_out = np.abs(w_store.astype(np.int64)).sum(0)
+            cdim = -1
+        bias = None
+        if layer.bias:
+            b = self.sim.effective_bias(layer, quantized_weights=True).detach().cpu().numpy().astype(np.float32)
+            s_b = self.sim.bias_scale(layer).reshape(-1)
+            bias = np.clip(np.round(b / s_b).astype(np.float64), -2**31, 2**31 - 1).astype(np.int64)
+        n_shift = x.frac + f_w - y.frac  # per output channel
+        pre = max(0, 1 - int(n_shift.min()))
+        conv_bound = int((per_out * x.max_abs).max())
+        if conv_bound >= 2**31:
+            raise _Unsupported(f"its accumulator can reach {conv_bound} >= 2^31 inside ConvInteger/MatMulInteger")
+        acc_bound = int((per_out * x.max_abs + (np.abs(bias) if bias is not None else 0)).max())
+        bound = shift_bound(acc_bound, int((n_shift + pre).max()), pre, self.rounding)
+        lo, hi = y.lo, y.hi
+        if layer.act_bounds is not None:
+            a_lo, a_hi = layer.act_bounds
+            if np.isfinite(a_lo):
+                lo = max(lo, y.zp + int(rne_float(a_lo * 2.0 ** y.frac)))
+            if np.isfinite(a_hi):
+                hi = min(hi, y.zp + int(rne_float(a_hi * 2.0 ** y.frac)))
+        key = layer.name
+        self.arrays[f"{key}.weight"] = w_store
+        if bias is not None:
+            self.arrays[f"{key}.bias"] = bias.astype(np.int32) if bound < 2**31 else bias
+        conv_attrs = {k: v for k, v in a.items() if k in ("auto_pad", "dilations", "group", "kernel_shape", "pads", "strides")}
+        if layer.op_type == "Conv" and x.zp != 0 and conv_attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET", b"VALID", "VALID"):
+            raise _Unsupported("auto_pad SAME_* with a non-zero input zero point; re-export the model with explicit pads")
+        self.steps.append(Step("layer", n.name, [layer.input], [layer.output], {
+            "op_type": layer.op_type, "conv": conv_attrs, "x_zp": x.zp, "weight": f"{key}.weight",
+            "bias": f"{key}.bias" if bias is not None else None, "shift": n_shift.astype(np.int64), "pre": pre,
+            "cdim": cdim, "y_zp": y.zp, "lo": lo, "hi": hi, "wide": bool(bound >= 2**31), "bound": bound}))
+
+    def add(self, n) -> None:
+        ins = [self.tint(i) for i in n.input]
+        y = self.tint(n.output[0])
+        F = max(t.frac for t in ins)
+        left = [F - t.frac for t in ins]
+        total = sum(t.max_abs * 2**s for t, s in zip(ins, left))
+        n_shift = F - y.frac
+        pre = max(0, 1 - n_shift)
+        bound = shift_bound(total, n_shift + pre, pre, self.rounding)
+        signs = [1] + [(-1 if n.op_type == "Sub" else 1)] * (len(ins) - 1)
+        self.steps.append(Step("add", n.name, list(n.input), [n.output[0]], {
+            "zps": [t.zp for t in ins], "left": left, "signs": signs, "shift": n_shift, "pre": pre, "y_zp": y.zp,
+            "lo": y.lo, "hi": y.hi, "wide": bool(bound >= 2**31)}))
+
+    def mul(self, n) -> None:
+        if not all(self.is_int(i) for i in n.input):
+            raise _Unsupported("Mul by a constant has no exact integer form; only activation x activation")
+        a, b = self.tint(n.input[0]), self.tint(n.input[1])
+        y = self.tint(n.output[0])
+        n_shift = a.frac + b.frac - y.frac
+        pre = max(0, 1 - n_shift)
+        bound = shift_bound(a.max_abs * b.max_abs, n_shift + pre, pre, self.rounding)
+        self.steps.append(Step("mul", n.name, list(n.input), [n.output[0]], {
+            "zps": [a.zp, b.zp], "shift": n_shift, "pre": pre, "y_zp": y.zp, "lo": y.lo, "hi": y.hi,
+            "wide": bool(bound >= 2**31)}))
+
+    def concat(self, n, a: dict) -> None:
+        ins = [self.tint(i) for i in n.input]
+        y = self.tint(n.output[0])
+        parts = []
+        for t in ins:
+            n_shift = t.frac - y.frac
+            pre = max(0, 1 - n_shift)
+            parts.append({"zp": t.zp, "shift": n_shift, "pre": pre,
+                          "same": n_shift == 0 and t.zp == y.zp and t.lo >= y.lo and t.hi <= y.hi})
+        self.steps.append(Step("concat", n.name, list(n.input), [n.output[0]], {
+            "axis": int(a.get("axis", 1)), "parts": parts, "y_zp": y.zp, "lo": y.lo, "hi": y.hi}))
+
+    def avgpool(self, n, a: dict) -> None:
+        x = self.tint(n.input[0])
+        y = self.tint(n.output[0])
+        shape = self.qg.shapes.get(n.input[0], ())
+        attrs: dict = {"op_type": n.op_type}
+        if n.op_type == "AveragePool":
+            k = list(a["kernel_shape"])
+            pads = list(a.get("pads", [0] * 2 * len(k)))
+            if a.get("ceil_mode", 0) or a.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET", b"VALID", "VALID"):
+                raise _Unsupported("AveragePool with ceil_mode or auto_pad has a position-dependent divisor")
+            if any(pads) and not a.get("count_include_pad", 0):
+                raise _Unsupported("padded AveragePool with count_include_pad=0 has a position-dependent divisor")
+            count = int(np.prod(k))
+            if len(shape) < 2 or shape[1] is None or shape[1] <= 0:
+                raise _Unsupported("AveragePool input with an unknown channel count")
+            attrs.update(channels=int(shape[1]), kernel=k, pads=pads, strides=list(a.get("strides", [1] * len(k))))
+        else:
+            if n.op_type == "ReduceMean":
+                axes = a.get("axes")
+                if axes is None and len(n.input) > 1:
+                    axes = self.qg.initializer(n.input[1]).tolist() if n.input[1] else None
+                if axes is None or sorted(int(v) % len(shape) for v in axes) != list(range(2, len(shape))):
+                    raise _Unsupported("ReduceMean over axes other than the spatial ones")
+                if not a.get("keepdims", 1):
+                    attrs["keepdims"] = 0
+            spatial = shape[2:]
+            if not spatial or any(d is None or d <= 0 for d in spatial):
+                raise _Unsupported(f"global average over a non-static spatial shape {shape}")
+            count = int(np.prod(spatial))
+            attrs["axes"] = list(range(2, len(shape)))
+        up = max(0, y.frac - x.frac)
+        down = max(0, x.frac - y.frac)
+        divisor = count * 2**down
+        bound = count * x.max_abs * 2**up * 2 + divisor + 1
+        attrs.update(x_zp=x.zp, count=count, up=up, divisor=divisor, y_zp=y.zp, lo=y.lo, hi=y.hi,
+                     wide=bool(bound >= 2**31))
+        self.steps.append(Step("avgpool", n.name, [n.input[0]], [n.output[0]], attrs))
+
+    def lut(self, n, a: dict) -> None:
+        from ..sim.ops import OPS
+
+        x_name = next(i for i in n.input if self.is_int(i))
+        x = self.tint(x_name)
+        y = self.tint(n.output[0])
+        c = np.arange(x.lo, x.hi + 1, dtype=np.int64)
+        xf = torch.from_numpy(((c - x.zp).astype(np.float32) * np.float32(2.0 ** -x.frac)).astype(np.float32))
+        args = [xf if i == x_name else (self.sim.consts.get(i) if i else None) for i in n.input]
+        with torch.no_grad():
+            v = OPS[n.op_type](args, a)[0].to(torch.float32).numpy()
+        if not np.all(np.isfinite(v)):
+            raise _Unsupported("the function is not finite on the input grid")
+        fq = self.sim.act_quantizer(self.qg.source[n.output[0]])
+        q = quantize(v, np.float32(fq.params.scale), np.float32(fq.params.zero_point), fq.params.grid)
+        table = (q.astype(np.int64) + (y.zp - int(fq.params.zero_point))).astype(np.int8)
+        self.steps.append(Step("lut", n.name, [x_name], [n.output[0]], {"op_type": n.op_type, "table": table,
+                                                                      "offset": x.lo}))
+
+    def carry(self, n, a: dict) -> None:
+        if n.op_type not in CARRY_SUPPORTED:
+            raise _Unsupported("data-movement op without an integer form")
+        x = self.tint(n.input[0])
+        for o in n.output:
+            if o in self.qg.float_tensors:
+                self.tint(o)
+        attrs: dict = {"op_type": n.op_type, "attrs": a}
+        if n.op_type == "Pad":
+            mode = a.get("mode", b"constant")
+            mode = mode.decode() if isinstance(mode, bytes) else mode
+            if mode == "constant":
+                v = 0.0
+                if len(n.input) > 2 and n.input[2]:
+                    v = float(np.asarray(self.sim.consts[n.input[2]]).reshape(-1)[0])
+                qv = v * 2.0 ** x.frac
+                if qv != np.round(qv) or not x.lo <= x.zp + int(qv) <= x.hi:
+                    raise _Unsupported(f"pad value {v} is not on the input's integer grid")
+                attrs["pad_value"] = x.zp + int(qv)
+        if n.op_type == "Resize":
+            mode = a.get("mode", b"nearest")
+            if (mode.decode() if isinstance(mode, bytes) else mode) != "nearest":
+                raise _Unsupported("Resize other than nearest changes values")
+        self.steps.append(Step("carry", n.name, list(n.input), list(n.output), attrs))
+
+
+class _Unsupported(Exception):
+    pass
+
+
+def lower(sim: SimModel, rounding: str = "rne", opset: int = 21) -> IntProgram:
+    """The integer program of a calibrated Po2 simulation; unsupported nodes are reported together."""
+    return _Lowering(sim, rounding, opset).run()

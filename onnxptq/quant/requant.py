@@ -1,0 +1,91 @@
+"""Integer requantization: the exact shift/division rules of the integer model (DESIGN.md section 4).
+
+Every function works on NumPy integer arrays and on torch integer tensors alike (``//`` and ``%`` are
+floor division and floor modulo in both), and mirrors step for step the ONNX ops the integer
+exporter writes, so the integer simulation, the exported graph and ``runtime/`` compute the same
+integers. Values are plain integers; a tensor with ``f`` fractional bits means ``q * 2^-f``.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+ROUNDING_MODES = ("rne", "half_up")
+
+
+def po2_frac(scale: float | np.ndarray) -> np.ndarray:
+    """Fractional bits f of an exact power-of-two scale s = 2^-f (raises if a scale is not Po2)."""
+    s = np.asarray(scale, dtype=np.float64)
+    f = -np.log2(s)
+    fr = np.round(f)
+    if not np.all(np.isfinite(f)) or not np.array_equal(np.exp2(-fr), s):
+        bad = s.reshape(-1)[np.flatnonzero(np.exp2(-fr).reshape(-1) != s.reshape(-1))[:1]]
+        raise ValueError(f"scale {bad} is not a power of two")
+    return fr.astype(np.int64)
+
+
+def rne_shift(a, n, mode: str = "rne"):
+    """R(a, n) = round(a / 2^n) for integer a and shift n >= 1 (per element or broadcast per channel).
+
+    ``rne`` rounds ties to even with the integer-only recipe of DESIGN.md section 4: D = 2^n,
+    odd = floor(a / D) mod 2, t = a + D/2 - 1 + odd, result floor(t / D). ``half_up`` rounds ties
+    towards +inf: floor((a + D/2) / D). Exact for any integers (no float).
+    """
+    d = 2 ** n if isinstance(n, int) else _pow2(n)
+    if mode == "half_up":
+        return (a + d // 2) // d
+    odd = (a // d) % 2
+    return (a + (d // 2 - 1) + odd) // d
+
+
+def rne_div(a, d, mode: str = "rne"):
+    """round(a / d) for integer a and positive integer divisor d (per element or broadcast).
+
+    q = floor(a / d), r = a - q d in [0, d); ``rne`` rounds up iff 2r + (q mod 2) >= d + 1 (more than
+    half, or exactly half with q odd), computed as floor((2r + (q mod 2)) / (d + 1)) in {0, 1}.
+    ``half_up`` rounds up iff 2r >= d: floor(2r / d) in {0, 1}.
+    """
+    q = a // d
+    r = a - q * d
+    if mode == "half_up":
+        return q + (2 * r) // d
+    return q + (2 * r + q % 2) // (d + 1)
+
+
+def requant_shift(a, n, pre: int = 0, mode: str = "rne"):
+    """a * 2^pre, then R(., n + pre): the per-channel requantization of an accumulator by 2^-n.
+
+    The exporter picks ``pre = max(0, 1 - min(n))`` so every channel's right shift is at least 1;
+    the left shift is exact, so the result is round(a / 2^n) for every channel, including n <= 0.
+    """
+    if pre:
+        a = a * (2 ** pre)
+    return rne_shift(a, n + pre if isinstance(n, int) else n + pre, mode)
+
+
+def _pow2(n):
+    """2^n elementwise for a non-negative integer array/tensor n (keeps the array type)."""
+    if isinstance(n, np.ndarray):
+        return np.left_shift(np.int64(1), n.astype(np.int64))
+    return 2 ** n  # torch tensors support ** with an int base
+
+
+def shift_bound(max_abs_acc: int, n_plus_pre: int, pre: int, mode: str = "rne") -> int:
+    """Largest magnitude any intermediate of ``requant_shift`` reaches (for the int32/int64 choice)."""
+    shifted = max_abs_acc * 2 ** pre
+    half = 2 ** (n_plus_pre - 1)
+    return shifted + half + (1 if mode == "rne" else 0)
+
+
+def fits_int32(bound: int) -> bool:
+    return bound < 2 ** 31
+
+
+def rne_float(x: np.ndarray) -> np.ndarray:
+    """Round half to even in float64 (NumPy's rule), for table and bound construction."""
+    return np.round(np.asarray(x, dtype=np.float64))
+
+
+def bits_needed(v: int) -> float:
+    return math.log2(v) if v > 0 else 0.0

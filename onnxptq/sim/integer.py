@@ -1,0 +1,166 @@
+"""Integer simulation: executes an ``IntProgram`` in torch, computing the integers of the integer model.
+
+Container values are held exactly in float64 tensors (integers far below 2^53), so convolutions run
+as float64 torch convolutions of the centred inputs (x - z_x) and the centred int8 weights: exact.
+Requantization, additions and average pools go through ``quant.requant`` on int64 tensors, the same
+functions whose integer-op recipe the exporter writes to ONNX. This is the simulation that
+``onnxptq verify`` compares with onnxruntime, ``runtime/`` and the ONNX reference evaluator.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..export.intplan import IntProgram, Step, TInt
+from ..quant.requant import requant_shift, rne_div
+from .ops import OPS, conv
+
+
+def _per_channel(v: np.ndarray, cdim: int, ndim: int, device) -> torch.Tensor:
+    t = torch.as_tensor(np.asarray(v, dtype=np.int64), device=device)
+    shape = [1] * ndim
+    shape[cdim] = -1
+    return t.reshape(shape)
+
+
+class IntSim:
+    """``IntSim(program, consts).run({input: float array}) -> {tensor: array}`` (containers as int64)."""
+
+    def __init__(self, program: IntProgram, consts: dict[str, np.ndarray | torch.Tensor], device: str = "cpu") -> None:
+        self.p, self.device = program, torch.device(device)
+        self.consts = {k: torch.as_tensor(np.asarray(v)).to(self.device) for k, v in consts.items()}
+        self.w = {k: torch.as_tensor(v.astype(np.float64), device=self.device) for k, v in program.arrays.items()
+                  if k.endswith(".weight")}
+        self.b = {k: torch.as_tensor(v.astype(np.int64), device=self.device) for k, v in program.arrays.items()
+                  if k.endswith(".bias")}
+
+    # ------------------------------------------------------------------ helpers
+    def _requant(self, a: torch.Tensor, shift, pre: int, step: Step) -> torch.Tensor:
+        y = requant_shift(a, shift, pre, self.p.rounding) + step.attrs["y_zp"]
+        return y.clamp(step.attrs["lo"], step.attrs["hi"])
+
+    def _val(self, env: dict, name: str):
+        if not name:
+            return None
+        return env[name] if name in env else self.consts[name]
+
+    # ------------------------------------------------------------------ steps
+    def _input(self, step: Step, x: np.ndarray) -> torch.Tensor:
+        t: TInt = self.p.tensors[step.outputs[0]]
+        xf = torch.as_tensor(np.asarray(x, dtype=np.float32), device=self.device).double()
+        return (torch.round(xf * 2.0 ** t.frac) + t.zp).clamp(t.lo, t.hi)
+
+    def _layer(self, step: Step, x: torch.Tensor) -> torch.Tensor:
+        a = step.attrs
+        xz = x - a["x_zp"]
+        w = self.w[a["weight"]]
+        if a["op_type"] == "Conv":
+            acc = conv(xz, w, None, a["conv"])
+        else:
+            acc = torch.matmul(xz, w)
+        acc = torch.round(acc).to(torch.int64)
+        if a["bias"] is not None:
+            bias = self.b[a["bias"]]
+            acc = acc + _per_channel(bias.cpu().numpy(), a["cdim"], acc.dim(), self.device)
+        shift = _per_channel(a["shift"], a["cdim"], acc.dim(), self.device)
+        return self._requant(acc, shift, a["pre"], step).double()
+
+    def _add(self, step: Step, ins: list[torch.Tensor]) -> torch.Tensor:
+        a = step.attrs
+        total = None
+        for x, zp, left, sign in zip(ins, a["zps"], a["left"], a["signs"]):
+            v = (x.to(torch.int64) - zp) * (2 ** left) * sign
+            total = v if total is None else total + v
+        return self._requant(total, a["shift"], a["pre"], step).double()
+
+    def _mul(self, step: Step, ins: list[torch.Tensor]) -> torch.Tensor:
+        a = step.attrs
+        prod = (ins[0].to(torch.int64) - a["zps"][0]) * (ins[1].to(torch.int64) - a["zps"][1])
+        return self._requant(prod, a["shift"], a["pre"], step).double()
+
+    def _concat(self, step: Step, ins: list[torch.Tensor]) -> torch.Tensor:
+        a = step.attrs
+        parts = []
+        for x, part in zip(ins, a["parts"]):
+            if part["same"]:
+                parts.append(x)
+            else:
+                parts.append(self._requant(x.to(torch.int64) - part["zp"], part["shift"], part["pre"], step).double())
+        return torch.cat(parts, dim=a["axis"])
+
+    def _avgpool(self, step: Step, x: torch.Tensor) -> torch.Tensor:
+        a = step.attrs
+        xz = x - a["x_zp"]
+        if a["op_type"] == "AveragePool":
+            k = a["kernel"]
+            nd = len(k)
+            pads = a["pads"]
+            if any(pads):
+                pad_arg = []
+                for d in reversed(range(nd)):
+                    pad_arg += [pads[d], pads[nd + d]]
+                xz = F.pad(xz, pad_arg)
+            ones = torch.ones((xz.shape[1], 1, *k), dtype=xz.dtype, device=xz.device)
+            fn = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[nd]
+            s = fn(xz, ones, None, a["strides"], 0, 1, xz.shape[1])
+        else:
+            s = xz.sum(dim=a["axes"], keepdim=bool(a.get("keepdims", 1)))
+        s = torch.round(s).to(torch.int64) * (2 ** a["up"])
+        y = rne_div(s, a["divisor"], self.p.rounding) + a["y_zp"]
+        return y.clamp(a["lo"], a["hi"]).double()
+
+    def _lut(self, step: Step, x: torch.Tensor) -> torch.Tensor:
+        table = torch.as_tensor(step.attrs["table"].astype(np.float64), device=x.device)
+        return table[(x.to(torch.int64) - step.attrs["offset"])]
+
+    def _generic(self, step: Step, env: dict) -> list:
+        ins = [self._val(env, i) for i in step.inputs]
+        attrs = dict(step.attrs.get("attrs", {}))
+        if step.attrs.get("pad_value") is not None:
+            ins = (ins + [None, None])[:3] if len(ins) < 3 else ins
+            ins[2] = torch.tensor(float(step.attrs["pad_value"]), dtype=torch.float64)
+        return OPS[step.attrs["op_type"]](ins, attrs)
+
+    # ------------------------------------------------------------------ run
+    @torch.no_grad()
+    def run(self, feeds: dict[str, np.ndarray], keep: bool = False) -> dict[str, np.ndarray]:
+        """Integer containers of the graph outputs (and of every tensor with ``keep``) plus the float
+        outputs under their graph names. Containers are returned as int64 arrays keyed ``<tensor>.q``."""
+        env: dict[str, torch.Tensor] = {}
+        result: dict[str, np.ndarray] = {}
+        for step in self.p.steps:
+            k = step.kind
+            if k == "input":
+                env[step.outputs[0]] = self._input(step, feeds[step.inputs[0]])
+            elif k == "layer":
+                env[step.outputs[0]] = self._layer(step, env[step.inputs[0]])
+            elif k in ("add", "mul", "concat"):
+                ins = [env[i] for i in step.inputs]
+                env[step.outputs[0]] = getattr(self, f"_{k}")(step, ins)
+            elif k == "avgpool":
+                env[step.outputs[0]] = self._avgpool(step, env[step.inputs[0]])
+            elif k == "lut":
+                env[step.outputs[0]] = self._lut(step, env[step.inputs[0]])
+            elif k in ("carry", "pass"):
+                if step.attrs["op_type"] == "Constant":
+                    continue
+                outs = self._generic(step, env)
+                for name, v in zip(step.outputs, outs):
+                    if name:
+                        env[name] = v
+            elif k == "output":
+                t = self.p.tensors[step.inputs[0]]
+                c = env[step.inputs[0]]
+                result[step.outputs[0]] = ((c - t.zp) * 2.0 ** -t.frac).float().cpu().numpy()
+        for name, t in self.p.tensors.items():
+            if name in env and (keep or name in self.p.outputs):
+                result[f"{name}.q"] = env[name].to(torch.int64).cpu().numpy()
+        return result
+
+    def run_batched(self, inputs: dict[str, np.ndarray], batch_size: int = 32) -> np.ndarray:
+        """First float output over a dataset, batch by batch."""
+        n = len(next(iter(inputs.values())))
+        outs = [self.run({k: v[i:i + batch_size] for k, v in inputs.items()})[self.p.outputs[0]]
+                for i in range(0, n, batch_size)]
+        return np.concatenate(outs)
