@@ -253,12 +253,13 @@ class _Lowering:
             b = self.sim.effective_bias(layer, quantized_weights=True).detach().cpu().numpy().astype(np.float32)
             s_b = self.sim.bias_scale(layer).reshape(-1)
             bias = np.clip(np.round(b / s_b).astype(np.float64), -2**31, 2**31 - 1).astype(np.int64)
-        n_shift = x.frac + f_w - y.frac  # per output channel
-        pre = max(0, 1 - int(n_shift.min()))
         conv_bound = int((per_out * x.max_abs).max())
         if conv_bound >= 2**31:
             raise _Unsupported(f"its accumulator can reach {conv_bound} >= 2^31 inside ConvInteger/MatMulInteger")
-        acc_bound = int((per_out * x.max_abs + (np.abs(bias) if bias is not None else 0)).max())
+        acc_max = per_out.astype(object) * x.max_abs + (np.abs(bias).astype(object) if bias is not None else 0)
+        n_shift = cap_shift(x.frac + f_w - y.frac, acc_max)  # per output channel
+        pre = max(0, 1 - int(n_shift.min()))
+        acc_bound = int(max(acc_max))
         bound = shift_bound(acc_bound, int((n_shift + pre).max()), pre, self.rounding)
         lo, hi = y.lo, y.hi
         if layer.act_bounds is not None:
@@ -270,14 +271,14 @@ class _Lowering:
         key = layer.name
         self.arrays[f"{key}.weight"] = w_store
         if bias is not None:
-            self.arrays[f"{key}.bias"] = bias.astype(np.int32) if bound < 2**31 else bias
+            self.arrays[f"{key}.bias"] = bias if _wide(bound, n_shift + pre) else bias.astype(np.int32)
         conv_attrs = {k: v for k, v in a.items() if k in ("auto_pad", "dilations", "group", "kernel_shape", "pads", "strides")}
         if layer.op_type == "Conv" and x.zp != 0 and conv_attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET", b"VALID", "VALID"):
             raise _Unsupported("auto_pad SAME_* with a non-zero input zero point; re-export the model with explicit pads")
         self.steps.append(Step("layer", n.name, [layer.input], [layer.output], {
             "op_type": layer.op_type, "conv": conv_attrs, "x_zp": x.zp, "weight": f"{key}.weight",
             "bias": f"{key}.bias" if bias is not None else None, "shift": n_shift.astype(np.int64), "pre": pre,
-            "cdim": cdim, "y_zp": y.zp, "lo": lo, "hi": hi, "wide": bool(bound >= 2**31), "bound": bound}))
+            "cdim": cdim, "y_zp": y.zp, "lo": lo, "hi": hi, "wide": _wide(bound, n_shift + pre), "bound": bound}))
 
     def add(self, n) -> None:
         ins = [self.tint(i) for i in n.input]
@@ -285,33 +286,35 @@ class _Lowering:
         F = max(t.frac for t in ins)
         left = [F - t.frac for t in ins]
         total = sum(t.max_abs * 2**s for t, s in zip(ins, left))
-        n_shift = F - y.frac
+        n_shift = int(cap_shift(F - y.frac, total))
         pre = max(0, 1 - n_shift)
         bound = shift_bound(total, n_shift + pre, pre, self.rounding)
         signs = [1] + [(-1 if n.op_type == "Sub" else 1)] * (len(ins) - 1)
         self.steps.append(Step("add", n.name, list(n.input), [n.output[0]], {
             "zps": [t.zp for t in ins], "left": left, "signs": signs, "shift": n_shift, "pre": pre, "y_zp": y.zp,
-            "lo": y.lo, "hi": y.hi, "wide": bool(bound >= 2**31)}))
+            "lo": y.lo, "hi": y.hi, "wide": _wide(bound, n_shift + pre)}))
 
     def mul(self, n) -> None:
         if not all(self.is_int(i) for i in n.input):
             raise _Unsupported("Mul by a constant has no exact integer form; only activation x activation")
         a, b = self.tint(n.input[0]), self.tint(n.input[1])
         y = self.tint(n.output[0])
-        n_shift = a.frac + b.frac - y.frac
+        n_shift = int(cap_shift(a.frac + b.frac - y.frac, a.max_abs * b.max_abs))
         pre = max(0, 1 - n_shift)
         bound = shift_bound(a.max_abs * b.max_abs, n_shift + pre, pre, self.rounding)
         self.steps.append(Step("mul", n.name, list(n.input), [n.output[0]], {
             "zps": [a.zp, b.zp], "shift": n_shift, "pre": pre, "y_zp": y.zp, "lo": y.lo, "hi": y.hi,
-            "wide": bool(bound >= 2**31)}))
+            "wide": _wide(bound, n_shift + pre)}))
 
     def concat(self, n, a: dict) -> None:
         ins = [self.tint(i) for i in n.input]
         y = self.tint(n.output[0])
         parts = []
         for t in ins:
-            n_shift = t.frac - y.frac
+            n_shift = int(cap_shift(t.frac - y.frac, t.max_abs))
             pre = max(0, 1 - n_shift)
+            if _wide(shift_bound(t.max_abs, n_shift + pre, pre, self.rounding), n_shift + pre):
+                raise _Unsupported(f"input {t.name!r} needs a shift of {t.frac - y.frac} bits to the output scale")
             parts.append({"zp": t.zp, "shift": n_shift, "pre": pre,
                           "same": n_shift == 0 and t.zp == y.zp and t.lo >= y.lo and t.hi <= y.hi})
         self.steps.append(Step("concat", n.name, list(n.input), [n.output[0]], {
@@ -348,11 +351,14 @@ class _Lowering:
             count = int(np.prod(spatial))
             attrs["axes"] = list(range(2, len(shape)))
         up = max(0, y.frac - x.frac)
-        down = max(0, x.frac - y.frac)
+        s_max = count * x.max_abs * 2**up
+        down = int(cap_shift(max(0, x.frac - y.frac), s_max))  # |S| < divisor / 2 rounds to 0 either way
         divisor = count * 2**down
-        bound = count * x.max_abs * 2**up * 2 + divisor + 1
+        bound = 2 * s_max + divisor + 1
         attrs.update(x_zp=x.zp, count=count, up=up, divisor=divisor, y_zp=y.zp, lo=y.lo, hi=y.hi,
                      wide=bool(bound >= 2**31))
+        if bound >= 2**62:
+            raise _Unsupported("the average needs more than 62 bits")
         self.steps.append(Step("avgpool", n.name, [n.input[0]], [n.output[0]], attrs))
 
     def lut(self, n, a: dict) -> None:
@@ -402,6 +408,19 @@ class _Lowering:
 
 class _Unsupported(Exception):
     pass
+
+
+def cap_shift(n, max_abs):
+    """Shifts beyond what the operand can reach give 0 either way: R(a, n) = 0 for |a| < 2^(n-1).
+    Capping n at bitlength(max|a|) + 1 keeps every result and keeps 2^n inside int64."""
+    cap = np.asarray(max_abs, dtype=object)
+    cap = np.vectorize(lambda v: int(v).bit_length() + 1, otypes=[np.int64])(cap)
+    return np.minimum(np.asarray(n, dtype=np.int64), cap)
+
+
+def _wide(bound: int, n_plus_pre) -> bool:
+    """int64 unless every intermediate and the divisor 2^(n + pre) fit in int32."""
+    return bool(bound >= 2**31 or int(np.max(n_plus_pre)) >= 31)
 
 
 def lower(sim: SimModel, rounding: str = "rne", opset: int = 21) -> IntProgram:

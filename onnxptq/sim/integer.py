@@ -29,7 +29,8 @@ class IntSim:
 
     def __init__(self, program: IntProgram, consts: dict[str, np.ndarray | torch.Tensor], device: str = "cpu") -> None:
         self.p, self.device = program, torch.device(device)
-        self.consts = {k: torch.as_tensor(np.asarray(v)).to(self.device) for k, v in consts.items()}
+        self.consts = {k: (v if isinstance(v, torch.Tensor) else torch.as_tensor(np.array(v))).to(self.device)
+                       for k, v in consts.items()}
         self.w = {k: torch.as_tensor(v.astype(np.float64), device=self.device) for k, v in program.arrays.items()
                   if k.endswith(".weight")}
         self.b = {k: torch.as_tensor(v.astype(np.int64), device=self.device) for k, v in program.arrays.items()

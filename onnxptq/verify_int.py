@@ -1,0 +1,237 @@
+"""Level-1 parity of an integer ONNX model (DESIGN.md section 4, "Parity levels").
+
+Four engines compute every integer tensor of the model on the same inputs:
+- ``sim``: the quantizer's integer simulation (``sim/integer.py``) replaying the program recorded in
+  the model's metadata (shifts, zero points, bounds, tables as the quantizer chose them; weights and
+  biases read from the file and checked against the recorded sha256);
+- ``onnxruntime``: the model with every integer tensor added as a graph output;
+- ``runtime``: the NumPy runtime in ``runtime/``;
+- ``reference``: ``onnx.reference.ReferenceEvaluator`` (slow: run on the first few samples only).
+Any difference is a bug (or a modified file); the report names the first tensor, in execution
+order, where an engine departs from the simulation, the node that produced it, how many elements
+differ and by how much.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from .errors import ModelError
+from .export.integer import FORMAT_KEY, PROGRAM_KEY, qname
+from .export.intplan import IntProgram, program_from_json
+
+ENGINES = ("sim", "onnxruntime", "runtime", "reference")
+
+
+@dataclass
+class Mismatch:
+    tensor: str
+    node: str  # the step (ONNX node of the float model) that produced it
+    engine: str
+    count: int
+    elements: int
+    max_delta: float
+
+    def __str__(self) -> str:
+        return (f"{self.engine} differs from sim at tensor {self.tensor!r} (node {self.node!r}): "
+                f"{self.count}/{self.elements} elements, max |delta| {self.max_delta:g}")
+
+
+@dataclass
+class IntParityReport:
+    samples: int
+    reference_samples: int
+    tensors: int
+    engines: list[str]
+    mismatches: list[Mismatch] = field(default_factory=list)  # first mismatch per engine
+    record_problems: list[str] = field(default_factory=list)  # file constants that differ from the record
+
+    @property
+    def ok(self) -> bool:
+        return not self.mismatches and not self.record_problems
+
+    @property
+    def first(self) -> Mismatch | None:
+        return self.mismatches[0] if self.mismatches else None
+
+    def to_dict(self) -> dict:
+        return {"level": 1, "ok": self.ok, "samples": self.samples, "reference_samples": self.reference_samples,
+                "tensors_compared": self.tensors, "engines": self.engines,
+                "mismatches": [m.__dict__ for m in self.mismatches], "record_problems": self.record_problems}
+
+    def format(self) -> str:
+        head = (f"level-1 parity over {self.samples} samples ({self.reference_samples} for reference), "
+                f"{self.tensors} integer tensors, engines {', '.join(self.engines)}: ")
+        if self.ok:
+            return head + "identical on every tensor"
+        lines = [head + "MISMATCH"]
+        lines += [f"  record: {p}" for p in self.record_problems]
+        lines += [f"  {m}" for m in self.mismatches]
+        return "\n".join(lines)
+
+
+def is_integer_model(model: onnx.ModelProto) -> bool:
+    return any(p.key == FORMAT_KEY and p.value == "integer" for p in model.metadata_props)
+
+
+def load_program(model: onnx.ModelProto) -> tuple[IntProgram, dict[str, np.ndarray], list[str]]:
+    """The recorded program, the constants the simulation needs, and record/file disagreements."""
+    meta = {p.key: p.value for p in model.metadata_props}
+    if PROGRAM_KEY not in meta:
+        raise ModelError("this model carries no onnxptq integer program (was it written by `onnxptq quantize --format int`?)")
+    record = json.loads(meta[PROGRAM_KEY])
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    arrays, problems = {}, []
+    for key, info in record["arrays"].items():
+        if key not in inits:
+            problems.append(f"initializer {key!r} is missing from the file")
+            continue
+        arr = np.ascontiguousarray(inits[key].reshape(info["shape"]).astype(info["dtype"]))
+        if hashlib.sha256(arr.tobytes()).hexdigest() != info["sha256"]:
+            problems.append(f"initializer {key!r} differs from the values the quantizer wrote")
+        arrays[key] = arr
+    consts = {k: v for k, v in inits.items() if k not in arrays}
+    for n in model.graph.node:
+        if n.op_type == "Constant":
+            a = {x.name: helper.get_attribute_value(x) for x in n.attribute}
+            if "value" in a:
+                consts[n.output[0]] = numpy_helper.to_array(a["value"])
+    return program_from_json(record, arrays), consts, problems
+
+
+def _with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    have = {o.name for o in m.graph.output}
+    m.graph.output.extend(helper.make_tensor_value_info(n, TensorProto.INT8, None) for n in names if n not in have)
+    return m
+
+
+def _run_engine(engine: str, model: onnx.ModelProto, feeds: dict[str, np.ndarray], names: list[str]) -> dict[str, np.ndarray]:
+    if engine == "runtime":
+        import runtime
+
+        env = runtime.Session(model).run(feeds, keep=True)
+        return {n: env[n] for n in names if n in env}
+    if engine == "onnxruntime":
+        import onnxruntime as ort
+
+        m = _with_outputs(model, names)
+        so = ort.SessionOptions()
+        so.log_severity_level = 3
+        sess = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        outs = [o.name for o in sess.get_outputs()]
+        return dict(zip(outs, sess.run(outs, feeds)))
+    if engine == "reference":
+        from onnx.reference import ReferenceEvaluator
+
+        m = _with_outputs(model, names)
+        ref = ReferenceEvaluator(m)
+        outs = [o.name for o in m.graph.output]
+        return dict(zip(outs, ref.run(outs, feeds)))
+    raise ValueError(engine)
+
+
+def verify_integer(model: onnx.ModelProto, inputs: dict[str, np.ndarray], batch_size: int = 16,
+                   reference_samples: int = 2, engines: tuple[str, ...] = ENGINES, progress: bool = False) -> IntParityReport:
+    """Run every engine on ``inputs`` and compare each integer tensor with the simulation's."""
+    from tqdm import tqdm
+
+    from .sim.integer import IntSim
+
+    program, consts, problems = load_program(model)
+    order = [(t, s.node) for s in program.steps for t in s.outputs if t in program.tensors]
+    tensor_names = [qname(t) for t, _ in order]
+    outputs = list(program.outputs)
+    sim = IntSim(program, consts)
+    n = len(next(iter(inputs.values())))
+    n_ref = min(reference_samples, n) if "reference" in engines else 0
+    first: dict[str, Mismatch] = {}
+    counts: dict[str, dict[str, list]] = {}
+    for i in tqdm(range(0, n, batch_size), desc="verifying", disable=not progress, leave=False):
+        feeds = {k: v[i:i + batch_size] for k, v in inputs.items()}
+        ref = sim.run(feeds, keep=True)
+        for engine in engines:
+            if engine == "sim":
+                continue
+            f = feeds
+            if engine == "reference":
+                if i >= n_ref:
+                    continue
+                f = {k: v[:n_ref - i] for k, v in feeds.items()}
+            got = _run_engine(engine, model, f, tensor_names + outputs)
+            for name, node in [(qname(t), nd) for t, nd in order] + [(o, o) for o in outputs]:
+                if name not in ref or name not in got:
+                    continue
+                b = np.asarray(got[name]).astype(np.float64)
+                a = np.asarray(ref[name])[:len(b)].astype(np.float64)
+                c = counts.setdefault(engine, {}).setdefault(name, [0, 0, 0.0, node])
+                c[1] += int(a.size)
+                if a.shape != b.shape:
+                    c[0] += int(a.size)
+                    c[2] = float("inf")
+                    continue
+                diff = a != b
+                if diff.any():
+                    c[0] += int(diff.sum())
+                    c[2] = max(c[2], float(np.abs(a - b).max()))
+    position = {qname(t): k for k, (t, _) in enumerate(order)}
+    position.update({o: len(order) + k for k, o in enumerate(outputs)})
+    for engine, per in counts.items():
+        bad = [x for x, c in per.items() if c[0]]
+        if not bad:
+            continue
+        name = min(bad, key=lambda x: position.get(x, 1 << 30))
+        c = per[name]
+        first[engine] = Mismatch(name, c[3], engine, c[0], c[1], c[2])
+    mism = sorted(first.values(), key=lambda m: position.get(m.tensor, 1 << 30))
+    return IntParityReport(n, n_ref, len(order), list(engines), mism, problems)
+
+
+@dataclass
+class QdqTensorParity:
+    tensor: str
+    elements: int
+    exact_rate: float
+    max_lsb: int
+    histogram: dict[int, int]
+
+
+def verify_qdq_file(model: onnx.ModelProto, inputs: dict[str, np.ndarray], batch_size: int = 16) -> list[QdqTensorParity]:
+    """Level-2 report for a QDQ file: onnxruntime (fused integer kernels) vs ``runtime/`` executing the
+    graph op by op (DequantizeLinear -> float op -> QuantizeLinear: the simulation's semantics), on
+    every QuantizeLinear output, in LSB of that tensor."""
+    names = [n.output[0] for n in model.graph.node if n.op_type == "QuantizeLinear"]
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    have = {o.name for o in m.graph.output}
+    elem = {}
+    for n in model.graph.node:
+        if n.op_type == "QuantizeLinear" and len(n.input) > 2:
+            for init in model.graph.initializer:
+                if init.name == n.input[2]:
+                    elem[n.output[0]] = init.data_type
+    m.graph.output.extend(helper.make_tensor_value_info(x, elem.get(x, TensorProto.UINT8), None)
+                          for x in names if x not in have)
+    n = len(next(iter(inputs.values())))
+    acc: dict[str, list] = {x: [0, 0, {}] for x in names}
+    for i in range(0, n, batch_size):
+        feeds = {k: v[i:i + batch_size] for k, v in inputs.items()}
+        ort_out = _run_engine("onnxruntime", m, feeds, [])
+        rt_out = _run_engine("runtime", model, feeds, names)
+        for x in names:
+            if x not in ort_out or x not in rt_out:
+                continue
+            d = np.abs(ort_out[x].astype(np.int64) - rt_out[x].astype(np.int64))
+            a = acc[x]
+            a[0] += int(d.size)
+            a[1] += int((d == 0).sum())
+            for v, c in zip(*np.unique(d, return_counts=True)):
+                a[2][int(v)] = a[2].get(int(v), 0) + int(c)
+    return [QdqTensorParity(x, a[0], a[1] / max(a[0], 1), max(a[2]) if a[2] else 0, dict(sorted(a[2].items())))
+            for x, a in acc.items() if a[0]]

@@ -1,0 +1,286 @@
+"""Integer export (issue 3): requantization math, its ONNX recipe, level-1 parity on the shipped models
+and on 200 fuzzed graphs, the integer model's outputs vs the Po2 simulation, error reporting, CLI."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import warnings
+from fractions import Fraction
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import TensorProto, helper, numpy_helper
+
+from fuzz_graphs import random_cnn
+from helpers import DIGITS, MODELS, digits_path, ort_run
+
+import onnxptq
+from onnxptq.errors import ConfigError, UnsupportedOpError
+from onnxptq.export.integer import IntegerWriter
+from onnxptq.export.intplan import IntProgram
+from onnxptq.quant.requant import po2_frac, requant_shift, rne_div, rne_shift
+from onnxptq.verify_int import verify_integer
+
+
+def _exact_round(num: int, den: int, mode: str) -> int:
+    """Round num/den with Fractions: ties to even (rne) or towards +inf (half_up)."""
+    q = Fraction(num, den)
+    fl = q.numerator // q.denominator
+    rem = q - fl
+    if rem > Fraction(1, 2) or (rem == Fraction(1, 2) and (mode == "half_up" or fl % 2 == 1)):
+        return fl + 1
+    return fl
+
+
+# ------------------------------------------------------------------ requantization math
+
+@pytest.mark.parametrize("a,n,want", [(5, 1, 2), (7, 1, 4), (-5, 1, -2), (-7, 1, -4), (6, 2, 2), (10, 2, 2),
+                                      (-6, 2, -2), (-10, 2, -2), (3, 1, 2), (-3, 1, -2), (1, 1, 0), (-1, 1, 0),
+                                      (2**30, 30, 1), (2**31 - 1, 31, 1), (-2**31, 31, -1), (1 << 20 | 1 << 19, 20, 2)])
+def test_rne_shift_hand_cases(a, n, want):
+    assert int(rne_shift(np.array(a, np.int64), n)) == want
+    assert int(rne_shift(torch.tensor(a, dtype=torch.int64), n)) == want
+
+
+def test_rne_shift_and_div_match_exact_rounding():
+    rng = np.random.default_rng(0)
+    a = np.concatenate([rng.integers(-2**31, 2**31, 4000), rng.integers(-64, 64, 1000) * 8 + 4])  # many ties
+    for mode in ("rne", "half_up"):
+        for n in (1, 2, 3, 7, 15):
+            got = rne_shift(a, n, mode)
+            assert got.tolist() == [_exact_round(int(v), 2**n, mode) for v in a]
+            assert np.array_equal(rne_shift(torch.from_numpy(a), n, mode).numpy(), got)
+        for d in (1, 2, 3, 49, 196, 49 * 8):
+            got = rne_div(a, d, mode)
+            assert got.tolist() == [_exact_round(int(v), d, mode) for v in a]
+
+
+def test_requant_shift_per_channel_with_left_shift():
+    a = np.array([[5, -7, 12, 9]], np.int64)
+    n = np.array([[1, 0, -2, 3]])
+    pre = 1 - int(n.min())
+    got = requant_shift(a, n + 0, pre)
+    want = [[_exact_round(5, 2, "rne"), -7, 48, _exact_round(9, 8, "rne")]]
+    assert got.tolist() == want
+
+
+def test_po2_frac_rejects_non_po2():
+    assert po2_frac(np.array([0.25, 1.0, 8.0], np.float32)).tolist() == [2, 0, -3]
+    with pytest.raises(ValueError):
+        po2_frac(np.array([0.3]))
+
+
+# ------------------------------------------------------------------ the ONNX recipe of R and of the RNE division
+
+def _recipe_model(kind: str, arg, wide: bool, mode: str) -> onnx.ModelProto:
+    w = IntegerWriter(IntProgram({}, [], {}, [], [], mode), onnx.ModelProto())
+    elem = TensorProto.INT64 if wide else TensorProto.INT32
+    if kind == "shift":
+        out = w.requant("a", arg, 0, wide, "r")
+    else:
+        np_dt = np.int64 if wide else np.int32
+        D = w.const("D", np_dt(arg))
+        r = w.op("Mod", ["a", D], "rem")
+        q = w.op("Div", [w.op("Sub", ["a", r], "fn"), D], "q")
+        twice = w.op("Mul", [r, w.const("two", np_dt(2))], "tw")
+        if mode == "half_up":
+            up = w.op("Div", [twice, D], "up")
+        else:
+            odd = w.op("Mod", [q, w.const("two_", np_dt(2))], "odd")
+            up = w.op("Div", [w.op("Add", [twice, odd], "t"), w.const("Dp1", np_dt(arg + 1))], "up")
+        out = w.op("Add", [q, up], "y")
+    g = helper.make_graph(w.nodes, "recipe", [helper.make_tensor_value_info("a", elem, [None])],
+                          [helper.make_tensor_value_info(out, elem, [None])], w.inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 21)])
+    m.ir_version = 10
+    onnx.checker.check_model(m)
+    return m
+
+
+@pytest.mark.parametrize("mode", ["rne", "half_up"])
+@pytest.mark.parametrize("kind,arg", [("shift", 1), ("shift", 4), ("shift", 13), ("div", 49), ("div", 64), ("div", 3)])
+def test_onnx_recipe_equals_requant_functions(kind, arg, mode):
+    import runtime
+
+    rng = np.random.default_rng(1)
+    lim = 2**31 - 2**arg if kind == "shift" else 2**30
+    a = np.concatenate([rng.integers(-lim, lim, 3000), np.arange(-40, 40) * (2**arg if kind == "shift" else arg) // 2,
+                        [lim - 1, -lim]]).astype(np.int32)
+    want = rne_shift(a.astype(np.int64), arg, mode) if kind == "shift" else rne_div(a.astype(np.int64), arg, mode)
+    m = _recipe_model(kind, arg, False, mode)
+    assert np.array_equal(ort_run(m, {"a": a})[0], want)
+    got_rt = runtime.run(m, {"a": a})
+    got_rt = got_rt[m.graph.output[0].name] if isinstance(got_rt, dict) else got_rt[0]
+    assert np.array_equal(got_rt, want)
+
+
+# ------------------------------------------------------------------ fuzzed graphs: level-1 parity
+
+N_FUZZ = 200
+
+
+@pytest.mark.parametrize("seed", range(N_FUZZ))
+def test_fuzz_level1_parity(seed, tmp_path):
+    model, shape, desc = random_cnn(seed)
+    rng = np.random.default_rng(seed + 1000)
+    path = tmp_path / f"fuzz{seed}.onnx"
+    onnx.save(model, path)
+    w_bits, a_bits = int(rng.integers(2, 9)), int(rng.integers(4, 9))
+    calib = rng.standard_normal((16, *shape)).astype(np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = onnxptq.quantize(path, calib, scale="po2", format="int", w_bits=w_bits, a_bits=a_bits,
+                               first_last_bits=None, progress=False, w_scale_method="minmax", a_scale_method="minmax",
+                               po2_method=str(rng.choice(["floor", "round", "search"])), num_calib=16,
+                               w_symmetric=bool(rng.random() < 0.7) or w_bits == 8)
+    # inputs on a 1/64 grid (exact ties when the input has <= 5 fractional bits), 3x the calibration range
+    x = (np.round(rng.standard_normal((6, *shape)) * 3 * 64) / 64).astype(np.float32)
+    rep = verify_integer(res.model, {"input": x}, batch_size=6, reference_samples=1)
+    assert rep.ok, f"{desc} W{w_bits}A{a_bits}: {rep.format()}"
+    assert rep.tensors >= 3
+
+
+def test_fuzz_covers_int64_accumulators_and_all_block_kinds():
+    kinds, wide = set(), 0
+    for seed in range(N_FUZZ):
+        _, _, desc = random_cnn(seed)
+        kinds.update(desc.split("+"))
+    assert kinds >= {"conv", "residual", "maxpool", "avgpool", "concat", "silu", "hardswish", "tiny_add"}
+    for seed in (8, 14, 18):  # graphs whose tiny branch needs an int64 Add
+        model, shape, _ = random_cnn(seed)
+        rng = np.random.default_rng(seed + 1000)
+        with tempfile.TemporaryDirectory() as d:
+            p = os.path.join(d, "m.onnx")
+            onnx.save(model, p)
+            res = onnxptq.quantize(p, rng.standard_normal((16, *shape)).astype(np.float32), scale="po2", format="int",
+                                   progress=False, w_scale_method="minmax", a_scale_method="minmax", num_calib=16)
+        wide += sum(bool(s.attrs.get("wide")) for s in res.program.steps)
+        assert any(i.data_type == TensorProto.INT64 for i in res.model.graph.initializer)
+    assert wide >= 3
+
+
+# ------------------------------------------------------------------ shipped models
+
+@pytest.fixture(scope="module")
+def digits_int(tmp_path_factory):
+    cache = {}
+
+    def get(name: str, w_bits: int, a_bits: int):
+        key = (name, w_bits, a_bits)
+        if key not in cache:
+            cache[key] = onnxptq.quantize(digits_path(name), MODELS / "digits_calib.npz", scale="po2", format="int",
+                                          w_bits=w_bits, a_bits=a_bits, num_calib=64, progress=False)
+        return cache[key]
+    return get
+
+
+@pytest.mark.parametrize("name", DIGITS)
+@pytest.mark.parametrize("bits", [(8, 8), (4, 8), (4, 4)])
+def test_digits_integer_model_level1_and_equals_po2_simulation(digits_int, digits_val, name, bits):
+    res = digits_int(name, *bits)
+    x = {"input": digits_val["input"][:48]}
+    rep = verify_integer(res.model, x, batch_size=24, reference_samples=1)
+    assert rep.ok, rep.format()
+    # the integer model computes the same output integers as the fake-quant Po2 simulation
+    int_out = ort_run(res.model, x)[0]
+    assert np.array_equal(int_out, onnxptq.api.simulate(res.sim, x))
+    assert np.array_equal(int_out, res.simulate(x))
+    only = {n.op_type for n in res.model.graph.node}
+    assert not only & {"Conv", "Gemm", "QuantizeLinear", "DequantizeLinear", "Softmax"}
+    assert only >= {"ConvInteger", "MatMulInteger", "Mod", "Div"}
+
+
+def test_corrupted_shift_is_reported_at_its_node(digits_int, digits_val):
+    res = digits_int("digits_resnet", 8, 8)
+    m = onnx.ModelProto()
+    m.CopyFrom(res.model)
+    layer = res.qgraph.layers[3]
+    target = f"{layer.name}/requant/D"
+    for init in m.graph.initializer:
+        if init.name == target:
+            a = numpy_helper.to_array(init).copy()
+            a.reshape(-1)[0] *= 2
+            init.CopyFrom(numpy_helper.from_array(a, init.name))
+            break
+    else:
+        pytest.fail(f"no initializer {target}")
+    rep = verify_integer(m, {"input": digits_val["input"][:16]}, reference_samples=0,
+                         engines=("sim", "onnxruntime", "runtime"))
+    assert not rep.ok
+    assert rep.first.node == layer.name
+    assert {mm.engine for mm in rep.mismatches} == {"onnxruntime", "runtime"}
+
+
+def test_modified_weights_break_the_record(digits_int, digits_val):
+    res = digits_int("digits_regnet", 8, 8)
+    m = onnx.ModelProto()
+    m.CopyFrom(res.model)
+    key = f"{res.qgraph.layers[1].name}.weight"
+    for init in m.graph.initializer:
+        if init.name == key:
+            a = numpy_helper.to_array(init).copy()
+            a.reshape(-1)[0] = -a.reshape(-1)[0] - 1
+            init.CopyFrom(numpy_helper.from_array(a, init.name))
+    rep = verify_integer(m, {"input": digits_val["input"][:8]}, reference_samples=0)
+    assert not rep.ok and any(key in p for p in rep.record_problems)
+
+
+def test_half_up_rounding_keeps_level1_parity(tmp_path, digits_val):
+    res = onnxptq.quantize(digits_path("digits_mbv2"), MODELS / "digits_calib.npz", scale="po2", format="int",
+                           int_rounding="half_up", num_calib=32, progress=False, a_bits=4, w_bits=4)
+    rep = verify_integer(res.model, {"input": digits_val["input"][:16]}, reference_samples=1)
+    assert rep.ok, rep.format()
+    assert json.loads(res.model.metadata_props[-1].value)["rounding"] == "half_up"
+
+
+def test_integer_format_needs_po2_and_names_unsupported_nodes(tmp_path):
+    with pytest.raises(ConfigError, match="po2"):
+        onnxptq.QuantConfig(format="int")
+    with pytest.raises(ConfigError, match="format int"):
+        onnxptq.QuantConfig(int_rounding="half_up")
+    model, shape, _ = random_cnn(2)
+    g = model.graph
+    g.node.append(helper.make_node("Softmax", ["logits"], ["probs"], name="/head/Softmax", axis=1))
+    del g.output[:]
+    g.output.append(helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["N", 5]))
+    p = tmp_path / "softmax.onnx"
+    onnx.save(model, p)
+    with pytest.raises(UnsupportedOpError, match="/head/Softmax"):
+        onnxptq.quantize(p, np.random.default_rng(0).standard_normal((8, *shape)).astype(np.float32), scale="po2",
+                         format="int", progress=False, num_calib=8)
+
+
+# ------------------------------------------------------------------ CLI: quantize --format int, run, verify, golden
+
+def test_cli_int_run_verify_golden(tmp_path, digits_val, capsys):
+    from onnxptq.cli import main
+
+    out = tmp_path / "m.int.onnx"
+    assert main(["quantize", str(digits_path("digits_resnet")), "--calib", str(MODELS / "digits_calib.npz"),
+                 "--scale", "po2", "--format", "int", "--w-bits", "4", "--num-calib", "32", "-o", str(out),
+                 "--no-progress"]) == 0
+    x = tmp_path / "x.npy"
+    np.save(x, digits_val["input"][:2])
+    assert main(["run", str(out), "--input", str(x), "-o", str(tmp_path / "o.npz")]) == 0
+    got = np.load(tmp_path / "o.npz")["logits"]
+    assert np.array_equal(got, ort_run(out, {"input": digits_val["input"][:2]})[0])
+    capsys.readouterr()
+    assert main(["verify", str(out), "--data", str(MODELS / "digits_val.npz"), "--limit", "8", "--json"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert rep["ok"] and rep["level"] == 1 and rep["tensors_compared"] > 10
+    gdir = tmp_path / "golden"
+    assert main(["golden", str(out), "--input", str(x), "-o", str(gdir)]) == 0
+    index = json.loads((gdir / "index.json").read_text())
+    first = index["tensors"][0]
+    assert first["name"] == "input.q" and first["dtype"] == "int8" and "frac_bits" in first
+    blob = (gdir / "golden.bin").read_bytes()
+    for t in index["tensors"][:20]:
+        arr = np.load(gdir / t["file"])
+        assert blob[t["offset"]:t["offset"] + t["nbytes"]] == arr.astype(arr.dtype.newbyteorder("<")).tobytes()
+    assert main(["golden", str(out), "--input", str(x), "-o", str(gdir)]) == 2  # exists, no --force
+    assert main(["quantize", str(digits_path("digits_resnet")), "--calib", str(MODELS / "digits_calib.npz"),
+                 "--format", "int", "-o", str(tmp_path / "x.onnx")]) == 2
+    assert not (tmp_path / "x.onnx").exists()
