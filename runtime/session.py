@@ -232,8 +232,7 @@ class Session:
         if binding is None and types is not None:
             binding = types.check_inputs(node, sig)
         try:
-            with np.errstate(all="ignore"):
-                res = REGISTRY[node.op_type].fn(node, *args)
+            res = REGISTRY[node.op_type].fn(node, *args)  # run() holds np.errstate(all="ignore")
         except RuntimeErrorBase:
             raise
         except Exception as e:
@@ -378,6 +377,21 @@ class Session:
             if name not in env and name not in self._producer:
                 raise ModelError(f"unknown tensor {name!r}")
         plan = self._plan(targets, keep_all, keep_set)
+        with np.errstate(all="ignore"):
+            self._run_steps(plan, env)
+        result = {t: env[t] for t in targets}
+        self._check_output_types(result)
+        if keep_all:
+            extra = list(self.input_names) + list(self._folded_names)
+            extra += [o for i in plan.steps for o in self._nodes[i].outputs if o]
+            for name in extra:
+                if name in env and name not in result:
+                    result[name] = env[name]
+        for name in keep_set:
+            result.setdefault(name, env[name])
+        return result
+
+    def _run_steps(self, plan: _Plan, env: dict[str, np.ndarray]) -> None:
         nodes = self._nodes
         for i in plan.steps:
             node = nodes[i]
@@ -391,17 +405,6 @@ class Session:
                     env[name] = val
             for name in plan.free.get(i, ()):
                 env.pop(name, None)
-        result = {t: env[t] for t in targets}
-        self._check_output_types(result)
-        if keep_all:
-            extra = list(self.input_names) + list(self._folded_names)
-            extra += [o for i in plan.steps for o in nodes[i].outputs if o]
-            for name in extra:
-                if name in env and name not in result:
-                    result[name] = env[name]
-        for name in keep_set:
-            result.setdefault(name, env[name])
-        return result
 
     def _check_output_types(self, result: dict[str, np.ndarray]) -> None:
         for name, arr in result.items():
