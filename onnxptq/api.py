@@ -25,6 +25,7 @@ from .sim.model import SimModel
 
 if TYPE_CHECKING:
     from .export.intplan import IntProgram
+    from .recon.engine import ReconReport
 
 
 @dataclass
@@ -37,6 +38,7 @@ class QuantResult:
     config: QuantConfig
     timings: dict[str, float] = field(default_factory=dict)
     program: "IntProgram | None" = None  # the integer program (format "int")
+    recon: "ReconReport | None" = None  # per-region reconstruction results (methods other than rtn)
 
     def summary(self) -> dict:
         """Bits, scale kind, weight sizes before/after, times: the table printed at the end of a run."""
@@ -165,6 +167,16 @@ def quantize(model: str | os.PathLike, calib, config: QuantConfig | None = None,
 
     calibrate(sim, data, plan, config)
     timings["calibrate"] = time.perf_counter() - t0
+    recon_report = None
+    if config.method != "rtn":
+        from .recon.engine import reconstruct
+
+        ckpt_dir = config.checkpoint_dir or (f"{out}.recon" if out is not None else None)
+        if config.resume and ckpt_dir is None:
+            raise ConfigError("resume needs the checkpoint directory of the interrupted run (--checkpoint-dir)")
+        t0 = time.perf_counter()
+        recon_report = reconstruct(sim, data, plan, config, ckpt_dir)
+        timings["reconstruct"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     program = None
     if config.format == "int":
@@ -181,7 +193,7 @@ def quantize(model: str | os.PathLike, calib, config: QuantConfig | None = None,
     timings["export"] = time.perf_counter() - t0
     if out is not None:
         save_atomic(qmodel, out)
-    return QuantResult(qmodel, out, qg, sim, plan, config, timings, program)
+    return QuantResult(qmodel, out, qg, sim, plan, config, timings, program, recon_report)
 
 
 def inspect(model: str | os.PathLike, granularity: str = "block", input_shapes: dict | None = None) -> dict:

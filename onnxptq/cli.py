@@ -12,7 +12,7 @@ import sys
 import time
 
 from . import __version__
-from .config import FORMATS, GRANULARITIES, METHODS, PO2_METHODS, SCALE_KINDS, SCALE_METHODS, QuantConfig
+from .config import FORMATS, GRANULARITIES, METHODS, PO2_METHODS, PRESETS, SCALE_KINDS, SCALE_METHODS, QuantConfig
 from .errors import ConfigError, OnnxPtqError
 
 
@@ -66,10 +66,28 @@ def build_parser() -> argparse.ArgumentParser:
                    help="symmetric grid for signed activations (default: asymmetric with a zero point)")
     q.add_argument("--no-bias-correction", action="store_true", help="keep the float biases as they are")
     q.add_argument("--method", choices=METHODS, default=d.method)
-    q.add_argument("--granularity", choices=GRANULARITIES, default=d.granularity)
+    q.add_argument("--granularity", choices=GRANULARITIES, default=d.granularity,
+                   help="reconstruction regions of brecq/qdrop (adaround is layer-wise)")
+    q.add_argument("--loss", default=d.loss, help="reconstruction loss: mse | fisher (BRECQ Eq. 11)")
+    q.add_argument("--preset", choices=PRESETS, default=d.preset,
+                   help="fast (2-core CPU) | full (BRECQ: 1024 samples, batch 32, 20k iterations per region)")
+    q.add_argument("--iters", type=int, default=None, help="rounding (qdrop: joint) iterations per region")
+    q.add_argument("--act-iters", type=int, default=None, help="step-size iterations per region after rounding (brecq)")
+    q.add_argument("--recon-batch-size", type=int, default=None, help="minibatch of the reconstruction")
+    q.add_argument("--lr", type=float, default=None, help="Adam learning rate of the rounding variables")
+    q.add_argument("--act-lr", type=float, default=None, help="Adam learning rate of the activation steps")
+    q.add_argument("--round-lambda", type=float, default=d.round_lambda, help="AdaRound regularizer weight")
+    q.add_argument("--drop-prob", type=float, default=d.drop_prob, help="qdrop: probability of a float activation")
+    q.add_argument("--fisher-damping", type=float, default=d.fisher_damping)
+    q.add_argument("--checkpoint-dir", default=None, help="checkpoint after every region (default OUTPUT.recon)")
+    q.add_argument("--resume", action="store_true", help="continue an interrupted reconstruction from its checkpoint")
+    q.add_argument("--cache-budget-mb", type=float, default=d.cache_budget_mb,
+                   help="RAM for cached activations; more spills to np.memmap files")
+    q.add_argument("--cache-dir", default=None, help="directory of spilled activations (default: system temp)")
     q.add_argument("--format", choices=FORMATS, default=d.format)
     q.add_argument("--opset", type=int, default=d.opset)
-    q.add_argument("--num-calib", type=int, default=d.num_calib)
+    q.add_argument("--num-calib", type=int, default=None,
+                   help="calibration samples (default 256; learned methods: the preset's, fast 256, full 1024)")
     q.add_argument("--batch-size", type=int, default=d.batch_size)
     q.add_argument("--seed", type=int, default=d.seed)
     q.add_argument("--device", default=d.device)
@@ -132,7 +150,11 @@ def cmd_quantize(args) -> int:
         w_bits=args.w_bits, a_bits=args.a_bits, first_last_bits=args.first_last_bits, scale=args.scale,
         po2_method=args.po2_method, w_scale_method=args.w_scale_method, a_scale_method=args.a_scale_method,
         percentile=args.percentile, w_symmetric=not args.w_asymmetric, a_symmetric=args.a_symmetric, bias_correction=not args.no_bias_correction,
-        method=args.method, granularity=args.granularity, num_calib=args.num_calib, batch_size=args.batch_size,
+        method=args.method, granularity=args.granularity, loss=args.loss, preset=args.preset, iters=args.iters,
+        act_iters=args.act_iters, recon_batch_size=args.recon_batch_size, lr=args.lr, act_lr=args.act_lr,
+        round_lambda=args.round_lambda, drop_prob=args.drop_prob, fisher_damping=args.fisher_damping,
+        checkpoint_dir=args.checkpoint_dir, resume=args.resume, cache_budget_mb=args.cache_budget_mb,
+        cache_dir=args.cache_dir, num_calib=args.num_calib, batch_size=args.batch_size,
         seed=args.seed, device=args.device, skip_nodes=[s for s in args.skip_nodes.split(",") if s],
         input_shapes=args.input_shape or {}, format=args.format, opset=args.opset, progress=not args.no_progress,
     )
@@ -146,7 +168,9 @@ def cmd_quantize(args) -> int:
         return 0
     rows = [
         ("output", s["output"]),
-        ("method", f"{s['method']} ({cfg.scale} scales{', ' + cfg.po2_method if cfg.scale == 'po2' else ''})"),
+        ("method", f"{s['method']} ({cfg.scale} scales{', ' + cfg.po2_method if cfg.scale == 'po2' else ''}"
+                   + (f"; {res.recon.granularity} regions, {cfg.loss} loss, {cfg.preset} preset" if res.recon else "")
+                   + ")"),
         ("layers", f"{s['layers']} quantized, {s['quant_points']} activation quant points"),
         ("weight bits", ", ".join(f"{b}-bit x{n}" for b, n in s["weight_bits"].items())),
         ("activation bits", ", ".join(f"{b}-bit x{n}" for b, n in s["activation_bits"].items())),

@@ -9,13 +9,15 @@ from dataclasses import asdict, dataclass, field, fields
 
 from .errors import ConfigError
 
-METHODS = ("rtn",)
+METHODS = ("rtn", "adaround", "brecq", "qdrop")  # rtn: calibration only; the rest: recon/settings.py
 SCALE_KINDS = ("float", "po2")
 SCALE_METHODS = ("minmax", "percentile", "mse")
 PO2_METHODS = ("search", "floor", "round")
 FORMATS = ("qdq", "int")
 INT_ROUNDINGS = ("rne", "half_up")
 GRANULARITIES = ("layer", "block", "stage", "net")
+LOSSES = ("mse", "fisher")  # more can be registered: recon/losses.py register_loss
+PRESETS = ("fast", "full")
 
 
 @dataclass
@@ -36,9 +38,24 @@ class QuantConfig:
     bias_correction: bool = True  # shift biases by E[(W_q - W) x] measured on calibration data
     # method and its granularity
     method: str = "rtn"
-    granularity: str = "block"
+    granularity: str = "block"  # reconstruction regions (brecq, qdrop; adaround is layer-wise)
+    # reconstruction (method adaround | brecq | qdrop); None: the preset's value (recon/settings.py)
+    loss: str = "mse"  # mse | fisher (BRECQ Eq. 11: output gradients of KL(float || quantized))
+    preset: str = "fast"  # fast (a 2-core CPU) | full (BRECQ: 1024 samples, batch 32, 20k iterations)
+    iters: int | None = None  # rounding (qdrop: joint) iterations per region
+    act_iters: int | None = None  # step-size (LSQ) iterations per region after the rounding (brecq)
+    recon_batch_size: int | None = None
+    lr: float | None = None  # Adam learning rate of the rounding variables
+    act_lr: float | None = None  # Adam learning rate of the activation step sizes
+    round_lambda: float = 0.01  # weight of the AdaRound regularizer (BRECQ Eq. 28)
+    drop_prob: float = 0.5  # qdrop: probability of keeping an activation in float
+    fisher_damping: float = 1.0  # Fisher weights (|g|/rms + d)^2: 0 = pure Eq. 11, larger = closer to MSE
+    checkpoint_dir: str | None = None  # state after each region (default with an output file: <output>.recon)
+    resume: bool = False  # continue from the checkpoint in checkpoint_dir
+    cache_budget_mb: float = 2048.0  # RAM for cached activations; beyond it they spill to np.memmap files
+    cache_dir: str | None = None  # where spilled activations go (default: the system temp directory)
     # data and run
-    num_calib: int = 256
+    num_calib: int | None = None  # None: 256, or the reconstruction preset's sample count
     batch_size: int = 32
     seed: int = 0
     device: str = "cpu"
@@ -54,7 +71,7 @@ class QuantConfig:
         for name, allowed in (("scale", SCALE_KINDS), ("po2_method", PO2_METHODS), ("w_scale_method", SCALE_METHODS),
                               ("a_scale_method", SCALE_METHODS), ("method", METHODS), ("format", FORMATS),
                               ("int_rounding", INT_ROUNDINGS),
-                              ("granularity", GRANULARITIES)):
+                              ("granularity", GRANULARITIES), ("preset", PRESETS)):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{name} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}")
         for name in ("w_bits", "a_bits"):
@@ -65,6 +82,28 @@ class QuantConfig:
             raise ConfigError(f"first_last_bits must be in 2..8 or None; got {self.first_last_bits!r}")
         if not 50.0 < self.percentile <= 100.0:
             raise ConfigError(f"percentile must be in (50, 100]; got {self.percentile}")
+        if self.loss not in LOSSES:
+            from .recon.losses import LOSSES as registered
+
+            if self.loss not in registered:
+                raise ConfigError(f"loss must be one of {', '.join(registered)}; got {self.loss!r}")
+        if self.num_calib is None:
+            from .recon.settings import PRESETS as recon_presets
+
+            self.num_calib = 256 if self.method == "rtn" else recon_presets[self.preset].samples
+        for name in ("iters", "act_iters", "recon_batch_size"):
+            v = getattr(self, name)
+            if v is not None and (not isinstance(v, int) or v < (1 if name == "recon_batch_size" else 0)):
+                raise ConfigError(f"{name} must be a {'positive' if name == 'recon_batch_size' else 'non-negative'} "
+                                  f"integer; got {v!r}")
+        for name in ("lr", "act_lr"):
+            v = getattr(self, name)
+            if v is not None and not v > 0:
+                raise ConfigError(f"{name} must be positive; got {v!r}")
+        if self.round_lambda < 0 or self.fisher_damping < 0 or self.cache_budget_mb < 0:
+            raise ConfigError("round_lambda, fisher_damping and cache_budget_mb must be >= 0")
+        if not 0.0 <= self.drop_prob < 1.0:
+            raise ConfigError(f"drop_prob must be in [0, 1); got {self.drop_prob}")
         if self.num_calib < 1 or self.batch_size < 1:
             raise ConfigError("num_calib and batch_size must be positive")
         if self.format == "int" and self.scale != "po2":

@@ -616,6 +616,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="evaluation samples (default: digits all 447, EfficientNet 512)")
     add_common(f)
     f.set_defaults(func=cmd_foundation)
+    import bench_recon  # noqa: E402 - tools/bench_recon.py: the reconstruction benchmarks (issue 4)
+
+    bench_recon.add_parser(sub)
     return p
 
 

@@ -34,6 +34,7 @@ class FakeQuant(nn.Module):
         self.params: QParams | None = None
         self.observer: Observer | None = None
         self.enabled = False
+        self.round_fn = None  # replaces STE rounding of x / s when set (AdaRound: recon/adaround.py)
         self.register_buffer("scale", torch.ones(()), persistent=False)
         self.register_buffer("zero_point", torch.zeros(()), persistent=False)
 
@@ -54,4 +55,5 @@ class FakeQuant(nn.Module):
             return x
         if not self.enabled or self.params is None:
             return x
-        return fake_quantize(x, self.scale, self.zero_point, self.params.grid, round_ste)
+        return fake_quantize(x, self.scale, self.zero_point, self.params.grid,
+                             round_ste if self.round_fn is None else self.round_fn)

@@ -79,6 +79,12 @@ class SimModel(nn.Module):
     def weight_quantizer(self, layer: str) -> FakeQuant:
         return self.w_fq[_key(layer)]
 
+    def set_act_quantizer(self, tensor: str, fq: FakeQuant) -> FakeQuant:
+        """Put ``fq`` at quant point ``tensor`` (e.g. a learned-step quantizer); returns the one it replaces."""
+        old = self.act_fq[self._act_key[tensor]]
+        self.act_fq[self._act_key[tensor]] = fq
+        return old
+
     def weight(self, init_name: str) -> nn.Parameter:
         return self.weights[self._wkey[init_name]]
 

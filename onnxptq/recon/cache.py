@@ -1,0 +1,102 @@
+"""Cached per-sample tensors for reconstruction (region inputs, float outputs, gradients).
+
+``ActivationStore`` hands out ``Cached`` arrays of N samples. Arrays live in RAM (torch tensors)
+while the store's total stays within its byte budget; beyond it new arrays are ``np.memmap`` files
+in a spill directory (removed when the store closes), so a large model at 224x224 with 1024 samples
+runs with bounded memory. Rows are written batch by batch and read by sample index.
+"""
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+class Cached:
+    """N samples of one tensor: ``write(start, batch)``, ``read(indices)``, ``batches(size)``."""
+
+    def __init__(self, store: "ActivationStore", name: str, n: int, shape: tuple[int, ...], dtype: np.dtype) -> None:
+        self.store, self.name, self.n, self.shape, self.dtype = store, name, n, tuple(shape), np.dtype(dtype)
+        self.nbytes = int(n * int(np.prod(shape, dtype=np.int64)) * self.dtype.itemsize)
+        self.path: Path | None = None
+        if store.ram_bytes + self.nbytes <= store.budget_bytes:
+            self.data: torch.Tensor | np.memmap = torch.empty((n, *shape), dtype=torch.from_numpy(np.empty(0, self.dtype)).dtype)
+            store.ram_bytes += self.nbytes
+        else:
+            self.path = store.spill_path(name)
+            self.data = np.lib.format.open_memmap(self.path, mode="w+", dtype=self.dtype, shape=(n, *shape))
+            store.disk_bytes += self.nbytes
+
+    @property
+    def on_disk(self) -> bool:
+        return self.path is not None
+
+    def write(self, start: int, batch: torch.Tensor) -> None:
+        b = batch.detach()
+        if self.on_disk:
+            self.data[start:start + len(b)] = b.cpu().numpy()
+        else:
+            self.data[start:start + len(b)] = b.cpu()
+
+    def read(self, index: torch.Tensor | slice) -> torch.Tensor:
+        """Rows ``index`` (a slice or a 1-D index tensor) as a torch tensor (a copy)."""
+        if self.on_disk:
+            if isinstance(index, slice):
+                return torch.from_numpy(np.array(self.data[index]))
+            idx = np.asarray(index.cpu().numpy())
+            order = np.argsort(idx, kind="stable")  # sequential disk reads, then back to the asked order
+            rows = np.asarray(self.data[idx[order]])
+            out = np.empty_like(rows)
+            out[order] = rows
+            return torch.from_numpy(out)
+        if isinstance(index, slice):
+            return self.data[index].clone()
+        return self.data.index_select(0, index.cpu())
+
+    def batches(self, size: int):
+        for i in range(0, self.n, size):
+            yield i, self.read(slice(i, min(i + size, self.n)))
+
+    def free(self) -> None:
+        if self.on_disk:
+            self.store.disk_bytes -= self.nbytes
+            del self.data
+            self.path.unlink(missing_ok=True)
+        else:
+            self.store.ram_bytes -= self.nbytes
+            del self.data
+
+
+class ActivationStore:
+    """Allocator of ``Cached`` arrays within ``budget_mb`` of RAM, spilling to ``spill_dir`` beyond it."""
+
+    def __init__(self, budget_mb: float, spill_dir: str | None = None) -> None:
+        self.budget_bytes = int(budget_mb * 2**20)
+        self.ram_bytes = 0
+        self.disk_bytes = 0
+        self.peak_disk_bytes = 0
+        self._parent = spill_dir
+        self._dir: Path | None = None
+        self._count = 0
+
+    def spill_path(self, name: str) -> Path:
+        if self._dir is None:
+            if self._parent is not None:
+                Path(self._parent).mkdir(parents=True, exist_ok=True)
+            self._dir = Path(tempfile.mkdtemp(prefix="onnxptq-cache-", dir=self._parent))
+        self._count += 1
+        safe = "".join(c if c.isalnum() else "_" for c in name)[-60:]
+        return self._dir / f"{self._count:05d}_{safe}.npy"
+
+    def new(self, name: str, n: int, shape: tuple[int, ...], dtype=np.float32) -> Cached:
+        c = Cached(self, name, n, shape, dtype)
+        self.peak_disk_bytes = max(self.peak_disk_bytes, self.disk_bytes)
+        return c
+
+    def close(self) -> None:
+        if self._dir is not None:
+            shutil.rmtree(self._dir, ignore_errors=True)
+            self._dir = None

@@ -1,0 +1,415 @@
+"""The reconstruction engine (BRECQ Algorithm 1, with AdaRound and QDrop as options).
+
+For each region of the partition, in execution order:
+1. the region's input is taken from the already-quantized model (the quantized frontier) and its
+   float output from the float model (the float frontier advanced through the region);
+2. for the Fisher loss, the output gradients of KL(float || quantized logits) (``fisher.py``);
+3. the region's rounding variables (AdaRound, ``adaround.py``) and/or activation step sizes
+   (LSQ, ``lsq.py``) are optimized with Adam on the region loss (``losses.py``) over random
+   minibatches of the cached samples;
+4. the rounding is made hard: the chosen integers are written back as the float weights
+   (q - z) * s, which re-quantize exactly to them, so ``integer_weights`` and the exporters see
+   the same integers as the simulation; learned steps become the quantizers' scales;
+5. the quantized frontier moves through the finished region; a checkpoint is written.
+Deterministic for a seed: minibatches and QDrop masks come from per-region generators, and resuming
+from a checkpoint recomputes the frontiers exactly.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ..config import QuantConfig
+from ..data import Dataset
+from ..importer.partition import partition
+from ..plan import BitPlan
+from ..quant import QParams, dequantize, quantize
+from ..quant import scales as S
+from ..sim.model import SimModel
+from . import checkpoint as ckpt
+from .adaround import AdaRoundRounding, beta_at, within_one_step
+from .cache import ActivationStore, Cached
+from .calibrate import integer_weights
+from .fisher import float_logits, output_gradients
+from .optim import Adam
+from .losses import LOSSES, NEEDS_GRADIENTS, fisher_weights
+from .lsq import LearnedStep
+from .settings import ReconSettings, resolve
+from .streams import (Frontier, SideTensors, Span, advance, consumed_inputs, input_frontier, live_after, produced,
+                      region_spans, set_quant_state)
+
+log = logging.getLogger(__name__)
+EVAL_SAMPLES = 64  # samples on which each region's loss is measured before and after
+BIAS_LIMIT = 2.0 ** 30  # |bias| / (s_x s_w) bound kept by learned steps (as quant.scales.bias_safe_weight_scale)
+
+
+@dataclass
+class RegionResult:
+    name: str
+    layers: list[str]
+    loss_before: float  # region loss (without regularizer) at the calibrated (RTN) state
+    loss_after: float  # ... after reconstruction (hard rounding, learned steps)
+    seconds: float
+    iterations: int
+    undecided: float = 0.0  # fraction of soft rounding offsets not at 0/1 when made hard
+    steps_kept: list[str] = field(default_factory=list)  # learned steps refused (int32 bias range)
+
+
+@dataclass
+class ReconReport:
+    method: str
+    granularity: str
+    loss: str
+    samples: int
+    regions: list[RegionResult] = field(default_factory=list)
+    resumed_regions: int = 0
+    cache_spilled_mb: float = 0.0
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class _Region:
+    """One region's trainable state while it is reconstructed."""
+
+    def __init__(self, sim: SimModel, span: Span, st: ReconSettings, gen_dev: torch.Generator | None) -> None:
+        self.sim, self.span, self.st = sim, span, st
+        self.layers = [n.layer for n in sim.nodes[span.start:span.stop] if n.layer is not None]
+        self.acts = [o for o in produced(sim, span.start, span.stop) if o in sim.qg.quant_points]
+        self.rounders: dict[str, AdaRoundRounding] = {}
+        self.steps: dict[str, LearnedStep] = {}
+        self.originals = {}
+        self.gen_dev = gen_dev
+
+    # ---------------------------------------------------------------- rounding
+    @torch.no_grad()
+    def start_rounding(self) -> None:
+        sim = self.sim
+        for layer in self.layers:
+            fq = sim.weight_quantizer(layer.name)
+            w = sim.weight(layer.weight)
+            if layer.bias and layer.name in sim.bias_delta:
+                # RTN bias correction compensates RTN's error; the learned rounding replaces it
+                del sim.bias_delta[layer.name]
+                s_x = float(sim.act_quantizer(sim.qg.source[layer.input]).params.scale)
+                p = fq.params
+                safe = S.bias_safe_weight_scale(torch.from_numpy(p.scale), sim.weight(layer.bias).detach().cpu(), s_x,
+                                                p.po2)
+                if not torch.equal(safe, torch.from_numpy(p.scale)):
+                    fq.set_params(QParams(p.grid, safe.numpy(), p.zero_point, p.axis, p.po2), w.dim())
+            r = AdaRoundRounding(w.detach() / fq.scale).to(w.device)
+            fq.round_fn = r
+            self.rounders[layer.name] = r
+
+    @torch.no_grad()
+    def finish_rounding(self) -> float:
+        """Hard rounding, written back as on-grid float weights; checked exactly. Returns the
+        fraction of offsets that were still undecided."""
+        sim = self.sim
+        undecided = []
+        for layer in self.layers:
+            r = self.rounders.pop(layer.name)
+            undecided.append(r.undecided())
+            fq = sim.weight_quantizer(layer.name)
+            w = sim.weight(layer.weight)
+            r.hard = True
+            grid = fq.params.grid
+            q = quantize(w.detach(), fq.scale, fq.zero_point, grid, r)
+            w_float = w.detach().cpu().numpy().copy()
+            w.copy_(dequantize(q, fq.scale, fq.zero_point))
+            fq.round_fn = None
+            q_np = q.cpu().numpy().astype(np.int64)
+            ints = integer_weights(sim, layer.name)
+            scale, zp = fq.params.shaped_for(w.dim())
+            if not (np.array_equal(ints, q_np) and np.all(q_np == np.round(q_np)) and q_np.min() >= grid.qmin
+                    and q_np.max() <= grid.qmax and within_one_step(q_np, w_float, scale, zp, grid.qmin, grid.qmax)):
+                raise RuntimeError(f"AdaRound result of {layer.name!r} is not exactly on its grid within one step")
+        return float(np.mean(undecided)) if undecided else 0.0
+
+    # ---------------------------------------------------------------- activation steps / QDrop
+    def install_steps(self, learn: bool, drop_prob: float) -> None:
+        for t in self.acts:
+            orig = self.sim.act_quantizer(t)
+            if orig.params is None:
+                continue
+            ls = LearnedStep(orig, learn, drop_prob, self.gen_dev)
+            self.originals[t] = self.sim.set_act_quantizer(t, ls)
+            self.steps[t] = ls
+
+    def set_acts(self, enabled: bool) -> None:
+        for ls in self.steps.values():
+            ls.enabled = enabled
+
+    def train(self, mode: bool) -> None:
+        for ls in self.steps.values():
+            ls.train(mode)
+
+    @torch.no_grad()
+    def finish_steps(self) -> list[str]:
+        """Learned steps become the quantizers' scales (unless they would push an int32 bias out of
+        range); the original quantizers go back in place. Returns the quant points kept as they were."""
+        sim = self.sim
+        kept = []
+        for t, ls in self.steps.items():
+            orig = self.originals[t]
+            sim.set_act_quantizer(t, orig)
+            new = ls.learned_params()
+            if new is not ls.params and self._bias_fits(t, float(new.scale)):
+                orig.set_params(new)
+            elif new is not ls.params:
+                kept.append(t)
+        self.steps.clear()
+        self.originals.clear()
+        return kept
+
+    def _bias_fits(self, tensor: str, s_x: float) -> bool:
+        sim = self.sim
+        for layer in sim.qg.layers:
+            if layer.bias and sim.qg.source.get(layer.input) == tensor:
+                b = sim.effective_bias(layer, quantized_weights=True).detach().double().cpu()
+                s_w = torch.from_numpy(sim.weight_quantizer(layer.name).params.scale).double()
+                if bool((b.abs() / (s_x * s_w) > BIAS_LIMIT).any()):
+                    return False
+        return True
+
+    def parameters(self, which: str) -> list[torch.nn.Parameter]:
+        if which == "rounding":
+            return [r.v for r in self.rounders.values()]
+        return [ls.step for ls in self.steps.values() if ls.learn]
+
+    def regularizer(self, beta: float) -> torch.Tensor:
+        return sum(r.regularizer(beta) for r in self.rounders.values())
+
+
+class _FloatWeights:
+    """Context: the model's float weights in the simulation (reconstructed layers hold on-grid weights),
+    for the float stream and the float logits."""
+
+    def __init__(self, sim: SimModel) -> None:
+        self.sim = sim
+        self.float = {x.weight: torch.from_numpy(np.array(sim.qg.initializer(x.weight), dtype=np.float32))
+                      for x in sim.qg.layers}
+        self.saved: dict[str, torch.Tensor] = {}
+
+    @torch.no_grad()
+    def __enter__(self) -> None:
+        for name, w in self.float.items():
+            p = self.sim.weight(name)
+            if not torch.equal(p.detach().cpu(), w):
+                self.saved[name] = p.detach().clone()
+                p.copy_(w.to(p.device))
+
+    @torch.no_grad()
+    def __exit__(self, *exc) -> None:
+        for name, w in self.saved.items():
+            self.sim.weight(name).copy_(w)
+        self.saved.clear()
+
+
+class Engine:
+    def __init__(self, sim: SimModel, data: Dataset, cfg: QuantConfig, checkpoint_dir: str | None = None) -> None:
+        self.sim, self.cfg = sim, cfg
+        self.st = resolve(cfg)
+        if self.st.loss not in LOSSES:
+            raise ValueError(f"unknown reconstruction loss {self.st.loss!r}; registered: {sorted(LOSSES)}")
+        self.loss_fn = LOSSES[self.st.loss]
+        self.inputs = {k: v for k, v in data.inputs.items()}
+        self.n = len(data)
+        self.device = next(iter(sim.weights.values())).device if len(sim.weights) else torch.device("cpu")
+        self.store = ActivationStore(cfg.cache_budget_mb, cfg.cache_dir)
+        self.side = SideTensors(sim, {k: tuple(v.shape[1:]) for k, v in self.inputs.items()}, self.device)
+        self.spans = region_spans(sim, partition(sim.qg, self.st.granularity))
+        self.checkpoint_dir = checkpoint_dir
+        self.batch = cfg.batch_size  # caching batch
+        self.fp = ckpt.fingerprint(sim, self.inputs, cfg) if checkpoint_dir else ""
+        self.float_weights = _FloatWeights(sim)
+
+    # ---------------------------------------------------------------- helpers
+    def _generators(self, k: int, phase: int) -> tuple[torch.Generator, torch.Generator]:
+        seed = (self.st.seed * 1_000_003 + k * 101 + phase) % (2**63)
+        g = torch.Generator().manual_seed(seed)
+        gd = torch.Generator(device=self.device).manual_seed(seed + 1) if self.device.type != "cpu" else g
+        return g, gd
+
+    def _batch_env(self, qf: Frontier, ff: Frontier, names: list[str], idx, drop: float,
+                   gen: torch.Generator | None) -> dict[str, torch.Tensor]:
+        env = {t: qf.tensors[t].read(idx).to(self.device) for t in names}
+        if drop > 0:
+            for t in names:
+                xf = ff.tensors[t].read(idx).to(self.device)
+                keep_float = torch.rand(xf.shape, generator=gen, device=self.device) < drop
+                env[t] = torch.where(keep_float, xf, env[t])
+        env.update(self.side(len(next(iter(env.values())))))
+        return env
+
+    def _region_loss(self, out: dict[str, torch.Tensor], targets: dict[str, Cached], weights, idx) -> torch.Tensor:
+        total = 0.0
+        for t, tgt in targets.items():
+            w = None
+            if weights is not None:
+                g, ms = weights[t]
+                w = fisher_weights(g.read(idx).to(self.device), ms, self.st.fisher_damping)
+            total = total + self.loss_fn(out[t], tgt.read(idx).to(self.device), w)
+        return total
+
+    @torch.no_grad()
+    def _measure(self, span: Span, qf: Frontier, targets, weights) -> float:
+        idx = torch.arange(min(EVAL_SAMPLES, self.n))
+        names = consumed_inputs(self.sim, qf, span.start, span.stop)
+        env = self._batch_env(qf, qf, names, idx, 0.0, None)
+        out = self.sim.run_nodes(env, span.start, span.stop)
+        return float(self._region_loss(out, targets, weights, idx))
+
+    # ---------------------------------------------------------------- main loop
+    def run(self) -> ReconReport:
+        t_all = time.perf_counter()
+        st, sim = self.st, self.sim
+        report = ReconReport(st.method, st.granularity, st.loss, self.n)
+        done = 0
+        if self.cfg.resume and self.checkpoint_dir:
+            state = ckpt.load(self.checkpoint_dir, self.fp)
+            if state is not None:
+                ckpt.restore(sim, state)
+                done = state["done"]
+                report.regions = [RegionResult(**r) for r in state["report"]]
+                report.resumed_regions = done
+        layers_done = [x for r in report.regions for x in r.layers]
+        total_iters = len(self.spans) * sum(n for _, n in st.phases)
+        bar = tqdm(total=total_iters, initial=done * sum(n for _, n in st.phases), disable=not self.cfg.progress,
+                   desc="reconstruction", unit="it", dynamic_ncols=True)
+        was_training = sim.training
+        sim.eval()
+        try:
+            set_quant_state(sim, True)
+            qf = input_frontier(sim, self.inputs, self.store, True, self.batch, self.device)
+            ff = input_frontier(sim, self.inputs, self.store, False, self.batch, self.device)
+            logits = None
+            if st.loss in NEEDS_GRADIENTS and done < len(self.spans):
+                with self.float_weights:
+                    logits = float_logits(sim, ff, self.store, self.side, self.batch, self.device)
+            for k, span in enumerate(self.spans):
+                if k < done:
+                    continue
+                t0 = time.perf_counter()
+                # 1. inputs (quantized model so far) and float targets
+                if qf.pos < span.start:
+                    qf = self._replace(qf, advance(sim, qf, span.start, self.store, self.side, True, self.batch,
+                                                   self.device, "q"))
+                    with self.float_weights:
+                        ff = self._replace(ff, advance(sim, ff, span.start, self.store, self.side, False, self.batch,
+                                                       self.device, "f"))
+                with self.float_weights:
+                    ff_out = advance(sim, ff, span.stop, self.store, self.side, False, self.batch, self.device, "f")
+                outputs = [t for t in live_after(sim, span.stop, produced(sim, span.start, span.stop))
+                           if t in ff_out.tensors]
+                targets = {t: ff_out.tensors[t] for t in outputs}
+                # 2. Fisher weights at the starting point
+                weights = None
+                if st.loss in NEEDS_GRADIENTS:
+                    grads, ms = output_gradients(sim, qf, span.start, span.stop, outputs, logits, self.store,
+                                                 self.side, self.batch, self.device)
+                    weights = {t: (grads[t], ms[t]) for t in outputs}
+                set_quant_state(sim, True)
+                before = self._measure(span, qf, targets, weights)
+                # 3-4. optimize
+                result = self._optimize(k, span, qf, ff, targets, weights, bar)
+                set_quant_state(sim, True)
+                result.loss_before = before
+                result.loss_after = self._measure(span, qf, targets, weights)
+                # 5. move on with the quantized region's outputs
+                new_qf = advance(sim, qf, span.stop, self.store, self.side, True, self.batch, self.device, "q")
+                qf = self._replace(qf, new_qf)
+                ff = self._replace(ff, ff_out)
+                if weights is not None:
+                    for g, _ in weights.values():
+                        g.free()
+                result.seconds = time.perf_counter() - t0
+                report.regions.append(result)
+                layers_done += result.layers
+                if self.checkpoint_dir:
+                    ckpt.save(self.checkpoint_dir, self.fp, k + 1, sim, layers_done,
+                              [asdict(r) for r in report.regions])
+                log.info("%s: loss %.5g -> %.5g (%.1f s)", span.name, before, result.loss_after, result.seconds)
+        finally:
+            bar.close()
+            sim.train(was_training)
+            set_quant_state(sim, True)
+            report.cache_spilled_mb = self.store.peak_disk_bytes / 2**20
+            self.store.close()
+        report.seconds = time.perf_counter() - t_all
+        return report
+
+    @staticmethod
+    def _replace(old: Frontier, new: Frontier) -> Frontier:
+        old.free_except(new)
+        return new
+
+    def _optimize(self, k: int, span: Span, qf: Frontier, ff: Frontier, targets, weights, bar) -> RegionResult:
+        st, sim = self.st, self.sim
+        region = _Region(sim, span, st, None)
+        names = consumed_inputs(sim, qf, span.start, span.stop)
+        result = RegionResult(span.name, [x.name for x in region.layers], 0.0, 0.0, 0.0, 0)
+        rounding_done = False
+        for p_idx, (phase, iters) in enumerate(st.phases):
+            gen, gen_dev = self._generators(k, p_idx)
+            region.gen_dev = gen_dev
+            learn_rounding = phase in ("rounding", "joint") and bool(region.layers)
+            if learn_rounding:
+                region.start_rounding()
+            if phase in ("steps", "joint") or st.drop_prob > 0:
+                region.install_steps(learn=phase in ("steps", "joint"), drop_prob=st.drop_prob)
+            elif phase == "rounding":
+                region.install_steps(learn=False, drop_prob=0.0)
+            region.set_acts(phase != "rounding" or st.acts_during_rounding)
+            groups = []
+            if learn_rounding:
+                groups.append({"params": region.parameters("rounding"), "lr": st.lr})
+            step_params = region.parameters("steps")
+            if step_params:
+                groups.append({"params": step_params, "lr": st.act_lr})
+            if groups and iters > 0:
+                opt = Adam(groups)
+                region.train(True)
+                drop = st.drop_prob if phase != "rounding" or st.acts_during_rounding else 0.0
+                bar.set_description(f"[{k + 1}/{len(self.spans)}] {span.name} {phase}")
+                for it in range(iters):
+                    idx = torch.randperm(self.n, generator=gen)[:st.batch_size]
+                    env = self._batch_env(qf, ff, names, idx, drop, gen_dev)
+                    out = sim.run_nodes(env, span.start, span.stop)
+                    rec = self._region_loss(out, targets, weights, idx)
+                    loss = rec
+                    beta = beta_at(it, iters, st.warmup, *st.beta) if learn_rounding else None
+                    if beta is not None and st.round_lambda > 0:
+                        loss = rec + st.round_lambda * region.regularizer(beta)
+                    opt.zero_grad()
+                    loss.backward()
+                    opt.step()
+                    result.iterations += 1
+                    bar.update(1)
+                    if it % 25 == 0 or it == iters - 1:
+                        bar.set_postfix(loss=f"{float(rec.detach()):.4g}", total=f"{float(loss.detach()):.4g}")
+                region.train(False)
+            else:
+                bar.update(iters)
+            if learn_rounding:
+                result.undecided = region.finish_rounding()
+                rounding_done = True
+            result.steps_kept += region.finish_steps()
+        if not rounding_done and region.layers and st.iters == 0:
+            log.info("%s: no rounding iterations; weights keep their calibrated rounding", span.name)
+        return result
+
+
+def reconstruct(sim: SimModel, data: Dataset, plan: BitPlan, cfg: QuantConfig,
+                checkpoint_dir: str | None = None) -> ReconReport:
+    """Reconstruct every region of ``sim`` (already calibrated) on ``data``; see the module docstring."""
+    del plan  # bit widths are already in the calibrated quantizers
+    if cfg.device.startswith("cuda") and torch.cuda.is_available():
+        torch.backends.cudnn.deterministic = True
+    return Engine(sim, data, cfg, checkpoint_dir or cfg.checkpoint_dir).run()

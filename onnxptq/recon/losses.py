@@ -1,0 +1,58 @@
+"""Region reconstruction losses (BRECQ Eq. 11 and its MSE special case) and a registry for more.
+
+A loss is ``fn(pred, target, weight) -> scalar``: ``pred`` the quantized region output, ``target``
+the float model's output, ``weight`` a per-element weight of the same shape (the Fisher diagonal)
+or None. As in BRECQ's code, the squared error is summed over the channel axis (axis 1) and
+averaged over samples and positions, so a loss value is "per position" and the AdaRound
+regularizer weight lambda has the same meaning for every region.
+
+``register_loss`` is the slot for further objectives (RAPQ's BN-based L-P loss, a later issue);
+``LOSSES`` lists what ``QuantConfig.loss`` accepts at run time.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+LossFn = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
+
+
+def _channel_sum_mean(e: torch.Tensor) -> torch.Tensor:
+    """Sum over axis 1 (channels), mean over the rest; plain mean for rank <= 1."""
+    return e.sum(1).mean() if e.dim() >= 2 else e.mean()
+
+
+def mse_loss(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """||z - z_hat||^2: the Hessian approximated by c * I (BRECQ Sec. 3.3, Nagel et al. 2020)."""
+    return _channel_sum_mean((pred - target).pow(2))
+
+
+def fisher_loss(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
+    """Delta z^T diag((dL/dz)^2) Delta z (BRECQ Eq. 11); ``weight`` holds the squared gradients."""
+    if weight is None:
+        raise ValueError("the Fisher loss needs the squared output gradients (weight)")
+    return _channel_sum_mean((pred - target).pow(2) * weight)
+
+
+LOSSES: dict[str, LossFn] = {"mse": mse_loss, "fisher": fisher_loss}
+NEEDS_GRADIENTS = {"fisher"}  # losses whose weight is the Fisher diagonal of the region output
+
+
+def register_loss(name: str, fn: LossFn, needs_gradients: bool = False) -> None:
+    """Make ``fn`` available as ``QuantConfig(loss=name)`` (e.g. RAPQ's L-P loss)."""
+    LOSSES[name] = fn
+    if needs_gradients:
+        NEEDS_GRADIENTS.add(name)
+
+
+def fisher_weights(grad: torch.Tensor, mean_sq: float, damping: float = 0.0) -> torch.Tensor:
+    """Per-element weights of the Fisher loss from the output gradients g (BRECQ Eq. 10-11).
+
+    (|g| / rms + damping)^2 normalized by the value it takes at |g| = rms, where ``mean_sq`` is
+    E[g^2] over the region's whole cache: damping 0 gives g^2 / E[g^2], the diagonal Fisher of
+    Eq. 11 scaled to mean 1 (so lambda keeps its meaning); damping > 0 mixes in the identity (MSE),
+    as BRECQ's code does with |g| + 1.
+    """
+    rms = max(float(mean_sq), 1e-30) ** 0.5
+    return ((grad.abs() / rms + damping) ** 2) / (1.0 + damping) ** 2

@@ -1,0 +1,57 @@
+"""Learned activation step sizes (LSQ, BRECQ Eq. 29) and QDrop for the activation quantizers of a region.
+
+``LearnedStep`` takes the place of one activation ``FakeQuant`` of the simulation while its region is
+reconstructed. It applies the same ``quant.rounding.fake_quantize`` with the STE rounding of the
+simulation, but with the step size as a trainable parameter: autograd through
+``(clip(RNE_ste(x / s) + z) - z) * s`` gives exactly Eq. 29 (RNE(x/s) - x/s inside the grid, the
+clipped grid end outside it; no gradient scale, as in BRECQ B.4.4). With ``drop_prob`` > 0 (QDrop),
+each element keeps its float value with that probability during training.
+
+Power-of-two scales are not learned here (they need a log2-domain step, a later method): their
+quantizers keep the calibrated step and only apply QDrop.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..quant import QParams, fake_quantize
+from ..sim.fake_quant import FakeQuant, round_ste
+
+
+class LearnedStep(FakeQuant):
+    """An activation fake-quantizer with a trainable step size (and optional QDrop)."""
+
+    def __init__(self, original: FakeQuant, learn: bool, drop_prob: float = 0.0,
+                 generator: torch.Generator | None = None) -> None:
+        super().__init__(original.name, original.bits, original.axis)
+        if original.params is None:
+            raise ValueError(f"quantizer {original.name!r} has no parameters to start from")
+        self.original = [original]  # not a submodule: restored by ``finish``
+        self.params = original.params
+        self.enabled = original.enabled
+        device = original.scale.device
+        self.zero_point = original.zero_point.clone()
+        self.learn = learn and not original.params.po2
+        self.step = nn.Parameter(original.scale.detach().clone().to(device), requires_grad=self.learn)
+        self.drop_prob = drop_prob
+        self.generator = generator
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.enabled:
+            return x
+        step = self.step.clamp(min=1e-8)
+        xq = fake_quantize(x, step, self.zero_point, self.params.grid, round_ste)
+        if self.training and self.drop_prob > 0:
+            keep_float = torch.rand(x.shape, generator=self.generator, device=x.device) < self.drop_prob
+            return torch.where(keep_float, x, xq)
+        return xq
+
+    def learned_params(self) -> QParams:
+        """The calibrated parameters with the learned step size (float32)."""
+        p = self.params
+        if not self.learn:
+            return p
+        scale = np.asarray(self.step.detach().clamp(min=1e-8).cpu().numpy(), dtype=np.float32).reshape(p.scale.shape)
+        return QParams(p.grid, scale, p.zero_point, p.axis, p.po2)

@@ -1,0 +1,273 @@
+"""Reconstruction engine (issue 4): AdaRound math, hard rounding on the grid, region losses, Fisher
+gradients against autograd, resume == uninterrupted, memmap spilling, QDQ parity after reconstruction.
+
+Most tests use a tiny residual CNN (8x8 inputs) exported from torch, so they stay fast on a CPU.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import onnx
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from onnxptq import api
+from onnxptq.config import QuantConfig
+from onnxptq.errors import ConfigError
+from onnxptq.importer import import_model, partition
+from onnxptq.recon import checkpoint as ckpt
+from onnxptq.recon.adaround import (beta_at, init_v, inverse_rectified_sigmoid, rectified_sigmoid,
+                                    rounding_regularizer, within_one_step)
+from onnxptq.recon.cache import ActivationStore
+from onnxptq.recon.calibrate import integer_weights
+from onnxptq.recon.fisher import float_logits, output_gradients
+from onnxptq.recon.losses import fisher_weights
+from onnxptq.recon.streams import SideTensors, advance, input_frontier, region_spans
+from onnxptq.verify import qdq_output_parity
+
+from helpers import digits_path, export_torch_model
+
+
+# ---------------------------------------------------------------- AdaRound math (BRECQ Eq. 27-28)
+
+def test_rectified_sigmoid_hand_values():
+    h = rectified_sigmoid(torch.tensor([0.0, 50.0, -50.0, math.log(3.0)]))
+    # sigmoid(0) = 1/2 -> 0.5 * 1.2 - 0.1 = 0.5; saturates at exactly 1 and 0; sigmoid(log 3) = 3/4 -> 0.8
+    assert torch.allclose(h, torch.tensor([0.5, 1.0, 0.0, 0.8]), atol=1e-7)
+    # inverse: h = 0.25 -> V = -log(1.2 / 0.35 - 1) = -log(17/7)
+    v = inverse_rectified_sigmoid(torch.tensor([0.25]))
+    assert torch.allclose(v, torch.tensor([-math.log(17 / 7)]), atol=1e-6)
+    assert torch.allclose(rectified_sigmoid(v), torch.tensor([0.25]), atol=1e-6)
+
+
+def test_init_v_gives_fractional_part():
+    w_over_s = torch.tensor([2.3, -1.75, 0.0, 5.999])
+    h = rectified_sigmoid(init_v(w_over_s))
+    assert torch.allclose(torch.floor(w_over_s) + h, w_over_s, atol=1e-5)
+
+
+def test_regularizer_and_beta_schedule_hand_values():
+    h = torch.tensor([0.0, 0.5, 1.0, 0.25])
+    # 1 - |2h - 1|^2 = [0, 1, 0, 0.75]
+    assert float(rounding_regularizer(h, 2.0)) == pytest.approx(1.75)
+    # beta 20: only h near 0.5 costs; 1 - 0.5^20 for h = 0.25
+    assert float(rounding_regularizer(h, 20.0)) == pytest.approx(1.0 + 1.0 - 0.5 ** 20)
+    assert beta_at(0, 100) is None and beta_at(19, 100) is None  # warm-up 0.2: regularizer off
+    assert beta_at(20, 100) == pytest.approx(20.0)
+    assert beta_at(60, 100) == pytest.approx(11.0)  # halfway: 2 + 18 * 0.5
+    assert beta_at(100, 100) == pytest.approx(2.0)
+
+
+def test_fisher_weights_normalization():
+    g = torch.tensor([0.0, 1.0, 2.0, -3.0])
+    ms = float(g.pow(2).mean())
+    assert torch.allclose(fisher_weights(g, ms, 0.0), g.pow(2) / ms)  # pure Eq. 11, mean 1
+    w = fisher_weights(g, ms, 1.0)
+    rms = ms ** 0.5
+    assert torch.allclose(w, (g.abs() / rms + 1) ** 2 / 4)
+
+
+# ---------------------------------------------------------------- a tiny residual CNN
+
+class Tiny(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv1 = nn.Conv2d(1, 8, 3, padding=1)
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1)
+        self.conv3 = nn.Conv2d(8, 8, 3, padding=1, groups=8)
+        self.conv4 = nn.Conv2d(8, 16, 3, stride=2, padding=1)
+        self.fc = nn.Linear(16, 10)
+
+    def forward(self, x):
+        x = F.relu(self.conv1(x))
+        x = F.relu(x + self.conv3(F.relu(self.conv2(x))))
+        x = F.relu(self.conv4(x))
+        return self.fc(x.mean((2, 3)))
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    d = tmp_path_factory.mktemp("tiny")
+    net = Tiny().eval()
+    path = export_torch_model(net, torch.zeros(1, 1, 8, 8), d / "tiny.onnx", keep_bn=False)
+    g = np.random.default_rng(0)
+    calib = g.standard_normal((48, 1, 8, 8)).astype(np.float32)
+    val = g.standard_normal((32, 1, 8, 8)).astype(np.float32)
+    return net, path, calib, val
+
+
+FAST = dict(iters=40, act_iters=20, recon_batch_size=16, lr=0.1, act_lr=1e-3, progress=False)
+
+
+def test_adaround_hard_result_on_grid_within_one_step(tiny):
+    net, path, calib, _ = tiny
+    qg = import_model(path)
+    floats = {layer.name: qg.initializer(layer.weight) for layer in qg.layers}
+    res = api.quantize(path, calib, method="adaround", w_bits=3, a_bits=8, **FAST)
+    changed = 0
+    for layer in res.qgraph.layers:
+        fq = res.sim.weight_quantizer(layer.name)
+        q = integer_weights(res.sim, layer.name)
+        grid = fq.params.grid
+        assert q.min() >= grid.qmin and q.max() <= grid.qmax
+        scale, zp = fq.params.shaped_for(q.ndim)
+        w = floats[layer.name]
+        assert within_one_step(q, w, scale, zp, grid.qmin, grid.qmax), layer.name
+        # the simulation's weights are exactly the chosen integers on the grid
+        stored = res.sim.weight(layer.weight).detach().numpy()
+        assert np.array_equal(stored, ((q - zp) * scale).astype(np.float32))
+        rtn = np.clip(np.round(w / scale) + zp, grid.qmin, grid.qmax)
+        changed += int((rtn != q).sum())
+    assert changed > 0  # the learned rounding differs from round-to-nearest somewhere
+
+
+@pytest.mark.parametrize("method", ["brecq", "qdrop"])
+def test_region_loss_decreases(tiny, method):
+    _, path, calib, _ = tiny
+    res = api.quantize(path, calib, method=method, w_bits=2, a_bits=4, first_last_bits=None, **FAST)
+    assert res.recon is not None and len(res.recon.regions) == len(partition(res.qgraph, "block"))
+    # every region but the classifier of this random net (its logits are ~0.05, so its loss is ~1e-3 and the
+    # RTN bias correction, which the learned rounding replaces, is worth more than 40 iterations of rounding)
+    regions = res.recon.regions
+    for r in regions[:-1]:
+        assert r.loss_after < r.loss_before, (r.name, r.loss_before, r.loss_after)
+    assert sum(r.loss_after for r in regions) < sum(r.loss_before for r in regions)
+
+
+def test_granularities_cover_every_layer(tiny):
+    _, path, calib, _ = tiny
+    for g in ("layer", "stage", "net"):
+        res = api.quantize(path, calib, method="brecq", granularity=g, w_bits=4, a_bits=8,
+                           **{**FAST, "iters": 10, "act_iters": 5})
+        names = [x for r in res.recon.regions for x in r.layers]
+        assert sorted(names) == sorted(x.name for x in res.qgraph.layers)
+        assert res.recon.granularity == g and len(res.recon.regions) == len(partition(res.qgraph, g))
+
+
+def test_fisher_gradients_equal_autograd(tiny):
+    """The cached output gradients of KL(float || quantized) equal autograd through the torch module's
+    own layers after the region (model quantized up to the region, float after it)."""
+    net, path, calib, _ = tiny
+    res = api.quantize(path, calib, w_bits=4, a_bits=4, progress=False)  # calibrated (RTN) state
+    sim = res.sim
+    spans = region_spans(sim, partition(sim.qg, "layer"))
+    span = spans[3]  # conv4 + relu; the rest is GAP -> Flatten -> Gemm
+    out = span.region.output
+    store = ActivationStore(64)
+    side = SideTensors(sim, {"input": calib.shape[1:]}, torch.device("cpu"))
+    dev = torch.device("cpu")
+    ff = input_frontier(sim, {"input": calib}, store, False, 16, dev)
+    logits = float_logits(sim, ff, store, side, 16, dev)
+    qf = input_frontier(sim, {"input": calib}, store, True, 16, dev)
+    qf = advance(sim, qf, span.start, store, side, True, 16, dev, "q")
+    grads, ms = output_gradients(sim, qf, span.start, span.stop, [out], logits, store, side, 16, dev)
+    # reference: z from the quantized simulation, then the torch module's float tail, autograd
+    sim.set_quant(True, True)
+    with torch.no_grad():
+        env = sim({"input": torch.from_numpy(calib)}, keep=True)
+        z = env[out].detach().clone().requires_grad_(True)
+        ref_logits = net(torch.from_numpy(calib))
+    assert np.allclose(logits.read(slice(0, 48)).numpy(), ref_logits.numpy(), atol=1e-5)
+    q_logits = net.fc(z.mean((2, 3)))
+    kl = F.kl_div(F.log_softmax(q_logits.double(), 1), F.log_softmax(ref_logits.double(), 1), log_target=True,
+                  reduction="sum")
+    (g_ref,) = torch.autograd.grad(kl, z)
+    g = grads[out].read(slice(0, 48))
+    assert float(g_ref.abs().max()) > 0
+    assert torch.allclose(g, g_ref.float(), rtol=1e-4, atol=1e-7 * float(g_ref.abs().max()))
+    assert ms[out] == pytest.approx(float(g_ref.double().pow(2).mean()), rel=1e-4)
+    store.close()
+
+
+def _state(res) -> dict:
+    sim = res.sim
+    return {"w": {x.name: integer_weights(sim, x.name) for x in res.qgraph.layers},
+            "a": {t: (fq.params.scale.copy(), fq.params.zero_point.copy()) for t, fq in sim.act_quantizers()},
+            "model": res.model.SerializeToString()}
+
+
+def _assert_same(a: dict, b: dict) -> None:
+    for k in a["w"]:
+        assert np.array_equal(a["w"][k], b["w"][k]), k
+    for t in a["a"]:
+        assert np.array_equal(a["a"][t][0], b["a"][t][0]) and np.array_equal(a["a"][t][1], b["a"][t][1]), t
+    assert a["model"] == b["model"]
+
+
+def test_resume_equals_uninterrupted(tiny, tmp_path, monkeypatch):
+    _, path, calib, _ = tiny
+    kw = dict(method="qdrop", loss="fisher", w_bits=3, a_bits=4, seed=7, **FAST)
+    full = _state(api.quantize(path, calib, checkpoint_dir=str(tmp_path / "a"), **kw))
+    # interrupt after the second region's checkpoint
+    real_save, saves = ckpt.save, []
+
+    def save_then_stop(*a, **k):
+        out = real_save(*a, **k)
+        saves.append(a[2])
+        if len(saves) == 2:
+            raise KeyboardInterrupt
+        return out
+
+    monkeypatch.setattr(ckpt, "save", save_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        api.quantize(path, calib, checkpoint_dir=str(tmp_path / "b"), **kw)
+    monkeypatch.setattr(ckpt, "save", real_save)
+    res = api.quantize(path, calib, checkpoint_dir=str(tmp_path / "b"), resume=True, **kw)
+    assert res.recon.resumed_regions == 2
+    _assert_same(full, _state(res))
+    # a checkpoint of other options is refused
+    with pytest.raises(ConfigError, match="another model"):
+        api.quantize(path, calib, checkpoint_dir=str(tmp_path / "b"), resume=True, **{**kw, "seed": 8})
+
+
+def test_spilled_cache_gives_the_same_result(tiny):
+    _, path, calib, _ = tiny
+    kw = dict(method="brecq", w_bits=3, a_bits=4, **FAST)
+    a = _state(api.quantize(path, calib, **kw))
+    res = api.quantize(path, calib, cache_budget_mb=0, **kw)
+    _assert_same(a, _state(res))
+    store = ActivationStore(0)
+    c = store.new("x", 5, (2, 3))
+    c.write(0, torch.arange(30, dtype=torch.float32).reshape(5, 2, 3))
+    assert c.on_disk and torch.equal(c.read(torch.tensor([4, 0, 2]))[:, 0, 0], torch.tensor([24.0, 0.0, 12.0]))
+    store.close()
+
+
+def test_config_validation():
+    with pytest.raises(ConfigError):
+        QuantConfig(method="bogus")
+    with pytest.raises(ConfigError):
+        QuantConfig(method="brecq", loss="bogus")
+    with pytest.raises(ConfigError):
+        QuantConfig(method="qdrop", drop_prob=1.0)
+    assert QuantConfig(method="brecq", preset="full").num_calib == 1024
+    assert QuantConfig().num_calib == 256 and QuantConfig(method="brecq", num_calib=64).num_calib == 64
+
+
+def test_cli_flags_reach_the_config(tiny, tmp_path, capsys):
+    from onnxptq.cli import main
+
+    _, path, calib, _ = tiny
+    np.save(tmp_path / "c.npy", calib)
+    out = tmp_path / "q.onnx"
+    rc = main(["quantize", str(path), "--calib", str(tmp_path / "c.npy"), "-o", str(out), "--method", "brecq",
+               "--granularity", "layer", "--loss", "fisher", "--iters", "5", "--act-iters", "3", "--w-bits", "4",
+               "--recon-batch-size", "8", "--checkpoint-dir", str(tmp_path / "ck"), "--no-progress", "--json"])
+    assert rc == 0 and out.exists() and (tmp_path / "ck" / ckpt.FILE).exists()
+    assert '"reconstruct"' in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------- QDQ export of a reconstructed model
+
+@pytest.mark.parametrize("name,method", [("digits_mbv2", "qdrop"), ("digits_resnet", "brecq")])
+def test_qdq_export_matches_simulation_after_reconstruction(name, method, tmp_path, digits_calib, digits_val):
+    out = tmp_path / "q.onnx"
+    res = api.quantize(digits_path(name), digits_calib["input"], output=out, method=method, scale="po2",
+                       w_bits=4, a_bits=4, num_calib=64, iters=20, act_iters=10, recon_batch_size=16, progress=False)
+    onnx.checker.check_model(onnx.load(str(out)))
+    rep = qdq_output_parity(res.sim, str(out), {"input": digits_val["input"][:64]})
+    assert rep.bit_exact, rep.histogram

@@ -1,0 +1,214 @@
+"""``python tools/bench.py recon``: reconstruction benchmarks (issue 4), one markdown section per experiment.
+
+    python tools/bench.py recon --experiments digits-methods,effnet-bits [--num-calib N] [--num-eval N]
+                                [--set iters=200 ...] [--out docs/benchmarks.md]
+
+Experiments (``--experiments all`` runs them in this order, digits first):
+  digits-methods      W2A4: RTN, AdaRound (layer), BRECQ (block), QDrop on the three digits models
+  digits-granularity  W2A4 BRECQ at layer / block / stage / net granularity
+  digits-loss         W2A4 BRECQ, MSE vs Fisher loss
+  effnet-bits         EfficientNet-Lite0 BRECQ W8A8, W4A8, W4A4, W3A4, W2A4 (+ RTN W8A8 / W4A8)
+  effnet-granularity  EfficientNet-Lite0 W3A4 BRECQ at layer / block / stage / net
+  effnet-loss         EfficientNet-Lite0 W4A4 BRECQ, MSE vs Fisher
+  effnet-qdrop        EfficientNet-Lite0 W4A4 BRECQ (two-stage) vs QDrop (joint, drop 0.5)
+  effnet-iters        EfficientNet-Lite0 W4A4 BRECQ at 250 / 1000 / 4000 rounding iterations per region
+
+Every quantized model is exported to QDQ and run in onnxruntime (CPU, default session options) on the
+evaluation samples; ``SQNR dB`` is onnxruntime's output against the float model's, ``sim SQNR dB`` is
+the torch simulation's (the two agree when the export matches the simulation). Each experiment's
+section is written as soon as it finishes, so a long run keeps what it has done.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+import bench as B
+
+W2A4 = dict(w_bits=2, a_bits=4)
+
+
+@dataclass
+class Exp:
+    group: str  # digits | efficientnet
+    title: str
+    rows: list[tuple[str, dict]]  # (label, QuantConfig overrides)
+
+
+EXPERIMENTS: dict[str, Exp] = {
+    "digits-methods": Exp("digits", "W2A4: RTN vs AdaRound (layer) vs BRECQ (block) vs QDrop", [
+        ("rtn W2A4", dict(method="rtn", **W2A4)),
+        ("adaround W2A4", dict(method="adaround", **W2A4)),
+        ("brecq block W2A4", dict(method="brecq", **W2A4)),
+        ("qdrop block W2A4", dict(method="qdrop", **W2A4))]),
+    "digits-granularity": Exp("digits", "W2A4 BRECQ: reconstruction granularity (BRECQ Table 1)", [
+        (f"brecq {g} W2A4", dict(method="brecq", granularity=g, **W2A4)) for g in ("layer", "block", "stage", "net")]),
+    "digits-loss": Exp("digits", "W2A4 BRECQ: MSE vs Fisher-weighted loss", [
+        ("brecq mse W2A4", dict(method="brecq", loss="mse", **W2A4)),
+        ("brecq fisher W2A4", dict(method="brecq", loss="fisher", **W2A4))]),
+    "effnet-bits": Exp("efficientnet", "BRECQ fast preset, W8A8 to W2A4, with RTN references", [
+        ("rtn W8A8", dict(method="rtn", w_bits=8, a_bits=8)),
+        ("brecq W8A8", dict(method="brecq", w_bits=8, a_bits=8)),
+        ("rtn W4A8", dict(method="rtn", w_bits=4, a_bits=8)),
+        ("brecq W4A8", dict(method="brecq", w_bits=4, a_bits=8)),
+        ("brecq W4A4", dict(method="brecq", w_bits=4, a_bits=4)),
+        ("brecq W3A4", dict(method="brecq", w_bits=3, a_bits=4)),
+        ("brecq W2A4", dict(method="brecq", **W2A4))]),
+    "effnet-granularity": Exp("efficientnet", "W3A4 BRECQ: reconstruction granularity", [
+        (f"brecq {g} W3A4", dict(method="brecq", granularity=g, w_bits=3, a_bits=4))
+        for g in ("layer", "block", "stage", "net")]),
+    "effnet-loss": Exp("efficientnet", "W4A4 BRECQ: MSE vs Fisher-weighted loss", [
+        ("brecq mse W4A4", dict(method="brecq", loss="mse", w_bits=4, a_bits=4)),
+        ("brecq fisher W4A4", dict(method="brecq", loss="fisher", w_bits=4, a_bits=4))]),
+    "effnet-qdrop": Exp("efficientnet", "W4A4: BRECQ (rounding, then steps) vs QDrop (joint, drop 0.5)", [
+        ("brecq W4A4", dict(method="brecq", w_bits=4, a_bits=4)),
+        ("qdrop W4A4", dict(method="qdrop", w_bits=4, a_bits=4))]),
+    "effnet-iters": Exp("efficientnet", "W4A4 BRECQ: fidelity vs rounding iterations per region", [
+        (f"brecq W4A4 iters {n}", dict(method="brecq", w_bits=4, a_bits=4, iters=n)) for n in (250, 1000, 4000)]),
+}
+
+
+def _value(text: str):
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return {"none": None, "true": True, "false": False}.get(text.lower(), text)
+
+
+def parse_sets(items: list[str]) -> dict:
+    out = {}
+    for item in items or []:
+        k, _, v = item.partition("=")
+        out[k.replace("-", "_")] = _value(v)
+    return out
+
+
+def run_row(bm: B.BenchModel, calib, eval_ds, float_out, label: str, overrides: dict, work: Path) -> B.Row:
+    from onnxptq.api import quantize
+    from onnxptq.eval import fidelity
+
+    out = work / f"{bm.name}.{label.replace(' ', '-')}.onnx"
+    row = B.Row("onnxptq", label)
+    t0 = time.perf_counter()
+    res = quantize(bm.path, calib, output=out, force=True, num_calib=len(calib), progress=False,
+                   checkpoint_dir=str(work / f"{out.name}.ckpt"), **overrides)
+    row.quant_s = time.perf_counter() - t0
+    row.timings = dict(res.timings)
+    row.file_bytes = B.file_size(out)
+    row.fid = fidelity(float_out, B.run_onnxruntime(str(out), eval_ds.inputs, B.EVAL_BATCH), eval_ds.labels)
+    row.unfused_sqnr_db = fidelity(float_out, res.simulate(eval_ds.inputs), None).sqnr_db  # simulation
+    cfg = res.config
+    if res.recon is not None:
+        r = res.recon
+        row.notes = (f"{r.granularity} x{len(r.regions)}, {cfg.loss}, iters {sum(x.iterations for x in r.regions)}"
+                     f"/{len(r.regions)} regions")
+    return row
+
+
+def table(rows: list[B.Row], labels: bool) -> str:
+    head = ["config", "SQNR dB (onnxruntime)", "sim SQNR dB", "top-1 agree", "KL"] + (["accuracy"] if labels else [])
+    head += ["total s", "reconstruct s", "notes"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    for r in rows:
+        if r.error:
+            lines.append("| " + " | ".join([r.config, f"**failed**: {r.error}"] + [""] * (len(head) - 2)) + " |")
+            continue
+        f = r.fid
+        cells = [r.config, B._f(f and f.sqnr_db, ".2f"), B._f(r.unfused_sqnr_db, ".2f"),
+                 B._f(f and f.top1_agreement, ".4f"), B._f(f and f.kl, ".5f")]
+        if labels:
+            cells.append(B._f(r.float_accuracy if r.quantizer == "float" else (f.quant_accuracy if f else None), ".4f"))
+        cells += [B._f(r.quant_s, ".0f"), B._f(r.timings.get("reconstruct"), ".0f"), r.notes]
+        lines.append("| " + " | ".join(c.replace("|", "/") for c in cells) + " |")
+    return "\n".join(lines)
+
+
+def cmd_recon(args) -> int:
+    names = list(EXPERIMENTS) if args.experiments == "all" else [e.strip() for e in args.experiments.split(",")]
+    unknown = [n for n in names if n not in EXPERIMENTS]
+    if unknown:
+        raise B.BenchError(f"unknown experiment(s) {unknown}; choose from {', '.join(EXPERIMENTS)}")
+    sets = parse_sets(args.set)
+    machine = B.machine_info()
+    cmd = B.command_line()
+    ctx = tempfile.TemporaryDirectory(prefix="onnxptq-recon-") if args.keep is None else None
+    work = Path(ctx.name) if ctx else Path(args.keep)
+    work.mkdir(parents=True, exist_ok=True)
+    failed = []
+    cache: dict[str, tuple] = {}
+    try:
+        for name in names:
+            exp = EXPERIMENTS[name]
+            models = B.GROUPS[exp.group]()
+            load0 = os.getloadavg()
+            t_exp = time.perf_counter()
+            parts = []
+            for bm in models:
+                if bm.name not in cache:
+                    calib = B.load_data(bm.calib, bm.path, args.num_calib or bm.default_calib)
+                    eval_ds = B.load_data(bm.eval, bm.path, args.num_eval or bm.default_eval)
+                    float_out = B.run_onnxruntime(str(bm.path), eval_ds.inputs, B.EVAL_BATCH)
+                    ref = B.fidelity(float_out, float_out, eval_ds.labels).float_accuracy
+                    cache[bm.name] = (calib, eval_ds, float_out, ref)
+                calib, eval_ds, float_out, ref = cache[bm.name]
+                rows = []
+                if ref is not None:
+                    rows.append(B.Row("float", "fp32 reference", float_accuracy=ref))
+                for label, ov in exp.rows:
+                    print(f"== {name} {bm.name} {label} ...", flush=True)
+                    ov = {**ov, **({} if ov.get("method") == "rtn" else sets)}
+                    try:
+                        row = run_row(bm, calib, eval_ds, float_out, label, ov, work)
+                    except Exception as e:  # noqa: BLE001 - a failed row is reported, the run goes on
+                        traceback.print_exc()
+                        row = B.Row("onnxptq", label, error=f"{type(e).__name__}: {str(e)[:160]}")
+                        failed.append(f"{name} {bm.name} {label}")
+                    if not row.error:
+                        print(f"   SQNR {row.fid.sqnr_db:.2f} dB (sim {row.unfused_sqnr_db:.2f}), "
+                              f"{row.quant_s:.0f} s", flush=True)
+                    rows.append(row)
+                parts += [f"### {bm.name}", "",
+                          f"Calibration {bm.calib.name} ({len(calib)} samples), evaluation {bm.eval.name} "
+                          f"({len(eval_ds)} samples{', labels' if eval_ds.labels is not None else ''}).", "",
+                          table(rows, eval_ds.labels is not None), ""]
+            load1 = os.getloadavg()
+            head = [f"## Reconstruction ({name}): {exp.title}", "", f"Reproduce: `{cmd}`", "",
+                    f"Machine: {B.machine_line(machine)}; load average {load0[0]:.1f} at start, {load1[0]:.1f} at "
+                    f"end (the CPU is shared: times are wall clock under that load). This experiment took "
+                    f"{time.perf_counter() - t_exp:.0f} s.", "",
+                    "Options: `onnxptq.quantize(model, calib, num_calib=N, <row options>"
+                    + (", " + ", ".join(f"{k}={v!r}" for k, v in sets.items()) if sets else "")
+                    + ")`, everything else at its default (fast preset, float per-channel scales, first/last "
+                    "layer 8-bit). `SQNR dB (onnxruntime)`: the exported QDQ model in onnxruntime vs the float model; "
+                    "`sim SQNR dB`: the torch simulation of the same quantized model; `total s`: the whole quantize "
+                    "call (import, RTN calibration, reconstruction, export); `notes`: regions, loss, rounding "
+                    "iterations.", ""]
+            body = "\n".join(head + parts)
+            print("\n" + body, flush=True)
+            if args.out:
+                B.write_section(Path(args.out), f"recon-{name}", body)
+    finally:
+        if ctx:
+            ctx.cleanup()
+    if failed:
+        print("failed rows:\n  " + "\n  ".join(failed))
+    return 1 if failed else 0
+
+
+def add_parser(sub) -> None:
+    r = sub.add_parser("recon", help="reconstruction (AdaRound / BRECQ / QDrop) benchmarks of issue 4")
+    r.add_argument("--experiments", default="all", help=f"comma-separated, or all: {', '.join(EXPERIMENTS)}")
+    r.add_argument("--num-calib", type=B._positive, default=None, help="calibration samples (default 256)")
+    r.add_argument("--num-eval", type=B._positive, default=None,
+                   help="evaluation samples (default: digits all 447, EfficientNet 512)")
+    r.add_argument("--set", nargs="*", default=[], help="QuantConfig overrides for the learned rows, e.g. iters=200")
+    B.add_common(r)
+    r.set_defaults(func=cmd_recon)
