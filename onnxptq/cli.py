@@ -12,7 +12,7 @@ import sys
 import time
 
 from . import __version__
-from .config import FORMATS, GRANULARITIES, METHODS, PO2_METHODS, PRESETS, SCALE_KINDS, SCALE_METHODS, QuantConfig
+from .config import FORMATS, GRANULARITIES, INT_ROUNDINGS, METHODS, PRESETS, PO2_METHODS, SCALE_KINDS, SCALE_METHODS, QuantConfig
 from .errors import ConfigError, OnnxPtqError
 
 
@@ -84,7 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--cache-budget-mb", type=float, default=d.cache_budget_mb,
                    help="RAM for cached activations; more spills to np.memmap files")
     q.add_argument("--cache-dir", default=None, help="directory of spilled activations (default: system temp)")
-    q.add_argument("--format", choices=FORMATS, default=d.format)
+    q.add_argument("--format", choices=FORMATS, default=d.format,
+                   help="qdq: QuantizeLinear/DequantizeLinear ONNX; int: shift-based integer ONNX (needs --scale po2)")
+    q.add_argument("--int-rounding", choices=INT_ROUNDINGS, default=d.int_rounding,
+                   help="requantization rounding of --format int: rne (matches QDQ/onnxruntime) or half_up")
     q.add_argument("--opset", type=int, default=d.opset)
     q.add_argument("--num-calib", type=int, default=None,
                    help="calibration samples (default 256; learned methods: the preset's, fast 256, full 1024)")
@@ -103,7 +106,126 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--batch-size", type=int, default=32)
     e.add_argument("--limit", type=int, default=None, help="use the first N samples")
     e.add_argument("--json", action="store_true")
+
+    r = sub.add_parser("run", help="run a model with the NumPy runtime (runtime/) or onnxruntime")
+    r.add_argument("model")
+    r.add_argument("--input", required=True, help=".npy (single-input models) or .npz keyed by input name")
+    r.add_argument("--engine", choices=("runtime", "onnxruntime"), default="runtime")
+    r.add_argument("-o", "--output", default=None, help="write the outputs to this .npz")
+    r.add_argument("--force", action="store_true", help="replace an existing output file")
+
+    v = sub.add_parser("verify", help="integer model: simulation vs onnxruntime vs runtime/ vs onnx.reference "
+                                      "(level 1); QDQ model: onnxruntime vs op-by-op execution (level 2)")
+    v.add_argument("model")
+    v.add_argument("--data", required=True, help=".npz / .npy inputs")
+    v.add_argument("--limit", type=int, default=64, help="use the first N samples (default 64)")
+    v.add_argument("--batch-size", type=int, default=16)
+    v.add_argument("--reference-samples", type=int, default=2,
+                   help="samples also run through onnx.reference (slow, pure Python); 0 to skip it")
+    v.add_argument("--json", action="store_true")
+
+    gd = sub.add_parser("golden", help="dump every integer tensor of one input (npy + raw binary + JSON index)")
+    gd.add_argument("model")
+    gd.add_argument("--input", required=True, help=".npy / .npz; the first sample is used unless --batch N")
+    gd.add_argument("--batch", type=int, default=1, help="number of samples to run (default 1)")
+    gd.add_argument("-o", "--output", required=True, help="output directory")
+    gd.add_argument("--force", action="store_true", help="replace a non-empty output directory")
     return p
+
+
+def _load_model(path: str):
+    from .importer.load import read_model
+
+    return read_model(path)
+
+
+def _inputs_for(model, path: str, limit: int | None) -> dict:
+    """Arrays for the model's graph inputs from .npy (single input) or .npz (keyed by name)."""
+    import numpy as np
+
+    from .data import load_arrays, validate
+    from .errors import DataError
+
+    inits = {i.name for i in model.graph.initializer}
+    specs = {}
+    for vi in model.graph.input:
+        if vi.name in inits:
+            continue
+        dims = tuple(d.dim_value if d.HasField("dim_value") else -1 for d in vi.type.tensor_type.shape.dim)
+        specs[vi.name] = dims
+    arrays = load_arrays(path)
+    if len(arrays) == 1 and len(specs) == 1 and next(iter(arrays)) not in specs:
+        arrays = {next(iter(specs)): next(iter(arrays.values()))}
+    missing = [k for k in specs if k not in arrays]
+    if missing:
+        raise DataError(f"{path} has no array for model input {missing[0]!r} (has {sorted(arrays)})")
+    out = {}
+    for k, dims in specs.items():
+        a = np.asarray(arrays[k])
+        if a.ndim == len(dims) - 1:
+            a = a[None]
+        out[k] = validate(k, a, dims, path)[:limit] if limit else validate(k, a, dims, path)
+    return out
+
+
+def cmd_run(args) -> int:
+    import numpy as np
+
+    from .api import check_output_path
+    from .verify_int import _run_engine
+
+    model = _load_model(args.model)
+    out_path = check_output_path(args.output, args.model, args.force) if args.output else None
+    feeds = _inputs_for(model, args.input, None)
+    names = [o.name for o in model.graph.output]
+    res = _run_engine(args.engine, model, feeds, names)
+    outs = {k: res[k] for k in names}
+    for k, v in outs.items():
+        line = f"{k}: shape {list(v.shape)} dtype {v.dtype}"
+        if v.ndim == 2 and v.dtype.kind == "f":
+            line += "  argmax " + str(v.argmax(1)[:16].tolist())
+        print(line)
+    if out_path is not None:
+        tmp = out_path.with_name(f".{out_path.name}.tmp.npz")
+        np.savez(tmp, **outs)
+        tmp.replace(out_path)
+        print(f"wrote {out_path}")
+    return 0
+
+
+def cmd_verify(args) -> int:
+    from .verify_int import is_integer_model, verify_integer, verify_qdq_file
+
+    model = _load_model(args.model)
+    feeds = _inputs_for(model, args.data, args.limit)
+    if is_integer_model(model):
+        rep = verify_integer(model, feeds, args.batch_size, args.reference_samples,
+                             progress=not args.json)
+        print(json.dumps(rep.to_dict(), indent=1) if args.json else rep.format())
+        return 0 if rep.ok else 1
+    rows = verify_qdq_file(model, feeds, args.batch_size)
+    if args.json:
+        print(json.dumps({"level": 2, "tensors": [r.__dict__ for r in rows]}, indent=1))
+    else:
+        n = sum(r.elements for r in rows)
+        exact = sum(r.exact_rate * r.elements for r in rows) / max(n, 1)
+        worst = max((r.max_lsb for r in rows), default=0)
+        print(f"level-2 parity (QDQ): onnxruntime vs op-by-op execution over {len(rows)} quantized tensors, "
+              f"{len(next(iter(feeds.values())))} samples: exact {exact:.4%}, max |delta| {worst} LSB")
+        for r in rows:
+            if r.max_lsb:
+                print(f"  {r.tensor}: exact {r.exact_rate:.4%}, max {r.max_lsb} LSB, histogram {r.histogram}")
+    return 0
+
+
+def cmd_golden(args) -> int:
+    from .golden import dump_golden
+
+    model = _load_model(args.model)
+    feeds = _inputs_for(model, args.input, args.batch)
+    index = dump_golden(model, feeds, args.output, args.force)
+    print(f"wrote {len(index['tensors'])} integer tensors to {args.output} (index.json, golden.bin, *.npy)")
+    return 0
 
 
 def cmd_inspect(args) -> int:
@@ -156,7 +278,8 @@ def cmd_quantize(args) -> int:
         checkpoint_dir=args.checkpoint_dir, resume=args.resume, cache_budget_mb=args.cache_budget_mb,
         cache_dir=args.cache_dir, num_calib=args.num_calib, batch_size=args.batch_size,
         seed=args.seed, device=args.device, skip_nodes=[s for s in args.skip_nodes.split(",") if s],
-        input_shapes=args.input_shape or {}, format=args.format, opset=args.opset, progress=not args.no_progress,
+        input_shapes=args.input_shape or {}, format=args.format, int_rounding=args.int_rounding, opset=args.opset,
+        progress=not args.no_progress,
     )
     t0 = time.perf_counter()
     res = quantize(args.model, args.calib, cfg, args.output, force=args.force)
@@ -202,7 +325,8 @@ def cmd_eval(args) -> int:
     return 0
 
 
-COMMANDS = {"inspect": cmd_inspect, "quantize": cmd_quantize, "eval": cmd_eval}
+COMMANDS = {"inspect": cmd_inspect, "quantize": cmd_quantize, "eval": cmd_eval, "run": cmd_run, "verify": cmd_verify,
+            "golden": cmd_golden}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -214,6 +338,8 @@ def main(argv: list[str] | None = None) -> int:
     except OnnxPtqError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
+    except BrokenPipeError:  # output piped into e.g. `head`
+        return 0
     except KeyboardInterrupt:
         print("interrupted: nothing was written", file=sys.stderr)
         return 130
