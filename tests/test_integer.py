@@ -21,7 +21,7 @@ import onnxptq
 from onnxptq.errors import ConfigError, UnsupportedOpError
 from onnxptq.export.integer import IntegerWriter
 from onnxptq.export.intplan import IntProgram
-from onnxptq.quant.requant import po2_frac, requant_shift, rne_div, rne_shift
+from onnxptq.quant.requant import po2_frac, requant_shift, rne_div, rne_shift, shift_float
 from onnxptq.verify_int import verify_integer
 
 
@@ -56,6 +56,17 @@ def test_rne_shift_and_div_match_exact_rounding():
         for d in (1, 2, 3, 49, 196, 49 * 8):
             got = rne_div(a, d, mode)
             assert got.tolist() == [_exact_round(int(v), d, mode) for v in a]
+
+
+def test_float_fast_path_equals_integer_recipe():
+    rng = np.random.default_rng(3)
+    a = np.concatenate([rng.integers(-2**51, 2**51, 3000), rng.integers(-64, 64, 1000) * 16 + 8])
+    for mode in ("rne", "half_up"):
+        for n in (-3, 0, 1, 4, 20):
+            pre = max(0, 1 - n)
+            want = requant_shift(a, n, pre, mode) if pre == 0 or abs(a).max() * 2**pre < 2**62 else None
+            got = shift_float(torch.from_numpy(a.astype(np.float64)), n, mode).numpy()
+            assert np.array_equal(got.astype(np.int64), want)
 
 
 def test_requant_shift_per_channel_with_left_shift():

@@ -278,7 +278,8 @@ class _Lowering:
         self.steps.append(Step("layer", n.name, [layer.input], [layer.output], {
             "op_type": layer.op_type, "conv": conv_attrs, "x_zp": x.zp, "weight": f"{key}.weight",
             "bias": f"{key}.bias" if bias is not None else None, "shift": n_shift.astype(np.int64), "pre": pre,
-            "cdim": cdim, "y_zp": y.zp, "lo": lo, "hi": hi, "wide": _wide(bound, n_shift + pre), "bound": bound}))
+            "cdim": cdim, "y_zp": y.zp, "lo": lo, "hi": hi, "wide": _wide(bound, n_shift + pre), "bound": bound,
+            "conv_bound": conv_bound}))
 
     def add(self, n) -> None:
         ins = [self.tint(i) for i in n.input]

@@ -39,6 +39,28 @@ def rne_shift(a, n, mode: str = "rne"):
     return (a + (d // 2 - 1) + odd) // d
 
 
+def shift_float(a, n, mode: str = "rne"):
+    """round(a / 2^n) computed as round(a * 2^-n) in float64: the same integers as ``rne_shift`` /
+    ``requant_shift`` (any integer n) for integer-valued float64 ``a`` with |a| < 2^52, since the
+    product by a power of two is exact and both roundings are exact there. The integer simulation's
+    fast path; ``rne_shift`` is the recipe the exporter writes."""
+    scaled = a * _exp2_neg(n)
+    if mode == "half_up":
+        return (scaled + 0.5).floor()
+    return scaled.round()
+
+
+def _exp2_neg(n):
+    if isinstance(n, (int, np.integer)):
+        return 2.0 ** -int(n)
+    if isinstance(n, np.ndarray):
+        return np.exp2(-n.astype(np.float64))
+    return 2.0 ** (-n.double())  # torch
+
+
+FLOAT_EXACT = 2**52
+
+
 def rne_div(a, d, mode: str = "rne"):
     """round(a / d) for integer a and positive integer divisor d (per element or broadcast).
 

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from ..export.intplan import IntProgram, Step, TInt
-from ..quant.requant import requant_shift, rne_div
+from ..quant.requant import FLOAT_EXACT, requant_shift, rne_div, shift_float
 from .ops import OPS, conv
 
 
@@ -38,8 +38,13 @@ class IntSim:
 
     # ------------------------------------------------------------------ helpers
     def _requant(self, a: torch.Tensor, shift, pre: int, step: Step) -> torch.Tensor:
-        y = requant_shift(a, shift, pre, self.p.rounding) + step.attrs["y_zp"]
-        return y.clamp(step.attrs["lo"], step.attrs["hi"])
+        """R(a * 2^pre, shift + pre) + z, clipped; float64 fast path while |a| < 2^52 (exact, see
+        ``quant.requant.shift_float``), the integer recipe otherwise."""
+        if a.is_floating_point() and float(a.abs().max()) * 2**pre < FLOAT_EXACT:
+            y = shift_float(a, shift, self.p.rounding)
+        else:
+            y = requant_shift(a.to(torch.int64), shift, pre, self.p.rounding).double()
+        return (y + step.attrs["y_zp"]).clamp(step.attrs["lo"], step.attrs["hi"])
 
     def _val(self, env: dict, name: str):
         if not name:
@@ -56,29 +61,32 @@ class IntSim:
         a = step.attrs
         xz = x - a["x_zp"]
         w = self.w[a["weight"]]
+        if a.get("conv_bound", 1 << 53) < 2**24:  # every partial sum is an integer below 2^24: float32 is exact
+            xz, w = xz.float(), w.float()
         if a["op_type"] == "Conv":
             acc = conv(xz, w, None, a["conv"])
         else:
             acc = torch.matmul(xz, w)
-        acc = torch.round(acc).to(torch.int64)
+        acc = torch.round(acc.double())
         if a["bias"] is not None:
-            bias = self.b[a["bias"]]
-            acc = acc + _per_channel(bias.cpu().numpy(), a["cdim"], acc.dim(), self.device)
+            acc = acc + _per_channel(self.b[a["bias"]].cpu().numpy(), a["cdim"], acc.dim(), self.device).double()
         shift = _per_channel(a["shift"], a["cdim"], acc.dim(), self.device)
-        return self._requant(acc, shift, a["pre"], step).double()
+        return self._requant(acc, shift, a["pre"], step)
 
     def _add(self, step: Step, ins: list[torch.Tensor]) -> torch.Tensor:
         a = step.attrs
         total = None
         for x, zp, left, sign in zip(ins, a["zps"], a["left"], a["signs"]):
-            v = (x.to(torch.int64) - zp) * (2 ** left) * sign
+            v = (x - zp) * float(2 ** left * sign)  # exact in float64 while below 2^52 (else checked in _requant)
+            if float(v.abs().max()) >= FLOAT_EXACT:
+                v = (x.to(torch.int64) - zp) * (2 ** left) * sign
             total = v if total is None else total + v
-        return self._requant(total, a["shift"], a["pre"], step).double()
+        return self._requant(total, a["shift"], a["pre"], step)
 
     def _mul(self, step: Step, ins: list[torch.Tensor]) -> torch.Tensor:
         a = step.attrs
-        prod = (ins[0].to(torch.int64) - a["zps"][0]) * (ins[1].to(torch.int64) - a["zps"][1])
-        return self._requant(prod, a["shift"], a["pre"], step).double()
+        prod = (ins[0] - a["zps"][0]) * (ins[1] - a["zps"][1])  # |prod| < 2^16: exact
+        return self._requant(prod, a["shift"], a["pre"], step)
 
     def _concat(self, step: Step, ins: list[torch.Tensor]) -> torch.Tensor:
         a = step.attrs
@@ -87,7 +95,7 @@ class IntSim:
             if part["same"]:
                 parts.append(x)
             else:
-                parts.append(self._requant(x.to(torch.int64) - part["zp"], part["shift"], part["pre"], step).double())
+                parts.append(self._requant(x - part["zp"], part["shift"], part["pre"], step))
         return torch.cat(parts, dim=a["axis"])
 
     def _avgpool(self, step: Step, x: torch.Tensor) -> torch.Tensor:
