@@ -143,14 +143,40 @@ def cmd_recon(args) -> int:
     work = Path(ctx.name) if ctx else Path(args.keep)
     work.mkdir(parents=True, exist_ok=True)
     failed = []
+    payload: dict[str, dict] = {}
     cache: dict[str, tuple] = {}
     try:
         for name in names:
             exp = EXPERIMENTS[name]
-            models = B.GROUPS[exp.group]()
+            models = [m for m in B.GROUPS[exp.group]() if not args.only or m.name in args.only.split(",")]
             load0 = os.getloadavg()
             t_exp = time.perf_counter()
-            parts = []
+            parts: list[str] = []
+
+            def write(rows_now: list | None = None, bm_now=None, note: str = "") -> None:
+                """Write the section with the finished models (and the rows so far of the current one)."""
+                cur = []
+                if rows_now is not None:
+                    cur = [f"### {bm_now.name}", "", note, "", table(rows_now, note.endswith("labels)."))]
+                load1 = os.getloadavg()
+                head = [f"## Reconstruction ({name}): {exp.title}", "", f"Reproduce: `{cmd}`", "",
+                        f"Machine: {B.machine_line(machine)}; load average {load0[0]:.1f} at start, {load1[0]:.1f} "
+                        f"at the last row (the CPU is shared: times are wall clock under that load). "
+                        f"{time.perf_counter() - t_exp:.0f} s so far.", "",
+                        "Options: `onnxptq.quantize(model, calib, num_calib=N, <row options>"
+                        + (", " + ", ".join(f"{k}={v!r}" for k, v in sets.items()) if sets else "")
+                        + ")`, everything else at its default (fast preset, float per-channel scales, first/last "
+                        "layer 8-bit). `SQNR dB (onnxruntime)`: the exported QDQ model in onnxruntime vs the float "
+                        "model; `sim SQNR dB`: the torch simulation of the same quantized model; `total s`: the whole "
+                        "quantize call (import, RTN calibration, reconstruction, export); `notes`: regions, loss, "
+                        "rounding iterations.", ""]
+                body = "\n".join(head + parts + cur)
+                if args.out:
+                    B.write_section(Path(args.out), f"recon-{name}", body)
+                if args.json:
+                    Path(args.json).write_text(B.json.dumps({"command": cmd, "machine": machine,
+                                                             "experiments": payload}, indent=1, default=float) + "\n")
+
             for bm in models:
                 if bm.name not in cache:
                     calib = B.load_data(bm.calib, bm.path, args.num_calib or bm.default_calib)
@@ -159,6 +185,8 @@ def cmd_recon(args) -> int:
                     ref = B.fidelity(float_out, float_out, eval_ds.labels).float_accuracy
                     cache[bm.name] = (calib, eval_ds, float_out, ref)
                 calib, eval_ds, float_out, ref = cache[bm.name]
+                note = (f"Calibration {bm.calib.name} ({len(calib)} samples), evaluation {bm.eval.name} "
+                        f"({len(eval_ds)} samples{', labels' if eval_ds.labels is not None else ''}).")
                 rows = []
                 if ref is not None:
                     rows.append(B.Row("float", "fp32 reference", float_accuracy=ref))
@@ -175,26 +203,11 @@ def cmd_recon(args) -> int:
                         print(f"   SQNR {row.fid.sqnr_db:.2f} dB (sim {row.unfused_sqnr_db:.2f}), "
                               f"{row.quant_s:.0f} s", flush=True)
                     rows.append(row)
-                parts += [f"### {bm.name}", "",
-                          f"Calibration {bm.calib.name} ({len(calib)} samples), evaluation {bm.eval.name} "
-                          f"({len(eval_ds)} samples{', labels' if eval_ds.labels is not None else ''}).", "",
-                          table(rows, eval_ds.labels is not None), ""]
-            load1 = os.getloadavg()
-            head = [f"## Reconstruction ({name}): {exp.title}", "", f"Reproduce: `{cmd}`", "",
-                    f"Machine: {B.machine_line(machine)}; load average {load0[0]:.1f} at start, {load1[0]:.1f} at "
-                    f"end (the CPU is shared: times are wall clock under that load). This experiment took "
-                    f"{time.perf_counter() - t_exp:.0f} s.", "",
-                    "Options: `onnxptq.quantize(model, calib, num_calib=N, <row options>"
-                    + (", " + ", ".join(f"{k}={v!r}" for k, v in sets.items()) if sets else "")
-                    + ")`, everything else at its default (fast preset, float per-channel scales, first/last "
-                    "layer 8-bit). `SQNR dB (onnxruntime)`: the exported QDQ model in onnxruntime vs the float model; "
-                    "`sim SQNR dB`: the torch simulation of the same quantized model; `total s`: the whole quantize "
-                    "call (import, RTN calibration, reconstruction, export); `notes`: regions, loss, rounding "
-                    "iterations.", ""]
-            body = "\n".join(head + parts)
-            print("\n" + body, flush=True)
-            if args.out:
-                B.write_section(Path(args.out), f"recon-{name}", body)
+                    payload.setdefault(name, {})[bm.name] = [r.to_dict() for r in rows]
+                    write(rows, bm, note)
+                parts += [f"### {bm.name}", "", note, "", table(rows, eval_ds.labels is not None), ""]
+            write()
+            print(f"\nwrote section recon-{name}" + (f" of {args.out}" if args.out else ""), flush=True)
     finally:
         if ctx:
             ctx.cleanup()
@@ -209,6 +222,7 @@ def add_parser(sub) -> None:
     r.add_argument("--num-calib", type=B._positive, default=None, help="calibration samples (default 256)")
     r.add_argument("--num-eval", type=B._positive, default=None,
                    help="evaluation samples (default: digits all 447, EfficientNet 512)")
+    r.add_argument("--only", default=None, help="comma-separated model names (default: every model of the group)")
     r.add_argument("--set", nargs="*", default=[], help="QuantConfig overrides for the learned rows, e.g. iters=200")
     B.add_common(r)
     r.set_defaults(func=cmd_recon)

@@ -229,6 +229,7 @@ class Engine:
         self.batch = cfg.batch_size  # caching batch
         self.fp = ckpt.fingerprint(sim, self.inputs, cfg) if checkpoint_dir else ""
         self.float_weights = _FloatWeights(sim)
+        self.channels_last = self.device.type == "cpu"  # training steps only: caching stays in the default layout
 
     # ---------------------------------------------------------------- helpers
     def _generators(self, k: int, phase: int) -> tuple[torch.Generator, torch.Generator]:
@@ -381,6 +382,9 @@ class Engine:
                 for it in range(iters):
                     idx = torch.randperm(self.n, generator=gen)[:st.batch_size]
                     env = self._batch_env(qf, ff, names, idx, drop, gen_dev)
+                    if self.channels_last:  # 2-3x faster (depthwise) convolutions and their gradients on CPU
+                        env = {t: v.contiguous(memory_format=torch.channels_last) if v.dim() == 4 else v
+                               for t, v in env.items()}
                     out = sim.run_nodes(env, span.start, span.stop)
                     rec = self._region_loss(out, targets, weights, idx)
                     loss = rec

@@ -33,7 +33,7 @@ class Preset:
 
 PRESETS = {
     "full": Preset(samples=1024, batch_size=32, iters=20000, act_iters=5000, lr=1e-3, act_lr=4e-5),
-    "fast": Preset(samples=256, batch_size=32, iters=500, act_iters=200, lr=1e-2, act_lr=1e-3),
+    "fast": Preset(samples=256, batch_size=16, iters=200, act_iters=100, lr=1e-2, act_lr=1e-3),
 }
 
 
