@@ -58,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="bits of the first/last layer weights and inputs (default 8; 'same' = like the rest)")
     q.add_argument("--scale", choices=SCALE_KINDS, default=d.scale, help="float scales or powers of two")
     q.add_argument("--po2-method", choices=PO2_METHODS, default=d.po2_method)
+    q.add_argument("--po2-output-points", type=int, default=d.po2_output_points,
+                   help="po2: the first N activation quant points (graph input first) choose their scale and zero "
+                        "point by model-output error on 16 calibration samples (default 1; 0 = L_p search only)")
     q.add_argument("--w-scale-method", choices=SCALE_METHODS, default=d.w_scale_method)
     q.add_argument("--a-scale-method", choices=SCALE_METHODS, default=d.a_scale_method)
     q.add_argument("--percentile", type=float, default=d.percentile)
@@ -270,7 +273,7 @@ def cmd_quantize(args) -> int:
 
     cfg = QuantConfig(
         w_bits=args.w_bits, a_bits=args.a_bits, first_last_bits=args.first_last_bits, scale=args.scale,
-        po2_method=args.po2_method, w_scale_method=args.w_scale_method, a_scale_method=args.a_scale_method,
+        po2_method=args.po2_method, po2_output_points=args.po2_output_points, w_scale_method=args.w_scale_method, a_scale_method=args.a_scale_method,
         percentile=args.percentile, w_symmetric=not args.w_asymmetric, a_symmetric=args.a_symmetric, bias_correction=not args.no_bias_correction,
         method=args.method, granularity=args.granularity, loss=args.loss, preset=args.preset, iters=args.iters,
         act_iters=args.act_iters, recon_batch_size=args.recon_batch_size, lr=args.lr, act_lr=args.act_lr,

@@ -29,6 +29,8 @@ class QuantConfig:
     # scales
     scale: str = "float"  # float | po2
     po2_method: str = "search"  # how a float scale becomes 2^k: search | floor (RAPQ Eq. 4) | round
+    po2_output_points: int = 1  # po2: the first N activation quant points (graph input first) pick their
+    # scale / zero point by model-output error on 16 calibration samples (recon/calibrate.py); 0 = L_p only
     w_scale_method: str = "mse"  # minmax | percentile | mse (L_p search, BRECQ p = 2.4)
     a_scale_method: str = "mse"
     percentile: float = 99.99
@@ -80,6 +82,8 @@ class QuantConfig:
                 raise ConfigError(f"{name} must be an integer in 2..8{' or 16' if name == 'a_bits' else ''}; got {v!r}")
         if self.first_last_bits is not None and not 2 <= self.first_last_bits <= 8:
             raise ConfigError(f"first_last_bits must be in 2..8 or None; got {self.first_last_bits!r}")
+        if not isinstance(self.po2_output_points, int) or self.po2_output_points < 0:
+            raise ConfigError(f"po2_output_points must be a non-negative integer; got {self.po2_output_points!r}")
         if not 50.0 < self.percentile <= 100.0:
             raise ConfigError(f"percentile must be in (50, 100]; got {self.percentile}")
         if self.loss not in LOSSES:

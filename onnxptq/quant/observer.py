@@ -2,14 +2,16 @@
 
 The sample (at most ``sample_size`` values, uniform over everything observed) feeds the percentile
 and L_p scale searches without keeping every activation in memory. It is a bottom-k sample: every
-observed value (thinned at one fixed rate, so large and small batches count alike) gets a random key,
-and the values with the ``sample_size`` smallest keys are kept.
+observed value (thinned at one fixed rate, so large and small batches count alike; thinning draws
+positions uniformly with replacement, O(sample) per batch) gets a random key, and the values with the
+``sample_size`` smallest keys are kept.
 """
 from __future__ import annotations
 
 import torch
 
 OVERSAMPLE = 4  # candidates drawn per kept value from the first batch, setting the thinning rate
+COMPACT_AT = 8  # reduce to the bottom-k once this many times ``sample_size`` values are pending
 
 
 class Observer:
@@ -24,22 +26,39 @@ class Observer:
         self._rate: float | None = None
         self._values = torch.empty(0)
         self._keys = torch.empty(0)
+        self._chunks: list[tuple[torch.Tensor, torch.Tensor]] = []  # not yet compacted (values, keys)
+        self._pending = 0
 
     def update(self, x: torch.Tensor) -> None:
-        x = x.detach().reshape(-1).float().cpu()
+        x = x.detach().reshape(-1)
         n = x.numel()
         if n == 0:
             return
-        self.min = min(self.min, float(x.min()))
-        self.max = max(self.max, float(x.max()))
+        lo, hi = torch.aminmax(x)
+        self.min = min(self.min, float(lo))
+        self.max = max(self.max, float(hi))
         self.count += n
         if self._rate is None:
             self._rate = min(1.0, OVERSAMPLE * self.sample_size / n)
         take = n if self._rate >= 1.0 else max(1, int(round(self._rate * n)))
-        picked = x if take == n else x[torch.randperm(n, generator=self._gen)[:take]]
-        keys = torch.rand(picked.numel(), generator=self._gen)
-        values = torch.cat([self._values, picked])
-        keys = torch.cat([self._keys, keys])
+        if take == n:
+            picked = x.float().cpu()
+        else:  # thinning by ``take`` uniform draws: O(take), where a permutation of all n values cost O(n)
+            idx = torch.randint(n, (take,), generator=self._gen)
+            picked = x[idx.to(x.device)].float().cpu()
+        self._chunks.append((picked, torch.rand(picked.numel(), generator=self._gen)))
+        self._pending += picked.numel()
+        if self._pending > COMPACT_AT * self.sample_size:
+            self._compact()
+
+    def _compact(self) -> None:
+        """Keep the ``sample_size`` values with the smallest keys. Bottom-k of a union is the bottom-k of
+        the parts' bottom-k, so compacting lazily (every few batches) keeps exactly the same sample."""
+        if not self._chunks:
+            return
+        values = torch.cat([self._values] + [v for v, _ in self._chunks])
+        keys = torch.cat([self._keys] + [k for _, k in self._chunks])
+        self._chunks, self._pending = [], 0
         if values.numel() > self.sample_size:
             keep = torch.topk(keys, self.sample_size, largest=False).indices
             values, keys = values[keep], keys[keep]
@@ -53,4 +72,5 @@ class Observer:
         """The kept values, with the exact extremes included so minmax-based searches see them."""
         if self.count == 0:
             raise ValueError("observer saw no data")
+        self._compact()
         return torch.cat([self._values, torch.tensor([self.min, self.max])])

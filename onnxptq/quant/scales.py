@@ -64,6 +64,39 @@ def lp_error(x: torch.Tensor, xq: torch.Tensor, p: float, axis: int | None) -> t
     return (d * d if p == 2.0 else d.pow(p)).mean(dim=_reduce_dims(x, axis))
 
 
+CHUNK_ELEMENTS = 1 << 24  # candidate evaluations are batched up to this many elements at a time
+
+
+def candidate_lp_errors(x: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor, grid: Grid, p: float,
+                        axis: int | None) -> torch.Tensor:
+    """L_p error (``lp_error``) of many candidate (scale, zero point) pairs at once.
+
+    ``scale`` and ``zp`` have shape (n,) for a per-tensor ``x`` or (n, C) for per-channel ``x`` (C along
+    ``axis``); returns the (n,) or (n, C) mean |x - fake_quantize(x)|^p, with the same arithmetic as
+    ``fake_quantize`` (divide, RNE, add z, saturate; subtract z, multiply). One broadcast evaluation per
+    chunk of candidates replaces a Python loop of small tensor ops.
+    """
+    xc = x.reshape(1, -1) if axis is None else x.movedim(axis, 0).reshape(x.shape[axis], -1)
+    xc = xc.unsqueeze(0)  # (1, C, M)
+    sc = scale.reshape(scale.shape[0], -1, 1).to(x.dtype)
+    zc = zp.reshape(zp.shape[0], -1, 1).to(x.dtype)
+    step = max(1, CHUNK_ELEMENTS // max(1, xc.numel()))
+    out = []
+    for i in range(0, sc.shape[0], step):
+        s_, z_ = sc[i:i + step], zc[i:i + step]
+        d = (((xc / s_).round() + z_).clip(grid.qmin, grid.qmax) - z_) * s_ - xc
+        d = d.abs()
+        out.append((d * d if p == 2.0 else d.pow(p)).mean(-1))
+    err = torch.cat(out)
+    return err[:, 0] if axis is None else err
+
+
+def _pick(err: torch.Tensor, *cands: torch.Tensor) -> list[torch.Tensor]:
+    """Per channel, the candidate with the lowest error (the first one on ties)."""
+    idx = err.argmin(dim=0, keepdim=True)
+    return [c.gather(0, idx.expand(1, *c.shape[1:]))[0] for c in cands]
+
+
 def lp_search(x: torch.Tensor, grid: Grid, symmetric: bool, axis: int | None = None, p: float = 2.4,
               candidates: int = 80, min_ratio: float = 0.2):
     """Shrink the min/max range by a ratio in [min_ratio, 1]; keep the ratio minimizing the L_p error.
@@ -71,27 +104,21 @@ def lp_search(x: torch.Tensor, grid: Grid, symmetric: bool, axis: int | None = N
     BRECQ (Appendix B.1) searches 80 clipping ratios with p = 2.4. Done for all channels at once and
     coarse-to-fine: ``sqrt(candidates)`` evenly spaced ratios, then as many around each channel's
     best one, which resolves the ratio finer than an 80-point grid with a quarter of the evaluations.
+    Each stage's candidates are evaluated in one batched call (``candidate_lp_errors``).
     """
     dims = _reduce_dims(x, axis)
     lo0, hi0 = x.amin(dim=dims), x.amax(dim=dims)
     n = max(2, int(round(candidates ** 0.5)))
     step = (1.0 - min_ratio) / (n - 1)
-    best_r = torch.ones_like(hi0)
-    best_err = None
-    for stage in range(2):
-        for j in range(n):
-            if stage == 0:
-                r = torch.full_like(hi0, min_ratio + j * step)
-            else:
-                r = (best_r + (j - (n - 1) / 2) * (2 * step / (n - 1))).clamp(min_ratio / 2, 1.0)
-            scale, zp = range_to_qparams(lo0 * r, hi0 * r, grid, symmetric)
-            err = lp_error(x, fake_quantize(x, _view(scale, x, axis), _view(zp, x, axis), grid), p, axis)
-            if best_err is None:
-                best_err, best_r = err, r
-                continue
-            better = err < best_err
-            best_err = torch.where(better, err, best_err)
-            best_r = torch.where(better, r, best_r)
+    j = torch.arange(n, dtype=hi0.dtype, device=hi0.device).reshape(-1, *([1] * hi0.dim()))
+    r = (min_ratio + j * step).expand(n, *hi0.shape)
+    scale, zp = range_to_qparams(lo0 * r, hi0 * r, grid, symmetric)
+    err = candidate_lp_errors(x, scale, zp, grid, p, axis)
+    best_err, best_r = _pick(err, err, r)
+    r = (best_r + (j - (n - 1) / 2) * (2 * step / (n - 1))).clamp(min_ratio / 2, 1.0)
+    scale, zp = range_to_qparams(lo0 * r, hi0 * r, grid, symmetric)
+    err = torch.cat([best_err[None], candidate_lp_errors(x, scale, zp, grid, p, axis)])
+    (best_r,) = _pick(err, torch.cat([best_r[None], r]))
     return range_to_qparams(lo0 * best_r, hi0 * best_r, grid, symmetric)
 
 
@@ -112,38 +139,69 @@ def po2_zero_point(scale: torch.Tensor, zp: torch.Tensor, new_scale: torch.Tenso
     return (scale * zp / new_scale).round().clamp(grid.qmin, grid.qmax).to(torch.int64)
 
 
-def po2_search(x: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor, grid: Grid, axis: int | None = None,
-               p: float = 2.4, span: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
-    """Exponent search (Quark-style MinMSE): try 2^k for k in [ceil(log2 s) - span, ceil(log2 s)].
+def po2_candidates(x: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor, grid: Grid, axis: int | None = None,
+                   span: int = 2, even_zp: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """The Po2 (scale, zero point) candidates ``po2_search`` ranks: shapes (m,) or (m, C).
 
-    ceil(log2 s) is the smallest exponent with no more clipping than the float scale; smaller
-    exponents trade clipping for rounding error. With a zero point (asymmetric grids) a smaller
-    range must be clipped somewhere: besides RAPQ Eq. 5 (keep x_min), keeping x_max and centring the
-    range are tried. Keeps the (exponent, zero point) with the lowest L_p error.
+    Exponents k in [ceil(log2 s) - span, ceil(log2 s)] (ceil: the smallest exponent with no more
+    clipping than the float scale). With a zero point (asymmetric grid) a smaller range must be clipped
+    somewhere: RAPQ Eq. 5 (keep x_min), keep x_max, and centre the range. With ``even_zp``
+    each zero point is replaced by its two even neighbours (onnxruntime QLinearAdd parity, see
+    ``even_zero_point``), so the search ranks exactly the points the exported model can use.
     """
     k0 = torch.ceil(torch.log2(scale.double()))
     asymmetric = bool((zp != 0).any())
     dims = _reduce_dims(x, axis)
     hi = x.amax(dim=dims) if asymmetric else None
     lo = x.amin(dim=dims) if asymmetric else None
-    best_scale = best_zp = best_err = None
+    scales, zps = [], []
     for k in range(-span, 1):
         s = torch.exp2(k0 + k).to(scale.dtype)
-        candidates = [po2_zero_point(scale, zp, s, grid)]
+        zs = [po2_zero_point(scale, zp, s, grid)]
         if asymmetric:
-            keep_max = (grid.qmax - hi / s).round().clamp(grid.qmin, grid.qmax).to(torch.int64)
-            centre = ((grid.qmin + grid.qmax) / 2 - (lo + hi) / (2 * s)).round().clamp(grid.qmin, grid.qmax).to(torch.int64)
-            candidates += [keep_max, centre]
-        for z in candidates:
-            err = lp_error(x, fake_quantize(x, _view(s, x, axis), _view(z, x, axis), grid), p, axis)
-            if best_err is None:
-                best_scale, best_zp, best_err = s, z, err
-                continue
-            better = err < best_err
-            best_err = torch.where(better, err, best_err)
-            best_scale = torch.where(better, s, best_scale)
-            best_zp = torch.where(better, z, best_zp)
+            zs.append((grid.qmax - hi / s).round().clamp(grid.qmin, grid.qmax).to(torch.int64))
+            zs.append(((grid.qmin + grid.qmax) / 2 - (lo + hi) / (2 * s)).round().clamp(grid.qmin, grid.qmax).to(torch.int64))
+        if even_zp and asymmetric:
+            zs = [e for z in zs for e in (even_zero_point(z), (even_zero_point(z) + 2).clamp(max=grid.qmax - 1))]
+        for z in zs:
+            scales.append(s)
+            zps.append(z)
+    return torch.stack(scales), torch.stack(zps)
+
+
+def po2_search(x: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor, grid: Grid, axis: int | None = None,
+               p: float = 2.4, span: int = 2, even_zp: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exponent search (Quark-style MinMSE): the ``po2_candidates`` pair with the lowest L_p error."""
+    scales, zps = po2_candidates(x, scale, zp, grid, axis, span, even_zp)
+    err = candidate_lp_errors(x, scales, zps, grid, p, axis)
+    best_scale, best_zp = _pick(err, scales, zps)
     return best_scale, best_zp
+
+
+def po2_clip_candidates(lo: float, hi: float, scale: float, zero_point: int, grid: Grid,
+                        n_zp: int = 7) -> tuple[torch.Tensor, torch.Tensor]:
+    """Po2 (scale, zero point) candidates spanning the clipping trade-off of one per-tensor range [lo, hi].
+
+    First the given (scale, zero point) (so ranking ties keep it); then, at the next finer exponent
+    scale / 2, where [lo, hi] no longer fits an asymmetric grid, ``n_zp`` even zero points evenly spaced
+    from 'keep x_max' (clip the low side) to 'keep x_min' (clip the high side, RAPQ Eq. 5), i.e. where
+    the clipping goes. Unsigned or symmetric grids (zero point 0) get the finer exponent only.
+    Zero points are even (``even_zero_point``). Returns float32 scales and int64 zero points, shape (m,).
+    """
+    cands = [(float(scale), int(zero_point))]
+    s = float(scale) / 2
+    if grid.signed and zero_point != 0:
+        z_max = grid.qmax - hi / s  # keep x_max: x_max lands on qmax
+        z_min = grid.qmin - lo / s  # keep x_min: x_min lands on qmin
+        for j in range(n_zp):
+            z = z_max + (z_min - z_max) * j / max(n_zp - 1, 1)
+            z = int(min(max(round(z), grid.qmin), grid.qmax))
+            cands.append((s, z - z % 2))
+    else:
+        cands.append((s, 0))
+    cands = list(dict.fromkeys(cands))
+    return (torch.tensor([c[0] for c in cands], dtype=torch.float32),
+            torch.tensor([c[1] for c in cands], dtype=torch.int64))
 
 
 def bias_safe_weight_scale(w_scale: torch.Tensor, bias: torch.Tensor, x_scale: float, po2: bool,
@@ -169,3 +227,4 @@ def even_zero_point(zp: torch.Tensor) -> torch.Tensor:
     points make both agree (measured on onnxruntime 1.32, tests/test_qdq_parity.py).
     """
     return zp - torch.remainder(zp, 2)
+
