@@ -23,8 +23,11 @@ def rne(x: T) -> T:
 
 def _like(v, x):
     """numpy parameters in x's float dtype, so float32 math stays float32 (as in ONNX and torch)."""
-    if isinstance(x, np.ndarray) and x.dtype.kind == "f" and isinstance(v, (np.ndarray, np.generic)):
-        return np.asarray(v).astype(x.dtype, copy=False)
+    if isinstance(v, (np.ndarray, np.generic)):
+        if isinstance(x, np.ndarray):
+            return np.asarray(v).astype(x.dtype, copy=False) if x.dtype.kind == "f" else v
+        if hasattr(x, "new_tensor"):  # torch: a tensor operand (a NumPy one would go through __array_wrap__)
+            return x.new_tensor(np.asarray(v, dtype=np.float32)) if x.is_floating_point() else x.new_tensor(np.asarray(v))
     return v
 
 
