@@ -40,7 +40,6 @@ class IntegerWriter:
         self.nodes: list[onnx.NodeProto] = []
         self.inits: list[onnx.TensorProto] = []
         self._names: set[str] = set()
-        self.shapes = _shapes(source)
 
     # ------------------------------------------------------------------ helpers
     def _unique(self, base: str) -> str:
@@ -248,8 +247,7 @@ class IntegerWriter:
             ins[2] = self.const(f"{step.node}/pad_value", np.int8(a["pad_value"]))
             attrs.pop("value", None)
         if op_type == "GlobalMaxPool":
-            rank = len(self.shapes.get(step.inputs[0], ())) or 4
-            self.nodes.append(helper.make_node("ReduceMax", [ins[0], self.const(f"{step.node}/axes", np.arange(2, rank))],
+            self.nodes.append(helper.make_node("ReduceMax", [ins[0], self.const(f"{step.node}/axes", np.arange(2, a["rank"]))],
                                                outs, name=self._unique(step.node), keepdims=1))
             return
         for i in step.inputs:
@@ -296,14 +294,6 @@ def _dims(vi: onnx.ValueInfoProto):
         return None
     return [d.dim_param if d.dim_param else (d.dim_value if d.HasField("dim_value") else None)
             for d in vi.type.tensor_type.shape.dim]
-
-
-def _shapes(model: onnx.ModelProto) -> dict[str, tuple]:
-    out = {}
-    for vi in list(model.graph.input) + list(model.graph.value_info) + list(model.graph.output):
-        if vi.type.tensor_type.HasField("shape"):
-            out[vi.name] = tuple(d.dim_value for d in vi.type.tensor_type.shape.dim)
-    return out
 
 
 def export_integer(program: IntProgram, source: onnx.ModelProto) -> onnx.ModelProto:

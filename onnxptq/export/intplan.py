@@ -24,7 +24,8 @@ import torch
 from ..errors import ConfigError, UnsupportedOpError
 from ..importer.graph import CARRY_OPS, QGraph, attrs_of
 from ..quant import quantize
-from ..quant.requant import ROUNDING_MODES, po2_frac, rne_float, shift_bound
+from ..quant.requant import ROUNDING_MODES, po2_frac, shift_bound
+from ..quant.rounding import rne
 from ..sim.model import SimModel
 
 INT8_MIN, INT8_MAX = -128, 127
@@ -229,7 +230,7 @@ class _Lowering:
             raise _Unsupported("its weights are not quantized")
         if not p.po2:
             raise _Unsupported("its weight scales are not powers of two (use --scale po2)")
-        from ..recon.calibrate import integer_weights
+        from ..recon.calibrate import integer_bias, integer_weights
 
         q = integer_weights(self.sim, layer.name)
         zp = p.zero_point.reshape(-1).astype(np.int64)
@@ -248,11 +249,7 @@ class _Lowering:
             w_store = (w.T if layer.weight_axis == 0 else w).astype(np.int8)
             per_out = np.abs(w_store.astype(np.int64)).sum(0)
             cdim = -1
-        bias = None
-        if layer.bias:
-            b = self.sim.effective_bias(layer, quantized_weights=True).detach().cpu().numpy().astype(np.float32)
-            s_b = self.sim.bias_scale(layer).reshape(-1)
-            bias = np.clip(np.round(b / s_b).astype(np.float64), -2**31, 2**31 - 1).astype(np.int64)
+        bias = integer_bias(self.sim, layer.name) if layer.bias else None
         conv_bound = int((per_out * x.max_abs).max())
         if conv_bound >= 2**31:
             raise _Unsupported(f"its accumulator can reach {conv_bound} >= 2^31 inside ConvInteger/MatMulInteger")
@@ -265,9 +262,9 @@ class _Lowering:
         if layer.act_bounds is not None:
             a_lo, a_hi = layer.act_bounds
             if np.isfinite(a_lo):
-                lo = max(lo, y.zp + int(rne_float(a_lo * 2.0 ** y.frac)))
+                lo = max(lo, y.zp + int(rne(np.float64(a_lo) * 2.0 ** y.frac)))
             if np.isfinite(a_hi):
-                hi = min(hi, y.zp + int(rne_float(a_hi * 2.0 ** y.frac)))
+                hi = min(hi, y.zp + int(rne(np.float64(a_hi) * 2.0 ** y.frac)))
         key = layer.name
         self.arrays[f"{key}.weight"] = w_store
         if bias is not None:
@@ -400,6 +397,8 @@ class _Lowering:
                 if qv != np.round(qv) or not x.lo <= x.zp + int(qv) <= x.hi:
                     raise _Unsupported(f"pad value {v} is not on the input's integer grid")
                 attrs["pad_value"] = x.zp + int(qv)
+        if n.op_type == "GlobalMaxPool":  # written as ReduceMax over the spatial axes
+            attrs["rank"] = len(self.qg.shapes.get(n.input[0], ())) or 4
         if n.op_type == "Resize":
             mode = a.get("mode", b"nearest")
             if (mode.decode() if isinstance(mode, bytes) else mode) != "nearest":

@@ -16,7 +16,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from ..quant import QParams
-from ..recon.calibrate import integer_weights
+from ..recon.calibrate import integer_bias, integer_weights
 from ..sim.model import SimModel
 
 INT4_MAX_BITS = 4
@@ -99,10 +99,8 @@ class QDQWriter:
             node = self._node(layer.name)
             node.input[1] = dq_out
             if layer.bias:
-                b = self.sim.effective_bias(layer, quantized_weights=True).detach().cpu().numpy().astype(np.float32)
                 s_b = self.sim.bias_scale(layer).reshape(-1)
-                # float32 division and RNE as in the simulation; clip in float64 (2^31 - 1 is not a float32)
-                b_q = np.clip(np.round(b / s_b).astype(np.float64), -2**31, 2**31 - 1).astype(np.int32)
+                b_q = integer_bias(self.sim, layer.name).astype(np.int32)
                 bq_name = self._const(f"{layer.name}.bias_quantized", b_q)
                 bs_name = self._const(f"{layer.name}.bias_scale", s_b.astype(np.float32))
                 bz_name = self._const(f"{layer.name}.bias_zero_point", np.zeros_like(b_q))

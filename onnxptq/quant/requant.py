@@ -7,9 +7,10 @@ integers. Values are plain integers; a tensor with ``f`` fractional bits means `
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
+
+from .params import is_power_of_two
+from .rounding import rne
 
 ROUNDING_MODES = ("rne", "half_up")
 
@@ -17,12 +18,10 @@ ROUNDING_MODES = ("rne", "half_up")
 def po2_frac(scale: float | np.ndarray) -> np.ndarray:
     """Fractional bits f of an exact power-of-two scale s = 2^-f (raises if a scale is not Po2)."""
     s = np.asarray(scale, dtype=np.float64)
-    f = -np.log2(s)
-    fr = np.round(f)
-    if not np.all(np.isfinite(f)) or not np.array_equal(np.exp2(-fr), s):
-        bad = s.reshape(-1)[np.flatnonzero(np.exp2(-fr).reshape(-1) != s.reshape(-1))[:1]]
-        raise ValueError(f"scale {bad} is not a power of two")
-    return fr.astype(np.int64)
+    ok = (s > 0) & np.isfinite(s) & is_power_of_two(s)
+    if not np.all(ok):
+        raise ValueError(f"scale {s.reshape(-1)[np.flatnonzero(~ok.reshape(-1))[0]]} is not a power of two")
+    return (-np.log2(s)).astype(np.int64)
 
 
 def rne_shift(a, n, mode: str = "rne"):
@@ -47,7 +46,7 @@ def shift_float(a, n, mode: str = "rne"):
     scaled = a * _exp2_neg(n)
     if mode == "half_up":
         return (scaled + 0.5).floor()
-    return scaled.round()
+    return rne(scaled)
 
 
 def _exp2_neg(n):
@@ -56,9 +55,6 @@ def _exp2_neg(n):
     if isinstance(n, np.ndarray):
         return np.exp2(-n.astype(np.float64))
     return 2.0 ** (-n.double())  # torch
-
-
-FLOAT_EXACT = 2**52
 
 
 def rne_div(a, d, mode: str = "rne"):
@@ -83,7 +79,7 @@ def requant_shift(a, n, pre: int = 0, mode: str = "rne"):
     """
     if pre:
         a = a * (2 ** pre)
-    return rne_shift(a, n + pre if isinstance(n, int) else n + pre, mode)
+    return rne_shift(a, n + pre, mode)
 
 
 def _pow2(n):
@@ -98,16 +94,3 @@ def shift_bound(max_abs_acc: int, n_plus_pre: int, pre: int, mode: str = "rne") 
     shifted = max_abs_acc * 2 ** pre
     half = 2 ** (n_plus_pre - 1)
     return shifted + half + (1 if mode == "rne" else 0)
-
-
-def fits_int32(bound: int) -> bool:
-    return bound < 2 ** 31
-
-
-def rne_float(x: np.ndarray) -> np.ndarray:
-    """Round half to even in float64 (NumPy's rule), for table and bound construction."""
-    return np.round(np.asarray(x, dtype=np.float64))
-
-
-def bits_needed(v: int) -> float:
-    return math.log2(v) if v > 0 else 0.0

@@ -265,3 +265,17 @@ def integer_weights(sim: SimModel, layer_name: str) -> np.ndarray:
     w = sim.weight(layer.weight).detach().cpu().numpy().astype(np.float32)
     scale, zp = fq.params.shaped_for(w.ndim)
     return quantize(w, scale, zp.astype(np.float32), fq.params.grid).astype(np.int64)
+
+
+def integer_bias(sim: SimModel, layer_name: str) -> np.ndarray:
+    """The int32-grid bias with scale s_x * s_w[c] (what the exporters store), as int64.
+
+    float32 division and RNE as in the simulation's bias fake-quant; the clip to the int32 grid is
+    done in float64 (2^31 - 1 is not a float32)."""
+    from ..quant.grid import BIAS_GRID
+    from ..quant.rounding import rne
+
+    layer = sim.qg.layer(layer_name)
+    b = sim.effective_bias(layer, quantized_weights=True).detach().cpu().numpy().astype(np.float32)
+    s_b = sim.bias_scale(layer).reshape(-1)
+    return np.clip(rne(b / s_b).astype(np.float64), BIAS_GRID.qmin, BIAS_GRID.qmax).astype(np.int64)

@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 
 from ..export.intplan import IntProgram, Step, TInt
-from ..quant.requant import FLOAT_EXACT, requant_shift, rne_div, shift_float
-from .ops import OPS, conv
+from ..quant.requant import requant_shift, rne_div, shift_float
+from .ops import OPS, conv, torch_pad
 
 
 def _per_channel(v: np.ndarray, cdim: int, ndim: int, device) -> torch.Tensor:
@@ -33,17 +33,16 @@ class IntSim:
                        for k, v in consts.items()}
         self.w = {k: torch.as_tensor(v.astype(np.float64), device=self.device) for k, v in program.arrays.items()
                   if k.endswith(".weight")}
-        self.b = {k: torch.as_tensor(v.astype(np.int64), device=self.device) for k, v in program.arrays.items()
-                  if k.endswith(".bias")}
+        self.b = {k: v.astype(np.int64) for k, v in program.arrays.items() if k.endswith(".bias")}
 
     # ------------------------------------------------------------------ helpers
     def _requant(self, a: torch.Tensor, shift, pre: int, step: Step) -> torch.Tensor:
-        """R(a * 2^pre, shift + pre) + z, clipped; float64 fast path while |a| < 2^52 (exact, see
-        ``quant.requant.shift_float``), the integer recipe otherwise."""
-        if a.is_floating_point() and float(a.abs().max()) * 2**pre < FLOAT_EXACT:
-            y = shift_float(a, shift, self.p.rounding)
-        else:
+        """R(a * 2^pre, shift + pre) + z, clipped. Steps the lowering proved to fit int32 take the exact
+        float64 path (``quant.requant.shift_float``, exact below 2^52); "wide" steps the int64 recipe."""
+        if step.attrs.get("wide"):
             y = requant_shift(a.to(torch.int64), shift, pre, self.p.rounding).double()
+        else:
+            y = shift_float(a, shift, self.p.rounding)
         return (y + step.attrs["y_zp"]).clamp(step.attrs["lo"], step.attrs["hi"])
 
     def _val(self, env: dict, name: str):
@@ -69,7 +68,7 @@ class IntSim:
             acc = torch.matmul(xz, w)
         acc = torch.round(acc.double())
         if a["bias"] is not None:
-            acc = acc + _per_channel(self.b[a["bias"]].cpu().numpy(), a["cdim"], acc.dim(), self.device).double()
+            acc = acc + _per_channel(self.b[a["bias"]], a["cdim"], acc.dim(), self.device).double()
         shift = _per_channel(a["shift"], a["cdim"], acc.dim(), self.device)
         return self._requant(acc, shift, a["pre"], step)
 
@@ -77,9 +76,10 @@ class IntSim:
         a = step.attrs
         total = None
         for x, zp, left, sign in zip(ins, a["zps"], a["left"], a["signs"]):
-            v = (x - zp) * float(2 ** left * sign)  # exact in float64 while below 2^52 (else checked in _requant)
-            if float(v.abs().max()) >= FLOAT_EXACT:
+            if a["wide"]:  # aligned operands may pass 2^53: int64
                 v = (x.to(torch.int64) - zp) * (2 ** left) * sign
+            else:  # below 2^31: exact in float64
+                v = (x - zp) * float(2 ** left * sign)
             total = v if total is None else total + v
         return self._requant(total, a["shift"], a["pre"], step)
 
@@ -106,10 +106,7 @@ class IntSim:
             nd = len(k)
             pads = a["pads"]
             if any(pads):
-                pad_arg = []
-                for d in reversed(range(nd)):
-                    pad_arg += [pads[d], pads[nd + d]]
-                xz = F.pad(xz, pad_arg)
+                xz = F.pad(xz, torch_pad(pads))
             ones = torch.ones((xz.shape[1], 1, *k), dtype=xz.dtype, device=xz.device)
             fn = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[nd]
             s = fn(xz, ones, None, a["strides"], 0, 1, xz.shape[1])

@@ -32,6 +32,15 @@ def _ints(t) -> list[int]:
 
 # ------------------------------------------------------------------ conv / linear
 
+def torch_pad(pads: list[int]) -> list[int]:
+    """ONNX pads [b_0, ..., b_{n-1}, e_0, ..., e_{n-1}] -> F.pad's (b_last, e_last, ..., b_0, e_0)."""
+    nd = len(pads) // 2
+    out: list[int] = []
+    for d in reversed(range(nd)):
+        out += [pads[d], pads[nd + d]]
+    return out
+
+
 def _conv_padding(x: torch.Tensor, w: torch.Tensor, a: dict) -> tuple[torch.Tensor, list[int]]:
     nd = w.dim() - 2
     strides = a.get("strides", [1] * nd)
@@ -59,10 +68,7 @@ def conv(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, a: dict) -> t
     if all(pads[i] == pads[nd + i] for i in range(nd)):
         padding = pads[:nd]
     else:
-        pad_arg = []
-        for i in reversed(range(nd)):
-            pad_arg += [pads[i], pads[nd + i]]
-        x = F.pad(x, pad_arg)
+        x = F.pad(x, torch_pad(pads))
         padding = [0] * nd
     fn = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[nd]
     return fn(x, w, b, stride=strides, padding=padding, dilation=dil, groups=group)
@@ -210,10 +216,7 @@ def _maxpool(i, a):
     pads, kernel, strides = _pool_pads(x, a, nd)
     dil = a.get("dilations", [1] * nd)
     if any(pads[d] != pads[nd + d] for d in range(nd)):
-        pad_arg = []
-        for d in reversed(range(nd)):
-            pad_arg += [pads[d], pads[nd + d]]
-        x = F.pad(x, pad_arg, value=float("-inf"))
+        x = F.pad(x, torch_pad(pads), value=float("-inf"))
         pads = [0] * (2 * nd)
     fn = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}[nd]
     return [fn(x, kernel, strides, pads[:nd], dil, ceil_mode=bool(a.get("ceil_mode", 0)))]
@@ -226,12 +229,9 @@ def _avgpool(i, a):
     pads, kernel, strides = _pool_pads(x, a, nd)
     include = bool(a.get("count_include_pad", 0))
     if any(pads[d] != pads[nd + d] for d in range(nd)):
-        pad_arg = []
-        for d in reversed(range(nd)):
-            pad_arg += [pads[d], pads[nd + d]]
         if not include:
             raise NotImplementedError("asymmetric AveragePool padding with count_include_pad=0")
-        x = F.pad(x, pad_arg)
+        x = F.pad(x, torch_pad(pads))
         pads = [0] * (2 * nd)
     fn = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}[nd]
     return [fn(x, kernel, strides, pads[:nd], ceil_mode=bool(a.get("ceil_mode", 0)), count_include_pad=include)]
@@ -393,9 +393,7 @@ def _pad(i, a):
     full = [0] * (2 * n)
     for k, ax in enumerate(axes):
         full[ax % n], full[n + ax % n] = pads[k], pads[len(axes) + k]
-    pad_arg = []
-    for d in reversed(range(n)):
-        pad_arg += [full[d], full[n + d]]
+    pad_arg = torch_pad(full)
     torch_mode = {"constant": "constant", "reflect": "reflect", "edge": "replicate"}[mode]
     if torch_mode == "constant":
         return [F.pad(x, pad_arg, value=value)]
