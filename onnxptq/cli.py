@@ -143,45 +143,24 @@ def _load_model(path: str):
 
 
 def _inputs_for(model, path: str, limit: int | None) -> dict:
-    """Arrays for the model's graph inputs from .npy (single input) or .npz (keyed by name)."""
-    import numpy as np
+    """Arrays for the model's graph inputs from .npy (single-input models) or .npz (keyed by name);
+    a single sample may omit the sample axis."""
+    from .data import load_dataset, model_input_specs
 
-    from .data import load_arrays, validate
-    from .errors import DataError
-
-    inits = {i.name for i in model.graph.initializer}
-    specs = {}
-    for vi in model.graph.input:
-        if vi.name in inits:
-            continue
-        dims = tuple(d.dim_value if d.HasField("dim_value") else -1 for d in vi.type.tensor_type.shape.dim)
-        specs[vi.name] = dims
-    arrays = load_arrays(path)
-    if len(arrays) == 1 and len(specs) == 1 and next(iter(arrays)) not in specs:
-        arrays = {next(iter(specs)): next(iter(arrays.values()))}
-    missing = [k for k in specs if k not in arrays]
-    if missing:
-        raise DataError(f"{path} has no array for model input {missing[0]!r} (has {sorted(arrays)})")
-    out = {}
-    for k, dims in specs.items():
-        a = np.asarray(arrays[k])
-        if a.ndim == len(dims) - 1:
-            a = a[None]
-        out[k] = validate(k, a, dims, path)[:limit] if limit else validate(k, a, dims, path)
-    return out
+    return load_dataset(path, model_input_specs(model), limit, single_sample=True).inputs
 
 
 def cmd_run(args) -> int:
     import numpy as np
 
     from .api import check_output_path
-    from .verify_int import _run_engine
+    from .verify_int import make_engine
 
     model = _load_model(args.model)
     out_path = check_output_path(args.output, args.model, args.force) if args.output else None
     feeds = _inputs_for(model, args.input, None)
     names = [o.name for o in model.graph.output]
-    res = _run_engine(args.engine, model, feeds, names)
+    res = make_engine(args.engine, model, names)(feeds)
     outs = {k: res[k] for k in names}
     for k, v in outs.items():
         line = f"{k}: shape {list(v.shape)} dtype {v.dtype}"
@@ -197,7 +176,8 @@ def cmd_run(args) -> int:
 
 
 def cmd_verify(args) -> int:
-    from .verify_int import is_integer_model, verify_integer, verify_qdq_file
+    from .verify import qdq_file_parity
+    from .verify_int import is_integer_model, verify_integer
 
     model = _load_model(args.model)
     feeds = _inputs_for(model, args.data, args.limit)
@@ -206,7 +186,7 @@ def cmd_verify(args) -> int:
                              progress=not args.json)
         print(json.dumps(rep.to_dict(), indent=1) if args.json else rep.format())
         return 0 if rep.ok else 1
-    rows = verify_qdq_file(model, feeds, args.batch_size)
+    rows = qdq_file_parity(model, feeds, args.batch_size)
     if args.json:
         print(json.dumps({"level": 2, "tensors": [r.__dict__ for r in rows]}, indent=1))
     else:

@@ -48,8 +48,18 @@ def load_arrays(path: str | os.PathLike) -> dict[str, np.ndarray]:
                         "save arrays with numpy.savez(file, <input name>=array)") from None
 
 
-def load_dataset(path: str | os.PathLike, input_specs: dict[str, tuple], limit: int | None = None) -> Dataset:
-    """Read and validate data for a model whose inputs are ``input_specs`` (name -> shape, -1 dynamic)."""
+def model_input_specs(model) -> dict[str, tuple]:
+    """Graph input name -> shape (-1 for symbolic/unknown dims) of an ``onnx.ModelProto``, initializers excluded."""
+    inits = {i.name for i in model.graph.initializer}
+    return {vi.name: tuple(d.dim_value if d.HasField("dim_value") else -1 for d in vi.type.tensor_type.shape.dim)
+            for vi in model.graph.input if vi.name not in inits}
+
+
+def load_dataset(path: str | os.PathLike, input_specs: dict[str, tuple], limit: int | None = None,
+                 single_sample: bool = False) -> Dataset:
+    """Read and validate data for a model whose inputs are ``input_specs`` (name -> shape, -1 dynamic).
+
+    ``single_sample``: also accept one sample without the sample axis (an array of rank - 1)."""
     arrays = load_arrays(path)
     labels = next((arrays.pop(k) for k in LABEL_KEYS if k in arrays), None)
     names = list(input_specs)
@@ -63,6 +73,8 @@ def load_dataset(path: str | os.PathLike, input_specs: dict[str, tuple], limit: 
     out = {}
     n = None
     for name, arr in chosen.items():
+        if single_sample and len(input_specs[name]) and arr.ndim == len(input_specs[name]) - 1:
+            arr = arr[None]
         out[name] = validate(name, arr, input_specs[name], str(path))
         if n is not None and len(arr) != n:
             raise DataError(f"{path}: inputs have different sample counts ({n} vs {len(arr)} for {name!r})")

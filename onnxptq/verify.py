@@ -132,7 +132,7 @@ def _with_quant_outputs(model: onnx.ModelProto, tensors: list[str] | None) -> on
     m.CopyFrom(model)
     elem = {}
     for n in m.graph.node:
-        if n.op_type == "QuantizeLinear" and n.output[0].endswith("_quantized") and len(n.input) > 2:
+        if n.op_type == "QuantizeLinear" and len(n.input) > 2:
             zp = next((i for i in m.graph.initializer if i.name == n.input[2]), None)
             if zp is not None:
                 elem[n.output[0]] = zp.data_type
@@ -421,3 +421,41 @@ def qdq_parity(sim: SimModel, model, inputs: dict[str, np.ndarray], batch_size: 
     return QDQParity(output, reps["e2e"], reps["local"], reps["x_e2e"], reps["x_local"],
                      {t: kernels.get(t, "?") for t in names},
                      {t: int(sim.act_quantizer(t).params.grid.bits) for t in names})
+
+
+# ---------------------------------------------------------------------------------------------- QDQ file alone
+
+@dataclass
+class QdqTensorParity:
+    tensor: str
+    elements: int
+    exact_rate: float
+    max_lsb: int
+    histogram: dict[int, int]
+
+
+def qdq_file_parity(model: onnx.ModelProto, inputs: dict[str, np.ndarray], batch_size: int = 16) -> list[QdqTensorParity]:
+    """Level 2 for a QDQ file without its simulation (``onnxptq verify model.qdq.onnx``): onnxruntime
+    (fused integer kernels) vs ``runtime/`` executing the graph op by op (DequantizeLinear -> float op ->
+    QuantizeLinear, the simulation's semantics), on every QuantizeLinear output, in LSB of that tensor."""
+    import runtime
+
+    m = _with_quant_outputs(model, None)
+    names = [o.name for o in m.graph.output[len(model.graph.output):]]
+    sess = _session(m.SerializeToString())
+    rt = runtime.Session(model)
+    n = len(next(iter(inputs.values())))
+    acc: dict[str, list] = {x: [0, 0, {}] for x in names}
+    for i in range(0, n, batch_size):
+        feeds = {k: v[i:i + batch_size] for k, v in inputs.items()}
+        ort_out = dict(zip(names, sess.run(names, feeds)))
+        rt_out = rt.run(feeds, outputs=names)
+        for x in names:
+            d = np.abs(ort_out[x].astype(np.int64) - rt_out[x].astype(np.int64))
+            a = acc[x]
+            a[0] += int(d.size)
+            a[1] += int((d == 0).sum())
+            for v, c in zip(*np.unique(d, return_counts=True)):
+                a[2][int(v)] = a[2].get(int(v), 0) + int(c)
+    return [QdqTensorParity(x, a[0], a[1] / max(a[0], 1), max(a[2]) if a[2] else 0, dict(sorted(a[2].items())))
+            for x, a in acc.items() if a[0]]

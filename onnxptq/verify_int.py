@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import onnx
@@ -112,28 +113,28 @@ def _with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
     return m
 
 
-def _run_engine(engine: str, model: onnx.ModelProto, feeds: dict[str, np.ndarray], names: list[str]) -> dict[str, np.ndarray]:
+def make_engine(engine: str, model: onnx.ModelProto, names: list[str]) -> Callable[[dict], dict[str, np.ndarray]]:
+    """``feeds -> {name: array}`` for the tensors ``names`` (graph outputs or intermediates), with the
+    session built once: onnxruntime and onnx.reference get ``names`` added as graph outputs."""
     if engine == "runtime":
         import runtime
 
-        env = runtime.Session(model).run(feeds, keep=True)
-        return {n: env[n] for n in names if n in env}
+        sess = runtime.Session(model)
+        return lambda feeds: sess.run(feeds, outputs=names)
+    m = _with_outputs(model, names)
+    outs = [o.name for o in m.graph.output]
     if engine == "onnxruntime":
         import onnxruntime as ort
 
-        m = _with_outputs(model, names)
         so = ort.SessionOptions()
         so.log_severity_level = 3
-        sess = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
-        outs = [o.name for o in sess.get_outputs()]
-        return dict(zip(outs, sess.run(outs, feeds)))
+        osess = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        return lambda feeds: dict(zip(outs, osess.run(outs, feeds)))
     if engine == "reference":
         from onnx.reference import ReferenceEvaluator
 
-        m = _with_outputs(model, names)
         ref = ReferenceEvaluator(m)
-        outs = [o.name for o in m.graph.output]
-        return dict(zip(outs, ref.run(outs, feeds)))
+        return lambda feeds: dict(zip(outs, ref.run(outs, feeds)))
     raise ValueError(engine)
 
 
@@ -153,6 +154,7 @@ def verify_integer(model: onnx.ModelProto, inputs: dict[str, np.ndarray], batch_
     n_ref = min(reference_samples, n) if "reference" in engines else 0
     first: dict[str, Mismatch] = {}
     counts: dict[str, dict[str, list]] = {}
+    runners = {e: make_engine(e, model, tensor_names + outputs) for e in engines if e != "sim"}
     for i in tqdm(range(0, n, batch_size), desc="verifying", disable=not progress, leave=False):
         feeds = {k: v[i:i + batch_size] for k, v in inputs.items()}
         ref = sim.run(feeds, keep=True)
@@ -164,7 +166,7 @@ def verify_integer(model: onnx.ModelProto, inputs: dict[str, np.ndarray], batch_
                 if i >= n_ref:
                     continue
                 f = {k: v[:n_ref - i] for k, v in feeds.items()}
-            got = _run_engine(engine, model, f, tensor_names + outputs)
+            got = runners[engine](f)
             for name, node in [(qname(t), nd) for t, nd in order] + [(o, o) for o in outputs]:
                 if name not in ref or name not in got:
                     continue
@@ -191,47 +193,3 @@ def verify_integer(model: onnx.ModelProto, inputs: dict[str, np.ndarray], batch_
         first[engine] = Mismatch(name, c[3], engine, c[0], c[1], c[2])
     mism = sorted(first.values(), key=lambda m: position.get(m.tensor, 1 << 30))
     return IntParityReport(n, n_ref, len(order), list(engines), mism, problems)
-
-
-@dataclass
-class QdqTensorParity:
-    tensor: str
-    elements: int
-    exact_rate: float
-    max_lsb: int
-    histogram: dict[int, int]
-
-
-def verify_qdq_file(model: onnx.ModelProto, inputs: dict[str, np.ndarray], batch_size: int = 16) -> list[QdqTensorParity]:
-    """Level-2 report for a QDQ file: onnxruntime (fused integer kernels) vs ``runtime/`` executing the
-    graph op by op (DequantizeLinear -> float op -> QuantizeLinear: the simulation's semantics), on
-    every QuantizeLinear output, in LSB of that tensor."""
-    names = [n.output[0] for n in model.graph.node if n.op_type == "QuantizeLinear"]
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    have = {o.name for o in m.graph.output}
-    elem = {}
-    for n in model.graph.node:
-        if n.op_type == "QuantizeLinear" and len(n.input) > 2:
-            for init in model.graph.initializer:
-                if init.name == n.input[2]:
-                    elem[n.output[0]] = init.data_type
-    m.graph.output.extend(helper.make_tensor_value_info(x, elem.get(x, TensorProto.UINT8), None)
-                          for x in names if x not in have)
-    n = len(next(iter(inputs.values())))
-    acc: dict[str, list] = {x: [0, 0, {}] for x in names}
-    for i in range(0, n, batch_size):
-        feeds = {k: v[i:i + batch_size] for k, v in inputs.items()}
-        ort_out = _run_engine("onnxruntime", m, feeds, [])
-        rt_out = _run_engine("runtime", model, feeds, names)
-        for x in names:
-            if x not in ort_out or x not in rt_out:
-                continue
-            d = np.abs(ort_out[x].astype(np.int64) - rt_out[x].astype(np.int64))
-            a = acc[x]
-            a[0] += int(d.size)
-            a[1] += int((d == 0).sum())
-            for v, c in zip(*np.unique(d, return_counts=True)):
-                a[2][int(v)] = a[2].get(int(v), 0) + int(c)
-    return [QdqTensorParity(x, a[0], a[1] / max(a[0], 1), max(a[2]) if a[2] else 0, dict(sorted(a[2].items())))
-            for x, a in acc.items() if a[0]]

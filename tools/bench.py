@@ -49,7 +49,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from onnxptq.data import Dataset, load_dataset  # noqa: E402
+from onnxptq.data import Dataset, load_dataset, model_input_specs  # noqa: E402
 from onnxptq.eval import Fidelity, fidelity, run_onnxruntime  # noqa: E402
 
 EVAL_BATCH = 32  # batch of the onnxruntime evaluation sessions (all rows)
@@ -198,15 +198,7 @@ def select_groups(which: str) -> dict[str, list[BenchModel]]:
 
 def input_specs(model_path: Path) -> dict[str, tuple]:
     """Graph input name -> shape (-1 for symbolic/unknown dims), initializers excluded."""
-    m = onnx.load(str(model_path), load_external_data=False)
-    inits = {i.name for i in m.graph.initializer}
-    specs = {}
-    for i in m.graph.input:
-        if i.name in inits:
-            continue
-        dims = i.type.tensor_type.shape.dim
-        specs[i.name] = tuple(d.dim_value if d.HasField("dim_value") else -1 for d in dims)
-    return specs
+    return model_input_specs(onnx.load(str(model_path), load_external_data=False))
 
 
 def load_data(path: Path, model_path: Path, limit: int | None) -> Dataset:
