@@ -207,7 +207,7 @@ class OrtExactRunner:
     kernels (``kernels`` from ``ort_kernels``); every other unit runs as in the simulation."""
 
     def __init__(self, sim: SimModel, kernels: dict[str, str]) -> None:
-        from .recon.calibrate import integer_weights
+        from .recon.calibrate import integer_bias, integer_weights
 
         self.sim, self.kernels = sim, kernels
         self._w: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -218,11 +218,7 @@ class OrtExactRunner:
             q = integer_weights(sim, layer.name)
             _, zp = p.shaped_for(q.ndim)
             w_int = torch.from_numpy((q - zp).astype(np.float64))
-            b_int = None
-            if layer.bias:
-                b = sim.effective_bias(layer, quantized_weights=True).detach().cpu().numpy().astype(np.float32)
-                s_b = sim.bias_scale(layer).reshape(-1)
-                b_int = torch.from_numpy(np.clip(np.round(b / s_b).astype(np.float64), -2**31, 2**31 - 1))
+            b_int = torch.from_numpy(integer_bias(sim, layer.name).astype(np.float64)) if layer.bias else None
             self._w[layer.name] = (w_int, b_int)
 
     def layer(self, node, env) -> torch.Tensor:
