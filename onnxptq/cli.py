@@ -79,9 +79,12 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--recon-batch-size", type=int, default=None, help="minibatch of the reconstruction")
     q.add_argument("--lr", type=float, default=None, help="Adam learning rate of the rounding variables")
     q.add_argument("--act-lr", type=float, default=None, help="Adam learning rate of the activation steps")
-    q.add_argument("--round-lambda", type=float, default=d.round_lambda, help="AdaRound regularizer weight")
+    q.add_argument("--round-lambda", type=float, default=None,
+                   help="AdaRound regularizer weight (default: the preset's, fast 1.0, full 0.01)")
     q.add_argument("--drop-prob", type=float, default=d.drop_prob, help="qdrop: probability of a float activation")
     q.add_argument("--fisher-damping", type=float, default=d.fisher_damping)
+    q.add_argument("--no-recon-guard", action="store_true",
+                   help="keep a region's reconstruction even when its loss ends above the calibrated (RTN) loss")
     q.add_argument("--checkpoint-dir", default=None, help="checkpoint after every region (default OUTPUT.recon)")
     q.add_argument("--resume", action="store_true", help="continue an interrupted reconstruction from its checkpoint")
     q.add_argument("--cache-budget-mb", type=float, default=d.cache_budget_mb,
@@ -258,6 +261,7 @@ def cmd_quantize(args) -> int:
         method=args.method, granularity=args.granularity, loss=args.loss, preset=args.preset, iters=args.iters,
         act_iters=args.act_iters, recon_batch_size=args.recon_batch_size, lr=args.lr, act_lr=args.act_lr,
         round_lambda=args.round_lambda, drop_prob=args.drop_prob, fisher_damping=args.fisher_damping,
+        recon_guard=not args.no_recon_guard,
         checkpoint_dir=args.checkpoint_dir, resume=args.resume, cache_budget_mb=args.cache_budget_mb,
         cache_dir=args.cache_dir, num_calib=args.num_calib, batch_size=args.batch_size,
         seed=args.seed, device=args.device, skip_nodes=[s for s in args.skip_nodes.split(",") if s],

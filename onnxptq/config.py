@@ -49,9 +49,10 @@ class QuantConfig:
     recon_batch_size: int | None = None
     lr: float | None = None  # Adam learning rate of the rounding variables
     act_lr: float | None = None  # Adam learning rate of the activation step sizes
-    round_lambda: float = 0.01  # weight of the AdaRound regularizer (BRECQ Eq. 28)
+    round_lambda: float | None = None  # weight of the AdaRound regularizer (BRECQ Eq. 28)
     drop_prob: float = 0.5  # qdrop: probability of keeping an activation in float
     fisher_damping: float = 1.0  # Fisher weights (|g|/rms + d)^2: 0 = pure Eq. 11, larger = closer to MSE
+    recon_guard: bool = True  # a region whose loss ends above its calibrated (RTN) loss goes back to RTN
     checkpoint_dir: str | None = None  # state after each region (default with an output file: <output>.recon)
     resume: bool = False  # continue from the checkpoint in checkpoint_dir
     cache_budget_mb: float = 2048.0  # RAM for cached activations; beyond it they spill to np.memmap files
@@ -104,7 +105,7 @@ class QuantConfig:
             v = getattr(self, name)
             if v is not None and not v > 0:
                 raise ConfigError(f"{name} must be positive; got {v!r}")
-        if self.round_lambda < 0 or self.fisher_damping < 0 or self.cache_budget_mb < 0:
+        if (self.round_lambda is not None and self.round_lambda < 0) or self.fisher_damping < 0 or self.cache_budget_mb < 0:
             raise ConfigError("round_lambda, fisher_damping and cache_budget_mb must be >= 0")
         if not 0.0 <= self.drop_prob < 1.0:
             raise ConfigError(f"drop_prob must be in [0, 1); got {self.drop_prob}")

@@ -22,7 +22,7 @@ from onnxptq.recon import checkpoint as ckpt
 from onnxptq.recon.adaround import (beta_at, init_v, inverse_rectified_sigmoid, rectified_sigmoid,
                                     rounding_regularizer, within_one_step)
 from onnxptq.recon.cache import ActivationStore
-from onnxptq.recon.calibrate import integer_weights
+from onnxptq.recon.calibrate import integer_bias, integer_weights
 from onnxptq.recon.fisher import float_logits, output_gradients
 from onnxptq.recon.losses import fisher_weights
 from onnxptq.recon.streams import SideTensors, advance, input_frontier, region_spans
@@ -107,7 +107,7 @@ def test_adaround_hard_result_on_grid_within_one_step(tiny):
     net, path, calib, _ = tiny
     qg = import_model(path)
     floats = {layer.name: qg.initializer(layer.weight) for layer in qg.layers}
-    res = api.quantize(path, calib, method="adaround", w_bits=3, a_bits=8, **FAST)
+    res = api.quantize(path, calib, method="adaround", w_bits=3, a_bits=8, recon_guard=False, **FAST)
     changed = 0
     for layer in res.qgraph.layers:
         fq = res.sim.weight_quantizer(layer.name)
@@ -128,14 +128,77 @@ def test_adaround_hard_result_on_grid_within_one_step(tiny):
 @pytest.mark.parametrize("method", ["brecq", "qdrop"])
 def test_region_loss_decreases(tiny, method):
     _, path, calib, _ = tiny
-    res = api.quantize(path, calib, method=method, w_bits=2, a_bits=4, first_last_bits=None, **FAST)
+    # recon_guard off: the optimized state itself must be better, not the guard's fallback
+    res = api.quantize(path, calib, method=method, w_bits=2, a_bits=4, first_last_bits=None, recon_guard=False,
+                       **FAST)
     assert res.recon is not None and len(res.recon.regions) == len(partition(res.qgraph, "block"))
+    assert not any(r.reverted for r in res.recon.regions)
     # every region but the classifier of this random net (its logits are ~0.05, so its loss is ~1e-3 and the
     # RTN bias correction, which the learned rounding replaces, is worth more than 40 iterations of rounding)
     regions = res.recon.regions
     for r in regions[:-1]:
         assert r.loss_after < r.loss_before, (r.name, r.loss_before, r.loss_after)
     assert sum(r.loss_after for r in regions) < sum(r.loss_before for r in regions)
+
+
+def _quantizer_state(res) -> tuple[dict, dict, dict]:
+    sim = res.sim
+    ints = {x.name: integer_weights(sim, x.name) for x in res.qgraph.layers}
+    bias = {x.name: integer_bias(sim, x.name) for x in res.qgraph.layers if x.bias}
+    acts = {t: (fq.params.scale.copy(), fq.params.zero_point.copy()) for t, fq in sim.act_quantizers()}
+    return ints, bias, acts
+
+
+def test_guard_restores_the_calibrated_state(tiny, monkeypatch):
+    """A region made worse than RTN goes back to exactly its calibrated weights, biases and steps."""
+    from onnxptq.recon import engine as E
+
+    _, path, calib, _ = tiny
+    orig = E.Engine._optimize
+
+    def spoiled(self, k, span, region, *args):
+        result = orig(self, k, span, region, *args)
+        for t in region.acts:  # a 4x activation step: far worse than the calibrated one
+            fq = self.sim.act_quantizer(t)
+            p = fq.params
+            fq.set_params(type(p)(p.grid, p.scale * 4, p.zero_point, p.axis, p.po2))
+        return result
+
+    monkeypatch.setattr(E.Engine, "_optimize", spoiled)
+    res = api.quantize(path, calib, method="brecq", w_bits=3, a_bits=4, **FAST)
+    assert all(r.reverted and r.loss_after == r.loss_before for r in res.recon.regions)
+    rtn = api.quantize(path, calib, method="rtn", w_bits=3, a_bits=4, num_calib=len(calib), progress=False)
+    for a, b in zip(_quantizer_state(res), _quantizer_state(rtn)):
+        assert a.keys() == b.keys()
+        for key in a:
+            if isinstance(a[key], tuple):
+                assert all(np.array_equal(x, y) for x, y in zip(a[key], b[key])), key
+            else:
+                assert np.array_equal(a[key], b[key]), key
+
+
+def test_bias_correction_of_the_learned_rounding(tiny):
+    """Where kept, the correction is Nagel et al. Eq. 13 on the hard learned weights; elsewhere none."""
+    from onnxptq.recon.calibrate import bias_shift
+
+    _, path, calib, _ = tiny
+    qg = import_model(path)
+    res = api.quantize(path, calib, method="brecq", w_bits=2, a_bits=8, recon_guard=False,
+                       **{**FAST, "iters": 8, "lr": 1e-3})
+    sim = res.sim
+    kept = [r for r in res.recon.regions if r.bias_corrected]
+    assert kept, "8 iterations leave the rounding undecided: the correction should help somewhere"
+    for r in res.recon.regions:
+        for name in r.layers:
+            layer = qg.layer(name)
+            if not layer.bias:
+                continue
+            if not r.bias_corrected:
+                assert name not in sim.bias_delta
+                continue
+            w = torch.from_numpy(np.array(qg.initializer(layer.weight), dtype=np.float32))
+            want = bias_shift(layer, w, sim.weight(layer.weight).detach(), sim.input_means[name])
+            assert torch.allclose(sim.bias_delta[name], want)
 
 
 def test_granularities_cover_every_layer(tiny):

@@ -109,7 +109,8 @@ def run_row(bm: B.BenchModel, calib, eval_ds, float_out, label: str, overrides: 
     if res.recon is not None:
         r = res.recon
         row.notes = (f"{r.granularity} x{len(r.regions)}, {cfg.loss}, iters {sum(x.iterations for x in r.regions)}"
-                     f"/{len(r.regions)} regions")
+                     f"/{len(r.regions)} regions, {sum(x.bias_corrected for x in r.regions)} bias-corrected, "
+                     f"{sum(x.reverted for x in r.regions)} kept RTN")
     return row
 
 

@@ -248,6 +248,7 @@ def calibrate(sim: SimModel, data: Dataset, plan: BitPlan, cfg: QuantConfig) -> 
     """RTN: activation scales from float statistics, then weight scales per channel (which need the
     input scale to keep the int32 bias in range); quantization on."""
     observers, input_means = observe_activations(sim, data, cfg)
+    sim.input_means = input_means  # also used after learned rounding (recon/engine.py)
     calibrate_activations(sim, observers, plan, cfg)
     if cfg.scale == "po2" and cfg.po2_output_points > 0:
         output_search_activations(sim, data, observers, cfg.po2_output_points)

@@ -34,7 +34,7 @@ from ..sim.model import SimModel
 from . import checkpoint as ckpt
 from .adaround import AdaRoundRounding, beta_at, within_one_step
 from .cache import ActivationStore, Cached
-from .calibrate import integer_weights
+from .calibrate import bias_shift, integer_weights
 from .fisher import float_logits, output_gradients
 from .optim import Adam
 from .losses import LOSSES, NEEDS_GRADIENTS, fisher_weights
@@ -58,6 +58,8 @@ class RegionResult:
     iterations: int
     undecided: float = 0.0  # fraction of soft rounding offsets not at 0/1 when made hard
     steps_kept: list[str] = field(default_factory=list)  # learned steps refused (int32 bias range)
+    bias_corrected: bool = False  # bias correction re-applied to the learned rounding (it lowered the loss)
+    reverted: bool = False  # the region ended above its calibrated loss and went back to it (recon_guard)
 
 
 @dataclass
@@ -131,6 +133,46 @@ class _Region:
                     and q_np.max() <= grid.qmax and within_one_step(q_np, w_float, scale, zp, grid.qmin, grid.qmax)):
                 raise RuntimeError(f"AdaRound result of {layer.name!r} is not exactly on its grid within one step")
         return float(np.mean(undecided)) if undecided else 0.0
+
+    @torch.no_grad()
+    def correct_bias(self, float_weights: dict[str, torch.Tensor]) -> None:
+        """Bias correction (Nagel et al. 2019, Eq. 13) of the hard learned rounding: the biases absorb
+        E[(W_q - W) x] from the calibration data's float input means, as after RTN; a layer whose
+        corrected int32 bias would leave its range keeps no correction."""
+        sim = self.sim
+        for layer in self.layers:
+            mean = sim.input_means.get(layer.name)
+            if not layer.bias or mean is None:
+                continue
+            w_q = sim.weight(layer.weight).detach()
+            delta = bias_shift(layer, float_weights[layer.weight].to(w_q.device), w_q, mean.to(w_q.device))
+            b = (sim.weight(layer.bias).detach() - delta).double().cpu()
+            s_x = float(sim.act_quantizer(sim.qg.source[layer.input]).params.scale)
+            s_w = torch.from_numpy(sim.weight_quantizer(layer.name).params.scale).double()
+            if not bool((b.abs() / (s_x * s_w) > BIAS_LIMIT).any()):
+                sim.bias_delta[layer.name] = delta
+
+    @torch.no_grad()
+    def snapshot(self) -> dict:
+        """The region's quantizer state (weights, weight/activation parameters, bias corrections)."""
+        sim = self.sim
+        return {"weights": {x.name: sim.weight(x.weight).detach().clone() for x in self.layers},
+                "w_params": {x.name: sim.weight_quantizer(x.name).params for x in self.layers},
+                "bias_delta": {x.name: sim.bias_delta[x.name] for x in self.layers if x.name in sim.bias_delta},
+                "a_params": {t: sim.act_quantizer(t).params for t in self.acts}}
+
+    @torch.no_grad()
+    def restore(self, snap: dict) -> None:
+        sim = self.sim
+        for x in self.layers:
+            sim.weight(x.weight).copy_(snap["weights"][x.name])
+            sim.weight_quantizer(x.name).set_params(snap["w_params"][x.name], len(x.weight_shape))
+            sim.bias_delta.pop(x.name, None)
+            if x.name in snap["bias_delta"]:
+                sim.bias_delta[x.name] = snap["bias_delta"][x.name]
+        for t, p in snap["a_params"].items():
+            if p is not None:
+                sim.act_quantizer(t).set_params(p)
 
     # ---------------------------------------------------------------- activation steps / QDrop
     def install_steps(self, learn: bool, drop_prob: float) -> None:
@@ -319,10 +361,16 @@ class Engine:
                 set_quant_state(sim, True)
                 before = self._measure(span, qf, targets, weights)
                 # 3-4. optimize
-                result = self._optimize(k, span, qf, ff, targets, weights, bar)
+                region = _Region(sim, span, st, None)
+                start_state = region.snapshot()
+                result = self._optimize(k, span, region, qf, ff, targets, weights, bar)
                 set_quant_state(sim, True)
                 result.loss_before = before
                 result.loss_after = self._measure(span, qf, targets, weights)
+                if self.cfg.recon_guard and result.loss_after > before:
+                    region.restore(start_state)
+                    result.reverted, result.loss_after = True, before
+                    log.info("%s: reconstructed loss above the calibrated one; calibrated state kept", span.name)
                 # 5. move on with the quantized region's outputs
                 new_qf = advance(sim, qf, span.stop, self.store, self.side, True, self.batch, self.device, "q")
                 qf = self._replace(qf, new_qf)
@@ -346,14 +394,30 @@ class Engine:
         report.seconds = time.perf_counter() - t_all
         return report
 
+    def _bias_correct(self, span: Span, region: _Region, qf: Frontier, targets, weights) -> bool:
+        """Bias correction of the region's learned rounding, kept when it lowers the region loss (fully
+        quantized) on the evaluation samples. Short schedules leave many offsets undecided; hard rounding
+        then shifts channel means that the correction removes."""
+        sim = self.sim
+        set_quant_state(sim, True)
+        plain = self._measure(span, qf, targets, weights)
+        saved = {x.name: sim.bias_delta.pop(x.name) for x in region.layers if x.name in sim.bias_delta}
+        region.correct_bias(self.float_weights.float)
+        if self._measure(span, qf, targets, weights) < plain:
+            return True
+        for x in region.layers:
+            sim.bias_delta.pop(x.name, None)
+        sim.bias_delta.update(saved)
+        return False
+
     @staticmethod
     def _replace(old: Frontier, new: Frontier) -> Frontier:
         old.free_except(new)
         return new
 
-    def _optimize(self, k: int, span: Span, qf: Frontier, ff: Frontier, targets, weights, bar) -> RegionResult:
+    def _optimize(self, k: int, span: Span, region: _Region, qf: Frontier, ff: Frontier, targets, weights,
+                  bar) -> RegionResult:
         st, sim = self.st, self.sim
-        region = _Region(sim, span, st, None)
         names = consumed_inputs(sim, qf, span.start, span.stop)
         result = RegionResult(span.name, [x.name for x in region.layers], 0.0, 0.0, 0.0, 0)
         rounding_done = False
@@ -405,6 +469,8 @@ class Engine:
                 result.undecided = region.finish_rounding()
                 rounding_done = True
             result.steps_kept += region.finish_steps()
+            if learn_rounding and self.cfg.bias_correction and sim.input_means:
+                result.bias_corrected = self._bias_correct(span, region, qf, targets, weights)
         if not rounding_done and region.layers and st.iters == 0:
             log.info("%s: no rounding iterations; weights keep their calibrated rounding", span.name)
         return result

@@ -70,6 +70,7 @@ class SimModel(nn.Module):
         self.quantize_bias = True
         self.layer_input_hook = None  # callable(layer, x) run on every layer input (statistics)
         self.bias_delta: dict[str, torch.Tensor] = {}  # layer -> bias correction applied with quantized weights
+        self.input_means: dict[str, torch.Tensor] = {}  # layer -> per-channel float input mean (calibration data)
         self._last_use = self._compute_last_use()
 
     # ------------------------------------------------------------------ accessors
