@@ -71,7 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--method", choices=METHODS, default=d.method)
     q.add_argument("--granularity", choices=GRANULARITIES, default=d.granularity,
                    help="reconstruction regions of brecq/qdrop (adaround is layer-wise)")
-    q.add_argument("--loss", default=d.loss, help="reconstruction loss: mse | fisher (BRECQ Eq. 11)")
+    q.add_argument("--loss", default=None,
+                   help="reconstruction loss: mse | fisher (BRECQ Eq. 11) | lp (RAPQ BN-based L-P; default for rapq)")
     q.add_argument("--preset", choices=PRESETS, default=d.preset,
                    help="fast (2-core CPU) | full (BRECQ: 1024 samples, batch 32, 20k iterations per region)")
     q.add_argument("--iters", type=int, default=None, help="rounding (qdrop: joint) iterations per region")
@@ -83,6 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="AdaRound regularizer weight (default: the preset's, fast 1.0, full 0.01)")
     q.add_argument("--drop-prob", type=float, default=d.drop_prob, help="qdrop: probability of a float activation")
     q.add_argument("--fisher-damping", type=float, default=d.fisher_damping)
+    q.add_argument("--lp-alpha", type=float, default=None, help="RAPQ Eq. 19 alpha (default: the preset's)")
+    q.add_argument("--lp-beta", type=float, default=d.lp_beta, help="RAPQ Eq. 19 beta")
     q.add_argument("--no-recon-guard", action="store_true",
                    help="keep a region's reconstruction even when its loss ends above the calibrated (RTN) loss")
     q.add_argument("--checkpoint-dir", default=None, help="checkpoint after every region (default OUTPUT.recon)")
@@ -261,7 +264,7 @@ def cmd_quantize(args) -> int:
         method=args.method, granularity=args.granularity, loss=args.loss, preset=args.preset, iters=args.iters,
         act_iters=args.act_iters, recon_batch_size=args.recon_batch_size, lr=args.lr, act_lr=args.act_lr,
         round_lambda=args.round_lambda, drop_prob=args.drop_prob, fisher_damping=args.fisher_damping,
-        recon_guard=not args.no_recon_guard,
+        recon_guard=not args.no_recon_guard, lp_alpha=args.lp_alpha, lp_beta=args.lp_beta,
         checkpoint_dir=args.checkpoint_dir, resume=args.resume, cache_budget_mb=args.cache_budget_mb,
         cache_dir=args.cache_dir, num_calib=args.num_calib, batch_size=args.batch_size,
         seed=args.seed, device=args.device, skip_nodes=[s for s in args.skip_nodes.split(",") if s],

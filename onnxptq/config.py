@@ -9,15 +9,15 @@ from dataclasses import asdict, dataclass, field, fields
 
 from .errors import ConfigError
 
-METHODS = ("rtn", "adaround", "brecq", "qdrop")  # rtn: calibration only; the rest: recon/settings.py
+METHODS = ("rtn", "adaround", "brecq", "qdrop", "rapq")  # rtn: calibration only; the rest: recon/settings.py
 SCALE_KINDS = ("float", "po2")
 SCALE_METHODS = ("minmax", "percentile", "mse")
 PO2_METHODS = ("search", "floor", "round")
 FORMATS = ("qdq", "int")
 INT_ROUNDINGS = ("rne", "half_up")
 GRANULARITIES = ("layer", "block", "stage", "net")
-LOSSES = ("mse", "fisher")  # more can be registered: recon/losses.py register_loss
-PRESETS = ("fast", "full")
+LOSSES = ("mse", "fisher", "lp")  # more can be registered: recon/losses.py register_loss
+PRESETS = ("fast", "full", "rapq", "rapq-quick")
 
 
 @dataclass
@@ -42,7 +42,7 @@ class QuantConfig:
     method: str = "rtn"
     granularity: str = "block"  # reconstruction regions (brecq, qdrop; adaround is layer-wise)
     # reconstruction (method adaround | brecq | qdrop); None: the preset's value (recon/settings.py)
-    loss: str = "mse"  # mse | fisher (BRECQ Eq. 11: output gradients of KL(float || quantized))
+    loss: str | None = None  # mse | fisher (BRECQ Eq. 11) | lp (RAPQ Eq. 17-19); None: lp for rapq, else mse
     preset: str = "fast"  # fast (a 2-core CPU) | full (BRECQ: 1024 samples, batch 32, 20k iterations)
     iters: int | None = None  # rounding (qdrop: joint) iterations per region
     act_iters: int | None = None  # step-size (LSQ) iterations per region after the rounding (brecq)
@@ -52,6 +52,8 @@ class QuantConfig:
     round_lambda: float | None = None  # weight of the AdaRound regularizer (BRECQ Eq. 28)
     drop_prob: float = 0.5  # qdrop: probability of keeping an activation in float
     fisher_damping: float = 1.0  # Fisher weights (|g|/rms + d)^2: 0 = pure Eq. 11, larger = closer to MSE
+    lp_alpha: float | None = None  # RAPQ Eq. 19 alpha in (0, 1]; None: the preset's (rapq 0.9, rapq-quick/fast 0.1)
+    lp_beta: float = 1.0  # RAPQ Eq. 19 beta
     recon_guard: bool = True  # a region whose loss ends above its calibrated (RTN) loss goes back to RTN
     checkpoint_dir: str | None = None  # state after each region (default with an output file: <output>.recon)
     resume: bool = False  # continue from the checkpoint in checkpoint_dir
@@ -87,6 +89,8 @@ class QuantConfig:
             raise ConfigError(f"po2_output_points must be a non-negative integer; got {self.po2_output_points!r}")
         if not 50.0 < self.percentile <= 100.0:
             raise ConfigError(f"percentile must be in (50, 100]; got {self.percentile}")
+        if self.loss is None:
+            self.loss = "lp" if self.method == "rapq" else "mse"
         if self.loss not in LOSSES:
             from .recon.losses import LOSSES as registered
 
@@ -111,6 +115,10 @@ class QuantConfig:
             raise ConfigError(f"drop_prob must be in [0, 1); got {self.drop_prob}")
         if self.num_calib < 1 or self.batch_size < 1:
             raise ConfigError("num_calib and batch_size must be positive")
+        if self.method == "rapq" and self.scale != "po2":
+            raise ConfigError("--method rapq learns power-of-two scales: add --scale po2 (float scales: --method brecq)")
+        if self.lp_alpha is not None and not 0.0 < self.lp_alpha <= 1.0:
+            raise ConfigError(f"lp_alpha must be in (0, 1] (RAPQ Eq. 19); got {self.lp_alpha}")
         if self.format == "int" and self.scale != "po2":
             raise ConfigError("--format int writes shift-based integer ONNX and needs power-of-two scales: add --scale po2")
         if self.format == "int" and self.a_bits > 8:

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from functools import partial
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 import torch
@@ -30,14 +31,16 @@ from ..importer.partition import partition
 from ..plan import BitPlan
 from ..quant import QParams, dequantize, quantize
 from ..quant import scales as S
+from ..quant.rapq import lp_exponent
 from ..sim.model import SimModel
 from . import checkpoint as ckpt
 from .adaround import AdaRoundRounding, beta_at, within_one_step
+from .po2_group import Po2ScaleGroup
 from .cache import ActivationStore, Cached
-from .calibrate import bias_shift, integer_weights
+from .calibrate import bias_shift, choose_scale, integer_weights
 from .fisher import float_logits, output_gradients
 from .optim import Adam
-from .losses import LOSSES, NEEDS_GRADIENTS, fisher_weights
+from .losses import LOSSES, NEEDS_EXPONENT, NEEDS_GRADIENTS, fisher_weights
 from .lsq import LearnedStep
 from .settings import ReconSettings, resolve
 from .streams import (Frontier, SideTensors, Span, advance, consumed_inputs, input_frontier, live_after, produced,
@@ -58,6 +61,8 @@ class RegionResult:
     iterations: int
     undecided: float = 0.0  # fraction of soft rounding offsets not at 0/1 when made hard
     steps_kept: list[str] = field(default_factory=list)  # learned steps refused (int32 bias range)
+    lp_exponent: float | None = None  # RAPQ Eq. 19 P of the region (loss lp)
+    lp_source: str | None = None  # where its gamma came from: "bn" (folded BN) | "std" (output std estimate)
     bias_corrected: bool = False  # bias correction re-applied to the learned rounding (it lowered the loss)
     reverted: bool = False  # the region ended above its calibrated loss and went back to it (recon_guard)
 
@@ -85,9 +90,44 @@ class _Region:
         self.layers = [n.layer for n in sim.nodes[span.start:span.stop] if n.layer is not None]
         self.acts = [o for o in produced(sim, span.start, span.stop) if o in sim.qg.quant_points]
         self.rounders: dict[str, AdaRoundRounding] = {}
+        self.groups: dict[str, Po2ScaleGroup] = {}
         self.steps: dict[str, LearnedStep] = {}
         self.originals = {}
         self.gen_dev = gen_dev
+
+    # ---------------------------------------------------------------- RAPQ Po2 scale group
+    @torch.no_grad()
+    def start_scale_group(self, cfg: QuantConfig) -> None:
+        """Soft Po2 exponents between the two powers of two around each channel's float L_p scale (Eq. 11)."""
+        sim = self.sim
+        float_cfg = replace(cfg, scale="float", format="qdq", method="brecq")  # choose_scale reads scale only
+        for layer in self.layers:
+            fq = sim.weight_quantizer(layer.name)
+            w = sim.weight(layer.weight).detach()
+            sim.bias_delta.pop(layer.name, None)  # RTN's correction belongs to the RTN scales
+            s0 = choose_scale(w, fq.params.grid, cfg.w_symmetric, layer.weight_axis, float_cfg, cfg.w_scale_method)
+            g = Po2ScaleGroup(s0.scale, tuple(fq.scale.shape)).to(w.device)
+            fq.set_params(QParams(fq.params.grid, fq.params.scale, s0.zero_point, fq.params.axis, True), w.dim())
+            fq.scale_fn = g
+            self.groups[layer.name] = (g, s0)
+
+    @torch.no_grad()
+    def finish_scale_group(self) -> None:
+        """Snap every exponent to floor(log2 s0) + [h >= 0.5] and freeze the exact Po2 scales."""
+        sim = self.sim
+        for layer in self.layers:
+            g, s0 = self.groups.pop(layer.name)
+            fq = sim.weight_quantizer(layer.name)
+            w = sim.weight(layer.weight)
+            scale = torch.from_numpy(g.snapped().reshape(-1))
+            grid = fq.params.grid
+            zp = S.po2_zero_point(torch.tensor(s0.scale, dtype=torch.float32), torch.tensor(s0.zero_point, dtype=torch.float32), scale,
+                                  grid)
+            if layer.bias:
+                s_x = float(sim.act_quantizer(sim.qg.source[layer.input]).params.scale)
+                scale = S.bias_safe_weight_scale(scale, sim.weight(layer.bias).detach().cpu(), s_x, True)
+            fq.scale_fn = None
+            fq.set_params(QParams(grid, scale.numpy().astype(np.float32), zp.numpy(), fq.params.axis, True), w.dim())
 
     # ---------------------------------------------------------------- rounding
     @torch.no_grad()
@@ -223,10 +263,15 @@ class _Region:
     def parameters(self, which: str) -> list[torch.nn.Parameter]:
         if which == "rounding":
             return [r.v for r in self.rounders.values()]
+        if which == "scales":
+            return [g.v for g, _ in self.groups.values()]
         return [ls.step for ls in self.steps.values() if ls.learn]
 
     def regularizer(self, beta: float) -> torch.Tensor:
         return sum(r.regularizer(beta) for r in self.rounders.values())
+
+    def group_regularizer(self, beta: float) -> torch.Tensor:
+        return sum(g.regularizer(beta) for g, _ in self.groups.values())
 
 
 class _FloatWeights:
@@ -301,6 +346,26 @@ class Engine:
             total = total + self.loss_fn(out[t], tgt.read(idx).to(self.device), w)
         return total
 
+    def _use_region_loss(self, span: Span, targets: dict[str, Cached]) -> tuple[float | None, str | None]:
+        """Select the region's loss; for RAPQ's L-P loss its exponent P (Eq. 19) from the mean BN gamma
+        of the region's last layer, or, when that layer has none (BN folded before import, classifier),
+        from the mean per-channel standard deviation of the region's float output (|gamma| of a BN
+        output is its standard deviation). Returns (P, "bn" | "std"), or (None, None)."""
+        base = LOSSES[self.st.loss]
+        if self.st.loss not in NEEDS_EXPONENT:
+            self.loss_fn = base
+            return None, None
+        layers = [n.layer for n in self.sim.nodes[span.start:span.stop] if n.layer is not None]
+        if layers and layers[-1].bn_gamma is not None:
+            gamma, source = float(np.mean(layers[-1].bn_gamma)), "bn"
+        else:
+            x = next(iter(targets.values())).read(torch.arange(min(EVAL_SAMPLES, self.n))).double()
+            dims = [d for d in range(x.dim()) if d != 1] if x.dim() > 1 else [0]
+            gamma, source = float(x.std(dim=dims).mean()), "std"
+        p = lp_exponent(gamma, self.st.lp_alpha, self.st.lp_beta)
+        self.loss_fn = partial(base, p=p)
+        return p, source
+
     @torch.no_grad()
     def _measure(self, span: Span, qf: Frontier, targets, weights) -> float:
         idx = torch.arange(min(EVAL_SAMPLES, self.n))
@@ -352,6 +417,7 @@ class Engine:
                 outputs = [t for t in live_after(sim, span.stop, produced(sim, span.start, span.stop))
                            if t in ff_out.tensors]
                 targets = {t: ff_out.tensors[t] for t in outputs}
+                lp = self._use_region_loss(span, targets)
                 # 2. Fisher weights at the starting point
                 weights = None
                 if st.loss in NEEDS_GRADIENTS:
@@ -366,6 +432,7 @@ class Engine:
                 result = self._optimize(k, span, region, qf, ff, targets, weights, bar)
                 set_quant_state(sim, True)
                 result.loss_before = before
+                result.lp_exponent, result.lp_source = lp
                 result.loss_after = self._measure(span, qf, targets, weights)
                 if self.cfg.recon_guard and result.loss_after > before:
                     region.restore(start_state)
@@ -425,23 +492,29 @@ class Engine:
             gen, gen_dev = self._generators(k, p_idx)
             region.gen_dev = gen_dev
             learn_rounding = phase in ("rounding", "joint") and bool(region.layers)
+            learn_scales = phase == "scales" and bool(region.layers)
+            weight_phase = phase in ("rounding", "scales")  # BRECQ/RAPQ: activations float unless acts_during_rounding
             if learn_rounding:
                 region.start_rounding()
+            if learn_scales:
+                region.start_scale_group(self.cfg)
             if phase in ("steps", "joint") or st.drop_prob > 0:
                 region.install_steps(learn=phase in ("steps", "joint"), drop_prob=st.drop_prob)
-            elif phase == "rounding":
+            elif weight_phase:
                 region.install_steps(learn=False, drop_prob=0.0)
-            region.set_acts(phase != "rounding" or st.acts_during_rounding)
+            region.set_acts(not weight_phase or st.acts_during_rounding)
             groups = []
             if learn_rounding:
                 groups.append({"params": region.parameters("rounding"), "lr": st.lr})
+            if learn_scales:
+                groups.append({"params": region.parameters("scales"), "lr": st.lr})
             step_params = region.parameters("steps")
             if step_params:
                 groups.append({"params": step_params, "lr": st.act_lr})
             if groups and iters > 0:
                 opt = Adam(groups)
                 region.train(True)
-                drop = st.drop_prob if phase != "rounding" or st.acts_during_rounding else 0.0
+                drop = st.drop_prob if not weight_phase or st.acts_during_rounding else 0.0
                 bar.set_description(f"[{k + 1}/{len(self.spans)}] {span.name} {phase}")
                 for it in range(iters):
                     idx = torch.randperm(self.n, generator=gen)[:st.batch_size]
@@ -452,9 +525,11 @@ class Engine:
                     out = sim.run_nodes(env, span.start, span.stop)
                     rec = self._region_loss(out, targets, weights, idx)
                     loss = rec
-                    beta = beta_at(it, iters, st.warmup, *st.beta) if learn_rounding else None
-                    if beta is not None and st.round_lambda > 0:
+                    beta = beta_at(it, iters, st.warmup, *st.beta) if learn_rounding or learn_scales else None
+                    if beta is not None and learn_rounding and st.round_lambda > 0:
                         loss = rec + st.round_lambda * region.regularizer(beta)
+                    elif beta is not None and learn_scales and st.group_lambda > 0:
+                        loss = rec + st.group_lambda * region.group_regularizer(beta)
                     opt.zero_grad()
                     loss.backward()
                     opt.step()
@@ -465,6 +540,8 @@ class Engine:
                 region.train(False)
             else:
                 bar.update(iters)
+            if learn_scales:
+                region.finish_scale_group()
             if learn_rounding:
                 result.undecided = region.finish_rounding()
                 rounding_done = True

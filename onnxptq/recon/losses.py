@@ -6,7 +6,8 @@ or None. As in BRECQ's code, the squared error is summed over the channel axis (
 averaged over samples and positions, so a loss value is "per position" and the AdaRound
 regularizer weight lambda has the same meaning for every region.
 
-``register_loss`` is the slot for further objectives (RAPQ's BN-based L-P loss, a later issue);
+``register_loss`` is the slot for further objectives; RAPQ's BN-based L-P loss (``lp``) is one: its
+exponent P is chosen per region (``quant.rapq.lp_exponent``) and passed as ``p=``.
 ``LOSSES`` lists what ``QuantConfig.loss`` accepts at run time.
 """
 from __future__ import annotations
@@ -35,15 +36,26 @@ def fisher_loss(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor |
     return _channel_sum_mean((pred - target).pow(2) * weight)
 
 
-LOSSES: dict[str, LossFn] = {"mse": mse_loss, "fisher": fisher_loss}
+def lp_loss(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None,
+            p: float = 2.0) -> torch.Tensor:
+    """sum |z - z_hat|^P (RAPQ Eq. 17) with the region's BN-based P (Eq. 19), reduced like the MSE:
+    P < 2 makes the reconstruction less sensitive to outliers; P = 2 is ``mse_loss``."""
+    e = (pred - target).abs().pow(p)
+    return _channel_sum_mean(e if weight is None else e * weight)
+
+
+LOSSES: dict[str, LossFn] = {"mse": mse_loss, "fisher": fisher_loss, "lp": lp_loss}
 NEEDS_GRADIENTS = {"fisher"}  # losses whose weight is the Fisher diagonal of the region output
+NEEDS_EXPONENT = {"lp"}  # losses called with the region's exponent p= (RAPQ Eq. 19)
 
 
-def register_loss(name: str, fn: LossFn, needs_gradients: bool = False) -> None:
-    """Make ``fn`` available as ``QuantConfig(loss=name)`` (e.g. RAPQ's L-P loss)."""
+def register_loss(name: str, fn: LossFn, needs_gradients: bool = False, needs_exponent: bool = False) -> None:
+    """Make ``fn`` available as ``QuantConfig(loss=name)``."""
     LOSSES[name] = fn
     if needs_gradients:
         NEEDS_GRADIENTS.add(name)
+    if needs_exponent:
+        NEEDS_EXPONENT.add(name)
 
 
 def fisher_weights(grad: torch.Tensor, mean_sq: float, damping: float = 0.0) -> torch.Tensor:

@@ -7,8 +7,9 @@ simulation, but with the step size as a trainable parameter: autograd through
 clipped grid end outside it; no gradient scale, as in BRECQ B.4.4). With ``drop_prob`` > 0 (QDrop),
 each element keeps its float value with that probability during training.
 
-Power-of-two scales are not learned here (they need a log2-domain step, a later method): their
-quantizers keep the calibrated step and only apply QDrop.
+Power-of-two steps are learned in the log2 domain (RAPQ Eq. 16, TQT): the parameter is t = log2 s,
+the step is 2^floor(t) forward and differentiable as 2^t (``quant.rapq.po2_step``), so it stays an
+exact power of two and its gradient is Eq. 16's.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import torch
 from torch import nn
 
 from ..quant import QParams, fake_quantize
+from ..quant.rapq import po2_step
 from ..sim.fake_quant import FakeQuant, round_ste
 
 
@@ -33,25 +35,30 @@ class LearnedStep(FakeQuant):
         self.enabled = original.enabled
         device = original.scale.device
         self.zero_point = original.zero_point.clone()
-        self.learn = learn and not original.params.po2
-        self.step = nn.Parameter(original.scale.detach().clone().to(device), requires_grad=self.learn)
+        self.learn = learn
+        self.po2 = bool(original.params.po2)
+        init = original.scale.detach().clone().to(device)
+        self.step = nn.Parameter(torch.log2(init) if self.po2 else init, requires_grad=self.learn)
         self.drop_prob = drop_prob
         self.generator = generator
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.enabled:
             return x
-        step = self.step.clamp(min=1e-8)
+        step = self._step()
         xq = fake_quantize(x, step, self.zero_point, self.params.grid, round_ste)
         if self.training and self.drop_prob > 0:
             keep_float = torch.rand(x.shape, generator=self.generator, device=x.device) < self.drop_prob
             return torch.where(keep_float, x, xq)
         return xq
 
+    def _step(self) -> torch.Tensor:
+        return po2_step(self.step) if self.po2 else self.step.clamp(min=1e-8)
+
     def learned_params(self) -> QParams:
         """The calibrated parameters with the learned step size (float32)."""
         p = self.params
         if not self.learn:
             return p
-        scale = np.asarray(self.step.detach().clamp(min=1e-8).cpu().numpy(), dtype=np.float32).reshape(p.scale.shape)
+        scale = np.asarray(self._step().detach().cpu().numpy(), dtype=np.float32).reshape(p.scale.shape)
         return QParams(p.grid, scale, p.zero_point, p.axis, p.po2)

@@ -8,6 +8,9 @@ Methods (one engine, DESIGN.md section 6):
   learned with LSQ (Eq. 29) with activations quantized ("after the weights").
 - ``qdrop``: BRECQ with QDrop: rounding and step sizes learned jointly with activations quantized,
   each activation (and the region input) kept in float with probability ``drop_prob``.
+- ``rapq``: RAPQ (Algorithm 1): per region, first the Po2 scale group of the weights (Eq. 11-12; for
+  the warm-up fraction of the rounding iterations, regularizer weight mu = 10 lambda), snapped to exact
+  exponents; then BRECQ's rounding and (log2-domain, Eq. 16) Po2 activation steps; loss ``lp`` (Eq. 17-19).
 
 Presets (every value overridable by the matching ``QuantConfig`` field):
 - ``full``: the papers' settings (BRECQ B.4.4): 1024 samples, batch 32, 20k rounding iterations per
@@ -35,11 +38,19 @@ class Preset:
     lr: float
     act_lr: float
     round_lambda: float
+    lp_alpha: float = 0.1  # RAPQ Eq. 19 (quick mode's 0.1 for short schedules)
 
 
 PRESETS = {
-    "full": Preset(samples=1024, batch_size=32, iters=20000, act_iters=5000, lr=1e-3, act_lr=4e-5, round_lambda=0.01),
+    "full": Preset(samples=1024, batch_size=32, iters=20000, act_iters=5000, lr=1e-3, act_lr=4e-5, round_lambda=0.01,
+                   lp_alpha=0.9),
     "fast": Preset(samples=256, batch_size=16, iters=200, act_iters=100, lr=3e-2, act_lr=1e-3, round_lambda=1.0),
+    # RAPQ Sec. 5: 1024 images, 80k weight and 5k activation iterations, alpha 0.9; quick mode (Sec. 5.4):
+    # 20k / 1k iterations, alpha 0.1 (batch, learning rates and lambda as BRECQ's code, which RAPQ builds on)
+    "rapq": Preset(samples=1024, batch_size=32, iters=80000, act_iters=5000, lr=1e-3, act_lr=4e-5, round_lambda=0.01,
+                   lp_alpha=0.9),
+    "rapq-quick": Preset(samples=1024, batch_size=32, iters=20000, act_iters=1000, lr=1e-3, act_lr=4e-5,
+                         round_lambda=0.01, lp_alpha=0.1),
 }
 
 
@@ -61,13 +72,18 @@ class ReconSettings:
     learn_steps: str  # "none" | "after" | "joint"
     fisher_damping: float
     seed: int
+    scale_group_iters: int = 0  # RAPQ: Po2 scale-group iterations per region before the rounding (0: none)
+    group_lambda: float = 0.0  # mu of RAPQ Eq. 12
+    lp_alpha: float = 0.1
+    lp_beta: float = 1.0
 
     @property
     def phases(self) -> list[tuple[str, int]]:
         """(phase, iterations) run for every region."""
         if self.learn_steps == "joint":
             return [("joint", self.iters)]
-        out = [("rounding", self.iters)] if self.iters > 0 else []
+        out = [("scales", self.scale_group_iters)] if self.scale_group_iters > 0 else []
+        out += [("rounding", self.iters)] if self.iters > 0 else []
         if self.learn_steps == "after" and self.act_iters > 0:
             out.append(("steps", self.act_iters))
         return out
@@ -77,21 +93,27 @@ def resolve(cfg: QuantConfig) -> ReconSettings:
     """The settings of ``cfg.method`` under ``cfg.preset``, with the config's explicit overrides."""
     p = PRESETS[cfg.preset]
     method = cfg.method
+    iters = p.iters if cfg.iters is None else cfg.iters
+    round_lambda = p.round_lambda if cfg.round_lambda is None else cfg.round_lambda
     return ReconSettings(
         method=method,
         granularity="layer" if method == "adaround" else cfg.granularity,
         loss=cfg.loss,
         batch_size=p.batch_size if cfg.recon_batch_size is None else cfg.recon_batch_size,
-        iters=p.iters if cfg.iters is None else cfg.iters,
+        iters=iters,
         act_iters=p.act_iters if cfg.act_iters is None else cfg.act_iters,
         lr=p.lr if cfg.lr is None else cfg.lr,
         act_lr=p.act_lr if cfg.act_lr is None else cfg.act_lr,
-        round_lambda=p.round_lambda if cfg.round_lambda is None else cfg.round_lambda,
+        round_lambda=round_lambda,
         warmup=0.2,
         beta=(20.0, 2.0),
         drop_prob=cfg.drop_prob if method == "qdrop" else 0.0,
-        acts_during_rounding=method != "brecq",
-        learn_steps={"adaround": "none", "brecq": "after", "qdrop": "joint"}[method],
+        acts_during_rounding=method not in ("brecq", "rapq"),
+        learn_steps={"adaround": "none", "brecq": "after", "qdrop": "joint", "rapq": "after"}[method],
         fisher_damping=cfg.fisher_damping,
         seed=cfg.seed,
+        scale_group_iters=max(1, round(0.2 * iters)) if method == "rapq" and iters > 0 else 0,
+        group_lambda=10.0 * round_lambda,
+        lp_alpha=p.lp_alpha if cfg.lp_alpha is None else cfg.lp_alpha,
+        lp_beta=cfg.lp_beta,
     )

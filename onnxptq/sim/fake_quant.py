@@ -35,6 +35,7 @@ class FakeQuant(nn.Module):
         self.observer: Observer | None = None
         self.enabled = False
         self.round_fn = None  # replaces STE rounding of x / s when set (AdaRound: recon/adaround.py)
+        self.scale_fn = None  # returns the scale instead of the fixed one when set (RAPQ: recon/po2_group.py)
         self.register_buffer("scale", torch.ones(()), persistent=False)
         self.register_buffer("zero_point", torch.zeros(()), persistent=False)
 
@@ -55,5 +56,5 @@ class FakeQuant(nn.Module):
             return x
         if not self.enabled or self.params is None:
             return x
-        return fake_quantize(x, self.scale, self.zero_point, self.params.grid,
-                             round_ste if self.round_fn is None else self.round_fn)
+        return fake_quantize(x, self.scale if self.scale_fn is None else self.scale_fn(), self.zero_point,
+                             self.params.grid, round_ste if self.round_fn is None else self.round_fn)
