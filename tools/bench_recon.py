@@ -11,7 +11,11 @@ Experiments (``--experiments all`` runs them in this order, digits first):
   effnet-granularity  EfficientNet-Lite0 W3A4 BRECQ at layer / block / stage / net
   effnet-loss         EfficientNet-Lite0 W4A4 BRECQ, MSE vs Fisher
   effnet-qdrop        EfficientNet-Lite0 W4A4 BRECQ (two-stage) vs QDrop (joint, drop 0.5)
-  effnet-iters        EfficientNet-Lite0 W4A4 BRECQ at 250 / 1000 / 4000 rounding iterations per region
+  effnet-iters        EfficientNet-Lite0 W4A4 BRECQ at 50 / 200 / 800 rounding iterations per region
+  digits-iters        W2A4 BRECQ at 50 / 200 / 800 / 3200 rounding iterations per region
+  digits-rapq         RAPQ ablation at W4A4 and W2A4: naive Po2, exponent search, AdaRound on naive Po2,
+                      Po2 scale group (MSE), scale group + BN-based L-P loss, float BRECQ alongside
+  effnet-rapq         the same on EfficientNet-Lite0 at W4A4
 
 Every quantized model is exported to QDQ and run in onnxruntime (CPU, default session options) on the
 evaluation samples; ``SQNR dB`` is onnxruntime's output against the float model's, ``sim SQNR dB`` is
@@ -39,6 +43,19 @@ class Exp:
     group: str  # digits | efficientnet
     title: str
     rows: list[tuple[str, dict]]  # (label, QuantConfig overrides)
+
+
+def _rapq_rows(w: int, a: int) -> list[tuple[str, dict]]:
+    """RAPQ Table 3 analog: float-scale BRECQ; naive Po2 (2^floor(log2 s), Eq. 3-5) and exponent search,
+    RTN; AdaRound with the frozen naive Po2 scales; Po2 scale group (MSE loss); scale group + L-P loss."""
+    bits, tag = dict(w_bits=w, a_bits=a), f"W{w}A{a}"
+    naive = dict(scale="po2", po2_method="floor", **bits)
+    return [(f"brecq float {tag}", dict(method="brecq", **bits)),
+            (f"rtn po2 naive {tag}", dict(method="rtn", **naive)),
+            (f"rtn po2 search {tag}", dict(method="rtn", scale="po2", **bits)),
+            (f"brecq po2 naive {tag}", dict(method="brecq", **naive)),
+            (f"rapq group mse {tag}", dict(method="rapq", loss="mse", **naive)),
+            (f"rapq group+lp {tag}", dict(method="rapq", loss="lp", **naive))]
 
 
 EXPERIMENTS: dict[str, Exp] = {
@@ -69,8 +86,14 @@ EXPERIMENTS: dict[str, Exp] = {
     "effnet-qdrop": Exp("efficientnet", "W4A4: BRECQ (rounding, then steps) vs QDrop (joint, drop 0.5)", [
         ("brecq W4A4", dict(method="brecq", w_bits=4, a_bits=4)),
         ("qdrop W4A4", dict(method="qdrop", w_bits=4, a_bits=4))]),
+    "digits-rapq": Exp("digits", "RAPQ ablation (RAPQ Table 3): naive Po2 vs Po2 scale group vs + BN-based L-P loss", [
+        row for bits in ((4, 4), (2, 4)) for row in _rapq_rows(*bits)]),
+    "effnet-rapq": Exp("efficientnet", "RAPQ ablation (RAPQ Table 3) at W4A4", _rapq_rows(4, 4)),
     "effnet-iters": Exp("efficientnet", "W4A4 BRECQ: fidelity vs rounding iterations per region", [
-        (f"brecq W4A4 iters {n}", dict(method="brecq", w_bits=4, a_bits=4, iters=n)) for n in (250, 1000, 4000)]),
+        (f"brecq W4A4 iters {n}", dict(method="brecq", w_bits=4, a_bits=4, iters=n, act_iters=n // 2))
+        for n in (50, 200, 800)]),
+    "digits-iters": Exp("digits", "W2A4 BRECQ: fidelity vs rounding iterations per region", [
+        (f"brecq W2A4 iters {n}", dict(method="brecq", iters=n, act_iters=n // 2, **W2A4)) for n in (50, 200, 800, 3200)]),
 }
 
 
@@ -111,6 +134,10 @@ def run_row(bm: B.BenchModel, calib, eval_ds, float_out, label: str, overrides: 
         row.notes = (f"{r.granularity} x{len(r.regions)}, {cfg.loss}, iters {sum(x.iterations for x in r.regions)}"
                      f"/{len(r.regions)} regions, {sum(x.bias_corrected for x in r.regions)} bias-corrected, "
                      f"{sum(x.reverted for x in r.regions)} kept RTN")
+        ps = [x.lp_exponent for x in r.regions if x.lp_exponent is not None]
+        if ps:
+            srcs = sorted({x.lp_source for x in r.regions if x.lp_source})
+            row.notes += f", L-P P {min(ps):.2f}-{max(ps):.2f} (gamma from {'/'.join(srcs)})"
     return row
 
 
@@ -195,7 +222,7 @@ def cmd_recon(args) -> int:
                                                            if r[0] == want.strip()]
                 for label, ov in chosen:
                     print(f"== {name} {bm.name} {label} ...", flush=True)
-                    ov = {**ov, **({} if ov.get("method") == "rtn" else sets)}
+                    ov = ov if ov.get("method") == "rtn" else {**sets, **ov}  # a row's own options win
                     try:
                         row = run_row(bm, calib, eval_ds, float_out, label, ov, work)
                     except Exception as e:  # noqa: BLE001 - a failed row is reported, the run goes on
