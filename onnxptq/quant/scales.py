@@ -17,14 +17,6 @@ def _reduce_dims(x: torch.Tensor, axis: int | None) -> list[int]:
     return [d for d in range(x.dim()) if d != axis] if axis is not None else list(range(x.dim()))
 
 
-def _view(v: torch.Tensor, x: torch.Tensor, axis: int | None) -> torch.Tensor:
-    if axis is None:
-        return v
-    shape = [1] * x.dim()
-    shape[axis] = -1
-    return v.reshape(shape)
-
-
 def range_to_qparams(lo: torch.Tensor, hi: torch.Tensor, grid: Grid, symmetric: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Scale and zero point covering [lo, hi] (lo <= 0 <= hi is enforced).
 
@@ -60,8 +52,12 @@ def percentile(x: torch.Tensor, grid: Grid, symmetric: bool, axis: int | None = 
 
 def lp_error(x: torch.Tensor, xq: torch.Tensor, p: float, axis: int | None) -> torch.Tensor:
     """Mean |x - xq|^p per channel (or scalar): the clipping criterion of BRECQ's L_p search (p = 2.4)."""
-    d = (x - xq).abs()
-    return (d * d if p == 2.0 else d.pow(p)).mean(dim=_reduce_dims(x, axis))
+    return _abs_pow_mean(x - xq, p, _reduce_dims(x, axis))
+
+
+def _abs_pow_mean(d: torch.Tensor, p: float, dim) -> torch.Tensor:
+    d = d.abs()
+    return (d * d if p == 2.0 else d.pow(p)).mean(dim=dim)
 
 
 CHUNK_ELEMENTS = 1 << 24  # candidate evaluations are batched up to this many elements at a time
@@ -72,9 +68,8 @@ def candidate_lp_errors(x: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor, 
     """L_p error (``lp_error``) of many candidate (scale, zero point) pairs at once.
 
     ``scale`` and ``zp`` have shape (n,) for a per-tensor ``x`` or (n, C) for per-channel ``x`` (C along
-    ``axis``); returns the (n,) or (n, C) mean |x - fake_quantize(x)|^p, with the same arithmetic as
-    ``fake_quantize`` (divide, RNE, add z, saturate; subtract z, multiply). One broadcast evaluation per
-    chunk of candidates replaces a Python loop of small tensor ops.
+    ``axis``); returns the (n,) or (n, C) mean |x - fake_quantize(x)|^p. One broadcast ``fake_quantize``
+    per chunk of candidates replaces a Python loop of small tensor ops.
     """
     xc = x.reshape(1, -1) if axis is None else x.movedim(axis, 0).reshape(x.shape[axis], -1)
     xc = xc.unsqueeze(0)  # (1, C, M)
@@ -84,9 +79,7 @@ def candidate_lp_errors(x: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor, 
     out = []
     for i in range(0, sc.shape[0], step):
         s_, z_ = sc[i:i + step], zc[i:i + step]
-        d = (((xc / s_).round() + z_).clip(grid.qmin, grid.qmax) - z_) * s_ - xc
-        d = d.abs()
-        out.append((d * d if p == 2.0 else d.pow(p)).mean(-1))
+        out.append(_abs_pow_mean(fake_quantize(xc, s_, z_, grid) - xc, p, -1))
     err = torch.cat(out)
     return err[:, 0] if axis is None else err
 
