@@ -39,15 +39,20 @@ def threads(n: int) -> Iterator[None]:
         torch.set_num_threads(old)
 
 
+def float_scale(x: torch.Tensor, grid: Grid, symmetric: bool, axis: int | None, cfg: QuantConfig,
+                method: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, zero point) by ``method`` (minmax | percentile | mse: L_p search), before any Po2 rounding."""
+    if method == "minmax":
+        return S.minmax(x, grid, symmetric, axis)
+    if method == "percentile":
+        return S.percentile(x, grid, symmetric, axis, cfg.percentile)
+    return S.lp_search(x, grid, symmetric, axis)
+
+
 def choose_scale(x: torch.Tensor, grid: Grid, symmetric: bool, axis: int | None, cfg: QuantConfig,
                  method: str, even_zp: bool = False) -> QParams:
-    """Float scale by ``method``; then, for Po2 configs, a power of two by ``cfg.po2_method``."""
-    if method == "minmax":
-        scale, zp = S.minmax(x, grid, symmetric, axis)
-    elif method == "percentile":
-        scale, zp = S.percentile(x, grid, symmetric, axis, cfg.percentile)
-    else:
-        scale, zp = S.lp_search(x, grid, symmetric, axis)
+    """``float_scale``; then, for Po2 configs, a power of two by ``cfg.po2_method``."""
+    scale, zp = float_scale(x, grid, symmetric, axis, cfg, method)
     po2 = cfg.scale == "po2"
     if po2:
         if cfg.po2_method == "floor":
@@ -170,8 +175,6 @@ def input_quant_error(sim: SimModel, data: Dataset, cfg: QuantConfig) -> dict[st
     one EfficientNet-Lite0 input channel); ``bias_shift`` folds W_q E[Q(x) - x] into those layers' bias
     correction, the activation analogue of Nagel et al. 2019, Eq. 13.
     """
-    from ..quant import fake_quantize as fq_
-
     out: dict[str, torch.Tensor] = {}
     for t in sim.qg.inputs:
         if t not in sim.qg.quant_points or t not in data.inputs:
@@ -183,7 +186,7 @@ def input_quant_error(sim: SimModel, data: Dataset, cfg: QuantConfig) -> dict[st
         total = torch.zeros(x.shape[1], dtype=torch.float64)
         for i in range(0, len(x), cfg.batch_size):
             xb = torch.from_numpy(x[i:i + cfg.batch_size]).float()
-            err = fq_(xb, q.params.scale, q.params.zero_point.astype(np.float32), q.params.grid) - xb
+            err = fake_quantize(xb, q.params.scale, q.params.zero_point.astype(np.float32), q.params.grid) - xb
             total += err.double().sum(dim=[d for d in range(err.dim()) if d != 1]).cpu()
         mean = (total / (x.size // x.shape[1])).float()
         for layer in sim.qg.layers:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import time
 from functools import partial
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
@@ -37,7 +37,7 @@ from . import checkpoint as ckpt
 from .adaround import AdaRoundRounding, beta_at, within_one_step
 from .po2_group import Po2ScaleGroup
 from .cache import ActivationStore, Cached
-from .calibrate import bias_shift, choose_scale, integer_weights
+from .calibrate import bias_shift, float_scale, integer_weights
 from .fisher import float_logits, output_gradients
 from .optim import Adam
 from .losses import LOSSES, NEEDS_EXPONENT, NEEDS_GRADIENTS, fisher_weights
@@ -100,32 +100,31 @@ class _Region:
     def start_scale_group(self, cfg: QuantConfig) -> None:
         """Soft Po2 exponents between the two powers of two around each channel's float L_p scale (Eq. 11)."""
         sim = self.sim
-        float_cfg = replace(cfg, scale="float", format="qdq", method="brecq")  # choose_scale reads scale only
         for layer in self.layers:
             fq = sim.weight_quantizer(layer.name)
             w = sim.weight(layer.weight).detach()
             sim.bias_delta.pop(layer.name, None)  # RTN's correction belongs to the RTN scales
-            s0 = choose_scale(w, fq.params.grid, cfg.w_symmetric, layer.weight_axis, float_cfg, cfg.w_scale_method)
-            g = Po2ScaleGroup(s0.scale, tuple(fq.scale.shape)).to(w.device)
-            fq.set_params(QParams(fq.params.grid, fq.params.scale, s0.zero_point, fq.params.axis, True), w.dim())
+            s0, z0 = float_scale(w, fq.params.grid, cfg.w_symmetric, layer.weight_axis, cfg, cfg.w_scale_method)
+            s0, z0 = s0.detach().cpu(), z0.detach().cpu()
+            g = Po2ScaleGroup(s0.numpy(), tuple(fq.scale.shape)).to(w.device)
+            fq.set_params(QParams(fq.params.grid, fq.params.scale, z0.numpy(), fq.params.axis, True), w.dim())
             fq.scale_fn = g
-            self.groups[layer.name] = (g, s0)
+            self.groups[layer.name] = (g, s0, z0)
 
     @torch.no_grad()
     def finish_scale_group(self) -> None:
         """Snap every exponent to floor(log2 s0) + [h >= 0.5] and freeze the exact Po2 scales."""
         sim = self.sim
         for layer in self.layers:
-            g, s0 = self.groups.pop(layer.name)
+            g, s0, z0 = self.groups.pop(layer.name)
             fq = sim.weight_quantizer(layer.name)
             w = sim.weight(layer.weight)
             scale = torch.from_numpy(g.snapped().reshape(-1))
             grid = fq.params.grid
-            zp = S.po2_zero_point(torch.tensor(s0.scale, dtype=torch.float32), torch.tensor(s0.zero_point, dtype=torch.float32), scale,
-                                  grid)
+            zp = S.po2_zero_point(s0.float(), z0.float(), scale, grid)
             if layer.bias:
-                s_x = float(sim.act_quantizer(sim.qg.source[layer.input]).params.scale)
-                scale = S.bias_safe_weight_scale(scale, sim.weight(layer.bias).detach().cpu(), s_x, True)
+                scale = S.bias_safe_weight_scale(scale, sim.weight(layer.bias).detach().cpu(), self._input_scale(layer),
+                                                 True)
             fq.scale_fn = None
             fq.set_params(QParams(grid, scale.numpy().astype(np.float32), zp.numpy(), fq.params.axis, True), w.dim())
 
@@ -139,10 +138,9 @@ class _Region:
             if layer.bias and layer.name in sim.bias_delta:
                 # RTN bias correction compensates RTN's error; the learned rounding replaces it
                 del sim.bias_delta[layer.name]
-                s_x = float(sim.act_quantizer(sim.qg.source[layer.input]).params.scale)
                 p = fq.params
-                safe = S.bias_safe_weight_scale(torch.from_numpy(p.scale), sim.weight(layer.bias).detach().cpu(), s_x,
-                                                p.po2)
+                safe = S.bias_safe_weight_scale(torch.from_numpy(p.scale), sim.weight(layer.bias).detach().cpu(),
+                                                self._input_scale(layer), p.po2)
                 if not torch.equal(safe, torch.from_numpy(p.scale)):
                     fq.set_params(QParams(p.grid, safe.numpy(), p.zero_point, p.axis, p.po2), w.dim())
             r = AdaRoundRounding(w.detach() / fq.scale).to(w.device)
@@ -186,10 +184,7 @@ class _Region:
                 continue
             w_q = sim.weight(layer.weight).detach()
             delta = bias_shift(layer, float_weights[layer.weight].to(w_q.device), w_q, mean.to(w_q.device))
-            b = (sim.weight(layer.bias).detach() - delta).double().cpu()
-            s_x = float(sim.act_quantizer(sim.qg.source[layer.input]).params.scale)
-            s_w = torch.from_numpy(sim.weight_quantizer(layer.name).params.scale).double()
-            if not bool((b.abs() / (s_x * s_w) > BIAS_LIMIT).any()):
+            if self._bias_in_range(layer, sim.weight(layer.bias).detach() - delta, self._input_scale(layer)):
                 sim.bias_delta[layer.name] = delta
 
     @torch.no_grad()
@@ -252,26 +247,29 @@ class _Region:
 
     def _bias_fits(self, tensor: str, s_x: float) -> bool:
         sim = self.sim
-        for layer in sim.qg.layers:
-            if layer.bias and sim.qg.source.get(layer.input) == tensor:
-                b = sim.effective_bias(layer, quantized_weights=True).detach().double().cpu()
-                s_w = torch.from_numpy(sim.weight_quantizer(layer.name).params.scale).double()
-                if bool((b.abs() / (s_x * s_w) > BIAS_LIMIT).any()):
-                    return False
-        return True
+        return all(self._bias_in_range(x, sim.effective_bias(x, quantized_weights=True).detach(), s_x)
+                   for x in sim.qg.layers if x.bias and sim.qg.source.get(x.input) == tensor)
+
+    def _bias_in_range(self, layer, bias: torch.Tensor, s_x: float) -> bool:
+        """|bias| / (s_x s_w) within BIAS_LIMIT for every channel of ``layer``."""
+        s_w = torch.from_numpy(self.sim.weight_quantizer(layer.name).params.scale).double()
+        return not bool((bias.double().cpu().abs() / (s_x * s_w) > BIAS_LIMIT).any())
+
+    def _input_scale(self, layer) -> float:
+        return float(self.sim.act_quantizer(self.sim.qg.source[layer.input]).params.scale)
 
     def parameters(self, which: str) -> list[torch.nn.Parameter]:
         if which == "rounding":
             return [r.v for r in self.rounders.values()]
         if which == "scales":
-            return [g.v for g, _ in self.groups.values()]
+            return [g.v for g, *_ in self.groups.values()]
         return [ls.step for ls in self.steps.values() if ls.learn]
 
     def regularizer(self, beta: float) -> torch.Tensor:
         return sum(r.regularizer(beta) for r in self.rounders.values())
 
     def group_regularizer(self, beta: float) -> torch.Tensor:
-        return sum(g.regularizer(beta) for g, _ in self.groups.values())
+        return sum(g.regularizer(beta) for g, *_ in self.groups.values())
 
 
 class _FloatWeights:

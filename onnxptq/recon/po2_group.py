@@ -22,8 +22,9 @@ class Po2ScaleGroup(nn.Module):
     def __init__(self, float_scale: np.ndarray, shape: tuple[int, ...]) -> None:
         super().__init__()
         s0 = torch.as_tensor(np.asarray(float_scale, dtype=np.float64)).reshape(shape)
-        self.register_buffer("base", rapq.po2_base_exponent(s0).float())
-        frac = (torch.log2(s0) - rapq.po2_base_exponent(s0)).float()
+        base = rapq.po2_base_exponent(s0)
+        self.register_buffer("base", base.float())
+        frac = (torch.log2(s0) - base).float()
         self.v = nn.Parameter(init_v(frac))  # h2(V) = log2 s0 - floor(log2 s0)
 
     def h(self) -> torch.Tensor:
