@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 
 from .grid import Grid
+from .rapq import po2_base_exponent
 from .rounding import fake_quantize
 
 EPS = 1e-12
@@ -119,7 +120,7 @@ def lp_search(x: torch.Tensor, grid: Grid, symmetric: bool, axis: int | None = N
 
 def po2_floor(scale: torch.Tensor) -> torch.Tensor:
     """Naive Po2 scale 2^floor(log2 s) (RAPQ Eq. 4): finer grid, more clipping."""
-    return torch.exp2(torch.floor(torch.log2(scale.double()))).to(scale.dtype)
+    return torch.exp2(po2_base_exponent(scale)).to(scale.dtype)
 
 
 def po2_round(scale: torch.Tensor) -> torch.Tensor:
