@@ -12,7 +12,8 @@ import sys
 import time
 
 from . import __version__
-from .config import FORMATS, GRANULARITIES, INT_ROUNDINGS, METHODS, PRESETS, PO2_METHODS, SCALE_KINDS, SCALE_METHODS, QuantConfig
+from .config import (FORMATS, GRANULARITIES, INT_ROUNDINGS, METHODS, PO2_METHODS, PRESETS, ROUNDINGS, SCALE_KINDS,
+                     SCALE_METHODS, TAU_UNITS, QuantConfig)
 from .errors import ConfigError, OnnxPtqError
 
 
@@ -68,7 +69,14 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--a-symmetric", action="store_true",
                    help="symmetric grid for signed activations (default: asymmetric with a zero point)")
     q.add_argument("--no-bias-correction", action="store_true", help="keep the float biases as they are")
-    q.add_argument("--method", choices=METHODS, default=d.method)
+    q.add_argument("--method", choices=METHODS, default=d.method,
+                   help="rtn (calibration only) | adaround | brecq | qdrop | rapq (needs --scale po2) | "
+                        "attention (Attention Round: weights may round to any grid point)")
+    q.add_argument("--rounding", choices=ROUNDINGS, default=d.rounding,
+                   help="weight rounding of --method rtn: nearest | floor | ceil | stochastic (baselines)")
+    q.add_argument("--attn-tau", type=float, default=d.attn_tau, help="Attention Round tau (Eq. 1-6; default 0.5)")
+    q.add_argument("--attn-tau-unit", choices=TAU_UNITS, default=d.attn_tau_unit,
+                   help="tau in grid steps (default) or in weight units (Eq. 3's literal tau/s)")
     q.add_argument("--granularity", choices=GRANULARITIES, default=d.granularity,
                    help="reconstruction regions of brecq/qdrop (adaround is layer-wise)")
     q.add_argument("--loss", default=None,
@@ -264,7 +272,8 @@ def cmd_quantize(args) -> int:
         method=args.method, granularity=args.granularity, loss=args.loss, preset=args.preset, iters=args.iters,
         act_iters=args.act_iters, recon_batch_size=args.recon_batch_size, lr=args.lr, act_lr=args.act_lr,
         round_lambda=args.round_lambda, drop_prob=args.drop_prob, fisher_damping=args.fisher_damping,
-        recon_guard=not args.no_recon_guard, lp_alpha=args.lp_alpha, lp_beta=args.lp_beta,
+        recon_guard=not args.no_recon_guard, lp_alpha=args.lp_alpha, lp_beta=args.lp_beta, rounding=args.rounding,
+        attn_tau=args.attn_tau, attn_tau_unit=args.attn_tau_unit,
         checkpoint_dir=args.checkpoint_dir, resume=args.resume, cache_budget_mb=args.cache_budget_mb,
         cache_dir=args.cache_dir, num_calib=args.num_calib, batch_size=args.batch_size,
         seed=args.seed, device=args.device, skip_nodes=[s for s in args.skip_nodes.split(",") if s],

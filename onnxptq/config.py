@@ -9,7 +9,9 @@ from dataclasses import asdict, dataclass, field, fields
 
 from .errors import ConfigError
 
-METHODS = ("rtn", "adaround", "brecq", "qdrop", "rapq")  # rtn: calibration only; the rest: recon/settings.py
+METHODS = ("rtn", "adaround", "brecq", "qdrop", "rapq", "attention")  # rtn: calibration only; the rest: recon/settings.py
+ROUNDINGS = ("nearest", "floor", "ceil", "stochastic")  # quant/rounding.py WEIGHT_ROUNDINGS
+TAU_UNITS = ("step", "weight")  # recon/attention_round.py
 SCALE_KINDS = ("float", "po2")
 SCALE_METHODS = ("minmax", "percentile", "mse")
 PO2_METHODS = ("search", "floor", "round")
@@ -38,6 +40,7 @@ class QuantConfig:
     a_symmetric: bool = False  # signed activations: symmetric grid, or (default) asymmetric with a zero point;
     # non-negative activations always use the unsigned grid with zero point 0
     bias_correction: bool = True  # shift biases by E[(W_q - W) x] measured on calibration data
+    rounding: str = "nearest"  # RTN weight rounding: nearest | floor | ceil | stochastic (baselines; method rtn)
     # method and its granularity
     method: str = "rtn"
     granularity: str = "block"  # reconstruction regions (brecq, qdrop; adaround is layer-wise)
@@ -54,6 +57,8 @@ class QuantConfig:
     fisher_damping: float = 1.0  # Fisher weights (|g|/rms + d)^2: 0 = pure Eq. 11, larger = closer to MSE
     lp_alpha: float | None = None  # RAPQ Eq. 19 alpha in (0, 1]; None: the preset's (rapq 0.9, rapq-quick/fast 0.1)
     lp_beta: float = 1.0  # RAPQ Eq. 19 beta
+    attn_tau: float = 0.5  # Attention Round tau (Eq. 1-6)
+    attn_tau_unit: str = "step"  # tau in grid steps, or "weight": Eq. 3's literal tau / s (recon/attention_round.py)
     recon_guard: bool = True  # a region whose loss ends above its calibrated (RTN) loss goes back to RTN
     checkpoint_dir: str | None = None  # state after each region (default with an output file: <output>.recon)
     resume: bool = False  # continue from the checkpoint in checkpoint_dir
@@ -76,7 +81,8 @@ class QuantConfig:
         for name, allowed in (("scale", SCALE_KINDS), ("po2_method", PO2_METHODS), ("w_scale_method", SCALE_METHODS),
                               ("a_scale_method", SCALE_METHODS), ("method", METHODS), ("format", FORMATS),
                               ("int_rounding", INT_ROUNDINGS),
-                              ("granularity", GRANULARITIES), ("preset", PRESETS)):
+                              ("granularity", GRANULARITIES), ("preset", PRESETS), ("rounding", ROUNDINGS),
+                              ("attn_tau_unit", TAU_UNITS)):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{name} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}")
         for name in ("w_bits", "a_bits"):
@@ -117,6 +123,11 @@ class QuantConfig:
             raise ConfigError("num_calib and batch_size must be positive")
         if self.method == "rapq" and self.scale != "po2":
             raise ConfigError("--method rapq learns power-of-two scales: add --scale po2 (float scales: --method brecq)")
+        if self.rounding != "nearest" and self.method != "rtn":
+            raise ConfigError(f"--rounding {self.rounding} is a round-to-nearest baseline: use it with --method rtn "
+                              f"(--method {self.method} learns its own rounding)")
+        if not self.attn_tau > 0:
+            raise ConfigError(f"attn_tau must be positive; got {self.attn_tau}")
         if self.lp_alpha is not None and not 0.0 < self.lp_alpha <= 1.0:
             raise ConfigError(f"lp_alpha must be in (0, 1] (RAPQ Eq. 19); got {self.lp_alpha}")
         if self.format == "int" and self.scale != "po2":

@@ -21,6 +21,24 @@ def rne(x: T) -> T:
     return x.round()
 
 
+def floor_round(x: T) -> T:
+    """Floor Round: the grid point below (Attention Round Sec. 3.2; a baseline of its Table 5)."""
+    return np.floor(x) if isinstance(x, np.ndarray) else x.floor()
+
+
+def ceil_round(x: T) -> T:
+    """Ceil Round: the grid point above (Attention Round Sec. 3.2; a baseline of its Table 5)."""
+    return np.ceil(x) if isinstance(x, np.ndarray) else x.ceil()
+
+
+def stochastic_round(x: T, u: T) -> T:
+    """Stochastic Round: floor(x + u) with u ~ U[0, 1): up with probability frac(x), so E[result] = x."""
+    return floor_round(x + u)
+
+
+WEIGHT_ROUNDINGS = ("nearest", "floor", "ceil", "stochastic")  # the rounding-function baselines (--rounding)
+
+
 def _like(v, x):
     """numpy parameters in x's float dtype, so float32 math stays float32 (as in ONNX and torch)."""
     if isinstance(v, (np.ndarray, np.generic)):

@@ -5,7 +5,7 @@ This is round-to-nearest (RTN) calibration; learned methods start from its param
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -19,6 +19,7 @@ from ..quant import QParams, activation_grid, fake_quantize, weight_grid
 from ..quant import scales as S
 from ..quant.grid import Grid
 from ..quant.observer import Observer
+from ..quant.rounding import WEIGHT_ROUNDINGS, ceil_round, floor_round, rne, stochastic_round
 from ..sim.model import SimModel
 
 
@@ -225,15 +226,16 @@ def _calibrate_weights(sim: SimModel, plan: BitPlan, cfg: QuantConfig,
                        input_means: dict[str, torch.Tensor] | None = None,
                        input_errors: dict[str, torch.Tensor] | None = None) -> None:
     sim.bias_delta.clear()
-    for layer in sim.qg.layers:
+    for i, layer in enumerate(sim.qg.layers):
         fq = sim.weight_quantizer(layer.name)
         w = sim.weight(layer.weight).detach()
         grid = weight_grid(plan.w_bits[layer.name])
         params = choose_scale(w, grid, cfg.w_symmetric, layer.weight_axis, cfg, cfg.w_scale_method)
+        round_fn = weight_round_fn(cfg.rounding, w, cfg.seed, i)
         if layer.bias and input_means is not None and layer.name in input_means:
             scale, zp = params.shaped_for(w.dim())
             w_q = fake_quantize(w, torch.tensor(np.array(scale), device=w.device), torch.tensor(np.array(zp), device=w.device).float(),
-                                grid)
+                                grid, round_fn)
             err = input_errors.get(layer.name) if input_errors else None
             sim.bias_delta[layer.name] = bias_shift(layer, w, w_q, input_means[layer.name].to(w.device),
                                                     None if err is None else err.to(w.device))
@@ -245,6 +247,23 @@ def _calibrate_weights(sim: SimModel, plan: BitPlan, cfg: QuantConfig,
                 params = QParams(grid, safe.numpy(), params.zero_point, params.axis, params.po2)
         fq.bits = grid.bits
         fq.set_params(params, w.dim())
+        if cfg.rounding != "nearest":  # on-grid float weights: the exporters re-quantize them exactly (RNE)
+            w.copy_(fake_quantize(w, fq.scale, fq.zero_point, grid, round_fn))
+
+
+def weight_round_fn(rounding: str, w: torch.Tensor, seed: int, index: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The rounding function of ``--rounding`` for one weight tensor (Attention Round Table 5 baselines);
+    stochastic draws its uniforms from (seed, layer index), so a seed gives the same weights."""
+    if rounding == "nearest":
+        return rne
+    if rounding == "floor":
+        return floor_round
+    if rounding == "ceil":
+        return ceil_round
+    if rounding == "stochastic":
+        u = torch.rand(tuple(w.shape), generator=torch.Generator().manual_seed(seed * 1_000_003 + index))
+        return lambda x: stochastic_round(x, u.to(x.device, x.dtype))
+    raise ValueError(f"unknown weight rounding {rounding!r}; one of {', '.join(WEIGHT_ROUNDINGS)}")
 
 
 def calibrate(sim: SimModel, data: Dataset, plan: BitPlan, cfg: QuantConfig) -> None:
@@ -277,7 +296,6 @@ def integer_bias(sim: SimModel, layer_name: str) -> np.ndarray:
     float32 division and RNE as in the simulation's bias fake-quant; the clip to the int32 grid is
     done in float64 (2^31 - 1 is not a float32)."""
     from ..quant.grid import BIAS_GRID
-    from ..quant.rounding import rne
 
     layer = sim.qg.layer(layer_name)
     b = sim.effective_bias(layer, quantized_weights=True).detach().cpu().numpy().astype(np.float32)

@@ -35,6 +35,7 @@ from ..quant.rapq import lp_exponent
 from ..sim.model import SimModel
 from . import checkpoint as ckpt
 from .adaround import AdaRoundRounding, beta_at, within_one_step
+from .attention_round import AttentionRounding, beyond_neighbors
 from .po2_group import Po2ScaleGroup
 from .cache import ActivationStore, Cached
 from .calibrate import bias_shift, float_scale, integer_weights
@@ -60,6 +61,7 @@ class RegionResult:
     seconds: float
     iterations: int
     undecided: float = 0.0  # fraction of soft rounding offsets not at 0/1 when made hard
+    beyond_neighbors: float = 0.0  # fraction of weights rounded past their two nearest grid points (attention)
     steps_kept: list[str] = field(default_factory=list)  # learned steps refused (int32 bias range)
     lp_exponent: float | None = None  # RAPQ Eq. 19 P of the region (loss lp)
     lp_source: str | None = None  # where its gamma came from: "bn" (folded BN) | "std" (output std estimate)
@@ -94,6 +96,7 @@ class _Region:
         self.steps: dict[str, LearnedStep] = {}
         self.originals = {}
         self.gen_dev = gen_dev
+        self.gen: torch.Generator | None = None  # CPU generator of the phase (Attention Round's alpha init)
 
     # ---------------------------------------------------------------- RAPQ Po2 scale group
     @torch.no_grad()
@@ -143,16 +146,20 @@ class _Region:
                                                 self._input_scale(layer), p.po2)
                 if not torch.equal(safe, torch.from_numpy(p.scale)):
                     fq.set_params(QParams(p.grid, safe.numpy(), p.zero_point, p.axis, p.po2), w.dim())
-            r = AdaRoundRounding(w.detach() / fq.scale).to(w.device)
+            if self.st.method == "attention":
+                r = AttentionRounding(w.detach() / fq.scale, fq.scale, self.st.attn_tau, self.st.attn_tau_unit, self.gen)
+            else:
+                r = AdaRoundRounding(w.detach() / fq.scale).to(w.device)
             fq.round_fn = r
             self.rounders[layer.name] = r
 
     @torch.no_grad()
-    def finish_rounding(self) -> float:
-        """Hard rounding, written back as on-grid float weights; checked exactly. Returns the
-        fraction of offsets that were still undecided."""
+    def finish_rounding(self) -> tuple[float, float]:
+        """Hard rounding, written back as on-grid float weights; checked exactly (AdaRound: also within
+        one step of the float weight). Returns the fraction of offsets that were still undecided and the
+        fraction of weights that landed beyond their two nearest grid points (Attention Round)."""
         sim = self.sim
-        undecided = []
+        undecided, far, counts = [], [], []
         for layer in self.layers:
             r = self.rounders.pop(layer.name)
             undecided.append(r.undecided())
@@ -167,10 +174,17 @@ class _Region:
             q_np = q.cpu().numpy().astype(np.int64)
             ints = integer_weights(sim, layer.name)
             scale, zp = fq.params.shaped_for(w.dim())
+            t = w_float / scale.astype(np.float64) + zp
+            far.append(beyond_neighbors(q_np, t, grid.qmin, grid.qmax))
+            counts.append(q_np.size)
+            near = isinstance(r, AttentionRounding) or within_one_step(q_np, w_float, scale, zp, grid.qmin, grid.qmax)
             if not (np.array_equal(ints, q_np) and np.all(q_np == np.round(q_np)) and q_np.min() >= grid.qmin
-                    and q_np.max() <= grid.qmax and within_one_step(q_np, w_float, scale, zp, grid.qmin, grid.qmax)):
-                raise RuntimeError(f"AdaRound result of {layer.name!r} is not exactly on its grid within one step")
-        return float(np.mean(undecided)) if undecided else 0.0
+                    and q_np.max() <= grid.qmax and near):
+                raise RuntimeError(f"learned rounding of {layer.name!r} is not exactly on its grid"
+                                   f"{'' if isinstance(r, AttentionRounding) else ' within one step'}")
+        if not undecided:
+            return 0.0, 0.0
+        return float(np.mean(undecided)), float(np.average(far, weights=counts))
 
     @torch.no_grad()
     def correct_bias(self, float_weights: dict[str, torch.Tensor]) -> None:
@@ -260,13 +274,13 @@ class _Region:
 
     def parameters(self, which: str) -> list[torch.nn.Parameter]:
         if which == "rounding":
-            return [r.v for r in self.rounders.values()]
+            return [r.alpha if isinstance(r, AttentionRounding) else r.v for r in self.rounders.values()]
         if which == "scales":
             return [g.v for g, *_ in self.groups.values()]
         return [ls.step for ls in self.steps.values() if ls.learn]
 
     def regularizer(self, beta: float) -> torch.Tensor:
-        return sum(r.regularizer(beta) for r in self.rounders.values())
+        return sum(r.regularizer(beta) for r in self.rounders.values())  # AdaRound Eq. 28; Attention Round: 0
 
     def group_regularizer(self, beta: float) -> torch.Tensor:
         return sum(g.regularizer(beta) for g, *_ in self.groups.values())
@@ -488,7 +502,7 @@ class Engine:
         rounding_done = False
         for p_idx, (phase, iters) in enumerate(st.phases):
             gen, gen_dev = self._generators(k, p_idx)
-            region.gen_dev = gen_dev
+            region.gen_dev, region.gen = gen_dev, gen
             learn_rounding = phase in ("rounding", "joint") and bool(region.layers)
             learn_scales = phase == "scales" and bool(region.layers)
             weight_phase = phase in ("rounding", "scales")  # BRECQ/RAPQ: activations float unless acts_during_rounding
@@ -541,7 +555,7 @@ class Engine:
             if learn_scales:
                 region.finish_scale_group()
             if learn_rounding:
-                result.undecided = region.finish_rounding()
+                result.undecided, result.beyond_neighbors = region.finish_rounding()
                 rounding_done = True
             result.steps_kept += region.finish_steps()
             if learn_rounding and self.cfg.bias_correction and sim.input_means:

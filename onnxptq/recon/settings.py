@@ -12,6 +12,11 @@ Methods (one engine, DESIGN.md section 6):
   the warm-up fraction of the rounding iterations, regularizer weight mu = 10 lambda), snapped to exact
   exponents; then BRECQ's rounding and (log2-domain, Eq. 16) Po2 activation steps; loss ``lp`` (Eq. 17-19).
 
+- ``attention``: Attention Round (Sec. 3.3): like ``brecq``, but each weight's rounding is a learned
+  perturbation alpha of w/s (any grid point, Eq. 3) trained through the erf surrogate of Eq. 6, with no
+  rounding regularizer; the paper's own settings (Sec. 4.1: Adam lr 4e-4, batch 64, 2k iterations per
+  module) replace BRECQ's under the ``full`` preset.
+
 Presets (every value overridable by the matching ``QuantConfig`` field):
 - ``full``: the papers' settings (BRECQ B.4.4): 1024 samples, batch 32, 20k rounding iterations per
   region, 5k step-size iterations, Adam lr 1e-3 (rounding) and 4e-5 (steps).
@@ -24,7 +29,7 @@ Presets (every value overridable by the matching ``QuantConfig`` field):
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ..config import QuantConfig
 
@@ -54,6 +59,14 @@ PRESETS = {
 }
 
 
+# per-method departures from a preset: Attention Round's paper settings (Sec. 4.1) under ``full``; under
+# ``fast`` its perturbations need a larger step than AdaRound's V to move within 200 iterations
+METHOD_PRESETS = {
+    ("attention", "full"): dict(iters=2000, batch_size=64, lr=4e-4),
+    ("attention", "fast"): dict(lr=1e-2),
+}
+
+
 @dataclass(frozen=True)
 class ReconSettings:
     method: str
@@ -76,6 +89,8 @@ class ReconSettings:
     group_lambda: float = 0.0  # mu of RAPQ Eq. 12
     lp_alpha: float = 0.1
     lp_beta: float = 1.0
+    attn_tau: float = 0.5  # Attention Round tau and its unit (recon/attention_round.py)
+    attn_tau_unit: str = "step"
 
     @property
     def phases(self) -> list[tuple[str, int]]:
@@ -91,10 +106,10 @@ class ReconSettings:
 
 def resolve(cfg: QuantConfig) -> ReconSettings:
     """The settings of ``cfg.method`` under ``cfg.preset``, with the config's explicit overrides."""
-    p = PRESETS[cfg.preset]
     method = cfg.method
+    p = replace(PRESETS[cfg.preset], **METHOD_PRESETS.get((method, cfg.preset), {}))
     iters = p.iters if cfg.iters is None else cfg.iters
-    round_lambda = p.round_lambda if cfg.round_lambda is None else cfg.round_lambda
+    round_lambda = 0.0 if method == "attention" else p.round_lambda if cfg.round_lambda is None else cfg.round_lambda
     return ReconSettings(
         method=method,
         granularity="layer" if method == "adaround" else cfg.granularity,
@@ -108,12 +123,14 @@ def resolve(cfg: QuantConfig) -> ReconSettings:
         warmup=0.2,
         beta=(20.0, 2.0),
         drop_prob=cfg.drop_prob if method == "qdrop" else 0.0,
-        acts_during_rounding=method not in ("brecq", "rapq"),
-        learn_steps={"adaround": "none", "brecq": "after", "qdrop": "joint", "rapq": "after"}[method],
+        acts_during_rounding=method not in ("brecq", "rapq", "attention"),
+        learn_steps={"adaround": "none", "brecq": "after", "qdrop": "joint", "rapq": "after", "attention": "after"}[method],
         fisher_damping=cfg.fisher_damping,
         seed=cfg.seed,
         scale_group_iters=max(1, round(0.2 * iters)) if method == "rapq" and iters > 0 else 0,
         group_lambda=10.0 * round_lambda,
         lp_alpha=p.lp_alpha if cfg.lp_alpha is None else cfg.lp_alpha,
         lp_beta=cfg.lp_beta,
+        attn_tau=cfg.attn_tau,
+        attn_tau_unit=cfg.attn_tau_unit,
     )
