@@ -25,6 +25,7 @@ from .sim.model import SimModel
 
 if TYPE_CHECKING:
     from .export.intplan import IntProgram
+    from .mixed.allocate import MixedReport
     from .recon.engine import ReconReport
 
 
@@ -39,6 +40,7 @@ class QuantResult:
     timings: dict[str, float] = field(default_factory=dict)
     program: "IntProgram | None" = None  # the integer program (format "int")
     recon: "ReconReport | None" = None  # per-region reconstruction results (methods other than rtn)
+    mixed: "MixedReport | None" = None  # per-layer bit allocation (--mixed)
 
     def summary(self) -> dict:
         """Bits, scale kind, weight sizes before/after, times: the table printed at the end of a run."""
@@ -61,6 +63,9 @@ class QuantResult:
             "compression": float_bytes / max(quant_bytes + bias_bytes, 1),
             "file_bytes": self.output.stat().st_size if self.output else len(self.model.SerializeToString()),
             "timings_s": {k: round(v, 2) for k, v in self.timings.items()},
+            **({"mixed": self.mixed.method, "weight_bits_per_layer": dict(plan.w_bits),
+                "weights_quant_bytes_no_bias": self.mixed.size_bytes, "bops": self.mixed.bops}
+               if self.mixed is not None else {}),
         }
 
     def simulate(self, inputs: dict[str, np.ndarray], batch_size: int = 32) -> np.ndarray:
@@ -162,6 +167,13 @@ def quantize(model: str | os.PathLike, calib, config: QuantConfig | None = None,
     data = _as_dataset(calib, qg, config.num_calib)
     plan = make_plan(qg, config)
     sim = SimModel(qg).to(config.device)
+    mixed = None
+    if config.mixed is not None:
+        from .mixed.allocate import apply_mixed
+
+        t0 = time.perf_counter()
+        mixed = apply_mixed(qg, plan, config, sim, data)
+        timings["mixed"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     from .recon.calibrate import calibrate
 
@@ -193,7 +205,7 @@ def quantize(model: str | os.PathLike, calib, config: QuantConfig | None = None,
     timings["export"] = time.perf_counter() - t0
     if out is not None:
         save_atomic(qmodel, out)
-    return QuantResult(qmodel, out, qg, sim, plan, config, timings, program, recon_report)
+    return QuantResult(qmodel, out, qg, sim, plan, config, timings, program, recon_report, mixed)
 
 
 def inspect(model: str | os.PathLike, granularity: str = "block", input_shapes: dict | None = None) -> dict:

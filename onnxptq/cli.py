@@ -13,7 +13,8 @@ import time
 
 from . import __version__
 from .config import (FORMATS, GRANULARITIES, INT_ROUNDINGS, METHODS, PO2_METHODS, PRESETS, ROUNDINGS, SCALE_KINDS,
-                     SCALE_METHODS, TAU_UNITS, QuantConfig)
+                     SCALE_METHODS, TAU_UNITS, MIXED, QuantConfig)
+from .mixed.budget import parse_count, parse_size
 from .errors import ConfigError, OnnxPtqError
 
 
@@ -33,6 +34,22 @@ def _shape_arg(text: str) -> dict[str, list[int]]:
 
 def _bits_or_same(text: str) -> int | None:
     return None if text in ("same", "none") else int(text)
+
+
+def _bits_list(text: str) -> list[int]:
+    try:
+        return [int(b) for b in text.split(",") if b.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated bit widths like 3,4,5,6; got {text!r}") from None
+
+
+def _parsed(fn):
+    def parse(text: str) -> float:
+        try:
+            return fn(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+    return parse
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -72,6 +89,16 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--method", choices=METHODS, default=d.method,
                    help="rtn (calibration only) | adaround | brecq | qdrop | rapq (needs --scale po2) | "
                         "attention (Attention Round: weights may round to any grid point)")
+    q.add_argument("--mixed", choices=MIXED, default=None,
+                   help="per-layer weight bits: coding-length (Attention Round Alg. 1, from the weights) or "
+                        "search (BRECQ Alg. 2: sensitivities + genetic search under --budget-size/--budget-bops)")
+    q.add_argument("--bits", type=_bits_list, default=None, dest="mixed_bits",
+                   help="candidate bits of --mixed (default coding-length 3,4,5,6; search 2,4,8)")
+    q.add_argument("--budget-size", type=_parsed(parse_size), default=None,
+                   help="--mixed search: quantized weight size of the model, e.g. 1.5MB, 800kB, 1.2MiB")
+    q.add_argument("--budget-bops", type=_parsed(parse_count), default=None,
+                   help="--mixed search: bit-operations per sample (MACs x b_w x b_a), e.g. 20G")
+    q.add_argument("--coding-eps", type=float, default=d.coding_eps, help="eps of the coding length (Eq. 12)")
     q.add_argument("--rounding", choices=ROUNDINGS, default=d.rounding,
                    help="weight rounding of --method rtn: nearest | floor | ceil | stochastic (baselines)")
     q.add_argument("--attn-tau", type=float, default=d.attn_tau, help="Attention Round tau (Eq. 1-6; default 0.5)")
@@ -273,7 +300,8 @@ def cmd_quantize(args) -> int:
         act_iters=args.act_iters, recon_batch_size=args.recon_batch_size, lr=args.lr, act_lr=args.act_lr,
         round_lambda=args.round_lambda, drop_prob=args.drop_prob, fisher_damping=args.fisher_damping,
         recon_guard=not args.no_recon_guard, lp_alpha=args.lp_alpha, lp_beta=args.lp_beta, rounding=args.rounding,
-        attn_tau=args.attn_tau, attn_tau_unit=args.attn_tau_unit,
+        attn_tau=args.attn_tau, attn_tau_unit=args.attn_tau_unit, mixed=args.mixed, mixed_bits=args.mixed_bits,
+        budget_size=args.budget_size, budget_bops=args.budget_bops, coding_eps=args.coding_eps,
         checkpoint_dir=args.checkpoint_dir, resume=args.resume, cache_budget_mb=args.cache_budget_mb,
         cache_dir=args.cache_dir, num_calib=args.num_calib, batch_size=args.batch_size,
         seed=args.seed, device=args.device, skip_nodes=[s for s in args.skip_nodes.split(",") if s],
@@ -294,7 +322,8 @@ def cmd_quantize(args) -> int:
                    + (f"; {res.recon.granularity} regions, {cfg.loss} loss, {cfg.preset} preset" if res.recon else "")
                    + ")"),
         ("layers", f"{s['layers']} quantized, {s['quant_points']} activation quant points"),
-        ("weight bits", ", ".join(f"{b}-bit x{n}" for b, n in s["weight_bits"].items())),
+        ("weight bits", ", ".join(f"{b}-bit x{n}" for b, n in s["weight_bits"].items())
+                        + (f" ({s['mixed']}: {_fmt_layer_bits(s['weight_bits_per_layer'])})" if "mixed" in s else "")),
         ("activation bits", ", ".join(f"{b}-bit x{n}" for b, n in s["activation_bits"].items())),
         ("weights size", f"{_fmt_bytes(s['weights_float_bytes'])} -> {_fmt_bytes(s['weights_quant_bytes'])} "
                          f"({s['compression']:.1f}x)"),
@@ -304,6 +333,17 @@ def cmd_quantize(args) -> int:
     w = max(len(k) for k, _ in rows)
     print("\n".join(f"{k:<{w}}  {v}" for k, v in rows))
     return 0
+
+
+def _fmt_layer_bits(bits: dict[str, int]) -> str:
+    """Per-layer bits in execution order, runs of equal bits collapsed: '8 4x3 2 4x5 8'."""
+    runs: list[list[int]] = []
+    for b in bits.values():
+        if runs and runs[-1][0] == b:
+            runs[-1][1] += 1
+        else:
+            runs.append([b, 1])
+    return " ".join(f"{b}x{n}" if n > 1 else str(b) for b, n in runs)
 
 
 def cmd_eval(args) -> int:

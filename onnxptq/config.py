@@ -12,6 +12,7 @@ from .errors import ConfigError
 METHODS = ("rtn", "adaround", "brecq", "qdrop", "rapq", "attention")  # rtn: calibration only; the rest: recon/settings.py
 ROUNDINGS = ("nearest", "floor", "ceil", "stochastic")  # quant/rounding.py WEIGHT_ROUNDINGS
 TAU_UNITS = ("step", "weight")  # recon/attention_round.py
+MIXED = ("coding-length", "search")  # mixed/allocate.py
 SCALE_KINDS = ("float", "po2")
 SCALE_METHODS = ("minmax", "percentile", "mse")
 PO2_METHODS = ("search", "floor", "round")
@@ -41,6 +42,12 @@ class QuantConfig:
     # non-negative activations always use the unsigned grid with zero point 0
     bias_correction: bool = True  # shift biases by E[(W_q - W) x] measured on calibration data
     rounding: str = "nearest"  # RTN weight rounding: nearest | floor | ceil | stochastic (baselines; method rtn)
+    # mixed precision (mixed/allocate.py): per-layer weight bits instead of w_bits for all but first/last
+    mixed: str | None = None  # coding-length (Attention Round Alg. 1) | search (BRECQ Alg. 2, needs a budget)
+    mixed_bits: list[int] | None = None  # candidate bits; None: coding-length 3,4,5,6, search 2,4,8
+    budget_size: float | None = None  # search: quantized weight bytes of the whole model (bits / 8 per weight)
+    budget_bops: float | None = None  # search: bit-operations per sample, sum of MACs x b_w x b_a
+    coding_eps: float = 0.5  # eps of the coding length (Eq. 12; mixed/coding_length.py)
     # method and its granularity
     method: str = "rtn"
     granularity: str = "block"  # reconstruction regions (brecq, qdrop; adaround is layer-wise)
@@ -128,6 +135,7 @@ class QuantConfig:
                               f"(--method {self.method} learns its own rounding)")
         if not self.attn_tau > 0:
             raise ConfigError(f"attn_tau must be positive; got {self.attn_tau}")
+        self._check_mixed()
         if self.lp_alpha is not None and not 0.0 < self.lp_alpha <= 1.0:
             raise ConfigError(f"lp_alpha must be in (0, 1] (RAPQ Eq. 19); got {self.lp_alpha}")
         if self.format == "int" and self.scale != "po2":
@@ -144,6 +152,30 @@ class QuantConfig:
             if self.device.startswith("cuda") and not torch.cuda.is_available():
                 raise ConfigError(f"device {self.device!r} requested but torch sees no CUDA device; use --device cpu")
         self.skip_nodes = list(self.skip_nodes)
+
+    def _check_mixed(self) -> None:
+        if self.mixed is None:
+            if self.mixed_bits is not None or self.budget_size is not None or self.budget_bops is not None:
+                raise ConfigError("--bits / --budget-size / --budget-bops choose mixed precision: add --mixed "
+                                  "coding-length or --mixed search")
+            return
+        if self.mixed not in MIXED:
+            raise ConfigError(f"mixed must be one of {', '.join(MIXED)}; got {self.mixed!r}")
+        if self.mixed_bits is not None:
+            self.mixed_bits = [int(b) for b in self.mixed_bits]
+            if not self.mixed_bits or len(set(self.mixed_bits)) != len(self.mixed_bits) or \
+                    any(not 2 <= b <= 8 for b in self.mixed_bits):
+                raise ConfigError(f"mixed bits must be distinct integers in 2..8; got {self.mixed_bits}")
+        budgets = [b for b in (self.budget_size, self.budget_bops) if b is not None]
+        if self.mixed == "search" and len(budgets) != 1:
+            raise ConfigError("--mixed search needs exactly one budget: --budget-size (e.g. 1.5MB) or --budget-bops")
+        if self.mixed == "coding-length" and budgets:
+            raise ConfigError("--mixed coding-length sets bits from the weights alone; a budget needs --mixed search")
+        if any(not b > 0 for b in budgets) or not self.coding_eps > 0:
+            raise ConfigError("budgets and coding_eps must be positive")
+        low = min(self.mixed_bits or ((3, 4, 5, 6) if self.mixed == "coding-length" else (2, 4, 8)))
+        if self.opset < 21 and low <= 4:
+            raise ConfigError(f"{low}-bit weights need 4-bit containers, opset >= 21; got opset {self.opset}")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -1,0 +1,90 @@
+"""Layer sensitivities for the mixed-precision search (BRECQ Sec. 3.4, Eq. 12).
+
+The sensitivity of a configuration is the model-output error it causes on calibration samples, with
+every other layer (and every activation) in float: the output MSE divided by the float output's
+mean square (a noise-to-signal ratio, so values of different layers add up like the second-order
+terms of Eq. 12). Diagonal terms: one layer at b bits (round-to-nearest at its L_p per-channel scale,
+the calibration the engine starts from). Off-diagonal terms: two layers of the same block at the
+lowest bit width together, minus their two diagonal terms (the intra-block interaction BRECQ keeps).
+"""
+from __future__ import annotations
+
+from itertools import combinations
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ..config import QuantConfig
+from ..data import Dataset
+from ..importer.partition import partition
+from ..quant import fake_quantize, weight_grid
+from ..sim.model import SimModel
+
+SAMPLES = 64  # calibration samples the output error is measured on
+
+
+def _output(sim: SimModel, feeds: dict[str, torch.Tensor]) -> torch.Tensor:
+    return sim(feeds)[sim.qg.outputs[0]].double()
+
+
+@torch.no_grad()
+def measure_sensitivities(sim: SimModel, data: Dataset, cfg: QuantConfig, layers: list[str], choices: tuple[int, ...],
+                          samples: int = SAMPLES, progress: bool = True) -> tuple[dict, dict]:
+    """(diag {(layer, bits): s}, offdiag {((a, b_min), (b, b_min)): s}) for ``layers`` (see module doc)."""
+    from ..recon.calibrate import choose_scale, threads
+
+    qg = sim.qg
+    device = next(iter(sim.weights.values())).device
+    feeds = {k: torch.from_numpy(v[:samples]).to(device) for k, v in data.inputs.items()}
+    was_training = sim.training
+    sim.eval()
+    sim.set_quant(weights=False, acts=False)
+    ref = _output(sim, feeds)
+    power = float(ref.pow(2).mean()) or 1.0
+    quantized: dict[tuple[str, int], torch.Tensor] = {}
+
+    def q_weight(name: str, bits: int) -> torch.Tensor:
+        if (name, bits) not in quantized:
+            layer = qg.layer(name)
+            w = sim.weight(layer.weight).detach()
+            with threads(1):
+                p = choose_scale(w, weight_grid(bits), cfg.w_symmetric, layer.weight_axis, cfg, cfg.w_scale_method)
+            scale, zp = p.shaped_for(w.dim())
+            quantized[(name, bits)] = fake_quantize(w, torch.from_numpy(np.asarray(scale)).to(w.device),
+                                                    torch.from_numpy(np.asarray(zp, dtype=np.float32)).to(w.device),
+                                                    p.grid)
+        return quantized[(name, bits)]
+
+    def error(assign: dict[str, int]) -> float:
+        saved = {}
+        for name, bits in assign.items():
+            w = sim.weight(qg.layer(name).weight)
+            saved[name] = w.detach().clone()
+            w.copy_(q_weight(name, bits))
+        try:
+            return float((_output(sim, feeds) - ref).pow(2).mean()) / power
+        finally:
+            for name, w in saved.items():
+                sim.weight(qg.layer(name).weight).copy_(w)
+
+    free = set(layers)
+    pairs = [(a, b) for region in partition(qg, "block") for a, b in combinations([x for x in region.layers if x in free], 2)]
+    lowest = min(choices)
+    bar = tqdm(total=len(layers) * len(choices) + len(pairs), disable=not progress, desc="sensitivities", unit="eval",
+               dynamic_ncols=True)
+    try:
+        diag = {}
+        for name in layers:
+            for bits in choices:
+                diag[(name, bits)] = error({name: bits})
+                bar.update(1)
+            quantized = {k: v for k, v in quantized.items() if k[1] == lowest}  # keep only what the pairs reuse
+        offdiag = {}
+        for a, b in pairs:
+            offdiag[((a, lowest), (b, lowest))] = error({a: lowest, b: lowest}) - diag[(a, lowest)] - diag[(b, lowest)]
+            bar.update(1)
+    finally:
+        bar.close()
+        sim.train(was_training)
+    return diag, offdiag
