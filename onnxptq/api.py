@@ -180,7 +180,13 @@ def quantize(model: str | os.PathLike, calib, config: QuantConfig | None = None,
     calibrate(sim, data, plan, config)
     timings["calibrate"] = time.perf_counter() - t0
     recon_report = None
-    if config.method != "rtn":
+    if config.method == "bitsplit":
+        from .recon.bitsplit_layers import bitsplit_layers
+
+        t0 = time.perf_counter()
+        recon_report = bitsplit_layers(sim, data, config)
+        timings["reconstruct"] = time.perf_counter() - t0
+    elif config.method != "rtn":
         from .recon.engine import reconstruct
 
         ckpt_dir = config.checkpoint_dir or (f"{out}.recon" if out is not None else None)

@@ -13,7 +13,7 @@ import time
 
 from . import __version__
 from .config import (FORMATS, GRANULARITIES, INT_ROUNDINGS, METHODS, PO2_METHODS, PRESETS, ROUNDINGS, SCALE_KINDS,
-                     SCALE_METHODS, TAU_UNITS, MIXED, QuantConfig)
+                     SCALE_METHODS, TAU_UNITS, MIXED, WEIGHT_GRIDS, QuantConfig)
 from .mixed.budget import parse_count, parse_size
 from .errors import ConfigError, OnnxPtqError
 
@@ -88,7 +88,14 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--no-bias-correction", action="store_true", help="keep the float biases as they are")
     q.add_argument("--method", choices=METHODS, default=d.method,
                    help="rtn (calibration only) | adaround | brecq | qdrop | rapq (needs --scale po2) | "
-                        "attention (Attention Round: weights may round to any grid point)")
+                        "attention (Attention Round: weights may round to any grid point) | "
+                        "bitsplit (Bit-Split & Stitching, closed form per layer)")
+    q.add_argument("--weight-grid", choices=WEIGHT_GRIDS, default=d.weight_grid,
+                   help="bitsplit: uniform, or log (weights 0 / +-2^k times a channel scale, 2-4 bits)")
+    q.add_argument("--ecaq", action="store_true",
+                   help="per-channel activation scales folded into the consuming convs (Bit-Split ECAQ; rtn/bitsplit)")
+    q.add_argument("--bitsplit-points", type=int, default=d.bitsplit_points,
+                   help="bitsplit: sampled input rows per layer (default 12000, as the paper)")
     q.add_argument("--mixed", choices=MIXED, default=None,
                    help="per-layer weight bits: coding-length (Attention Round Alg. 1, from the weights) or "
                         "search (BRECQ Alg. 2: sensitivities + genetic search under --budget-size/--budget-bops)")
@@ -301,6 +308,7 @@ def cmd_quantize(args) -> int:
         round_lambda=args.round_lambda, drop_prob=args.drop_prob, fisher_damping=args.fisher_damping,
         recon_guard=not args.no_recon_guard, lp_alpha=args.lp_alpha, lp_beta=args.lp_beta, rounding=args.rounding,
         attn_tau=args.attn_tau, attn_tau_unit=args.attn_tau_unit, mixed=args.mixed, mixed_bits=args.mixed_bits,
+        weight_grid=args.weight_grid, bitsplit_points=args.bitsplit_points, ecaq=args.ecaq,
         budget_size=args.budget_size, budget_bops=args.budget_bops, coding_eps=args.coding_eps,
         checkpoint_dir=args.checkpoint_dir, resume=args.resume, cache_budget_mb=args.cache_budget_mb,
         cache_dir=args.cache_dir, num_calib=args.num_calib, batch_size=args.batch_size,

@@ -9,10 +9,11 @@ from dataclasses import asdict, dataclass, field, fields
 
 from .errors import ConfigError
 
-METHODS = ("rtn", "adaround", "brecq", "qdrop", "rapq", "attention")  # rtn: calibration only; the rest: recon/settings.py
+METHODS = ("rtn", "adaround", "brecq", "qdrop", "rapq", "attention", "bitsplit")  # rtn: calibration only; the rest: recon/settings.py
 ROUNDINGS = ("nearest", "floor", "ceil", "stochastic")  # quant/rounding.py WEIGHT_ROUNDINGS
 TAU_UNITS = ("step", "weight")  # recon/attention_round.py
 MIXED = ("coding-length", "search")  # mixed/allocate.py
+WEIGHT_GRIDS = ("uniform", "log")  # recon/bitsplit.py
 SCALE_KINDS = ("float", "po2")
 SCALE_METHODS = ("minmax", "percentile", "mse")
 PO2_METHODS = ("search", "floor", "round")
@@ -64,6 +65,10 @@ class QuantConfig:
     fisher_damping: float = 1.0  # Fisher weights (|g|/rms + d)^2: 0 = pure Eq. 11, larger = closer to MSE
     lp_alpha: float | None = None  # RAPQ Eq. 19 alpha in (0, 1]; None: the preset's (rapq 0.9, rapq-quick/fast 0.1)
     lp_beta: float = 1.0  # RAPQ Eq. 19 beta
+    ecaq: bool = False  # per-channel activation scales folded into the consumer convs (Bit-Split Sec. 3.4)
+    weight_grid: str = "uniform"  # bitsplit: uniform (Bit-Split Eq. 12-19) | log (Sec. 3.3.2; layers of <= 4 bits)
+    bitsplit_points: int = 12000  # bitsplit: sampled input rows per layer (the paper's 12000)
+    bitsplit_iters: int = 30  # bitsplit: alternating-optimization passes per layer (at most)
     attn_tau: float = 0.5  # Attention Round tau (Eq. 1-6)
     attn_tau_unit: str = "step"  # tau in grid steps, or "weight": Eq. 3's literal tau / s (recon/attention_round.py)
     recon_guard: bool = True  # a region whose loss ends above its calibrated (RTN) loss goes back to RTN
@@ -89,7 +94,8 @@ class QuantConfig:
                               ("a_scale_method", SCALE_METHODS), ("method", METHODS), ("format", FORMATS),
                               ("int_rounding", INT_ROUNDINGS),
                               ("granularity", GRANULARITIES), ("preset", PRESETS), ("rounding", ROUNDINGS),
-                              ("attn_tau_unit", TAU_UNITS)):
+                              ("attn_tau_unit", TAU_UNITS),
+                              ("weight_grid", WEIGHT_GRIDS)):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{name} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}")
         for name in ("w_bits", "a_bits"):
@@ -136,6 +142,25 @@ class QuantConfig:
         if not self.attn_tau > 0:
             raise ConfigError(f"attn_tau must be positive; got {self.attn_tau}")
         self._check_mixed()
+        if self.method == "bitsplit":
+            if self.scale != "float":
+                raise ConfigError("--method bitsplit solves a float scale per channel (Eq. 14): use --scale float")
+            if self.weight_grid == "uniform" and self.w_bits < 3:
+                raise ConfigError("Bit-Split needs w_bits >= 3 (Eq. 13 splits into w_bits-1 ternary planes); "
+                                  "2-bit: --weight-grid log or another method")
+            if self.weight_grid == "log" and self.w_bits > 4:
+                raise ConfigError("logarithmic weights (Bit-Split Sec. 3.3.2) support 2-4 bits; got "
+                                  f"w_bits={self.w_bits}")
+            if self.bitsplit_points < 16 or self.bitsplit_iters < 0:
+                raise ConfigError("bitsplit_points must be >= 16 and bitsplit_iters >= 0")
+        if self.ecaq and self.method not in ("rtn", "bitsplit"):
+            raise ConfigError(f"--ecaq works with --method rtn or bitsplit (Bit-Split Algorithm 1); --method "
+                              f"{self.method} learns per-layer activation steps")
+        if self.ecaq and self.format == "int":
+            raise ConfigError("--ecaq is exported as QDQ only (per-channel requantization at the producer is not in "
+                              "the integer format yet): use --format qdq")
+        if self.method != "bitsplit" and self.weight_grid != "uniform":
+            raise ConfigError("--weight-grid log is solved by Bit-Split's coordinate descent: add --method bitsplit")
         if self.lp_alpha is not None and not 0.0 < self.lp_alpha <= 1.0:
             raise ConfigError(f"lp_alpha must be in (0, 1] (RAPQ Eq. 19); got {self.lp_alpha}")
         if self.format == "int" and self.scale != "po2":
