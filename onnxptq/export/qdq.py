@@ -123,8 +123,6 @@ class QDQWriter:
             p = fq.params
             elem, zp_c, c_lo, c_hi = _act_container(p)
             dtype, cont_lo, cont_hi = CONTAINERS[elem]
-            scale = self._const(f"{t}_scale", p.scale.reshape(()).astype(np.float32))
-            zp = self._const(f"{t}_zero_point", zp_c.reshape(()).astype(dtype))
             if t in graph_inputs:
                 src, dq_out = t, f"{t}_dequantized"
                 for n in self.g.node:
@@ -138,6 +136,11 @@ class QDQWriter:
                 at = producer_index[t]
                 prod = self.g.node[at]
                 prod.output[list(prod.output).index(t)] = src
+            if fq.ecaq:
+                self._write_ecaq(t, fq, src, dq_out, at)
+                continue
+            scale = self._const(f"{t}_scale", p.scale.reshape(()).astype(np.float32))
+            zp = self._const(f"{t}_zero_point", zp_c.reshape(()).astype(dtype))
             q_in = src
             if c_lo > cont_lo or c_hi < cont_hi:
                 lo = np.float32((c_lo - zp_c) * p.scale)
@@ -149,6 +152,29 @@ class QDQWriter:
             q_out = f"{t}_quantized"
             self.new_nodes.append((at, helper.make_node("QuantizeLinear", [q_in, scale, zp], [q_out], name=f"{t}_QuantizeLinear")))
             self.new_nodes.append((at, helper.make_node("DequantizeLinear", [q_out, scale, zp], [dq_out], name=f"{t}_DequantizeLinear")))
+
+    def _write_ecaq(self, t: str, fq, src: str, dq_out: str, at: int) -> None:
+        """ECAQ point (recon/ecaq.py): [Min to the grid's top] -> QuantizeLinear with the per-channel scales
+        beta (axis 1) -> DequantizeLinear with scale 1: the consumers read the integer codes, their weights
+        hold beta. Unsigned grid, zero point 0 (``ecaq.candidates``)."""
+        p = fq.params
+        elem, zp_c, c_lo, c_hi = _act_container(p)
+        dtype, _, cont_hi = CONTAINERS[elem]
+        beta = p.scale.reshape(-1).astype(np.float32)
+        q_in = src
+        if c_hi < cont_hi:
+            hi = (np.float32(c_hi) * beta).reshape(1, -1, 1, 1).astype(np.float32)
+            q_in = f"{t}_clipped"
+            self.new_nodes.append((at, helper.make_node("Min", [src, self._const(f"{t}_grid_max", hi)], [q_in],
+                                                        name=f"{t}_grid_Min")))
+        q_out = f"{t}_quantized"
+        self.new_nodes.append((at, helper.make_node(
+            "QuantizeLinear", [q_in, self._const(f"{t}_scale", beta), self._const(f"{t}_zero_point", zp_c.reshape(-1).astype(dtype))],
+            [q_out], name=f"{t}_QuantizeLinear", axis=1)))
+        self.new_nodes.append((at, helper.make_node(
+            "DequantizeLinear", [q_out, self._const(f"{t}_codes_scale", np.float32(1.0).reshape(())),
+                                 self._const(f"{t}_codes_zero_point", np.zeros((), dtype))],
+            [dq_out], name=f"{t}_DequantizeLinear")))
 
     # ------------------------------------------------------------------ assemble
     def build(self) -> onnx.ModelProto:

@@ -240,7 +240,7 @@ def _calibrate_weights(sim: SimModel, plan: BitPlan, cfg: QuantConfig,
             sim.bias_delta[layer.name] = bias_shift(layer, w, w_q, input_means[layer.name].to(w.device),
                                                     None if err is None else err.to(w.device))
         if layer.bias:
-            s_x = float(sim.act_quantizer(sim.qg.source[layer.input]).params.scale)
+            s_x = sim.input_scale(layer)
             bias = sim.weight(layer.bias).detach() - sim.bias_delta.get(layer.name, 0)
             safe = S.bias_safe_weight_scale(torch.from_numpy(params.scale), bias.cpu(), s_x, params.po2)
             if not torch.equal(safe, torch.from_numpy(params.scale)):
@@ -274,6 +274,10 @@ def calibrate(sim: SimModel, data: Dataset, plan: BitPlan, cfg: QuantConfig) -> 
     calibrate_activations(sim, observers, plan, cfg)
     if cfg.scale == "po2" and cfg.po2_output_points > 0:
         output_search_activations(sim, data, observers, cfg.po2_output_points)
+    if cfg.ecaq:
+        from .ecaq import apply_ecaq
+
+        sim.ecaq_scales = apply_ecaq(sim, data, cfg)
     errors = input_quant_error(sim, data, cfg) if cfg.bias_correction else None
     calibrate_weights(sim, plan, cfg, input_means if cfg.bias_correction else None, errors)
     sim.set_quant(weights=True, acts=True)

@@ -270,7 +270,7 @@ class _Region:
         return not bool((bias.double().cpu().abs() / (s_x * s_w) > BIAS_LIMIT).any())
 
     def _input_scale(self, layer) -> float:
-        return float(self.sim.act_quantizer(self.sim.qg.source[layer.input]).params.scale)
+        return self.sim.input_scale(layer)
 
     def parameters(self, which: str) -> list[torch.nn.Parameter]:
         if which == "rounding":

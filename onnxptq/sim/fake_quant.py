@@ -5,7 +5,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..quant import QParams, fake_quantize
+from ..quant import QParams, fake_quantize, quantize
 from ..quant.observer import Observer
 
 
@@ -36,6 +36,8 @@ class FakeQuant(nn.Module):
         self.enabled = False
         self.round_fn = None  # replaces STE rounding of x / s when set (AdaRound: recon/adaround.py)
         self.scale_fn = None  # returns the scale instead of the fixed one when set (RAPQ: recon/po2_group.py)
+        self.ecaq = False  # per-channel activation scales folded into the consumers (recon/ecaq.py): outputs
+        # the integer codes (q - z) when enabled, the exact rescaling x / s when disabled
         self.register_buffer("scale", torch.ones(()), persistent=False)
         self.register_buffer("zero_point", torch.zeros(()), persistent=False)
 
@@ -54,6 +56,10 @@ class FakeQuant(nn.Module):
         if self.observer is not None:
             self.observer.update(x)
             return x
+        if self.ecaq:
+            if not self.enabled:
+                return x / self.scale
+            return quantize(x, self.scale, self.zero_point, self.params.grid, round_ste) - self.zero_point
         if not self.enabled or self.params is None:
             return x
         return fake_quantize(x, self.scale if self.scale_fn is None else self.scale_fn(), self.zero_point,

@@ -71,6 +71,7 @@ class SimModel(nn.Module):
         self.layer_input_hook = None  # callable(layer, x) run on every layer input (statistics)
         self.bias_delta: dict[str, torch.Tensor] = {}  # layer -> bias correction applied with quantized weights
         self.input_means: dict[str, torch.Tensor] = {}  # layer -> per-channel float input mean (calibration data)
+        self.ecaq_scales: dict[str, np.ndarray] = {}  # ECAQ quant point -> per-channel scales (recon/ecaq.py)
         self._last_use = self._compute_last_use()
 
     # ------------------------------------------------------------------ accessors
@@ -146,11 +147,16 @@ class SimModel(nn.Module):
         s_b = torch.as_tensor(self.bias_scale(layer), device=b.device)
         return fake_quantize(b, s_b, 0, BIAS_GRID, round_ste)
 
+    def input_scale(self, layer: Layer) -> float:
+        """s_x of the layer's input: its quant point's scale, or 1 for an ECAQ point (integer codes,
+        the per-channel scales live in the weights: recon/ecaq.py)."""
+        fq = self.act_quantizer(self.qg.source[layer.input])
+        return 1.0 if fq.ecaq else float(fq.params.scale)
+
     def bias_scale(self, layer: Layer) -> np.ndarray:
         """float32 s_x * s_w[c]: the exported bias DequantizeLinear scale (DESIGN.md section 4)."""
-        s_x = self.act_quantizer(self.qg.source[layer.input]).params.scale
         s_w = self.weight_quantizer(layer.name).params.scale
-        return (np.float32(s_x) * s_w.astype(np.float32)).astype(np.float32)
+        return (np.float32(self.input_scale(layer)) * s_w.astype(np.float32)).astype(np.float32)
 
     def run_nodes(self, env: dict[str, torch.Tensor], start: int = 0, stop: int | None = None,
                   keep: bool = False) -> dict[str, torch.Tensor]:

@@ -1,0 +1,90 @@
+"""ECAQ (Bit-Split Sec. 3.4, issue 6): per-channel activation scales folded into the consumer convs. Before
+quantization the float model is unchanged (exact re-scaling, Eq. 25-26); quantized, the QDQ export has a
+per-axis QuantizeLinear and a scale-1 DequantizeLinear and runs bit-exactly in onnxruntime."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import numpy_helper
+
+from onnxptq import api
+from onnxptq.config import QuantConfig
+from onnxptq.data import Dataset
+from onnxptq.errors import ConfigError
+from onnxptq.importer import import_model
+from onnxptq.plan import make_plan
+from onnxptq.recon.calibrate import calibrate_activations, observe_activations
+from onnxptq.recon.ecaq import apply_ecaq, candidates, in_channel_view
+from onnxptq.sim.model import SimModel
+from onnxptq.verify import qdq_output_parity
+
+from test_recon import tiny  # noqa: F401  (fixture)
+
+
+def _float_out(sim: SimModel, x: np.ndarray) -> np.ndarray:
+    sim.set_quant(weights=False, acts=False)
+    with torch.no_grad():
+        return sim({"input": torch.from_numpy(x)})[sim.qg.outputs[0]].numpy()
+
+
+def test_ecaq_rescaling_leaves_the_float_model_unchanged(tiny):
+    _, path, calib, val = tiny
+    qg = import_model(path)
+    cfg = QuantConfig(a_bits=4, ecaq=True, progress=False)
+    sim = SimModel(qg)
+    before = _float_out(sim, val)
+    w_before = {x.name: qg.initializer(x.weight).copy() for x in qg.layers}
+    data = Dataset({"input": calib})
+    observers, means = observe_activations(sim, data, cfg)
+    sim.input_means = means
+    calibrate_activations(sim, observers, make_plan(qg, cfg), cfg)
+    points = candidates(sim)
+    conv2, conv3 = qg.layers[1], qg.layers[2]
+    assert points == [conv2.output]  # relu(conv2) feeds only the depthwise conv3; conv1's output also feeds an Add
+    betas = apply_ecaq(sim, data, cfg)
+    beta = betas[conv2.output]
+    assert beta.shape == (8,) and np.all(beta > 0) and len(set(beta.tolist())) > 1
+    # Eq. 26: the consumer's weights (sim and imported graph) are W[:, c] * beta[c]; here depthwise: channel o
+    expected = w_before[conv3.name] * beta.reshape(8, 1, 1, 1)
+    np.testing.assert_allclose(qg.initializer(conv3.weight), expected, rtol=1e-6)
+    np.testing.assert_allclose(sim.weight(conv3.weight).detach().numpy(), expected, rtol=1e-6)
+    np.testing.assert_allclose(_float_out(sim, val), before, rtol=1e-5, atol=1e-5)  # Eq. 25: exact re-scaling
+
+
+def test_in_channel_view_for_grouped_convs():
+    class L:
+        groups, weight_shape = 2, (4, 3, 1, 1)  # 6 input channels in 2 groups of 3, 2 outputs per group
+    beta = torch.arange(1.0, 7.0)
+    v = in_channel_view(L, beta, 4).reshape(4, 3)
+    assert v.tolist() == [[1, 2, 3], [1, 2, 3], [4, 5, 6], [4, 5, 6]]
+
+
+@pytest.mark.parametrize("method", ["rtn", "bitsplit"])
+def test_ecaq_export_is_per_axis_and_bit_exact(tiny, tmp_path, method):
+    _, path, calib, val = tiny
+    out = tmp_path / "ecaq.onnx"
+    res = api.quantize(path, calib, output=out, method=method, ecaq=True, w_bits=4, a_bits=4, progress=False,
+                       bitsplit_points=2000)
+    t = res.qgraph.layers[1].output
+    assert list(res.sim.ecaq_scales) == [t]
+    m = onnx.load(str(out))
+    inits = {i.name: numpy_helper.to_array(i) for i in m.graph.initializer}
+    q = next(n for n in m.graph.node if n.op_type == "QuantizeLinear" and n.output[0] == f"{t}_quantized")
+    dq = next(n for n in m.graph.node if n.op_type == "DequantizeLinear" and n.input[0] == f"{t}_quantized")
+    assert next(a.i for a in q.attribute if a.name == "axis") == 1
+    np.testing.assert_array_equal(inits[q.input[1]], res.sim.ecaq_scales[t])
+    assert float(inits[dq.input[1]]) == 1.0
+    # the consumer's int32 bias has scale 1 * s_w
+    conv3 = res.qgraph.layers[2]
+    np.testing.assert_array_equal(inits[f"{conv3.name}.bias_scale"],
+                                  res.sim.weight_quantizer(conv3.name).params.scale.astype(np.float32))
+    assert qdq_output_parity(res.sim, str(out), {"input": val}).bit_exact
+
+
+def test_ecaq_config_validation():
+    with pytest.raises(ConfigError, match="rtn or bitsplit"):
+        QuantConfig(method="brecq", ecaq=True)
+    with pytest.raises(ConfigError, match="qdq"):
+        QuantConfig(ecaq=True, scale="po2", format="int")
