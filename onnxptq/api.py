@@ -41,6 +41,7 @@ class QuantResult:
     program: "IntProgram | None" = None  # the integer program (format "int")
     recon: "ReconReport | None" = None  # per-region reconstruction results (methods other than rtn)
     mixed: "MixedReport | None" = None  # per-layer bit allocation (--mixed)
+    report_files: list[Path] = field(default_factory=list)  # --report: the report and its PNGs
 
     def summary(self) -> dict:
         """Bits, scale kind, weight sizes before/after, times: the table printed at the end of a run."""
@@ -144,11 +145,12 @@ def simulate(sim: SimModel, inputs: dict[str, np.ndarray], batch_size: int = 32)
 
 
 def quantize(model: str | os.PathLike, calib, config: QuantConfig | None = None, output: str | os.PathLike | None = None,
-             force: bool = False, **overrides) -> QuantResult:
+             force: bool = False, report: str | os.PathLike | None = None, **overrides) -> QuantResult:
     """Quantize an ONNX model with calibration data; write it to ``output`` if given.
 
     ``calib``: a .npz/.npy path, a ``Dataset``, an array (single-input models) or a dict of arrays.
     ``overrides``: QuantConfig fields, e.g. ``quantize("m.onnx", "calib.npz", w_bits=4, scale="po2")``.
+    ``report``: also write a per-layer report (``.md`` or ``.html``, with PNG plots: ``report.py``).
     """
     if config is None:
         config = QuantConfig(**overrides)
@@ -158,6 +160,13 @@ def quantize(model: str | os.PathLike, calib, config: QuantConfig | None = None,
             raise ConfigError(f"unknown option(s) {bad}")
         config = QuantConfig(**{**config.to_dict(), **overrides})
     out = check_output_path(output, model, force) if output is not None else None
+    rep = None
+    if report is not None:
+        rep = check_output_path(report, model, force)
+        if rep.suffix.lower() not in (".md", ".html", ".htm"):
+            raise OutputError(f"report {rep} must end in .md or .html")
+        if out is not None and rep.resolve() == out.resolve():
+            raise OutputError(f"report {rep} and output model are the same file; choose another report path")
     torch.manual_seed(config.seed)
     np.random.seed(config.seed)
     timings: dict[str, float] = {}
@@ -211,7 +220,14 @@ def quantize(model: str | os.PathLike, calib, config: QuantConfig | None = None,
     timings["export"] = time.perf_counter() - t0
     if out is not None:
         save_atomic(qmodel, out)
-    return QuantResult(qmodel, out, qg, sim, plan, config, timings, program, recon_report, mixed)
+    result = QuantResult(qmodel, out, qg, sim, plan, config, timings, program, recon_report, mixed)
+    if rep is not None:
+        from .report import write_report
+
+        t0 = time.perf_counter()
+        result.report_files = write_report(result, rep, data)
+        timings["report"] = time.perf_counter() - t0
+    return result
 
 
 def inspect(model: str | os.PathLike, granularity: str = "block", input_shapes: dict | None = None) -> dict:

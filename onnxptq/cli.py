@@ -70,6 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--calib", required=True, help=".npz (arrays keyed by input name) or .npy calibration data")
     q.add_argument("-o", "--output", required=True, help="where to write the quantized ONNX model")
     q.add_argument("--force", action="store_true", help="replace an existing output file")
+    q.add_argument("--report", default=None,
+                   help="also write a per-layer report, REPORT.md or REPORT.html, with PNG plots beside it")
     q.add_argument("--w-bits", type=int, default=d.w_bits)
     q.add_argument("--a-bits", type=int, default=d.a_bits)
     q.add_argument("--first-last-bits", type=_bits_or_same, default=d.first_last_bits,
@@ -317,7 +319,7 @@ def cmd_quantize(args) -> int:
         progress=not args.no_progress,
     )
     t0 = time.perf_counter()
-    res = quantize(args.model, args.calib, cfg, args.output, force=args.force)
+    res = quantize(args.model, args.calib, cfg, args.output, force=args.force, report=args.report)
     s = res.summary()
     s["total_s"] = round(time.perf_counter() - t0, 2)
     s["output"] = str(res.output)
@@ -336,6 +338,7 @@ def cmd_quantize(args) -> int:
         ("weights size", f"{_fmt_bytes(s['weights_float_bytes'])} -> {_fmt_bytes(s['weights_quant_bytes'])} "
                          f"({s['compression']:.1f}x)"),
         ("file size", _fmt_bytes(s["file_bytes"])),
+        *([("report", ", ".join(str(p) for p in res.report_files))] if res.report_files else []),
         ("time", f"{s['total_s']:.1f} s (" + ", ".join(f"{k} {v:.1f} s" for k, v in s["timings_s"].items()) + ")"),
     ]
     w = max(len(k) for k, _ in rows)

@@ -1,4 +1,4 @@
-"""``python tools/bench.py recon``: reconstruction benchmarks (issue 4), one markdown section per experiment.
+"""``python tools/bench.py recon``: reconstruction benchmarks (issues 4-7), one markdown section per experiment.
 
     python tools/bench.py recon --experiments digits-methods,effnet-bits [--num-calib N] [--num-eval N]
                                 [--set iters=200 ...] [--out docs/benchmarks.md]
@@ -16,6 +16,16 @@ Experiments (``--experiments all`` runs them in this order, digits first):
   digits-rapq         RAPQ ablation at W4A4 and W2A4: naive Po2, exponent search, AdaRound on naive Po2,
                       Po2 scale group (MSE), scale group + BN-based L-P loss, float BRECQ alongside
   effnet-rapq         the same on EfficientNet-Lite0 at W4A4
+  digits-rounding     rounding functions at W4A16 (~weights only), W4A4, W3A4: nearest, floor, ceil, stochastic,
+                      AdaRound and Attention Round (block reconstruction), Bit-Split; Attention Round Table 5
+  effnet-rounding     the same on EfficientNet-Lite0 at W4A4
+  digits-bitsplit     Bit-Split vs TF-Lite-style RTN and RTN at the L_p scale, log vs uniform, W3/W4 at A8
+  effnet-bitsplit     the same on EfficientNet-Lite0
+  digits-ecaq         per-layer activation scales vs ECAQ at A4/A3, RTN and Bit-Split weights
+  effnet-ecaq         the same on EfficientNet-Lite0
+  digits-mixed        unified 2/4/8-bit, coding-length mixed bits (3,4,5,6 and 3,4,5) and the genetic search at
+                      the same weight sizes, all reconstructed with BRECQ at A8
+  effnet-mixed        the same on EfficientNet-Lite0
 
 Every quantized model is exported to QDQ and run in onnxruntime (CPU, default session options) on the
 evaluation samples; ``SQNR dB`` is onnxruntime's output against the float model's, ``sim SQNR dB`` is
@@ -58,6 +68,53 @@ def _rapq_rows(w: int, a: int) -> list[tuple[str, dict]]:
             (f"rapq group+lp {tag}", dict(method="rapq", loss="lp", **naive))]
 
 
+def _rounding_rows(w: int, a: int, extra: tuple[str, ...] = ()) -> list[tuple[str, dict]]:
+    """Attention Round Table 5 analog: only the rounding function differs. Bias correction is off in every row
+    (it would undo most of floor/ceil's systematic error); the learned rows reconstruct blocks and then
+    learn the activation steps, with the same iterations."""
+    bits, tag = dict(w_bits=w, a_bits=a, bias_correction=False), f"W{w}A{a}"
+    rows = [(f"{r} {tag}", dict(method="rtn", rounding=r, **bits)) for r in ("nearest", "floor", "ceil", "stochastic")]
+    rows += [(f"adaround block {tag}", dict(method="brecq", **bits)),
+             (f"attention block {tag}", dict(method="attention", **bits)),
+             (f"attention block tau 0.25 {tag}", dict(method="attention", attn_tau=0.25, **bits))]
+    rows += [(f"{m} {tag}", dict(method=m, **bits)) for m in extra]
+    return rows
+
+
+def _bitsplit_rows(a: int) -> list[tuple[str, dict]]:
+    """Bit-Split Table 1 / Fig. 4 analog: TF-Lite-style RTN (max-abs scale, Eq. 12), RTN at the L_p scale,
+    Bit-Split, and logarithmic weights, at W3 and W4."""
+    rows = []
+    for w in (4, 3):
+        tag = f"W{w}A{a}"
+        rows += [(f"tflite rtn {tag}", dict(method="rtn", w_scale_method="minmax", bias_correction=False, w_bits=w,
+                                            a_bits=a)),
+                 (f"rtn lp {tag}", dict(method="rtn", w_bits=w, a_bits=a)),
+                 (f"bitsplit uniform {tag}", dict(method="bitsplit", w_bits=w, a_bits=a)),
+                 (f"bitsplit log {tag}", dict(method="bitsplit", weight_grid="log", w_bits=w, a_bits=a))]
+    return rows
+
+
+def _ecaq_rows(w: int = 4) -> list[tuple[str, dict]]:
+    """Bit-Split Table 3 analog: per-layer activation scales vs ECAQ at A4 and A3, with RTN and Bit-Split weights."""
+    return [(f"{m} {'ecaq' if e else 'per-layer'} W{w}A{a}", dict(method=m, ecaq=e, w_bits=w, a_bits=a))
+            for a in (4, 3) for m in ("rtn", "bitsplit") for e in (False, True)]
+
+
+def _mixed_rows(a: int = 8) -> list[tuple[str, dict]]:
+    """Attention Round Table 4 / BRECQ Fig. 2 analog: unified bits, coding-length mixed bits, and the genetic
+    search at the same weight sizes; every configuration reconstructed with BRECQ (fast preset)."""
+    rows = [(f"unified W{b}A{a}", dict(method="brecq", w_bits=b, a_bits=a)) for b in (2, 4, 8)]
+    for bits in ((3, 4, 5, 6), (3, 4, 5)):
+        tag = ",".join(map(str, bits))
+        rows.append((f"coding-length {tag} A{a}", dict(method="brecq", mixed="coding-length", mixed_bits=list(bits),
+                                                        a_bits=a)))
+        rows.append((f"search = size of {tag} A{a}", dict(method="brecq", mixed="search", a_bits=a,
+                                                          budget_like=("coding-length", list(bits)))))
+    rows.append((f"search = size of W4 A{a}", dict(method="brecq", mixed="search", a_bits=a, budget_like=("unified", 4))))
+    return rows
+
+
 EXPERIMENTS: dict[str, Exp] = {
     "digits-methods": Exp("digits", "W2A4: RTN vs AdaRound (layer) vs BRECQ (block) vs QDrop", [
         ("rtn W2A4", dict(method="rtn", **W2A4)),
@@ -89,6 +146,20 @@ EXPERIMENTS: dict[str, Exp] = {
     "digits-rapq": Exp("digits", "RAPQ ablation (RAPQ Table 3): naive Po2 vs Po2 scale group vs + BN-based L-P loss", [
         row for bits in ((4, 4), (2, 4)) for row in _rapq_rows(*bits)]),
     "effnet-rapq": Exp("efficientnet", "RAPQ ablation (RAPQ Table 3) at W4A4", _rapq_rows(4, 4)),
+    "digits-rounding": Exp("digits", "rounding functions (Attention Round Table 5): nearest / floor / ceil / "
+                           "stochastic / AdaRound / Attention Round", [
+        row for bits in ((4, 16), (4, 4), (3, 4)) for row in _rounding_rows(*bits, extra=("bitsplit",))]),
+    "effnet-rounding": Exp("efficientnet", "rounding functions (Attention Round Table 5) at W4A4",
+                           _rounding_rows(4, 4, extra=("bitsplit",))),
+    "digits-bitsplit": Exp("digits", "Bit-Split vs TF-Lite-style RTN (Bit-Split Table 1), logarithmic vs uniform "
+                           "weights (Fig. 4)", _bitsplit_rows(8)),
+    "effnet-bitsplit": Exp("efficientnet", "Bit-Split vs TF-Lite-style RTN, logarithmic vs uniform weights",
+                           _bitsplit_rows(8)),
+    "digits-ecaq": Exp("digits", "ECAQ vs per-layer activation scales (Bit-Split Table 3)", _ecaq_rows()),
+    "effnet-ecaq": Exp("efficientnet", "ECAQ vs per-layer activation scales", _ecaq_rows()),
+    "digits-mixed": Exp("digits", "mixed precision vs unified bits at equal weight size (Attention Round Table 4, "
+                        "BRECQ Fig. 2)", _mixed_rows()),
+    "effnet-mixed": Exp("efficientnet", "mixed precision vs unified bits at equal weight size", _mixed_rows()),
     "effnet-iters": Exp("efficientnet", "W4A4 BRECQ: fidelity vs rounding iterations per region", [
         (f"brecq W4A4 iters {n}", dict(method="brecq", w_bits=4, a_bits=4, iters=n, act_iters=n // 2))
         for n in (50, 200, 800)]),
@@ -118,7 +189,10 @@ def run_row(bm: B.BenchModel, calib, eval_ds, float_out, label: str, overrides: 
     from onnxptq.api import quantize
     from onnxptq.eval import fidelity
 
-    out = work / f"{bm.name}.{label.replace(' ', '-')}.onnx"
+    out = work / f"{bm.name}.{label.replace(' ', '-').replace(',', '_').replace('=', 'eq')}.onnx"
+    overrides = dict(overrides)
+    if "budget_like" in overrides:  # a size budget equal to another configuration's weight size
+        overrides["budget_size"] = reference_size(bm, overrides, *overrides.pop("budget_like"))
     row = B.Row("onnxptq", label)
     t0 = time.perf_counter()
     res = quantize(bm.path, calib, output=out, force=True, num_calib=len(calib), progress=False,
@@ -129,16 +203,47 @@ def run_row(bm: B.BenchModel, calib, eval_ds, float_out, label: str, overrides: 
     row.fid = fidelity(float_out, B.run_onnxruntime(str(out), eval_ds.inputs, B.EVAL_BATCH), eval_ds.labels)
     row.unfused_sqnr_db = fidelity(float_out, res.simulate(eval_ds.inputs), None).sqnr_db  # simulation
     cfg = res.config
+    summary = res.summary()
+    if res.mixed is not None:
+        from onnxptq.cli import _fmt_layer_bits
+
+        row.notes = (f"weights {res.mixed.size_bytes / 1e3:.1f} kB (bits/8, no bias), bits {_fmt_layer_bits(cfg_bits(res))}"
+                     + (f", search {res.mixed.seconds:.0f} s" if res.mixed.method == "search" else "") + "; ")
+    elif cfg.w_bits < 8:
+        row.notes = f"weights {summary['weights_quant_bytes'] / 1e3:.1f} kB with biases; "
     if res.recon is not None:
         r = res.recon
-        row.notes = (f"{r.granularity} x{len(r.regions)}, {cfg.loss}, iters {sum(x.iterations for x in r.regions)}"
+        row.notes += (f"{r.granularity} x{len(r.regions)}, {cfg.loss}, iters {sum(x.iterations for x in r.regions)}"
                      f"/{len(r.regions)} regions, {sum(x.bias_corrected for x in r.regions)} bias-corrected, "
                      f"{sum(x.reverted for x in r.regions)} kept RTN")
         ps = [x.lp_exponent for x in r.regions if x.lp_exponent is not None]
         if ps:
             srcs = sorted({x.lp_source for x in r.regions if x.lp_source})
             row.notes += f", L-P P {min(ps):.2f}-{max(ps):.2f} (gamma from {'/'.join(srcs)})"
+        far = [x.beyond_neighbors for x in r.regions if x.beyond_neighbors]
+        if far:
+            row.notes += f", {100 * np.mean(far):.1f}% of weights beyond their two nearest grid points"
     return row
+
+
+def cfg_bits(res) -> dict[str, int]:
+    return {x.name: res.plan.w_bits[x.name] for x in res.qgraph.layers}
+
+
+def reference_size(bm: B.BenchModel, overrides: dict, kind: str, arg) -> float:
+    """Weight bytes (bits / 8, no bias) of a unified ``arg``-bit plan or of the coding-length plan with bits ``arg``."""
+    from onnxptq.config import QuantConfig
+    from onnxptq.importer import import_model
+    from onnxptq.mixed.allocate import apply_mixed, plan_size
+    from onnxptq.plan import make_plan
+
+    qg = import_model(bm.path)
+    base = {k: v for k, v in overrides.items() if k not in ("mixed", "budget_size", "budget_bops", "mixed_bits")}
+    if kind == "unified":
+        return plan_size(qg, make_plan(qg, QuantConfig(**{**base, "w_bits": arg})))
+    cfg = QuantConfig(**{**base, "mixed": "coding-length", "mixed_bits": list(arg)})
+    plan = make_plan(qg, cfg)
+    return apply_mixed(qg, plan, cfg).size_bytes
 
 
 def table(rows: list[B.Row], labels: bool) -> str:

@@ -7,8 +7,8 @@ For each layer in execution order:
 2. target Y = X W^T (the float layer's output without bias) and solve min ||Y - alpha X^ q|| per output
    channel in closed form (``bitsplit.py``: Eq. 12-19 uniform, Eq. 20-22 logarithmic);
 3. write back the weights alpha * q with per-channel scale alpha (on-grid float weights, so the exporters
-   store exactly q), and as bias correction the least-squares intercept mean(Y - alpha X^ q) per channel
-   (the rows' mean error, which the zero-intercept fit of Eq. 11 leaves);
+   store exactly q), and as bias correction (unless ``bias_correction`` is off) the least-squares intercept
+   mean(alpha X^ q - Y) per channel (the rows' mean error, which the zero-intercept fit of Eq. 11 leaves);
 4. a layer whose solved error is not below its RTN error on the same rows, or whose int32 bias would
    leave its range, keeps its RTN calibration.
 Layers other than 2-D Conv (without transA Gemm, MatMul) keep RTN and are reported.
@@ -177,7 +177,7 @@ def bitsplit_layers(sim: SimModel, data: Dataset, cfg: QuantConfig):
                           w.dim())
             w.copy_(new_w)
             sim.bias_delta.pop(layer.name, None)
-            if layer.bias:
+            if layer.bias and cfg.bias_correction:
                 sim.bias_delta[layer.name] = shift.float().to(w.device)
             q_back = integer_weights(sim, layer.name)
             expect = res.q.reshape(-1, res.q.shape[-1]).cpu().numpy()
