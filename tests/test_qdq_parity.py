@@ -14,7 +14,7 @@ from onnx import TensorProto, helper, numpy_helper
 from onnxptq import api
 from onnxptq.quant import is_power_of_two
 
-from helpers import DIGITS, ort_run
+from helpers import DIGITS, digits_path, ort_run
 
 BITS = [(8, 8), (4, 8), (8, 4), (4, 4)]
 FIRST_LAST = [8, None]
@@ -239,3 +239,19 @@ def test_ort_fact_fused_qlinearadd_needs_even_output_zero_point(zp_out, exact):
     assert np.array_equal(unfused, fused) == exact
     if not exact:
         assert np.abs(unfused - fused).max() == pytest.approx(0.0625)  # 1 LSB, on ties only
+
+
+def test_16bit_unsigned_activations_use_uint16(tmp_path, digits_calib, digits_val):
+    """A non-negative 16-bit activation has the grid [0, 65535]: stored as uint16 (int16 saturated the top half
+    of the range, so onnxruntime clipped every post-ReLU value above 32767 steps)."""
+    from onnxptq.verify import qdq_output_parity
+
+    out = tmp_path / "a16.onnx"
+    res = api.quantize(digits_path("digits_resnet"), digits_calib["input"], output=out, w_bits=4, a_bits=16,
+                       num_calib=64, progress=False)
+    m = onnx.load(str(out))
+    inits = {i.name: i for i in m.graph.initializer}
+    relu = next(t for t, fq in res.sim.act_quantizers() if fq.params.grid.bits == 16 and not fq.params.grid.signed)
+    assert inits[f"{relu}_zero_point"].data_type == TensorProto.UINT16
+    rep = qdq_output_parity(res.sim, str(out), {"input": digits_val["input"][:64]})
+    assert rep.max_lsb <= 1 and rep.exact_rate > 0.95

@@ -25,6 +25,7 @@ CONTAINERS = {  # ONNX elem type -> (numpy storage dtype, min, max)
     TensorProto.INT8: (np.int8, -128, 127),
     TensorProto.UINT8: (np.uint8, 0, 255),
     TensorProto.INT16: (np.int16, -32768, 32767),
+    TensorProto.UINT16: (np.uint16, 0, 65535),
 }
 
 
@@ -47,8 +48,8 @@ def _act_container(p: QParams) -> tuple[int, np.ndarray, int, int]:
     container for all activations plus uint8 8-bit weights keeps every fused kernel exact.
     """
     zp = p.zero_point.astype(np.int64)
-    if p.grid.bits > 8:
-        return TensorProto.INT16, zp, p.grid.qmin, p.grid.qmax
+    if p.grid.bits > 8:  # 16-bit: the grid's own container (an unsigned grid [0, 65535] does not fit int16)
+        return (TensorProto.INT16 if p.grid.signed else TensorProto.UINT16), zp, p.grid.qmin, p.grid.qmax
     shift = 128 if p.grid.signed else 0
     return TensorProto.UINT8, zp + shift, p.grid.qmin + shift, p.grid.qmax + shift
 
