@@ -57,15 +57,20 @@ class Exp:
 
 def _rapq_rows(w: int, a: int) -> list[tuple[str, dict]]:
     """RAPQ Table 3 analog: float-scale BRECQ; naive Po2 (2^floor(log2 s), Eq. 3-5) and exponent search,
-    RTN; AdaRound with the frozen naive Po2 scales; Po2 scale group (MSE loss); scale group + L-P loss."""
+    RTN; BRECQ (AdaRound + Po2 activation steps) with the frozen naive / searched Po2 scales; Po2 scale group
+    (MSE loss) and scale group + L-P loss, from naive Po2 calibration; scale group + L-P from the exponent
+    search's calibration (``po2_method`` search, the default: activation steps start at the searched Po2)."""
     bits, tag = dict(w_bits=w, a_bits=a), f"W{w}A{a}"
     naive = dict(scale="po2", po2_method="floor", **bits)
+    search = dict(scale="po2", **bits)
     return [(f"brecq float {tag}", dict(method="brecq", **bits)),
             (f"rtn po2 naive {tag}", dict(method="rtn", **naive)),
-            (f"rtn po2 search {tag}", dict(method="rtn", scale="po2", **bits)),
+            (f"rtn po2 search {tag}", dict(method="rtn", **search)),
             (f"brecq po2 naive {tag}", dict(method="brecq", **naive)),
+            (f"brecq po2 search {tag}", dict(method="brecq", **search)),
             (f"rapq group mse {tag}", dict(method="rapq", loss="mse", **naive)),
-            (f"rapq group+lp {tag}", dict(method="rapq", loss="lp", **naive))]
+            (f"rapq group+lp {tag}", dict(method="rapq", loss="lp", **naive)),
+            (f"rapq group+lp search-init {tag}", dict(method="rapq", loss="lp", **search))]
 
 
 def _rounding_rows(w: int, a: int, extra: tuple[str, ...] = ()) -> list[tuple[str, dict]]:
@@ -145,7 +150,8 @@ EXPERIMENTS: dict[str, Exp] = {
         ("qdrop W4A4", dict(method="qdrop", w_bits=4, a_bits=4))]),
     "digits-rapq": Exp("digits", "RAPQ ablation (RAPQ Table 3): naive Po2 vs Po2 scale group vs + BN-based L-P loss", [
         row for bits in ((4, 4), (2, 4)) for row in _rapq_rows(*bits)]),
-    "effnet-rapq": Exp("efficientnet", "RAPQ ablation (RAPQ Table 3) at W4A4", _rapq_rows(4, 4)),
+    "effnet-rapq": Exp("efficientnet", "RAPQ ablation (RAPQ Table 3) at W4A4 and W2A4", [
+        row for bits in ((4, 4), (2, 4)) for row in _rapq_rows(*bits)]),
     "digits-rounding": Exp("digits", "rounding functions (Attention Round Table 5): nearest / floor / ceil / "
                            "stochastic / AdaRound / Attention Round", [
         row for bits in ((4, 16), (4, 4), (3, 4)) for row in _rounding_rows(*bits, extra=("bitsplit",))]),
