@@ -17,7 +17,7 @@ import torch
 
 from .config import QuantConfig
 from .data import Dataset, load_dataset
-from .errors import ConfigError, OutputError
+from .errors import ConfigError, DataError, OutputError
 from .eval import Fidelity, fidelity, run_onnxruntime
 from .importer import QGraph, import_model, partition
 from .plan import BitPlan, make_plan
@@ -85,10 +85,27 @@ class QuantResult:
         return IntSim(self.program, self.sim.consts, self.config.device)
 
 
-def _as_dataset(calib, qg: QGraph, limit: int | None) -> Dataset:
+def _as_dataset(calib, qg: QGraph, limit: int | None, preprocess=None, seed: int = 0) -> Dataset:
     specs = {name: qg.shapes.get(name, ()) for name in qg.inputs}
     if isinstance(calib, Dataset):
         return calib.take(limit) if limit else calib
+    if isinstance(calib, (str, os.PathLike)) and Path(calib).is_dir():
+        from .images import Preprocess, load_image_folder, load_preprocess
+
+        if len(qg.inputs) != 1:
+            raise DataError(f"an image folder feeds single-input models; this one has inputs {qg.inputs}: "
+                            "save one array per input in an .npz instead")
+        if isinstance(preprocess, (str, os.PathLike)):
+            preprocess = load_preprocess(preprocess)
+        elif isinstance(preprocess, dict):
+            preprocess = Preprocess(**preprocess)
+        name = qg.inputs[0]
+        x = load_image_folder(calib, specs[name], preprocess, limit, seed)
+        from .data import validate
+
+        return Dataset({name: validate(name, x, specs[name], str(calib))}, None, str(calib))
+    if preprocess is not None:
+        raise DataError("preprocessing options apply to an image folder; the calibration data is not a folder")
     if isinstance(calib, (str, os.PathLike)):
         return load_dataset(calib, specs, limit)
     if isinstance(calib, np.ndarray):
@@ -145,10 +162,12 @@ def simulate(sim: SimModel, inputs: dict[str, np.ndarray], batch_size: int = 32)
 
 
 def quantize(model: str | os.PathLike, calib, config: QuantConfig | None = None, output: str | os.PathLike | None = None,
-             force: bool = False, report: str | os.PathLike | None = None, **overrides) -> QuantResult:
+             force: bool = False, report: str | os.PathLike | None = None, preprocess=None,
+             **overrides) -> QuantResult:
     """Quantize an ONNX model with calibration data; write it to ``output`` if given.
 
-    ``calib``: a .npz/.npy path, a ``Dataset``, an array (single-input models) or a dict of arrays.
+    ``calib``: a .npz/.npy path, a folder of images, a ``Dataset``, an array (single-input models) or a dict of
+    arrays. ``preprocess``: for an image folder, an ``images.Preprocess``, its dict, or a JSON/YAML spec file.
     ``overrides``: QuantConfig fields, e.g. ``quantize("m.onnx", "calib.npz", w_bits=4, scale="po2")``.
     ``report``: also write a per-layer report (``.md`` or ``.html``, with PNG plots: ``report.py``).
     """
@@ -173,7 +192,7 @@ def quantize(model: str | os.PathLike, calib, config: QuantConfig | None = None,
     t0 = time.perf_counter()
     qg = import_model(model, config.input_shapes or None, frozenset(config.skip_nodes))
     timings["import"] = time.perf_counter() - t0
-    data = _as_dataset(calib, qg, config.num_calib)
+    data = _as_dataset(calib, qg, config.num_calib, preprocess, config.seed)
     plan = make_plan(qg, config)
     sim = SimModel(qg).to(config.device)
     mixed = None
@@ -255,13 +274,13 @@ def inspect(model: str | os.PathLike, granularity: str = "block", input_shapes: 
 
 
 def evaluate(float_model: str | os.PathLike, quant_model: str | os.PathLike, data, batch_size: int = 32,
-             limit: int | None = None) -> Fidelity:
+             limit: int | None = None, preprocess=None) -> Fidelity:
     """Run both models in onnxruntime on ``data`` and compare (accuracy if the data has labels)."""
     from .importer.load import read_model
 
     read_model(quant_model)  # a clear error for a missing / unreadable quantized model
     qg = import_model(float_model, simplify_model=False)
-    ds = _as_dataset(data, qg, limit)
+    ds = _as_dataset(data, qg, limit, preprocess)
     f = run_onnxruntime(str(float_model), ds.inputs, batch_size)
     q = run_onnxruntime(str(quant_model), ds.inputs, batch_size)
     return fidelity(f, q, ds.labels)

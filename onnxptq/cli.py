@@ -52,6 +52,40 @@ def _parsed(fn):
     return parse
 
 
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers like 0.485,0.456,0.406; got {text!r}") from None
+
+
+def add_image_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("image folders", "preprocessing when the data is a folder of jpg/png images")
+    g.add_argument("--preprocess", default=None, help="JSON (or YAML) spec: resize, crop, mean, std, scale, layout, "
+                                                      "channels (flags below override its keys)")
+    g.add_argument("--resize", type=int, default=None, help="shorter side before the crop (default crop*256/224)")
+    g.add_argument("--crop", type=int, default=None, help="center crop (default: the model input's size)")
+    g.add_argument("--mean", type=_floats, default=None, help="per-channel mean after /scale, e.g. 0.485,0.456,0.406")
+    g.add_argument("--std", type=_floats, default=None, help="per-channel std, e.g. 0.229,0.224,0.225")
+    g.add_argument("--pixel-scale", type=float, default=None, dest="pixel_scale", help="divide pixels by this first "
+                                                                                        "(default 255)")
+    g.add_argument("--layout", choices=("NCHW", "NHWC"), default=None)
+    g.add_argument("--channels", choices=("RGB", "BGR", "GRAY"), default=None)
+
+
+def preprocess_from_args(args):
+    """None, or an ``images.Preprocess`` from --preprocess and the individual flags."""
+    from .images import Preprocess, load_preprocess
+
+    flags = {"resize": args.resize, "crop": args.crop, "mean": args.mean, "std": args.std,
+             "scale": args.pixel_scale, "layout": args.layout, "channels": args.channels}
+    flags = {k: v for k, v in flags.items() if v is not None}
+    if args.preprocess is None and not flags:
+        return None
+    base = load_preprocess(args.preprocess).to_dict() if args.preprocess else {}
+    return Preprocess(**{**base, **flags})
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="onnxptq", description="ONNX post-training quantization")
     p.add_argument("--version", action="version", version=f"onnxptq {__version__}")
@@ -67,7 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     d = QuantConfig()
     q = sub.add_parser("quantize", help="quantize a float ONNX model with calibration data")
     q.add_argument("model")
-    q.add_argument("--calib", required=True, help=".npz (arrays keyed by input name) or .npy calibration data")
+    q.add_argument("--calib", required=True, help=".npz (arrays keyed by input name), .npy, or a folder of images "
+                                                  "(see the image-folder options)")
     q.add_argument("-o", "--output", required=True, help="where to write the quantized ONNX model")
     q.add_argument("--force", action="store_true", help="replace an existing output file")
     q.add_argument("--report", default=None,
@@ -142,6 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--int-rounding", choices=INT_ROUNDINGS, default=d.int_rounding,
                    help="requantization rounding of --format int: rne (matches QDQ/onnxruntime) or half_up")
     q.add_argument("--opset", type=int, default=d.opset)
+    add_image_args(q)
     q.add_argument("--num-calib", type=int, default=None,
                    help="calibration samples (default 256; learned methods: the preset's, fast 256, full 1024)")
     q.add_argument("--batch-size", type=int, default=d.batch_size)
@@ -155,10 +191,12 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="accuracy (if labels) and fidelity of a quantized model vs its float model")
     e.add_argument("float_model")
     e.add_argument("quant_model")
-    e.add_argument("--data", required=True, help=".npz with the model input(s) and optional 'labels'")
+    e.add_argument("--data", required=True, help=".npz with the model input(s) and optional 'labels', or a folder "
+                                                 "of images")
     e.add_argument("--batch-size", type=int, default=32)
     e.add_argument("--limit", type=int, default=None, help="use the first N samples")
     e.add_argument("--json", action="store_true")
+    add_image_args(e)
 
     r = sub.add_parser("run", help="run a model with the NumPy runtime (runtime/) or onnxruntime")
     r.add_argument("model")
@@ -319,7 +357,8 @@ def cmd_quantize(args) -> int:
         progress=not args.no_progress,
     )
     t0 = time.perf_counter()
-    res = quantize(args.model, args.calib, cfg, args.output, force=args.force, report=args.report)
+    res = quantize(args.model, args.calib, cfg, args.output, force=args.force, report=args.report,
+                   preprocess=preprocess_from_args(args))
     s = res.summary()
     s["total_s"] = round(time.perf_counter() - t0, 2)
     s["output"] = str(res.output)
@@ -360,7 +399,8 @@ def _fmt_layer_bits(bits: dict[str, int]) -> str:
 def cmd_eval(args) -> int:
     from .api import evaluate
 
-    fid = evaluate(args.float_model, args.quant_model, args.data, args.batch_size, args.limit)
+    fid = evaluate(args.float_model, args.quant_model, args.data, args.batch_size, args.limit,
+                   preprocess_from_args(args))
     if args.json:
         print(json.dumps(fid.to_dict(), indent=1))
         return 0
