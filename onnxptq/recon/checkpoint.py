@@ -66,7 +66,10 @@ def load(directory: str | os.PathLike, fp: str) -> dict | None:
     path = Path(directory) / FILE
     if not path.exists():
         return None
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # noqa: BLE001 - any unreadable file is the same user-facing problem
+        raise ConfigError(f"{path}: unreadable checkpoint ({type(e).__name__}); delete it to start over") from None
     if state.get("version") != VERSION:
         raise ConfigError(f"{path}: checkpoint format {state.get('version')} is not {VERSION}; delete it to start over")
     if state["fingerprint"] != fp:
