@@ -239,6 +239,7 @@ class Row:
     error: str | None = None
     notes: str = ""
     unfused_sqnr_db: float | None = None  # SQNR with ORT graph optimizations off (no integer kernels)
+    weight_bytes: float | None = None  # quantized weights at bits / 8 per weight, no biases (mixed precision)
 
     def to_dict(self) -> dict:
         d = asdict(self)

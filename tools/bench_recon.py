@@ -26,6 +26,7 @@ Experiments (``--experiments all`` runs them in this order, digits first):
   digits-mixed        unified 2/4/8-bit, coding-length mixed bits (3,4,5,6 and 3,4,5) and the genetic search at
                       the same weight sizes, all reconstructed with BRECQ at A8
   effnet-mixed        the same on EfficientNet-Lite0
+  effnet-mixed-rtn    the same with round-to-nearest instead of BRECQ (minutes instead of hours)
 
 Every quantized model is exported to QDQ and run in onnxruntime (CPU, default session options) on the
 evaluation samples; ``SQNR dB`` is onnxruntime's output against the float model's, ``sim SQNR dB`` is
@@ -106,17 +107,18 @@ def _ecaq_rows(w: int = 4) -> list[tuple[str, dict]]:
             for a in (4, 3) for m in ("rtn", "bitsplit") for e in (False, True)]
 
 
-def _mixed_rows(a: int = 8) -> list[tuple[str, dict]]:
+def _mixed_rows(a: int = 8, method: str = "brecq") -> list[tuple[str, dict]]:
     """Attention Round Table 4 / BRECQ Fig. 2 analog: unified bits, coding-length mixed bits, and the genetic
-    search at the same weight sizes; every configuration reconstructed with BRECQ (fast preset)."""
-    rows = [(f"unified W{b}A{a}", dict(method="brecq", w_bits=b, a_bits=a)) for b in (2, 4, 8)]
+    search at the same weight sizes; every configuration quantized with ``method`` (BRECQ: fast preset)."""
+    m = dict(method=method)
+    rows = [(f"unified W{b}A{a}", dict(w_bits=b, a_bits=a, **m)) for b in (2, 3, 4, 8)]
     for bits in ((3, 4, 5, 6), (3, 4, 5)):
         tag = ",".join(map(str, bits))
-        rows.append((f"coding-length {tag} A{a}", dict(method="brecq", mixed="coding-length", mixed_bits=list(bits),
-                                                        a_bits=a)))
-        rows.append((f"search = size of {tag} A{a}", dict(method="brecq", mixed="search", a_bits=a,
-                                                          budget_like=("coding-length", list(bits)))))
-    rows.append((f"search = size of W4 A{a}", dict(method="brecq", mixed="search", a_bits=a, budget_like=("unified", 4))))
+        rows.append((f"coding-length {tag} A{a}", dict(mixed="coding-length", mixed_bits=list(bits), a_bits=a, **m)))
+        rows.append((f"search = size of {tag} A{a}", dict(mixed="search", a_bits=a,
+                                                          budget_like=("coding-length", list(bits)), **m)))
+    for b in (3, 4):
+        rows.append((f"search = size of W{b} A{a}", dict(mixed="search", a_bits=a, budget_like=("unified", b), **m)))
     return rows
 
 
@@ -166,6 +168,8 @@ EXPERIMENTS: dict[str, Exp] = {
     "digits-mixed": Exp("digits", "mixed precision vs unified bits at equal weight size (Attention Round Table 4, "
                         "BRECQ Fig. 2)", _mixed_rows()),
     "effnet-mixed": Exp("efficientnet", "mixed precision vs unified bits at equal weight size", _mixed_rows()),
+    "effnet-mixed-rtn": Exp("efficientnet", "mixed precision vs unified bits at equal weight size, round-to-nearest "
+                            "(no reconstruction)", _mixed_rows(method="rtn")),
     "effnet-iters": Exp("efficientnet", "W4A4 BRECQ: fidelity vs rounding iterations per region", [
         (f"brecq W4A4 iters {n}", dict(method="brecq", w_bits=4, a_bits=4, iters=n, act_iters=n // 2))
         for n in (50, 200, 800)]),
@@ -210,6 +214,9 @@ def run_row(bm: B.BenchModel, calib, eval_ds, float_out, label: str, overrides: 
     row.unfused_sqnr_db = fidelity(float_out, res.simulate(eval_ds.inputs), None).sqnr_db  # simulation
     cfg = res.config
     summary = res.summary()
+    from onnxptq.mixed.allocate import plan_size
+
+    row.weight_bytes = plan_size(res.qgraph, res.plan)
     if res.mixed is not None:
         from onnxptq.cli import _fmt_layer_bits
 
@@ -230,6 +237,35 @@ def run_row(bm: B.BenchModel, calib, eval_ds, float_out, label: str, overrides: 
         if far:
             row.notes += f", {100 * np.mean(far):.1f}% of weights beyond their two nearest grid points"
     return row
+
+
+def pareto_plot(rows: list[B.Row], title: str, path: Path) -> Path | None:
+    """Fidelity (onnxruntime SQNR) vs weight size of the unified / coding-length / search rows (one PNG)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    groups = {"unified": ("o", "#4477aa"), "coding-length": ("s", "#228833"), "search": ("^", "#ee6677")}
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    for kind, (marker, color) in groups.items():
+        pts = sorted((r.weight_bytes / 1e3, r.fid.sqnr_db, r.config) for r in rows
+                     if r.config.startswith(kind) and r.fid is not None and r.weight_bytes)
+        if pts:
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=marker, color=color, label=kind,
+                    linestyle="-" if kind == "unified" else "none")
+    ax.set_xlabel("quantized weights (kB, bits/8 per weight)")
+    ax.set_ylabel("output SQNR vs float (dB)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def cfg_bits(res) -> dict[str, int]:
@@ -347,6 +383,11 @@ def cmd_recon(args) -> int:
                     payload.setdefault(name, {})[bm.name] = [r.to_dict() for r in rows]
                     write(rows, bm, note)
                 parts += [f"### {bm.name}", "", note, "", table(rows, eval_ds.labels is not None), ""]
+                if "mixed" in name and args.out:
+                    png = pareto_plot(rows, f"{bm.name}: {exp.title[:60]}",
+                                      Path(args.out).parent / "img" / f"{name}-{bm.name}.png")
+                    if png is not None:
+                        parts += [f"![{name} {bm.name}](img/{png.name})", ""]
             write()
             print(f"\nwrote section recon-{name}" + (f" of {args.out}" if args.out else ""), flush=True)
     finally:
