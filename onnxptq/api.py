@@ -31,13 +31,15 @@ if TYPE_CHECKING:
 
 @dataclass
 class QuantResult:
-    model: onnx.ModelProto
-    output: Path | None
-    qgraph: QGraph
-    sim: SimModel
-    plan: BitPlan
-    config: QuantConfig
-    timings: dict[str, float] = field(default_factory=dict)
+    """What ``quantize`` returns: the quantized model and everything needed to inspect or reproduce it."""
+
+    model: onnx.ModelProto  # the exported model (QDQ or integer ONNX)
+    output: Path | None  # where it was written (None: not written)
+    qgraph: QGraph  # the imported float graph (BN folded, quant points, layers)
+    sim: SimModel  # the torch simulation with the final quantizer state
+    plan: BitPlan  # weight bits per layer and activation bits per quant point
+    config: QuantConfig  # the options of the run
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
     program: "IntProgram | None" = None  # the integer program (format "int")
     recon: "ReconReport | None" = None  # per-region reconstruction results (methods other than rtn)
     mixed: "MixedReport | None" = None  # per-layer bit allocation (--mixed)
