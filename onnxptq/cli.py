@@ -171,6 +171,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--resume", action="store_true", help="continue an interrupted reconstruction from its checkpoint")
     q.add_argument("--cache-budget-mb", type=float, default=d.cache_budget_mb,
                    help="RAM for cached activations; more spills to np.memmap files")
+    q.add_argument("--max-memory", type=_parsed(parse_size), default=None,
+                   help="keep the process's resident memory under this during reconstruction, e.g. 6GB "
+                        "(cached activations spill to disk beyond what is left)")
     q.add_argument("--cache-dir", default=None, help="directory of spilled activations (default: system temp)")
     q.add_argument("--format", choices=FORMATS, default=d.format,
                    help="qdq: QuantizeLinear/DequantizeLinear ONNX; int: shift-based integer ONNX (needs --scale po2)")
@@ -351,7 +354,8 @@ def cmd_quantize(args) -> int:
         weight_grid=args.weight_grid, bitsplit_points=args.bitsplit_points, ecaq=args.ecaq,
         budget_size=args.budget_size, budget_bops=args.budget_bops, coding_eps=args.coding_eps,
         checkpoint_dir=args.checkpoint_dir, resume=args.resume, cache_budget_mb=args.cache_budget_mb,
-        cache_dir=args.cache_dir, num_calib=args.num_calib, batch_size=args.batch_size,
+        cache_dir=args.cache_dir, max_memory_mb=None if args.max_memory is None else args.max_memory / 2**20,
+        num_calib=args.num_calib, batch_size=args.batch_size,
         seed=args.seed, device=args.device, skip_nodes=[s for s in args.skip_nodes.split(",") if s],
         input_shapes=args.input_shape or {}, format=args.format, int_rounding=args.int_rounding, opset=args.opset,
         progress=not args.no_progress,

@@ -75,6 +75,8 @@ class QuantConfig:
     checkpoint_dir: str | None = None  # state after each region (default with an output file: <output>.recon)
     resume: bool = False  # continue from the checkpoint in checkpoint_dir
     cache_budget_mb: float = 2048.0  # RAM for cached activations; beyond it they spill to np.memmap files
+    max_memory_mb: float | None = None  # bound on the process's resident memory during reconstruction: the cache
+    # gets what is left after the current resident set minus headroom (memory.py); replaces cache_budget_mb
     cache_dir: str | None = None  # where spilled activations go (default: the system temp directory)
     # data and run
     num_calib: int | None = None  # None: 256, or the reconstruction preset's sample count
@@ -128,6 +130,8 @@ class QuantConfig:
             v = getattr(self, name)
             if v is not None and not v > 0:
                 raise ConfigError(f"{name} must be positive; got {v!r}")
+        if self.max_memory_mb is not None and not self.max_memory_mb > 0:
+            raise ConfigError(f"max_memory_mb must be positive; got {self.max_memory_mb}")
         if (self.round_lambda is not None and self.round_lambda < 0) or self.fisher_damping < 0 or self.cache_budget_mb < 0:
             raise ConfigError("round_lambda, fisher_damping and cache_budget_mb must be >= 0")
         if not 0.0 <= self.drop_prob < 1.0:

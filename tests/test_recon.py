@@ -334,3 +334,20 @@ def test_qdq_export_matches_simulation_after_reconstruction(name, method, tmp_pa
     onnx.checker.check_model(onnx.load(str(out)))
     rep = qdq_output_parity(res.sim, str(out), {"input": digits_val["input"][:64]})
     assert rep.bit_exact, rep.histogram
+
+
+def test_max_memory_budget_spills_and_keeps_the_result(tiny, monkeypatch):
+    from onnxptq import memory
+
+    _, path, calib, _ = tiny
+    kw = dict(method="brecq", w_bits=4, a_bits=4, seed=3, **FAST)
+    ref = _state(api.quantize(path, calib, **kw))
+    # a budget of the current resident set plus the step's headroom: the cache gets nothing, everything spills
+    rss = memory.rss_bytes() / 2**20
+    res = api.quantize(path, calib, max_memory_mb=rss + memory.MIN_HEADROOM_MB, **kw)
+    assert res.recon.cache_spilled_mb > 0
+    _assert_same(ref, _state(res))
+    with pytest.raises(ConfigError, match="max-memory"):
+        api.quantize(path, calib, max_memory_mb=1.0, **kw)
+    assert memory.cache_budget_mb(4096, rss=1024 * 2**20) == 3072 - 768  # 25 % of what is left kept free
+    assert memory.cache_budget_mb(1200, rss=1024 * 2**20) == 0.0  # less than the 256 MB headroom left

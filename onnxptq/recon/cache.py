@@ -1,9 +1,9 @@
 """Cached per-sample tensors for reconstruction (region inputs, float outputs, gradients).
 
 ``ActivationStore`` hands out ``Cached`` arrays of N samples. Arrays live in RAM (torch tensors)
-while the store's total stays within its byte budget; beyond it new arrays are ``np.memmap`` files
-in a spill directory (removed when the store closes), so a large model at 224x224 with 1024 samples
-runs with bounded memory. Rows are written batch by batch and read by sample index.
+while the store's total stays within its byte budget; beyond it new arrays are ``.npy`` files in a
+spill directory (removed when the store closes), written with file I/O and read through short-lived
+memory maps, so a large model at 224x224 with 1024 samples runs with a bounded resident set. Rows are written batch by batch and read by sample index.
 """
 from __future__ import annotations
 
@@ -26,8 +26,14 @@ class Cached:
             self.data: torch.Tensor | np.memmap = torch.empty((n, *shape), dtype=torch.from_numpy(np.empty(0, self.dtype)).dtype)
             store.ram_bytes += self.nbytes
         else:
+            # a .npy file written and read with plain file I/O and short-lived maps: pages of a long-lived
+            # np.memmap stay in the process's resident set, which a memory budget must not count on
             self.path = store.spill_path(name)
-            self.data = np.lib.format.open_memmap(self.path, mode="w+", dtype=self.dtype, shape=(n, *shape))
+            mm = np.lib.format.open_memmap(self.path, mode="w+", dtype=self.dtype, shape=(n, *shape))
+            del mm
+            self._offset = self.path.stat().st_size - self.nbytes  # after the .npy header
+            self._row = self.nbytes // max(n, 1)
+            self.data = None
             store.disk_bytes += self.nbytes
 
     @property
@@ -37,18 +43,24 @@ class Cached:
     def write(self, start: int, batch: torch.Tensor) -> None:
         b = batch.detach()
         if self.on_disk:
-            self.data[start:start + len(b)] = b.cpu().numpy()
+            with open(self.path, "r+b") as f:
+                f.seek(self._offset + start * self._row)
+                f.write(np.ascontiguousarray(b.cpu().numpy(), dtype=self.dtype).tobytes())
         else:
             self.data[start:start + len(b)] = b.cpu()
 
     def read(self, index: torch.Tensor | slice) -> torch.Tensor:
         """Rows ``index`` (a slice or a 1-D index tensor) as a torch tensor (a copy)."""
         if self.on_disk:
-            if isinstance(index, slice):
-                return torch.from_numpy(np.array(self.data[index]))
-            idx = np.asarray(index.cpu().numpy())
-            order = np.argsort(idx, kind="stable")  # sequential disk reads, then back to the asked order
-            rows = np.asarray(self.data[idx[order]])
+            mm = np.load(self.path, mmap_mode="r")
+            try:
+                if isinstance(index, slice):
+                    return torch.from_numpy(np.array(mm[index]))
+                idx = np.asarray(index.cpu().numpy())
+                order = np.argsort(idx, kind="stable")  # sequential disk reads, then back to the asked order
+                rows = np.array(mm[idx[order]])
+            finally:
+                del mm
             out = np.empty_like(rows)
             out[order] = rows
             return torch.from_numpy(out)
@@ -63,7 +75,6 @@ class Cached:
     def free(self) -> None:
         if self.on_disk:
             self.store.disk_bytes -= self.nbytes
-            del self.data
             self.path.unlink(missing_ok=True)
         else:
             self.store.ram_bytes -= self.nbytes

@@ -25,7 +25,7 @@ FILE = "recon_state.pt"
 VERSION = 1
 # options that do not change the result of a run
 NEUTRAL = {"progress", "resume", "checkpoint_dir", "cache_budget_mb", "cache_dir", "device", "format", "opset",
-           "int_rounding"}
+           "int_rounding", "max_memory_mb"}
 
 
 def fingerprint(sim: SimModel, inputs: dict[str, np.ndarray], cfg: QuantConfig) -> str:

@@ -26,6 +26,7 @@ import torch
 from tqdm import tqdm
 
 from ..config import QuantConfig
+from ..errors import ConfigError
 from ..data import Dataset
 from ..importer.partition import partition
 from ..plan import BitPlan
@@ -321,7 +322,17 @@ class Engine:
         self.inputs = {k: v for k, v in data.inputs.items()}
         self.n = len(data)
         self.device = next(iter(sim.weights.values())).device if len(sim.weights) else torch.device("cpu")
-        self.store = ActivationStore(cfg.cache_budget_mb, cfg.cache_dir)
+        budget = cfg.cache_budget_mb
+        if cfg.max_memory_mb is not None:
+            from ..memory import cache_budget_mb, rss_bytes
+
+            if rss_bytes() / 2**20 >= cfg.max_memory_mb:
+                raise ConfigError(f"the process already uses {rss_bytes() / 2**20:.0f} MB (model, calibration data, "
+                                  f"torch) before reconstruction, above --max-memory {cfg.max_memory_mb:.0f} MB: "
+                                  "raise --max-memory or lower --num-calib")
+            budget = cache_budget_mb(cfg.max_memory_mb)
+            log.info("activation cache budget %.0f MB under --max-memory %.0f MB", budget, cfg.max_memory_mb)
+        self.store = ActivationStore(budget, cfg.cache_dir)
         self.side = SideTensors(sim, {k: tuple(v.shape[1:]) for k, v in self.inputs.items()}, self.device)
         self.spans = region_spans(sim, partition(sim.qg, self.st.granularity))
         self.checkpoint_dir = checkpoint_dir

@@ -1,0 +1,38 @@
+"""Resident memory of this process (Linux /proc, else psutil, else the peak from getrusage)."""
+from __future__ import annotations
+
+import os
+import resource
+import sys
+
+HEADROOM = 0.25  # of the free budget kept for the training step's own tensors (batch activations, gradients)
+MIN_HEADROOM_MB = 256.0
+
+
+def rss_bytes() -> int:
+    """Current resident set size in bytes."""
+    try:
+        with open(f"/proc/{os.getpid()}/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        import psutil
+
+        return int(psutil.Process().memory_info().rss)
+    except ImportError:
+        return peak_rss_bytes()
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident set size so far (ru_maxrss: KiB on Linux, bytes on macOS)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * 1024)
+
+
+def cache_budget_mb(max_memory_mb: float, rss: int | None = None) -> float:
+    """RAM the activation cache may use so the process stays under ``max_memory_mb``: what is left after the
+    current resident set, minus headroom for the training step (max(25 %, 256 MB) of what is left)."""
+    used = (rss_bytes() if rss is None else rss) / 2**20
+    free = max_memory_mb - used
+    return max(0.0, free - max(HEADROOM * free, MIN_HEADROOM_MB))
