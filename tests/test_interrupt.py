@@ -65,8 +65,8 @@ def test_resume_after_random_kills_is_byte_identical(tiny, tmp_path):
             proc.send_signal(sig)
             killed_mid += 1
         proc.wait(timeout=60)
-        if proc.returncode != 0:
-            assert not out.exists(), "a killed run left an output file"
+        if out.exists():  # killed after the atomic write (while exiting): the file must be the complete model
+            assert out.read_bytes() == ref.read_bytes(), f"interruption point {k}: partial output file"
         r = _run(_cmd(path, tmp_path / "calib.npy", out, "--resume", "--force"))
         assert r.returncode == 0, r.stderr
         assert out.read_bytes() == ref.read_bytes(), f"interruption point {k}: resumed model differs"
