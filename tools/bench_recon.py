@@ -226,7 +226,7 @@ def run_row(bm: B.BenchModel, calib, eval_ds, float_out, label: str, overrides: 
         row.notes = f"weights {summary['weights_quant_bytes'] / 1e3:.1f} kB with biases; "
     if res.recon is not None:
         r = res.recon
-        row.notes += (f"{r.granularity} x{len(r.regions)}, {cfg.loss}, iters {sum(x.iterations for x in r.regions)}"
+        row.notes += (f"{r.granularity} x{len(r.regions)}, {r.loss}, iters {sum(x.iterations for x in r.regions)}"
                      f"/{len(r.regions)} regions, {sum(x.bias_corrected for x in r.regions)} bias-corrected, "
                      f"{sum(x.reverted for x in r.regions)} kept RTN")
         ps = [x.lp_exponent for x in r.regions if x.lp_exponent is not None]
