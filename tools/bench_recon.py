@@ -19,6 +19,7 @@ Experiments (``--experiments all`` runs them in this order, digits first):
   digits-rounding     rounding functions at W4A16 (~weights only), W4A4, W3A4: nearest, floor, ceil, stochastic,
                       AdaRound and Attention Round (block reconstruction), Bit-Split; Attention Round Table 5
   effnet-rounding     the same on EfficientNet-Lite0 at W4A4
+  digits-attention-tau  Attention Round tau 0.1 / 0.25 / 0.5 / 1.0 grid steps, and 0.5 in weight units, W4A16 / W4A4
   digits-bitsplit     Bit-Split vs TF-Lite-style RTN and RTN at the L_p scale, log vs uniform, W3/W4 at A8
   effnet-bitsplit     the same on EfficientNet-Lite0
   digits-ecaq         per-layer activation scales vs ECAQ at A4/A3, RTN and Bit-Split weights
@@ -157,6 +158,11 @@ EXPERIMENTS: dict[str, Exp] = {
     "digits-rounding": Exp("digits", "rounding functions (Attention Round Table 5): nearest / floor / ceil / "
                            "stochastic / AdaRound / Attention Round", [
         row for bits in ((4, 16), (4, 4), (3, 4)) for row in _rounding_rows(*bits, extra=("bitsplit",))]),
+    "digits-attention-tau": Exp("digits", "Attention Round tau (Fig. 2 analog) at W4A4 and W4A16, and tau read in "
+                                "weight units (Eq. 3 literally)", [
+        (f"attention tau {t}{' weight-units' if u == 'weight' else ''} W4A{a}",
+         dict(method="attention", attn_tau=t, attn_tau_unit=u, w_bits=4, a_bits=a, bias_correction=False))
+        for a in (16, 4) for t, u in ((0.1, "step"), (0.25, "step"), (0.5, "step"), (1.0, "step"), (0.5, "weight"))]),
     "effnet-rounding": Exp("efficientnet", "rounding functions (Attention Round Table 5) at W4A4",
                            _rounding_rows(4, 4, extra=("bitsplit",))),
     "digits-bitsplit": Exp("digits", "Bit-Split vs TF-Lite-style RTN (Bit-Split Table 1), logarithmic vs uniform "
