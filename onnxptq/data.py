@@ -61,7 +61,7 @@ def load_dataset(path: str | os.PathLike, input_specs: dict[str, tuple], limit: 
 
     ``single_sample``: also accept one sample without the sample axis (an array of rank - 1)."""
     arrays = load_arrays(path)
-    labels = next((arrays.pop(k) for k in LABEL_KEYS if k in arrays), None)
+    labels = next((arrays.pop(k) for k in LABEL_KEYS if k in arrays and k not in input_specs), None)
     names = list(input_specs)
     if set(names) <= set(arrays):
         chosen = {n: arrays[n] for n in names}

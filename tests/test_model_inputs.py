@@ -81,3 +81,37 @@ def test_batchnorm_export_is_folded(tmp_path):
     out = tmp_path / "q.onnx"
     api.quantize(path, x, output=out, progress=False)
     assert _fidelity_db(path, out, x) > 25
+
+
+class TwoInputs(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.a = torch.nn.Conv2d(1, 4, 3, padding=1)
+        self.b = torch.nn.Conv2d(2, 4, 3, padding=1)
+        self.fc = torch.nn.Linear(4, 3)
+
+    def forward(self, x, y):
+        return self.fc(torch.relu(self.a(x) + self.b(y)).mean((2, 3)))
+
+
+def test_multi_input_model(tmp_path, capsys):
+    path = tmp_path / "two.onnx"
+    torch.onnx.export(TwoInputs().eval(), (torch.zeros(1, 1, 8, 8), torch.zeros(1, 2, 8, 8)), str(path), dynamo=False,
+                      opset_version=13, input_names=["x", "y"], output_names=["out"],
+                      dynamic_axes={"x": {0: "n"}, "y": {0: "n"}, "out": {0: "n"}})
+    g = np.random.default_rng(3)
+    data = {"x": g.standard_normal((16, 1, 8, 8)).astype(np.float32),
+            "y": g.standard_normal((16, 2, 8, 8)).astype(np.float32)}
+    np.savez(tmp_path / "c.npz", **data)
+    out = tmp_path / "q.onnx"
+    api.quantize(path, tmp_path / "c.npz", output=out, progress=False)
+    f, q = ort_run(path, data)[0], ort_run(out, data)[0]
+    assert 10 * np.log10((f ** 2).sum() / ((f - q) ** 2).sum()) > 20
+    from onnxptq.cli import main
+
+    np.savez(tmp_path / "bad.npz", x=data["x"])
+    rc = main(["quantize", str(path), "--calib", str(tmp_path / "bad.npz"), "-o", str(tmp_path / "q2.onnx"),
+               "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "'y'" in err and "Traceback" not in err
