@@ -5,7 +5,7 @@ scale kind and range, Po2 exponents, reconstruction loss before/after and time o
 per-activation table (bits, scale or exponent, zero point, output SQNR of the quantized model at that
 point against the float model, on up to ``SQNR_SAMPLES`` calibration samples); plots (matplotlib PNGs
 next to the report, when matplotlib is installed): bits per layer, SQNR per quant point, region loss
-before/after.
+before/after, loss curves of the reconstruction (region loss every 25 iterations).
 """
 from __future__ import annotations
 
@@ -102,7 +102,8 @@ def collect(res, data: Dataset | None) -> dict:
                      "sqnr_db": sqnr.get(t)})
     regions = [] if res.recon is None else [
         {"region": r.name, "layers": len(r.layers), "loss_before": r.loss_before, "loss_after": r.loss_after,
-         "seconds": r.seconds, "reverted": r.reverted, "bias_corrected": r.bias_corrected}
+         "seconds": r.seconds, "reverted": r.reverted, "bias_corrected": r.bias_corrected,
+         "curve": list(getattr(r, "curve", []))}
         for r in res.recon.regions]
     return {"summary": res.summary(), "config": res.config.to_dict(), "layers": layers, "activations": acts,
             "regions": regions, "mixed": res.mixed.to_dict() if res.mixed is not None else None}
@@ -139,6 +140,29 @@ def plots(info: dict, stem: Path) -> list[Path]:
         ax.grid(alpha=0.3)
         fig.tight_layout()
         out.append(stem.with_name(stem.name + "_sqnr.png"))
+        fig.savefig(out[-1], dpi=110)
+        plt.close(fig)
+    curves = [r for r in info["regions"] if r.get("curve") and r["loss_before"] > 0]
+    if curves:
+        fig, ax = plt.subplots(figsize=(7, 3.6))
+        cmap = plt.get_cmap("viridis")
+        for k, r in enumerate(curves):
+            pts = r["curve"]
+            offsets, xs, total = {}, [], 0
+            for phase, it, _ in pts:  # phases one after another on one iteration axis
+                if phase not in offsets:
+                    offsets[phase] = total
+                xs.append(offsets[phase] + it)
+                total = max(total, xs[-1] + 1)
+            ax.plot(xs, [v / r["loss_before"] for _, _, v in pts], color=cmap(k / max(1, len(curves) - 1)), lw=1,
+                    alpha=0.8)
+        ax.axhline(1.0, color="#888888", lw=0.8, ls="--")
+        ax.set_yscale("log")
+        ax.set_xlabel("iteration within the region (phases in order: scales, rounding, steps)")
+        ax.set_ylabel("region loss / calibrated loss")
+        ax.set_title(f"reconstruction loss curves ({len(curves)} regions, early = dark)")
+        fig.tight_layout()
+        out.append(stem.with_name(stem.name + "_curves.png"))
         fig.savefig(out[-1], dpi=110)
         plt.close(fig)
     regs = [r for r in info["regions"] if r["loss_before"] > 0]
@@ -178,7 +202,7 @@ def _tables(info: dict) -> list[tuple[str, list[str], list[list[str]]]]:
            ("Layers", lay_cols, [[_fmt(x[c]) for c in lay_cols] for x in info["layers"]]),
            ("Activations", act_cols, [[_fmt(a[c]) for c in act_cols] for a in info["activations"]])]
     if info["regions"]:
-        cols = ["region", "layers", "loss_before", "loss_after", "seconds", "bias_corrected", "reverted"]
+        cols = ["region", "layers", "loss_before", "loss_after", "seconds", "bias_corrected", "reverted"]  # no curve
         out.append(("Reconstruction regions", cols, [[_fmt(r[c]) for c in cols] for r in info["regions"]]))
     return out
 

@@ -26,7 +26,7 @@ def test_report_lists_layers_and_writes_plots(tiny, tmp_path, suffix):
         assert t in text
     assert "2^" in text  # Po2 exponents
     pngs = [p for p in res.report_files if p.suffix == ".png"]
-    assert {p.name for p in pngs} == {"report_bits.png", "report_sqnr.png", "report_loss.png"}
+    assert {p.name for p in pngs} == {"report_bits.png", "report_sqnr.png", "report_loss.png", "report_curves.png"}
     for p in pngs:
         assert p.read_bytes()[:8] == PNG_MAGIC and p.stat().st_size > 2000
         assert p.name in text  # embedded in the report

@@ -68,6 +68,7 @@ class RegionResult:
     lp_source: str | None = None  # where its gamma came from: "bn" (folded BN) | "std" (output std estimate)
     bias_corrected: bool = False  # bias correction re-applied to the learned rounding (it lowered the loss)
     reverted: bool = False  # the region ended above its calibrated loss and went back to it (recon_guard)
+    curve: list = field(default_factory=list)  # [phase, iteration, region loss] every 25 iterations (loss curves)
 
 
 @dataclass
@@ -560,6 +561,7 @@ class Engine:
                     bar.update(1)
                     if it % 25 == 0 or it == iters - 1:
                         bar.set_postfix(loss=f"{float(rec.detach()):.4g}", total=f"{float(loss.detach()):.4g}")
+                        result.curve.append([phase, it, float(rec.detach())])
                 region.train(False)
             else:
                 bar.update(iters)
