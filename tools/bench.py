@@ -612,10 +612,16 @@ def build_parser() -> argparse.ArgumentParser:
     import bench_recon  # noqa: E402 - tools/bench_recon.py: the reconstruction benchmarks (issue 4)
 
     bench_recon.add_parser(sub)
+    sub.add_parser("memory", help="peak resident memory under --max-memory (tools/bench_memory.py; its own options)")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["memory"]:
+        import bench_memory
+
+        return bench_memory.main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
