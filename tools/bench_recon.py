@@ -390,7 +390,7 @@ def cmd_recon(args) -> int:
                     write(rows, bm, note)
                 parts += [f"### {bm.name}", "", note, "", table(rows, eval_ds.labels is not None), ""]
                 if "mixed" in name and args.out:
-                    png = pareto_plot(rows, f"{bm.name}: {exp.title[:60]}",
+                    png = pareto_plot(rows, f"{bm.name}: fidelity vs weight size",
                                       Path(args.out).parent / "img" / f"{name}-{bm.name}.png")
                     if png is not None:
                         parts += [f"![{name} {bm.name}](img/{png.name})", ""]
