@@ -38,6 +38,13 @@ def load_arrays(path: str | os.PathLike) -> dict[str, np.ndarray]:
     p = Path(path)
     if not p.exists():
         raise DataError(f"data file not found: {p}")
+    if p.is_dir():
+        raise DataError(f"{p} is a directory; give a .npz/.npy file (quantize --calib also takes an image folder)")
+    with open(p, "rb") as f:
+        magic = f.read(6)
+    if magic[:2] != b"PK" and magic != b"\x93NUMPY":
+        raise DataError(f"{p} is not a NumPy .npz/.npy file; save arrays with numpy.savez(file, <input name>=array)"
+                        " (or give an image folder)")
     try:
         if p.suffix == ".npy":
             return {"": np.load(p, allow_pickle=False)}

@@ -50,6 +50,10 @@ def assert_user_error(rc: int, out: str, err: str, *must_contain: str) -> str:
     assert lines[0].startswith("error:"), lines[0]
     for s in must_contain:
         assert s.lower() in lines[0].lower(), f"{s!r} not in {lines[0]!r}"
+    if os.environ.get("ONNXPTQ_ERROR_LOG"):  # collect what each case prints (the issue 8 closing-note list)
+        with open(os.environ["ONNXPTQ_ERROR_LOG"], "a") as f:
+            test = os.environ.get("PYTEST_CURRENT_TEST", "?").split(" ")[0]
+            f.write(f"{test}\t{lines[0]}\n")
     return lines[0]
 
 
