@@ -435,7 +435,9 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # output piped into e.g. `head`
         return 0
     except KeyboardInterrupt:
-        print("interrupted: nothing was written", file=sys.stderr)
+        hint = (" (the finished regions are checkpointed: rerun the same command with --resume to continue)"
+                if args.command == "quantize" and getattr(args, "method", "rtn") != "rtn" else "")
+        print(f"interrupted: nothing was written{hint}", file=sys.stderr)
         return 130
     except MemoryError:
         print("error: out of memory; lower --batch-size or --num-calib", file=sys.stderr)

@@ -84,5 +84,5 @@ def test_sigint_stops_cleanly(tiny, tmp_path):
     _, err = proc.communicate(timeout=60)
     if proc.returncode == 0:
         pytest.skip("the run finished before the signal arrived")
-    assert proc.returncode == 130 and "interrupted" in err and "Traceback" not in err
+    assert proc.returncode == 130 and "interrupted" in err and "--resume" in err and "Traceback" not in err
     assert not out.exists()
