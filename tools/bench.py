@@ -1,8 +1,13 @@
 #!/usr/bin/env python3
 """Benchmarks of onnxptq against onnxruntime's own quantizer, written to ``docs/benchmarks.md``.
 
+One entry point regenerates every section of docs/benchmarks.md:
+
     python tools/bench.py foundation [--models digits|efficientnet|all] [--num-calib N] [--num-eval N]
                                      [--out docs/benchmarks.md] [--json FILE] [--keep DIR]
+    python tools/bench.py recon --experiments NAME[,NAME...] [--only MODEL] [--rows LABEL,...] [--set k=v ...]
+    python tools/bench.py integer [--models digits|efficientnet|all]     (tools/bench_integer.py)
+    python tools/bench.py memory [--budgets 3GB,none]                    (tools/bench_memory.py)
 
 ``foundation``: for every model, onnxruntime ``quantize_static`` (QDQ, per-channel weights,
 activations QUInt8 / weights QInt8, MinMax and Percentile calibration, after
@@ -613,15 +618,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench_recon.add_parser(sub)
     sub.add_parser("memory", help="peak resident memory under --max-memory (tools/bench_memory.py; its own options)")
+    sub.add_parser("integer", help="integer ONNX: level-1 parity, fidelity, runtime/ speed (tools/bench_integer.py; "
+                                   "its own options)")
     return p
+
+
+DELEGATED = {"memory": "bench_memory", "integer": "bench_integer"}  # subcommands with their own option parsers
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["memory"]:
-        import bench_memory
+    if argv[:1] and argv[0] in DELEGATED:
+        import importlib
 
-        return bench_memory.main(argv[1:])
+        return importlib.import_module(DELEGATED[argv[0]]).main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

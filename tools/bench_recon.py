@@ -155,6 +155,9 @@ EXPERIMENTS: dict[str, Exp] = {
         row for bits in ((4, 4), (2, 4)) for row in _rapq_rows(*bits)]),
     "effnet-rapq": Exp("efficientnet", "RAPQ ablation (RAPQ Table 3) at W4A4 and W2A4", [
         row for bits in ((4, 4), (2, 4)) for row in _rapq_rows(*bits)]),
+    "digits-rapq-presets": Exp("digits", "RAPQ presets (RAPQ Sec. 5.4): rapq-quick (20k+1k iterations, alpha 0.1) vs "
+                               "rapq (80k+5k, alpha 0.9), W4A4, time and fidelity", [
+        (f"{p} W4A4", dict(method="rapq", preset=p, scale="po2", w_bits=4, a_bits=4)) for p in ("rapq-quick", "rapq")]),
     "digits-rounding": Exp("digits", "rounding functions (Attention Round Table 5): nearest / floor / ceil / "
                            "stochastic / AdaRound / Attention Round", [
         row for bits in ((4, 16), (4, 4), (3, 4)) for row in _rounding_rows(*bits, extra=("bitsplit",))]),
