@@ -160,9 +160,6 @@ class QuantConfig:
         if self.ecaq and self.method not in ("rtn", "bitsplit"):
             raise ConfigError(f"--ecaq works with --method rtn or bitsplit (Bit-Split Algorithm 1); --method "
                               f"{self.method} learns per-layer activation steps")
-        if self.ecaq and self.format == "int":
-            raise ConfigError("--ecaq is exported as QDQ only (per-channel requantization at the producer is not in "
-                              "the integer format yet): use --format qdq")
         if self.method != "bitsplit" and self.weight_grid != "uniform":
             raise ConfigError("--weight-grid log is solved by Bit-Split's coordinate descent: add --method bitsplit")
         if self.lp_alpha is not None and not 0.0 < self.lp_alpha <= 1.0:

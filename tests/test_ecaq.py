@@ -86,5 +86,31 @@ def test_ecaq_export_is_per_axis_and_bit_exact(tiny, tmp_path, method):
 def test_ecaq_config_validation():
     with pytest.raises(ConfigError, match="rtn or bitsplit"):
         QuantConfig(method="brecq", ecaq=True)
-    with pytest.raises(ConfigError, match="qdq"):
-        QuantConfig(ecaq=True, scale="po2", format="int")
+    QuantConfig(ecaq=True, scale="po2", format="int")  # per-channel requantization at the producer
+
+
+@pytest.mark.parametrize("model,a_bits", [("digits_mbv2", 4), ("digits_mbv2", 8), ("digits_resnet", 4)])
+def test_ecaq_integer_export_level1_and_equals_po2_simulation(model, a_bits):
+    """Integer ONNX of an ECAQ model: the producer conv requantizes per output channel (shift
+    f_x + f_w[c] - f_beta[c], fused Relu6 top per channel), the consumer reads codes at scale 1. Level-1
+    parity (integer simulation = onnxruntime = runtime/ = onnx.reference) and the same output integers as
+    the fake-quant Po2 simulation."""
+    from onnxptq.verify_int import verify_integer
+
+    from helpers import MODELS, ort_run
+
+    val = dict(np.load(MODELS / "digits_val.npz"))
+    res = api.quantize(MODELS / f"{model}.onnx", MODELS / "digits_calib.npz", scale="po2", format="int",
+                       ecaq=True, w_bits=4, a_bits=a_bits, num_calib=64, progress=False)
+    betas = res.sim.ecaq_scales
+    assert betas, "no ECAQ point in the model"
+    for beta in betas.values():  # Po2 per channel, and not all equal (else ECAQ would be per-tensor)
+        assert np.array_equal(np.exp2(np.round(np.log2(beta))), beta) and len(set(beta.tolist())) > 1
+    per_channel = [s for s in res.program.steps if s.kind == "layer" and isinstance(s.attrs["shift"], np.ndarray)
+                   and s.outputs[0] in betas]
+    assert len(per_channel) == len(betas)
+    x = {"input": val["input"][:32]}
+    rep = verify_integer(res.model, x, batch_size=16, reference_samples=1)
+    assert rep.ok, rep.format()
+    int_out = ort_run(res.model, x)[0]
+    assert np.array_equal(int_out, res.simulate(x))

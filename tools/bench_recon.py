@@ -104,8 +104,12 @@ def _bitsplit_rows(a: int) -> list[tuple[str, dict]]:
 
 def _ecaq_rows(w: int = 4) -> list[tuple[str, dict]]:
     """Bit-Split Table 3 analog: per-layer activation scales vs ECAQ at A4 and A3, with RTN and Bit-Split weights."""
-    return [(f"{m} {'ecaq' if e else 'per-layer'} W{w}A{a}", dict(method=m, ecaq=e, w_bits=w, a_bits=a))
+    rows = [(f"{m} {'ecaq' if e else 'per-layer'} W{w}A{a}", dict(method=m, ecaq=e, w_bits=w, a_bits=a))
             for a in (4, 3) for m in ("rtn", "bitsplit") for e in (False, True)]
+    # power-of-two scales, exported as integer ONNX (ECAQ: per-channel requantization at the producer)
+    return rows + [(f"rtn po2 int {'ecaq' if e else 'per-layer'} W{w}A{a}",
+                    dict(method="rtn", ecaq=e, scale="po2", format="int", w_bits=w, a_bits=a))
+                   for a in (4, 3) for e in (False, True)]
 
 
 def _mixed_rows(a: int = 8, method: str = "brecq") -> list[tuple[str, dict]]:

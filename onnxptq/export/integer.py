@@ -106,8 +106,15 @@ class IntegerWriter:
         a = step.attrs
         if a["y_zp"]:
             v = self.op("Add", [v, self.const(f"{base}/y_zp", np_dt(a["y_zp"]))], f"{base}/with_zp")
-        v = self.op("Clip", [v, self.const(f"{base}/lo", np_dt(a["lo"])), self.const(f"{base}/hi", np_dt(a["hi"]))],
-                    f"{base}/clipped")
+        hi = a["hi"]
+        per_channel = isinstance(hi, np.ndarray)
+        v = self.op("Clip", [v, self.const(f"{base}/lo", np_dt(a["lo"])),
+                             self.const(f"{base}/hi", np_dt(hi.max() if per_channel else hi))], f"{base}/clipped")
+        if per_channel:  # ECAQ output with a fused Relu6 / Clip: one top per output channel (Clip takes scalars)
+            shape = [1] * max(2, int(a.get("rank", 4)))
+            shape[1] = -1
+            v = self.op("Min", [v, self.const(f"{base}/hi_per_channel", hi.astype(np_dt).reshape(shape))],
+                        f"{base}/clipped_per_channel")
         return self.op("Cast", [v], base, out=out, to=TensorProto.INT8)
 
     def pad_zp(self, x: str, pads: list[int], zp: int, base: str) -> str:

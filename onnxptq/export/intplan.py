@@ -145,8 +145,20 @@ class _Lowering:
             raise ConfigError(f"activation {t!r} has {p.grid.bits} bits; the integer format stores 2-8-bit "
                               "activations in int8 (use --a-bits <= 8 or --format qdq)")
         off = -128 if (not p.grid.signed and p.grid.bits == 8) else 0
+        if fq.ecaq:  # integer codes at scale 1 for the consumers; the producer requantizes per channel (ecaq_frac)
+            return TInt(t, 0, off, p.grid.qmin + off, p.grid.qmax + off, p.grid.bits, p.grid.signed)
         return TInt(t, int(po2_frac(p.scale).reshape(())), int(p.zero_point.reshape(())) + off,
                     p.grid.qmin + off, p.grid.qmax + off, p.grid.bits, p.grid.signed)
+
+    def ecaq_frac(self, t: str) -> np.ndarray | None:
+        """Per-channel fractional bits of an ECAQ point (Bit-Split Eq. 23: X = beta X^, beta = 2^-f per
+        channel), None for per-tensor points."""
+        fq = self.sim.act_quantizer(t)
+        if not fq.ecaq:
+            return None
+        if not fq.params.po2:
+            raise _Unsupported(f"ECAQ scales of {t!r} are not powers of two (use --scale po2)")
+        return po2_frac(fq.params.scale).reshape(-1).astype(np.int64)
 
     def tint(self, t: str) -> TInt:
         if t not in self.tensors:
@@ -254,17 +266,26 @@ class _Lowering:
         if conv_bound >= 2**31:
             raise _Unsupported(f"its accumulator can reach {conv_bound} >= 2^31 inside ConvInteger/MatMulInteger")
         acc_max = per_out.astype(object) * x.max_abs + (np.abs(bias).astype(object) if bias is not None else 0)
-        n_shift = cap_shift(x.frac + f_w - y.frac, acc_max)  # per output channel
+        # per output channel; an ECAQ output (recon/ecaq.py) has its own exponent per channel as well
+        y_frac = self.ecaq_frac(self.qg.source.get(layer.output, layer.output))
+        if y_frac is not None and (layer.op_type != "Conv" or len(y_frac) != len(f_w)):
+            raise _Unsupported("an ECAQ output needs a Conv producer with one scale per output channel")
+        y_frac = y.frac if y_frac is None else y_frac
+        n_shift = cap_shift(x.frac + f_w - y_frac, acc_max)
         pre = max(0, 1 - int(n_shift.min()))
         acc_bound = int(max(acc_max))
         bound = shift_bound(acc_bound, int((n_shift + pre).max()), pre, self.rounding)
         lo, hi = y.lo, y.hi
-        if layer.act_bounds is not None:
+        if layer.act_bounds is not None:  # fused Relu / Clip bounds on the output grid (per channel under ECAQ)
             a_lo, a_hi = layer.act_bounds
+            scale_up = 2.0 ** np.asarray(y_frac, dtype=np.float64)
             if np.isfinite(a_lo):
-                lo = max(lo, y.zp + int(rne(np.float64(a_lo) * 2.0 ** y.frac)))
+                lo = np.maximum(lo, y.zp + rne(np.float64(a_lo) * scale_up).astype(np.int64))
             if np.isfinite(a_hi):
-                hi = min(hi, y.zp + int(rne(np.float64(a_hi) * 2.0 ** y.frac)))
+                hi = np.minimum(hi, y.zp + rne(np.float64(a_hi) * scale_up).astype(np.int64))
+            lo, hi = _shared(lo), _shared(hi)
+            if isinstance(lo, np.ndarray):
+                raise _Unsupported("a lower activation bound that differs per channel (ECAQ with a Clip min > 0)")
         key = layer.name
         self.arrays[f"{key}.weight"] = w_store
         if bias is not None:
@@ -408,6 +429,12 @@ class _Lowering:
 
 class _Unsupported(Exception):
     pass
+
+
+def _shared(v) -> int | np.ndarray:
+    """One int when every channel has the same bound, else the int64 vector (per output channel)."""
+    a = np.asarray(v).reshape(-1)
+    return int(a[0]) if (a == a[0]).all() else a.astype(np.int64)
 
 
 def cap_shift(n, max_abs):

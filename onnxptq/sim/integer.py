@@ -43,7 +43,11 @@ class IntSim:
             y = requant_shift(a.to(torch.int64), shift, pre, self.p.rounding).double()
         else:
             y = shift_float(a, shift, self.p.rounding)
-        return (y + step.attrs["y_zp"]).clamp(step.attrs["lo"], step.attrs["hi"])
+        y = (y + step.attrs["y_zp"]).clamp(step.attrs["lo"], None)
+        hi = step.attrs["hi"]
+        if isinstance(hi, np.ndarray):  # per output channel (an ECAQ output with a fused Relu6 / Clip)
+            return torch.minimum(y, _per_channel(hi, step.attrs["cdim"], y.dim(), self.device).double())
+        return y.clamp(None, hi)
 
     def _val(self, env: dict, name: str):
         if not name:
