@@ -50,6 +50,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+# run as a script, this module is __main__; the other tools' ``import bench`` must get this same module
+# (one BenchError class, one cache), not a second copy
+sys.modules.setdefault("bench", sys.modules[__name__])
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))

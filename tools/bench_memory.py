@@ -36,7 +36,8 @@ def run_one(model: Path, calib: Path, budget: str, args, work: Path) -> dict:
     r = subprocess.run(timed, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
     wall = time.perf_counter() - t0
     if r.returncode != 0:
-        return {"budget": budget, "error": r.stderr.strip().splitlines()[-1] if r.stderr.strip() else str(r.returncode)}
+        said = [ln for ln in r.stderr.splitlines() if ln.startswith(("error:", "interrupted"))]  # not time -v's lines
+        return {"budget": budget, "error": said[-1] if said else f"exit code {r.returncode}"}
     m = re.search(r"Maximum resident set size \(kbytes\): (\d+)", r.stderr)
     summary = json.loads(r.stdout[r.stdout.index("{"):])
     return {"budget": budget, "peak_rss_mb": int(m.group(1)) / 1024 if m else None, "wall_s": wall,

@@ -170,8 +170,8 @@ EXPERIMENTS: dict[str, Exp] = {
         (f"attention tau {t}{' weight-units' if u == 'weight' else ''} W4A{a}",
          dict(method="attention", attn_tau=t, attn_tau_unit=u, w_bits=4, a_bits=a, bias_correction=False))
         for a in (16, 4) for t, u in ((0.1, "step"), (0.25, "step"), (0.5, "step"), (1.0, "step"), (0.5, "weight"))]),
-    "effnet-rounding": Exp("efficientnet", "rounding functions (Attention Round Table 5) at W4A4",
-                           _rounding_rows(4, 4, extra=("bitsplit",))),
+    "effnet-rounding": Exp("efficientnet", "rounding functions (Attention Round Table 5) at W4A16, W4A4 and W3A4", [
+        row for bits in ((4, 16), (4, 4), (3, 4)) for row in _rounding_rows(*bits, extra=("bitsplit",))]),
     "digits-bitsplit": Exp("digits", "Bit-Split vs TF-Lite-style RTN (Bit-Split Table 1), logarithmic vs uniform "
                            "weights (Fig. 4)", _bitsplit_rows(8)),
     "effnet-bitsplit": Exp("efficientnet", "Bit-Split vs TF-Lite-style RTN, logarithmic vs uniform weights",
