@@ -36,7 +36,7 @@ def run_one(model: Path, calib: Path, budget: str, args, work: Path) -> dict:
     r = subprocess.run(timed, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
     wall = time.perf_counter() - t0
     if r.returncode != 0:
-        said = [ln for ln in r.stderr.splitlines() if "error:" in ln or ln.startswith("interrupted")]  # not time -v's
+        said = [ln for ln in r.stderr.splitlines() if "error:" in ln or ln.startswith("interrupted")]  # not /usr/bin/time's report
         return {"budget": budget, "error": said[-1] if said else f"exit code {r.returncode}"}
     m = re.search(r"Maximum resident set size \(kbytes\): (\d+)", r.stderr)
     summary = json.loads(r.stdout[r.stdout.index("{"):])
