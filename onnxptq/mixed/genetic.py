@@ -20,6 +20,13 @@ loop always terminates. The initial population is drawn uniformly and repaired. 
 too, so ``history`` holds ``iterations + 1`` values: the best fitness after the initial population and after each
 generation (non-increasing, TopK is elitist).
 
+Seeding and polish (practical additions, not in Algorithm 2): the initial population also holds every uniform
+configuration that fits and the greedy knapsack solution (from all-minimum, repeatedly raise the one layer whose
+next choice buys the largest loss decrease per unit of cost, while it fits), and the best configuration is
+finally polished by local search (single-layer changes and one-up/one-down pairs that fit, while the loss
+drops). Without them the search, started from random repaired configurations, returned on digits_resnet at the
+unified 4-bit size a configuration with 5.7x the loss of all-4-bit (docs/design-notes.md section 10).
+
 Repair lowers a randomly chosen layer whose bits are above the minimum by one choice until the cost fits; this
 assumes ``cost_fn`` is non-decreasing in every layer's bits (true for size and BOPs) and that the all-minimum
 configuration fits, which is checked up front (ValueError otherwise). Everything is deterministic for a seed.
@@ -104,11 +111,12 @@ def genetic_search(layers: list[str], choices: tuple[int, ...] = (2, 4, 8), *,
                    diag: dict[Key, float], offdiag: dict[tuple[Key, Key], float] | None = None,
                    cost_fn: Callable[[dict[str, int]], float], budget: float,
                    population: int = 50, iterations: int = 100, mutation_prob: float = 0.1, top_k: int = 10,
-                   seed: int = 0) -> SearchResult:
+                   seed: int = 0, seeded: bool = True) -> SearchResult:
     """BRECQ Algorithm 2: minimise the Eq. 12 sensitivity over ``choices^len(layers)`` with ``cost_fn(c) <= budget``.
 
     ``diag[(layer, bits)]`` must cover every layer and choice; ``offdiag`` holds the intra-block pair terms
     (added when both conditions hold). Raises ValueError if the all-minimum-bits configuration exceeds the budget.
+    ``seeded=False``: Algorithm 2 alone (random initial population, no polish).
     """
     t0 = time.perf_counter()
     layers = list(layers)
@@ -158,7 +166,63 @@ def genetic_search(layers: list[str], choices: tuple[int, ...] = (2, 4, 8), *,
             kept.extend(repair(r) for r in make(count - len(kept)))
         return np.stack(kept[:count]).astype(np.int64)
 
-    pop = np.stack([repair(r) for r in rng.integers(0, k, size=(population, n))])
+    def one(row: np.ndarray) -> float:
+        return float(fitness(row[None])[0])
+
+    def greedy() -> np.ndarray:
+        row = floor.copy()
+        while True:
+            ups = np.flatnonzero(row < k - 1)
+            cands = np.repeat(row[None], ups.size, axis=0)
+            cands[np.arange(ups.size), ups] += 1
+            ok = feasible(cands) if ups.size else np.zeros(0, dtype=bool)
+            if not ok.any():
+                return row
+            cands = cands[ok]
+            gain = one(row) - fitness(cands)
+            dc = np.array([cost(c) for c in cands]) - cost(row)
+            ratio = np.where(dc > 0, gain / np.maximum(dc, 1e-300), np.where(gain > 0, np.inf, -np.inf))
+            best = int(np.argmax(ratio))
+            if gain[best] <= 0:
+                return row
+            row = cands[best]
+
+    def polish(row: np.ndarray) -> np.ndarray:
+        """Local search: single-layer changes and (one layer up, another down) pairs that fit, best first."""
+        cur = one(row)
+        while True:
+            moves = []
+            for i in range(n):
+                for j in range(k):
+                    if j != row[i]:
+                        c = row.copy()
+                        c[i] = j
+                        moves.append(c)
+            ups, downs = np.flatnonzero(row < k - 1), np.flatnonzero(row > 0)
+            for i in ups:
+                for j in downs:
+                    if i != j:
+                        c = row.copy()
+                        c[i] += 1
+                        c[j] -= 1
+                        moves.append(c)
+            if not moves:
+                return row
+            cands = np.stack(moves)
+            fit = fitness(cands)
+            for idx in np.argsort(fit, kind="stable"):
+                if fit[idx] >= cur:
+                    return row
+                if cost(cands[idx]) <= budget:
+                    row, cur = cands[idx], float(fit[idx])
+                    break
+            else:
+                return row
+
+    seeds = [np.full(n, j, dtype=np.int64) for j in range(k) if cost(np.full(n, j, dtype=np.int64)) <= budget]
+    seeds = (seeds + [greedy()])[:population] if seeded else []
+    randoms = [repair(r) for r in rng.integers(0, k, size=(population - len(seeds), n))]
+    pop = np.stack(seeds + randoms)
     top = np.zeros((0, n), dtype=np.int64)
     top_fit = np.zeros(0)
     history: list[float] = []
@@ -187,6 +251,9 @@ def genetic_search(layers: list[str], choices: tuple[int, ...] = (2, 4, 8), *,
 
         half = population // 2
         pop = np.concatenate([breed(half, crossover), breed(population - half, mutate)])
-    best = top[0]
-    return SearchResult(bits=to_bits(best), fitness=float(top_fit[0]), cost=cost(best), history=history,
+    best = polish(top[0]) if seeded else top[0]
+    best_fit = one(best)
+    if best_fit < history[-1]:
+        history.append(best_fit)
+    return SearchResult(bits=to_bits(best), fitness=best_fit, cost=cost(best), history=history,
                         seconds=time.perf_counter() - t0)
