@@ -180,6 +180,9 @@ EXPERIMENTS: dict[str, Exp] = {
     "effnet-ecaq": Exp("efficientnet", "ECAQ vs per-layer activation scales", _ecaq_rows()),
     "digits-mixed": Exp("digits", "mixed precision vs unified bits at equal weight size (Attention Round Table 4, "
                         "BRECQ Fig. 2)", _mixed_rows()),
+    "digits-mixed-rtn": Exp("digits", "mixed precision vs unified bits at equal weight size, round-to-nearest "
+                            "(no reconstruction: the quantizer the sensitivities are measured with)",
+                            _mixed_rows(method="rtn")),
     "effnet-mixed": Exp("efficientnet", "mixed precision vs unified bits at equal weight size", _mixed_rows()),
     "effnet-mixed-rtn": Exp("efficientnet", "mixed precision vs unified bits at equal weight size, round-to-nearest "
                             "(no reconstruction)", _mixed_rows(method="rtn")),
