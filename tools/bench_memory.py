@@ -51,6 +51,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--iters", type=int, default=2)
     B.add_common(p)
     args = p.parse_args(argv)
+    for budget in args.budgets.split(","):  # a typo must not cost a run, nor overwrite the section
+        if budget.strip() != "none":
+            try:
+                _size(budget.strip())
+            except Exception as e:  # noqa: BLE001 - parse_size's message names the accepted units
+                print(f"error: --budgets {budget.strip()!r}: {e}", file=sys.stderr)
+                return 2
     model, calib = B.cache_dir() / "efficientnet_lite0.onnx", B.cache_dir() / "photos_calib.npz"
     if not model.exists() or not calib.exists():
         print("error: EfficientNet-Lite0 not built: run python tools/make_models.py --efficientnet", file=sys.stderr)
@@ -77,6 +84,9 @@ def main(argv: list[str] | None = None) -> int:
         ok = "" if lim is None else ("yes" if r["peak_rss_mb"] <= lim else "**no**")
         lines.append(f"| {r['budget']} | {r['peak_rss_mb']:.0f} | {ok} | {r['wall_s']:.0f} | "
                      f"{r['timings_s'].get('reconstruct', float('nan')):.0f} |")
+    if all("error" in r for r in rows):
+        print("error: every run failed; the section was not written", file=sys.stderr)
+        return 1
     if args.out:
         B.write_section(Path(args.out), "memory", "\n".join(lines))
     if args.json:
