@@ -1,6 +1,8 @@
 """Resident memory of this process (Linux /proc, else psutil, else the peak from getrusage)."""
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
 import resource
 import sys
@@ -36,3 +38,24 @@ def cache_budget_mb(max_memory_mb: float, rss: int | None = None) -> float:
     used = (rss_bytes() if rss is None else rss) / 2**20
     free = max_memory_mb - used
     return max(0.0, free - max(HEADROOM * free, MIN_HEADROOM_MB))
+
+
+_LIBC = None
+
+
+def trim_heap() -> None:
+    """Return freed heap memory to the OS (glibc ``malloc_trim(0)``; a no-op elsewhere). Torch's CPU tensors
+    of a few MB come from malloc's heap; freed, they stay in the resident set until trimmed, so a long run
+    of region after region grows its RSS without holding more data."""
+    global _LIBC
+    if _LIBC is None:
+        _LIBC = False
+        if sys.platform.startswith("linux"):
+            try:
+                lib = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+                lib.malloc_trim.argtypes, lib.malloc_trim.restype = [ctypes.c_size_t], ctypes.c_int
+                _LIBC = lib
+            except (OSError, AttributeError):
+                _LIBC = False
+    if _LIBC:
+        _LIBC.malloc_trim(0)

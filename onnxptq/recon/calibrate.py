@@ -21,6 +21,7 @@ from ..quant.grid import Grid
 from ..quant.observer import Observer
 from ..quant.rounding import WEIGHT_ROUNDINGS, ceil_round, floor_round, rne, stochastic_round
 from ..sim.model import SimModel
+from ..memory import trim_heap
 
 
 @contextmanager
@@ -93,6 +94,7 @@ def observe_activations(sim: SimModel, data: Dataset, cfg: QuantConfig) -> tuple
         for feeds in tqdm(data.batches(cfg.batch_size), total=n_batches, desc="calibrating activations",
                           disable=not cfg.progress, leave=False):
             sim({k: torch.from_numpy(v).to(device) for k, v in feeds.items()})
+            trim_heap()  # each batch's activations: back to the OS (the resident set stays flat)
     finally:
         sim.layer_input_hook = None
         for _, fq in sim.act_quantizers():

@@ -29,6 +29,7 @@ from ..config import QuantConfig
 from ..errors import ConfigError
 from ..data import Dataset
 from ..importer.partition import partition
+from ..memory import trim_heap
 from ..plan import BitPlan
 from ..quant import QParams, dequantize, quantize
 from ..quant import scales as S
@@ -50,6 +51,7 @@ from .streams import (Frontier, SideTensors, Span, advance, consumed_inputs, inp
 
 log = logging.getLogger(__name__)
 EVAL_SAMPLES = 64  # samples on which each region's loss is measured before and after
+MEASURE_CHUNK = 16  # samples per forward pass of that measurement
 BIAS_LIMIT = 2.0 ** 30  # |bias| / (s_x s_w) bound kept by learned steps (as quant.scales.bias_safe_weight_scale)
 
 
@@ -331,6 +333,7 @@ class Engine:
                 raise ConfigError(f"the process already uses {rss_bytes() / 2**20:.0f} MB (model, calibration data, "
                                   f"torch) before reconstruction, above --max-memory {cfg.max_memory_mb:.0f} MB: "
                                   "raise --max-memory or lower --num-calib")
+            trim_heap()  # calibration's freed tensors must not count against the cache
             budget = cache_budget_mb(cfg.max_memory_mb)
             log.info("activation cache budget %.0f MB under --max-memory %.0f MB", budget, cfg.max_memory_mb)
         self.store = ActivationStore(budget, cfg.cache_dir)
@@ -392,11 +395,19 @@ class Engine:
 
     @torch.no_grad()
     def _measure(self, span: Span, qf: Frontier, targets, weights) -> float:
-        idx = torch.arange(min(EVAL_SAMPLES, self.n))
+        """Region loss on the first EVAL_SAMPLES samples, computed MEASURE_CHUNK samples at a time (the loss
+        is a mean over samples, so the chunks' means weighted by their sizes give it): a region's inner
+        tensors at 64 samples of 112x112 would be a memory peak of their own."""
+        m = min(EVAL_SAMPLES, self.n)
         names = consumed_inputs(self.sim, qf, span.start, span.stop)
-        env = self._batch_env(qf, qf, names, idx, 0.0, None)
-        out = self.sim.run_nodes(env, span.start, span.stop)
-        return float(self._region_loss(out, targets, weights, idx))
+        total = 0.0
+        for s in range(0, m, MEASURE_CHUNK):
+            idx = torch.arange(s, min(s + MEASURE_CHUNK, m))
+            env = self._batch_env(qf, qf, names, idx, 0.0, None)
+            out = self.sim.run_nodes(env, span.start, span.stop)
+            total += float(self._region_loss(out, targets, weights, idx)) * len(idx)
+            del env, out
+        return total / m
 
     # ---------------------------------------------------------------- main loop
     def run(self) -> ReconReport:
@@ -476,6 +487,7 @@ class Engine:
                     ckpt.save(self.checkpoint_dir, self.fp, k + 1, sim, layers_done,
                               [asdict(r) for r in report.regions])
                 log.info("%s: loss %.5g -> %.5g (%.1f s)", span.name, before, result.loss_after, result.seconds)
+                trim_heap()  # the region's transient tensors: back to the OS, not kept by malloc
         finally:
             bar.close()
             sim.train(was_training)

@@ -16,6 +16,7 @@ import torch
 
 from ..importer.partition import Region
 from ..sim.model import SimModel
+from ..memory import trim_heap
 from .cache import ActivationStore, Cached
 
 
@@ -162,4 +163,6 @@ def advance(sim: SimModel, front: Frontier, stop: int, store: ActivationStore, s
             if t not in out:
                 out[t] = store.new(f"{tag}_{t}", front.n, tuple(v.shape[1:]), np.float32)
             out[t].write(i, v.float())
+        del env
+    trim_heap()
     return Frontier(stop, out, front.n)
