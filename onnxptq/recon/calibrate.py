@@ -85,7 +85,7 @@ def observe_activations(sim: SimModel, data: Dataset, cfg: QuantConfig) -> tuple
     def input_mean(layer, x: torch.Tensor) -> None:
         """Per-input-channel sums of each layer's input (channel axis 1, or last for Gemm/MatMul)."""
         dims = [d for d in range(x.dim()) if d != (1 if layer.op_type == "Conv" else x.dim() - 1)]
-        sums[layer.name] = sums.get(layer.name, 0) + x.double().sum(dim=dims)
+        sums[layer.name] = sums.get(layer.name, 0) + x.sum(dim=dims, dtype=torch.float64)  # no float64 copy of x
         counts[layer.name] = counts.get(layer.name, 0) + x.numel() // x.shape[1 if layer.op_type == "Conv" else -1]
 
     sim.layer_input_hook = input_mean
