@@ -9,6 +9,7 @@ lowest bit width together, minus their two diagonal terms (the intra-block inter
 """
 from __future__ import annotations
 
+import hashlib
 from itertools import combinations
 
 import numpy as np
@@ -28,10 +29,40 @@ def _output(sim: SimModel, feeds: dict[str, torch.Tensor]) -> torch.Tensor:
     return sim(feeds)[sim.qg.outputs[0]].double()
 
 
-@torch.no_grad()
+_MEMO: dict[str, tuple[dict, dict]] = {}  # content key -> sensitivities (a sweep over budgets measures once)
+MEMO_ENTRIES = 4
+
+
+def _memo_key(sim: SimModel, data: Dataset, cfg: QuantConfig, layers: list[str], choices: tuple[int, ...],
+              samples: int) -> str:
+    """What the measurement depends on: the weights of ``layers``, the samples, the weight-scale settings."""
+    h = hashlib.sha256(repr((layers, choices, samples, cfg.w_symmetric, cfg.w_scale_method, cfg.percentile,
+                             cfg.scale, cfg.po2_method)).encode())
+    for name in layers:
+        h.update(np.ascontiguousarray(sim.weight(sim.qg.layer(name).weight).detach().cpu().numpy()).tobytes())
+    for k in sorted(data.inputs):
+        h.update(k.encode())
+        h.update(np.ascontiguousarray(data.inputs[k][:samples]).tobytes())
+    return h.hexdigest()
+
+
 def measure_sensitivities(sim: SimModel, data: Dataset, cfg: QuantConfig, layers: list[str], choices: tuple[int, ...],
                           samples: int = SAMPLES, progress: bool = True) -> tuple[dict, dict]:
-    """(diag {(layer, bits): s}, offdiag {((a, b_min), (b, b_min)): s}) for ``layers`` (see module doc)."""
+    """(diag {(layer, bits): s}, offdiag {((a, b_min), (b, b_min)): s}) for ``layers`` (see module doc).
+    Memoized within the process on the weights, samples and weight-scale settings, so quantizing one model
+    at several budgets measures once."""
+    key = _memo_key(sim, data, cfg, layers, choices, samples)
+    if key not in _MEMO:
+        while len(_MEMO) >= MEMO_ENTRIES:
+            _MEMO.pop(next(iter(_MEMO)))
+        _MEMO[key] = _measure(sim, data, cfg, layers, choices, samples, progress)
+    diag, offdiag = _MEMO[key]
+    return dict(diag), dict(offdiag)
+
+
+@torch.no_grad()
+def _measure(sim: SimModel, data: Dataset, cfg: QuantConfig, layers: list[str], choices: tuple[int, ...],
+             samples: int, progress: bool) -> tuple[dict, dict]:
     from ..recon.calibrate import choose_scale, threads
 
     qg = sim.qg
