@@ -381,8 +381,12 @@ def cmd_recon(args) -> int:
                 rows = []
                 if ref is not None:
                     rows.append(B.Row("float", "fp32 reference", float_accuracy=ref))
-                chosen = exp.rows if not args.rows else [r for want in args.rows.split(",") for r in exp.rows
+                sep = ";" if args.rows and ";" in args.rows else ","  # ';' when labels hold commas
+                chosen = exp.rows if not args.rows else [r for want in args.rows.split(sep) for r in exp.rows
                                                            if r[0] == want.strip()]
+                if args.rows and not chosen:
+                    raise B.BenchError(f"--rows matched no row of {name}; labels: {'; '.join(r[0] for r in exp.rows)}"
+                                       " (separate labels that contain commas with ';')")
                 for label, ov in chosen:
                     print(f"== {name} {bm.name} {label} ...", flush=True)
                     ov = ov if ov.get("method") == "rtn" else {**sets, **ov}  # a row's own options win
@@ -421,7 +425,8 @@ def add_parser(sub) -> None:
     r.add_argument("--num-eval", type=B._positive, default=None,
                    help="evaluation samples (default: digits all 447, EfficientNet 512)")
     r.add_argument("--only", default=None, help="comma-separated model names (default: every model of the group)")
-    r.add_argument("--rows", default=None, help="comma-separated row labels to run, in this order (default: all)")
+    r.add_argument("--rows", default=None, help="row labels to run, in this order, separated by commas, or by ';' "
+                                               "when a label holds commas (default: all)")
     r.add_argument("--set", nargs="*", default=[], help="QuantConfig overrides for the learned rows, e.g. iters=200")
     B.add_common(r)
     r.set_defaults(func=cmd_recon)
