@@ -62,36 +62,44 @@ def main(argv: list[str] | None = None) -> int:
     if not model.exists() or not calib.exists():
         print("error: EfficientNet-Lite0 not built: run python tools/make_models.py --efficientnet", file=sys.stderr)
         return 2
-    rows = []
+    rows: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="onnxptq-mem-") as d:
         for budget in args.budgets.split(","):
             print(f"== --max-memory {budget} ...", flush=True)
             rows.append(run_one(model, calib, budget.strip(), args, Path(d)))
             print("  ", rows[-1], flush=True)
+            if args.out and not all("error" in r for r in rows):  # after every run: a stopped sweep keeps its rows
+                B.write_section(Path(args.out), "memory", section(rows, args, done=len(rows), total=len(args.budgets.split(","))))
+    if all("error" in r for r in rows):
+        print("error: every run failed; the section was not written", file=sys.stderr)
+        return 1
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1) + "\n")
+    return 0
+
+
+def section(rows: list[dict], args, done: int, total: int) -> str:
     lines = ["## Memory: peak resident set under --max-memory (EfficientNet-Lite0, 1024 calibration crops)", "",
              f"Reproduce: `{B.command_line()}`", "", f"Machine: {B.machine_line(B.machine_info())}.", "",
              f"`onnxptq quantize efficientnet_lite0.onnx --calib photos_calib.npz --num-calib {args.num_calib} "
              f"--method brecq --w-bits 4 --a-bits 8 --iters {args.iters} --act-iters {args.iters} --max-memory B` "
-             "under `/usr/bin/time -v` (peak RSS = its 'Maximum resident set size'). The calibration arrays "
-             f"alone are {args.num_calib * 3 * 224 * 224 * 4 / 2**20:.0f} MB. The short schedule changes only "
+             "under `/usr/bin/time -v` (peak RSS = its 'Maximum resident set size', MiB; a budget of 3GB is "
+             "3e9 bytes = 2861 MiB). The calibration arrays "
+             f"alone are {args.num_calib * 3 * 224 * 224 * 4 / 2**20:.0f} MiB. The short schedule changes only "
              "the time: what is cached per region is the same as with the fast preset.", "",
-             "| --max-memory | peak RSS MB | within budget | wall s | reconstruct s |", "|---|---|---|---|---|"]
+             "| --max-memory | budget MiB | peak RSS MiB | within budget | wall s | reconstruct s |",
+             "|---|---|---|---|---|---|"]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['budget']} | failed: {r['error']} | | | |")
+            lines.append(f"| {r['budget']} | | failed: {r['error']} | | | |")
             continue
         lim = None if r["budget"] == "none" else _size(r["budget"]) / 2**20
         ok = "" if lim is None else ("yes" if r["peak_rss_mb"] <= lim else "**no**")
-        lines.append(f"| {r['budget']} | {r['peak_rss_mb']:.0f} | {ok} | {r['wall_s']:.0f} | "
-                     f"{r['timings_s'].get('reconstruct', float('nan')):.0f} |")
-    if all("error" in r for r in rows):
-        print("error: every run failed; the section was not written", file=sys.stderr)
-        return 1
-    if args.out:
-        B.write_section(Path(args.out), "memory", "\n".join(lines))
-    if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=1) + "\n")
-    return 0
+        lines.append(f"| {r['budget']} | {'-' if lim is None else f'{lim:.0f}'} | {r['peak_rss_mb']:.0f} | {ok} | "
+                     f"{r['wall_s']:.0f} | {r['timings_s'].get('reconstruct', float('nan')):.0f} |")
+    if done < total:
+        lines += ["", f"Partial: {done} of {total} budgets run so far."]
+    return "\n".join(lines)
 
 
 def _size(text: str) -> float:
