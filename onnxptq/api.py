@@ -20,6 +20,7 @@ from .data import Dataset, load_dataset
 from .errors import ConfigError, DataError, OutputError
 from .eval import Fidelity, fidelity, run_onnxruntime
 from .importer import QGraph, import_model, partition
+from .memory import peak_rss_bytes
 from .plan import BitPlan, make_plan
 from .sim.model import SimModel
 
@@ -66,6 +67,8 @@ class QuantResult:
             "compression": float_bytes / max(quant_bytes + bias_bytes, 1),
             "file_bytes": self.output.stat().st_size if self.output else len(self.model.SerializeToString()),
             "timings_s": {k: round(v, 2) for k, v in self.timings.items()},
+            "peak_rss_mb": round(peak_rss_bytes() / 2**20, 1),  # of this process so far
+            **({"max_memory_mb": round(self.config.max_memory_mb, 1)} if self.config.max_memory_mb else {}),
             **({"mixed": self.mixed.method, "weight_bits_per_layer": dict(plan.w_bits),
                 "weights_quant_bytes_no_bias": self.mixed.size_bytes, "bops": self.mixed.bops}
                if self.mixed is not None else {}),

@@ -384,8 +384,15 @@ def cmd_quantize(args) -> int:
         *([("report", ", ".join(str(p) for p in res.report_files))] if res.report_files else []),
         ("time", f"{s['total_s']:.1f} s (" + ", ".join(f"{k} {v:.1f} s" for k, v in s["timings_s"].items()) + ")"),
     ]
+    if cfg.max_memory_mb:
+        rows.append(("memory", f"peak {s['peak_rss_mb']:.0f} MiB (--max-memory {cfg.max_memory_mb:.0f} MiB)"))
     w = max(len(k) for k, _ in rows)
     print("\n".join(f"{k:<{w}}  {v}" for k, v in rows))
+    if cfg.max_memory_mb and s["peak_rss_mb"] > cfg.max_memory_mb:
+        print(f"warning: the peak resident set ({s['peak_rss_mb']:.0f} MiB) exceeded --max-memory "
+              f"({cfg.max_memory_mb:.0f} MiB): the cached activations spilled to disk, but torch, the model, the "
+              "calibration data and one batch's tensors did not fit; raise --max-memory, or lower --num-calib, "
+              "--batch-size or --recon-batch-size", file=sys.stderr)
     return 0
 
 

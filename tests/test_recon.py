@@ -347,6 +347,8 @@ def test_max_memory_budget_spills_and_keeps_the_result(tiny, monkeypatch):
     rss = memory.rss_bytes() / 2**20
     res = api.quantize(path, calib, max_memory_mb=rss + memory.MIN_HEADROOM_MB, **kw)
     assert res.recon.cache_spilled_mb > 0
+    assert res.summary()["max_memory_mb"] == round(rss + memory.MIN_HEADROOM_MB, 1)
+    assert 0 < res.summary()["peak_rss_mb"] == pytest.approx(memory.peak_rss_bytes() / 2**20, abs=64)
     _assert_same(ref, _state(res))
     with pytest.raises(ConfigError, match="max-memory"):
         api.quantize(path, calib, max_memory_mb=1.0, **kw)

@@ -330,8 +330,8 @@ class Engine:
             from ..memory import cache_budget_mb, rss_bytes
 
             if rss_bytes() / 2**20 >= cfg.max_memory_mb:
-                raise ConfigError(f"the process already uses {rss_bytes() / 2**20:.0f} MB (model, calibration data, "
-                                  f"torch) before reconstruction, above --max-memory {cfg.max_memory_mb:.0f} MB: "
+                raise ConfigError(f"the process already uses {rss_bytes() / 2**20:.0f} MiB (model, calibration data, "
+                                  f"torch) before reconstruction, above --max-memory {cfg.max_memory_mb:.0f} MiB: "
                                   "raise --max-memory or lower --num-calib")
             trim_heap()  # calibration's freed tensors must not count against the cache
             budget = cache_budget_mb(cfg.max_memory_mb)
