@@ -32,12 +32,13 @@ def peak_rss_bytes() -> int:
     return int(peak if sys.platform == "darwin" else peak * 1024)
 
 
-def cache_budget_mb(max_memory_mb: float, rss: int | None = None) -> float:
+def cache_budget_mb(max_memory_mb: float, rss: int | None = None, reserve_mb: float = 0.0) -> float:
     """RAM the activation cache may use so the process stays under ``max_memory_mb``: what is left after the
-    current resident set, minus headroom for the training step (max(25 %, 256 MB) of what is left)."""
+    current resident set, minus headroom for the training step: max(25 % of what is left, 256 MB,
+    ``reserve_mb``, the caller's estimate of one batch's tensors)."""
     used = (rss_bytes() if rss is None else rss) / 2**20
     free = max_memory_mb - used
-    return max(0.0, free - max(HEADROOM * free, MIN_HEADROOM_MB))
+    return max(0.0, free - max(HEADROOM * free, MIN_HEADROOM_MB, reserve_mb))
 
 
 _LIBC = None

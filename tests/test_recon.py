@@ -354,3 +354,4 @@ def test_max_memory_budget_spills_and_keeps_the_result(tiny, monkeypatch):
         api.quantize(path, calib, max_memory_mb=1.0, **kw)
     assert memory.cache_budget_mb(4096, rss=1024 * 2**20) == 3072 - 768  # 25 % of what is left kept free
     assert memory.cache_budget_mb(1200, rss=1024 * 2**20) == 0.0  # less than the 256 MB headroom left
+    assert memory.cache_budget_mb(4096, rss=1024 * 2**20, reserve_mb=2000) == 3072 - 2000  # one batch's tensors

@@ -52,6 +52,7 @@ from .streams import (Frontier, SideTensors, Span, advance, consumed_inputs, inp
 log = logging.getLogger(__name__)
 EVAL_SAMPLES = 64  # samples on which each region's loss is measured before and after
 MEASURE_CHUNK = 16  # samples per forward pass of that measurement
+STEP_TENSORS = 6  # tensors kept per produced tensor in a training step (memory estimate, ``_step_bytes``)
 BIAS_LIMIT = 2.0 ** 30  # |bias| / (s_x s_w) bound kept by learned steps (as quant.scales.bias_safe_weight_scale)
 
 
@@ -325,6 +326,8 @@ class Engine:
         self.inputs = {k: v for k, v in data.inputs.items()}
         self.n = len(data)
         self.device = next(iter(sim.weights.values())).device if len(sim.weights) else torch.device("cpu")
+        self.spans = region_spans(sim, partition(sim.qg, self.st.granularity))
+        self.batch = cfg.batch_size  # caching batch
         budget = cfg.cache_budget_mb
         if cfg.max_memory_mb is not None:
             from ..memory import cache_budget_mb, rss_bytes
@@ -334,18 +337,32 @@ class Engine:
                                   f"torch) before reconstruction, above --max-memory {cfg.max_memory_mb:.0f} MiB: "
                                   "raise --max-memory or lower --num-calib")
             trim_heap()  # calibration's freed tensors must not count against the cache
-            budget = cache_budget_mb(cfg.max_memory_mb)
-            log.info("activation cache budget %.0f MB under --max-memory %.0f MB", budget, cfg.max_memory_mb)
+            step = self._step_bytes() / 2**20
+            budget = cache_budget_mb(cfg.max_memory_mb, reserve_mb=step)
+            log.info("activation cache budget %.0f MiB under --max-memory %.0f MiB (%.0f MiB kept for one batch's "
+                     "tensors)", budget, cfg.max_memory_mb, step)
         self.store = ActivationStore(budget, cfg.cache_dir)
         self.side = SideTensors(sim, {k: tuple(v.shape[1:]) for k, v in self.inputs.items()}, self.device)
-        self.spans = region_spans(sim, partition(sim.qg, self.st.granularity))
         self.checkpoint_dir = checkpoint_dir
-        self.batch = cfg.batch_size  # caching batch
         self.fp = ckpt.fingerprint(sim, self.inputs, cfg) if checkpoint_dir else ""
         self.float_weights = _FloatWeights(sim)
         self.channels_last = self.device.type == "cpu"  # training steps only: caching stays in the default layout
 
     # ---------------------------------------------------------------- helpers
+    def _step_bytes(self) -> int:
+        """Estimate of one batch's tensors at the largest region, which a memory budget must leave free: the
+        training step keeps about STEP_TENSORS tensors per produced float tensor for the backward pass (the
+        fake-quant chain's intermediates and their gradients), the caching pass about one."""
+        qg = self.sim.qg
+
+        def numel(t: str) -> int:
+            dims = qg.shapes.get(t, ())[1:]
+            return int(np.prod([d for d in dims if isinstance(d, int) and d > 0], dtype=np.int64)) if dims else 1
+
+        per_sample = max((sum(numel(t) for t in produced(self.sim, s.start, s.stop) if t in qg.float_tensors)
+                          for s in self.spans), default=0) * 4
+        return per_sample * max(STEP_TENSORS * self.st.batch_size, self.batch)
+
     def _generators(self, k: int, phase: int) -> tuple[torch.Generator, torch.Generator]:
         seed = (self.st.seed * 1_000_003 + k * 101 + phase) % (2**63)
         g = torch.Generator().manual_seed(seed)
