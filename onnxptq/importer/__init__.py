@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 
 from .fold import FoldReport, fold
-from .graph import QGraph, build_qgraph, sort_topologically, topo_order_ok
+from .graph import QGraph, build_qgraph, sort_topologically, topo_check, topo_order_ok
 from .load import check, infer_shapes, read_model, set_input_shapes, simplify, upgrade_opset, opset_of
 from .partition import GRANULARITIES, Region, partition
 
@@ -14,7 +14,8 @@ def import_model(path: str | os.PathLike, input_shapes: dict[str, list[int]] | N
     """read -> check -> opset >= 13 -> fold BN (gamma kept) -> onnxsim -> fold again -> QGraph."""
     model = read_model(path)
     if not topo_order_ok(model.graph):
-        sort_topologically(model.graph)
+        sort_topologically(model.graph)  # a cycle raises here
+        topo_check(model.graph)  # what sorting cannot mend: a tensor no node, initializer or input produces
     check(model)
     model = upgrade_opset(model)
     set_input_shapes(model, input_shapes)

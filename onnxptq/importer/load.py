@@ -51,13 +51,6 @@ def opset_of(model: onnx.ModelProto) -> int:
 
 def check(model: onnx.ModelProto) -> None:
     """onnx.checker on the in-memory model, with the failure turned into a user error."""
-    g = model.graph
-    known = {v.name for v in g.input} | {t.name for t in g.initializer} | {o for n in g.node for o in n.output}
-    for n in g.node:
-        missing = [i for i in n.input if i and i not in known]
-        if missing:
-            raise ModelError(f"node {n.name or n.op_type!r} ({n.op_type}) reads tensor {missing[0]!r}, which no node, "
-                             "initializer or graph input produces; the model is incomplete: re-export it")
     try:
         onnx.checker.check_model(model)
     except ValueError:
