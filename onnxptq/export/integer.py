@@ -100,8 +100,9 @@ class IntegerWriter:
         return self.op("Div", [self.op("Sub", [t, self.op("Mod", [t, D], f"{base}/tmod")], f"{base}/tfloor"), D],
                        f"{base}/rounded")
 
-    def finish(self, v: str, step: Step, out: str, wide: bool, base: str) -> str:
-        """+ z_y, Clip to the grid, Cast(int8)."""
+    def finish(self, v: str, step: Step, out: str, wide: bool, base: str,
+               channel_shape: list[int] | None = None) -> str:
+        """+ z_y, Clip to the grid, Cast(int8). ``channel_shape``: how a per-output-channel top broadcasts."""
         _, np_dt = self._dt(wide)
         a = step.attrs
         if a["y_zp"]:
@@ -111,9 +112,7 @@ class IntegerWriter:
         v = self.op("Clip", [v, self.const(f"{base}/lo", np_dt(a["lo"])),
                              self.const(f"{base}/hi", np_dt(hi.max() if per_channel else hi))], f"{base}/clipped")
         if per_channel:  # ECAQ output with a fused Relu6 / Clip: one top per output channel (Clip takes scalars)
-            shape = [1] * max(2, int(a.get("rank", 4)))
-            shape[1] = -1
-            v = self.op("Min", [v, self.const(f"{base}/hi_per_channel", hi.astype(np_dt).reshape(shape))],
+            v = self.op("Min", [v, self.const(f"{base}/hi_per_channel", hi.astype(np_dt).reshape(channel_shape))],
                         f"{base}/clipped_per_channel")
         return self.op("Cast", [v], base, out=out, to=TensorProto.INT8)
 
@@ -161,7 +160,7 @@ class IntegerWriter:
             b = self.p.arrays[a["bias"]].astype(np_dt).reshape(shape)
             acc = self.op("Add", [acc, self.const(a["bias"], b)], f"{base}/acc_bias")
         r = self.requant(acc, a["shift"], a["pre"], wide, f"{base}/requant", shape)
-        self.finish(r, step, qname(step.outputs[0]), wide, f"{base}/out")
+        self.finish(r, step, qname(step.outputs[0]), wide, f"{base}/out", shape)
 
     def s_add(self, step: Step) -> None:
         a, base = step.attrs, step.node

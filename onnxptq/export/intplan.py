@@ -152,13 +152,9 @@ class _Lowering:
 
     def ecaq_frac(self, t: str) -> np.ndarray | None:
         """Per-channel fractional bits of an ECAQ point (Bit-Split Eq. 23: X = beta X^, beta = 2^-f per
-        channel), None for per-tensor points."""
+        channel), None for per-tensor points. ``quant_point`` has already required powers of two."""
         fq = self.sim.act_quantizer(t)
-        if not fq.ecaq:
-            return None
-        if not fq.params.po2:
-            raise _Unsupported(f"ECAQ scales of {t!r} are not powers of two (use --scale po2)")
-        return po2_frac(fq.params.scale).reshape(-1).astype(np.int64)
+        return po2_frac(fq.params.scale).reshape(-1).astype(np.int64) if fq.ecaq else None
 
     def tint(self, t: str) -> TInt:
         if t not in self.tensors:
