@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import os
 import resource
 import sys
@@ -41,22 +42,23 @@ def cache_budget_mb(max_memory_mb: float, rss: int | None = None, reserve_mb: fl
     return max(0.0, free - max(HEADROOM * free, MIN_HEADROOM_MB, reserve_mb))
 
 
-_LIBC = None
+@functools.lru_cache(maxsize=None)
+def _malloc_trim():
+    """glibc's ``malloc_trim``, or None where there is none."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        fn = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes, fn.restype = [ctypes.c_size_t], ctypes.c_int
+    return fn
 
 
 def trim_heap() -> None:
     """Return freed heap memory to the OS (glibc ``malloc_trim(0)``; a no-op elsewhere). Torch's CPU tensors
     of a few MB come from malloc's heap; freed, they stay in the resident set until trimmed, so a long run
     of region after region grows its RSS without holding more data."""
-    global _LIBC
-    if _LIBC is None:
-        _LIBC = False
-        if sys.platform.startswith("linux"):
-            try:
-                lib = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-                lib.malloc_trim.argtypes, lib.malloc_trim.restype = [ctypes.c_size_t], ctypes.c_int
-                _LIBC = lib
-            except (OSError, AttributeError):
-                _LIBC = False
-    if _LIBC:
-        _LIBC.malloc_trim(0)
+    fn = _malloc_trim()
+    if fn is not None:
+        fn(0)

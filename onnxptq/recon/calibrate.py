@@ -15,13 +15,13 @@ from ..config import QuantConfig
 from ..data import Dataset
 from ..plan import BitPlan
 from ..importer.graph import Layer
+from ..memory import trim_heap
 from ..quant import QParams, activation_grid, fake_quantize, weight_grid
 from ..quant import scales as S
 from ..quant.grid import Grid
 from ..quant.observer import Observer
 from ..quant.rounding import WEIGHT_ROUNDINGS, ceil_round, floor_round, rne, stochastic_round
 from ..sim.model import SimModel
-from ..memory import trim_heap
 
 
 @contextmanager

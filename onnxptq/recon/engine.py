@@ -423,7 +423,6 @@ class Engine:
             env = self._batch_env(qf, qf, names, idx, 0.0, None)
             out = self.sim.run_nodes(env, span.start, span.stop)
             total += float(self._region_loss(out, targets, weights, idx)) * len(idx)
-            del env, out
         return total / m
 
     # ---------------------------------------------------------------- main loop
@@ -504,7 +503,6 @@ class Engine:
                     ckpt.save(self.checkpoint_dir, self.fp, k + 1, sim, layers_done,
                               [asdict(r) for r in report.regions])
                 log.info("%s: loss %.5g -> %.5g (%.1f s)", span.name, before, result.loss_after, result.seconds)
-                trim_heap()  # the region's transient tensors: back to the OS, not kept by malloc
         finally:
             bar.close()
             sim.train(was_training)

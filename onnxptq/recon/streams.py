@@ -15,8 +15,8 @@ import numpy as np
 import torch
 
 from ..importer.partition import Region
-from ..sim.model import SimModel
 from ..memory import trim_heap
+from ..sim.model import SimModel
 from .cache import ActivationStore, Cached
 
 
