@@ -219,8 +219,10 @@ def genetic_search(layers: list[str], choices: tuple[int, ...] = (2, 4, 8), *,
             else:
                 return row
 
-    seeds = [np.full(n, j, dtype=np.int64) for j in range(k) if cost(np.full(n, j, dtype=np.int64)) <= budget]
-    seeds = (seeds + [greedy()])[:population] if seeded else []
+    seeds = []
+    if seeded:
+        uniform = [np.full(n, j, dtype=np.int64) for j in range(k)]
+        seeds = ([r for r in uniform if cost(r) <= budget] + [greedy()])[:population]
     randoms = [repair(r) for r in rng.integers(0, k, size=(population - len(seeds), n))]
     pop = np.stack(seeds + randoms)
     top = np.zeros((0, n), dtype=np.int64)
