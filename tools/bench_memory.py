@@ -36,7 +36,8 @@ def run_one(model: Path, calib: Path, budget: str, args, work: Path) -> dict:
     r = subprocess.run(timed, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
     wall = time.perf_counter() - t0
     if r.returncode != 0:
-        said = [ln for ln in r.stderr.splitlines() if "error:" in ln or ln.startswith("interrupted")]  # not /usr/bin/time's report
+        # onnxptq's own line, not /usr/bin/time's report that follows it
+        said = [ln for ln in r.stderr.splitlines() if "error:" in ln or ln.startswith("interrupted")]
         return {"budget": budget, "error": said[-1] if said else f"exit code {r.returncode}"}
     m = re.search(r"Maximum resident set size \(kbytes\): (\d+)", r.stderr)
     summary = json.loads(r.stdout[r.stdout.index("{"):])
@@ -51,12 +52,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--iters", type=int, default=2)
     B.add_common(p)
     args = p.parse_args(argv)
-    for budget in args.budgets.split(","):  # a typo must not cost a run, nor overwrite the section
-        if budget.strip() != "none":
+    budgets = [b.strip() for b in args.budgets.split(",")]
+    for budget in budgets:  # a typo must not cost a run, nor overwrite the section
+        if budget != "none":
             try:
-                _size(budget.strip())
+                _size(budget)
             except Exception as e:  # noqa: BLE001 - parse_size's message names the accepted units
-                print(f"error: --budgets {budget.strip()!r}: {e}", file=sys.stderr)
+                print(f"error: --budgets {budget!r}: {e}", file=sys.stderr)
                 return 2
     model, calib = B.cache_dir() / "efficientnet_lite0.onnx", B.cache_dir() / "photos_calib.npz"
     if not model.exists() or not calib.exists():
@@ -64,12 +66,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     rows: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="onnxptq-mem-") as d:
-        for budget in args.budgets.split(","):
+        for budget in budgets:
             print(f"== --max-memory {budget} ...", flush=True)
-            rows.append(run_one(model, calib, budget.strip(), args, Path(d)))
+            rows.append(run_one(model, calib, budget, args, Path(d)))
             print("  ", rows[-1], flush=True)
             if args.out and not all("error" in r for r in rows):  # after every run: a stopped sweep keeps its rows
-                B.write_section(Path(args.out), "memory", section(rows, args, done=len(rows), total=len(args.budgets.split(","))))
+                B.write_section(Path(args.out), "memory", section(rows, args, len(rows), len(budgets)))
     if all("error" in r for r in rows):
         print("error: every run failed; the section was not written", file=sys.stderr)
         return 1
