@@ -132,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--ecaq", action="store_true",
                    help="per-channel activation scales folded into the consuming convs (Bit-Split ECAQ; rtn/bitsplit)")
     q.add_argument("--bitsplit-points", type=int, default=d.bitsplit_points,
-                   help="bitsplit: sampled input rows per layer (default 12000, as the paper)")
+                   help="bitsplit: sampled input rows per layer to fit (default 12000, as the paper; a fifth more are held out)")
     q.add_argument("--mixed", choices=MIXED, default=None,
                    help="per-layer weight bits: coding-length (Attention Round Alg. 1, from the weights) or "
                         "search (BRECQ Alg. 2: sensitivities + genetic search under --budget-size/--budget-bops)")

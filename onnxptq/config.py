@@ -67,7 +67,7 @@ class QuantConfig:
     lp_beta: float = 1.0  # RAPQ Eq. 19 beta
     ecaq: bool = False  # per-channel activation scales folded into the consumer convs (Bit-Split Sec. 3.4)
     weight_grid: str = "uniform"  # bitsplit: uniform (Bit-Split Eq. 12-19) | log (Sec. 3.3.2; layers of <= 4 bits)
-    bitsplit_points: int = 12000  # bitsplit: sampled input rows per layer (the paper's 12000)
+    bitsplit_points: int = 12000  # bitsplit: sampled input rows per layer to fit (the paper's 12000; +1/4 held out)
     bitsplit_iters: int = 30  # bitsplit: alternating-optimization passes per layer (at most)
     attn_tau: float = 0.5  # Attention Round tau (Eq. 1-6)
     attn_tau_unit: str = "step"  # tau in grid steps, or "weight": Eq. 3's literal tau / s (recon/attention_round.py)

@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
+import torch.nn.functional as F
 
 from onnxptq import api
 from onnxptq.config import QuantConfig
 from onnxptq.errors import ConfigError
-from onnxptq.recon.bitsplit import log_values
-from onnxptq.recon.bitsplit_layers import log_grid_bits
+from onnxptq.data import Dataset
+from onnxptq.recon.bitsplit import BitSplitResult, log_values, nearest_q
+from onnxptq.recon.bitsplit_layers import _bias_safe, _layer_rows, choose_channels, log_grid_bits
+from onnxptq.recon.engine import _FloatWeights
 from onnxptq.recon.calibrate import integer_weights
 from onnxptq.verify import qdq_output_parity
 
@@ -27,13 +31,13 @@ def test_bitsplit_uniform_on_grid_and_exported(tiny, tmp_path, bits):
     assert len(regions) == len(res.qgraph.layers)
     assert all(r.loss_after <= r.loss_before for r in regions)
     assert sum(r.loss_after for r in regions) < sum(r.loss_before for r in regions)  # it beats RTN overall
-    qmax = 2 ** (bits - 1) - 1
     for layer, r in zip(res.qgraph.layers, regions):
         q = integer_weights(res.sim, layer.name)
         p = res.sim.weight_quantizer(layer.name).params
         assert p.grid.bits == bits
-        if not r.reverted:
-            assert np.abs(q).max() <= qmax and np.all(p.zero_point == 0) and np.all(p.scale > 0)
+        if not r.reverted:  # Bit-Split channels on [-(2^(b-1)-1), 2^(b-1)-1], RTN-kept ones on the full grid
+            assert q.min() >= p.grid.qmin and q.max() <= p.grid.qmax
+            assert np.all(p.zero_point == 0) and np.all(p.scale > 0) and 0 <= r.rtn_channels < 1
     assert qdq_output_parity(res.sim, str(out), {"input": val}).bit_exact
 
 
@@ -64,3 +68,61 @@ def test_bitsplit_config_validation():
     with pytest.raises(ConfigError, match="--method bitsplit"):
         QuantConfig(method="brecq", weight_grid="log")
     assert QuantConfig(method="bitsplit", weight_grid="log", w_bits=2).weight_grid == "log"
+
+
+def test_nearest_q_hand_values():
+    w = torch.tensor([[0.26, -0.74, 0.5, 2.0, 0.125]], dtype=torch.float64)
+    a = torch.tensor([0.25], dtype=torch.float64)  # w / a = 1.04, -2.96, 2, 8, 0.5
+    assert nearest_q(w, a, 3).tolist() == [[1, -3, 2, 3, 0]]  # clipped to +-3, the tie to even
+    assert nearest_q(w, a, 3, log=True).tolist() == [[1, -2, 2, 4, 0]]  # {0, +-1, +-2, +-4}, ties to the lower
+
+
+def test_choose_channels_per_channel_or_whole_layer():
+    split, rtn = torch.tensor([[1.0, 5.0, 2.0]]), torch.tensor([[2.0, 4.0, 2.0]])
+    assert choose_channels(split, rtn, per_channel=True).tolist() == [[True, False, False]]  # ties keep RTN
+    assert choose_channels(split, rtn, per_channel=False).tolist() == [[False] * 3]  # 8 vs 8: not below
+    assert choose_channels(split, rtn + 0.5, per_channel=False).tolist() == [[True] * 3]
+
+
+def test_bias_safe_raises_only_the_unsafe_channels():
+    wm = torch.tensor([[[0.01, -0.02], [1.0, -0.5]]], dtype=torch.float64)  # (G=1, M=2, D=2)
+    res = BitSplitResult(torch.tensor([[[1, -3], [3, -1]]]), torch.tensor([[0.0067, 0.33]], dtype=torch.float64),
+                         torch.zeros(1, 2), torch.zeros(1, 2))
+    need = torch.tensor([[0.01, 0.01]], dtype=torch.float64)
+    assert _bias_safe(res, wm, need, 3, use_log=False) == 1
+    assert res.alpha.tolist() == [[0.01, 0.33]]
+    assert res.q.tolist() == [[[1, -2], [3, -1]]]  # channel 0 re-rounded at alpha 0.01, channel 1 untouched
+
+
+def test_layer_rows_come_from_every_sample_in_the_same_order(tiny):
+    """The head sees one row per sample: every calibration sample contributes (not only the first chunk), and
+    the float and quantized rows are the same samples' rows."""
+    net, path, calib, _ = tiny
+    res = api.quantize(path, calib, method="rtn", w_bits=4, a_bits=8, progress=False)
+    sim = res.sim
+    fc = next(x for x in res.qgraph.layers if x.op_type != "Conv")
+    node = sim.nodes[sim.node_index(fc.name)]
+    x, xq = _layer_rows(sim, Dataset({"input": calib}), _FloatWeights(sim), fc, node, 10_000,
+                        torch.Generator().manual_seed(0), torch.device("cpu"))
+    with torch.no_grad():
+        t = torch.from_numpy(calib)
+        h = F.relu(net.conv1(t))
+        h = F.relu(h + net.conv3(F.relu(net.conv2(h))))
+        feats = F.relu(net.conv4(h)).mean((2, 3)).double()
+    assert x.shape == (len(calib), 16) and xq.shape == x.shape
+    match = torch.cdist(x, feats).argmin(1)  # each row is one sample's features, every sample once
+    assert sorted(match.tolist()) == list(range(len(calib)))
+    assert torch.allclose(x, feats[match], atol=1e-4)
+    assert not torch.equal(match, torch.arange(len(calib)))  # shuffled: a slice is a random subset
+    assert (xq - x).abs().max() < 0.1 * x.abs().max()  # the quantized model's rows of the same samples
+
+
+def test_bitsplit_keeps_rtn_where_rows_are_too_few(tiny, caplog):
+    _, path, calib, _ = tiny
+    with caplog.at_level("WARNING"):
+        res = api.quantize(path, calib[:12], method="bitsplit", w_bits=4, a_bits=8, first_last_bits=None,
+                           progress=False)  # the head has 12 rows (10 to fit) for 16 weights per channel
+    by_name = {r.name: r for r in res.recon.regions}
+    fc = next(x for x in res.qgraph.layers if x.op_type != "Conv")
+    assert by_name[fc.name].reverted and "underdetermined" in caplog.text and fc.name in caplog.text
+    assert not all(r.reverted for r in res.recon.regions)

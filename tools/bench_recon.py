@@ -249,6 +249,9 @@ def run_row(bm: B.BenchModel, calib, eval_ds, float_out, label: str, overrides: 
         if ps:
             srcs = sorted({x.lp_source for x in r.regions if x.lp_source})
             row.notes += f", L-P P {min(ps):.2f}-{max(ps):.2f} (gamma from {'/'.join(srcs)})"
+        if r.method == "bitsplit":
+            solved = [x.rtn_channels for x in r.regions if not x.reverted]
+            row.notes += f", {100 * np.mean(solved or [0.0]):.0f}% of solved layers' channels kept RTN (held-out rows)"
         far = [x.beyond_neighbors for x in r.regions if x.beyond_neighbors]
         if far:
             row.notes += f", {100 * np.mean(far):.1f}% of weights beyond their two nearest grid points"

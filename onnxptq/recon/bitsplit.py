@@ -25,7 +25,7 @@ from torch import Tensor
 
 __all__ = [
     "BitSplitResult", "tflite_init", "split_bits", "stitch_bits", "optimal_alpha", "reconstruction_error",
-    "bit_split", "log_values", "log_init", "log_quant",
+    "bit_split", "log_values", "log_init", "log_quant", "nearest_q",
 ]
 
 _F64 = torch.float64
@@ -413,3 +413,18 @@ def log_quant(W: Tensor, X: Tensor, Y: Tensor, bits: int, iters: int = 30, tol: 
         changed = _dcc_sweep(H, hdiag, b, q, Hq, vals, block)  # Eq. 22 (updates Hq = q H)
         n_it += 1
     return _finish(best, q0, a0, b, yy, H, err_init, n_it)
+
+
+@torch.no_grad()
+def nearest_q(W: Tensor, alpha: Tensor, bits: int, log: bool = False) -> Tensor:
+    """The grid point nearest to w / alpha for a given per-row alpha (the rounding of Eq. 12 / ``log_init`` at
+    another scale): uniform ``round(w / alpha)`` on [-(2^(b-1)-1), 2^(b-1)-1] (ties to even), or the nearest
+    value of ``log_values(bits)`` (ties to the lower value). ``W`` (..., D), ``alpha`` (...) > 0 -> int64 (..., D).
+    """
+    W = W.to(_F64)
+    r = W / alpha.to(W)[..., None]
+    if not log:
+        _check_uniform_bits(bits)
+        return torch.round(r).clamp(-_qmax(bits), _qmax(bits)).to(torch.int64)
+    vals = log_values(bits).to(device=W.device, dtype=_F64)
+    return vals[torch.bucketize(r.contiguous(), 0.5 * (vals[1:] + vals[:-1]))].to(torch.int64)

@@ -1,16 +1,23 @@
 """``--method bitsplit``: Bit-Split & Stitching (or logarithmic weights) layer by layer (Bit-Split Algorithm 1).
 
 For each layer in execution order:
-1. sample ``bitsplit_points`` (paper: 12000) input rows (im2col patches for a 2-D Conv) from the quantized
-   model so far (X^, what the layer consumes: earlier layers already solved, activations quantized at
-   their calibrated scales) and the same rows from the float model (X);
+1. sample ``bitsplit_points`` (paper: 12000) input rows (im2col patches for a 2-D Conv) plus a held-out fifth
+   on top, from the quantized model so far (X^, what the layer consumes: earlier layers already solved,
+   activations quantized at their calibrated scales) and the same rows from the float model (X); rows are
+   drawn from every calibration sample a layer needs (late layers and heads have few rows per sample);
 2. target Y = X W^T (the float layer's output without bias) and solve min ||Y - alpha X^ q|| per output
-   channel in closed form (``bitsplit.py``: Eq. 12-19 uniform, Eq. 20-22 logarithmic);
-3. write back the weights alpha * q with per-channel scale alpha (on-grid float weights, so the exporters
+   channel in closed form on the fitting rows (``bitsplit.py``: Eq. 12-19 uniform, Eq. 20-22 logarithmic);
+   a layer with fewer fitting rows than weights per output channel (Eq. 11 underdetermined: a classifier
+   head sees one row per sample) keeps RTN;
+3. a channel whose alpha would put its bias outside the int32 range at s_x * alpha takes the smallest safe
+   alpha, its weights rounded to the nearest grid point at that alpha (as RTN's ``bias_safe_weight_scale``);
+4. on the held-out rows, each output channel keeps whichever of Bit-Split and its RTN calibration has the
+   lower error (uniform grids; a logarithmic layer is chosen as a whole, its grid differs from RTN's), so
+   a solution that only fits its own rows is not taken;
+5. write back the weights alpha * q with per-channel scale alpha (on-grid float weights, so the exporters
    store exactly q), and as bias correction (unless ``bias_correction`` is off) the least-squares intercept
-   mean(alpha X^ q - Y) per channel (the rows' mean error, which the zero-intercept fit of Eq. 11 leaves);
-4. a layer whose solved error is not below its RTN error on the same rows, or whose int32 bias would
-   leave its range, keeps its RTN calibration.
+   mean(alpha X^ q - Y) per channel over all sampled rows (the mean error the zero-intercept Eq. 11 leaves);
+   a layer whose corrected int32 bias would leave its range keeps its RTN calibration.
 Layers other than 2-D Conv (without transA Gemm, MatMul) keep RTN and are reported.
 """
 from __future__ import annotations
@@ -28,11 +35,13 @@ from ..data import Dataset
 from ..quant import QParams, weight_grid
 from ..sim.model import SimModel
 from ..sim.ops import _conv_padding, torch_pad
-from .bitsplit import BitSplitResult, bit_split, log_quant, log_values, reconstruction_error
+from .bitsplit import BitSplitResult, bit_split, log_quant, log_values, nearest_q, reconstruction_error
 from .calibrate import integer_weights
 
 log = logging.getLogger(__name__)
-IMAGES = 32  # calibration samples the rows are drawn from
+IMAGES = 16  # calibration samples per captured forward pass
+MIN_IMAGES = 32  # rows come from at least this many samples (all when fewer), more when a sample has few rows
+HOLDOUT = 0.2  # fraction of the sampled rows left out of the fit to choose between Bit-Split and RTN
 CHUNK = 2 ** 24  # elements of X per solver call (depthwise convs: groups are solved in chunks)
 BIAS_LIMIT = 2.0 ** 30
 
@@ -61,20 +70,47 @@ def _capture(sim: SimModel, feeds: dict[str, torch.Tensor], layer, quantized: bo
     return got["x"]
 
 
-def _rows(x: torch.Tensor, node, layer, pick: torch.Tensor | None, n_points: int, gen: torch.Generator):
-    """(rows (N, C*kh*kw) float64, pick): im2col patches of a 2-D conv / the feature rows of Gemm/MatMul,
-    at ``pick`` (drawn once per layer so the float and quantized rows match)."""
+def _unfold(x: torch.Tensor, node, layer) -> torch.Tensor:
+    """Sample-major rows (B*L, C*kh*kw) of ``x``: the im2col patches of a 2-D conv, the feature rows of
+    Gemm / MatMul."""
     if layer.op_type == "Conv":
         w_shape = layer.weight_shape
         pads, strides, dil = _conv_padding(x, torch.empty(w_shape, device="meta"), node.attrs)
         x = F.pad(x, torch_pad(pads)) if any(pads) else x
         cols = F.unfold(x, w_shape[2:], dilation=dil, stride=strides)  # (B, C*kh*kw, L)
-        flat = cols.transpose(1, 2).reshape(-1, cols.shape[1])
-    else:
-        flat = x.reshape(-1, x.shape[-1])
-    if pick is None:
-        pick = torch.randperm(flat.shape[0], generator=gen)[:n_points]
-    return flat[pick.to(flat.device)].double(), pick
+        return cols.transpose(1, 2).reshape(-1, cols.shape[1])
+    return x.reshape(-1, x.shape[-1])
+
+
+def _layer_rows(sim: SimModel, data: Dataset, floats, layer, node, n_rows: int, gen: torch.Generator,
+                device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(X, X^) float64 (N, C*kh*kw): the same ``n_rows`` rows (all when fewer) of the float and the quantized
+    model's layer input, drawn uniformly without replacement from the rows of the first
+    max(MIN_IMAGES, 4 n_rows / rows-per-sample) calibration samples, in random order. Captured IMAGES samples
+    at a time, so memory holds one chunk's patches."""
+    n = len(data)
+    picked, xs, qs = None, [], []
+    for i0 in range(0, n, IMAGES):
+        if picked is not None and i0 >= used:
+            break
+        feeds = {k: torch.from_numpy(v[i0:i0 + IMAGES]).to(device) for k, v in data.inputs.items()}
+        xq = _unfold(_capture(sim, feeds, layer, quantized=True), node, layer)
+        with floats:
+            xf = _unfold(_capture(sim, feeds, layer, quantized=False), node, layer)
+        if picked is None:
+            per = xq.shape[0] // min(IMAGES, n)  # rows per sample
+            used = min(n, max(MIN_IMAGES, -(-4 * n_rows // per)))
+            pick = torch.randperm(per * used, generator=gen)[:n_rows]
+            order = torch.argsort(pick)
+            picked = pick[order]
+        lo = i0 * per
+        sel = picked[(picked >= lo) & (picked < lo + xq.shape[0])] - lo
+        xs.append(xf[sel.to(xf.device)].double())
+        qs.append(xq[sel.to(xq.device)].double())
+    x, xq = torch.empty_like(torch.cat(xs)), torch.empty_like(torch.cat(qs))
+    x[order.to(x.device)] = torch.cat(xs)  # back to the random order of ``pick``: any slice is a random subset
+    xq[order.to(xq.device)] = torch.cat(qs)
+    return x, xq
 
 
 def supported(layer, node) -> bool:
@@ -110,18 +146,36 @@ def log_grid_bits(bits: int) -> int:
     return max(2, int(log_values(bits).abs().max()).bit_length() + 1)
 
 
+def _bias_safe(res: BitSplitResult, wm: torch.Tensor, need: torch.Tensor, bits: int, use_log: bool) -> int:
+    """Step 3 of the module doc, in place: channels with alpha < ``need`` (G, M) take alpha = need and the
+    nearest grid point at it (``nearest_q``). Returns how many channels changed."""
+    low = res.alpha < need
+    if bool(low.any()):
+        res.alpha = torch.maximum(res.alpha, need)
+        res.q = torch.where(low[..., None], nearest_q(wm, res.alpha, bits, use_log), res.q)
+    return int(low.sum())
+
+
+def choose_channels(err_split: torch.Tensor, err_rtn: torch.Tensor, per_channel: bool) -> torch.Tensor:
+    """Step 4 of the module doc: True where Bit-Split's held-out error (G, M) is below RTN's, per channel, or
+    for the whole layer when ``per_channel`` is False (its channels cannot mix with RTN's grid)."""
+    if per_channel:
+        return err_split < err_rtn
+    return torch.full_like(err_split, float(err_split.sum() < err_rtn.sum()), dtype=torch.bool)
+
+
 @torch.no_grad()
 def bitsplit_layers(sim: SimModel, data: Dataset, cfg: QuantConfig):
-    """Solve every layer (module doc); returns a ``ReconReport`` with one entry per layer."""
+    """Solve every layer (module doc); returns a ``ReconReport`` with one entry per layer: ``loss_before`` /
+    ``loss_after`` are the held-out rows' errors of RTN and of the chosen weights."""
     from .engine import ReconReport, RegionResult, _FloatWeights
 
     t_all = time.perf_counter()
     qg = sim.qg
     device = next(iter(sim.weights.values())).device
-    n_img = min(IMAGES, len(data))
-    feeds = {k: torch.from_numpy(v[:n_img]).to(device) for k, v in data.inputs.items()}
+    n_rows = cfg.bitsplit_points + max(1, round(cfg.bitsplit_points * HOLDOUT / (1 - HOLDOUT)))
     floats = _FloatWeights(sim)
-    report = ReconReport("bitsplit", "layer", f"closed form ({cfg.weight_grid} weights)", n_img)
+    report = ReconReport("bitsplit", "layer", f"closed form ({cfg.weight_grid} weights)", len(data))
     was_training = sim.training
     sim.eval()
     bar = tqdm(qg.layers, disable=not cfg.progress, desc="bit-split", unit="layer", dynamic_ncols=True)
@@ -136,42 +190,59 @@ def bitsplit_layers(sim: SimModel, data: Dataset, cfg: QuantConfig):
                 result.reverted = True
                 continue
             gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + k)
-            xq_in = _capture(sim, feeds, layer, quantized=True)
-            with floats:
-                x_in = _capture(sim, feeds, layer, quantized=False)
-            x, pick = _rows(x_in, node, layer, None, cfg.bitsplit_points, gen)
-            xq, _ = _rows(xq_in, node, layer, pick, cfg.bitsplit_points, gen)
+            x, xq = _layer_rows(sim, data, floats, layer, node, n_rows, gen, device)
             fq = sim.weight_quantizer(layer.name)
             w = sim.weight(layer.weight)
             wf = floats.float[layer.weight].to(w.device)
             wm, xg, xqg = _grouped(layer, wf, x, xq)
+            n_hold = max(1, round(x.shape[0] * HOLDOUT))
+            n_fit = x.shape[0] - n_hold
+            if n_fit < wm.shape[-1]:
+                log.warning("%s: %d sampled rows to fit %d weights per output channel (Bit-Split Eq. 11 would "
+                            "be underdetermined); RTN kept. More calibration samples give more rows.",
+                            layer.name, n_fit, wm.shape[-1])
+                result.reverted = True
+                continue
+            fit, hold = slice(0, n_fit), slice(n_fit, None)
             bits = fq.params.grid.bits
-            res = _solve(wm, xg, xqg, bits, cfg.weight_grid, cfg.bitsplit_iters)
-            # RTN on the same rows: its integers and scales in the same (G, M, D) layout
+            use_log = cfg.weight_grid == "log" and bits <= 4
+            res = _solve(wm, xg[:, fit], xqg[:, fit], bits, cfg.weight_grid, cfg.bitsplit_iters)
+            s_x = sim.input_scale(layer)
+            if layer.bias:
+                bias = sim.weight(layer.bias).detach().double().to(res.alpha.device)
+                _bias_safe(res, wm, (bias.abs() / (s_x * BIAS_LIMIT)).reshape(res.alpha.shape), bits, use_log)
+            # RTN: its integers and scales in the same (G, M, D) layout
             rtn_q, _, _ = _grouped(layer, torch.from_numpy(integer_weights(sim, layer.name)).to(w.device).double(), x, xq)
             s_rtn = torch.from_numpy(fq.params.scale.astype(np.float64)).to(w.device).reshape(res.alpha.shape)
             zp = torch.from_numpy(fq.params.zero_point.astype(np.float64)).to(w.device).reshape(res.alpha.shape)
+            rtn_q = rtn_q - zp[..., None]
             y = xg @ wm.transpose(1, 2)
-            err_rtn = reconstruction_error(xqg, y, rtn_q - zp[..., None], s_rtn)
-            result.loss_before, result.loss_after = float(err_rtn.sum()), float(res.err_final.sum())
+            err_rtn = reconstruction_error(xqg[:, hold], y[:, hold], rtn_q, s_rtn)
+            err_bs = reconstruction_error(xqg[:, hold], y[:, hold], res.q.double(), res.alpha)
+            take = choose_channels(err_bs, err_rtn, per_channel=not use_log and not bool(zp.any()))
+            result.loss_before = float(err_rtn.sum())
+            result.loss_after = float(torch.where(take, err_bs, err_rtn).sum())
             result.iterations = 1
-            use_log = cfg.weight_grid == "log" and bits <= 4
+            result.rtn_channels = float((~take).double().mean())
+            if not bool(take.any()):
+                result.reverted, result.loss_after = True, result.loss_before
+                log.info("%s: bit-split did not beat RTN on its held-out rows; RTN kept", layer.name)
+                continue
+            q = torch.where(take[..., None], res.q.double(), rtn_q)
+            alpha = torch.where(take, res.alpha, s_rtn)
             grid = weight_grid(log_grid_bits(bits)) if use_log else fq.params.grid
-            pred = xqg @ (res.alpha[..., None] * res.q.double()).transpose(1, 2)
+            pred = xqg @ (alpha[..., None] * q).transpose(1, 2)
             shift = (pred - y).mean(1).reshape(-1)  # least-squares intercept per output channel
-            scale = res.alpha.reshape(-1).float().cpu()
-            new_w = (res.alpha[..., None] * res.q.double()).float()
+            scale = alpha.reshape(-1).float().cpu()
+            new_w = (alpha[..., None] * q).float()
             new_w = (new_w.reshape(w.shape) if layer.op_type == "Conv" or layer.weight_axis == 0
                      else new_w[0].t().contiguous())
-            bias_ok = True
             if layer.bias:
-                s_x = sim.input_scale(layer)
-                b = sim.weight(layer.bias).detach().double().cpu() - shift.cpu()
-                bias_ok = not bool((b.abs() / (s_x * scale.double()) > BIAS_LIMIT).any())
-            if result.loss_after >= result.loss_before or not bias_ok:
-                result.reverted, result.loss_after = True, result.loss_before
-                log.info("%s: bit-split did not beat RTN on its rows (or its bias left int32); RTN kept", layer.name)
-                continue
+                b = bias.cpu() - (shift.cpu() if cfg.bias_correction else 0.0)
+                if bool((b.abs() / (s_x * scale.double()) > BIAS_LIMIT).any()):
+                    result.reverted, result.loss_after = True, result.loss_before
+                    log.info("%s: the corrected bias would leave int32 at the solved scales; RTN kept", layer.name)
+                    continue
             fq.bits = grid.bits
             fq.set_params(QParams(grid, scale.numpy(), np.zeros_like(scale.numpy()), layer.weight_axis, False),
                           w.dim())
@@ -180,12 +251,13 @@ def bitsplit_layers(sim: SimModel, data: Dataset, cfg: QuantConfig):
             if layer.bias and cfg.bias_correction:
                 sim.bias_delta[layer.name] = shift.float().to(w.device)
             q_back = integer_weights(sim, layer.name)
-            expect = res.q.reshape(-1, res.q.shape[-1]).cpu().numpy()
+            expect = q.round().to(torch.int64).reshape(-1, q.shape[-1]).cpu().numpy()
             if not np.array_equal(q_back.reshape(expect.shape[0], -1) if layer.weight_axis == 0 or layer.op_type == "Conv"
                                   else q_back.T, expect):
                 raise RuntimeError(f"bit-split result of {layer.name!r} does not re-quantize to its integers")
             result.seconds = time.perf_counter() - t0
-            bar.set_postfix(err=f"{result.loss_before:.3g}->{result.loss_after:.3g}")
+            bar.set_postfix(err=f"{result.loss_before:.3g}->{result.loss_after:.3g}",
+                            rtn_channels=f"{result.rtn_channels:.0%}")
     finally:
         bar.close()
         sim.train(was_training)

@@ -66,6 +66,7 @@ class RegionResult:
     iterations: int
     undecided: float = 0.0  # fraction of soft rounding offsets not at 0/1 when made hard
     beyond_neighbors: float = 0.0  # fraction of weights rounded past their two nearest grid points (attention)
+    rtn_channels: float = 0.0  # bitsplit: fraction of output channels that kept RTN (held-out rows chose it)
     steps_kept: list[str] = field(default_factory=list)  # learned steps refused (int32 bias range)
     lp_exponent: float | None = None  # RAPQ Eq. 19 P of the region (loss lp)
     lp_source: str | None = None  # where its gamma came from: "bn" (folded BN) | "std" (output std estimate)
