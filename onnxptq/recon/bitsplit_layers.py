@@ -43,7 +43,8 @@ IMAGES = 16  # calibration samples per captured forward pass
 MIN_IMAGES = 32  # rows come from at least this many samples (all when fewer), more when a sample has few rows
 HOLDOUT = 0.2  # fraction of the sampled rows left out of the fit to choose between Bit-Split and RTN
 CHUNK = 2 ** 24  # elements of X per solver call (depthwise convs: groups are solved in chunks)
-BIAS_LIMIT = 2.0 ** 30
+BIAS_LIMIT = 2.0 ** 30  # |bias| / (s_x s_w), as quant.scales.bias_safe_weight_scale
+SAFE_MARGIN = 2.0 ** -20  # relative slack for float32 scales (RTN's safe scales are float32 too)
 
 
 class _Stop(Exception):
@@ -147,8 +148,10 @@ def log_grid_bits(bits: int) -> int:
 
 
 def _bias_safe(res: BitSplitResult, wm: torch.Tensor, need: torch.Tensor, bits: int, use_log: bool) -> int:
-    """Step 3 of the module doc, in place: channels with alpha < ``need`` (G, M) take alpha = need and the
-    nearest grid point at it (``nearest_q``). Returns how many channels changed."""
+    """Step 3 of the module doc, in place: channels with alpha < ``need`` (G, M) take alpha = need (raised by
+    2^-20 relative, so the float32 scale the exporters store is still >= need) and the nearest grid point at it
+    (``nearest_q``). Returns how many channels changed."""
+    need = need * (1.0 + SAFE_MARGIN)
     low = res.alpha < need
     if bool(low.any()):
         res.alpha = torch.maximum(res.alpha, need)
@@ -239,7 +242,7 @@ def bitsplit_layers(sim: SimModel, data: Dataset, cfg: QuantConfig):
                      else new_w[0].t().contiguous())
             if layer.bias:
                 b = bias.cpu() - (shift.cpu() if cfg.bias_correction else 0.0)
-                if bool((b.abs() / (s_x * scale.double()) > BIAS_LIMIT).any()):
+                if bool((b.abs() / (s_x * scale.double()) > BIAS_LIMIT * (1.0 + SAFE_MARGIN)).any()):
                     result.reverted, result.loss_after = True, result.loss_before
                     log.info("%s: the corrected bias would leave int32 at the solved scales; RTN kept", layer.name)
                     continue
