@@ -355,3 +355,18 @@ def test_max_memory_budget_spills_and_keeps_the_result(tiny, monkeypatch):
     assert memory.cache_budget_mb(4096, rss=1024 * 2**20) == 3072 - 768  # 25 % of what is left kept free
     assert memory.cache_budget_mb(1200, rss=1024 * 2**20) == 0.0  # less than the 256 MB headroom left
     assert memory.cache_budget_mb(4096, rss=1024 * 2**20, reserve_mb=2000) == 3072 - 2000  # one batch's tensors
+
+
+def test_sixteen_bit_activation_steps_are_not_learned(tiny):
+    """At A16 one Adam update of act_lr exceeds the step itself (LSQ diverged and the guard sent most regions
+    back to RTN); such steps keep their calibration, while 8-bit steps are still learned."""
+    _, path, calib, _ = tiny
+    scales = {}
+    for method, a in (("rtn", 16), ("brecq", 16), ("rtn", 8), ("brecq", 8)):
+        res = api.quantize(path, calib, method=method, w_bits=4, a_bits=a, first_last_bits=None, **FAST)
+        scales[method, a] = {t: float(res.sim.act_quantizer(t).params.scale) for t in res.qgraph.quant_points
+                             if res.sim.act_quantizer(t).params is not None}
+        if method == "brecq" and a == 16:
+            assert not any(r.reverted for r in res.recon.regions)
+    assert scales["brecq", 16] == scales["rtn", 16]
+    assert scales["brecq", 8] != scales["rtn", 8]
