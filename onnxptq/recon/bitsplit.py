@@ -165,12 +165,10 @@ def tflite_init(W: Tensor, bits: int) -> tuple[Tensor, Tensor]:
     """
     if not isinstance(bits, int) or isinstance(bits, bool) or not 2 <= bits <= MAX_BITS:
         raise ValueError(f"tflite_init needs an integer bit width in [2, {MAX_BITS}], got {bits!r}")
-    qmax = _qmax(bits)
     W = W.to(_F64)
     amax = W.abs().amax(-1)
-    alpha = torch.where(amax > 0, amax / qmax, torch.ones_like(amax))
-    q = torch.round(W / alpha[..., None]).clamp(-qmax, qmax)
-    return q.to(torch.int64), alpha
+    alpha = torch.where(amax > 0, amax / _qmax(bits), torch.ones_like(amax))
+    return nearest_q(W, alpha, bits), alpha
 
 
 def split_bits(q: Tensor, bits: int) -> Tensor:
@@ -320,13 +318,10 @@ def log_init(W: Tensor, bits: int) -> tuple[Tensor, Tensor]:
     largest weight maps to the largest set value, q = nearest value of ``log_values(bits)`` to w / alpha (ties
     to the lower value). The paper does not state its log init; this mirrors Eq. 12. Zero rows get alpha = 1,
     q = 0. ``W`` (..., D) -> q int64 (..., D), alpha float64 (...)."""
-    vals = log_values(bits).to(device=W.device, dtype=_F64)
     W = W.to(_F64)
     amax = W.abs().amax(-1)
-    alpha = torch.where(amax > 0, amax / vals[-1], torch.ones_like(amax))
-    mid = 0.5 * (vals[1:] + vals[:-1])  # decision thresholds between consecutive set values
-    idx = torch.bucketize((W / alpha[..., None]).contiguous(), mid)
-    return vals[idx].to(torch.int64), alpha
+    alpha = torch.where(amax > 0, amax / float(log_values(bits)[-1]), torch.ones_like(amax))
+    return nearest_q(W, alpha, bits, log=True), alpha
 
 
 @torch.no_grad()
@@ -417,14 +412,14 @@ def log_quant(W: Tensor, X: Tensor, Y: Tensor, bits: int, iters: int = 30, tol: 
 
 @torch.no_grad()
 def nearest_q(W: Tensor, alpha: Tensor, bits: int, log: bool = False) -> Tensor:
-    """The grid point nearest to w / alpha for a given per-row alpha (the rounding of Eq. 12 / ``log_init`` at
-    another scale): uniform ``round(w / alpha)`` on [-(2^(b-1)-1), 2^(b-1)-1] (ties to even), or the nearest
+    """The grid point nearest to w / alpha for a given per-row alpha (the rounding of Eq. 12 and ``log_init``,
+    also used at other scales): uniform ``round(w / alpha)`` on [-(2^(b-1)-1), 2^(b-1)-1] (ties to even), or the nearest
     value of ``log_values(bits)`` (ties to the lower value). ``W`` (..., D), ``alpha`` (...) > 0 -> int64 (..., D).
     """
     W = W.to(_F64)
     r = W / alpha.to(W)[..., None]
-    if not log:
-        _check_uniform_bits(bits)
+    if not log:  # bits are checked by the callers (tflite_init also takes 2 bits)
         return torch.round(r).clamp(-_qmax(bits), _qmax(bits)).to(torch.int64)
     vals = log_values(bits).to(device=W.device, dtype=_F64)
-    return vals[torch.bucketize(r.contiguous(), 0.5 * (vals[1:] + vals[:-1]))].to(torch.int64)
+    mid = 0.5 * (vals[1:] + vals[:-1])  # decision thresholds between consecutive set values
+    return vals[torch.bucketize(r.contiguous(), mid)].to(torch.int64)
