@@ -12,6 +12,7 @@ from onnxptq import api
 from onnxptq.config import QuantConfig
 from onnxptq.errors import ConfigError
 from onnxptq.data import Dataset
+from onnxptq.quant import scales as S
 from onnxptq.recon.bitsplit import BitSplitResult, log_values, nearest_q
 from onnxptq.recon.bitsplit_layers import _bias_safe, _layer_rows, choose_channels, log_grid_bits
 from onnxptq.recon.engine import _FloatWeights
@@ -89,7 +90,9 @@ def test_bias_safe_raises_only_the_unsafe_channels():
     res = BitSplitResult(torch.tensor([[[1, -3], [3, -1]]]), torch.tensor([[0.0067, 0.33]], dtype=torch.float64),
                          torch.zeros(1, 2), torch.zeros(1, 2))
     need = torch.tensor([[0.01, 0.01]], dtype=torch.float64)
-    assert _bias_safe(res, wm, need, 3, use_log=False) == 1
+    s_x = 1e-3
+    bias = need * s_x * S.bias_limit()  # at s_w = 0.01 the bias sits exactly on the int32 bound
+    assert _bias_safe(res, wm, bias, s_x, 3, use_log=False) == 1
     assert res.alpha[0, 1] == 0.33 and 0.01 < res.alpha[0, 0] < 0.01 * (1 + 1e-5)
     assert bool((res.alpha.float().double() >= need).all())  # still safe as the float32 scale the export stores
     assert res.q.tolist() == [[[1, -2], [3, -1]]]  # channel 0 re-rounded at alpha 0.01, channel 1 untouched

@@ -198,16 +198,34 @@ def po2_clip_candidates(lo: float, hi: float, scale: float, zero_point: int, gri
             torch.tensor([c[1] for c in cands], dtype=torch.int64))
 
 
+FLOAT32_MARGIN = 2.0 ** -20  # relative slack: a float64 scale at the bound stays within it once stored as float32
+
+
+def bias_limit(bias_bits: int = 32) -> float:
+    """Largest |bias| / (s_x s_w) a bias may reach: 2^(bits-2), half the int32 range (margin for the float32
+    rounding of s_x * s_w)."""
+    return float(2 ** (bias_bits - 2))
+
+
+def bias_in_range(bias: torch.Tensor, x_scale: float, w_scale: torch.Tensor, bias_bits: int = 32,
+                  margin: float = 0.0) -> torch.Tensor:
+    """Per channel: |bias| / (s_x s_w) <= ``bias_limit`` (times 1 + ``margin``), in float64."""
+    return bias.double().abs() / (float(x_scale) * w_scale.double()) <= bias_limit(bias_bits) * (1.0 + margin)
+
+
 def bias_safe_weight_scale(w_scale: torch.Tensor, bias: torch.Tensor, x_scale: float, po2: bool,
-                           bias_bits: int = 32) -> torch.Tensor:
+                           bias_bits: int = 32, margin: float = 0.0) -> torch.Tensor:
     """Smallest change to per-channel weight scales so the bias fits its int32 grid at s_x * s_w.
 
     A channel whose weights are (nearly) all zero gets a tiny s_w; its bias / (s_x s_w) would then
-    saturate int32 and change the output. Raising s_w until |b| / (s_x s_w) <= 2^(bits-2) (half the
-    int32 range: margin for float32 rounding of s_x * s_w; next power of two for Po2 scales) keeps the
-    bias exact; the weights of such channels are ~0 and still quantize to ~0. Computed in float64.
+    saturate int32 and change the output. Raising s_w until |b| / (s_x s_w) <= ``bias_limit`` (next power
+    of two for Po2 scales) keeps the bias exact; the weights of such channels are ~0 and still quantize to
+    ~0. ``margin`` raises the bound on s_w by that relative amount (``FLOAT32_MARGIN`` for float64 scales
+    that are stored as float32). Computed in float64.
     """
-    need = bias.double().abs() / (float(x_scale) * float(2 ** (bias_bits - 2)))
+    need = bias.double().abs() / (float(x_scale) * bias_limit(bias_bits))
+    if margin:
+        need = need * (1.0 + margin)
     if po2:
         need = torch.exp2(torch.ceil(torch.log2(need.clamp(min=1e-300))))
     return torch.maximum(w_scale.double(), need).to(w_scale.dtype)

@@ -33,6 +33,7 @@ from tqdm import tqdm
 from ..config import QuantConfig
 from ..data import Dataset
 from ..quant import QParams, weight_grid
+from ..quant import scales as S
 from ..sim.model import SimModel
 from ..sim.ops import _conv_padding, torch_pad
 from .bitsplit import BitSplitResult, bit_split, log_quant, log_values, nearest_q, reconstruction_error
@@ -43,8 +44,6 @@ IMAGES = 16  # calibration samples per captured forward pass
 MIN_IMAGES = 32  # rows come from at least this many samples (all when fewer), more when a sample has few rows
 HOLDOUT = 0.2  # fraction of the sampled rows left out of the fit to choose between Bit-Split and RTN
 CHUNK = 2 ** 24  # elements of X per solver call (depthwise convs: groups are solved in chunks)
-BIAS_LIMIT = 2.0 ** 30  # |bias| / (s_x s_w), as quant.scales.bias_safe_weight_scale
-SAFE_MARGIN = 2.0 ** -20  # relative slack for float32 scales (RTN's safe scales are float32 too)
 
 
 class _Stop(Exception):
@@ -83,35 +82,38 @@ def _unfold(x: torch.Tensor, node, layer) -> torch.Tensor:
     return x.reshape(-1, x.shape[-1])
 
 
+def _chunk_rows(sim: SimModel, data: Dataset, layer, node, i0: int, quantized: bool, device) -> torch.Tensor:
+    """The layer-input rows (``_unfold``) of calibration samples i0 .. i0 + IMAGES."""
+    feeds = {k: torch.from_numpy(v[i0:i0 + IMAGES]).to(device) for k, v in data.inputs.items()}
+    return _unfold(_capture(sim, feeds, layer, quantized), node, layer)
+
+
+def _take(rows: torch.Tensor, picked: torch.Tensor, lo: int) -> torch.Tensor:
+    """float64 rows of one chunk whose global index (sorted ``picked``) falls in [lo, lo + len(rows))."""
+    sel = picked[(picked >= lo) & (picked < lo + rows.shape[0])] - lo
+    return rows[sel.to(rows.device)].double()
+
+
 def _layer_rows(sim: SimModel, data: Dataset, floats, layer, node, n_rows: int, gen: torch.Generator,
                 device) -> tuple[torch.Tensor, torch.Tensor]:
     """(X, X^) float64 (N, C*kh*kw): the same ``n_rows`` rows (all when fewer) of the float and the quantized
     model's layer input, drawn uniformly without replacement from the rows of the first
     max(MIN_IMAGES, 4 n_rows / rows-per-sample) calibration samples, in random order. Captured IMAGES samples
-    at a time, so memory holds one chunk's patches."""
+    at a time, so memory holds one chunk's patches; the float weights go in once per layer."""
     n = len(data)
-    picked, xs, qs = None, [], []
-    for i0 in range(0, n, IMAGES):
-        if picked is not None and i0 >= used:
-            break
-        feeds = {k: torch.from_numpy(v[i0:i0 + IMAGES]).to(device) for k, v in data.inputs.items()}
-        xq = _unfold(_capture(sim, feeds, layer, quantized=True), node, layer)
-        with floats:
-            xf = _unfold(_capture(sim, feeds, layer, quantized=False), node, layer)
-        if picked is None:
-            per = xq.shape[0] // min(IMAGES, n)  # rows per sample
-            used = min(n, max(MIN_IMAGES, -(-4 * n_rows // per)))
-            pick = torch.randperm(per * used, generator=gen)[:n_rows]
-            order = torch.argsort(pick)
-            picked = pick[order]
-        lo = i0 * per
-        sel = picked[(picked >= lo) & (picked < lo + xq.shape[0])] - lo
-        xs.append(xf[sel.to(xf.device)].double())
-        qs.append(xq[sel.to(xq.device)].double())
-    x, xq = torch.empty_like(torch.cat(xs)), torch.empty_like(torch.cat(qs))
-    x[order.to(x.device)] = torch.cat(xs)  # back to the random order of ``pick``: any slice is a random subset
-    xq[order.to(xq.device)] = torch.cat(qs)
-    return x, xq
+    first = _chunk_rows(sim, data, layer, node, 0, True, device)
+    per = first.shape[0] // min(IMAGES, n)  # rows per sample
+    used = min(n, max(MIN_IMAGES, -(-4 * n_rows // per)))
+    pick = torch.randperm(per * used, generator=gen)[:n_rows]
+    order = torch.argsort(pick)
+    picked = pick[order]
+    starts = range(0, used, IMAGES)
+    qs = [_take(first if i0 == 0 else _chunk_rows(sim, data, layer, node, i0, True, device), picked, i0 * per)
+          for i0 in starts]
+    with floats:
+        xs = [_take(_chunk_rows(sim, data, layer, node, i0, False, device), picked, i0 * per) for i0 in starts]
+    back = torch.argsort(order)  # to the random order of ``pick``: any slice is a random subset
+    return torch.cat(xs)[back.to(xs[0].device)], torch.cat(qs)[back.to(qs[0].device)]
 
 
 def supported(layer, node) -> bool:
@@ -132,11 +134,10 @@ def _grouped(layer, w: torch.Tensor, x: torch.Tensor, xq: torch.Tensor):
     return wm, x.reshape(x.shape[0], g, d).transpose(0, 1), xq.reshape(xq.shape[0], g, d).transpose(0, 1)
 
 
-def _solve(wm, x, xq, bits: int, grid_kind: str, iters: int) -> BitSplitResult:
-    y = x @ wm.transpose(1, 2)  # (G, N, M): the float layer output without bias
-    use_log = grid_kind == "log" and bits <= 4
+def _solve(wm, xq, y, bits: int, use_log: bool, iters: int) -> BitSplitResult:
+    """Eq. 11 for every (group, channel) row: X^ ``xq`` (G, N, D) against the float outputs ``y`` (G, N, M)."""
     fn = log_quant if use_log else bit_split
-    step = max(1, CHUNK // max(1, x.shape[1] * x.shape[2]))
+    step = max(1, CHUNK // max(1, xq.shape[1] * xq.shape[2]))
     parts = [fn(wm[i:i + step], xq[i:i + step], y[i:i + step], bits, iters=iters) for i in range(0, wm.shape[0], step)]
     return BitSplitResult(torch.cat([p.q for p in parts]), torch.cat([p.alpha for p in parts]),
                           torch.cat([p.err_init for p in parts]), torch.cat([p.err_final for p in parts]))
@@ -147,14 +148,16 @@ def log_grid_bits(bits: int) -> int:
     return max(2, int(log_values(bits).abs().max()).bit_length() + 1)
 
 
-def _bias_safe(res: BitSplitResult, wm: torch.Tensor, need: torch.Tensor, bits: int, use_log: bool) -> int:
-    """Step 3 of the module doc, in place: channels with alpha < ``need`` (G, M) take alpha = need (raised by
-    2^-20 relative, so the float32 scale the exporters store is still >= need) and the nearest grid point at it
-    (``nearest_q``). Returns how many channels changed."""
-    need = need * (1.0 + SAFE_MARGIN)
-    low = res.alpha < need
+def _bias_safe(res: BitSplitResult, wm: torch.Tensor, bias: torch.Tensor, s_x: float, bits: int,
+               use_log: bool) -> int:
+    """Step 3 of the module doc, in place: channels whose alpha is below RTN's bias-safe bound
+    (``quant.scales.bias_safe_weight_scale`` for ``bias`` (G, M), with the float32 margin, as the exporters
+    store alpha in float32) take that bound and the nearest grid point at it (``nearest_q``). Returns how many
+    channels changed."""
+    safe = S.bias_safe_weight_scale(res.alpha, bias, s_x, po2=False, margin=S.FLOAT32_MARGIN)
+    low = safe > res.alpha
     if bool(low.any()):
-        res.alpha = torch.maximum(res.alpha, need)
+        res.alpha = safe
         res.q = torch.where(low[..., None], nearest_q(wm, res.alpha, bits, use_log), res.q)
     return int(low.sum())
 
@@ -209,17 +212,17 @@ def bitsplit_layers(sim: SimModel, data: Dataset, cfg: QuantConfig):
             fit, hold = slice(0, n_fit), slice(n_fit, None)
             bits = fq.params.grid.bits
             use_log = cfg.weight_grid == "log" and bits <= 4
-            res = _solve(wm, xg[:, fit], xqg[:, fit], bits, cfg.weight_grid, cfg.bitsplit_iters)
+            y = xg @ wm.transpose(1, 2)  # (G, N, M): the float layer output without bias
+            res = _solve(wm, xqg[:, fit], y[:, fit], bits, use_log, cfg.bitsplit_iters)
             s_x = sim.input_scale(layer)
             if layer.bias:
                 bias = sim.weight(layer.bias).detach().double().to(res.alpha.device)
-                _bias_safe(res, wm, (bias.abs() / (s_x * BIAS_LIMIT)).reshape(res.alpha.shape), bits, use_log)
+                _bias_safe(res, wm, bias.reshape(res.alpha.shape), s_x, bits, use_log)
             # RTN: its integers and scales in the same (G, M, D) layout
             rtn_q, _, _ = _grouped(layer, torch.from_numpy(integer_weights(sim, layer.name)).to(w.device).double(), x, xq)
             s_rtn = torch.from_numpy(fq.params.scale.astype(np.float64)).to(w.device).reshape(res.alpha.shape)
             zp = torch.from_numpy(fq.params.zero_point.astype(np.float64)).to(w.device).reshape(res.alpha.shape)
             rtn_q = rtn_q - zp[..., None]
-            y = xg @ wm.transpose(1, 2)
             err_rtn = reconstruction_error(xqg[:, hold], y[:, hold], rtn_q, s_rtn)
             err_bs = reconstruction_error(xqg[:, hold], y[:, hold], res.q.double(), res.alpha)
             take = choose_channels(err_bs, err_rtn, per_channel=not use_log and not bool(zp.any()))
@@ -242,7 +245,7 @@ def bitsplit_layers(sim: SimModel, data: Dataset, cfg: QuantConfig):
                      else new_w[0].t().contiguous())
             if layer.bias:
                 b = bias.cpu() - (shift.cpu() if cfg.bias_correction else 0.0)
-                if bool((b.abs() / (s_x * scale.double()) > BIAS_LIMIT * (1.0 + SAFE_MARGIN)).any()):
+                if not bool(S.bias_in_range(b, s_x, scale, margin=S.FLOAT32_MARGIN).all()):
                     result.reverted, result.loss_after = True, result.loss_before
                     log.info("%s: the corrected bias would leave int32 at the solved scales; RTN kept", layer.name)
                     continue

@@ -53,8 +53,6 @@ log = logging.getLogger(__name__)
 EVAL_SAMPLES = 64  # samples on which each region's loss is measured before and after
 MEASURE_CHUNK = 16  # samples per forward pass of that measurement
 STEP_TENSORS = 6  # tensors kept per produced tensor in a training step (memory estimate, ``_step_bytes``)
-BIAS_LIMIT = 2.0 ** 30  # |bias| / (s_x s_w) bound kept by learned steps (as quant.scales.bias_safe_weight_scale)
-LEARN_STEP_MAX_BITS = 8  # wider activation grids keep their calibrated step (see ``_Region.install_steps``)
 
 
 @dataclass
@@ -232,14 +230,13 @@ class _Region:
 
     # ---------------------------------------------------------------- activation steps / QDrop
     def install_steps(self, learn: bool, drop_prob: float) -> None:
-        """Learned-step quantizers at the region's activation points. Points wider than
-        LEARN_STEP_MAX_BITS (16-bit activations) keep their calibrated step: their error is ~2^-16 of the
-        range, and one Adam update of ``act_lr`` is then larger than the step itself, so LSQ diverges."""
+        """Learned-step quantizers at the region's activation points (``LearnedStep``: points wider than
+        8 bits keep their calibrated step)."""
         for t in self.acts:
             orig = self.sim.act_quantizer(t)
             if orig.params is None:
                 continue
-            ls = LearnedStep(orig, learn and orig.params.grid.bits <= LEARN_STEP_MAX_BITS, drop_prob, self.gen_dev)
+            ls = LearnedStep(orig, learn, drop_prob, self.gen_dev)
             self.originals[t] = self.sim.set_act_quantizer(t, ls)
             self.steps[t] = ls
 
@@ -275,9 +272,9 @@ class _Region:
                    for x in sim.qg.layers if x.bias and sim.qg.source.get(x.input) == tensor)
 
     def _bias_in_range(self, layer, bias: torch.Tensor, s_x: float) -> bool:
-        """|bias| / (s_x s_w) within BIAS_LIMIT for every channel of ``layer``."""
-        s_w = torch.from_numpy(self.sim.weight_quantizer(layer.name).params.scale).double()
-        return not bool((bias.double().cpu().abs() / (s_x * s_w) > BIAS_LIMIT).any())
+        """|bias| / (s_x s_w) within ``quant.scales.bias_limit`` for every channel of ``layer``."""
+        s_w = torch.from_numpy(self.sim.weight_quantizer(layer.name).params.scale)
+        return bool(S.bias_in_range(bias.cpu(), s_x, s_w).all())
 
     def _input_scale(self, layer) -> float:
         return self.sim.input_scale(layer)

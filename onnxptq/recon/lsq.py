@@ -7,6 +7,10 @@ simulation, but with the step size as a trainable parameter: autograd through
 clipped grid end outside it; no gradient scale, as in BRECQ B.4.4). With ``drop_prob`` > 0 (QDrop),
 each element keeps its float value with that probability during training.
 
+Steps of grids wider than MAX_LEARNED_BITS (16-bit activations) are not learned: such a step is ~2^-16 of
+the range, smaller than one Adam update of ``act_lr`` on the plain parameter, so LSQ diverges; their
+quantization error is far below the weights' anyway.
+
 Power-of-two steps are learned in the log2 domain (RAPQ Eq. 16, TQT): the parameter is t = log2 s,
 the step is 2^floor(t) forward and differentiable as 2^t (``quant.rapq.po2_step``), so it stays an
 exact power of two and its gradient is Eq. 16's.
@@ -21,9 +25,12 @@ from ..quant import QParams, fake_quantize
 from ..quant.rapq import po2_step
 from ..sim.fake_quant import FakeQuant, round_ste
 
+MAX_LEARNED_BITS = 8  # wider grids keep their calibrated step (module doc)
+
 
 class LearnedStep(FakeQuant):
-    """An activation fake-quantizer with a trainable step size (and optional QDrop)."""
+    """An activation fake-quantizer with a trainable step size (and optional QDrop); ``learn`` is ignored
+    (the step is fixed) for grids wider than MAX_LEARNED_BITS."""
 
     def __init__(self, original: FakeQuant, learn: bool, drop_prob: float = 0.0,
                  generator: torch.Generator | None = None) -> None:
@@ -35,7 +42,7 @@ class LearnedStep(FakeQuant):
         self.enabled = original.enabled
         device = original.scale.device
         self.zero_point = original.zero_point.clone()
-        self.learn = learn
+        self.learn = learn and original.params.grid.bits <= MAX_LEARNED_BITS
         self.po2 = bool(original.params.po2)
         init = original.scale.detach().clone().to(device)
         self.step = nn.Parameter(torch.log2(init) if self.po2 else init, requires_grad=self.learn)
