@@ -158,17 +158,3 @@ def fold_constants(model: onnx.ModelProto) -> onnx.ModelProto:
     del g.value_info[:]
     return infer_shapes(model)
 
-
-def load(path: str | os.PathLike, input_shapes: dict[str, list[int]] | None = None,
-         simplify_model: bool = True) -> tuple[onnx.ModelProto, dict]:
-    """read -> check -> opset upgrade -> user shapes -> shape inference -> simplify -> shape inference."""
-    model = read_model(path)
-    check(model)
-    model = upgrade_opset(model)
-    set_input_shapes(model, input_shapes)
-    model = infer_shapes(model)
-    info = {"opset": opset_of(model), "simplifier": "none"}
-    if simplify_model:
-        model, info["simplifier"] = simplify(model)
-    model = infer_shapes(model)
-    return model, info
