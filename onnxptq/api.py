@@ -56,6 +56,8 @@ class QuantResult:
         hist: dict[int, int] = {}
         for b in plan.w_bits.values():
             hist[b] = hist.get(b, 0) + 1
+        from .export.intplan import form_summary
+
         ahist: dict[int, int] = {}
         for b in plan.a_bits.values():
             ahist[b] = ahist.get(b, 0) + 1
@@ -72,6 +74,7 @@ class QuantResult:
             **({"mixed": self.mixed.method, "weight_bits_per_layer": dict(plan.w_bits),
                 "weights_quant_bytes_no_bias": self.mixed.size_bytes, "bops": self.mixed.bops}
                if self.mixed is not None else {}),
+            **({"integer_forms": form_summary(self.program)} if self.program is not None else {}),
         }
 
     def simulate(self, inputs: dict[str, np.ndarray], batch_size: int = 32) -> np.ndarray:

@@ -381,6 +381,7 @@ def cmd_quantize(args) -> int:
         ("weights size", f"{_fmt_bytes(s['weights_float_bytes'])} -> {_fmt_bytes(s['weights_quant_bytes'])} "
                          f"({s['compression']:.1f}x)"),
         ("file size", _fmt_bytes(s["file_bytes"])),
+        *([("integer layers", s["integer_forms"])] if "integer_forms" in s else []),
         *([("report", ", ".join(str(p) for p in res.report_files))] if res.report_files else []),
         ("time", f"{s['total_s']:.1f} s (" + ", ".join(f"{k} {v:.1f} s" for k, v in s["timings_s"].items()) + ")"),
     ]

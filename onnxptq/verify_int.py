@@ -105,11 +105,19 @@ def load_program(model: onnx.ModelProto) -> tuple[IntProgram, dict[str, np.ndarr
     return program_from_json(record, arrays), consts, problems
 
 
+def _container_elem(model: onnx.ModelProto) -> int:
+    """ONNX element type of the activation containers recorded in the model (int8 before uint8 existed)."""
+    meta = {p.key: p.value for p in model.metadata_props}
+    container = json.loads(meta[PROGRAM_KEY]).get("container", "int8") if PROGRAM_KEY in meta else "int8"
+    return TensorProto.UINT8 if container == "uint8" else TensorProto.INT8
+
+
 def _with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
     m = onnx.ModelProto()
     m.CopyFrom(model)
     have = {o.name for o in m.graph.output}
-    m.graph.output.extend(helper.make_tensor_value_info(n, TensorProto.INT8, None) for n in names if n not in have)
+    elem = _container_elem(model)
+    m.graph.output.extend(helper.make_tensor_value_info(n, elem, None) for n in names if n not in have)
     return m
 
 
