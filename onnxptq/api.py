@@ -237,7 +237,8 @@ def quantize(model: str | os.PathLike, calib, config: QuantConfig | None = None,
         from .export.integer import export_integer
         from .export.intplan import lower
 
-        program = lower(sim, config.int_rounding, config.opset)
+        program = lower(sim, config.int_rounding, config.opset,
+                        u8s8="always" if config.int_kernels == "vnni" else "proven")
         qmodel = export_integer(program, qg.model)
     else:
         from .export.qdq import export_qdq

@@ -108,12 +108,14 @@ def layer_forms(model) -> str:
     from onnxptq.verify_int import load_program
 
     program, _, _ = load_program(model)
-    forms = [s.attrs.get("form", "shift") for s in program.steps if s.kind == "layer"]
-    return f"{sum(f != 'shift' for f in forms)}/{len(forms)} QLinear"
+    layers = [s.attrs for s in program.steps if s.kind == "layer"]
+    kinds = sorted({a.get("kernel", "s8s8") for a in layers})
+    return f"{sum(a.get('form', 'shift') != 'shift' for a in layers)}/{len(layers)} QLinear ({'+'.join(kinds)})"
 
 
 def latency(bm, cfgs: list[str], args) -> list[dict]:
-    """Float vs integer model latency (onnxruntime one thread ORT_ENABLE_ALL; OpenVINO where it runs)."""
+    """Float vs integer model latency (onnxruntime one thread ORT_ENABLE_ALL; OpenVINO where it runs), for
+    both ``--int-kernels`` (portable and vnni), with level-1 parity of each integer model on 16 samples."""
     calib = load_data(bm.calib, bm.path, args.num_calib or bm.default_calib)
     name = next(iter(calib.inputs))
     x0 = calib.inputs[name]
@@ -121,18 +123,23 @@ def latency(bm, cfgs: list[str], args) -> list[dict]:
     rows = []
     for cfg in cfgs:
         w, a = CONFIGS[cfg]
-        res = onnxptq.quantize(bm.path, calib, scale="po2", format="int", w_bits=w, a_bits=a, progress=False)
-        int_bytes = res.model.SerializeToString()
-        for b in (1, 8):
-            xb = np.ascontiguousarray(np.concatenate([x0] * (b // len(x0) + 1))[:b])
-            r = {"model": bm.name, "config": cfg, "batch": b, "forms": layer_forms(res.model)}
-            for label, mb in (("float", float_bytes), ("int", int_bytes)):
-                sess = _ort_session(mb)
-                r[f"ort_{label}"] = _time(lambda: sess.run(None, {name: xb}), args.latency_iters)
-                ov = _ov_runner(mb, name, xb.shape)
-                r[f"ov_{label}"] = _time(lambda: ov(xb), args.latency_iters) if ov else None
-            rows.append(r)
-            print(r, file=sys.stderr, flush=True)
+        for kernels in ("portable", "vnni"):
+            res = onnxptq.quantize(bm.path, calib, scale="po2", format="int", w_bits=w, a_bits=a, progress=False,
+                                   int_kernels=kernels)
+            rep = verify_integer(res.model, {name: x0[:16]}, batch_size=16, reference_samples=0,
+                                 engines=("sim", "onnxruntime", "runtime"))
+            int_bytes = res.model.SerializeToString()
+            for b in (1, 8):
+                xb = np.ascontiguousarray(np.concatenate([x0] * (b // len(x0) + 1))[:b])
+                r = {"model": bm.name, "config": cfg, "kernels": kernels, "batch": b, "forms": layer_forms(res.model),
+                     "level1": rep.ok}
+                for label, mb in (("float", float_bytes), ("int", int_bytes)):
+                    sess = _ort_session(mb)
+                    r[f"ort_{label}"] = _time(lambda: sess.run(None, {name: xb}), args.latency_iters)
+                    ov = _ov_runner(mb, name, xb.shape)
+                    r[f"ov_{label}"] = _time(lambda: ov(xb), args.latency_iters) if ov else None
+                rows.append(r)
+                print(r, file=sys.stderr, flush=True)
     return rows
 
 
@@ -143,10 +150,11 @@ def latency_table(rows: list[dict]) -> str:
     def ratio(a, b):
         return "-" if a is None or b is None else f"{a / b:.2f}"
 
-    lines = ["| model | config | batch | layer forms | ORT float ms | ORT int ms | int/float | OpenVINO float ms | "
-             "OpenVINO int ms | int/float |", "|" + "---|" * 10]
+    lines = ["| model | config | --int-kernels | level-1 (16 samples) | batch | layer forms | ORT float ms | ORT int ms | "
+             "int/float | OpenVINO float ms | OpenVINO int ms | int/float |", "|" + "---|" * 12]
     for r in rows:
-        lines.append(f"| {r['model']} | {r['config']} | {r['batch']} | {r['forms']} | {ms(r['ort_float'])} | "
+        lines.append(f"| {r['model']} | {r['config']} | {r.get('kernels', '-')} | {'identical' if r.get('level1') else 'MISMATCH'} "
+                     f"| {r['batch']} | {r['forms']} | {ms(r['ort_float'])} | "
                      f"{ms(r['ort_int'])} | {ratio(r['ort_int'], r['ort_float'])} | {ms(r['ov_float'])} | "
                      f"{ms(r['ov_int'])} | {ratio(r['ov_int'], r['ov_float'])} |")
     return "\n".join(lines)

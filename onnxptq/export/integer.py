@@ -206,8 +206,34 @@ class IntegerWriter:
             self.op("Clip", [y, self.const(f"{base}/lo", self.cdt.type(a["lo"])), self.const(f"{base}/hi", self.cdt.type(a["hi"]))],
                     base, out=out)
 
+    def finish_float(self, v: str, step: Step, out: str, base: str) -> str:
+        """Round (half to even) a float32 value v = a / 2^n that is exact, + z_y, Clip, Cast to the container."""
+        a = step.attrs
+        v = self.op("Round", [v], f"{base}/rounded")
+        if a["y_zp"]:
+            v = self.op("Add", [v, self.const(f"{base}/y_zp", np.float32(a["y_zp"]))], f"{base}/with_zp")
+        v = self.op("Clip", [v, self.const(f"{base}/lo", np.float32(a["lo"])), self.const(f"{base}/hi", np.float32(a["hi"]))],
+                    f"{base}/clipped")
+        return self.op("Cast", [v], base, out=out, to=self.celem)
+
+    def centred_float(self, c: str, zp: int, scale: float, base: str) -> str:
+        """(c - z) * scale in float32 (exact: |c - z| <= 255, scale a power of two)."""
+        v = self.op("Cast", [c], f"{base}/float", to=TensorProto.FLOAT)
+        if zp:
+            v = self.op("Sub", [v, self.const(f"{base}/zp", np.float32(zp))], f"{base}/centred")
+        if scale != 1.0:
+            v = self.op("Mul", [v, self.const(f"{base}/scale", np.float32(scale))], f"{base}/scaled")
+        return v
+
     def s_add(self, step: Step) -> None:
         a, base = step.attrs, step.node
+        if a.get("form") == "float32":  # intplan.float_form: every partial sum exact in float32
+            total = None
+            for k, (t, zp, left, sign) in enumerate(zip(step.inputs, a["zps"], a["left"], a["signs"])):
+                v = self.centred_float(qname(t), zp, 2.0 ** (left - a["shift"]), f"{base}/in{k}")
+                total = v if total is None else self.op("Sub" if sign < 0 else "Add", [total, v], f"{base}/sum{k}")
+            self.finish_float(total, step, qname(step.outputs[0]), f"{base}/out")
+            return
         _, np_dt = self._dt(a["wide"])
         total = None
         for k, (t, zp, left, sign) in enumerate(zip(step.inputs, a["zps"], a["left"], a["signs"])):
@@ -220,6 +246,11 @@ class IntegerWriter:
 
     def s_mul(self, step: Step) -> None:
         a, base = step.attrs, step.node
+        if a.get("form") == "float32":  # |product| <= 2^24: exact in float32
+            u = self.centred_float(qname(step.inputs[0]), a["zps"][0], 1.0, f"{base}/in0")
+            v = self.centred_float(qname(step.inputs[1]), a["zps"][1], 2.0 ** -a["shift"], f"{base}/in1")
+            self.finish_float(self.op("Mul", [u, v], f"{base}/product"), step, qname(step.outputs[0]), f"{base}/out")
+            return
         u = self.widen(qname(step.inputs[0]), a["zps"][0], a["wide"], f"{base}/in0")
         v = self.widen(qname(step.inputs[1]), a["zps"][1], a["wide"], f"{base}/in1")
         prod = self.op("Mul", [u, v], f"{base}/product")

@@ -346,7 +346,8 @@ class _Lowering:
         signs = [1] + [(-1 if n.op_type == "Sub" else 1)] * (len(ins) - 1)
         self.steps.append(Step("add", n.name, list(n.input), [n.output[0]], {
             "zps": [t.zp for t in ins], "left": left, "signs": signs, "shift": n_shift, "pre": pre, "y_zp": y.zp,
-            "lo": y.lo, "hi": y.hi, "wide": _wide(bound, n_shift + pre)}))
+            "lo": y.lo, "hi": y.hi, "wide": _wide(bound, n_shift + pre),
+            "form": float_form(total, [s - n_shift for s in left], self.rounding)}))
 
     def mul(self, n) -> None:
         if not all(self.is_int(i) for i in n.input):
@@ -358,7 +359,7 @@ class _Lowering:
         bound = shift_bound(a.max_abs * b.max_abs, n_shift + pre, pre, self.rounding)
         self.steps.append(Step("mul", n.name, list(n.input), [n.output[0]], {
             "zps": [a.zp, b.zp], "shift": n_shift, "pre": pre, "y_zp": y.zp, "lo": y.lo, "hi": y.hi,
-            "wide": _wide(bound, n_shift + pre)}))
+            "wide": _wide(bound, n_shift + pre), "form": float_form(a.max_abs * b.max_abs, [-n_shift], self.rounding)}))
 
     def concat(self, n, a: dict) -> None:
         ins = [self.tint(i) for i in n.input]
@@ -538,6 +539,16 @@ def exact_in_float32(v_min: int, v_max: int, n: int, zp: int, lo: int, hi: int) 
     if v_min < -F32_EXACT and sat(-F32_EXACT) != lo:
         return f"accumulator can reach {v_min} < -2^24 above saturation (float32 not exact)"
     return ""
+
+
+def float_form(total: int, exps: list[int], rounding: str) -> str:
+    """``float32`` when an Add/Mul step may run as float32 ops: every partial sum is an integer multiple
+    of 2^-n below 2^24 * 2^-n in magnitude (``total`` bounds the centred, aligned sum), so each Cast,
+    Sub, Mul by 2^e and Add is exact and ``Round`` (half to even) gives R(v, n) -- the argument of
+    ``qlinear_form``, without Mod/Div. Otherwise ``shift`` (the integer recipe)."""
+    if rounding != "rne" or total > F32_EXACT or max(abs(e) for e in exps) > SCALE_EXP_MAX:
+        return FORM_SHIFT
+    return "float32"
 
 
 def fold_constant_channels(w: np.ndarray, cdim: int, bias: np.ndarray, conv_max: np.ndarray, n_shift: np.ndarray,
