@@ -294,7 +294,7 @@ def test_fuzz_level1_parity(seed, tmp_path):
 
 
 def test_fuzz_covers_int64_accumulators_and_all_block_kinds():
-    kinds, wide = set(), 0
+    kinds, wide, forms = set(), 0, set()
     for seed in range(N_FUZZ):
         _, _, desc = random_cnn(seed)
         kinds.update(desc.split("+"))
@@ -308,8 +308,11 @@ def test_fuzz_covers_int64_accumulators_and_all_block_kinds():
             res = onnxptq.quantize(p, rng.standard_normal((16, *shape)).astype(np.float32), scale="po2", format="int",
                                    progress=False, w_scale_method="minmax", a_scale_method="minmax", num_calib=16)
         wide += sum(bool(s.attrs.get("wide")) for s in res.program.steps)
+        forms.update((s.kind, s.attrs.get("form")) for s in res.program.steps if s.kind in ("layer", "add", "mul"))
         assert any(i.data_type == TensorProto.INT64 for i in res.model.graph.initializer)
     assert wide >= 3
+    # both Add forms (float32 where |sum| <= 2^24, the int64 shift recipe for the tiny branch), compact layers
+    assert forms >= {("layer", "QLinearConv"), ("add", "float32"), ("add", "shift")}, forms
 
 
 # ------------------------------------------------------------------ shipped models
