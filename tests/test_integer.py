@@ -350,6 +350,26 @@ def test_digits_integer_model_level1_and_equals_po2_simulation(digits_int, digit
     assert res.summary()["integer_forms"] == f"{len(layers)}/{len(layers)} layers as QLinearConv, 0 with the shift recipe"
 
 
+@pytest.mark.skipif("vnni" not in open("/proc/cpuinfo").read(), reason="u8 x s8 is exact on VNNI CPUs only")
+def test_vnni_kernels_level1_on_a_vnni_cpu(digits_val):
+    """``--int-kernels vnni``: u8 x s8 everywhere (8-bit weights too); exact here, so level-1 parity holds."""
+    res = onnxptq.quantize(digits_path("digits_mbv2"), MODELS / "digits_calib.npz", scale="po2", format="int",
+                           int_kernels="vnni", num_calib=32, progress=False)
+    assert {s.attrs["kernel"] for s in res.program.steps if s.kind == "layer"} == {"u8s8"}
+    rep = verify_integer(res.model, {"input": digits_val["input"][:32]}, reference_samples=1)
+    assert rep.ok, rep.format()
+
+
+def test_portable_kernels_avoid_saturating_pairs(digits_int):
+    res = digits_int("digits_regnet", 8, 8)
+    for s in (s for s in res.program.steps if s.kind == "layer"):
+        x = res.program.tensors[s.inputs[0]]
+        w = res.program.arrays[s.attrs["weight"]].astype(np.int64) - s.attrs["w_zp"]
+        safe = max(x.hi, x.zp) * 2 * int(np.abs(w).max()) <= 2**15 - 1
+        assert s.attrs["kernel"] == ("u8s8" if safe else "u8u8")
+        assert (s.attrs["w_zp"] == 128) == (s.attrs["kernel"] == "u8u8")
+
+
 def test_corrupted_shift_is_reported_at_its_node(digits_int, digits_val):
     res = digits_int("digits_resnet", 8, 8)
     m = onnx.ModelProto()
@@ -419,6 +439,8 @@ def test_cli_int_run_verify_golden(tmp_path, digits_val, capsys):
     assert main(["quantize", str(digits_path("digits_resnet")), "--calib", str(MODELS / "digits_calib.npz"),
                  "--scale", "po2", "--format", "int", "--w-bits", "4", "--num-calib", "32", "-o", str(out),
                  "--no-progress"]) == 0
+    line = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("integer layers"))
+    assert line.split(None, 2)[2] == "14/14 layers as QLinearConv, 0 with the shift recipe"
     x = tmp_path / "x.npy"
     np.save(x, digits_val["input"][:2])
     assert main(["run", str(out), "--input", str(x), "-o", str(tmp_path / "o.npz")]) == 0
