@@ -514,11 +514,11 @@ def qlinear_form(op_type: str, x: TInt, y: TInt, n_shift: np.ndarray, conv_max: 
             return FORM_SHIFT, f"channel {c}: {why}"
     tight = max(abs(int(b[c])) + int(conv[c]) for c in range(n.size))
     if op_type == "Conv":
-        return "QLinearConv", f"|acc| <= {tight}"
+        return "QLinearConv", f"accumulator bound {tight}"
     if rank == 2:
-        return "QLinearConv", f"|acc| <= {tight} (2-D input as a 1x1 conv)"
+        return "QLinearConv", f"accumulator bound {tight} (2-D input as a 1x1 conv)"
     if bias is None:
-        return "QLinearMatMul", f"|acc| <= {tight}"
+        return "QLinearMatMul", f"accumulator bound {tight}"
     return FORM_SHIFT, f"MatMul with a bias on a rank-{rank} input (QLinearMatMul has no bias)"
 
 
@@ -526,7 +526,7 @@ def exact_in_float32(v_min: int, v_max: int, n: int, zp: int, lo: int, hi: int) 
     """"" when clip(RNE(float32(v) * 2^-n) + zp, lo, hi) == clip(R(v, n) + zp, lo, hi) for every integer
     v in [v_min, v_max] (onnxruntime's int32 bias add and float32 conversion included), else why not."""
     if max(-v_min, v_max) >= 2**31:
-        return f"|acc| can reach {max(-v_min, v_max)} >= 2^31 (int32 bias add)"
+        return f"accumulator can reach {max(-v_min, v_max)} >= 2^31 (int32 bias add)"
     if max(-v_min, v_max) * 2.0 ** -n >= 2**30:
         return "the scaled accumulator can pass 2^30 (float -> int32 conversion)"
     pre = max(0, 1 - n)
