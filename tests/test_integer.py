@@ -267,6 +267,33 @@ def test_compact_form_only_where_the_bound_proves_it(tmp_path, cin, form):
     assert rep.ok, rep.format()
 
 
+def test_dead_channel_is_folded_and_keeps_the_po2_simulation(tmp_path):
+    """A channel with tiny weights and a large bias (a dead BN channel, as in EfficientNet-Lite0) passes 2^24
+    below saturation; its output is one constant, so it is folded (weights 0, bias k, shift 0) and the layer
+    keeps the compact form, with the same integers as the fake-quant Po2 simulation."""
+    rng = np.random.default_rng(0)
+    w = (rng.standard_normal((4, 8, 3, 3)) * 0.2).astype(np.float32)
+    w[0] *= 1e-4
+    b = np.array([3.0, 0.1, -0.1, 0.2], np.float32)
+    node = helper.make_node("Conv", ["input", "w", "b"], ["out"], name="/c/Conv", pads=[1] * 4, kernel_shape=[3, 3])
+    g = helper.make_graph([node], "c", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 8, 6, 6])],
+                          [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", 4, 6, 6])],
+                          [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    p = tmp_path / "dead.onnx"
+    onnx.save(model, p)
+    calib = rng.standard_normal((8, 8, 6, 6)).astype(np.float32)
+    res = onnxptq.quantize(p, calib, scale="po2", format="int", progress=False, num_calib=8, first_last_bits=None)
+    step = next(s for s in res.program.steps if s.kind == "layer")
+    assert step.attrs["form"] == "QLinearConv" and step.attrs["folded"] == [0], step.attrs["form_why"]
+    assert step.attrs["shift"][0] == 0 and step.attrs["shift"][1] > 0
+    x = {"input": (rng.standard_normal((6, 8, 6, 6)) * 3).astype(np.float32)}
+    rep = verify_integer(res.model, x, batch_size=6, reference_samples=1)
+    assert rep.ok, rep.format()
+    assert np.array_equal(ort_run(res.model, x)[0], onnxptq.api.simulate(res.sim, x))
+
+
 # ------------------------------------------------------------------ fuzzed graphs: level-1 parity
 
 N_FUZZ = 200
