@@ -335,11 +335,13 @@ def test_fuzz_covers_int64_accumulators_and_all_block_kinds():
             res = onnxptq.quantize(p, rng.standard_normal((16, *shape)).astype(np.float32), scale="po2", format="int",
                                    progress=False, w_scale_method="minmax", a_scale_method="minmax", num_calib=16)
         wide += sum(bool(s.attrs.get("wide")) for s in res.program.steps)
-        forms.update((s.kind, s.attrs.get("form")) for s in res.program.steps if s.kind in ("layer", "add", "mul"))
+        forms.update((s.kind, s.attrs.get("form")) for s in res.program.steps if s.kind in ("layer", "add", "mul", "avgpool"))
         assert any(i.data_type == TensorProto.INT64 for i in res.model.graph.initializer)
     assert wide >= 3
-    # both Add forms (float32 where |sum| <= 2^24, the int64 shift recipe for the tiny branch), compact layers
-    assert forms >= {("layer", "QLinearConv"), ("add", "float32"), ("add", "shift")}, forms
+    # both Add forms (float32 where |sum| <= 2^24, the int64 shift recipe for the tiny branch), both average
+    # forms (float32 for a power-of-two divisor, the RNE division otherwise), compact layers
+    assert forms >= {("layer", "QLinearConv"), ("add", "float32"), ("add", "shift"), ("mul", "float32"),
+                     ("avgpool", "float32"), ("avgpool", "shift")}, forms
 
 
 # ------------------------------------------------------------------ shipped models

@@ -286,6 +286,12 @@ class IntegerWriter:
             v = self.widen(x, a["x_zp"], wide, f"{base}/in")
             s = self.op("ReduceSum", [v, self.const(f"{base}/axes", np.array(a["axes"], np.int64))], f"{base}/sum",
                         keepdims=int(a.get("keepdims", 1)))
+        if a.get("form") == "float32":  # divisor 2^k, |sum| <= 2^24: Cast, Mul(2^(up - k)), Round are exact
+            k = int(a["divisor"]).bit_length() - 1
+            v = self.op("Cast", [s], f"{base}/sum_float", to=TensorProto.FLOAT)
+            v = self.op("Mul", [v, self.const(f"{base}/scale", np.float32(2.0 ** (a["up"] - k)))], f"{base}/scaled")
+            self.finish_float(v, step, qname(step.outputs[0]), f"{base}/out")
+            return
         if a["up"]:
             s = self.op("Mul", [s, self.const(f"{base}/up", np_dt(2 ** a["up"]))], f"{base}/aligned")
         D = self.const(f"{base}/divisor", np_dt(a["divisor"]))

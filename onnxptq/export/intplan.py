@@ -410,8 +410,10 @@ class _Lowering:
         down = int(cap_shift(max(0, x.frac - y.frac), s_max))  # |S| < divisor / 2 rounds to 0 either way
         divisor = count * 2**down
         bound = 2 * s_max + divisor + 1
+        pow2 = divisor & (divisor - 1) == 0  # a power of two: the division is a shift, exact in float32 below 2^24
         attrs.update(x_zp=x.zp, count=count, up=up, divisor=divisor, y_zp=y.zp, lo=y.lo, hi=y.hi,
-                     wide=bool(bound >= 2**31))
+                     wide=bool(bound >= 2**31),
+                     form=float_form(s_max, [up - divisor.bit_length() + 1], self.rounding) if pow2 else FORM_SHIFT)
         if bound >= 2**62:
             raise _Unsupported("the average needs more than 62 bits")
         self.steps.append(Step("avgpool", n.name, [n.input[0]], [n.output[0]], attrs))
