@@ -1,20 +1,22 @@
 """Shift-based integer ONNX (DESIGN.md section 4): standard ops only, every arithmetic step exact.
 
-Writes an ``IntProgram`` (``export/intplan.py``) as ONNX:
-- model input: ``Mul(2^f) -> Round -> Add(z) -> Clip -> Cast(int8)``; outputs: ``(Cast(c) - z) * 2^-f``;
+Writes an ``IntProgram`` (``export/intplan.py``) as ONNX on uint8 activation containers (int8 for
+programs recorded before the compact form):
+- model input: ``Mul(2^f) -> Round -> Add(z) -> Clip -> Cast``; outputs: ``(Cast(c) - z) * 2^-f``;
 - Conv/Gemm/MatMul, compact form (where ``intplan.qlinear_form`` proved it exact): ``QLinearConv`` /
-  ``QLinearMatMul`` on int8 containers with Po2 scales (multiplier 2^-n[c]), then an int8 ``Clip`` when
-  the grid or a fused Relu/ReLU6 is narrower than int8; Gemm with a 2-D input as a 1x1 QLinearConv
-  between two Reshapes (QLinearMatMul has no bias);
-- Conv/Gemm/MatMul, shift recipe otherwise: ``ConvInteger`` / ``MatMulInteger`` on int8 containers with the input zero point
-  (explicit ``Pad`` with the zero point when the input has one), + int32 bias, then the per-channel
-  RNE shift R(a, n) built from ``Mod``/``Div`` (floor via ``a - Mod(a, D)``: exact for any integer),
-  ``+ z_y``, ``Clip`` to the grid (fused Relu/ReLU6 bounds included), ``Cast(int8)``;
-- Add/Sub/Sum: operands shifted left to the common fraction, added in int32, then R;
-- Mul (activation x activation), Concat (each input requantized), average pools (``ReduceSum`` or a
-  ones-kernel ``ConvInteger``, then exact RNE division), elementwise activations (``Gather`` lookup
-  tables over the input grid), data movement (``MaxPool``, ``Reshape``, ``Pad`` with the zero point, ...)
-  directly on int8.
+  ``QLinearMatMul`` with Po2 scales (multiplier exactly 2^-n[c]), then a ``Clip`` on the container when
+  the grid or a fused Relu/ReLU6 is narrower; Gemm with a 2-D input as a 1x1 QLinearConv between two
+  Reshapes (QLinearMatMul has no bias);
+- Conv/Gemm/MatMul, shift recipe otherwise: ``ConvInteger`` / ``MatMulInteger`` with the input zero
+  point (explicit ``Pad`` with the zero point when the input has one), + int32 bias, then the
+  per-channel RNE shift R(a, n) built from ``Mod``/``Div`` (floor via ``a - Mod(a, D)``: exact for any
+  integer), ``+ z_y``, ``Clip`` to the grid (fused Relu/ReLU6 bounds included), ``Cast``;
+- Add/Sub/Sum, Mul and power-of-two average pools: exact float32 ops (``Cast``, ``Mul`` by 2^e, ``Add``,
+  ``Round``) where ``intplan.float_form`` bounds every value by 2^24, else operands shifted left to the
+  common fraction, added in int32/int64, then R;
+- Concat (each input requantized), other average pools (``ReduceSum`` or a ones-kernel ``ConvInteger``,
+  then exact RNE division), elementwise activations (``Gather`` lookup tables over the input grid),
+  data movement (``MaxPool``, ``Reshape``, ``Pad`` with the zero point, ...) directly on the containers.
 Accumulators switch to int64 where the lowering could not prove |a| + 2^(n-1) < 2^31.
 The program itself is embedded as JSON metadata (``onnxptq.program``) so ``onnxptq verify`` can
 replay the quantizer's integer simulation against the file.
@@ -34,7 +36,7 @@ FORMAT_KEY = "onnxptq.format"
 
 
 def qname(t: str) -> str:
-    """Name of the int8 container tensor of float tensor ``t``."""
+    """Name of the integer container tensor of float tensor ``t``."""
     return f"{t}.q"
 
 
@@ -75,7 +77,7 @@ class IntegerWriter:
         return (TensorProto.INT64, np.int64) if wide else (TensorProto.INT32, np.int32)
 
     def widen(self, c: str, zp: int, wide: bool, base: str) -> str:
-        """int8 container -> centred int32/int64 value c - z."""
+        """Container (int8 or uint8) -> centred int32/int64 value c - z."""
         elem, np_dt = self._dt(wide)
         v = self.op("Cast", [c], f"{base}/wide", to=elem)
         if zp:
@@ -108,7 +110,7 @@ class IntegerWriter:
 
     def finish(self, v: str, step: Step, out: str, wide: bool, base: str,
                channel_shape: list[int] | None = None) -> str:
-        """+ z_y, Clip to the grid, Cast(int8). ``channel_shape``: how a per-output-channel top broadcasts."""
+        """+ z_y, Clip to the grid, Cast to the container. ``channel_shape``: how a per-output-channel top broadcasts."""
         _, np_dt = self._dt(wide)
         a = step.attrs
         if a["y_zp"]:
@@ -123,7 +125,7 @@ class IntegerWriter:
         return self.op("Cast", [v], base, out=out, to=self.celem)
 
     def pad_zp(self, x: str, pads: list[int], zp: int, base: str) -> str:
-        """Explicit constant Pad of an NCHW int8 tensor with its zero point (real value 0)."""
+        """Explicit constant Pad of an NCHW container tensor with its zero point (real value 0)."""
         nd = len(pads) // 2
         full = [0, 0, *pads[:nd], 0, 0, *pads[nd:]]
         return self.op("Pad", [x, self.const(f"{base}/pads", np.array(full, np.int64)),
@@ -316,7 +318,7 @@ class IntegerWriter:
                 out=qname(step.outputs[0]), axis=0)
 
     def s_copy(self, step: Step) -> None:
-        """Data movement on int8 (carry) or non-activation computations (pass), inputs renamed."""
+        """Data movement on the containers (carry) or non-activation computations (pass), inputs renamed."""
         a = step.attrs
         op_type = a["op_type"]
         attrs = {k: v for k, v in a.get("attrs", {}).items()}

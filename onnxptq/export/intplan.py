@@ -9,11 +9,12 @@ clip bounds, lookup tables, accumulator bounds and the int32/int64 choice). Two 
   requantization exact, else the shift recipe (ConvInteger, MatMulInteger, Mod, Div, ...);
 - ``sim/integer.py`` executes it in torch with ``quant.requant`` (the integer simulation).
 
-Containers: every 2-8-bit activation is an int8 tensor ``c`` with zero point ``z`` and ``f``
-fractional bits, value ``(c - z) * 2^-f``. Unsigned 8-bit grids [0, 255] are stored shifted by -128
-(zero point z - 128); all other grids fit int8 unchanged. Weights are stored centred (q - z_w, which
-fits int8 for symmetric grids and for asymmetric grids of at most 7 bits), so ConvInteger needs no
-weight zero point.
+Containers: every 2-8-bit activation is a uint8 tensor ``c`` (``IntProgram.container``; int8 in
+programs written before the compact form) with zero point ``z`` and ``f`` fractional bits, value
+(c - z) * 2^-f; signed grids are shifted by +128 (int8 containers: unsigned 8-bit grids by -128).
+Weights are centred (q - z_w, which fits int8 for symmetric grids and for asymmetric grids of at most
+7 bits) and stored int8 for u8 x s8 kernels or as uint8 q - z_w + 128 with weight zero point 128 for
+u8 x u8 kernels (``weight_kernel``).
 """
 from __future__ import annotations
 
@@ -157,7 +158,7 @@ class _Lowering:
                               "the integer format needs --scale po2")
         if p.grid.bits > 8:
             raise ConfigError(f"activation {t!r} has {p.grid.bits} bits; the integer format stores 2-8-bit "
-                              "activations in int8 (use --a-bits <= 8 or --format qdq)")
+                              "activations in 8-bit containers (use --a-bits <= 8 or --format qdq)")
         if self.container == "uint8":  # signed grids shifted by +128, unsigned grids as they are
             off = 128 if p.grid.signed else 0
         else:  # int8: unsigned 8-bit grids shifted by -128, every other grid as it is
@@ -309,11 +310,13 @@ class _Lowering:
             w2, b2, n2, folded = fold_constant_channels(w_store, cdim, bias, conv_c, n_shift, y.zp, int(lo), int(hi))
             form2, why2 = qlinear_form(layer.op_type, x, y, n2, conv_c, b2, lo, hi, rank, ecaq=ecaq,
                                        rounding=self.rounding, container=self.container)
-            if folded and form2 != FORM_SHIFT:
+            if folded and form2 != FORM_SHIFT:  # the folded channels' shift is 0: recompute pre and the bound
                 form, why, w_store, bias, n_shift = form2, f"{why2}; constant channels {folded} folded", w2, b2, n2
                 pre = max(0, 1 - int(n2.min()))
                 bound = shift_bound(int(max(conv_c + np.abs(b2).astype(object))), int((n2 + pre).max()), pre,
                                     self.rounding)
+            else:
+                folded = []
         if form == "QLinearConv" and layer.op_type != "Conv":  # Gemm/MatMul as a 1x1 conv: weight (M, K, 1, 1)
             w_store = np.ascontiguousarray(w_store.T).reshape(w_store.shape[1], w_store.shape[0], 1, 1)
         kernel = weight_kernel(self.container, max(x.hi, x.zp), int(np.abs(w).max()), self.u8s8)
