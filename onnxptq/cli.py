@@ -12,7 +12,8 @@ import sys
 import time
 
 from . import __version__
-from .config import (FORMATS, GRANULARITIES, INT_KERNELS, INT_ROUNDINGS, METHODS, PO2_METHODS, PRESETS, ROUNDINGS, SCALE_KINDS,
+from .config import (FORMATS, GRANULARITIES, INT_KERNELS, INT_ROUNDINGS, METHODS, PO2_METHODS, PRESETS, ROUNDINGS,
+                     SCALE_KINDS,
                      SCALE_METHODS, TAU_UNITS, MIXED, WEIGHT_GRIDS, QuantConfig)
 from .mixed.budget import parse_count, parse_size
 from .errors import ConfigError, OnnxPtqError

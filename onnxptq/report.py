@@ -200,7 +200,9 @@ def _tables(info: dict) -> list[tuple[str, list[str], list[list[str]]]]:
     run = [[k, _fmt(v) if not isinstance(v, dict) else ", ".join(f"{a}: {_fmt(b)}" for a, b in v.items())]
            for k, v in s.items() if k != "weight_bits_per_layer"]
     lay_cols = ["layer", "op", "shape", "w_bits", "in_bits", "scale", "po2", "region", "loss_before", "loss_after",
-                "seconds", "reverted"] + (["int_form", "int_form_why"] if any("int_form" in x for x in info["layers"]) else [])
+                "seconds", "reverted"]
+    if any("int_form" in x for x in info["layers"]):  # integer export: the ONNX form of each layer
+        lay_cols += ["int_form", "int_form_why"]
     act_cols = ["tensor", "kind", "bits", "grid", "scale", "po2", "zero_point", "sqnr_db"]
     out = [("Run", ["field", "value"], run),
            ("Layers", lay_cols, [[_fmt(x[c]) for c in lay_cols] for x in info["layers"]]),

@@ -110,7 +110,8 @@ class IntegerWriter:
 
     def finish(self, v: str, step: Step, out: str, wide: bool, base: str,
                channel_shape: list[int] | None = None) -> str:
-        """+ z_y, Clip to the grid, Cast to the container. ``channel_shape``: how a per-output-channel top broadcasts."""
+        """+ z_y, Clip to the grid, Cast to the container. ``channel_shape``: how a per-output-channel top
+        broadcasts."""
         _, np_dt = self._dt(wide)
         a = step.attrs
         if a["y_zp"]:
@@ -184,10 +185,12 @@ class IntegerWriter:
         m = w.shape[0] if a["form"] == "QLinearConv" else w.shape[1]
         w_scale = np.broadcast_to(np.exp2(-(n + fy - fx).astype(np.float64)), (m,)).astype(np.float32)
         x = qname(step.inputs[0])
-        args = [self.const(f"{base}/x_scale", np.float32(2.0 ** -fx)), self.const(f"{base}/x_zp", self.cdt.type(a["x_zp"])),
+        args = [self.const(f"{base}/x_scale", np.float32(2.0 ** -fx)),
+                self.const(f"{base}/x_zp", self.cdt.type(a["x_zp"])),
                 self.const(a["weight"], w), self.const(f"{base}/w_scale", w_scale),
                 self.const(f"{base}/w_zp", w.dtype.type(a.get("w_zp", 0))),
-                self.const(f"{base}/y_scale", np.float32(2.0 ** -fy)), self.const(f"{base}/y_zp", self.cdt.type(a["y_zp"]))]
+                self.const(f"{base}/y_scale", np.float32(2.0 ** -fy)),
+                self.const(f"{base}/y_zp", self.cdt.type(a["y_zp"]))]
         c_lo, c_hi = CONTAINERS[self.p.container]
         clip = a["lo"] > c_lo or a["hi"] < c_hi
         out = qname(step.outputs[0])
@@ -205,8 +208,8 @@ class IntegerWriter:
             if flat:
                 self.op("Reshape", [y_conv, self.const(f"{base}/as_2d", np.array([0, -1], np.int64))], base, out=y)
         if clip:
-            self.op("Clip", [y, self.const(f"{base}/lo", self.cdt.type(a["lo"])), self.const(f"{base}/hi", self.cdt.type(a["hi"]))],
-                    base, out=out)
+            lo, hi = self.const(f"{base}/lo", self.cdt.type(a["lo"])), self.const(f"{base}/hi", self.cdt.type(a["hi"]))
+            self.op("Clip", [y, lo, hi], base, out=out)
 
     def finish_float(self, v: str, step: Step, out: str, base: str) -> str:
         """Round (half to even) a float32 value v = a / 2^n that is exact, + z_y, Clip, Cast to the container."""
@@ -214,8 +217,8 @@ class IntegerWriter:
         v = self.op("Round", [v], f"{base}/rounded")
         if a["y_zp"]:
             v = self.op("Add", [v, self.const(f"{base}/y_zp", np.float32(a["y_zp"]))], f"{base}/with_zp")
-        v = self.op("Clip", [v, self.const(f"{base}/lo", np.float32(a["lo"])), self.const(f"{base}/hi", np.float32(a["hi"]))],
-                    f"{base}/clipped")
+        lo, hi = self.const(f"{base}/lo", np.float32(a["lo"])), self.const(f"{base}/hi", np.float32(a["hi"]))
+        v = self.op("Clip", [v, lo, hi], f"{base}/clipped")
         return self.op("Cast", [v], base, out=out, to=self.celem)
 
     def centred_float(self, c: str, zp: int, scale: float, base: str) -> str:
@@ -280,7 +283,8 @@ class IntegerWriter:
             if any(a["pads"]):
                 x = self.pad_zp(x, a["pads"], a["x_zp"], base)
             ones = np.ones((a["channels"], 1, *a["kernel"]), self.cdt)  # u8 x u8 or s8 x s8: exact
-            s = self.op("ConvInteger", [x, self.const(f"{base}/ones", ones), self.const(f"{base}/x_zp", self.cdt.type(a["x_zp"]))],
+            x_zp = self.const(f"{base}/x_zp", self.cdt.type(a["x_zp"]))
+            s = self.op("ConvInteger", [x, self.const(f"{base}/ones", ones), x_zp],
                         f"{base}/window_sum", group=a["channels"], kernel_shape=a["kernel"], strides=a["strides"])
             if wide:
                 s = self.op("Cast", [s], f"{base}/sum64", to=elem)

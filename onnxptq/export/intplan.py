@@ -83,7 +83,8 @@ class IntProgram:
 
     def to_json(self) -> dict:
         """JSON-able record (large arrays by sha256), embedded in the exported model's metadata."""
-        return {"rounding": self.rounding, "opset": self.opset, "container": self.container, "inputs": self.inputs, "outputs": self.outputs,
+        return {"rounding": self.rounding, "opset": self.opset, "container": self.container,
+                "inputs": self.inputs, "outputs": self.outputs,
                 "tensors": {k: asdict(v) for k, v in self.tensors.items()},
                 "steps": [{"kind": s.kind, "node": s.node, "inputs": s.inputs, "outputs": s.outputs,
                            "attrs": _jsonable(s.attrs)} for s in self.steps],
