@@ -11,7 +11,8 @@ clip bounds, lookup tables, accumulator bounds and the int32/int64 choice). Two 
 
 Containers: every 2-8-bit activation is a uint8 tensor ``c`` (``IntProgram.container``; int8 in
 programs written before the compact form) with zero point ``z`` and ``f`` fractional bits, value
-(c - z) * 2^-f; signed grids are shifted by +128 (int8 containers: unsigned 8-bit grids by -128).
+(c - z) * 2^-f; signed grids are shifted to start at 0 (+128 for 8 bits; int8 containers: unsigned
+8-bit grids by -128).
 Weights are centred (q - z_w, which fits int8 for symmetric grids and for asymmetric grids of at most
 7 bits) and stored int8 for u8 x s8 kernels or as uint8 q - z_w + 128 with weight zero point 128 for
 u8 x u8 kernels (``weight_kernel``).
@@ -160,8 +161,8 @@ class _Lowering:
         if p.grid.bits > 8:
             raise ConfigError(f"activation {t!r} has {p.grid.bits} bits; the integer format stores 2-8-bit "
                               "activations in 8-bit containers (use --a-bits <= 8 or --format qdq)")
-        if self.container == "uint8":  # signed grids shifted by +128, unsigned grids as they are
-            off = 128 if p.grid.signed else 0
+        if self.container == "uint8":  # signed grids shifted to start at 0 (small inputs keep u8 x s8 pairs safe)
+            off = -p.grid.qmin if p.grid.signed else 0
         else:  # int8: unsigned 8-bit grids shifted by -128, every other grid as it is
             off = -128 if (not p.grid.signed and p.grid.bits == 8) else 0
         if fq.ecaq:  # integer codes at scale 1 for the consumers; the producer requantizes per channel (ecaq_frac)
