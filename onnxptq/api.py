@@ -56,6 +56,8 @@ class QuantResult:
         hist: dict[int, int] = {}
         for b in plan.w_bits.values():
             hist[b] = hist.get(b, 0) + 1
+        from .export.intplan import form_summary
+
         ahist: dict[int, int] = {}
         for b in plan.a_bits.values():
             ahist[b] = ahist.get(b, 0) + 1
@@ -72,6 +74,7 @@ class QuantResult:
             **({"mixed": self.mixed.method, "weight_bits_per_layer": dict(plan.w_bits),
                 "weights_quant_bytes_no_bias": self.mixed.size_bytes, "bops": self.mixed.bops}
                if self.mixed is not None else {}),
+            **({"integer_forms": form_summary(self.program)} if self.program is not None else {}),
         }
 
     def simulate(self, inputs: dict[str, np.ndarray], batch_size: int = 32) -> np.ndarray:
@@ -234,7 +237,8 @@ def quantize(model: str | os.PathLike, calib, config: QuantConfig | None = None,
         from .export.integer import export_integer
         from .export.intplan import lower
 
-        program = lower(sim, config.int_rounding, config.opset)
+        program = lower(sim, config.int_rounding, config.opset,
+                        u8s8="always" if config.int_kernels == "vnni" else "proven")
         qmodel = export_integer(program, qg.model)
     else:
         from .export.qdq import export_qdq

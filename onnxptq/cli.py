@@ -12,7 +12,8 @@ import sys
 import time
 
 from . import __version__
-from .config import (FORMATS, GRANULARITIES, INT_ROUNDINGS, METHODS, PO2_METHODS, PRESETS, ROUNDINGS, SCALE_KINDS,
+from .config import (FORMATS, GRANULARITIES, INT_KERNELS, INT_ROUNDINGS, METHODS, PO2_METHODS, PRESETS, ROUNDINGS,
+                     SCALE_KINDS,
                      SCALE_METHODS, TAU_UNITS, MIXED, WEIGHT_GRIDS, QuantConfig)
 from .mixed.budget import parse_count, parse_size
 from .errors import ConfigError, OnnxPtqError
@@ -179,6 +180,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="qdq: QuantizeLinear/DequantizeLinear ONNX; int: shift-based integer ONNX (needs --scale po2)")
     q.add_argument("--int-rounding", choices=INT_ROUNDINGS, default=d.int_rounding,
                    help="requantization rounding of --format int: rne (matches QDQ/onnxruntime) or half_up")
+    q.add_argument("--int-kernels", choices=INT_KERNELS, default=d.int_kernels,
+                   help="--format int kernels: portable (exact on every x86) or vnni (u8 x s8, faster, exact on "
+                        "AVX512-VNNI / AVX-VNNI CPUs only)")
     q.add_argument("--opset", type=int, default=d.opset)
     add_image_args(q)
     q.add_argument("--num-calib", type=int, default=None,
@@ -357,7 +361,8 @@ def cmd_quantize(args) -> int:
         cache_dir=args.cache_dir, max_memory_mb=None if args.max_memory is None else args.max_memory / 2**20,
         num_calib=args.num_calib, batch_size=args.batch_size,
         seed=args.seed, device=args.device, skip_nodes=[s for s in args.skip_nodes.split(",") if s],
-        input_shapes=args.input_shape or {}, format=args.format, int_rounding=args.int_rounding, opset=args.opset,
+        input_shapes=args.input_shape or {}, format=args.format, int_rounding=args.int_rounding,
+        int_kernels=args.int_kernels, opset=args.opset,
         progress=not args.no_progress,
     )
     t0 = time.perf_counter()
@@ -381,6 +386,7 @@ def cmd_quantize(args) -> int:
         ("weights size", f"{_fmt_bytes(s['weights_float_bytes'])} -> {_fmt_bytes(s['weights_quant_bytes'])} "
                          f"({s['compression']:.1f}x)"),
         ("file size", _fmt_bytes(s["file_bytes"])),
+        *([("integer layers", s["integer_forms"])] if "integer_forms" in s else []),
         *([("report", ", ".join(str(p) for p in res.report_files))] if res.report_files else []),
         ("time", f"{s['total_s']:.1f} s (" + ", ".join(f"{k} {v:.1f} s" for k, v in s["timings_s"].items()) + ")"),
     ]

@@ -19,6 +19,7 @@ SCALE_METHODS = ("minmax", "percentile", "mse")
 PO2_METHODS = ("search", "floor", "round")
 FORMATS = ("qdq", "int")
 INT_ROUNDINGS = ("rne", "half_up")
+INT_KERNELS = ("portable", "vnni")
 GRANULARITIES = ("layer", "block", "stage", "net")
 LOSSES = ("mse", "fisher", "lp")  # more can be registered: recon/losses.py register_loss
 PRESETS = ("fast", "full", "rapq", "rapq-quick")
@@ -88,13 +89,16 @@ class QuantConfig:
     # export
     format: str = "qdq"  # qdq (onnxruntime and other QDQ runtimes) | int (shift-based integer ONNX, Po2 only)
     int_rounding: str = "rne"  # integer export requantization: rne (parity with QDQ) | half_up (some hardware)
+    # integer export kernels: portable (u8 x u8 unless no AVX2 int16 pair can saturate: exact on every x86) |
+    # vnni (u8 x s8 everywhere: twice as fast, exact only on AVX512-VNNI / AVX-VNNI CPUs; docs/integer.md)
+    int_kernels: str = "portable"
     opset: int = 21
     progress: bool = True
 
     def __post_init__(self) -> None:
         for name, allowed in (("scale", SCALE_KINDS), ("po2_method", PO2_METHODS), ("w_scale_method", SCALE_METHODS),
                               ("a_scale_method", SCALE_METHODS), ("method", METHODS), ("format", FORMATS),
-                              ("int_rounding", INT_ROUNDINGS),
+                              ("int_rounding", INT_ROUNDINGS), ("int_kernels", INT_KERNELS),
                               ("granularity", GRANULARITIES), ("preset", PRESETS), ("rounding", ROUNDINGS),
                               ("attn_tau_unit", TAU_UNITS),
                               ("weight_grid", WEIGHT_GRIDS)):
@@ -170,6 +174,8 @@ class QuantConfig:
             raise ConfigError("--format int stores activations in int8: use --a-bits <= 8 (16-bit activations: --format qdq)")
         if self.int_rounding != "rne" and self.format != "int":
             raise ConfigError("--int-rounding applies to --format int only")
+        if self.int_kernels != "portable" and self.format != "int":
+            raise ConfigError("--int-kernels applies to --format int only")
         if self.opset < 21 and (self.w_bits <= 4 or self.a_bits <= 4):
             raise ConfigError(f"4-bit containers need opset >= 21; got opset {self.opset}")
         if self.device != "cpu":

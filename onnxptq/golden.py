@@ -2,8 +2,8 @@
 
 ``dump_golden(model, inputs, out_dir)`` writes, for each integer tensor in execution order:
 ``NNNN_<name>.npy`` and its bytes (little-endian, C order) at an offset of ``golden.bin``, plus
-``index.json`` listing name, file, shape, dtype, byte offset/length and, for int8 activation
-containers, the fractional bits f and zero point z (value = (c - z) * 2^-f).
+``index.json`` listing name, file, shape, dtype, byte offset/length and, for activation containers
+(uint8; int8 in older programs), the fractional bits f and zero point z (value = (c - z) * 2^-f).
 """
 from __future__ import annotations
 

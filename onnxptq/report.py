@@ -79,6 +79,7 @@ def collect(res, data: Dataset | None) -> dict:
         for r in res.recon.regions:
             for name in r.layers:
                 region_of[name] = r
+    int_steps = {st.node: st.attrs for st in res.program.steps if st.kind == "layer"} if res.program else {}
     layers = []
     for x in qg.layers:
         p = sim.weight_quantizer(x.name).params
@@ -89,7 +90,9 @@ def collect(res, data: Dataset | None) -> dict:
                        "in_bits": plan.a_bits.get(qg.source.get(x.input, ""), None), "scale": scale, "po2": exps,
                        "region": r.name if r else "", "loss_before": r.loss_before if r else None,
                        "loss_after": r.loss_after if r else None, "seconds": r.seconds if r else None,
-                       "reverted": bool(r and r.reverted)})
+                       "reverted": bool(r and r.reverted),
+                       **({"int_form": f"{int_steps[x.name]['form']} ({int_steps[x.name]['kernel']})",
+                           "int_form_why": int_steps[x.name]["form_why"]} if x.name in int_steps else {})})
     sqnr = quant_point_sqnr(sim, data) if data is not None else {}
     acts = []
     for t, fq in sim.act_quantizers():
@@ -198,6 +201,8 @@ def _tables(info: dict) -> list[tuple[str, list[str], list[list[str]]]]:
            for k, v in s.items() if k != "weight_bits_per_layer"]
     lay_cols = ["layer", "op", "shape", "w_bits", "in_bits", "scale", "po2", "region", "loss_before", "loss_after",
                 "seconds", "reverted"]
+    if any("int_form" in x for x in info["layers"]):  # integer export: the ONNX form of each layer
+        lay_cols += ["int_form", "int_form_why"]
     act_cols = ["tensor", "kind", "bits", "grid", "scale", "po2", "zero_point", "sqnr_db"]
     out = [("Run", ["field", "value"], run),
            ("Layers", lay_cols, [[_fmt(x[c]) for c in lay_cols] for x in info["layers"]]),

@@ -24,7 +24,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from .errors import ModelError
 from .export.integer import FORMAT_KEY, PROGRAM_KEY, qname
-from .export.intplan import IntProgram, program_from_json
+from .export.intplan import IntProgram, form_summary, program_from_json
 
 ENGINES = ("sim", "onnxruntime", "runtime", "reference")
 
@@ -51,6 +51,7 @@ class IntParityReport:
     engines: list[str]
     mismatches: list[Mismatch] = field(default_factory=list)  # first mismatch per engine
     record_problems: list[str] = field(default_factory=list)  # file constants that differ from the record
+    forms: str = ""  # per-layer ONNX forms of the program (``intplan.form_summary``)
 
     @property
     def ok(self) -> bool:
@@ -63,14 +64,16 @@ class IntParityReport:
     def to_dict(self) -> dict:
         return {"level": 1, "ok": self.ok, "samples": self.samples, "reference_samples": self.reference_samples,
                 "tensors_compared": self.tensors, "engines": self.engines,
-                "mismatches": [m.__dict__ for m in self.mismatches], "record_problems": self.record_problems}
+                "mismatches": [m.__dict__ for m in self.mismatches], "record_problems": self.record_problems,
+                "forms": self.forms}
 
     def format(self) -> str:
         head = (f"level-1 parity over {self.samples} samples ({self.reference_samples} for reference), "
                 f"{self.tensors} integer tensors, engines {', '.join(self.engines)}: ")
+        forms = f"\n  layers: {self.forms}" if self.forms else ""
         if self.ok:
-            return head + "identical on every tensor"
-        lines = [head + "MISMATCH"]
+            return head + "identical on every tensor" + forms
+        lines = [head + "MISMATCH" + forms]
         lines += [f"  record: {p}" for p in self.record_problems]
         lines += [f"  {m}" for m in self.mismatches]
         return "\n".join(lines)
@@ -105,11 +108,19 @@ def load_program(model: onnx.ModelProto) -> tuple[IntProgram, dict[str, np.ndarr
     return program_from_json(record, arrays), consts, problems
 
 
+def _container_elem(model: onnx.ModelProto) -> int:
+    """ONNX element type of the activation containers recorded in the model (int8 before uint8 existed)."""
+    meta = {p.key: p.value for p in model.metadata_props}
+    container = json.loads(meta[PROGRAM_KEY]).get("container", "int8") if PROGRAM_KEY in meta else "int8"
+    return TensorProto.UINT8 if container == "uint8" else TensorProto.INT8
+
+
 def _with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
     m = onnx.ModelProto()
     m.CopyFrom(model)
     have = {o.name for o in m.graph.output}
-    m.graph.output.extend(helper.make_tensor_value_info(n, TensorProto.INT8, None) for n in names if n not in have)
+    elem = _container_elem(model)
+    m.graph.output.extend(helper.make_tensor_value_info(n, elem, None) for n in names if n not in have)
     return m
 
 
@@ -192,4 +203,4 @@ def verify_integer(model: onnx.ModelProto, inputs: dict[str, np.ndarray], batch_
         c = per[name]
         first[engine] = Mismatch(name, c[3], engine, c[0], c[1], c[2])
     mism = sorted(first.values(), key=lambda m: position.get(m.tensor, 1 << 30))
-    return IntParityReport(n, n_ref, len(order), list(engines), mism, problems)
+    return IntParityReport(n, n_ref, len(order), list(engines), mism, problems, form_summary(program))

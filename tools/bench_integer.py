@@ -4,6 +4,7 @@
     python tools/bench_integer.py [--models digits|efficientnet|all] [--configs W8A8,W4A8,W4A4]
                                   [--num-calib 256] [--num-eval N] [--reference-samples 2]
                                   [--speed-iters 5] [--out docs/benchmarks.md]
+    python tools/bench_integer.py --latency [--models ...] [--configs W8A8] [--latency-iters 50]
 
 For each model and Po2 configuration: quantize with ``--format int`` (and the same calibration as
 QDQ), then on the evaluation data
@@ -15,6 +16,11 @@ QDQ), then on the evaluation data
 and runtime/ vs onnxruntime latency on the integer model at batch 1 and 32 (median of
 ``--speed-iters`` runs after one warm-up, same process, same threads).
 Writes the section ``integer-<models>`` of docs/benchmarks.md.
+
+``--latency`` (issue 15): only float vs ``--format int`` latency, onnxruntime (ORT_ENABLE_ALL,
+intra_op_num_threads=1) and OpenVINO (CPU, one stream, one thread) where installed, batch 1 and 8,
+median of ``--latency-iters`` runs after warm-up, plus the integer model's layer forms
+(QLinearConv/QLinearMatMul vs shift recipe). Prints a table; writes nothing.
 """
 from __future__ import annotations
 
@@ -67,6 +73,91 @@ def speed(model, x: np.ndarray, name: str, iters: int) -> dict:
         ms_rt = _time(lambda: rt.run({name: xb}), iters)
         out[b] = (ms_rt, ms_ort)
     return out
+
+
+def _ort_session(model_bytes: bytes):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.intra_op_num_threads = 1
+    so.inter_op_num_threads = 1
+    return ort.InferenceSession(model_bytes, so, providers=["CPUExecutionProvider"])
+
+
+def _ov_runner(model_bytes: bytes, name: str, shape: tuple[int, ...]):
+    """OpenVINO CPU, one thread, or None when OpenVINO is missing or refuses the model."""
+    try:
+        import openvino as ov
+
+        core = ov.Core()
+        m = core.read_model(model_bytes, b"")
+        m.reshape({name: list(shape)})
+        c = core.compile_model(m, "CPU", {"INFERENCE_NUM_THREADS": 1, "NUM_STREAMS": 1,
+                                          "PERFORMANCE_HINT": "LATENCY"})
+        req = c.create_infer_request()
+        return lambda x: req.infer({name: x})
+    except Exception as e:  # noqa: BLE001 - report and go on
+        print(f"openvino: {type(e).__name__}: {str(e)[:200]}", file=sys.stderr)
+        return None
+
+
+def layer_forms(model) -> str:
+    """``k/n layers as QLinear*, m with the shift recipe`` from the program recorded in the model."""
+    from onnxptq.verify_int import load_program
+
+    program, _, _ = load_program(model)
+    layers = [s.attrs for s in program.steps if s.kind == "layer"]
+    kinds = sorted({a.get("kernel", "s8s8") for a in layers})
+    return f"{sum(a.get('form', 'shift') != 'shift' for a in layers)}/{len(layers)} QLinear ({'+'.join(kinds)})"
+
+
+def latency(bm, cfgs: list[str], args) -> list[dict]:
+    """Float vs integer model latency (onnxruntime one thread ORT_ENABLE_ALL; OpenVINO where it runs), for
+    both ``--int-kernels`` (portable and vnni), with level-1 parity of each integer model on 16 samples."""
+    calib = load_data(bm.calib, bm.path, args.num_calib or bm.default_calib)
+    name = next(iter(calib.inputs))
+    x0 = calib.inputs[name]
+    float_bytes = Path(bm.path).read_bytes()
+    rows = []
+    for cfg in cfgs:
+        w, a = CONFIGS[cfg]
+        for kernels in ("portable", "vnni"):
+            res = onnxptq.quantize(bm.path, calib, scale="po2", format="int", w_bits=w, a_bits=a, progress=False,
+                                   int_kernels=kernels)
+            rep = verify_integer(res.model, {name: x0[:16]}, batch_size=16, reference_samples=0,
+                                 engines=("sim", "onnxruntime", "runtime"))
+            int_bytes = res.model.SerializeToString()
+            for b in (1, 8):
+                xb = np.ascontiguousarray(np.concatenate([x0] * (b // len(x0) + 1))[:b])
+                r = {"model": bm.name, "config": cfg, "kernels": kernels, "batch": b, "forms": layer_forms(res.model),
+                     "level1": rep.ok}
+                for label, mb in (("float", float_bytes), ("int", int_bytes)):
+                    sess = _ort_session(mb)
+                    r[f"ort_{label}"] = _time(lambda: sess.run(None, {name: xb}), args.latency_iters)
+                    ov = _ov_runner(mb, name, xb.shape)
+                    r[f"ov_{label}"] = _time(lambda: ov(xb), args.latency_iters) if ov else None
+                rows.append(r)
+                print(r, file=sys.stderr, flush=True)
+    return rows
+
+
+def latency_table(rows: list[dict]) -> str:
+    def ms(v):
+        return "-" if v is None else f"{v:.2f}"
+
+    def ratio(a, b):
+        return "-" if a is None or b is None else f"{a / b:.2f}"
+
+    lines = ["| model | config | --int-kernels | level-1 (16 samples) | batch | layer forms | ORT float ms | ORT int ms | "
+             "int/float | OpenVINO float ms | OpenVINO int ms | int/float |", "|" + "---|" * 12]
+    for r in rows:
+        lines.append(f"| {r['model']} | {r['config']} | {r.get('kernels', '-')} | {'identical' if r.get('level1') else 'MISMATCH'} "
+                     f"| {r['batch']} | {r['forms']} | {ms(r['ort_float'])} | "
+                     f"{ms(r['ort_int'])} | {ratio(r['ort_int'], r['ort_float'])} | {ms(r['ov_float'])} | "
+                     f"{ms(r['ov_int'])} | {ratio(r['ov_int'], r['ov_float'])} |")
+    return "\n".join(lines)
 
 
 def bench(bm, cfgs: list[str], args) -> list[dict]:
@@ -127,6 +218,9 @@ def main(argv=None) -> int:
     p.add_argument("--verify-samples", type=int, default=None,
                    help="level-1 parity on the first N evaluation samples (default: all); fidelity uses all")
     p.add_argument("--speed-iters", type=int, default=5)
+    p.add_argument("--latency", action="store_true",
+                   help="only float vs integer latency (onnxruntime 1 thread, OpenVINO); prints, writes nothing")
+    p.add_argument("--latency-iters", type=int, default=50)
     p.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
     args = p.parse_args(argv)
     cfgs = [c.strip() for c in args.configs.split(",") if c.strip()]
@@ -138,6 +232,12 @@ def main(argv=None) -> int:
     except BenchError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if args.latency:
+        rows = [r for g in groups.values() for bm in g for r in latency(bm, cfgs, args)]
+        print(f"Reproduce: python tools/bench_integer.py {' '.join(argv if argv is not None else sys.argv[1:])}")
+        print(f"Machine: {machine_line(machine_info())}; load average {'/'.join(f'{v:.1f}' for v in os.getloadavg())}")
+        print(latency_table(rows))
+        return 0
     m0 = machine_info()
     t0 = time.perf_counter()
     rows = [r for g in groups.values() for bm in g for r in bench(bm, cfgs, args)]

@@ -1,16 +1,22 @@
 """Shift-based integer ONNX (DESIGN.md section 4): standard ops only, every arithmetic step exact.
 
-Writes an ``IntProgram`` (``export/intplan.py``) as ONNX:
-- model input: ``Mul(2^f) -> Round -> Add(z) -> Clip -> Cast(int8)``; outputs: ``(Cast(c) - z) * 2^-f``;
-- Conv/Gemm/MatMul: ``ConvInteger`` / ``MatMulInteger`` on int8 containers with the input zero point
-  (explicit ``Pad`` with the zero point when the input has one), + int32 bias, then the per-channel
-  RNE shift R(a, n) built from ``Mod``/``Div`` (floor via ``a - Mod(a, D)``: exact for any integer),
-  ``+ z_y``, ``Clip`` to the grid (fused Relu/ReLU6 bounds included), ``Cast(int8)``;
-- Add/Sub/Sum: operands shifted left to the common fraction, added in int32, then R;
-- Mul (activation x activation), Concat (each input requantized), average pools (``ReduceSum`` or a
-  ones-kernel ``ConvInteger``, then exact RNE division), elementwise activations (``Gather`` lookup
-  tables over the input grid), data movement (``MaxPool``, ``Reshape``, ``Pad`` with the zero point, ...)
-  directly on int8.
+Writes an ``IntProgram`` (``export/intplan.py``) as ONNX on uint8 activation containers (int8 for
+programs recorded before the compact form):
+- model input: ``Mul(2^f) -> Round -> Add(z) -> Clip -> Cast``; outputs: ``(Cast(c) - z) * 2^-f``;
+- Conv/Gemm/MatMul, compact form (where ``intplan.qlinear_form`` proved it exact): ``QLinearConv`` /
+  ``QLinearMatMul`` with Po2 scales (multiplier exactly 2^-n[c]), then a ``Clip`` on the container when
+  the grid or a fused Relu/ReLU6 is narrower; Gemm with a 2-D input as a 1x1 QLinearConv between two
+  Reshapes (QLinearMatMul has no bias);
+- Conv/Gemm/MatMul, shift recipe otherwise: ``ConvInteger`` / ``MatMulInteger`` with the input zero
+  point (explicit ``Pad`` with the zero point when the input has one), + int32 bias, then the
+  per-channel RNE shift R(a, n) built from ``Mod``/``Div`` (floor via ``a - Mod(a, D)``: exact for any
+  integer), ``+ z_y``, ``Clip`` to the grid (fused Relu/ReLU6 bounds included), ``Cast``;
+- Add/Sub/Sum, Mul and power-of-two average pools: exact float32 ops (``Cast``, ``Mul`` by 2^e, ``Add``,
+  ``Round``) where ``intplan.float_form`` bounds every value by 2^24, else operands shifted left to the
+  common fraction, added in int32/int64, then R;
+- Concat (each input requantized), other average pools (``ReduceSum`` or a ones-kernel ``ConvInteger``,
+  then exact RNE division), elementwise activations (``Gather`` lookup tables over the input grid),
+  data movement (``MaxPool``, ``Reshape``, ``Pad`` with the zero point, ...) directly on the containers.
 Accumulators switch to int64 where the lowering could not prove |a| + 2^(n-1) < 2^31.
 The program itself is embedded as JSON metadata (``onnxptq.program``) so ``onnxptq verify`` can
 replay the quantizer's integer simulation against the file.
@@ -23,14 +29,14 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from .intplan import IntProgram, Step, TInt
+from .intplan import CONTAINERS, IntProgram, Step, TInt
 
 PROGRAM_KEY = "onnxptq.program"
 FORMAT_KEY = "onnxptq.format"
 
 
 def qname(t: str) -> str:
-    """Name of the int8 container tensor of float tensor ``t``."""
+    """Name of the integer container tensor of float tensor ``t``."""
     return f"{t}.q"
 
 
@@ -40,6 +46,8 @@ class IntegerWriter:
         self.nodes: list[onnx.NodeProto] = []
         self.inits: list[onnx.TensorProto] = []
         self._names: set[str] = set()
+        self.cdt = np.dtype(program.container)  # activation container dtype (int8 or uint8)
+        self.celem = TensorProto.UINT8 if program.container == "uint8" else TensorProto.INT8
 
     # ------------------------------------------------------------------ helpers
     def _unique(self, base: str) -> str:
@@ -69,7 +77,7 @@ class IntegerWriter:
         return (TensorProto.INT64, np.int64) if wide else (TensorProto.INT32, np.int32)
 
     def widen(self, c: str, zp: int, wide: bool, base: str) -> str:
-        """int8 container -> centred int32/int64 value c - z."""
+        """Container (int8 or uint8) -> centred int32/int64 value c - z."""
         elem, np_dt = self._dt(wide)
         v = self.op("Cast", [c], f"{base}/wide", to=elem)
         if zp:
@@ -102,7 +110,8 @@ class IntegerWriter:
 
     def finish(self, v: str, step: Step, out: str, wide: bool, base: str,
                channel_shape: list[int] | None = None) -> str:
-        """+ z_y, Clip to the grid, Cast(int8). ``channel_shape``: how a per-output-channel top broadcasts."""
+        """+ z_y, Clip to the grid, Cast to the container. ``channel_shape``: how a per-output-channel top
+        broadcasts."""
         _, np_dt = self._dt(wide)
         a = step.attrs
         if a["y_zp"]:
@@ -114,14 +123,14 @@ class IntegerWriter:
         if per_channel:  # ECAQ output with a fused Relu6 / Clip: one top per output channel (Clip takes scalars)
             v = self.op("Min", [v, self.const(f"{base}/hi_per_channel", hi.astype(np_dt).reshape(channel_shape))],
                         f"{base}/clipped_per_channel")
-        return self.op("Cast", [v], base, out=out, to=TensorProto.INT8)
+        return self.op("Cast", [v], base, out=out, to=self.celem)
 
     def pad_zp(self, x: str, pads: list[int], zp: int, base: str) -> str:
-        """Explicit constant Pad of an NCHW int8 tensor with its zero point (real value 0)."""
+        """Explicit constant Pad of an NCHW container tensor with its zero point (real value 0)."""
         nd = len(pads) // 2
         full = [0, 0, *pads[:nd], 0, 0, *pads[nd:]]
         return self.op("Pad", [x, self.const(f"{base}/pads", np.array(full, np.int64)),
-                               self.const(f"{base}/pad_value", np.int8(zp))], f"{base}/padded", mode="constant")
+                               self.const(f"{base}/pad_value", self.cdt.type(zp))], f"{base}/padded", mode="constant")
 
     # ------------------------------------------------------------------ steps
     def s_input(self, step: Step) -> None:
@@ -133,25 +142,29 @@ class IntegerWriter:
             v = self.op("Add", [v, self.const(f"{base}/zp", np.float32(t.zp))], f"{base}/with_zp")
         v = self.op("Clip", [v, self.const(f"{base}/lo", np.float32(t.lo)), self.const(f"{base}/hi", np.float32(t.hi))],
                     f"{base}/clipped")
-        self.op("Cast", [v], base, out=qname(x), to=TensorProto.INT8)
+        self.op("Cast", [v], base, out=qname(x), to=self.celem)
 
     def s_layer(self, step: Step) -> None:
+        if step.attrs.get("form", "shift") != "shift":
+            self.s_layer_qlinear(step)
+            return
         a, base = step.attrs, step.node
         wide = a["wide"]
         x = qname(step.inputs[0])
         w = self.p.arrays[a["weight"]]
-        w_name = self.const(a["weight"], w.astype(np.int8))
-        x_zp = self.const(f"{base}/x_zp", np.int8(a["x_zp"]))
+        w_name = self.const(a["weight"], w)
+        x_zp = self.const(f"{base}/x_zp", self.cdt.type(a["x_zp"]))
+        zps = [x_zp, self.const(f"{base}/w_zp", w.dtype.type(a["w_zp"]))] if a.get("w_zp") else [x_zp]
         if a["op_type"] == "Conv":
             conv_attrs = dict(a["conv"])
             pads = list(conv_attrs.get("pads", []))
             if a["x_zp"] and any(pads):
                 x = self.pad_zp(x, pads, a["x_zp"], base)
                 conv_attrs.pop("pads")
-            acc = self.op("ConvInteger", [x, w_name, x_zp], f"{base}/acc", **conv_attrs)
+            acc = self.op("ConvInteger", [x, w_name, *zps], f"{base}/acc", **conv_attrs)
             shape = [-1] + [1] * (w.ndim - 2)
         else:
-            acc = self.op("MatMulInteger", [x, w_name, x_zp], f"{base}/acc")
+            acc = self.op("MatMulInteger", [x, w_name, *zps], f"{base}/acc")
             shape = [-1]
         elem, np_dt = self._dt(wide)
         if wide:
@@ -162,8 +175,70 @@ class IntegerWriter:
         r = self.requant(acc, a["shift"], a["pre"], wide, f"{base}/requant", shape)
         self.finish(r, step, qname(step.outputs[0]), wide, f"{base}/out", shape)
 
+    def s_layer_qlinear(self, step: Step) -> None:
+        """QLinearConv / QLinearMatMul with s_x = 2^-f_x, s_y = 2^-f_y, s_w[c] = 2^-(n[c] + f_y - f_x), so
+        that onnxruntime's multiplier s_x s_w[c] / s_y is exactly 2^-n[c] (``intplan.qlinear_form``)."""
+        a, base = step.attrs, step.node
+        fx, fy = int(a["x_frac"]), int(a["y_frac"])
+        n = np.asarray(a["shift"], dtype=np.int64).reshape(-1)
+        w = self.p.arrays[a["weight"]]
+        m = w.shape[0] if a["form"] == "QLinearConv" else w.shape[1]
+        w_scale = np.broadcast_to(np.exp2(-(n + fy - fx).astype(np.float64)), (m,)).astype(np.float32)
+        x = qname(step.inputs[0])
+        args = [self.const(f"{base}/x_scale", np.float32(2.0 ** -fx)),
+                self.const(f"{base}/x_zp", self.cdt.type(a["x_zp"])),
+                self.const(a["weight"], w), self.const(f"{base}/w_scale", w_scale),
+                self.const(f"{base}/w_zp", w.dtype.type(a.get("w_zp", 0))),
+                self.const(f"{base}/y_scale", np.float32(2.0 ** -fy)),
+                self.const(f"{base}/y_zp", self.cdt.type(a["y_zp"]))]
+        c_lo, c_hi = CONTAINERS[self.p.container]
+        clip = a["lo"] > c_lo or a["hi"] < c_hi
+        out = qname(step.outputs[0])
+        y = self._unique(f"{base}/qlinear") if clip else out
+        if a["form"] == "QLinearMatMul":
+            self.op("QLinearMatMul", [x, *args[:2], *args[2:]], base, out=y)
+        else:
+            flat = a["op_type"] != "Conv"  # Gemm/MatMul on (N, K): a 1x1 conv on (N, K, 1, 1)
+            if flat:
+                x = self.op("Reshape", [x, self.const(f"{base}/as_nchw", np.array([0, -1, 1, 1], np.int64))],
+                            f"{base}/x_nchw")
+            bias = [self.const(a["bias"], self.p.arrays[a["bias"]].astype(np.int32))] if a["bias"] is not None else []
+            conv_attrs = {} if flat else dict(a["conv"])
+            y_conv = self.op("QLinearConv", [x, *args, *bias], base, out=None if flat else y, **conv_attrs)
+            if flat:
+                self.op("Reshape", [y_conv, self.const(f"{base}/as_2d", np.array([0, -1], np.int64))], base, out=y)
+        if clip:
+            lo, hi = self.const(f"{base}/lo", self.cdt.type(a["lo"])), self.const(f"{base}/hi", self.cdt.type(a["hi"]))
+            self.op("Clip", [y, lo, hi], base, out=out)
+
+    def finish_float(self, v: str, step: Step, out: str, base: str) -> str:
+        """Round (half to even) a float32 value v = a / 2^n that is exact, + z_y, Clip, Cast to the container."""
+        a = step.attrs
+        v = self.op("Round", [v], f"{base}/rounded")
+        if a["y_zp"]:
+            v = self.op("Add", [v, self.const(f"{base}/y_zp", np.float32(a["y_zp"]))], f"{base}/with_zp")
+        lo, hi = self.const(f"{base}/lo", np.float32(a["lo"])), self.const(f"{base}/hi", np.float32(a["hi"]))
+        v = self.op("Clip", [v, lo, hi], f"{base}/clipped")
+        return self.op("Cast", [v], base, out=out, to=self.celem)
+
+    def centred_float(self, c: str, zp: int, scale: float, base: str) -> str:
+        """(c - z) * scale in float32 (exact: |c - z| <= 255, scale a power of two)."""
+        v = self.op("Cast", [c], f"{base}/float", to=TensorProto.FLOAT)
+        if zp:
+            v = self.op("Sub", [v, self.const(f"{base}/zp", np.float32(zp))], f"{base}/centred")
+        if scale != 1.0:
+            v = self.op("Mul", [v, self.const(f"{base}/scale", np.float32(scale))], f"{base}/scaled")
+        return v
+
     def s_add(self, step: Step) -> None:
         a, base = step.attrs, step.node
+        if a.get("form") == "float32":  # intplan.float_form: every partial sum exact in float32
+            total = None
+            for k, (t, zp, left, sign) in enumerate(zip(step.inputs, a["zps"], a["left"], a["signs"])):
+                v = self.centred_float(qname(t), zp, 2.0 ** (left - a["shift"]), f"{base}/in{k}")
+                total = v if total is None else self.op("Sub" if sign < 0 else "Add", [total, v], f"{base}/sum{k}")
+            self.finish_float(total, step, qname(step.outputs[0]), f"{base}/out")
+            return
         _, np_dt = self._dt(a["wide"])
         total = None
         for k, (t, zp, left, sign) in enumerate(zip(step.inputs, a["zps"], a["left"], a["signs"])):
@@ -176,6 +251,11 @@ class IntegerWriter:
 
     def s_mul(self, step: Step) -> None:
         a, base = step.attrs, step.node
+        if a.get("form") == "float32":  # |product| <= 2^24: exact in float32
+            u = self.centred_float(qname(step.inputs[0]), a["zps"][0], 1.0, f"{base}/in0")
+            v = self.centred_float(qname(step.inputs[1]), a["zps"][1], 2.0 ** -a["shift"], f"{base}/in1")
+            self.finish_float(self.op("Mul", [u, v], f"{base}/product"), step, qname(step.outputs[0]), f"{base}/out")
+            return
         u = self.widen(qname(step.inputs[0]), a["zps"][0], a["wide"], f"{base}/in0")
         v = self.widen(qname(step.inputs[1]), a["zps"][1], a["wide"], f"{base}/in1")
         prod = self.op("Mul", [u, v], f"{base}/product")
@@ -202,8 +282,9 @@ class IntegerWriter:
         if a["op_type"] == "AveragePool":
             if any(a["pads"]):
                 x = self.pad_zp(x, a["pads"], a["x_zp"], base)
-            ones = np.ones((a["channels"], 1, *a["kernel"]), np.int8)
-            s = self.op("ConvInteger", [x, self.const(f"{base}/ones", ones), self.const(f"{base}/x_zp", np.int8(a["x_zp"]))],
+            ones = np.ones((a["channels"], 1, *a["kernel"]), self.cdt)  # u8 x u8 or s8 x s8: exact
+            x_zp = self.const(f"{base}/x_zp", self.cdt.type(a["x_zp"]))
+            s = self.op("ConvInteger", [x, self.const(f"{base}/ones", ones), x_zp],
                         f"{base}/window_sum", group=a["channels"], kernel_shape=a["kernel"], strides=a["strides"])
             if wide:
                 s = self.op("Cast", [s], f"{base}/sum64", to=elem)
@@ -211,6 +292,12 @@ class IntegerWriter:
             v = self.widen(x, a["x_zp"], wide, f"{base}/in")
             s = self.op("ReduceSum", [v, self.const(f"{base}/axes", np.array(a["axes"], np.int64))], f"{base}/sum",
                         keepdims=int(a.get("keepdims", 1)))
+        if a.get("form") == "float32":  # divisor 2^k, |sum| <= 2^24: Cast, Mul(2^(up - k)), Round are exact
+            k = int(a["divisor"]).bit_length() - 1
+            v = self.op("Cast", [s], f"{base}/sum_float", to=TensorProto.FLOAT)
+            v = self.op("Mul", [v, self.const(f"{base}/scale", np.float32(2.0 ** (a["up"] - k)))], f"{base}/scaled")
+            self.finish_float(v, step, qname(step.outputs[0]), f"{base}/out")
+            return
         if a["up"]:
             s = self.op("Mul", [s, self.const(f"{base}/up", np_dt(2 ** a["up"]))], f"{base}/aligned")
         D = self.const(f"{base}/divisor", np_dt(a["divisor"]))
@@ -231,11 +318,11 @@ class IntegerWriter:
         idx = self.op("Cast", [qname(step.inputs[0])], f"{base}/index_wide", to=TensorProto.INT32)
         if a["offset"]:
             idx = self.op("Sub", [idx, self.const(f"{base}/offset", np.int32(a["offset"]))], f"{base}/index")
-        self.op("Gather", [self.const(f"{base}/table", a["table"].astype(np.int8)), idx], base,
+        self.op("Gather", [self.const(f"{base}/table", a["table"].astype(self.cdt)), idx], base,
                 out=qname(step.outputs[0]), axis=0)
 
     def s_copy(self, step: Step) -> None:
-        """Data movement on int8 (carry) or non-activation computations (pass), inputs renamed."""
+        """Data movement on the containers (carry) or non-activation computations (pass), inputs renamed."""
         a = step.attrs
         op_type = a["op_type"]
         attrs = {k: v for k, v in a.get("attrs", {}).items()}
@@ -250,7 +337,7 @@ class IntegerWriter:
             return
         if a.get("pad_value") is not None:
             ins = (ins + ["", ""])[:3] if len(ins) < 3 else ins
-            ins[2] = self.const(f"{step.node}/pad_value", np.int8(a["pad_value"]))
+            ins[2] = self.const(f"{step.node}/pad_value", self.cdt.type(a["pad_value"]))
             attrs.pop("value", None)
         if op_type == "GlobalMaxPool":
             self.nodes.append(helper.make_node("ReduceMax", [ins[0], self.const(f"{step.node}/axes", np.arange(2, a["rank"]))],

@@ -4,14 +4,18 @@
 ONNX node, each holding the exact integer parameters (container zero points, per-channel shifts,
 clip bounds, lookup tables, accumulator bounds and the int32/int64 choice). Two back ends read it:
 
-- ``export/integer.py`` writes it as standard ONNX (ConvInteger, MatMulInteger, Mod, Div, ...);
+- ``export/integer.py`` writes it as standard ONNX: each Conv/Gemm/MatMul step in the compact form
+  (``QLinearConv`` / ``QLinearMatMul``) where ``qlinear_form`` proves onnxruntime's float32
+  requantization exact, else the shift recipe (ConvInteger, MatMulInteger, Mod, Div, ...);
 - ``sim/integer.py`` executes it in torch with ``quant.requant`` (the integer simulation).
 
-Containers: every 2-8-bit activation is an int8 tensor ``c`` with zero point ``z`` and ``f``
-fractional bits, value ``(c - z) * 2^-f``. Unsigned 8-bit grids [0, 255] are stored shifted by -128
-(zero point z - 128); all other grids fit int8 unchanged. Weights are stored centred (q - z_w, which
-fits int8 for symmetric grids and for asymmetric grids of at most 7 bits), so ConvInteger needs no
-weight zero point.
+Containers: every 2-8-bit activation is a uint8 tensor ``c`` (``IntProgram.container``; int8 in
+programs written before the compact form) with zero point ``z`` and ``f`` fractional bits, value
+(c - z) * 2^-f; signed grids are shifted to start at 0 (+128 for 8 bits; int8 containers: unsigned
+8-bit grids by -128).
+Weights are centred (q - z_w, which fits int8 for symmetric grids and for asymmetric grids of at most
+7 bits) and stored int8 for u8 x s8 kernels or as uint8 q - z_w + 128 with weight zero point 128 for
+u8 x u8 kernels (``weight_kernel``).
 """
 from __future__ import annotations
 
@@ -24,11 +28,16 @@ import torch
 from ..errors import ConfigError, UnsupportedOpError
 from ..importer.graph import CARRY_OPS, QGraph, attrs_of
 from ..quant import quantize
-from ..quant.requant import ROUNDING_MODES, po2_frac, shift_bound
+from ..quant.requant import ROUNDING_MODES, po2_frac, requant_shift, shift_bound
 from ..quant.rounding import rne
 from ..sim.model import SimModel
 
 INT8_MIN, INT8_MAX = -128, 127
+CONTAINERS = {"int8": (-128, 127), "uint8": (0, 255)}
+PAIR_SAFE = 2**15 - 1  # AVX2 u8 x s8 (vpmaddubsw) saturates each pair of products to int16
+F32_EXACT = 2**24  # every integer of magnitude <= 2^24 is a float32
+SCALE_EXP_MAX = 100  # 2^-e with |e| <= 100 and products of two such stay normal float32
+FORM_SHIFT = "shift"
 LUT_OPS = frozenset({"Relu", "Clip", "Sigmoid", "Tanh", "HardSwish", "HardSigmoid", "LeakyRelu", "Elu", "Softplus",
                      "Mish", "Gelu", "Erf", "Neg", "Abs", "Exp", "Selu", "Celu", "Softsign", "ThresholdedRelu"})
 CARRY_SUPPORTED = frozenset({"MaxPool", "Reshape", "Flatten", "Transpose", "Pad", "Slice", "Split", "Squeeze",
@@ -71,10 +80,12 @@ class IntProgram:
     outputs: list[str]
     rounding: str = "rne"
     opset: int = 21
+    container: str = "int8"  # activation container type: int8 or uint8 (docs/integer.md, "Tensors")
 
     def to_json(self) -> dict:
         """JSON-able record (large arrays by sha256), embedded in the exported model's metadata."""
-        return {"rounding": self.rounding, "opset": self.opset, "inputs": self.inputs, "outputs": self.outputs,
+        return {"rounding": self.rounding, "opset": self.opset, "container": self.container,
+                "inputs": self.inputs, "outputs": self.outputs,
                 "tensors": {k: asdict(v) for k, v in self.tensors.items()},
                 "steps": [{"kind": s.kind, "node": s.node, "inputs": s.inputs, "outputs": s.outputs,
                            "attrs": _jsonable(s.attrs)} for s in self.steps],
@@ -115,13 +126,19 @@ def from_jsonable(v):
 def program_from_json(d: dict, arrays: dict[str, np.ndarray]) -> IntProgram:
     steps = [Step(s["kind"], s["node"], s["inputs"], s["outputs"], from_jsonable(s["attrs"])) for s in d["steps"]]
     return IntProgram({k: TInt(**v) for k, v in d["tensors"].items()}, steps, arrays, d["inputs"], d["outputs"],
-                      d["rounding"], d["opset"])
+                      d["rounding"], d["opset"], d.get("container", "int8"))
 
 
 # ---------------------------------------------------------------------------------------------- lowering
 
 class _Lowering:
-    def __init__(self, sim: SimModel, rounding: str, opset: int) -> None:
+    def __init__(self, sim: SimModel, rounding: str, opset: int, container: str = "uint8",
+                 u8s8: str = "proven") -> None:
+        if container not in CONTAINERS:
+            raise ConfigError(f"container must be one of {', '.join(CONTAINERS)}; got {container!r}")
+        if u8s8 not in ("proven", "always"):
+            raise ConfigError(f"u8s8 must be 'proven' or 'always'; got {u8s8!r}")
+        self.container, self.u8s8 = container, u8s8
         if rounding not in ROUNDING_MODES:
             raise ConfigError(f"rounding must be one of {', '.join(ROUNDING_MODES)}; got {rounding!r}")
         self.sim, self.qg, self.rounding, self.opset = sim, sim.qg, rounding, opset
@@ -143,8 +160,11 @@ class _Lowering:
                               "the integer format needs --scale po2")
         if p.grid.bits > 8:
             raise ConfigError(f"activation {t!r} has {p.grid.bits} bits; the integer format stores 2-8-bit "
-                              "activations in int8 (use --a-bits <= 8 or --format qdq)")
-        off = -128 if (not p.grid.signed and p.grid.bits == 8) else 0
+                              "activations in 8-bit containers (use --a-bits <= 8 or --format qdq)")
+        if self.container == "uint8":  # signed grids shifted to start at 0 (small inputs keep u8 x s8 pairs safe)
+            off = -p.grid.qmin if p.grid.signed else 0
+        else:  # int8: unsigned 8-bit grids shifted by -128, every other grid as it is
+            off = -128 if (not p.grid.signed and p.grid.bits == 8) else 0
         if fq.ecaq:  # integer codes at scale 1 for the consumers; the producer requantizes per channel (ecaq_frac)
             return TInt(t, 0, off, p.grid.qmin + off, p.grid.qmax + off, p.grid.bits, p.grid.signed)
         return TInt(t, int(po2_frac(p.scale).reshape(())), int(p.zero_point.reshape(())) + off,
@@ -193,7 +213,7 @@ class _Lowering:
         if self.errors:
             raise UnsupportedOpError([(name, f"{op}: {why}") for name, op, why in self.errors], what="export as integer ONNX")
         return IntProgram(self.tensors, self.steps, self.arrays, list(self.qg.inputs), list(self.qg.outputs),
-                          self.rounding, self.opset)
+                          self.rounding, self.opset, self.container)
 
     def node(self, n) -> None:
         a = attrs_of(n)
@@ -282,6 +302,29 @@ class _Lowering:
             lo, hi = _shared(lo), _shared(hi)
             if isinstance(lo, np.ndarray):
                 raise _Unsupported("a lower activation bound that differs per channel (ECAQ with a Clip min > 0)")
+        rank = 2 if layer.op_type == "Gemm" else len(self.qg.shapes.get(layer.input, ()) or ())  # Gemm A is 2-D
+        ecaq = isinstance(y_frac, np.ndarray) or isinstance(hi, np.ndarray)
+        conv_c = per_out.astype(object) * x.max_abs
+        form, why = qlinear_form(layer.op_type, x, y, n_shift, conv_c, bias, lo, hi, rank, ecaq=ecaq,
+                                 rounding=self.rounding, container=self.container)
+        folded: list[int] = []
+        if form == FORM_SHIFT and why.startswith("channel") and bias is not None:
+            w2, b2, n2, folded = fold_constant_channels(w_store, cdim, bias, conv_c, n_shift, y.zp, int(lo), int(hi))
+            form2, why2 = qlinear_form(layer.op_type, x, y, n2, conv_c, b2, lo, hi, rank, ecaq=ecaq,
+                                       rounding=self.rounding, container=self.container)
+            if folded and form2 != FORM_SHIFT:  # the folded channels' shift is 0: recompute pre and the bound
+                form, why, w_store, bias, n_shift = form2, f"{why2}; constant channels {folded} folded", w2, b2, n2
+                pre = max(0, 1 - int(n2.min()))
+                bound = shift_bound(int(max(conv_c + np.abs(b2).astype(object))), int((n2 + pre).max()), pre,
+                                    self.rounding)
+            else:
+                folded = []
+        if form == "QLinearConv" and layer.op_type != "Conv":  # Gemm/MatMul as a 1x1 conv: weight (M, K, 1, 1)
+            w_store = np.ascontiguousarray(w_store.T).reshape(w_store.shape[1], w_store.shape[0], 1, 1)
+        kernel = weight_kernel(self.container, max(x.hi, x.zp), int(np.abs(w).max()), self.u8s8)
+        w_zp = 128 if kernel == "u8u8" else 0
+        if w_zp:  # stored as uint8 w + 128 with weight zero point 128 (exact u8 x u8 kernels)
+            w_store = (w_store.astype(np.int16) + w_zp).astype(np.uint8)
         key = layer.name
         self.arrays[f"{key}.weight"] = w_store
         if bias is not None:
@@ -293,7 +336,8 @@ class _Lowering:
             "op_type": layer.op_type, "conv": conv_attrs, "x_zp": x.zp, "weight": f"{key}.weight",
             "bias": f"{key}.bias" if bias is not None else None, "shift": n_shift.astype(np.int64), "pre": pre,
             "cdim": cdim, "y_zp": y.zp, "lo": lo, "hi": hi, "wide": _wide(bound, n_shift + pre), "bound": bound,
-            "conv_bound": conv_bound}))
+            "conv_bound": conv_bound, "form": form, "form_why": why, "x_frac": x.frac, "y_frac": y.frac,
+            "kernel": kernel, "w_zp": w_zp, "folded": folded}))
 
     def add(self, n) -> None:
         ins = [self.tint(i) for i in n.input]
@@ -307,7 +351,8 @@ class _Lowering:
         signs = [1] + [(-1 if n.op_type == "Sub" else 1)] * (len(ins) - 1)
         self.steps.append(Step("add", n.name, list(n.input), [n.output[0]], {
             "zps": [t.zp for t in ins], "left": left, "signs": signs, "shift": n_shift, "pre": pre, "y_zp": y.zp,
-            "lo": y.lo, "hi": y.hi, "wide": _wide(bound, n_shift + pre)}))
+            "lo": y.lo, "hi": y.hi, "wide": _wide(bound, n_shift + pre),
+            "form": float_form(total, [s - n_shift for s in left], self.rounding)}))
 
     def mul(self, n) -> None:
         if not all(self.is_int(i) for i in n.input):
@@ -319,7 +364,7 @@ class _Lowering:
         bound = shift_bound(a.max_abs * b.max_abs, n_shift + pre, pre, self.rounding)
         self.steps.append(Step("mul", n.name, list(n.input), [n.output[0]], {
             "zps": [a.zp, b.zp], "shift": n_shift, "pre": pre, "y_zp": y.zp, "lo": y.lo, "hi": y.hi,
-            "wide": _wide(bound, n_shift + pre)}))
+            "wide": _wide(bound, n_shift + pre), "form": float_form(a.max_abs * b.max_abs, [-n_shift], self.rounding)}))
 
     def concat(self, n, a: dict) -> None:
         ins = [self.tint(i) for i in n.input]
@@ -370,8 +415,10 @@ class _Lowering:
         down = int(cap_shift(max(0, x.frac - y.frac), s_max))  # |S| < divisor / 2 rounds to 0 either way
         divisor = count * 2**down
         bound = 2 * s_max + divisor + 1
+        pow2 = divisor & (divisor - 1) == 0  # a power of two: the division is a shift, exact in float32 below 2^24
         attrs.update(x_zp=x.zp, count=count, up=up, divisor=divisor, y_zp=y.zp, lo=y.lo, hi=y.hi,
-                     wide=bool(bound >= 2**31))
+                     wide=bool(bound >= 2**31),
+                     form=float_form(s_max, [up - divisor.bit_length() + 1], self.rounding) if pow2 else FORM_SHIFT)
         if bound >= 2**62:
             raise _Unsupported("the average needs more than 62 bits")
         self.steps.append(Step("avgpool", n.name, [n.input[0]], [n.output[0]], attrs))
@@ -391,7 +438,8 @@ class _Lowering:
             raise _Unsupported("the function is not finite on the input grid")
         fq = self.sim.act_quantizer(self.qg.source[n.output[0]])
         q = quantize(v, np.float32(fq.params.scale), np.float32(fq.params.zero_point), fq.params.grid)
-        table = (q.astype(np.int64) + (y.zp - int(fq.params.zero_point))).astype(np.int8)
+        table = (q.astype(np.int64) + (y.zp - int(fq.params.zero_point))).astype(
+            np.uint8 if self.container == "uint8" else np.int8)
         self.steps.append(Step("lut", n.name, [x_name], [n.output[0]], {"op_type": n.op_type, "table": table,
                                                                       "offset": x.lo}))
 
@@ -441,11 +489,129 @@ def cap_shift(n, max_abs):
     return np.minimum(np.asarray(n, dtype=np.int64), cap)
 
 
+def qlinear_form(op_type: str, x: TInt, y: TInt, n_shift: np.ndarray, conv_max: np.ndarray, bias: np.ndarray | None,
+                 lo: int, hi: int, rank: int, ecaq: bool = False, rounding: str = "rne",
+                 container: str = "int8") -> tuple[str, str]:
+    """The layer's ONNX form: ``QLinearConv`` / ``QLinearMatMul`` where onnxruntime's requantization is
+    provably the exact shift, else ``shift`` (the ConvInteger + R recipe); and why (docs/integer.md).
+
+    onnxruntime computes ``v = acc + b`` in int32 and ``clip(RNE(float32(v) * float32(s_x s_w[c] / s_y)) + z_y)``.
+    With Po2 scales the multiplier is exactly 2^-n[c] and the product by it is exact, so the result is
+    R(v, n) + z_y whenever float32(v) = v, i.e. |v| <= 2^24 (``exact_in_float32``). Both sides are
+    monotone in v, so a channel whose range passes 2^24 is still exact when R(+-2^24, n) already
+    saturates to the clip bound on that side. Saturating to int8 then clipping to [lo, hi] equals the
+    recipe's Clip. QLinearMatMul has no bias: Gemm/MatMul on a 2-D input run as a 1x1 QLinearConv.
+    """
+    if rounding != "rne":
+        return FORM_SHIFT, f"{rounding} rounding (onnxruntime rounds half to even)"
+    if ecaq:
+        return FORM_SHIFT, "ECAQ output (one output exponent per channel)"
+    n = np.asarray(n_shift, dtype=np.int64).reshape(-1)
+    exps = np.concatenate([[x.frac, y.frac], n, n + y.frac, n + y.frac - x.frac])  # s_x, s_y, s_w, s_x s_w, multiplier
+    if np.abs(exps).max() > SCALE_EXP_MAX:
+        return FORM_SHIFT, "scale exponents outside the float32 normal range"
+    c_lo, c_hi = CONTAINERS[container]
+    if not all(c_lo <= z <= c_hi for z in (x.zp, y.zp)):
+        return FORM_SHIFT, f"zero point outside {container}"
+    conv = np.broadcast_to(np.asarray(conv_max, dtype=object).reshape(-1), n.shape)
+    b = np.zeros(n.shape, dtype=object) if bias is None else np.asarray(bias, dtype=np.int64).reshape(-1).astype(object)
+    for c in range(n.size):
+        why = exact_in_float32(int(b[c]) - int(conv[c]), int(b[c]) + int(conv[c]), int(n[c]), y.zp, int(lo), int(hi))
+        if why:
+            return FORM_SHIFT, f"channel {c}: {why}"
+    tight = max(abs(int(b[c])) + int(conv[c]) for c in range(n.size))
+    if op_type == "Conv":
+        return "QLinearConv", f"accumulator bound {tight}"
+    if rank == 2:
+        return "QLinearConv", f"accumulator bound {tight} (2-D input as a 1x1 conv)"
+    if bias is None:
+        return "QLinearMatMul", f"accumulator bound {tight}"
+    return FORM_SHIFT, f"MatMul with a bias on a rank-{rank} input (QLinearMatMul has no bias)"
+
+
+def exact_in_float32(v_min: int, v_max: int, n: int, zp: int, lo: int, hi: int) -> str:
+    """"" when clip(RNE(float32(v) * 2^-n) + zp, lo, hi) == clip(R(v, n) + zp, lo, hi) for every integer
+    v in [v_min, v_max] (onnxruntime's int32 bias add and float32 conversion included), else why not."""
+    if max(-v_min, v_max) >= 2**31:
+        return f"accumulator can reach {max(-v_min, v_max)} >= 2^31 (int32 bias add)"
+    if max(-v_min, v_max) * 2.0 ** -n >= 2**30:
+        return "the scaled accumulator can pass 2^30 (float -> int32 conversion)"
+    pre = max(0, 1 - n)
+
+    def sat(v: int) -> int:
+        return min(max(int(requant_shift(v, n, pre)) + zp, lo), hi)
+
+    if v_max > F32_EXACT and sat(F32_EXACT) != hi:
+        return f"accumulator can reach {v_max} > 2^24 below saturation (float32 not exact)"
+    if v_min < -F32_EXACT and sat(-F32_EXACT) != lo:
+        return f"accumulator can reach {v_min} < -2^24 above saturation (float32 not exact)"
+    return ""
+
+
+def float_form(total: int, exps: list[int], rounding: str) -> str:
+    """``float32`` when an Add/Mul step may run as float32 ops: every partial sum is an integer multiple
+    of 2^-n below 2^24 * 2^-n in magnitude (``total`` bounds the centred, aligned sum), so each Cast,
+    Sub, Mul by 2^e and Add is exact and ``Round`` (half to even) gives R(v, n) -- the argument of
+    ``qlinear_form``, without Mod/Div. Otherwise ``shift`` (the integer recipe)."""
+    if rounding != "rne" or total > F32_EXACT or max(abs(e) for e in exps) > SCALE_EXP_MAX:
+        return FORM_SHIFT
+    return "float32"
+
+
+def fold_constant_channels(w: np.ndarray, cdim: int, bias: np.ndarray, conv_max: np.ndarray, n_shift: np.ndarray,
+                           zp: int, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[int]]:
+    """Channels whose float32 requantization is not provably exact but whose exact output is one constant
+    k = R(b - C, n) = R(b + C, n) (R is monotone; a huge bias beside tiny weights, e.g. a dead BN channel)
+    become weights 0, bias k, shift 0: the same integers, and exact in float32. Returns the new weights,
+    bias and shifts, and the folded channels."""
+    w, b, n = w.copy(), np.asarray(bias).astype(np.int64).copy(), np.asarray(n_shift, dtype=np.int64).copy()
+    folded = []
+    for c in range(n.size):
+        v_min, v_max = int(b[c]) - int(conv_max[c]), int(b[c]) + int(conv_max[c])
+        if not exact_in_float32(v_min, v_max, int(n[c]), zp, lo, hi):
+            continue
+        pre = max(0, 1 - int(n[c]))
+        k = int(requant_shift(v_min, int(n[c]), pre))
+        if k != int(requant_shift(v_max, int(n[c]), pre)) or abs(k) >= 2**24:
+            continue
+        (w.__setitem__((c,), 0) if cdim == 1 else w.__setitem__((..., c), 0))
+        b[c], n[c] = k, 0
+        folded.append(c)
+    return w, b.astype(bias.dtype), n, folded
+
+
+def weight_kernel(container: str, x_max: int, w_max: int, u8s8: str = "proven") -> str:
+    """Which integer kernel onnxruntime runs: ``s8s8`` for int8 containers; for uint8 containers ``u8s8``
+    (twice as fast as u8 x u8 on x86) when no int16 pair can saturate on AVX2 without VNNI
+    (x_max * 2 w_max <= 2^15 - 1, DESIGN.md section 4) or ``u8s8="always"`` (a VNNI target), else
+    ``u8u8`` (weights + 128, exact on every x86 kernel)."""
+    if container == "int8":
+        return "s8s8"
+    if u8s8 == "always" or x_max * 2 * w_max <= PAIR_SAFE:
+        return "u8s8"
+    return "u8u8"
+
+
+def form_summary(program: IntProgram) -> str:
+    """One line: how many layers use each form, and the names of those left to the shift recipe."""
+    layers = [s for s in program.steps if s.kind == "layer"]
+    counts: dict[str, int] = {}
+    for s in layers:
+        counts[s.attrs.get("form", FORM_SHIFT)] = counts.get(s.attrs.get("form", FORM_SHIFT), 0) + 1
+    parts = [f"{counts[f]}/{len(layers)} layers as {f}" for f in ("QLinearConv", "QLinearMatMul") if counts.get(f)]
+    shift = [s.node for s in layers if s.attrs.get("form", FORM_SHIFT) == FORM_SHIFT]
+    parts.append(f"{len(shift)} with the shift recipe" + (f": {', '.join(shift)}" if shift else ""))
+    return ", ".join(parts)
+
+
 def _wide(bound: int, n_plus_pre) -> bool:
     """int64 unless every intermediate and the divisor 2^(n + pre) fit in int32."""
     return bool(bound >= 2**31 or int(np.max(n_plus_pre)) >= 31)
 
 
-def lower(sim: SimModel, rounding: str = "rne", opset: int = 21) -> IntProgram:
-    """The integer program of a calibrated Po2 simulation; unsupported nodes are reported together."""
-    return _Lowering(sim, rounding, opset).run()
+def lower(sim: SimModel, rounding: str = "rne", opset: int = 21, container: str = "uint8",
+          u8s8: str = "proven") -> IntProgram:
+    """The integer program of a calibrated Po2 simulation; unsupported nodes are reported together.
+    ``container``: activation container type; ``u8s8``: "proven" uses u8 x s8 kernels only where no
+    AVX2 pair can saturate, "always" everywhere (exact on VNNI CPUs only; see ``weight_kernel``)."""
+    return _Lowering(sim, rounding, opset, container, u8s8).run()

@@ -64,6 +64,10 @@ class IntSim:
         a = step.attrs
         xz = x - a["x_zp"]
         w = self.w[a["weight"]]
+        if a.get("w_zp"):  # uint8 weights for u8 x u8 kernels: centred again
+            w = w - a["w_zp"]
+        if a["op_type"] != "Conv" and w.dim() == 4:  # Gemm/MatMul stored as a 1x1 QLinearConv weight (M, K, 1, 1)
+            w = w.reshape(w.shape[0], -1).T
         if a.get("conv_bound", 1 << 53) < 2**24:  # every partial sum is an integer below 2^24: float32 is exact
             xz, w = xz.float(), w.float()
         if a["op_type"] == "Conv":

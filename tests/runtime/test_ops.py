@@ -352,6 +352,38 @@ def test_qlinear_conv_vs_ort():
         np.testing.assert_array_equal(y, run_ort(m, {"x": x})["y"])
 
 
+@pytest.mark.parametrize("wdt", [np.uint8, np.int8])
+def test_qlinear_conv_po2_per_channel_vs_ort_large_accumulators(wdt):
+    """Po2 scales (multiplier 2^-n[c], n <= 0 included) as onnxptq's compact integer form writes them:
+    u8 activations, u8 weights with zero point 128 or s8 weights, accumulators up to ~2^24 and past it
+    (where float32 rounds the accumulator: runtime/ must round it the same way as onnxruntime)."""
+    x = _rand(np.uint8, (2, 64, 6, 6))
+    x[0] = 255
+    w = _rand(wdt, (8, 64, 3, 3))
+    n = np.array([-3, 0, 1, 5, 9, 14, 17, 20])
+    inits = {
+        "xs": np.float32(2.0**-4), "xz": np.array(17, np.uint8), "w": w,
+        "ws": np.exp2(-(n - 4 + 3)).astype(np.float32),
+        "wz": np.array(128 if wdt == np.uint8 else 0, wdt),
+        "ys": np.float32(2.0**-3), "yz": np.array(9, np.uint8),
+        "b": np.array([0, 1, -7, 2**24 + 3, 33685505, -(2**23), 5, 2**30], np.int32),
+    }
+    node = helper.make_node("QLinearConv", ["x", "xs", "xz", "w", "ws", "wz", "ys", "yz", "b"], ["y"], pads=[1] * 4)
+    m = make_model([node], [vi("x", np.uint8, [2, 64, 6, 6])], [vi("y", np.uint8)], inits, opset=21)
+    np.testing.assert_array_equal(run_rt(m, {"x": x})["y"], run_ort(m, {"x": x})["y"])
+
+
+def test_qlinear_matmul_po2_per_column_vs_ort():
+    a = _rand(np.uint8, (4, 300))
+    b = _rand(np.uint8, (300, 6))
+    n = np.array([-1, 0, 3, 8, 15, 19])
+    inits = {"as": np.float32(1), "az": np.array(100, np.uint8), "b": b, "bs": np.exp2(-n).astype(np.float32),
+             "bz": np.full(6, 128, np.uint8), "ys": np.float32(1), "yz": np.array(128, np.uint8)}
+    node = helper.make_node("QLinearMatMul", ["a", "as", "az", "b", "bs", "bz", "ys", "yz"], ["y"])
+    m = make_model([node], [vi("a", np.uint8, [4, 300])], [vi("y", np.uint8)], inits, opset=21)
+    np.testing.assert_array_equal(run_rt(m, {"a": a})["y"], run_ort(m, {"a": a})["y"])
+
+
 # ------------------------------------------------------------------------ integer matmul
 
 
