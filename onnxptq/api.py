@@ -21,7 +21,8 @@ from .errors import ConfigError, DataError, OutputError
 from .eval import Fidelity, fidelity, run_onnxruntime
 from .importer import QGraph, import_model, partition
 from .memory import peak_rss_bytes
-from .plan import BitPlan, make_plan
+from .targets import get_target
+from .plan import BitPlan, cap_weight_bits, make_plan
 from .sim.model import SimModel
 
 if TYPE_CHECKING:
@@ -210,6 +211,7 @@ def quantize(model: str | os.PathLike, calib, config: QuantConfig | None = None,
         t0 = time.perf_counter()
         mixed = apply_mixed(qg, plan, config, sim, data)
         timings["mixed"] = time.perf_counter() - t0
+    cap_weight_bits(plan, get_target(config.target))
     t0 = time.perf_counter()
     from .recon.calibrate import calibrate
 
@@ -243,7 +245,7 @@ def quantize(model: str | os.PathLike, calib, config: QuantConfig | None = None,
     else:
         from .export.qdq import export_qdq
 
-        qmodel = export_qdq(sim, config.opset)
+        qmodel = export_qdq(sim, config.opset, get_target(config.target))
     onnx.checker.check_model(qmodel)
     timings["export"] = time.perf_counter() - t0
     if out is not None:

@@ -15,6 +15,7 @@ from . import __version__
 from .config import (FORMATS, GRANULARITIES, INT_KERNELS, INT_ROUNDINGS, METHODS, PO2_METHODS, PRESETS, ROUNDINGS,
                      SCALE_KINDS,
                      SCALE_METHODS, TAU_UNITS, MIXED, WEIGHT_GRIDS, QuantConfig)
+from .targets import TARGETS
 from .mixed.budget import parse_count, parse_size
 from .errors import ConfigError, OnnxPtqError
 
@@ -183,6 +184,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--int-kernels", choices=INT_KERNELS, default=d.int_kernels,
                    help="--format int kernels: portable (exact on every x86) or vnni (u8 x s8, faster, exact on "
                         "AVX512-VNNI / AVX-VNNI CPUs only)")
+    q.add_argument("--target", choices=list(TARGETS), default=d.target,
+                   help="deployment target profile: containers, reduce range, Q/DQ placement (" +
+                        "; ".join(f"{t.name}: {t.description}" for t in TARGETS.values()) + ")")
     q.add_argument("--opset", type=int, default=d.opset)
     add_image_args(q)
     q.add_argument("--num-calib", type=int, default=None,
@@ -362,7 +366,7 @@ def cmd_quantize(args) -> int:
         num_calib=args.num_calib, batch_size=args.batch_size,
         seed=args.seed, device=args.device, skip_nodes=[s for s in args.skip_nodes.split(",") if s],
         input_shapes=args.input_shape or {}, format=args.format, int_rounding=args.int_rounding,
-        int_kernels=args.int_kernels, opset=args.opset,
+        int_kernels=args.int_kernels, target=args.target, opset=args.opset,
         progress=not args.no_progress,
     )
     t0 = time.perf_counter()

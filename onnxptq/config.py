@@ -92,6 +92,8 @@ class QuantConfig:
     # integer export kernels: portable (u8 x u8 unless no AVX2 int16 pair can saturate: exact on every x86) |
     # vnni (u8 x s8 everywhere: twice as fast, exact only on AVX512-VNNI / AVX-VNNI CPUs; docs/integer.md)
     int_kernels: str = "portable"
+    target: str = "onnxruntime"  # deployment target profile (export/targets.py): onnxruntime | onnxruntime-avx2 |
+    # openvino | tensorrt | qnn | generic: weight/activation containers, reduce range, Q/DQ placement
     opset: int = 21
     progress: bool = True
 
@@ -172,6 +174,7 @@ class QuantConfig:
             raise ConfigError("--format int writes shift-based integer ONNX and needs power-of-two scales: add --scale po2")
         if self.format == "int" and self.a_bits > 8:
             raise ConfigError("--format int stores activations in int8: use --a-bits <= 8 (16-bit activations: --format qdq)")
+        self._check_target()
         if self.int_rounding != "rne" and self.format != "int":
             raise ConfigError("--int-rounding applies to --format int only")
         if self.int_kernels != "portable" and self.format != "int":
@@ -184,6 +187,17 @@ class QuantConfig:
             if self.device.startswith("cuda") and not torch.cuda.is_available():
                 raise ConfigError(f"device {self.device!r} requested but torch sees no CUDA device; use --device cpu")
         self.skip_nodes = list(self.skip_nodes)
+
+    def _check_target(self) -> None:
+        """The target profile's activation rules (export/targets.py) constrain the grids."""
+        from .targets import get_target
+
+        t = get_target(self.target)
+        if t.symmetric_activations:
+            if self.format == "int":
+                raise ConfigError(f"--target {t.name} takes QDQ files (--format qdq); --format int is for runtimes "
+                                  "that run standard integer ONNX ops")
+            self.a_symmetric = True  # the target's Q/DQ have zero point 0 (TensorRT: int8 only)
 
     def _check_mixed(self) -> None:
         if self.mixed is None:

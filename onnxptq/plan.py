@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .config import QuantConfig
+from .targets import Target
 from .importer.graph import QGraph
 
 
@@ -26,3 +27,8 @@ def make_plan(qg: QGraph, cfg: QuantConfig) -> BitPlan:
             if o in a:
                 a[o] = fl
     return BitPlan(w, a)
+
+
+def cap_weight_bits(plan: BitPlan, target: Target) -> None:
+    """Cap every layer's weight bits at the target's (``reduce_range``: 8 -> 7), after mixed precision."""
+    plan.w_bits.update({k: target.weight_bits(b) for k, b in plan.w_bits.items()})

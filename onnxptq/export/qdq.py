@@ -1,13 +1,18 @@
-"""QDQ ONNX export (DESIGN.md section 4, "QDQ export conventions").
+"""QDQ ONNX export (DESIGN.md section 4, "QDQ export conventions"; section 8, deployment targets).
 
-- weights: quantized initializers (int8 container for b >= 5, int4 for b <= 4) + DequantizeLinear,
-  per channel (axis 0 for Conv and Gemm transB=1, axis 1 for MatMul / Gemm transB=0);
+- weights: quantized initializers + DequantizeLinear, int8 (int4 for b <= 4), zero point 0 when symmetric,
+  per channel (axis 0 for Conv and Gemm transB=1, axis 1 for MatMul / Gemm transB=0), for every target;
 - bias: int32 initializer + DequantizeLinear with scale s_x * s_w (axis 0);
-- activations: one QuantizeLinear -> DequantizeLinear pair per quant point, shared by all consumers.
-  Containers are uint8 (int16 for 16-bit), and 8-bit weights read by uint8 activations are stored as
-  uint8 with zero point 128 (see ``_act_container`` for the measurements behind this). Grids narrower
-  than their container get a Clip to the grid's float range in front of the QuantizeLinear, so Q
-  saturates exactly as the simulation does.
+- activations: one QuantizeLinear -> DequantizeLinear pair per quant point, shared by all consumers, in the
+  target's container (``targets.Target``: uint8, signed grids shifted by +128; or int8 for TensorRT);
+- clipping (a fused ReLU/ReLU6/Clip, or a grid narrower than its container): with
+  ``Target.clip_in_integer_domain`` the float activation node is dropped and the clip is written on the
+  integer codes between QuantizeLinear and DequantizeLinear (exact: RNE is monotone, so
+  Q(clip(x, lo, hi)) == clip(Q(x), Q(lo), Q(hi))), which the runtimes' QDQ fusion accepts; otherwise a
+  float Clip to the grid's range stays in front of the QuantizeLinear;
+- carried tensors (MaxPool, Flatten, Reshape, ... of a quant point) get a Q/DQ pair repeating their
+  quantization (no value changes) in front of every layer that reads them, and with
+  ``Target.qdq_on_add_inputs`` in front of Add inputs too, so each quantized op reads a DequantizeLinear.
 """
 from __future__ import annotations
 
@@ -18,6 +23,7 @@ from onnx import TensorProto, helper, numpy_helper
 from ..quant import QParams
 from ..recon.calibrate import integer_bias, integer_weights
 from ..sim.model import SimModel
+from ..targets import Target, get_target
 
 INT4_MAX_BITS = 4
 CONTAINERS = {  # ONNX elem type -> (numpy storage dtype, min, max)
@@ -38,30 +44,42 @@ def _container(bits: int, for_weight: bool) -> tuple[int, np.dtype, int, int]:
     return (elem, *CONTAINERS[elem])
 
 
-def _act_container(p: QParams) -> tuple[int, np.ndarray, int, int]:
+def _act_container(p: QParams, target: Target | None = None) -> tuple[int, np.ndarray, int, int]:
     """Container type, container zero point and the grid's range inside the container.
 
-    Every activation of 8 bits or fewer is stored as uint8: a signed grid shifts by +128
-    (q_u8 = q + 128, zero point z + 128: same values). Measured on onnxruntime 1.32 (AVX2, no VNNI):
-    QLinearConv with an int8 input and a uint8 output is off by up to 47 LSB, and uint8 x int8 with
-    8-bit weights saturates, while uint8 x uint8 and uint8 x (<= 7-bit int8) are exact; one uint8
-    container for all activations plus uint8 8-bit weights keeps every fused kernel exact.
+    uint8 containers (onnxruntime, OpenVINO, QNN): a signed grid shifts by +128 (q_u8 = q + 128, zero
+    point z + 128: the same values). int8 containers (TensorRT): the signed grid as it is. 16-bit grids
+    keep their own container (an unsigned grid [0, 65535] does not fit int16).
     """
+    target = target or get_target("onnxruntime")
     zp = p.zero_point.astype(np.int64)
-    if p.grid.bits > 8:  # 16-bit: the grid's own container (an unsigned grid [0, 65535] does not fit int16)
+    if p.grid.bits > 8:
         return (TensorProto.INT16 if p.grid.signed else TensorProto.UINT16), zp, p.grid.qmin, p.grid.qmax
+    if target.activation_container == "int8":
+        if not p.grid.signed:
+            raise ValueError(f"an unsigned {p.grid.bits}-bit grid does not fit target {target.name}'s int8 container")
+        return TensorProto.INT8, zp, p.grid.qmin, p.grid.qmax
     shift = 128 if p.grid.signed else 0
     return TensorProto.UINT8, zp + shift, p.grid.qmin + shift, p.grid.qmax + shift
 
 
+def _code_of(v: float, scale: float, zp: int, lo: int, hi: int) -> int:
+    """QuantizeLinear of one float value (RNE, saturating to [lo, hi]); +-inf saturate."""
+    if not np.isfinite(v):
+        return lo if v < 0 else hi
+    return int(min(max(np.rint(np.float64(np.float32(v)) / np.float64(scale)) + zp, lo), hi))
+
+
 class QDQWriter:
-    def __init__(self, sim: SimModel, opset: int = 21) -> None:
+    def __init__(self, sim: SimModel, opset: int = 21, target: Target | None = None) -> None:
         self.sim, self.qg, self.opset = sim, sim.qg, opset
+        self.target = target or get_target("onnxruntime")
         self.model = onnx.ModelProto.FromString(self.qg.model.SerializeToString())
         convert_opset(self.model, opset)
         self.g = self.model.graph
         self.new_inits: list[onnx.TensorProto] = []
         self.new_nodes: list[tuple[int, onnx.NodeProto]] = []  # (insert after node index, node)
+        self.dropped: set[str] = set()  # fused activation nodes whose clip moved onto the integer codes
 
     # ------------------------------------------------------------------ helpers
     def _const(self, name: str, arr: np.ndarray, elem: int | None = None) -> str:
@@ -83,12 +101,6 @@ class QDQWriter:
             elem, dtype, lo, hi = _container(p.grid.bits, for_weight=True)
             q = integer_weights(self.sim, layer.name)
             zp = p.zero_point.reshape(-1).astype(np.int64)
-            in_params = self.sim.act_quantizer(self.qg.source[layer.input]).params
-            if p.grid.bits == 8 and _act_container(in_params)[0] == TensorProto.UINT8:
-                # uint8 x int8 saturates on AVX2 without VNNI; uint8 x uint8 is exact: shift the
-                # weight grid by +128 (same values: (q + 128) - (zp + 128) = q - zp).
-                elem, (dtype, lo, hi) = TensorProto.UINT8, CONTAINERS[TensorProto.UINT8]
-                q, zp = q + 128, zp + 128
             assert q.min() >= lo and q.max() <= hi
             q_name = self._const(f"{layer.name}.weight_quantized", q.astype(dtype), elem)
             s_name = self._const(f"{layer.name}.weight_scale", p.scale.reshape(-1).astype(np.float32))
@@ -120,10 +132,9 @@ class QDQWriter:
     def write_activations(self) -> None:
         producer_index = {o: k for k, n in enumerate(self.g.node) for o in n.output}
         graph_inputs = set(self.qg.inputs)
+        fused = {layer.output: layer for layer in self.qg.layers if layer.act_node}
         for t, fq in self.sim.act_quantizers():
             p = fq.params
-            elem, zp_c, c_lo, c_hi = _act_container(p)
-            dtype, cont_lo, cont_hi = CONTAINERS[elem]
             if t in graph_inputs:
                 src, dq_out = t, f"{t}_dequantized"
                 for n in self.g.node:
@@ -140,26 +151,77 @@ class QDQWriter:
             if fq.ecaq:
                 self._write_ecaq(t, fq, src, dq_out, at)
                 continue
-            scale = self._const(f"{t}_scale", p.scale.reshape(()).astype(np.float32))
-            zp = self._const(f"{t}_zero_point", zp_c.reshape(()).astype(dtype))
-            q_in = src
-            if c_lo > cont_lo or c_hi < cont_hi:
-                lo = np.float32((c_lo - zp_c) * p.scale)
-                hi = np.float32((c_hi - zp_c) * p.scale)
-                q_in = f"{t}_clipped"
-                self.new_nodes.append((at, helper.make_node(
-                    "Clip", [src, self._const(f"{t}_clip_min", lo.reshape(())), self._const(f"{t}_clip_max", hi.reshape(()))],
-                    [q_in], name=f"{t}_grid_Clip")))
-            q_out = f"{t}_quantized"
-            self.new_nodes.append((at, helper.make_node("QuantizeLinear", [q_in, scale, zp], [q_out], name=f"{t}_QuantizeLinear")))
-            self.new_nodes.append((at, helper.make_node("DequantizeLinear", [q_out, scale, zp], [dq_out], name=f"{t}_DequantizeLinear")))
+            bounds = None
+            layer = fused.get(t)
+            if layer is not None and self.target.clip_in_integer_domain:
+                act = self.g.node[at]  # the fused Relu/Clip: dropped, its bounds go onto the codes
+                src, bounds = act.input[0], layer.act_bounds or (0.0, float("inf"))
+                self.dropped.add(act.name)
+            self._write_pair(t, p, src, dq_out, at, bounds)
+
+    def _write_pair(self, t: str, p: QParams, src: str, dq_out: str, at: int,
+                    bounds: tuple[float, float] | None = None) -> None:
+        """QuantizeLinear -> [integer Clip] -> DequantizeLinear of quant point ``t`` (``bounds``: the float clip
+        of a dropped fused activation, applied to the codes as clip(Q(x), Q(lo), Q(hi)))."""
+        elem, zp_c, c_lo, c_hi = _act_container(p, self.target)
+        dtype, cont_lo, cont_hi = CONTAINERS[elem]
+        s32, z = float(np.float32(p.scale.reshape(()))), int(zp_c.reshape(()))
+        lo, hi = c_lo, c_hi
+        if bounds is not None:
+            lo, hi = max(lo, _code_of(bounds[0], s32, z, c_lo, c_hi)), min(hi, _code_of(bounds[1], s32, z, c_lo, c_hi))
+        scale = self._const(f"{t}_scale", p.scale.reshape(()).astype(np.float32))
+        zp = self._const(f"{t}_zero_point", zp_c.reshape(()).astype(dtype))
+        integer_clip = lo > cont_lo or hi < cont_hi
+        codes = f"{t}_quantized"  # the final codes keep this name (verify reads it)
+        q_in, q_out = src, (f"{t}_quantized_unclipped" if integer_clip and self.target.clip_in_integer_domain else codes)
+        if integer_clip and not self.target.clip_in_integer_domain:
+            q_in = f"{t}_clipped"
+            f_lo, f_hi = (np.float32((v - z) * s32).reshape(()) for v in (lo, hi))
+            self.new_nodes.append((at, helper.make_node(
+                "Clip", [src, self._const(f"{t}_clip_min", f_lo), self._const(f"{t}_clip_max", f_hi)],
+                [q_in], name=f"{t}_grid_Clip")))
+        self.new_nodes.append((at, helper.make_node("QuantizeLinear", [q_in, scale, zp], [q_out],
+                                                    name=f"{t}_QuantizeLinear")))
+        if integer_clip and self.target.clip_in_integer_domain:
+            self.new_nodes.append((at, helper.make_node(
+                "Clip", [q_out, self._const(f"{t}_code_min", np.array(lo, dtype)),
+                         self._const(f"{t}_code_max", np.array(hi, dtype))], [codes], name=f"{t}_code_Clip")))
+            q_out = codes
+        self.new_nodes.append((at, helper.make_node("DequantizeLinear", [q_out, scale, zp], [dq_out],
+                                                    name=f"{t}_DequantizeLinear")))
+
+    def write_carried_pairs(self) -> None:
+        """A Q/DQ pair in front of each layer input (and, with ``Target.qdq_on_add_inputs``, each Add input)
+        that a carry op (MaxPool, Flatten, Reshape, ...) produced from an earlier quant point. The pair
+        repeats that quant point's quantization, so no value changes (the carried tensor is on its grid),
+        but every quantized layer then reads a DequantizeLinear directly: onnxruntime left a Gemm after a
+        Flatten in float without it, and TensorRT's placement rules ask for it on both Add inputs."""
+        producer_index = {o: k for k, n in enumerate(self.g.node) for o in n.output}
+        layer_nodes = {layer.name for layer in self.qg.layers}
+        pairs: dict[str, str] = {}
+        for n in list(self.g.node):
+            if n.name in layer_nodes:
+                slots = [0]
+            elif n.op_type == "Add" and self.target.qdq_on_add_inputs:
+                slots = list(range(len(n.input)))
+            else:
+                continue
+            for k in slots:
+                i = n.input[k]
+                src = self.qg.source.get(i)
+                if src is None or src == i or i not in producer_index:
+                    continue
+                if i not in pairs:
+                    pairs[i] = f"{i}_requantized"
+                    self._write_pair(pairs[i], self.sim.act_quantizer(src).params, i, pairs[i], producer_index[i])
+                n.input[k] = pairs[i]
 
     def _write_ecaq(self, t: str, fq, src: str, dq_out: str, at: int) -> None:
         """ECAQ point (recon/ecaq.py): [Min to the grid's top] -> QuantizeLinear with the per-channel scales
         beta (axis 1) -> DequantizeLinear with scale 1: the consumers read the integer codes, their weights
         hold beta. Unsigned grid, zero point 0 (``ecaq.candidates``)."""
         p = fq.params
-        elem, zp_c, c_lo, c_hi = _act_container(p)
+        elem, zp_c, c_lo, c_hi = _act_container(p, self.target)
         dtype, _, cont_hi = CONTAINERS[elem]
         beta = p.scale.reshape(-1).astype(np.float32)
         q_in = src
@@ -181,6 +243,7 @@ class QDQWriter:
     def build(self) -> onnx.ModelProto:
         self.write_weights()
         self.write_activations()
+        self.write_carried_pairs()
         old = list(self.g.node)
         before = [n for at, n in self.new_nodes if at == -1]
         after: dict[int, list[onnx.NodeProto]] = {}
@@ -189,7 +252,8 @@ class QDQWriter:
                 after.setdefault(at, []).append(n)
         nodes = list(before)
         for k, n in enumerate(old):
-            nodes.append(n)
+            if n.name not in self.dropped:
+                nodes.append(n)
             nodes.extend(after.get(k, []))
         del self.g.node[:]
         self.g.node.extend(nodes)
@@ -219,5 +283,7 @@ def convert_opset(model: onnx.ModelProto, opset: int) -> None:
     model.ir_version = max(model.ir_version, 10)
 
 
-def export_qdq(sim: SimModel, opset: int = 21) -> onnx.ModelProto:
-    return QDQWriter(sim, opset).build()
+def export_qdq(sim: SimModel, opset: int = 21, target: Target | str | None = None) -> onnx.ModelProto:
+    if isinstance(target, str):
+        target = get_target(target)
+    return QDQWriter(sim, opset, target).build()

@@ -22,6 +22,7 @@ from ..quant.grid import Grid
 from ..quant.observer import Observer
 from ..quant.rounding import WEIGHT_ROUNDINGS, ceil_round, floor_round, rne, stochastic_round
 from ..sim.model import SimModel
+from ..targets import get_target
 
 
 @contextmanager
@@ -109,11 +110,12 @@ def calibrate_activations(sim: SimModel, observers: dict[str, Observer], plan: B
 
 
 def _calibrate_activations(sim: SimModel, observers: dict[str, Observer], plan: BitPlan, cfg: QuantConfig) -> None:
+    unsigned_ok = get_target(cfg.target).unsigned_activations
     for t, fq in sim.act_quantizers():
         obs = observers[t]
         if obs.count == 0:
             raise RuntimeError(f"quant point {t!r} saw no data during calibration")
-        grid = activation_grid(plan.a_bits[t], obs.nonnegative)
+        grid = activation_grid(plan.a_bits[t], obs.nonnegative and unsigned_ok)
         params = choose_scale(obs.sample(), grid, cfg.a_symmetric or not grid.signed, None, cfg, cfg.a_scale_method,
                               even_zp=True)
         if params.po2 and not params.symmetric:

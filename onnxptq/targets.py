@@ -1,0 +1,75 @@
+"""Deployment targets as data (DESIGN.md section 8; in the spirit of MQBench's backends).
+
+A ``Target`` says what a runtime's integer kernels accept; the calibration and the QDQ writer read its
+fields and never its name. Every target stores weights as int8 (int4 for <= 4 bits), zero point 0, per
+output channel: onnxruntime's QLinearConv/QGemm and OpenVINO's low-precision convolutions take exactly
+that (measured on EfficientNet-Lite0: uint8 weights with zero point 128 kept all 49 convolutions in f32 in
+OpenVINO 2026.4 and on the slower u8u8 path in onnxruntime 1.32).
+
+Fields:
+- ``weight_max_bits``: 7 is onnxruntime's ``reduce_range`` (weights on [-64, 63]): with it a uint8 x
+  int8 pair product sum never saturates the int16 accumulator of AVX2 CPUs without VNNI
+  (255 * 64 * 2 = 32640 < 32767), so fused kernels are exact there too, for one bit of weight precision.
+- ``unsigned_activations``: non-negative tensors may use the unsigned grid [0, 2^b - 1] (uint8
+  container); False for TensorRT, whose Q/DQ are int8 with zero point 0 only.
+- ``symmetric_activations``: every activation grid has zero point 0 (TensorRT).
+- ``activation_container``: ``uint8`` (signed grids shifted by +128) or ``int8``.
+- ``qdq_on_add_inputs``: a Q/DQ pair directly in front of each input of a residual Add, also where the
+  input is a carried tensor (MaxPool, Reshape, ...) of an earlier quant point: TensorRT fuses the Add into
+  the convolution only then (its "Q/DQ placement" guide). The pair repeats the carried quantization, so
+  it changes no value.
+- ``clip_in_integer_domain``: a clipping activation (ReLU6, a fused Clip, a grid narrower than its
+  container) is written as QuantizeLinear -> Clip on the integer container -> DequantizeLinear instead of
+  a float Clip in front of the QuantizeLinear. RNE rounding is monotone, so Q(clip(x, lo, hi)) ==
+  clip(Q(x), Q(lo), Q(hi)) exactly; onnxruntime cannot fuse a float Clip whose bounds are not the
+  quantization range (6.0 is not the top of a power-of-two grid), so Po2 models lost 33 of 49
+  EfficientNet-Lite0 convolutions to float kernels.
+- ``runtime``: the runtime ``onnxptq bench`` and the float-layer check use for this target (None: none
+  installable here).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    description: str
+    weight_max_bits: int = 8
+    unsigned_activations: bool = True
+    symmetric_activations: bool = False
+    activation_container: str = "uint8"  # uint8 | int8
+    qdq_on_add_inputs: bool = False
+    clip_in_integer_domain: bool = True
+    opset: int = 21
+    runtime: str | None = "onnxruntime"
+
+    def weight_bits(self, bits: int) -> int:
+        """The weight grid a b-bit layer gets on this target (reduce range caps 8 bits at 7)."""
+        return min(bits, self.weight_max_bits)
+
+
+TARGETS: dict[str, Target] = {t.name: t for t in (
+    Target("onnxruntime", "onnxruntime CPU (QLinearConv/QGemm): uint8 activations, int8 weights; exact "
+           "with VNNI (AVX512-VNNI / AVX-VNNI) and on ARM"),
+    Target("onnxruntime-avx2", "onnxruntime on x86 without VNNI: 7-bit weights (reduce_range) so u8 x s8 "
+           "kernels never saturate", weight_max_bits=7),
+    Target("openvino", "OpenVINO CPU: uint8 activations, int8 weights (low-precision transformations)",
+           runtime="openvino"),
+    Target("tensorrt", "TensorRT: int8 symmetric Q/DQ only (zero point 0), Q/DQ on both residual Add inputs",
+           unsigned_activations=False, symmetric_activations=True, activation_container="int8",
+           qdq_on_add_inputs=True, runtime=None),
+    Target("qnn", "Qualcomm QNN (HTP): uint8 asymmetric activations, int8 symmetric per-channel weights",
+           runtime=None),
+    Target("generic", "any QDQ runtime: uint8 activations, int8 per-channel weights, standard opset-21 ops"),
+)}
+
+
+def get_target(name: str) -> Target:
+    try:
+        return TARGETS[name]
+    except KeyError:
+        raise ConfigError(f"unknown target {name!r}; choose one of {', '.join(TARGETS)}") from None
