@@ -73,3 +73,29 @@ def get_target(name: str) -> Target:
         return TARGETS[name]
     except KeyError:
         raise ConfigError(f"unknown target {name!r}; choose one of {', '.join(TARGETS)}") from None
+
+
+def cpu_flags() -> set[str]:
+    """The x86 feature flags of this machine (empty where /proc/cpuinfo is missing or not x86)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def cpu_has_vnni(flags: set[str] | None = None) -> bool:
+    """AVX512-VNNI or AVX-VNNI: onnxruntime's u8 x s8 kernels accumulate in int32 and are exact."""
+    flags = cpu_flags() if flags is None else flags
+    return bool({"avx512_vnni", "avx_vnni"} & flags)
+
+
+def exact_onnxruntime_target(flags: set[str] | None = None) -> str:
+    """The onnxruntime profile whose fused kernels are bit-exact on this CPU (docs/design-notes.md section 2):
+    ``onnxruntime`` with VNNI or on non-x86 CPUs, ``onnxruntime-avx2`` (7-bit weights) on x86 without VNNI."""
+    flags = cpu_flags() if flags is None else flags
+    x86 = bool({"sse2", "avx2"} & flags)
+    return "onnxruntime" if cpu_has_vnni(flags) or not x86 else "onnxruntime-avx2"

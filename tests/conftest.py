@@ -104,6 +104,35 @@ def tv_inputs() -> np.ndarray:
     return np.random.default_rng(0).standard_normal((8, *TV_INPUT[1:])).astype(np.float32)
 
 
+# ---------------------------------------------------------------- the exact onnxruntime target of this CPU
+
+def _quantize_for_this_cpu() -> None:
+    """The suite asserts that onnxruntime's fused kernels reproduce the simulation bit for bit. With the
+    default ``onnxruntime`` target (uint8 activations x int8 8-bit weights) that holds on VNNI and non-x86
+    CPUs only; on x86 without VNNI, u8 x s8 pairs saturate (docs/design-notes.md section 2), so there the
+    suite quantizes for ``onnxruntime-avx2`` (7-bit weights) unless a test names its target.
+    tests/test_targets.py checks both profiles explicitly."""
+    from onnxptq import api
+    from onnxptq.targets import exact_onnxruntime_target
+
+    target = exact_onnxruntime_target()
+    if target == "onnxruntime":
+        return
+    original = api.quantize
+
+    def quantize(model, calib, config=None, output=None, **kw):
+        if config is None:
+            kw.setdefault("target", target)
+        elif config.target == "onnxruntime":
+            config = type(config)(**{**config.to_dict(), "target": target})
+        return original(model, calib, config, output, **kw)
+
+    api.quantize = quantize
+
+
+_quantize_for_this_cpu()
+
+
 # ---------------------------------------------------------------- quantized digits models (shared)
 
 @dataclass
