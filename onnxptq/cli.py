@@ -112,6 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                   "(see the image-folder options)")
     q.add_argument("-o", "--output", required=True, help="where to write the quantized ONNX model")
     q.add_argument("--force", action="store_true", help="replace an existing output file")
+    q.add_argument("--no-kernel-check", action="store_true",
+                   help="skip the check for layers the target's runtime runs on float kernels")
     q.add_argument("--report", default=None,
                    help="also write a per-layer report, REPORT.md or REPORT.html, with PNG plots beside it")
     q.add_argument("--w-bits", type=int, default=d.w_bits)
@@ -379,10 +381,11 @@ def cmd_quantize(args) -> int:
     )
     t0 = time.perf_counter()
     res = quantize(args.model, args.calib, cfg, args.output, force=args.force, report=args.report,
-                   preprocess=preprocess_from_args(args))
+                   preprocess=preprocess_from_args(args), check_kernels=not args.no_kernel_check)
     s = res.summary()
     s["total_s"] = round(time.perf_counter() - t0, 2)
     s["output"] = str(res.output)
+    s["warnings"] = list(res.warnings)
     if args.json:
         print(json.dumps(s, indent=1))
         return 0
@@ -405,6 +408,8 @@ def cmd_quantize(args) -> int:
         rows.append(("memory", f"peak {s['peak_rss_mb']:.0f} MiB (--max-memory {cfg.max_memory_mb:.0f} MiB)"))
     w = max(len(k) for k, _ in rows)
     print("\n".join(f"{k:<{w}}  {v}" for k, v in rows))
+    for warning in res.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     if cfg.max_memory_mb and s["peak_rss_mb"] > cfg.max_memory_mb:
         print(f"warning: the peak resident set ({s['peak_rss_mb']:.0f} MiB) exceeded --max-memory "
               f"({cfg.max_memory_mb:.0f} MiB): the cached activations spilled to disk, but torch, the model, the "
