@@ -16,8 +16,8 @@ RUNTIMES = ("onnxruntime", "openvino")
 class ModelBench:
     """One model: its timings per runtime and batch, ratios to the float model, kernel reports."""
 
-    path: str
-    timings: list[Timing] = field(default_factory=list)
+    path: str  # the model file
+    timings: list[Timing] = field(default_factory=list)  # min/median ms per runtime and batch
     ratios: dict[str, dict[int, float]] = field(default_factory=dict)  # runtime -> batch -> median / float median
     kernels: dict[str, KernelReport] = field(default_factory=dict)  # runtime -> report
     errors: dict[str, str] = field(default_factory=dict)  # runtime -> why the model could not run there
@@ -32,12 +32,12 @@ class ModelBench:
 class BenchReport:
     """What ``bench_models`` returns."""
 
-    models: list[ModelBench]
-    runtimes: list[str]
-    batches: list[int]
-    threads: int
-    runs: int
-    warmup: int
+    models: list[ModelBench]  # in the order given; the first is the float reference
+    runtimes: list[str]  # the runtimes used ("onnxruntime", "openvino")
+    batches: list[int]  # batch sizes timed
+    threads: int  # intra-op (onnxruntime) / inference (OpenVINO) threads
+    runs: int  # timed runs per model, runtime and batch
+    warmup: int  # untimed runs before them
     notes: list[str] = field(default_factory=list)  # skipped runtimes, precision hints
 
     def to_dict(self) -> dict:
