@@ -158,3 +158,41 @@ def test_kernel_warnings_without_a_runtime_say_so():
     assert "skipped" in msg and "tensorrt" in msg
     (msg,) = kernel_warnings(MODEL, "onnxruntime")
     assert "runs 14 of 14 layers on float kernels: /conv1/Conv (float Conv" in msg and msg.endswith("and 6 more")
+
+
+def _clip_model(path) -> None:
+    """x -> Q/DQ -> Conv (int8 weights via DequantizeLinear) -> Clip(0, 6) -> Q/DQ: the Clip is not redundant
+    with the uint8 output grid (0..12.75), so onnxruntime cannot fold it into the QuantizeLinear."""
+    from onnx import TensorProto
+    from onnx import helper as h
+    from onnx import numpy_helper as nh
+
+    w = np.random.default_rng(0).integers(-50, 50, (4, 3, 3, 3)).astype(np.int8)
+    consts = {"w_q": w, "w_s": np.float32(0.01), "w_z": np.int8(0), "a_s": np.float32(0.05), "a_z": np.uint8(0),
+              "lo": np.float32(0.0), "hi": np.float32(6.0)}
+    nodes = [h.make_node("QuantizeLinear", ["x", "a_s", "a_z"], ["xq"], name="x_q"),
+             h.make_node("DequantizeLinear", ["xq", "a_s", "a_z"], ["xd"], name="x_dq"),
+             h.make_node("DequantizeLinear", ["w_q", "w_s", "w_z"], ["w"], name="w_dq"),
+             h.make_node("Conv", ["xd", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+             h.make_node("Clip", ["c", "lo", "hi"], ["r"], name="clip"),
+             h.make_node("QuantizeLinear", ["r", "a_s", "a_z"], ["rq"], name="r_q"),
+             h.make_node("DequantizeLinear", ["rq", "a_s", "a_z"], ["y"], name="r_dq")]
+    g = h.make_graph(nodes, "clip", [h.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                     [h.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8, 8])],
+                     [nh.from_array(np.asarray(v), k) for k, v in consts.items()])
+    onnx.save(h.make_model(g, opset_imports=[h.make_opsetid("", 21)]), str(path))
+
+
+def test_clip_before_quantizelinear_keeps_the_conv_in_float_in_onnxruntime(tmp_path):
+    _clip_model(tmp_path / "clip.onnx")
+    (lay,) = classify(tmp_path / "clip.onnx", "onnxruntime").layers
+    assert (lay.name, lay.integer) == ("conv", False)
+    assert lay.reason == f"float {lay.kernel}: a Clip between the layer and its QuantizeLinear"
+
+
+@needs_openvino
+def test_openvino_runs_the_clipped_conv_on_integer_kernels(tmp_path):
+    """OpenVINO folds the Clip into its u8 convolution where onnxruntime cannot (measured on 2026.4.1)."""
+    _clip_model(tmp_path / "clip.onnx")
+    (lay,) = classify(tmp_path / "clip.onnx", "openvino").layers
+    assert lay.integer and lay.kernel.endswith(("u8", "i8"))
