@@ -124,7 +124,9 @@ def _init_dtype(name: str, g: onnx.GraphProto) -> int | None:
 
 
 def float_reason(model: onnx.ModelProto, name: str) -> str:
-    """Why the QDQ pattern around layer ``name`` may not fuse to an integer kernel ('' if none seen)."""
+    """Why the QDQ pattern around layer ``name`` may not fuse to an integer kernel ('' if none seen): the
+    structural reasons first (unquantized weights, a float producer, a Clip before the QuantizeLinear, a float
+    consumer), then uint8 weights (onnxruntime's QGemm and OpenVINO's convolutions need int8 weights)."""
     g = model.graph
     node = next((n for n in g.node if n.name == name), None)
     if node is None or node.op_type not in LAYER_OPS:
@@ -138,8 +140,6 @@ def float_reason(model: onnx.ModelProto, name: str) -> str:
     w_dq = prod.get(node.input[w_idx])
     if w_dq is None or w_dq.op_type != "DequantizeLinear":
         return "weights not quantized"
-    if _init_dtype(w_dq.input[0], g) == onnx.TensorProto.UINT8:
-        return "uint8 weights"
     x_dq = prod.get(node.input[x_idx])
     if x_dq is None or x_dq.op_type != "DequantizeLinear":
         src = x_dq.op_type if x_dq is not None else "a graph input"
@@ -153,6 +153,8 @@ def float_reason(model: onnx.ModelProto, name: str) -> str:
             return f"a {after[0].op_type} between the layer and its QuantizeLinear"
     if not all(c.op_type == "QuantizeLinear" for c in after):
         return f"its output is not quantized (consumed by {', '.join(sorted({c.op_type for c in after}))})"
+    if _init_dtype(w_dq.input[0], g) == onnx.TensorProto.UINT8:
+        return "uint8 weights"
     return ""
 
 
