@@ -147,7 +147,7 @@ def float_reason(model: onnx.ModelProto, name: str) -> str:
     after = cons.get(node.output[0], [])
     if not after:
         return "its output is a float graph output (no QuantizeLinear)"
-    if len(after) == 1 and after[0].op_type in ("Clip", "Relu") and after[0].op_type != "QuantizeLinear":
+    if len(after) == 1 and after[0].op_type in ("Clip", "Relu"):
         nxt = cons.get(after[0].output[0], [])
         if nxt and all(c.op_type == "QuantizeLinear" for c in nxt):
             return f"a {after[0].op_type} between the layer and its QuantizeLinear"
