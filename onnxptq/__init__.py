@@ -23,4 +23,11 @@ def evaluate(*args, **kwargs):
     return _evaluate(*args, **kwargs)
 
 
-__all__ = ["QuantConfig", "quantize", "inspect", "evaluate", "__version__"]
+def bench_models(*args, **kwargs):
+    """See ``onnxptq.deploy.bench.bench_models``: latency and integer-kernel coverage in onnxruntime/OpenVINO."""
+    from .deploy.bench import bench_models as _bench
+
+    return _bench(*args, **kwargs)
+
+
+__all__ = ["QuantConfig", "quantize", "inspect", "evaluate", "bench_models", "__version__"]

@@ -46,6 +46,7 @@ class QuantResult:
     recon: "ReconReport | None" = None  # per-region reconstruction results (methods other than rtn)
     mixed: "MixedReport | None" = None  # per-layer bit allocation (--mixed)
     report_files: list[Path] = field(default_factory=list)  # --report: the report and its PNGs
+    warnings: list[str] = field(default_factory=list)  # e.g. layers the target's runtime runs in float
 
     def summary(self) -> dict:
         """Bits, scale kind, weight sizes before/after, times: the table printed at the end of a run."""
@@ -172,13 +173,15 @@ def simulate(sim: SimModel, inputs: dict[str, np.ndarray], batch_size: int = 32)
 
 def quantize(model: str | os.PathLike, calib, config: QuantConfig | None = None, output: str | os.PathLike | None = None,
              force: bool = False, report: str | os.PathLike | None = None, preprocess=None,
-             **overrides) -> QuantResult:
+             check_kernels: bool = True, **overrides) -> QuantResult:
     """Quantize an ONNX model with calibration data; write it to ``output`` if given.
 
     ``calib``: a .npz/.npy path, a folder of images, a ``Dataset``, an array (single-input models) or a dict of
     arrays. ``preprocess``: for an image folder, an ``images.Preprocess``, its dict, or a JSON/YAML spec file.
     ``overrides``: QuantConfig fields, e.g. ``quantize("m.onnx", "calib.npz", w_bits=4, scale="po2")``.
     ``report``: also write a per-layer report (``.md`` or ``.html``, with PNG plots: ``report.py``).
+    ``check_kernels``: after export, warn (``QuantResult.warnings`` and the log) about the layers the target's
+    runtime leaves on float kernels (a session is created, no inference is run).
     """
     if config is None:
         config = QuantConfig(**overrides)
@@ -251,6 +254,13 @@ def quantize(model: str | os.PathLike, calib, config: QuantConfig | None = None,
     if out is not None:
         save_atomic(qmodel, out)
     result = QuantResult(qmodel, out, qg, sim, plan, config, timings, program, recon_report, mixed)
+    if check_kernels:
+        from .deploy.check import kernel_warnings
+
+        t0 = time.perf_counter()
+        target = getattr(config, "target", "onnxruntime")  # QuantConfig.target: deployment target profiles
+        result.warnings += kernel_warnings(out if out is not None else qmodel, target)
+        timings["kernel check"] = time.perf_counter() - t0
     if rep is not None:
         from .report import write_report
 

@@ -54,6 +54,13 @@ def _parsed(fn):
     return parse
 
 
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers like 1,8; got {text!r}") from None
+
+
 def _floats(text: str) -> list[float]:
     try:
         return [float(v) for v in text.split(",") if v.strip()]
@@ -107,6 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                   "(see the image-folder options)")
     q.add_argument("-o", "--output", required=True, help="where to write the quantized ONNX model")
     q.add_argument("--force", action="store_true", help="replace an existing output file")
+    q.add_argument("--no-kernel-check", action="store_true",
+                   help="skip the check for layers the target's runtime runs on float kernels")
     q.add_argument("--report", default=None,
                    help="also write a per-layer report, REPORT.md or REPORT.html, with PNG plots beside it")
     q.add_argument("--w-bits", type=int, default=d.w_bits)
@@ -225,6 +234,16 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--reference-samples", type=int, default=2,
                    help="samples also run through onnx.reference (slow, pure Python); 0 to skip it")
     v.add_argument("--json", action="store_true")
+
+    b = sub.add_parser("bench", help="latency in onnxruntime and OpenVINO vs the float model; layers left on float "
+                                     "kernels")
+    b.add_argument("models", nargs="+", help="the float model first, then the quantized models")
+    b.add_argument("--batch", type=_ints, default=[1, 8], help="batch sizes, comma-separated (default 1,8)")
+    b.add_argument("--threads", type=int, default=1, help="intra-op / inference threads (default 1)")
+    b.add_argument("--runs", type=int, default=20, help="timed runs per model and batch (default 20)")
+    b.add_argument("--warmup", type=int, default=5, help="untimed runs first (default 5)")
+    b.add_argument("--runtime", choices=("onnxruntime", "openvino", "all"), default="all")
+    b.add_argument("--json", action="store_true", help="machine-readable output")
 
     gd = sub.add_parser("golden", help="dump every integer tensor of one input (npy + raw binary + JSON index)")
     gd.add_argument("model")
@@ -371,10 +390,11 @@ def cmd_quantize(args) -> int:
     )
     t0 = time.perf_counter()
     res = quantize(args.model, args.calib, cfg, args.output, force=args.force, report=args.report,
-                   preprocess=preprocess_from_args(args))
+                   preprocess=preprocess_from_args(args), check_kernels=not args.no_kernel_check)
     s = res.summary()
     s["total_s"] = round(time.perf_counter() - t0, 2)
     s["output"] = str(res.output)
+    s["warnings"] = list(res.warnings)
     if args.json:
         print(json.dumps(s, indent=1))
         return 0
@@ -398,11 +418,40 @@ def cmd_quantize(args) -> int:
         rows.append(("memory", f"peak {s['peak_rss_mb']:.0f} MiB (--max-memory {cfg.max_memory_mb:.0f} MiB)"))
     w = max(len(k) for k, _ in rows)
     print("\n".join(f"{k:<{w}}  {v}" for k, v in rows))
+    for warning in res.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     if cfg.max_memory_mb and s["peak_rss_mb"] > cfg.max_memory_mb:
         print(f"warning: the peak resident set ({s['peak_rss_mb']:.0f} MiB) exceeded --max-memory "
               f"({cfg.max_memory_mb:.0f} MiB): the cached activations spilled to disk, but torch, the model, the "
               "calibration data and one batch's tensors did not fit; raise --max-memory, or lower --num-calib, "
               "--batch-size or --recon-batch-size", file=sys.stderr)
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from .deploy.bench import bench_models
+
+    rep = bench_models(args.models, args.batch, args.threads, args.runs, args.warmup,
+                       None if args.runtime == "all" else [args.runtime])
+    if args.json:
+        print(json.dumps(rep.to_dict(), indent=1))
+        return 0
+    for note in rep.notes:
+        print(f"note: {note}")
+    print(f"{args.threads} thread(s), {args.runs} runs after {args.warmup} warm-up; ms per run, min / median, "
+          f"median / float model's median in the same runtime")
+    for rt in rep.runtimes:
+        print(f"\n{rt}")
+        for m in rep.models:
+            if rt in m.errors:
+                print(f"  {m.path}: {m.errors[rt]}")
+                continue
+            cells = [f"b{t.batch} {t.min_ms:.3f} / {t.median_ms:.3f} ms ({m.ratios[rt][t.batch]:.2f}x)"
+                     for t in m.timings if t.runtime == rt]
+            k = m.kernels.get(rt)
+            print(f"  {m.path}: " + "; ".join(cells) + (f"; integer layers {k.count()}" if k else ""))
+            for lay in (k.float_layers if k and k.float_layers and m is not rep.models[0] else []):
+                print(f"    float: {lay.name} ({lay.op_type}){': ' + lay.reason if lay.reason else ''}")
     return 0
 
 
@@ -437,7 +486,7 @@ def cmd_eval(args) -> int:
 
 
 COMMANDS = {"inspect": cmd_inspect, "quantize": cmd_quantize, "eval": cmd_eval, "run": cmd_run, "verify": cmd_verify,
-            "golden": cmd_golden}
+            "golden": cmd_golden, "bench": cmd_bench}
 
 
 def main(argv: list[str] | None = None) -> int:

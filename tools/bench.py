@@ -8,6 +8,7 @@ One entry point regenerates every section of docs/benchmarks.md:
     python tools/bench.py recon --experiments NAME[,NAME...] [--only MODEL] [--rows LABEL,...] [--set k=v ...]
     python tools/bench.py integer [--models digits|efficientnet|all]     (tools/bench_integer.py)
     python tools/bench.py memory [--budgets 3GB,none]                    (tools/bench_memory.py)
+    python tools/bench.py deploy [--models ...] [--only MODEL] [--batch 1,8] [--target a,b]  (tools/bench_deploy.py)
 
 ``foundation``: for every model, onnxruntime ``quantize_static`` (QDQ, per-channel weights,
 activations QUInt8 / weights QInt8, MinMax and Percentile calibration, after
@@ -620,6 +621,9 @@ def build_parser() -> argparse.ArgumentParser:
     import bench_recon  # noqa: E402 - tools/bench_recon.py: the reconstruction benchmarks (issue 4)
 
     bench_recon.add_parser(sub)
+    import bench_deploy  # noqa: E402 - tools/bench_deploy.py: latency and integer kernels in real runtimes
+
+    bench_deploy.add_parser(sub)
     sub.add_parser("memory", help="peak resident memory under --max-memory (tools/bench_memory.py; its own options)")
     sub.add_parser("integer", help="integer ONNX: level-1 parity, fidelity, runtime/ speed (tools/bench_integer.py; "
                                    "its own options)")

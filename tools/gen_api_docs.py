@@ -46,6 +46,7 @@ def _cell(text: str) -> str:
 def render() -> str:
     from onnxptq import api
     from onnxptq.config import QuantConfig
+    from onnxptq.deploy import bench
     from onnxptq.images import Preprocess
     import runtime
 
@@ -63,6 +64,13 @@ def render() -> str:
         parts += [f"#### `QuantResult.{meth}`", "", _sig(meth, fn), "", _doc(fn), ""]
     parts += ["## `onnxptq.evaluate`", "", _sig("onnxptq.evaluate", api.evaluate), "", _doc(api.evaluate), ""]
     parts += ["## `onnxptq.inspect`", "", _sig("onnxptq.inspect", api.inspect), "", _doc(api.inspect), ""]
+    parts += ["## `onnxptq.bench_models`", "", _sig("onnxptq.bench_models", bench.bench_models), "",
+              _doc(bench.bench_models), "", "### `BenchReport`", "", _doc(bench.BenchReport), "",
+              "| field | type | meaning |", "|---|---|---|"]
+    parts += [f"| `{n}` | `{_cell(a)}` | {_cell(c)} |" for n, a, _, c in _fields_with_comments(bench.BenchReport, None)]
+    parts += ["", "### `ModelBench`", "", _doc(bench.ModelBench), "", "| field | type | meaning |", "|---|---|---|"]
+    parts += [f"| `{n}` | `{_cell(a)}` | {_cell(c)} |" for n, a, _, c in _fields_with_comments(bench.ModelBench, None)]
+    parts.append("")
     parts += ["## `onnxptq.QuantConfig`", "", _doc(QuantConfig), "", "| field | type | default | meaning |",
               "|---|---|---|---|"]
     for n, a, d, c in _fields_with_comments(QuantConfig, None):

@@ -1,0 +1,54 @@
+"""After export: which layers the target's runtime leaves on float kernels, as warnings for the user."""
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+
+import onnx
+
+from ..errors import ModelError
+from .kernels import classify, openvino_available
+
+log = logging.getLogger(__name__)
+
+TARGET_RUNTIMES = {"onnxruntime": "onnxruntime", "onnxruntime-avx2": "onnxruntime", "generic": "onnxruntime",
+                   "qnn": "onnxruntime", "openvino": "openvino", "tensorrt": None}
+MAX_LISTED = 8
+
+
+def _listed(layers) -> str:
+    shown = [f"{lay.name}" + (f" ({lay.reason})" if lay.reason else "") for lay in layers[:MAX_LISTED]]
+    more = f" and {len(layers) - MAX_LISTED} more" if len(layers) > MAX_LISTED else ""
+    return "; ".join(shown) + more
+
+
+def kernel_warnings(model: str | Path | onnx.ModelProto, target: str = "onnxruntime") -> list[str]:
+    """Warnings naming the layers that ``target``'s runtime runs on float kernels ([] if none).
+
+    Creates a session (or compiles the model) only, runs no inference. A target with no runtime here
+    (TensorRT, or OpenVINO when not installed) gives one note saying the check was not done."""
+    if target not in TARGET_RUNTIMES:
+        return [f"integer-kernel check skipped: unknown target {target!r}"]
+    runtime = TARGET_RUNTIMES[target]
+    if runtime is None:
+        return [f"integer-kernel check skipped: no {target} runtime here; check the engine's layer precisions "
+                "(e.g. trtexec --verbose)"]
+    if runtime == "openvino" and not openvino_available():
+        return ["integer-kernel check skipped: OpenVINO is not installed (pip install openvino)"]
+    with tempfile.TemporaryDirectory(prefix="onnxptq-check-") as tmp:
+        path = model
+        if isinstance(model, onnx.ModelProto):
+            path = Path(tmp) / "model.onnx"
+            onnx.save(model, str(path))
+        try:
+            report = classify(path, runtime)
+        except ModelError as e:
+            return [f"integer-kernel check failed: {e}"]
+    floats = report.float_layers
+    if not floats:
+        return []
+    msg = (f"{runtime} ({report.note}) runs {len(floats)} of {len(report.layers)} layers on float kernels: "
+           f"{_listed(floats)}")
+    log.warning(msg)
+    return [msg]

@@ -1,0 +1,95 @@
+"""Latency of one model in onnxruntime (CPU EP, ORT_ENABLE_ALL) or OpenVINO (CPU, f32 precision hint).
+
+Random inputs of the model's own shapes (the batch axis set to ``batch`` where it is dynamic); the
+first ``warmup`` runs are discarded; the min and median of ``runs`` timed runs are reported.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import onnx
+
+from ..errors import ConfigError, ModelError
+from .kernels import compile_openvino, load_model
+
+_DTYPES = {onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.FLOAT16: np.float16,
+           onnx.TensorProto.UINT8: np.uint8, onnx.TensorProto.INT8: np.int8, onnx.TensorProto.INT64: np.int64,
+           onnx.TensorProto.INT32: np.int32}
+
+
+@dataclass
+class Timing:
+    """Milliseconds per run of one model at one batch size in one runtime."""
+
+    runtime: str
+    batch: int
+    min_ms: float
+    median_ms: float
+    runs: int
+
+
+def random_inputs(model: onnx.ModelProto, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """Inputs of the model's shapes: a dynamic first axis becomes ``batch``, other dynamic axes 1.
+
+    A model whose first axis is fixed to another size cannot take ``batch``: ConfigError."""
+    rng = np.random.default_rng(seed)
+    inits = {i.name for i in model.graph.initializer}
+    out = {}
+    for vi in model.graph.input:
+        if vi.name in inits:
+            continue
+        tt = vi.type.tensor_type
+        dims = [d.dim_value if d.HasField("dim_value") else -1 for d in tt.shape.dim]
+        if dims and dims[0] not in (-1, batch):
+            raise ConfigError(f"input {vi.name!r} has a fixed batch of {dims[0]}; cannot time batch {batch}")
+        shape = [batch if i == 0 and d == -1 else (1 if d == -1 else d) for i, d in enumerate(dims)]
+        dtype = _DTYPES.get(tt.elem_type, np.float32)
+        arr = rng.standard_normal(shape) if np.issubdtype(dtype, np.floating) else rng.integers(0, 8, shape)
+        out[vi.name] = arr.astype(dtype)
+    return out
+
+
+def _time(fn: Callable[[], object], runs: int, warmup: int) -> tuple[float, float]:
+    for _ in range(warmup):
+        fn()
+    ms = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn()
+        ms.append(1e3 * (time.perf_counter() - t0))
+    return min(ms), statistics.median(ms)
+
+
+def time_onnxruntime(path: str | Path, batch: int, threads: int = 1, runs: int = 20, warmup: int = 5) -> Timing:
+    """Latency in onnxruntime, CPU EP, ORT_ENABLE_ALL, ``threads`` intra-op threads, sequential execution."""
+    import onnxruntime as ort
+
+    inputs = random_inputs(load_model(path), batch)
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.log_severity_level = 3
+    try:
+        sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    except Exception as e:  # noqa: BLE001
+        raise ModelError(f"{path}: onnxruntime cannot load it ({str(e).splitlines()[0][:300]})") from None
+    lo, med = _time(lambda: sess.run(None, inputs), runs, warmup)
+    return Timing("onnxruntime", batch, lo, med, runs)
+
+
+def time_openvino(path: str | Path, batch: int, threads: int = 1, runs: int = 20, warmup: int = 5) -> Timing:
+    """Latency in OpenVINO's CPU plugin (f32 precision hint, ``threads`` inference threads), synchronous."""
+    inputs = random_inputs(load_model(path), batch)
+    compiled = compile_openvino(path, threads)
+    request = compiled.create_infer_request()
+    lo, med = _time(lambda: request.infer(inputs), runs, warmup)
+    return Timing("openvino", batch, lo, med, runs)
+
+
+TIMERS = {"onnxruntime": time_onnxruntime, "openvino": time_openvino}
