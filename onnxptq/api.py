@@ -258,8 +258,7 @@ def quantize(model: str | os.PathLike, calib, config: QuantConfig | None = None,
         from .deploy.check import kernel_warnings
 
         t0 = time.perf_counter()
-        target = getattr(config, "target", "onnxruntime")  # QuantConfig.target: deployment target profiles
-        result.warnings += kernel_warnings(out if out is not None else qmodel, target)
+        result.warnings += kernel_warnings(out if out is not None else qmodel, config.target)
         timings["kernel check"] = time.perf_counter() - t0
     if rep is not None:
         from .report import write_report

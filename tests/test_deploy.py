@@ -86,9 +86,7 @@ def test_ort_quantize_static_runs_every_layer_on_integer_kernels(exported, runti
 @pytest.mark.parametrize("runtime", RUNTIMES)
 @pytest.mark.parametrize("scale", ["float", "po2"])
 def test_onnxptq_w8a8_runs_every_layer_on_integer_kernels(exported, runtime, scale):
-    if _uint8_weights(exported[scale]):
-        pytest.skip("exporter still writes uint8 weights (zero point 128): OpenVINO runs those convs in f32 and "
-                    "onnxruntime the Gemm in float; remove this skip once weights are int8")
+    assert not _uint8_weights(exported[scale])  # int8 weights, zero point 0 (docs/design-notes.md section 2)
     rep = classify(exported[scale], runtime)
     assert rep.count() == f"{len(rep.layers)}/{len(rep.layers)}", [(x.name, x.reason) for x in rep.float_layers]
 
@@ -96,9 +94,11 @@ def test_onnxptq_w8a8_runs_every_layer_on_integer_kernels(exported, runtime, sca
 @needs_openvino
 @pytest.mark.parametrize("scale", ["float", "po2"])
 def test_openvino_agrees_with_onnxruntime(exported, scale):
-    """OpenVINO (CPU, f32 hint) vs onnxruntime (CPU EP) on the 447 validation digits: measured identical
-    fraction 0.889 (float scales) / 0.927 (Po2), max |delta| 1 output LSB (uint8-weight exporter, ORT 1.32,
-    OpenVINO 2026.4.1, AVX512 CPU). Asserted: >= 0.8 identical, |delta| <= 1 LSB."""
+    """OpenVINO (CPU, f32 hint) vs onnxruntime (CPU EP) on the 447 validation digits, both on integer kernels
+    (int8 weights): measured identical fraction 0.656 / max |delta| 2 output LSB (float scales) and 0.757 / 1
+    LSB (Po2), ORT 1.32, OpenVINO 2026.4.1, AVX512-VNNI CPU. The runtimes requantize differently (OpenVINO's
+    FakeQuantize in f32), and one-LSB differences propagate layer to layer. Asserted with a margin for other
+    CPUs: >= 0.55 identical and <= 3 LSB (float), >= 0.65 and <= 2 LSB (Po2)."""
     import onnxruntime as ort
     import openvino as ov
     from onnx import numpy_helper
@@ -113,8 +113,9 @@ def test_openvino_agrees_with_onnxruntime(exported, scale):
     a = sess.run(None, {sess.get_inputs()[0].name: x})[0]
     b = ov.Core().compile_model(path, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})(x)[0]
     d = np.abs(a - b) / step
-    assert (d == 0).mean() >= 0.8, (d == 0).mean()
-    assert d.max() <= 1 + 1e-4, d.max()
+    min_identical, max_lsb = (0.55, 3) if scale == "float" else (0.65, 2)
+    assert (d == 0).mean() >= min_identical, (d == 0).mean()
+    assert d.max() <= max_lsb + 1e-4, d.max()
 
 
 def test_bench_cli_json(exported, capsys):

@@ -7,13 +7,12 @@ from pathlib import Path
 
 import onnx
 
-from ..errors import ModelError
+from ..errors import ConfigError, ModelError
+from ..targets import get_target
 from .kernels import classify, openvino_available
 
 log = logging.getLogger(__name__)
 
-TARGET_RUNTIMES = {"onnxruntime": "onnxruntime", "onnxruntime-avx2": "onnxruntime", "generic": "onnxruntime",
-                   "qnn": "onnxruntime", "openvino": "openvino", "tensorrt": None}
 MAX_LISTED = 8
 
 
@@ -28,9 +27,10 @@ def kernel_warnings(model: str | Path | onnx.ModelProto, target: str = "onnxrunt
 
     Creates a session (or compiles the model) only, runs no inference. A target with no runtime here
     (TensorRT, or OpenVINO when not installed) gives one note saying the check was not done."""
-    if target not in TARGET_RUNTIMES:
+    try:
+        runtime = get_target(target).runtime  # targets.py: the runtime that stands for this target here
+    except ConfigError:
         return [f"integer-kernel check skipped: unknown target {target!r}"]
-    runtime = TARGET_RUNTIMES[target]
     if runtime is None:
         return [f"integer-kernel check skipped: no {target} runtime here; check the engine's layer precisions "
                 "(e.g. trtexec --verbose)"]
