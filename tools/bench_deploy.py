@@ -2,7 +2,7 @@
 
 For EfficientNet-Lite0 and the shipped digits models: the float model, onnxruntime ``quantize_static``
 W8A8 (MinMax, U8/S8, per channel, after ``quant_pre_process``), onnxptq W8A8 float scales, W8A8 ``--scale
-po2`` and ``--scale po2 --format int``. Per file: median latency / the float model's median in the same
+po2``, ``--scale po2 --format int`` and the same with ``--int-kernels vnni``. Per file: median latency / the float model's median in the same
 runtime at each batch (one thread by default), in onnxruntime (CPU EP, ORT_ENABLE_ALL) and OpenVINO (CPU,
 f32 precision hint; skipped with a note when not installed); layers on integer kernels ``k/n`` in both;
 output SQNR vs float (onnxruntime, ``onnxptq.eval.fidelity``). ``--target a,b``: the onnxptq rows once per
@@ -25,7 +25,8 @@ from onnxptq.errors import OnnxPtqError
 
 ONNXPTQ_ROWS = (("W8A8 float", dict(w_bits=8, a_bits=8, scale="float")),
                 ("W8A8 po2", dict(w_bits=8, a_bits=8, scale="po2")),
-                ("W8A8 po2 int", dict(w_bits=8, a_bits=8, scale="po2", format="int")))
+                ("W8A8 po2 int", dict(w_bits=8, a_bits=8, scale="po2", format="int")),
+                ("W8A8 po2 int vnni", dict(w_bits=8, a_bits=8, scale="po2", format="int", int_kernels="vnni")))
 ORT_ROW = ("MinMax U8/S8", "MinMax", "QUInt8", "QInt8", False)
 
 
