@@ -190,9 +190,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="qdq: QuantizeLinear/DequantizeLinear ONNX; int: shift-based integer ONNX (needs --scale po2)")
     q.add_argument("--int-rounding", choices=INT_ROUNDINGS, default=d.int_rounding,
                    help="requantization rounding of --format int: rne (matches QDQ/onnxruntime) or half_up")
-    q.add_argument("--int-kernels", choices=INT_KERNELS, default=d.int_kernels,
+    q.add_argument("--int-kernels", choices=INT_KERNELS, default=None,
                    help="--format int kernels: portable (exact on every x86) or vnni (u8 x s8, faster, exact on "
-                        "AVX512-VNNI / AVX-VNNI CPUs only)")
+                        "AVX512-VNNI / AVX-VNNI CPUs and ARM only); default: the target's (vnni for onnxruntime "
+                        "and qnn, portable for onnxruntime-avx2 and generic)")
     q.add_argument("--target", choices=list(TARGETS), default=d.target,
                    help="deployment target profile: containers, reduce range, Q/DQ placement (" +
                         "; ".join(f"{t.name}: {t.description}" for t in TARGETS.values()) + ")")

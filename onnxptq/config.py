@@ -90,8 +90,9 @@ class QuantConfig:
     format: str = "qdq"  # qdq (onnxruntime and other QDQ runtimes) | int (shift-based integer ONNX, Po2 only)
     int_rounding: str = "rne"  # integer export requantization: rne (parity with QDQ) | half_up (some hardware)
     # integer export kernels: portable (u8 x u8 unless no AVX2 int16 pair can saturate: exact on every x86) |
-    # vnni (u8 x s8 everywhere: twice as fast, exact only on AVX512-VNNI / AVX-VNNI CPUs; docs/integer.md)
-    int_kernels: str = "portable"
+    # vnni (u8 x s8 everywhere: twice as fast, exact only on AVX512-VNNI / AVX-VNNI / ARM; docs/integer.md);
+    # None: the target's (targets.py exact_u8s8: vnni for onnxruntime and qnn, portable otherwise)
+    int_kernels: str | None = None
     target: str = "onnxruntime"  # deployment target profile (export/targets.py): onnxruntime | onnxruntime-avx2 |
     # openvino | tensorrt | qnn | generic: weight/activation containers, reduce range, Q/DQ placement
     opset: int = 21
@@ -100,7 +101,7 @@ class QuantConfig:
     def __post_init__(self) -> None:
         for name, allowed in (("scale", SCALE_KINDS), ("po2_method", PO2_METHODS), ("w_scale_method", SCALE_METHODS),
                               ("a_scale_method", SCALE_METHODS), ("method", METHODS), ("format", FORMATS),
-                              ("int_rounding", INT_ROUNDINGS), ("int_kernels", INT_KERNELS),
+                              ("int_rounding", INT_ROUNDINGS),
                               ("granularity", GRANULARITIES), ("preset", PRESETS), ("rounding", ROUNDINGS),
                               ("attn_tau_unit", TAU_UNITS),
                               ("weight_grid", WEIGHT_GRIDS)):
@@ -177,8 +178,14 @@ class QuantConfig:
         self._check_target()
         if self.int_rounding != "rne" and self.format != "int":
             raise ConfigError("--int-rounding applies to --format int only")
-        if self.int_kernels != "portable" and self.format != "int":
+        if self.int_kernels is not None and self.int_kernels not in INT_KERNELS:
+            raise ConfigError(f"int_kernels must be one of {', '.join(INT_KERNELS)}; got {self.int_kernels!r}")
+        if self.int_kernels not in (None, "portable") and self.format != "int":
             raise ConfigError("--int-kernels applies to --format int only")
+        if self.int_kernels is None:
+            from .targets import get_target
+
+            self.int_kernels = "vnni" if self.format == "int" and get_target(self.target).exact_u8s8 else "portable"
         if self.opset < 21 and (self.w_bits <= 4 or self.a_bits <= 4):
             raise ConfigError(f"4-bit containers need opset >= 21; got opset {self.opset}")
         if self.device != "cpu":

@@ -24,6 +24,10 @@ Fields:
   clip(Q(x), Q(lo), Q(hi)) exactly; onnxruntime cannot fuse a float Clip whose bounds are not the
   quantization range (6.0 is not the top of a power-of-two grid), so Po2 models lost 33 of 49
   EfficientNet-Lite0 convolutions to float kernels.
+- ``exact_u8s8``: the target's CPUs multiply uint8 x int8 without int16 pair saturation (x86 with
+  AVX512-VNNI / AVX-VNNI, ARM); the integer format (``--format int``) then uses u8 x s8 kernels everywhere
+  (``--int-kernels vnni``: 0.66x float latency on EfficientNet-Lite0 against 1.47x portable), and
+  otherwise only where no pair can saturate (``portable``, exact on every x86).
 - ``runtime``: the runtime ``onnxptq bench`` and the float-layer check use for this target (None: none
   installable here).
 """
@@ -44,6 +48,7 @@ class Target:
     activation_container: str = "uint8"  # uint8 | int8
     qdq_on_add_inputs: bool = False
     clip_in_integer_domain: bool = True
+    exact_u8s8: bool = False
     opset: int = 21
     runtime: str | None = "onnxruntime"
 
@@ -54,7 +59,7 @@ class Target:
 
 TARGETS: dict[str, Target] = {t.name: t for t in (
     Target("onnxruntime", "onnxruntime CPU (QLinearConv/QGemm): uint8 activations, int8 weights; exact "
-           "with VNNI (AVX512-VNNI / AVX-VNNI) and on ARM"),
+           "with VNNI (AVX512-VNNI / AVX-VNNI) and on ARM", exact_u8s8=True),
     Target("onnxruntime-avx2", "onnxruntime on x86 without VNNI: 7-bit weights (reduce_range) so u8 x s8 "
            "kernels never saturate", weight_max_bits=7),
     Target("openvino", "OpenVINO CPU: uint8 activations, int8 weights (low-precision transformations)",
@@ -63,7 +68,7 @@ TARGETS: dict[str, Target] = {t.name: t for t in (
            unsigned_activations=False, symmetric_activations=True, activation_container="int8",
            qdq_on_add_inputs=True, runtime=None),
     Target("qnn", "Qualcomm QNN (HTP): uint8 asymmetric activations, int8 symmetric per-channel weights",
-           runtime=None),
+           exact_u8s8=True, runtime=None),
     Target("generic", "any QDQ runtime: uint8 activations, int8 per-channel weights, standard opset-21 ops"),
 )}
 

@@ -124,7 +124,7 @@ def _quantize_for_this_cpu() -> None:
         if config is None:
             kw.setdefault("target", target)
         elif config.target == "onnxruntime":
-            config = type(config)(**{**config.to_dict(), "target": target})
+            config = type(config)(**{**config.to_dict(), "target": target, "int_kernels": None})
         return original(model, calib, config, output, **kw)
 
     api.quantize = quantize

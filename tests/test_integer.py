@@ -350,11 +350,12 @@ def test_fuzz_covers_int64_accumulators_and_all_block_kinds():
 def digits_int(tmp_path_factory):
     cache = {}
 
-    def get(name: str, w_bits: int, a_bits: int):
-        key = (name, w_bits, a_bits)
+    def get(name: str, w_bits: int, a_bits: int, int_kernels: str | None = None):
+        key = (name, w_bits, a_bits, int_kernels)
         if key not in cache:
             cache[key] = onnxptq.quantize(digits_path(name), MODELS / "digits_calib.npz", scale="po2", format="int",
-                                          w_bits=w_bits, a_bits=a_bits, num_calib=64, progress=False)
+                                          w_bits=w_bits, a_bits=a_bits, num_calib=64, progress=False,
+                                          int_kernels=int_kernels)
         return cache[key]
     return get
 
@@ -380,6 +381,21 @@ def test_digits_integer_model_level1_and_equals_po2_simulation(digits_int, digit
 
 
 @pytest.mark.skipif("vnni" not in open("/proc/cpuinfo").read(), reason="u8 x s8 is exact on VNNI CPUs only")
+def test_kernels_follow_the_target():
+    """--int-kernels defaults to the target's: u8 x s8 everywhere where its CPUs are exact (onnxruntime: VNNI /
+    ARM), the portable choice for onnxruntime-avx2 and generic; an explicit choice wins."""
+    from onnxptq.config import QuantConfig
+
+    int_cfg = dict(scale="po2", format="int")
+    assert QuantConfig(**int_cfg).int_kernels == "vnni"
+    assert QuantConfig(target="onnxruntime-avx2", **int_cfg).int_kernels == "portable"
+    assert QuantConfig(target="generic", **int_cfg).int_kernels == "portable"
+    assert QuantConfig(int_kernels="portable", **int_cfg).int_kernels == "portable"
+    assert QuantConfig().int_kernels == "portable"  # QDQ: not used
+    with pytest.raises(ConfigError, match="--format int only"):
+        QuantConfig(int_kernels="vnni")
+
+
 def test_vnni_kernels_level1_on_a_vnni_cpu(digits_val):
     """``--int-kernels vnni``: u8 x s8 everywhere (8-bit weights too); exact here, so level-1 parity holds."""
     res = onnxptq.quantize(digits_path("digits_mbv2"), MODELS / "digits_calib.npz", scale="po2", format="int",
@@ -390,7 +406,7 @@ def test_vnni_kernels_level1_on_a_vnni_cpu(digits_val):
 
 
 def test_portable_kernels_avoid_saturating_pairs(digits_int):
-    res = digits_int("digits_regnet", 8, 8)
+    res = digits_int("digits_regnet", 8, 8, "portable")
     for s in (s for s in res.program.steps if s.kind == "layer"):
         x = res.program.tensors[s.inputs[0]]
         w = res.program.arrays[s.attrs["weight"]].astype(np.int64) - s.attrs["w_zp"]
