@@ -2,7 +2,8 @@
 
 For EfficientNet-Lite0 and the shipped digits models: the float model, onnxruntime ``quantize_static``
 W8A8 (MinMax, U8/S8, per channel, after ``quant_pre_process``), onnxptq W8A8 float scales, W8A8 ``--scale
-po2``, ``--scale po2 --format int`` and the same with ``--int-kernels vnni``. Per file: median latency / the float model's median in the same
+po2``, ``--scale po2 --format int`` (the target's kernels: u8 x s8 for onnxruntime) and the same with
+``--int-kernels portable``. Per file: median latency / the float model's median in the same
 runtime at each batch (one thread by default), in onnxruntime (CPU EP, ORT_ENABLE_ALL) and OpenVINO (CPU,
 f32 precision hint; skipped with a note when not installed); layers on integer kernels ``k/n`` in both;
 output SQNR vs float (onnxruntime, ``onnxptq.eval.fidelity``). ``--target a,b``: the onnxptq rows once per
@@ -26,7 +27,7 @@ from onnxptq.errors import OnnxPtqError
 ONNXPTQ_ROWS = (("W8A8 float", dict(w_bits=8, a_bits=8, scale="float")),
                 ("W8A8 po2", dict(w_bits=8, a_bits=8, scale="po2")),
                 ("W8A8 po2 int", dict(w_bits=8, a_bits=8, scale="po2", format="int")),
-                ("W8A8 po2 int vnni", dict(w_bits=8, a_bits=8, scale="po2", format="int", int_kernels="vnni")))
+                ("W8A8 po2 int portable", dict(w_bits=8, a_bits=8, scale="po2", format="int", int_kernels="portable")))
 ORT_ROW = ("MinMax U8/S8", "MinMax", "QUInt8", "QInt8", False)
 
 
@@ -90,6 +91,12 @@ def markdown(res: dict, runtimes: list[str], batches: list[int], with_target: bo
     head = ["file"] + (["target"] if with_target else []) + [f"{c} x float" for c in cols]
     head += [f"int8 layers {rt}" for rt in runtimes] + ["SQNR dB"]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    reasons: dict[str, int] = {}  # a runtime's load error (the file's path dropped) -> footnote number
+
+    def not_loaded(rt: str, err: str) -> str:
+        why = f"{rt}: " + (err.split(".onnx:", 1)[1].strip() if ".onnx:" in err else err)[:300]
+        return f"not loaded [{reasons.setdefault(why, len(reasons) + 1)}]"
+
     for r in res["rows"]:
         cells = [r["label"]] + ([r["target"] or "-"] if with_target else [])
         if r.get("error"):
@@ -99,9 +106,10 @@ def markdown(res: dict, runtimes: list[str], batches: list[int], with_target: bo
                 cells += [f"1.00 ({r['ms'][c]:.2f} ms)" if c in r["ms"] else "-" for c in cols]
             else:
                 cells += [B._f(r["ratio"].get(c), ".2f") for c in cols]
-            cells += [r["int"].get(rt) or f"failed: {r['errors'].get(rt, '')[:80]}" for rt in runtimes]
+            cells += [r["int"].get(rt) or not_loaded(rt, r["errors"].get(rt, "")) for rt in runtimes]
             cells.append(B._f(r.get("sqnr_db"), ".2f"))
         lines.append("| " + " | ".join(str(c).replace("|", "/") for c in cells) + " |")
+    lines += [""] + [f"[{k}] {why}" for why, k in reasons.items()] if reasons else []
     return "\n".join(lines)
 
 
