@@ -144,6 +144,20 @@ def test_every_layer_fuses_in_onnxruntime(net, tmp_path, scale):
     assert ops.count("QGemm") == 1 and "Gemm" not in ops, ops
 
 
+def test_openvino_profile_keeps_the_float_clip_and_runs_every_layer_in_u8(net, tmp_path):
+    """OpenVINO folds a float Clip in front of Q into its FakeQuantize (targets.py: measured slightly faster)."""
+    from onnxptq.deploy.kernels import classify, openvino_available
+
+    _, out = _quantize(net, tmp_path, scale="po2", target="openvino")
+    m = onnx.load(out)
+    clips = [n for n in m.graph.node if n.op_type == "Clip"]
+    assert clips and not any(n.name.endswith("_code_Clip") for n in clips)  # the ReLU6 stays a float Clip
+    if not openvino_available():
+        pytest.skip("OpenVINO not installed (pip install openvino)")
+    rep = classify(out, "openvino")
+    assert rep.count() == f"{len(rep.layers)}/{len(rep.layers)}", [(x.name, x.reason) for x in rep.float_layers]
+
+
 def test_integer_clip_is_exact_against_the_float_clip_form(net, tmp_path):
     """The same Po2 model written with the float Clip in front of Q (the profile field off) and with the clip on
     the codes gives identical outputs in onnxruntime without fusion."""
