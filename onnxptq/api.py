@@ -66,7 +66,7 @@ class QuantResult:
         return {
             "layers": len(qg.layers), "quant_points": len(qg.quant_points),
             "weight_bits": dict(sorted(hist.items())), "activation_bits": dict(sorted(ahist.items())),
-            "scale": self.config.scale, "method": self.config.method,
+            "scale": self.config.scale, "method": self.config.method, "target": self.config.target,
             "weights_float_bytes": float_bytes, "weights_quant_bytes": int(quant_bytes + bias_bytes),
             "compression": float_bytes / max(quant_bytes + bias_bytes, 1),
             "file_bytes": self.output.stat().st_size if self.output else len(self.model.SerializeToString()),

@@ -404,6 +404,7 @@ def cmd_quantize(args) -> int:
         ("method", f"{s['method']} ({cfg.scale} scales{', ' + cfg.po2_method if cfg.scale == 'po2' else ''}"
                    + (f"; {res.recon.granularity} regions, {cfg.loss} loss, {cfg.preset} preset" if res.recon else "")
                    + ")"),
+        ("target", f"{s['target']} ({TARGETS[s['target']].description})"),
         ("layers", f"{s['layers']} quantized, {s['quant_points']} activation quant points"),
         ("weight bits", ", ".join(f"{b}-bit x{n}" for b, n in s["weight_bits"].items())
                         + (f" ({s['mixed']}: {_fmt_layer_bits(s['weight_bits_per_layer'])})" if "mixed" in s else "")),
