@@ -16,7 +16,11 @@ from helpers import TV_ARCHS, ort_run
 pytestmark = pytest.mark.slow
 
 FLOAT_REL_TOL = 1e-4
-MAX_LSB = 8  # W8A8 float scales: one flipped rounding upstream moves an 8-bit output by a few LSB
+# W8A8 float scales, output quant point, onnxruntime 1.32 (VNNI CPU): measured exact 63.9-100 % and max |delta|
+# 0-3 LSB over the eight architectures (regnet_x_400mf and resnet18 lowest: one flipped rounding near a tie
+# upstream moves an 8-bit output by a few LSB); asserted with a margin of one LSB and ~14 points
+MAX_LSB = 4
+MIN_EXACT = 0.5
 
 
 def _sim(qg_or_sim, x: np.ndarray) -> np.ndarray:
@@ -57,7 +61,7 @@ def test_quantize_w8a8(arch, tv_model, tv_inputs, tmp_path):
     exact = float(np.mean(delta < 1e-3))
     print(f"{arch}: QDQ vs simulation exact {100 * exact:.1f} %, max |delta| {delta.max():.2f} LSB")
     assert delta.max() <= MAX_LSB, f"{arch}: onnxruntime differs from the simulation by {delta.max():.1f} LSB"
-    assert exact >= 0.25
+    assert exact >= MIN_EXACT, f"{arch}: only {100 * exact:.1f} % of outputs equal the simulation's"
     # the quantized model still computes roughly the float function
     f = ort_run(path, {"input": tv_inputs})[0]
     rel = np.abs(q_ort - f).max() / np.abs(f).max()
