@@ -182,6 +182,33 @@ def test_required_ops_have_integer_cases() -> None:
     assert not missing, f"no runnable int8/uint8/int32 conformance case for {missing}"
 
 
+#: Every op whose onnx conformance cases runtime/ runs today (90 ops, 1119 cases with onnx 1.23.2). CASES is
+#: selected by runtime.SUPPORTED_OPS, so without this list an op dropped from the runtime would silently drop
+#: its cases too; a newly supported op must be added here.
+CONFORMANCE_OPS = frozenset("""
+Abs Add And AveragePool BatchNormalization BitShift BitwiseAnd BitwiseNot BitwiseOr BitwiseXor Cast CastLike Ceil
+Clip Concat Constant ConstantOfShape Conv ConvInteger DequantizeLinear Div Dropout DynamicQuantizeLinear Equal Exp
+Expand EyeLike Flatten Floor Gather GatherElements Gemm GlobalAveragePool GlobalMaxPool Greater GreaterOrEqual
+HardSigmoid HardSwish Identity IsNaN LeakyRelu Less LessOrEqual Log LogSoftmax MatMul MatMulInteger Max MaxPool
+Mean Min Mod Mul Neg Not Or PRelu Pad Pow QLinearConv QLinearMatMul QuantizeLinear Range Reciprocal ReduceMax
+ReduceMean ReduceMin ReduceProd ReduceSum Relu Reshape Resize Round Shape Sigmoid Sign Size Slice Softmax Split Sqrt
+Squeeze Sub Sum Tanh Tile Transpose Unsqueeze Where Xor
+""".split())
+
+
+def test_conformance_coverage_is_pinned() -> None:
+    """The ops with runnable conformance cases are exactly CONFORMANCE_OPS: none lost, none unlisted."""
+    runnable = {op for c in CASES if not expected_unsupported(c) for op in {n.op_type for n in c.model.graph.node}}
+    assert not CONFORMANCE_OPS - runnable, f"ops whose conformance cases no longer run: {sorted(CONFORMANCE_OPS - runnable)}"
+    assert not runnable - CONFORMANCE_OPS, f"add these newly covered ops to CONFORMANCE_OPS: {sorted(runnable - CONFORMANCE_OPS)}"
+    assert not runtime.SUPPORTED_OPS - CONFORMANCE_OPS - NO_CONFORMANCE_CASES, (
+        f"runtime ops without a runnable onnx conformance case: {sorted(runtime.SUPPORTED_OPS - CONFORMANCE_OPS)}")
+
+
+#: runtime ops onnx ships no runnable case for (checked in test_ops.py against onnxruntime instead)
+NO_CONFORMANCE_CASES: frozenset[str] = frozenset()
+
+
 def test_only_out_of_range_cast_elements_are_exempt() -> None:
     """The float -> int4 case spans -9..15: exactly the 9 values outside [-8, 7] are exempt, and an
     in-range element that differs still fails."""
