@@ -5,7 +5,6 @@ The CLI is a thin shell over these functions; both take the same options (``Quan
 from __future__ import annotations
 
 import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +20,7 @@ from .errors import ConfigError, DataError, OutputError
 from .eval import Fidelity, fidelity, run_onnxruntime
 from .importer import QGraph, import_model, partition
 from .memory import peak_rss_bytes
+from .atomic import atomic_path
 from .targets import get_target
 from .plan import BitPlan, cap_weight_bits, make_plan
 from .sim.model import SimModel
@@ -144,20 +144,9 @@ def check_output_path(output: str | os.PathLike, model_path: str | os.PathLike |
 
 def save_atomic(model: onnx.ModelProto, out: Path) -> None:
     """Write to a temporary file beside ``out`` and rename: never a partially written model."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent if str(out.parent) else ".")
-    os.close(fd)
-    try:
-        data = model.SerializeToString()
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, out)
-    except OSError as e:
-        raise OutputError(f"cannot write {out}: {e.strerror or e}") from None
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    data = model.SerializeToString()
+    with atomic_path(out) as tmp:
+        tmp.write_bytes(data)
 
 
 @torch.no_grad()

@@ -287,9 +287,10 @@ def cmd_run(args) -> int:
             line += "  argmax " + str(v.argmax(1)[:16].tolist())
         print(line)
     if out_path is not None:
-        tmp = out_path.with_name(f".{out_path.name}.tmp.npz")
-        np.savez(tmp, **outs)
-        tmp.replace(out_path)
+        from .atomic import atomic_path
+
+        with atomic_path(out_path, ".npz") as tmp:
+            np.savez(tmp, **outs)
         print(f"wrote {out_path}")
     return 0
 

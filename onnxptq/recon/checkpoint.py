@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..atomic import atomic_path
+
 from ..config import QuantConfig
 from ..errors import ConfigError
 from ..quant import QParams
@@ -55,9 +57,8 @@ def save(directory: str | os.PathLike, fp: str, done: int, sim: SimModel, layers
         "bias_delta": {k: v.detach().cpu().clone() for k, v in sim.bias_delta.items()},
     }
     path = d / FILE
-    tmp = d / f".{FILE}.tmp"
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
     return path
 
 
