@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from ..quant import QParams
+from ..quant import QParams, quantize
 from ..recon.calibrate import integer_bias, integer_weights
 from ..sim.model import SimModel
 from ..targets import Target, get_target
@@ -61,13 +61,6 @@ def _act_container(p: QParams, target: Target | None = None) -> tuple[int, np.nd
         return TensorProto.INT8, zp, p.grid.qmin, p.grid.qmax
     shift = 128 if p.grid.signed else 0
     return TensorProto.UINT8, zp + shift, p.grid.qmin + shift, p.grid.qmax + shift
-
-
-def _code_of(v: float, scale: float, zp: int, lo: int, hi: int) -> int:
-    """QuantizeLinear of one float value (RNE, saturating to [lo, hi]); +-inf saturate."""
-    if not np.isfinite(v):
-        return lo if v < 0 else hi
-    return int(min(max(np.rint(np.float64(np.float32(v)) / np.float64(scale)) + zp, lo), hi))
 
 
 class QDQWriter:
@@ -167,8 +160,9 @@ class QDQWriter:
         dtype, cont_lo, cont_hi = CONTAINERS[elem]
         s32, z = float(np.float32(p.scale.reshape(()))), int(zp_c.reshape(()))
         lo, hi = c_lo, c_hi
-        if bounds is not None:
-            lo, hi = max(lo, _code_of(bounds[0], s32, z, c_lo, c_hi)), min(hi, _code_of(bounds[1], s32, z, c_lo, c_hi))
+        if bounds is not None:  # the codes of the clip bounds: QuantizeLinear of lo and hi, in the container
+            lo, hi = (int(quantize(np.float32(v), p.scale.reshape(()), p.zero_point.reshape(()), p.grid)) + c_lo - p.grid.qmin
+                      for v in bounds)
         scale = self._const(f"{t}_scale", p.scale.reshape(()).astype(np.float32))
         zp = self._const(f"{t}_zero_point", zp_c.reshape(()).astype(dtype))
         integer_clip = lo > cont_lo or hi < cont_hi
