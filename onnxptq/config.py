@@ -93,7 +93,7 @@ class QuantConfig:
     # vnni (u8 x s8 everywhere: twice as fast, exact only on AVX512-VNNI / AVX-VNNI / ARM; docs/integer.md);
     # None: the target's (targets.py exact_u8s8: vnni for onnxruntime and qnn, portable otherwise)
     int_kernels: str | None = None
-    target: str = "onnxruntime"  # deployment target profile (export/targets.py): onnxruntime | onnxruntime-avx2 |
+    target: str = "onnxruntime"  # deployment target profile (targets.py): onnxruntime | onnxruntime-avx2 |
     # openvino | tensorrt | qnn | generic: weight/activation containers, reduce range, Q/DQ placement
     opset: int = 21
     progress: bool = True
@@ -178,14 +178,6 @@ class QuantConfig:
         self._check_target()
         if self.int_rounding != "rne" and self.format != "int":
             raise ConfigError("--int-rounding applies to --format int only")
-        if self.int_kernels is not None and self.int_kernels not in INT_KERNELS:
-            raise ConfigError(f"int_kernels must be one of {', '.join(INT_KERNELS)}; got {self.int_kernels!r}")
-        if self.int_kernels not in (None, "portable") and self.format != "int":
-            raise ConfigError("--int-kernels applies to --format int only")
-        if self.int_kernels is None:
-            from .targets import get_target
-
-            self.int_kernels = "vnni" if self.format == "int" and get_target(self.target).exact_u8s8 else "portable"
         if self.opset < 21 and (self.w_bits <= 4 or self.a_bits <= 4):
             raise ConfigError(f"4-bit containers need opset >= 21; got opset {self.opset}")
         if self.device != "cpu":
@@ -196,7 +188,7 @@ class QuantConfig:
         self.skip_nodes = list(self.skip_nodes)
 
     def _check_target(self) -> None:
-        """The target profile's activation rules (export/targets.py) constrain the grids."""
+        """What the target profile (targets.py) decides: symmetric activation grids, the integer kernels."""
         from .targets import get_target
 
         t = get_target(self.target)
@@ -205,6 +197,12 @@ class QuantConfig:
                 raise ConfigError(f"--target {t.name} takes QDQ files (--format qdq); --format int is for runtimes "
                                   "that run standard integer ONNX ops")
             self.a_symmetric = True  # the target's Q/DQ have zero point 0 (TensorRT: int8 only)
+        if self.int_kernels is not None and self.int_kernels not in INT_KERNELS:
+            raise ConfigError(f"int_kernels must be one of {', '.join(INT_KERNELS)}; got {self.int_kernels!r}")
+        if self.int_kernels not in (None, "portable") and self.format != "int":
+            raise ConfigError("--int-kernels applies to --format int only")
+        if self.int_kernels is None:
+            self.int_kernels = "vnni" if self.format == "int" and t.exact_u8s8 else "portable"
 
     def _check_mixed(self) -> None:
         if self.mixed is None:
