@@ -17,6 +17,7 @@ from pathlib import Path
 import onnx
 
 from ..errors import ModelError
+from ..onnx_graph import consumers_of
 
 LAYER_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 INTEGER_MODEL_OPS = ("ConvInteger", "MatMulInteger", "QLinearConv", "QLinearMatMul")
@@ -77,14 +78,6 @@ def _producers(graph: onnx.GraphProto) -> dict[str, onnx.NodeProto]:
     return {o: n for n in graph.node for o in n.output}
 
 
-def _consumers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
-    out: dict[str, list[onnx.NodeProto]] = {}
-    for n in graph.node:
-        for i in n.input:
-            out.setdefault(i, []).append(n)
-    return out
-
-
 def _is_constant(name: str, inits: set[str], prod: dict[str, onnx.NodeProto]) -> bool:
     """An initializer, a Constant, or a DequantizeLinear/Transpose/Reshape/Cast chain over one."""
     seen = 0
@@ -131,7 +124,7 @@ def float_reason(model: onnx.ModelProto, name: str) -> str:
     node = next((n for n in g.node if n.name == name), None)
     if node is None or node.op_type not in LAYER_OPS:
         return ""
-    prod, cons = _producers(g), _consumers(g)
+    prod, cons = _producers(g), consumers_of(g)
     w_idx = 1
     if node.op_type == "MatMul" and prod.get(node.input[1]) is None and node.input[1] not in {
             i.name for i in g.initializer}:
@@ -169,7 +162,7 @@ def layer_chains(model: onnx.ModelProto, layers: dict[str, str]) -> dict[str, st
     """Node or tensor name -> layer, for the nodes a runtime fuses into a layer (its BN, ReLU/Clip, bias Add,
     output QuantizeLinear) and their outputs: runtimes rename fused nodes after them."""
     g = model.graph
-    cons = _consumers(g)
+    cons = consumers_of(g)
     by_name = {n.name: n for n in g.node}
     out: dict[str, str] = {}
     for name in layers:

@@ -11,6 +11,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from ..onnx_graph import consumers_of
+
 
 @dataclass
 class FoldReport:
@@ -19,14 +21,6 @@ class FoldReport:
     beta: dict[str, np.ndarray] = field(default_factory=dict)
     removed: list[str] = field(default_factory=list)  # Identity / Dropout nodes
     unfolded_bn: list[str] = field(default_factory=list)  # BN nodes left in place (no Conv before them)
-
-
-def _consumers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
-    out: dict[str, list[onnx.NodeProto]] = {}
-    for n in graph.node:
-        for i in n.input:
-            out.setdefault(i, []).append(n)
-    return out
 
 
 def _rename_input(graph: onnx.GraphProto, old: str, new: str) -> None:
@@ -71,7 +65,7 @@ def fold_batchnorm(graph: onnx.GraphProto, report: FoldReport) -> None:
     w' = w * g / sqrt(var + eps) per output channel, b' = (b - mean) * g / sqrt(var + eps) + beta.
     """
     inits = {i.name: i for i in graph.initializer}
-    consumers = _consumers(graph)
+    consumers = consumers_of(graph)
     producers = {o: n for n in graph.node for o in n.output}
     graph_outputs = {o.name for o in graph.output}
     for bn in [n for n in graph.node if n.op_type == "BatchNormalization"]:
