@@ -533,6 +533,17 @@ FOUNDATION_NOTES = """\
   compare them within a run only, roughly."""
 
 
+@contextlib.contextmanager
+def work_dir(keep: str | None, prefix: str):
+    """The benchmark's scratch folder: ``--keep DIR`` (created, kept) or a temporary one removed afterwards."""
+    if keep is not None:
+        Path(keep).mkdir(parents=True, exist_ok=True)
+        yield Path(keep)
+        return
+    with tempfile.TemporaryDirectory(prefix=prefix) as d:
+        yield Path(d)
+
+
 def cmd_foundation(args) -> int:
     groups = select_groups(args.models)
     machine = machine_info()
@@ -540,19 +551,13 @@ def cmd_foundation(args) -> int:
     cmd = command_line()
     results: dict[str, list[dict]] = {}
     t_all = time.perf_counter()
-    ctx = tempfile.TemporaryDirectory(prefix="onnxptq-bench-") if args.keep is None else None
-    work = Path(ctx.name) if ctx else Path(args.keep)
-    work.mkdir(parents=True, exist_ok=True)
-    try:
+    with work_dir(args.keep, "onnxptq-bench-") as work:
         for group, models in groups.items():
             results[group] = []
             for bm in models:
                 nc = args.num_calib or bm.default_calib
                 ne = args.num_eval or bm.default_eval
                 results[group].append(bench_model(bm, nc, ne, work))
-    finally:
-        if ctx:
-            ctx.cleanup()
     total = time.perf_counter() - t_all
     load = f"load average (1/5/15 min) {'/'.join(f'{x:.1f}' for x in load_start)} at start, " \
            f"{'/'.join(f'{x:.1f}' for x in os.getloadavg())} at end"

@@ -7,18 +7,16 @@ po2``, ``--scale po2 --format int`` (the target's kernels: u8 x s8 for onnxrunti
 runtime at each batch (one thread by default), in onnxruntime (CPU EP, ORT_ENABLE_ALL) and OpenVINO (CPU,
 f32 precision hint; skipped with a note when not installed); layers on integer kernels ``k/n`` in both;
 output SQNR vs float (onnxruntime, ``onnxptq.eval.fidelity``). ``--target a,b``: the onnxptq rows once per
-deployment target (``QuantConfig.target``; the column is left out where that field does not exist yet).
+deployment target (``QuantConfig.target``).
 """
 from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 from pathlib import Path
 
 import bench as B
-from onnxptq.config import QuantConfig
 from onnxptq.deploy.bench import available_runtimes
 from onnxptq.deploy.kernels import classify
 from onnxptq.deploy.latency import TIMERS
@@ -29,10 +27,6 @@ ONNXPTQ_ROWS = (("W8A8 float", dict(w_bits=8, a_bits=8, scale="float")),
                 ("W8A8 po2 int", dict(w_bits=8, a_bits=8, scale="po2", format="int")),
                 ("W8A8 po2 int portable", dict(w_bits=8, a_bits=8, scale="po2", format="int", int_kernels="portable")))
 ORT_ROW = ("MinMax U8/S8", "MinMax", "QUInt8", "QInt8", False)
-
-
-def has_target() -> bool:
-    return "target" in QuantConfig.field_names()
 
 
 def _runtime_cells(path: Path, ref: dict, runtimes: list[str], batches: list[int], args) -> dict:
@@ -129,25 +123,14 @@ def cmd_deploy(args) -> int:
     groups = B.select_groups(args.models)
     only = set(args.only.split(",")) if args.only else None
     runtimes, notes = available_runtimes()
-    targets: list[str | None] = [None]
-    if args.target:
-        if has_target():
-            targets = args.target.split(",")
-        else:
-            notes.append(f"--target {args.target} ignored: QuantConfig has no `target` field in this version")
+    targets: list[str | None] = args.target.split(",") if args.target else [None]
     machine, cmd = B.machine_info(), B.command_line()
     results: dict[str, list[dict]] = {}
     t_all = time.perf_counter()
-    ctx = tempfile.TemporaryDirectory(prefix="onnxptq-bench-deploy-") if args.keep is None else None
-    work = Path(ctx.name) if ctx else Path(args.keep)
-    work.mkdir(parents=True, exist_ok=True)
-    try:
+    with B.work_dir(args.keep, "onnxptq-bench-deploy-") as work:
         for group, models in groups.items():
             results[group] = [bench_deploy_model(bm, args, runtimes, targets, work) for bm in models
                               if only is None or bm.name in only]
-    finally:
-        if ctx:
-            ctx.cleanup()
     with_target = targets != [None]
     for group, res in results.items():
         if not res:
