@@ -28,14 +28,13 @@ import torch
 from ..errors import ConfigError, UnsupportedOpError
 from ..importer.graph import CARRY_OPS, QGraph, attrs_of
 from ..quant import quantize
-from ..quant.requant import ROUNDING_MODES, po2_frac, requant_shift, shift_bound
+from ..quant.requant import F32_EXACT, ROUNDING_MODES, exact_in_float32, po2_frac, requant_shift, shift_bound
 from ..quant.rounding import rne
 from ..sim.model import SimModel
 
 INT8_MIN, INT8_MAX = -128, 127
 CONTAINERS = {"int8": (-128, 127), "uint8": (0, 255)}
 PAIR_SAFE = 2**15 - 1  # AVX2 u8 x s8 (vpmaddubsw) saturates each pair of products to int16
-F32_EXACT = 2**24  # every integer of magnitude <= 2^24 is a float32
 SCALE_EXP_MAX = 100  # 2^-e with |e| <= 100 and products of two such stay normal float32
 FORM_SHIFT = "shift"
 LUT_OPS = frozenset({"Relu", "Clip", "Sigmoid", "Tanh", "HardSwish", "HardSigmoid", "LeakyRelu", "Elu", "Softplus",
@@ -308,7 +307,7 @@ class _Lowering:
         form, why = qlinear_form(layer.op_type, x, y, n_shift, conv_c, bias, lo, hi, rank, ecaq=ecaq,
                                  rounding=self.rounding, container=self.container)
         folded: list[int] = []
-        if form == FORM_SHIFT and why.startswith("channel") and bias is not None:
+        if form == FORM_SHIFT and bias is not None:  # a channel past the bound may still be one constant
             w2, b2, n2, folded = fold_constant_channels(w_store, cdim, bias, conv_c, n_shift, y.zp, int(lo), int(hi))
             form2, why2 = qlinear_form(layer.op_type, x, y, n2, conv_c, b2, lo, hi, rank, ecaq=ecaq,
                                        rounding=self.rounding, container=self.container)
@@ -529,25 +528,6 @@ def qlinear_form(op_type: str, x: TInt, y: TInt, n_shift: np.ndarray, conv_max: 
     return FORM_SHIFT, f"MatMul with a bias on a rank-{rank} input (QLinearMatMul has no bias)"
 
 
-def exact_in_float32(v_min: int, v_max: int, n: int, zp: int, lo: int, hi: int) -> str:
-    """"" when clip(RNE(float32(v) * 2^-n) + zp, lo, hi) == clip(R(v, n) + zp, lo, hi) for every integer
-    v in [v_min, v_max] (onnxruntime's int32 bias add and float32 conversion included), else why not."""
-    if max(-v_min, v_max) >= 2**31:
-        return f"accumulator can reach {max(-v_min, v_max)} >= 2^31 (int32 bias add)"
-    if max(-v_min, v_max) * 2.0 ** -n >= 2**30:
-        return "the scaled accumulator can pass 2^30 (float -> int32 conversion)"
-    pre = max(0, 1 - n)
-
-    def sat(v: int) -> int:
-        return min(max(int(requant_shift(v, n, pre)) + zp, lo), hi)
-
-    if v_max > F32_EXACT and sat(F32_EXACT) != hi:
-        return f"accumulator can reach {v_max} > 2^24 below saturation (float32 not exact)"
-    if v_min < -F32_EXACT and sat(-F32_EXACT) != lo:
-        return f"accumulator can reach {v_min} < -2^24 above saturation (float32 not exact)"
-    return ""
-
-
 def float_form(total: int, exps: list[int], rounding: str) -> str:
     """``float32`` when an Add/Mul step may run as float32 ops: every partial sum is an integer multiple
     of 2^-n below 2^24 * 2^-n in magnitude (``total`` bounds the centred, aligned sum), so each Cast,
@@ -574,7 +554,10 @@ def fold_constant_channels(w: np.ndarray, cdim: int, bias: np.ndarray, conv_max:
         k = int(requant_shift(v_min, int(n[c]), pre))
         if k != int(requant_shift(v_max, int(n[c]), pre)) or abs(k) >= 2**24:
             continue
-        (w.__setitem__((c,), 0) if cdim == 1 else w.__setitem__((..., c), 0))
+        if cdim == 1:
+            w[c] = 0
+        else:
+            w[..., c] = 0
         b[c], n[c] = k, 0
         folded.append(c)
     return w, b.astype(bias.dtype), n, folded

@@ -13,6 +13,7 @@ from .params import is_power_of_two
 from .rounding import rne
 
 ROUNDING_MODES = ("rne", "half_up")
+F32_EXACT = 2**24  # every integer of magnitude <= 2^24 is a float32
 
 
 def po2_frac(scale: float | np.ndarray) -> np.ndarray:
@@ -94,3 +95,22 @@ def shift_bound(max_abs_acc: int, n_plus_pre: int, pre: int, mode: str = "rne") 
     shifted = max_abs_acc * 2 ** pre
     half = 2 ** (n_plus_pre - 1)
     return shifted + half + (1 if mode == "rne" else 0)
+
+
+def exact_in_float32(v_min: int, v_max: int, n: int, zp: int, lo: int, hi: int) -> str:
+    """"" when clip(RNE(float32(v) * 2^-n) + zp, lo, hi) == clip(R(v, n) + zp, lo, hi) for every integer
+    v in [v_min, v_max] (onnxruntime's int32 bias add and float32 conversion included), else why not."""
+    if max(-v_min, v_max) >= 2**31:
+        return f"accumulator can reach {max(-v_min, v_max)} >= 2^31 (int32 bias add)"
+    if max(-v_min, v_max) * 2.0 ** -n >= 2**30:
+        return "the scaled accumulator can pass 2^30 (float -> int32 conversion)"
+    pre = max(0, 1 - n)
+
+    def sat(v: int) -> int:
+        return min(max(int(requant_shift(v, n, pre)) + zp, lo), hi)
+
+    if v_max > F32_EXACT and sat(F32_EXACT) != hi:
+        return f"accumulator can reach {v_max} > 2^24 below saturation (float32 not exact)"
+    if v_min < -F32_EXACT and sat(-F32_EXACT) != lo:
+        return f"accumulator can reach {v_min} < -2^24 above saturation (float32 not exact)"
+    return ""
