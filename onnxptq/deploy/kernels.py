@@ -179,22 +179,32 @@ def layer_chains(model: onnx.ModelProto, layers: dict[str, str]) -> dict[str, st
     return out
 
 
-def classify_onnxruntime(path: str | Path) -> KernelReport:
-    """Kernels of the layers of ``path`` in onnxruntime (CPU EP, ORT_ENABLE_ALL); no inference is run."""
+def ort_session(path: str | Path, threads: int | None = None, optimized_path: Path | None = None):
+    """An onnxruntime CPU session (ORT_ENABLE_ALL; ``threads`` intra-op threads, sequential), or a ModelError
+    with the runtime's own message. ``optimized_path``: where onnxruntime writes its optimized graph."""
     import onnxruntime as ort
 
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.log_severity_level = 3  # the NCHWc serialization warning is expected
+    if threads:
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+    if optimized_path is not None:
+        so.optimized_model_filepath = str(optimized_path)
+    try:
+        return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    except Exception as e:  # noqa: BLE001 - the runtime's message is the user's answer
+        raise ModelError(f"{path}: onnxruntime cannot load it ({str(e).splitlines()[0][:300]})") from None
+
+
+def classify_onnxruntime(path: str | Path) -> KernelReport:
+    """Kernels of the layers of ``path`` in onnxruntime (CPU EP, ORT_ENABLE_ALL); no inference is run."""
     model = load_model(path)
     layers = source_layers(model)
     with tempfile.TemporaryDirectory(prefix="onnxptq-kernels-") as tmp:
         opt = Path(tmp) / "optimized.onnx"
-        so = ort.SessionOptions()
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        so.optimized_model_filepath = str(opt)
-        so.log_severity_level = 3  # the NCHWc serialization warning is expected
-        try:
-            ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-        except Exception as e:  # noqa: BLE001 - the runtime's message is the user's answer
-            raise ModelError(f"{path}: onnxruntime cannot load it ({str(e).splitlines()[0][:300]})") from None
+        ort_session(path, optimized_path=opt)
         optimized = onnx.load(str(opt), load_external_data=False)
     chains = layer_chains(model, layers)
     kernels: dict[str, str] = {}

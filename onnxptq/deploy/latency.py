@@ -14,13 +14,8 @@ from typing import Callable
 import numpy as np
 import onnx
 
-from ..errors import ConfigError, ModelError
-from .kernels import compile_openvino, load_model
-
-_DTYPES = {onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.FLOAT16: np.float16,
-           onnx.TensorProto.UINT8: np.uint8, onnx.TensorProto.INT8: np.int8, onnx.TensorProto.INT64: np.int64,
-           onnx.TensorProto.INT32: np.int32}
-
+from ..errors import ConfigError
+from .kernels import compile_openvino, load_model, ort_session
 
 @dataclass
 class Timing:
@@ -48,7 +43,7 @@ def random_inputs(model: onnx.ModelProto, batch: int, seed: int = 0) -> dict[str
         if dims and dims[0] not in (-1, batch):
             raise ConfigError(f"input {vi.name!r} has a fixed batch of {dims[0]}; cannot time batch {batch}")
         shape = [batch if i == 0 and d == -1 else (1 if d == -1 else d) for i, d in enumerate(dims)]
-        dtype = _DTYPES.get(tt.elem_type, np.float32)
+        dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type))
         arr = rng.standard_normal(shape) if np.issubdtype(dtype, np.floating) else rng.integers(0, 8, shape)
         out[vi.name] = arr.astype(dtype)
     return out
@@ -67,18 +62,8 @@ def _time(fn: Callable[[], object], runs: int, warmup: int) -> tuple[float, floa
 
 def time_onnxruntime(path: str | Path, batch: int, threads: int = 1, runs: int = 20, warmup: int = 5) -> Timing:
     """Latency in onnxruntime, CPU EP, ORT_ENABLE_ALL, ``threads`` intra-op threads, sequential execution."""
-    import onnxruntime as ort
-
     inputs = random_inputs(load_model(path), batch)
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.log_severity_level = 3
-    try:
-        sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-    except Exception as e:  # noqa: BLE001
-        raise ModelError(f"{path}: onnxruntime cannot load it ({str(e).splitlines()[0][:300]})") from None
+    sess = ort_session(path, threads)
     lo, med = _time(lambda: sess.run(None, inputs), runs, warmup)
     return Timing("onnxruntime", batch, lo, med, runs)
 

@@ -196,7 +196,7 @@ class IntegerWriter:
         out = qname(step.outputs[0])
         y = self._unique(f"{base}/qlinear") if clip else out
         if a["form"] == "QLinearMatMul":
-            self.op("QLinearMatMul", [x, *args[:2], *args[2:]], base, out=y)
+            self.op("QLinearMatMul", [x, *args], base, out=y)
         else:
             flat = a["op_type"] != "Conv"  # Gemm/MatMul on (N, K): a 1x1 conv on (N, K, 1, 1)
             if flat:
