@@ -17,32 +17,13 @@ import time
 from pathlib import Path
 
 import bench as B
-from onnxptq.deploy.bench import available_runtimes
-from onnxptq.deploy.kernels import classify
-from onnxptq.deploy.latency import TIMERS
-from onnxptq.errors import OnnxPtqError
+from onnxptq.deploy.bench import available_runtimes, bench_models
 
 ONNXPTQ_ROWS = (("W8A8 float", dict(w_bits=8, a_bits=8, scale="float")),
                 ("W8A8 po2", dict(w_bits=8, a_bits=8, scale="po2")),
                 ("W8A8 po2 int", dict(w_bits=8, a_bits=8, scale="po2", format="int")),
                 ("W8A8 po2 int portable", dict(w_bits=8, a_bits=8, scale="po2", format="int", int_kernels="portable")))
 ORT_ROW = ("MinMax U8/S8", "MinMax", "QUInt8", "QInt8", False)
-
-
-def _runtime_cells(path: Path, ref: dict, runtimes: list[str], batches: list[int], args) -> dict:
-    """Median ms per (runtime, batch), ratio to ``ref`` (the float medians; {} for the float row), k/n."""
-    out: dict = {"ms": {}, "ratio": {}, "int": {}, "errors": {}}
-    for rt in runtimes:
-        try:
-            for b in batches:
-                t = TIMERS[rt](path, b, args.threads, args.runs, args.warmup)
-                out["ms"][f"{rt} b{b}"] = t.median_ms
-                if ref:
-                    out["ratio"][f"{rt} b{b}"] = t.median_ms / ref[f"{rt} b{b}"]
-            out["int"][rt] = classify(path, rt).count()
-        except OnnxPtqError as e:
-            out["errors"][rt] = str(e)
-    return out
 
 
 def bench_deploy_model(bm: B.BenchModel, args, runtimes: list[str], targets: list[str | None], work: Path) -> dict:
@@ -62,19 +43,21 @@ def bench_deploy_model(bm: B.BenchModel, args, runtimes: list[str], targets: lis
             row = B.guarded(lambda o=out, lb=label, k={**kw, **extra}: B.run_onnxptq(bm.path, calib, o, lb, **k),
                             ("onnxptq", label))
             rows.append({"label": f"onnxptq {label}", "target": target or "", "path": out, "error": row.error})
-    ref: dict = {}
+    ok = [r for r in rows if not r.get("error")]
     for r in rows:
         if r.get("error"):
             print(f"   {r['label']}: FAILED {r['error']}", flush=True)
-            continue
+    for r in ok:
         q = B.run_onnxruntime(str(r["path"]), eval_ds.inputs, B.EVAL_BATCH)
         r["sqnr_db"] = None if r["label"] == "float" else B.fidelity(float_out, q, None).sqnr_db
-        r.update(_runtime_cells(Path(r["path"]), ref, runtimes, args.batch, args))
-        if r["label"] == "float":
-            ref = r["ms"]
+    timed = bench_models([r["path"] for r in ok], args.batch, args.threads, args.runs, args.warmup, runtimes)
+    for r, mb in zip(ok, timed.models):  # the float row first: the reference of the ratios
+        r["ms"] = {f"{t.runtime} b{t.batch}": t.median_ms for t in mb.timings}
+        r["ratio"] = {} if r is ok[0] else {f"{rt} b{b}": v for rt, per in mb.ratios.items() for b, v in per.items()}
+        r["int"] = {rt: k.count() for rt, k in mb.kernels.items()}
+        r["errors"] = dict(mb.errors)
         print(f"   {r['label']} {r['target']}: int {r['int']} ratio "
               f"{ {k: round(v, 2) for k, v in r['ratio'].items()} } SQNR {r['sqnr_db']}", flush=True)
-        r["path"] = str(r["path"])
     for r in rows:
         r["path"] = str(r["path"])
     return {"model": bm.name, "rows": rows}
