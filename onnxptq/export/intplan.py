@@ -307,7 +307,8 @@ class _Lowering:
         form, why = qlinear_form(layer.op_type, x, y, n_shift, conv_c, bias, lo, hi, rank, ecaq=ecaq,
                                  rounding=self.rounding, container=self.container)
         folded: list[int] = []
-        if form == FORM_SHIFT and bias is not None:  # a channel past the bound may still be one constant
+        # a channel past the float32 bound may still be one constant (not for ECAQ: its bounds are per channel)
+        if form == FORM_SHIFT and bias is not None and not ecaq:
             w2, b2, n2, folded = fold_constant_channels(w_store, cdim, bias, conv_c, n_shift, y.zp, int(lo), int(hi))
             form2, why2 = qlinear_form(layer.op_type, x, y, n2, conv_c, b2, lo, hi, rank, ecaq=ecaq,
                                        rounding=self.rounding, container=self.container)
