@@ -18,12 +18,12 @@ from .config import QuantConfig
 from .data import Dataset, load_dataset
 from .errors import ConfigError, DataError, OutputError
 from .eval import Fidelity, fidelity, run_onnxruntime
-from .importer import QGraph, import_model, partition
+from .graph import QGraph, import_model, partition
 from .memory import peak_rss_bytes
 from .atomic import atomic_path
 from .targets import get_target
 from .plan import BitPlan, cap_weight_bits, make_plan
-from .sim.model import SimModel
+from .sim.model import SimModel, simulate
 
 if TYPE_CHECKING:
     from .export.intplan import IntProgram
@@ -88,7 +88,7 @@ class QuantResult:
 
     def integer_sim(self):
         """``sim.integer.IntSim`` of the exported integer program (format "int")."""
-        from .sim.integer import IntSim
+        from .verify.int_sim import IntSim
 
         if self.program is None:
             raise ConfigError("the integer simulation exists for --format int results only")
@@ -149,17 +149,6 @@ def save_atomic(model: onnx.ModelProto, out: Path) -> None:
         tmp.write_bytes(data)
 
 
-@torch.no_grad()
-def simulate(sim: SimModel, inputs: dict[str, np.ndarray], batch_size: int = 32) -> np.ndarray:
-    device = next(iter(sim.weights.values())).device if len(sim.weights) else torch.device("cpu")
-    n = len(next(iter(inputs.values())))
-    outs = []
-    for i in range(0, n, batch_size):
-        feeds = {k: torch.from_numpy(v[i:i + batch_size]).to(device) for k, v in inputs.items()}
-        outs.append(sim(feeds)[sim.qg.outputs[0]].cpu().numpy())
-    return np.concatenate(outs)
-
-
 def quantize(model: str | os.PathLike, calib, config: QuantConfig | None = None, output: str | os.PathLike | None = None,
              force: bool = False, report: str | os.PathLike | None = None, preprocess=None,
              check_kernels: bool = True, **overrides) -> QuantResult:
@@ -205,7 +194,7 @@ def quantize(model: str | os.PathLike, calib, config: QuantConfig | None = None,
         timings["mixed"] = time.perf_counter() - t0
     cap_weight_bits(plan, get_target(config.target))
     t0 = time.perf_counter()
-    from .recon.calibrate import calibrate
+    from .calib.calibrate import calibrate
 
     calibrate(sim, data, plan, config)
     timings["calibrate"] = time.perf_counter() - t0
@@ -285,7 +274,7 @@ def inspect(model: str | os.PathLike, granularity: str = "block", input_shapes: 
 def evaluate(float_model: str | os.PathLike, quant_model: str | os.PathLike, data, batch_size: int = 32,
              limit: int | None = None, preprocess=None) -> Fidelity:
     """Run both models in onnxruntime on ``data`` and compare (accuracy if the data has labels)."""
-    from .importer.load import read_model
+    from .graph.load import read_model
 
     read_model(quant_model)  # a clear error for a missing / unreadable quantized model
     qg = import_model(float_model, simplify_model=False)

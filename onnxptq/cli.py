@@ -256,7 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _load_model(path: str):
-    from .importer.load import read_model
+    from .graph.load import read_model
 
     return read_model(path)
 
@@ -273,7 +273,7 @@ def cmd_run(args) -> int:
     import numpy as np
 
     from .api import check_output_path
-    from .verify_int import make_engine
+    from .verify.integer import make_engine
 
     model = _load_model(args.model)
     out_path = check_output_path(args.output, args.model, args.force) if args.output else None
@@ -296,8 +296,8 @@ def cmd_run(args) -> int:
 
 
 def cmd_verify(args) -> int:
-    from .verify import qdq_file_parity
-    from .verify_int import is_integer_model, verify_integer
+    from .verify.qdq import qdq_file_parity
+    from .verify.integer import is_integer_model, verify_integer
 
     model = _load_model(args.model)
     feeds = _inputs_for(model, args.data, args.limit)
@@ -322,7 +322,7 @@ def cmd_verify(args) -> int:
 
 
 def cmd_golden(args) -> int:
-    from .golden import dump_golden
+    from .verify.golden import dump_golden
 
     model = _load_model(args.model)
     feeds = _inputs_for(model, args.input, args.batch)

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 from .config import QuantConfig
 from .targets import Target
-from .importer.graph import QGraph
+from .graph.qgraph import QGraph
 
 
 @dataclass

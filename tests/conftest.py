@@ -87,7 +87,7 @@ def tv_model(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tv_qgraph(tv_model):
     """``tv_qgraph(name) -> QGraph`` of the exported architecture, imported once per worker (read-only use)."""
-    from onnxptq.importer import import_model
+    from onnxptq.graph import import_model
 
     cache: dict = {}
 

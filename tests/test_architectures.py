@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from onnxptq import api
-from onnxptq.importer import partition
+from onnxptq.graph import partition
 from onnxptq.sim.model import SimModel
 
 from helpers import TV_ARCHS, ort_run

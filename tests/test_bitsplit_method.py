@@ -16,8 +16,8 @@ from onnxptq.quant import scales as S
 from onnxptq.recon.bitsplit import BitSplitResult, log_values, nearest_q
 from onnxptq.recon.bitsplit_layers import _bias_safe, _layer_rows, choose_channels, log_grid_bits
 from onnxptq.recon.engine import _FloatWeights
-from onnxptq.recon.calibrate import integer_weights
-from onnxptq.verify import qdq_output_parity
+from onnxptq.calib.calibrate import integer_weights
+from onnxptq.verify.qdq import qdq_output_parity
 
 from test_recon import tiny  # noqa: F401  (fixture)
 

@@ -13,12 +13,12 @@ from onnxptq import api
 from onnxptq.config import QuantConfig
 from onnxptq.data import Dataset
 from onnxptq.errors import ConfigError
-from onnxptq.importer import import_model
+from onnxptq.graph import import_model
 from onnxptq.plan import make_plan
-from onnxptq.recon.calibrate import calibrate_activations, observe_activations
-from onnxptq.recon.ecaq import apply_ecaq, candidates, in_channel_view
+from onnxptq.calib.calibrate import calibrate_activations, observe_activations
+from onnxptq.calib.ecaq import apply_ecaq, candidates, in_channel_view
 from onnxptq.sim.model import SimModel
-from onnxptq.verify import qdq_output_parity
+from onnxptq.verify.qdq import qdq_output_parity
 
 from test_recon import tiny  # noqa: F401  (fixture)
 
@@ -95,7 +95,7 @@ def test_ecaq_integer_export_level1_and_equals_po2_simulation(model, a_bits):
     f_x + f_w[c] - f_beta[c], fused Relu6 top per channel), the consumer reads codes at scale 1. Level-1
     parity (integer simulation = onnxruntime = runtime/ = onnx.reference) and the same output integers as
     the fake-quant Po2 simulation."""
-    from onnxptq.verify_int import verify_integer
+    from onnxptq.verify.integer import verify_integer
 
     from helpers import MODELS, ort_run
 

@@ -1,4 +1,4 @@
-"""BatchNorm folding and Identity/Dropout removal (onnxptq.importer.fold) keep the float function exactly."""
+"""BatchNorm folding and Identity/Dropout removal (onnxptq.graph.fold) keep the float function exactly."""
 from __future__ import annotations
 
 import numpy as np
@@ -8,8 +8,8 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
-from onnxptq.importer import import_model
-from onnxptq.importer.fold import fold
+from onnxptq.graph import import_model
+from onnxptq.graph.fold import fold
 from onnxptq.sim.model import SimModel
 
 from helpers import DIGITS, count_ops, digits_path, export_torch_model, ort_run

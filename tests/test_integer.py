@@ -23,7 +23,7 @@ from onnxptq.export.integer import IntegerWriter
 from onnxptq.export.intplan import (IntProgram, TInt, exact_in_float32, fold_constant_channels, qlinear_form,
                                     weight_kernel)
 from onnxptq.quant.requant import po2_frac, requant_shift, rne_div, rne_shift, shift_float
-from onnxptq.verify_int import verify_integer
+from onnxptq.verify.integer import verify_integer
 
 
 def _exact_round(num: int, den: int, mode: str) -> int:

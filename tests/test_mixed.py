@@ -10,7 +10,7 @@ from onnx import TensorProto, numpy_helper
 from onnxptq import api
 from onnxptq.config import QuantConfig
 from onnxptq.errors import ConfigError
-from onnxptq.importer import import_model
+from onnxptq.graph import import_model
 from onnxptq.mixed.allocate import free_layers, plan_bops, plan_size, weight_matrix
 from onnxptq.mixed.coding_length import allocate_bits, coding_lengths
 

@@ -1,4 +1,4 @@
-"""Partition into layer / block / stage / net regions (DESIGN.md section 5, onnxptq.importer.partition)."""
+"""Partition into layer / block / stage / net regions (DESIGN.md section 5, onnxptq.graph.partition)."""
 from __future__ import annotations
 
 import re
@@ -6,7 +6,7 @@ import re
 import onnx
 import pytest
 
-from onnxptq.importer import GRANULARITIES, import_model, partition
+from onnxptq.graph import GRANULARITIES, import_model, partition
 
 from helpers import DIGITS, TV_ARCHS, digits_path
 

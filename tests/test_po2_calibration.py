@@ -7,7 +7,7 @@ import pytest
 import torch
 from helpers import MODELS, digits_path
 
-from onnxptq.importer.graph import Layer
+from onnxptq.graph.qgraph import Layer
 from onnxptq.quant import fake_quantize
 from onnxptq.quant import scales as S
 from onnxptq.quant.grid import Grid
@@ -72,7 +72,7 @@ def test_po2_clip_candidates_hand_computed():
 
 def test_bias_shift_with_input_error_is_mean_output_error():
     """1x1 conv: E[conv(Q(x), W_q) - conv(x, W)] per output channel == (W_q - W) E[x] + W_q E[Q(x) - x]."""
-    from onnxptq.recon.calibrate import bias_shift
+    from onnxptq.calib.calibrate import bias_shift
 
     torch.manual_seed(2)
     x = torch.randn(8, 3, 5, 5) * 1.5 + 0.3
@@ -93,9 +93,9 @@ def test_output_search_picks_lowest_output_error_on_digits():
     calibration still gives Po2 params with even zero points and the config option turns it off."""
     from onnxptq.config import QuantConfig
     from onnxptq.data import load_dataset
-    from onnxptq.importer import import_model
+    from onnxptq.graph import import_model
     from onnxptq.plan import make_plan
-    from onnxptq.recon import calibrate as C
+    from onnxptq.calib import calibrate as C
     from onnxptq.sim.model import SimModel
 
     qg = import_model(digits_path("digits_resnet"))

@@ -244,7 +244,7 @@ def test_ort_fact_fused_qlinearadd_needs_even_output_zero_point(zp_out, exact):
 def test_16bit_unsigned_activations_use_uint16(tmp_path, digits_calib, digits_val):
     """A non-negative 16-bit activation has the grid [0, 65535]: stored as uint16 (int16 saturated the top half
     of the range, so onnxruntime clipped every post-ReLU value above 32767 steps)."""
-    from onnxptq.verify import qdq_output_parity
+    from onnxptq.verify.qdq import qdq_output_parity
 
     out = tmp_path / "a16.onnx"
     res = api.quantize(digits_path("digits_resnet"), digits_calib["input"], output=out, w_bits=4, a_bits=16,

@@ -15,13 +15,13 @@ from onnxptq.config import QuantConfig
 from onnxptq.errors import ConfigError
 from onnxptq.quant import activation_grid, fake_quantize, is_power_of_two, weight_grid
 from onnxptq.quant.rapq import lp_exponent, po2_base_exponent, po2_group_scale, po2_step, snap_exponent
-from onnxptq.importer import import_model
-from onnxptq.recon.calibrate import choose_scale
+from onnxptq.graph import import_model
+from onnxptq.calib.calibrate import choose_scale
 from onnxptq.recon.losses import lp_loss, mse_loss
 from onnxptq.recon.po2_group import Po2ScaleGroup
 from onnxptq.recon.settings import resolve
 from onnxptq.sim.fake_quant import round_ste
-from onnxptq.verify_int import verify_integer
+from onnxptq.verify.integer import verify_integer
 
 from test_recon import FAST, tiny  # noqa: F401  (fixture)
 

@@ -17,16 +17,16 @@ from torch import nn
 from onnxptq import api
 from onnxptq.config import QuantConfig
 from onnxptq.errors import ConfigError
-from onnxptq.importer import import_model, partition
+from onnxptq.graph import import_model, partition
 from onnxptq.recon import checkpoint as ckpt
 from onnxptq.recon.adaround import (beta_at, init_v, inverse_rectified_sigmoid, rectified_sigmoid,
                                     rounding_regularizer, within_one_step)
 from onnxptq.recon.cache import ActivationStore
-from onnxptq.recon.calibrate import integer_bias, integer_weights
+from onnxptq.calib.calibrate import integer_bias, integer_weights
 from onnxptq.recon.fisher import float_logits, output_gradients
 from onnxptq.recon.losses import fisher_weights
 from onnxptq.recon.streams import SideTensors, advance, input_frontier, region_spans
-from onnxptq.verify import qdq_output_parity
+from onnxptq.verify.qdq import qdq_output_parity
 
 from helpers import digits_path, export_torch_model
 
@@ -179,7 +179,7 @@ def test_guard_restores_the_calibrated_state(tiny, monkeypatch):
 
 def test_bias_correction_of_the_learned_rounding(tiny):
     """Where kept, the correction is Nagel et al. Eq. 13 on the hard learned weights; elsewhere none."""
-    from onnxptq.recon.calibrate import bias_shift
+    from onnxptq.calib.calibrate import bias_shift
 
     _, path, calib, _ = tiny
     qg = import_model(path)

@@ -12,13 +12,13 @@ import torch
 from onnxptq import api
 from onnxptq.config import QuantConfig
 from onnxptq.errors import ConfigError
-from onnxptq.importer import import_model
+from onnxptq.graph import import_model
 from onnxptq.quant import weight_grid
 from onnxptq.quant.rounding import ceil_round, floor_round, quantize, stochastic_round
 from onnxptq.recon.attention_round import (AttentionRounding, beyond_neighbors, init_alpha, surrogate, tau_in_steps)
-from onnxptq.recon.calibrate import integer_weights
+from onnxptq.calib.calibrate import integer_weights
 from onnxptq.recon.settings import resolve
-from onnxptq.verify import qdq_output_parity
+from onnxptq.verify.qdq import qdq_output_parity
 
 from test_recon import FAST, tiny  # noqa: F401  (fixture)
 

@@ -18,7 +18,7 @@ from onnxptq.cli import main as cli_main
 from onnxptq.config import QuantConfig
 from onnxptq.errors import ConfigError
 from onnxptq.targets import TARGETS, cpu_has_vnni, exact_onnxruntime_target, get_target
-from onnxptq.verify import qdq_output_parity
+from onnxptq.verify.qdq import qdq_output_parity
 
 from helpers import export_torch_model
 

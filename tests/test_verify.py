@@ -1,4 +1,4 @@
-"""onnxptq.verify: level-2 parity of the simulation vs onnxruntime (DESIGN.md sections 4 and 7).
+"""onnxptq.verify.qdq: level-2 parity of the simulation vs onnxruntime (DESIGN.md sections 4 and 7).
 
 - ``qdq_output_parity``: output-only report (exact-match rate, |delta| histogram, max |delta|).
 - ``qdq_parity``: per quant point, end to end and teacher-forced (local), for the fake-quant simulation
@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from onnxptq.api import quantize
-from onnxptq.verify import INT_LAYER_KERNELS, INT_MERGE_KERNELS, qdq_output_parity, qdq_parity
+from onnxptq.verify.qdq import INT_LAYER_KERNELS, INT_MERGE_KERNELS, qdq_output_parity, qdq_parity
 
 from helpers import DIGITS, TV_INPUT, digits_path
 
@@ -112,7 +112,7 @@ def test_ort_exact_qlinearadd_formula_exhaustive(seed):
     import torch
     from onnx import TensorProto, helper, numpy_helper
 
-    from onnxptq.verify import qlinear_add_f32
+    from onnxptq.verify.qdq import qlinear_add_f32
 
     from helpers import ort_run
 

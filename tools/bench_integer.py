@@ -42,7 +42,7 @@ from bench import (BenchError, command_line, load_data, machine_info, machine_li
 
 import onnxptq  # noqa: E402
 from onnxptq.eval import fidelity, run_onnxruntime  # noqa: E402
-from onnxptq.verify_int import verify_integer  # noqa: E402
+from onnxptq.verify.integer import verify_integer  # noqa: E402
 
 CONFIGS = {"W8A8": (8, 8), "W4A8": (4, 8), "W4A4": (4, 4), "W2A4": (2, 4)}
 
@@ -105,7 +105,7 @@ def _ov_runner(model_bytes: bytes, name: str, shape: tuple[int, ...]):
 
 def layer_forms(model) -> str:
     """``k/n layers as QLinear*, m with the shift recipe`` from the program recorded in the model."""
-    from onnxptq.verify_int import load_program
+    from onnxptq.verify.integer import load_program
 
     program, _, _ = load_program(model)
     layers = [s.attrs for s in program.steps if s.kind == "layer"]

@@ -294,7 +294,7 @@ def cfg_bits(res) -> dict[str, int]:
 def reference_size(bm: B.BenchModel, overrides: dict, kind: str, arg) -> float:
     """Weight bytes (bits / 8, no bias) of a unified ``arg``-bit plan or of the coding-length plan with bits ``arg``."""
     from onnxptq.config import QuantConfig
-    from onnxptq.importer import import_model
+    from onnxptq.graph import import_model
     from onnxptq.mixed.allocate import apply_mixed, plan_size
     from onnxptq.plan import make_plan
 

@@ -1,6 +1,6 @@
 """Level-2 parity report (DESIGN.md sections 4 and 7): simulation vs onnxruntime on exported QDQ models.
 
-For each model and configuration: quantize (RTN), export QDQ, then ``onnxptq.verify.qdq_parity``:
+For each model and configuration: quantize (RTN), export QDQ, then ``onnxptq.verify.qdq.qdq_parity``:
 exact-match rate, |delta| histogram (LSB) and max |delta| at the model output and over every quant point,
 for the fake-quant simulation and for the ort-exact evaluation, end to end and teacher-forced (local),
 split by the onnxruntime kernel that produces each quant point.
@@ -60,7 +60,7 @@ def main(argv=None) -> int:
     warnings.simplefilter("ignore")
     torch.set_num_threads(1)
     from onnxptq.api import quantize
-    from onnxptq.verify import qdq_parity
+    from onnxptq.verify.qdq import qdq_parity
 
     tmp = Path(args.tmp)
     tmp.mkdir(parents=True, exist_ok=True)

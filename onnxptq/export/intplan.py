@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, UnsupportedOpError
-from ..importer.graph import CARRY_OPS, QGraph, attrs_of
+from ..graph.qgraph import CARRY_OPS, QGraph, attrs_of
 from ..quant import quantize
 from ..quant.requant import F32_EXACT, ROUNDING_MODES, exact_in_float32, po2_frac, requant_shift, shift_bound
 from ..quant.rounding import rne
@@ -257,7 +257,7 @@ class _Lowering:
             raise _Unsupported("its weights are not quantized")
         if not p.po2:
             raise _Unsupported("its weight scales are not powers of two (use --scale po2)")
-        from ..recon.calibrate import integer_bias, integer_weights
+        from ..calib.calibrate import integer_bias, integer_weights
 
         q = integer_weights(self.sim, layer.name)
         zp = p.zero_point.reshape(-1).astype(np.int64)
@@ -424,7 +424,7 @@ class _Lowering:
         self.steps.append(Step("avgpool", n.name, [n.input[0]], [n.output[0]], attrs))
 
     def lut(self, n, a: dict) -> None:
-        from ..sim.ops import OPS
+        from ..ops.simulate import OPS
 
         x_name = next(i for i in n.input if self.is_int(i))
         x = self.tint(x_name)

@@ -21,7 +21,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from ..quant import QParams, quantize
-from ..recon.calibrate import integer_bias, integer_weights
+from ..calib.calibrate import integer_bias, integer_weights
 from ..sim.model import SimModel
 from ..targets import Target, get_target
 

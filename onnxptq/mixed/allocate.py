@@ -19,7 +19,7 @@ import numpy as np
 from ..config import QuantConfig
 from ..data import Dataset
 from ..errors import ConfigError
-from ..importer.graph import QGraph
+from ..graph.qgraph import QGraph
 from ..plan import BitPlan
 from .budget import bops, model_size_bytes
 from .coding_length import allocate_bits, coding_lengths

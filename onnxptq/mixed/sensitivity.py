@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from ..config import QuantConfig
 from ..data import Dataset
-from ..importer.partition import partition
+from ..graph.partition import partition
 from ..quant import fake_quantize, weight_grid
 from ..sim.model import SimModel
 
@@ -63,7 +63,7 @@ def measure_sensitivities(sim: SimModel, data: Dataset, cfg: QuantConfig, layers
 @torch.no_grad()
 def _measure(sim: SimModel, data: Dataset, cfg: QuantConfig, layers: list[str], choices: tuple[int, ...],
              samples: int, progress: bool) -> tuple[dict, dict]:
-    from ..recon.calibrate import choose_scale, threads
+    from ..calib.calibrate import choose_scale, threads
 
     qg = sim.qg
     device = next(iter(sim.weights.values())).device

@@ -35,9 +35,9 @@ from ..data import Dataset
 from ..quant import QParams, weight_grid
 from ..quant import scales as S
 from ..sim.model import SimModel
-from ..sim.ops import _conv_padding, torch_pad
+from ..ops.simulate import _conv_padding, torch_pad
 from .bitsplit import BitSplitResult, bit_split, log_quant, log_values, nearest_q, reconstruction_error
-from .calibrate import integer_weights
+from ..calib.calibrate import integer_weights
 
 log = logging.getLogger(__name__)
 IMAGES = 16  # calibration samples per captured forward pass

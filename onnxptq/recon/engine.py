@@ -28,7 +28,7 @@ from tqdm import tqdm
 from ..config import QuantConfig
 from ..errors import ConfigError
 from ..data import Dataset
-from ..importer.partition import partition
+from ..graph.partition import partition
 from ..memory import trim_heap
 from ..plan import BitPlan
 from ..quant import QParams, dequantize, quantize
@@ -40,7 +40,7 @@ from .adaround import AdaRoundRounding, beta_at, within_one_step
 from .attention_round import AttentionRounding, beyond_neighbors
 from .po2_group import Po2ScaleGroup
 from .cache import ActivationStore, Cached
-from .calibrate import bias_shift, float_scale, integer_weights
+from ..calib.calibrate import bias_shift, float_scale, integer_weights
 from .fisher import float_logits, output_gradients
 from .optim import Adam
 from .losses import LOSSES, NEEDS_EXPONENT, NEEDS_GRADIENTS, fisher_weights

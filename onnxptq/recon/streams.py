@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..importer.partition import Region
+from ..graph.partition import Region
 from ..memory import trim_heap
 from ..sim.model import SimModel
 from .cache import ActivationStore, Cached

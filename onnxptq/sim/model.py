@@ -14,11 +14,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..importer.graph import Layer, QGraph, attrs_of
+from ..graph.qgraph import Layer, QGraph, attrs_of
 from ..quant import fake_quantize
 from ..quant.grid import BIAS_GRID
 from .fake_quant import FakeQuant, round_ste
-from .ops import OPS, conv, gemm
+from ..ops.simulate import OPS, conv, gemm
 
 
 def _key(name: str) -> str:
@@ -196,3 +196,14 @@ class SimModel(nn.Module):
             if n.name == name:
                 return k
         raise KeyError(name)
+
+
+@torch.no_grad()
+def simulate(sim: SimModel, inputs: dict[str, np.ndarray], batch_size: int = 32) -> np.ndarray:
+    device = next(iter(sim.weights.values())).device if len(sim.weights) else torch.device("cpu")
+    n = len(next(iter(inputs.values())))
+    outs = []
+    for i in range(0, n, batch_size):
+        feeds = {k: torch.from_numpy(v[i:i + batch_size]).to(device) for k, v in inputs.items()}
+        outs.append(sim(feeds)[sim.qg.outputs[0]].cpu().numpy())
+    return np.concatenate(outs)

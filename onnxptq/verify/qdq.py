@@ -32,8 +32,8 @@ import numpy as np
 import onnx
 import torch
 
-from .eval import run_onnxruntime
-from .sim.model import SimModel
+from ..eval import run_onnxruntime
+from ..sim.model import SimModel
 
 INT_LAYER_KERNELS = ("QLinearConv", "QGemm", "QLinearMatMul")
 INT_MERGE_KERNELS = {"Add": "QLinearAdd", "Mul": "QLinearMul", "GlobalAveragePool": "QLinearGlobalAveragePool"}
@@ -67,7 +67,7 @@ def _report(tensor: str, delta: np.ndarray, samples: int) -> ParityReport:
 
 def qdq_output_parity(sim: SimModel, model, inputs: dict[str, np.ndarray], batch_size: int = 32) -> ParityReport:
     """Compare the simulation's first output with onnxruntime's on the exported QDQ ``model``."""
-    from .api import simulate
+    from ..sim.model import simulate
 
     out = sim.qg.outputs[0]
     ort_out = run_onnxruntime(model, inputs, batch_size)
@@ -166,7 +166,7 @@ def ort_quantized_tensors(model, inputs: dict[str, np.ndarray], tensors: list[st
 
 def _qp(sim: SimModel, tensor: str):
     """(scale f32, grid zero point, container shift, container min, container max) of quant point ``tensor``."""
-    from .export.qdq import CONTAINERS, _act_container
+    from ..export.qdq import CONTAINERS, _act_container
 
     p = sim.act_quantizer(tensor).params
     elem, zp_c, _, _ = _act_container(p)
@@ -207,7 +207,7 @@ class OrtExactRunner:
     kernels (``kernels`` from ``ort_kernels``); every other unit runs as in the simulation."""
 
     def __init__(self, sim: SimModel, kernels: dict[str, str]) -> None:
-        from .recon.calibrate import integer_bias, integer_weights
+        from ..calib.calibrate import integer_bias, integer_weights
 
         self.sim, self.kernels = sim, kernels
         self._w: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -224,7 +224,7 @@ class OrtExactRunner:
     def layer(self, node, env) -> torch.Tensor:
         """QLinearConv / QGemm: exact integer accumulation + int32 bias, then f32(acc) * f32(s_x * s_w / s_y),
         round half to even, saturate to the container, add the output zero point."""
-        from .sim.ops import conv, gemm
+        from ..ops.simulate import conv, gemm
 
         sim, layer = self.sim, node.layer
         s_x, z_x, _, _, _ = _qp(sim, sim.qg.source[layer.input])

@@ -14,7 +14,7 @@ from tqdm import tqdm
 from ..config import QuantConfig
 from ..data import Dataset
 from ..plan import BitPlan
-from ..importer.graph import Layer
+from ..graph.qgraph import Layer
 from ..memory import trim_heap
 from ..quant import QParams, activation_grid, fake_quantize, weight_grid
 from ..quant import scales as S

@@ -22,9 +22,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from .errors import ModelError
-from .export.integer import FORMAT_KEY, PROGRAM_KEY, qname
-from .export.intplan import IntProgram, form_summary, program_from_json
+from ..errors import ModelError
+from ..export.integer import FORMAT_KEY, PROGRAM_KEY, qname
+from ..export.intplan import IntProgram, form_summary, program_from_json
 
 ENGINES = ("sim", "onnxruntime", "runtime", "reference")
 
@@ -154,7 +154,7 @@ def verify_integer(model: onnx.ModelProto, inputs: dict[str, np.ndarray], batch_
     """Run every engine on ``inputs`` and compare each integer tensor with the simulation's."""
     from tqdm import tqdm
 
-    from .sim.integer import IntSim
+    from .int_sim import IntSim
 
     program, consts, problems = load_program(model)
     order = [(t, s.node) for s in program.steps for t in s.outputs if t in program.tensors]

@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 
 from .fold import FoldReport, fold
-from .graph import QGraph, build_qgraph, sort_topologically, topo_check, topo_order_ok
+from .qgraph import QGraph, build_qgraph, sort_topologically, topo_check, topo_order_ok
 from .load import check, infer_shapes, read_model, set_input_shapes, simplify, upgrade_opset, opset_of
 from .partition import GRANULARITIES, Region, partition
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from .errors import OutputError
+from ..errors import OutputError
 
 
 def _safe(name: str) -> str:
@@ -29,8 +29,8 @@ def dump_golden(model: onnx.ModelProto, inputs: dict[str, np.ndarray], out_dir: 
     """Write the golden tensors of ``inputs`` (one sample or a small batch) to ``out_dir``."""
     import runtime
 
-    from .export.integer import qname
-    from .verify_int import is_integer_model, load_program
+    from ..export.integer import qname
+    from .integer import is_integer_model, load_program
 
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()) and not force:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from .graph import QGraph
+from .qgraph import QGraph
 
 GRANULARITIES = ("layer", "block", "stage", "net")
 MAX_MERGED_LAYERS = 3

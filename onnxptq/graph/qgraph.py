@@ -19,7 +19,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from ..errors import ModelError, UnsupportedOpError
-from ..sim.ops import OPS
+from ..ops.simulate import OPS
 from .fold import FoldReport
 
 CARRY_OPS = frozenset({"MaxPool", "Reshape", "Flatten", "Transpose", "Pad", "Slice", "Split", "Squeeze",

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from ..export.intplan import IntProgram, Step, TInt
 from ..quant.requant import requant_shift, rne_div, shift_float
-from .ops import OPS, conv, torch_pad
+from ..ops.simulate import OPS, conv, torch_pad
 
 
 def _per_channel(v: np.ndarray, cdim: int, ndim: int, device) -> torch.Tensor:

@@ -1,0 +1,1 @@
+"""Calibration (round-to-nearest): observers to scales, bias correction, ECAQ."""

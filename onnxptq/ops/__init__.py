@@ -1,0 +1,1 @@
+"""Operator knowledge: how each ONNX op simulates in torch (simulate.py)."""
