@@ -1,0 +1,82 @@
+"""Fallbacks and warnings of a run, collected by every stage and shown in the CLI summary.
+
+A fallback is anything the run did other than what the user asked for: a region the guard sent back to
+its round-to-nearest state, activation steps kept at their calibrated values, a bias correction dropped,
+Bit-Split channels kept at RTN, a layer left in float, the simplifier skipped, a layer the target runtime
+runs on float kernels. Each is logged at WARNING level when it is recorded and counted in
+``QuantResult.summary()`` (``"3/18 regions kept RTN"``), so none is visible only in ``--report``.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, field
+
+log = logging.getLogger("onnxptq")
+
+# kind -> (what is counted, how the summary line reads it)
+KINDS: dict[str, str] = {
+    "region-rtn": "regions kept RTN (reconstruction did not lower the held-out loss)",
+    "steps-kept": "activation steps kept at calibration (a learned step would overflow an int32 bias)",
+    "bias-correction-dropped": "bias corrections dropped (the corrected int32 bias leaves its range)",
+    "channels-rtn": "layers with Bit-Split channels kept at RTN",
+    "float-layer": "layers left in float",
+    "simplifier": "onnxsim skipped",
+    "float-kernel": "layers on float kernels in the target runtime",
+    "other": "other warnings",
+}
+
+
+@dataclass(frozen=True)
+class Fallback:
+    kind: str  # a key of KINDS
+    where: str  # node, region or tensor name
+    detail: str  # what happened and, where there is one, what to do
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.detail}" if self.where else self.detail
+
+
+@dataclass
+class Diagnostics:
+    """The fallbacks of one run, in the order they were recorded; ``totals`` holds the denominators
+    (kind -> how many things could have fallen back, e.g. the number of regions)."""
+
+    items: list[Fallback] = field(default_factory=list)
+    totals: dict[str, int] = field(default_factory=dict)
+
+    def add(self, kind: str, where: str, detail: str, *, quiet: bool = False) -> None:
+        if kind not in KINDS:
+            raise ValueError(f"unknown diagnostic kind {kind!r}; one of {', '.join(KINDS)}")
+        item = Fallback(kind, where, detail)
+        self.items.append(item)
+        if not quiet:
+            log.warning("%s", item)
+
+    def extend(self, other: "Diagnostics") -> None:
+        self.items += other.items
+        for k, v in other.totals.items():
+            self.totals[k] = self.totals.get(k, 0) + v
+
+    def of(self, kind: str) -> list[Fallback]:
+        return [x for x in self.items if x.kind == kind]
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for x in self.items:
+            out[x.kind] = out.get(x.kind, 0) + 1
+        return out
+
+    def summary_lines(self, max_names: int = 5) -> list[str]:
+        """One line per kind that occurred: ``"3/18 regions kept RTN (...): a, b, c"``."""
+        lines = []
+        for kind, n in self.counts().items():
+            where = [x.where for x in self.of(kind) if x.where]
+            names = ", ".join(where[:max_names]) + (f", ... ({len(where) - max_names} more)"
+                                                     if len(where) > max_names else "")
+            total = self.totals.get(kind)
+            count = f"{n}/{total}" if total else f"{n}"
+            lines.append(f"{count} {KINDS[kind]}" + (f": {names}" if names else ""))
+        return lines
+
+    def to_dict(self) -> dict:
+        return {"items": [asdict(x) for x in self.items], "totals": dict(self.totals)}
