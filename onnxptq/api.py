@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -15,6 +15,7 @@ import onnx
 import torch
 
 from .config import QuantConfig
+from .settings import resolve
 from .data import Dataset, load_dataset
 from .errors import ConfigError, DataError, OutputError
 from .eval import Fidelity, fidelity, run_onnxruntime
@@ -161,13 +162,10 @@ def quantize(model: str | os.PathLike, calib, config: QuantConfig | None = None,
     ``check_kernels``: after export, warn (``QuantResult.warnings`` and the log) about the layers the target's
     runtime leaves on float kernels (a session is created, no inference is run).
     """
-    if config is None:
-        config = QuantConfig(**overrides)
-    elif overrides:
-        bad = sorted(set(overrides) - set(QuantConfig.field_names()))
-        if bad:
-            raise ConfigError(f"unknown option(s) {bad}")
-        config = QuantConfig(**{**config.to_dict(), **overrides})
+    bad = sorted(set(overrides) - set(QuantConfig.field_names()))
+    if bad:
+        raise ConfigError(f"unknown option(s) {bad}; QuantConfig has {', '.join(QuantConfig.field_names())}")
+    config = resolve(replace(config, **overrides) if config is not None else QuantConfig(**overrides))
     out = check_output_path(output, model, force) if output is not None else None
     rep = None
     if report is not None:

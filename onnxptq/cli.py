@@ -12,12 +12,12 @@ import sys
 import time
 
 from . import __version__
-from .config import (FORMATS, GRANULARITIES, INT_KERNELS, INT_ROUNDINGS, METHODS, PO2_METHODS, PRESETS, ROUNDINGS,
-                     SCALE_KINDS,
-                     SCALE_METHODS, TAU_UNITS, MIXED, WEIGHT_GRIDS, QuantConfig)
+from dataclasses import MISSING, fields
+
+from .config import GRANULARITIES, GROUPS, QuantConfig
 from .targets import TARGETS
 from .mixed.budget import parse_count, parse_size
-from .errors import ConfigError, OnnxPtqError
+from .errors import OnnxPtqError
 
 
 def _shape_arg(text: str) -> dict[str, list[int]]:
@@ -95,6 +95,53 @@ def preprocess_from_args(args):
     return Preprocess(**{**base, **flags})
 
 
+PARSERS = {  # QuantConfig field metadata "parse" -> how the CLI reads the text
+    "size": _parsed(parse_size), "count": _parsed(parse_count), "mib": _parsed(lambda t: parse_size(t) / 2**20),
+    "bits-list": _bits_list, "bits-or-same": _bits_or_same, "shapes": _shape_arg,
+    "names": lambda t: tuple(s for s in t.split(",") if s),
+}
+
+
+def _flag(f) -> str:
+    name = "--" + f.name.replace("_", "-")
+    if f.metadata.get("flag"):
+        return f.metadata["flag"]
+    return f"--no-{name[2:]}" if f.type == "bool" and f.default is True else name
+
+
+def add_config_args(p: argparse.ArgumentParser) -> None:
+    """One flag per QuantConfig field, from its metadata (config.py): type, choices, help and default come from the
+    declaration, so the CLI and the Python API cannot drift. Flags not given keep the QuantConfig default."""
+    from .recon.methods import METHODS
+
+    groups = {k: p.add_argument_group(title) for k, title in GROUPS.items()}
+    for f in fields(QuantConfig):
+        m = f.metadata
+        kw = {"dest": f.name, "default": argparse.SUPPRESS}
+        help_ = m["help"]
+        if f.type == "bool":
+            kw["action"] = "store_false" if f.default is True else "store_true"
+        else:
+            kw["type"] = PARSERS[m["parse"]] if m.get("parse") else (
+                int if f.type.startswith("int") else float if f.type.startswith("float") else str)
+            choices = m.get("choices") or (tuple(METHODS) if f.name == "method" else
+                                           tuple(TARGETS) if f.name == "target" else None)
+            if choices:
+                kw["choices"] = choices
+            else:
+                kw["metavar"] = _flag(f)[2:].upper().replace("-", "_")
+            if f.default is not None and f.default is not MISSING:
+                help_ += f" (default {f.default})"
+        if f.name == "target":
+            help_ += ": " + "; ".join(f"{t.name}: {t.description}" for t in TARGETS.values())
+        groups[m["group"]].add_argument(_flag(f), help=help_, **kw)
+
+
+def config_from_args(args: argparse.Namespace) -> QuantConfig:
+    """The QuantConfig of the flags given (the others keep their defaults)."""
+    return QuantConfig(**{f.name: getattr(args, f.name) for f in fields(QuantConfig) if hasattr(args, f.name)})
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="onnxptq", description="ONNX post-training quantization")
     p.add_argument("--version", action="version", version=f"onnxptq {__version__}")
@@ -107,7 +154,6 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--input-shape", type=_shape_arg, default=None, help="NAME:D0,D1,... (batch stays dynamic)")
     s.add_argument("--json", action="store_true", help="machine-readable output")
 
-    d = QuantConfig()
     q = sub.add_parser("quantize", help="quantize a float ONNX model with calibration data")
     q.add_argument("model")
     q.add_argument("--calib", required=True, help=".npz (arrays keyed by input name), .npy, or a folder of images "
@@ -118,95 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="skip the check for layers the target's runtime runs on float kernels")
     q.add_argument("--report", default=None,
                    help="also write a per-layer report, REPORT.md or REPORT.html, with PNG plots beside it")
-    q.add_argument("--w-bits", type=int, default=d.w_bits)
-    q.add_argument("--a-bits", type=int, default=d.a_bits)
-    q.add_argument("--first-last-bits", type=_bits_or_same, default=d.first_last_bits,
-                   help="bits of the first/last layer weights and inputs (default 8; 'same' = like the rest)")
-    q.add_argument("--scale", choices=SCALE_KINDS, default=d.scale, help="float scales or powers of two")
-    q.add_argument("--po2-method", choices=PO2_METHODS, default=d.po2_method)
-    q.add_argument("--po2-output-points", type=int, default=d.po2_output_points,
-                   help="po2: the first N activation quant points (graph input first) choose their scale and zero "
-                        "point by model-output error on 16 calibration samples (default 1; 0 = L_p search only)")
-    q.add_argument("--w-scale-method", choices=SCALE_METHODS, default=d.w_scale_method)
-    q.add_argument("--a-scale-method", choices=SCALE_METHODS, default=d.a_scale_method)
-    q.add_argument("--percentile", type=float, default=d.percentile)
-    q.add_argument("--w-asymmetric", action="store_true", help="asymmetric per-channel weights")
-    q.add_argument("--a-symmetric", action="store_true",
-                   help="symmetric grid for signed activations (default: asymmetric with a zero point)")
-    q.add_argument("--no-bias-correction", action="store_true", help="keep the float biases as they are")
-    q.add_argument("--method", choices=METHODS, default=d.method,
-                   help="rtn (calibration only) | adaround | brecq | qdrop | rapq (needs --scale po2) | "
-                        "attention (Attention Round: weights may round to any grid point) | "
-                        "bitsplit (Bit-Split & Stitching, closed form per layer)")
-    q.add_argument("--weight-grid", choices=WEIGHT_GRIDS, default=d.weight_grid,
-                   help="bitsplit: uniform, or log (weights 0 / +-2^k times a channel scale, 2-4 bits)")
-    q.add_argument("--ecaq", action="store_true",
-                   help="per-channel activation scales folded into the consuming convs (Bit-Split ECAQ; rtn/bitsplit)")
-    q.add_argument("--bitsplit-points", type=int, default=d.bitsplit_points,
-                   help="bitsplit: sampled input rows per layer to fit (default 12000, as the paper; a fifth more are held out)")
-    q.add_argument("--mixed", choices=MIXED, default=None,
-                   help="per-layer weight bits: coding-length (Attention Round Alg. 1, from the weights) or "
-                        "search (BRECQ Alg. 2: sensitivities + genetic search under --budget-size/--budget-bops)")
-    q.add_argument("--bits", type=_bits_list, default=None, dest="mixed_bits",
-                   help="candidate bits of --mixed (default coding-length 3,4,5,6; search 2,4,8)")
-    q.add_argument("--budget-size", type=_parsed(parse_size), default=None,
-                   help="--mixed search: quantized weight size of the model, e.g. 1.5MB, 800kB, 1.2MiB")
-    q.add_argument("--budget-bops", type=_parsed(parse_count), default=None,
-                   help="--mixed search: bit-operations per sample (MACs x b_w x b_a), e.g. 20G")
-    q.add_argument("--coding-eps", type=float, default=d.coding_eps, help="eps of the coding length (Eq. 12)")
-    q.add_argument("--rounding", choices=ROUNDINGS, default=d.rounding,
-                   help="weight rounding of --method rtn: nearest | floor | ceil | stochastic (baselines)")
-    q.add_argument("--attn-tau", type=float, default=d.attn_tau, help="Attention Round tau (Eq. 1-6; default 0.5)")
-    q.add_argument("--attn-tau-unit", choices=TAU_UNITS, default=d.attn_tau_unit,
-                   help="tau in grid steps (default) or in weight units (Eq. 3's literal tau/s)")
-    q.add_argument("--granularity", choices=GRANULARITIES, default=d.granularity,
-                   help="reconstruction regions of brecq/qdrop (adaround is layer-wise)")
-    q.add_argument("--loss", default=None,
-                   help="reconstruction loss: mse | fisher (BRECQ Eq. 11) | lp (RAPQ BN-based L-P; default for rapq)")
-    q.add_argument("--preset", choices=PRESETS, default=d.preset,
-                   help="fast (2-core CPU) | full (BRECQ: 1024 samples, batch 32, 20k iterations per region)")
-    q.add_argument("--iters", type=int, default=None, help="rounding (qdrop: joint) iterations per region")
-    q.add_argument("--act-iters", type=int, default=None, help="step-size iterations per region after rounding (brecq)")
-    q.add_argument("--recon-batch-size", type=int, default=None, help="minibatch of the reconstruction")
-    q.add_argument("--lr", type=float, default=None, help="Adam learning rate of the rounding variables")
-    q.add_argument("--act-lr", type=float, default=None, help="Adam learning rate of the activation steps")
-    q.add_argument("--round-lambda", type=float, default=None,
-                   help="AdaRound regularizer weight (default: the preset's, fast 1.0, full 0.01)")
-    q.add_argument("--drop-prob", type=float, default=d.drop_prob, help="qdrop: probability of a float activation")
-    q.add_argument("--fisher-damping", type=float, default=d.fisher_damping)
-    q.add_argument("--lp-alpha", type=float, default=None, help="RAPQ Eq. 19 alpha (default: the preset's)")
-    q.add_argument("--lp-beta", type=float, default=d.lp_beta, help="RAPQ Eq. 19 beta")
-    q.add_argument("--no-recon-guard", action="store_true",
-                   help="keep a region's reconstruction even when its loss ends above the calibrated (RTN) loss")
-    q.add_argument("--checkpoint-dir", default=None, help="checkpoint after every region (default OUTPUT.recon)")
-    q.add_argument("--resume", action="store_true", help="continue an interrupted reconstruction from its checkpoint")
-    q.add_argument("--cache-budget-mb", type=float, default=d.cache_budget_mb,
-                   help="RAM for cached activations; more spills to np.memmap files")
-    q.add_argument("--max-memory", type=_parsed(parse_size), default=None,
-                   help="keep the process's resident memory under this during reconstruction, e.g. 6GB "
-                        "(cached activations spill to disk beyond what is left)")
-    q.add_argument("--cache-dir", default=None, help="directory of spilled activations (default: system temp)")
-    q.add_argument("--format", choices=FORMATS, default=d.format,
-                   help="qdq: QuantizeLinear/DequantizeLinear ONNX; int: shift-based integer ONNX (needs --scale po2)")
-    q.add_argument("--int-rounding", choices=INT_ROUNDINGS, default=d.int_rounding,
-                   help="requantization rounding of --format int: rne (matches QDQ/onnxruntime) or half_up")
-    q.add_argument("--int-kernels", choices=INT_KERNELS, default=None,
-                   help="--format int kernels: portable (exact on every x86) or vnni (u8 x s8, faster, exact on "
-                        "AVX512-VNNI / AVX-VNNI CPUs and ARM only); default: the target's (vnni for onnxruntime "
-                        "and qnn, portable for onnxruntime-avx2 and generic)")
-    q.add_argument("--target", choices=list(TARGETS), default=d.target,
-                   help="deployment target profile: containers, reduce range, Q/DQ placement (" +
-                        "; ".join(f"{t.name}: {t.description}" for t in TARGETS.values()) + ")")
-    q.add_argument("--opset", type=int, default=d.opset)
+    add_config_args(q)
     add_image_args(q)
-    q.add_argument("--num-calib", type=int, default=None,
-                   help="calibration samples (default 256; learned methods: the preset's, fast 256, full 1024)")
-    q.add_argument("--batch-size", type=int, default=d.batch_size)
-    q.add_argument("--seed", type=int, default=d.seed)
-    q.add_argument("--device", default=d.device)
-    q.add_argument("--skip-nodes", default="", help="comma-separated node names to leave in float")
-    q.add_argument("--input-shape", type=_shape_arg, default=None, help="NAME:D0,D1,... (batch stays dynamic)")
-    q.add_argument("--no-progress", action="store_true")
     q.add_argument("--json", action="store_true", help="print the summary as JSON")
 
     e = sub.add_parser("eval", help="accuracy (if labels) and fidelity of a quantized model vs its float model")
@@ -371,28 +330,11 @@ def _fmt_bytes(n: float) -> str:
 def cmd_quantize(args) -> int:
     from .api import quantize
 
-    cfg = QuantConfig(
-        w_bits=args.w_bits, a_bits=args.a_bits, first_last_bits=args.first_last_bits, scale=args.scale,
-        po2_method=args.po2_method, po2_output_points=args.po2_output_points, w_scale_method=args.w_scale_method, a_scale_method=args.a_scale_method,
-        percentile=args.percentile, w_symmetric=not args.w_asymmetric, a_symmetric=args.a_symmetric, bias_correction=not args.no_bias_correction,
-        method=args.method, granularity=args.granularity, loss=args.loss, preset=args.preset, iters=args.iters,
-        act_iters=args.act_iters, recon_batch_size=args.recon_batch_size, lr=args.lr, act_lr=args.act_lr,
-        round_lambda=args.round_lambda, drop_prob=args.drop_prob, fisher_damping=args.fisher_damping,
-        recon_guard=not args.no_recon_guard, lp_alpha=args.lp_alpha, lp_beta=args.lp_beta, rounding=args.rounding,
-        attn_tau=args.attn_tau, attn_tau_unit=args.attn_tau_unit, mixed=args.mixed, mixed_bits=args.mixed_bits,
-        weight_grid=args.weight_grid, bitsplit_points=args.bitsplit_points, ecaq=args.ecaq,
-        budget_size=args.budget_size, budget_bops=args.budget_bops, coding_eps=args.coding_eps,
-        checkpoint_dir=args.checkpoint_dir, resume=args.resume, cache_budget_mb=args.cache_budget_mb,
-        cache_dir=args.cache_dir, max_memory_mb=None if args.max_memory is None else args.max_memory / 2**20,
-        num_calib=args.num_calib, batch_size=args.batch_size,
-        seed=args.seed, device=args.device, skip_nodes=[s for s in args.skip_nodes.split(",") if s],
-        input_shapes=args.input_shape or {}, format=args.format, int_rounding=args.int_rounding,
-        int_kernels=args.int_kernels, target=args.target, opset=args.opset,
-        progress=not args.no_progress,
-    )
+    cfg = config_from_args(args)
     t0 = time.perf_counter()
     res = quantize(args.model, args.calib, cfg, args.output, force=args.force, report=args.report,
                    preprocess=preprocess_from_args(args), check_kernels=not args.no_kernel_check)
+    cfg = res.config  # as the run resolved it (loss, samples, kernels)
     s = res.summary()
     s["total_s"] = round(time.perf_counter() - t0, 2)
     s["output"] = str(res.output)

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from onnxptq import api
+from onnxptq.settings import resolve as resolve_config
 from onnxptq.config import QuantConfig
 from onnxptq.errors import ConfigError
 from onnxptq.data import Dataset
@@ -64,13 +65,13 @@ def test_bitsplit_log_weights_are_powers_of_two(tiny, tmp_path, bits):
 
 def test_bitsplit_config_validation():
     with pytest.raises(ConfigError, match="w_bits >= 3"):
-        QuantConfig(method="bitsplit", w_bits=2)
+        resolve_config(QuantConfig(method="bitsplit", w_bits=2))
     with pytest.raises(ConfigError, match="2-4 bits"):
-        QuantConfig(method="bitsplit", weight_grid="log", w_bits=5)
+        resolve_config(QuantConfig(method="bitsplit", weight_grid="log", w_bits=5))
     with pytest.raises(ConfigError, match="--scale float"):
-        QuantConfig(method="bitsplit", scale="po2")
+        resolve_config(QuantConfig(method="bitsplit", scale="po2"))
     with pytest.raises(ConfigError, match="--method bitsplit"):
-        QuantConfig(method="brecq", weight_grid="log")
+        resolve_config(QuantConfig(method="brecq", weight_grid="log"))
     assert QuantConfig(method="bitsplit", weight_grid="log", w_bits=2).weight_grid == "log"
 
 

@@ -10,6 +10,7 @@ import torch
 from onnx import numpy_helper
 
 from onnxptq import api
+from onnxptq.settings import resolve as resolve_config
 from onnxptq.config import QuantConfig
 from onnxptq.data import Dataset
 from onnxptq.errors import ConfigError
@@ -85,7 +86,7 @@ def test_ecaq_export_is_per_axis_and_bit_exact(tiny, tmp_path, method):
 
 def test_ecaq_config_validation():
     with pytest.raises(ConfigError, match="rtn or bitsplit"):
-        QuantConfig(method="brecq", ecaq=True)
+        resolve_config(QuantConfig(method="brecq", ecaq=True))
     QuantConfig(ecaq=True, scale="po2", format="int")  # per-channel requantization at the producer
 
 

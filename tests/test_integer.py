@@ -385,13 +385,14 @@ def test_kernels_follow_the_target():
     """--int-kernels defaults to the target's: u8 x s8 everywhere where its CPUs are exact (onnxruntime: VNNI /
     ARM), the portable choice for onnxruntime-avx2 and generic; an explicit choice wins."""
     from onnxptq.config import QuantConfig
+    from onnxptq.settings import resolve
 
     int_cfg = dict(scale="po2", format="int")
-    assert QuantConfig(**int_cfg).int_kernels == "vnni"
-    assert QuantConfig(target="onnxruntime-avx2", **int_cfg).int_kernels == "portable"
-    assert QuantConfig(target="generic", **int_cfg).int_kernels == "portable"
-    assert QuantConfig(int_kernels="portable", **int_cfg).int_kernels == "portable"
-    assert QuantConfig().int_kernels == "portable"  # QDQ: not used
+    assert resolve(QuantConfig(**int_cfg)).int_kernels == "vnni"
+    assert resolve(QuantConfig(target="onnxruntime-avx2", **int_cfg)).int_kernels == "portable"
+    assert resolve(QuantConfig(target="generic", **int_cfg)).int_kernels == "portable"
+    assert resolve(QuantConfig(int_kernels="portable", **int_cfg)).int_kernels == "portable"
+    assert resolve(QuantConfig()).int_kernels == "portable"  # QDQ: not used
     with pytest.raises(ConfigError, match="--format int only"):
         QuantConfig(int_kernels="vnni")
 

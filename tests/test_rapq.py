@@ -11,6 +11,7 @@ import torch
 from onnx import numpy_helper
 
 from onnxptq import api
+from onnxptq.settings import resolve as resolve_config
 from onnxptq.config import QuantConfig
 from onnxptq.errors import ConfigError
 from onnxptq.quant import activation_grid, fake_quantize, is_power_of_two, weight_grid
@@ -72,16 +73,16 @@ def test_po2_step_gradient_is_rapq_eq16():
 
 def test_config_of_rapq():
     with pytest.raises(ConfigError, match="--scale po2"):
-        QuantConfig(method="rapq")
-    cfg = QuantConfig(method="rapq", scale="po2", iters=50)
-    assert cfg.loss == "lp" and QuantConfig(method="brecq").loss == "mse"
+        resolve_config(QuantConfig(method="rapq"))
+    cfg = resolve_config(QuantConfig(method="rapq", scale="po2", iters=50))
+    assert cfg.loss == "lp" and resolve_config(QuantConfig(method="brecq")).loss == "mse"
     st = resolve(cfg)
     assert [p for p, _ in st.phases] == ["scales", "rounding", "steps"] and st.scale_group_iters == 10
     assert st.group_lambda == pytest.approx(10 * st.round_lambda)
     assert resolve(QuantConfig(method="rapq", scale="po2", preset="rapq")).lp_alpha == 0.9
     assert resolve(QuantConfig(method="rapq", scale="po2", preset="rapq-quick")).lp_alpha == 0.1
     with pytest.raises(ConfigError):
-        QuantConfig(method="rapq", scale="po2", lp_alpha=1.5)
+        resolve_config(QuantConfig(method="rapq", scale="po2", lp_alpha=1.5))
 
 
 def _initializers(model: onnx.ModelProto) -> dict[str, np.ndarray]:

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from onnxptq import api
+from onnxptq.settings import resolve as resolve_config
 from onnxptq.config import QuantConfig
 from onnxptq.errors import ConfigError
 from onnxptq.graph import import_model, partition
@@ -302,13 +303,13 @@ def test_spilled_cache_gives_the_same_result(tiny):
 
 def test_config_validation():
     with pytest.raises(ConfigError):
-        QuantConfig(method="bogus")
+        resolve_config(QuantConfig(method="bogus"))
     with pytest.raises(ConfigError):
-        QuantConfig(method="brecq", loss="bogus")
+        resolve_config(QuantConfig(method="brecq", loss="bogus"))
     with pytest.raises(ConfigError):
         QuantConfig(method="qdrop", drop_prob=1.0)
-    assert QuantConfig(method="brecq", preset="full").num_calib == 1024
-    assert QuantConfig().num_calib == 256 and QuantConfig(method="brecq", num_calib=64).num_calib == 64
+    assert resolve_config(QuantConfig(method="brecq", preset="full")).num_calib == 1024
+    assert resolve_config(QuantConfig()).num_calib == 256 and QuantConfig(method="brecq", num_calib=64).num_calib == 64
 
 
 def test_cli_flags_reach_the_config(tiny, tmp_path, capsys):

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from onnxptq import api
+from onnxptq.settings import resolve as resolve_config
 from onnxptq.config import QuantConfig
 from onnxptq.errors import ConfigError
 from onnxptq.graph import import_model
@@ -131,8 +132,8 @@ def test_attention_settings_and_validation():
     assert (full.iters, full.batch_size, full.lr) == (2000, 64, 4e-4)  # Attention Round Sec. 4.1
     assert resolve(QuantConfig(method="attention", preset="full", iters=10)).iters == 10
     with pytest.raises(ConfigError, match="--method rtn"):
-        QuantConfig(method="brecq", rounding="floor")
+        resolve_config(QuantConfig(method="brecq", rounding="floor"))
     with pytest.raises(ConfigError):
-        QuantConfig(method="attention", attn_tau=0.0)
+        resolve_config(QuantConfig(method="attention", attn_tau=0.0))
     with pytest.raises(ConfigError):
         QuantConfig(rounding="up")

@@ -16,6 +16,7 @@ from onnx import TensorProto, numpy_helper
 from onnxptq import api
 from onnxptq.cli import main as cli_main
 from onnxptq.config import QuantConfig
+from onnxptq.settings import resolve
 from onnxptq.errors import ConfigError
 from onnxptq.targets import TARGETS, cpu_has_vnni, exact_onnxruntime_target, get_target
 from onnxptq.verify.qdq import qdq_output_parity
@@ -117,8 +118,9 @@ def test_tensorrt_files_are_int8_symmetric_with_qdq_on_both_add_inputs(net, tmp_
 
 def test_tensorrt_rejects_the_integer_format():
     with pytest.raises(ConfigError, match="--format qdq"):
-        QuantConfig(target="tensorrt", scale="po2", format="int")
-    assert QuantConfig(target="tensorrt").a_symmetric
+        resolve(QuantConfig(target="tensorrt", scale="po2", format="int"))
+    assert resolve(QuantConfig(target="tensorrt")).a_symmetric
+    assert not QuantConfig(target="tensorrt").a_symmetric  # the user's config is not rewritten; resolve decides
 
 
 def test_unknown_target_is_a_clear_error(capsys, net):
