@@ -156,6 +156,28 @@ def _elu(i, a):
     return [F.elu(i[0], a.get("alpha", 1.0))]
 
 
+OPS["Softsign"] = lambda i, a: [F.softsign(i[0])]
+
+
+@op("Selu")
+def _selu(i, a):
+    """ONNX Selu: gamma * (x if x > 0 else alpha * (exp(x) - 1)), ONNX's default alpha and gamma."""
+    alpha, gamma = a.get("alpha", 1.67326319217681884765625), a.get("gamma", 1.05070102214813232421875)
+    x = i[0]
+    return [gamma * torch.where(x > 0, x, alpha * torch.expm1(x))]
+
+
+@op("Celu")
+def _celu(i, a):
+    return [F.celu(i[0], a.get("alpha", 1.0))]
+
+
+@op("ThresholdedRelu")
+def _thresholded_relu(i, a):
+    x = i[0]
+    return [torch.where(x > a.get("alpha", 1.0), x, torch.zeros_like(x))]
+
+
 @op("HardSigmoid")
 def _hsig(i, a):
     return [torch.clamp(a.get("alpha", 0.2) * i[0] + a.get("beta", 0.5), 0.0, 1.0)]
