@@ -70,17 +70,19 @@ def test_added_activations_simulate_as_onnx_defines_them(op, ref):
 
 
 def test_softsign_end_to_end_through_the_registry(tmp_path):
-    """Softsign (added with one simulate line and one registry entry) imports, calibrates and lowers to an
-    integer lookup table that the integer model runs exactly (level 1)."""
+    """Softsign (added as one torch line and one name in a FAMILIES row of ops/elementwise.py) imports,
+    calibrates and lowers to an integer lookup table that the integer model runs exactly (level 1)."""
     import onnxptq
     from onnx import numpy_helper
     from onnxptq.verify.integer import verify_integer
 
     rng = np.random.default_rng(0)
     w = (rng.standard_normal((4, 3, 3, 3)) * 0.3).astype(np.float32)
-    nodes = [helper.make_node("Conv", ["input", "w", "b"], ["c"], name="/c/Conv", pads=[1, 1, 1, 1], kernel_shape=[3, 3]),
+    nodes = [helper.make_node("Conv", ["input", "w", "b"], ["c"], name="/c/Conv", pads=[1, 1, 1, 1],
+                              kernel_shape=[3, 3]),
              helper.make_node("Softsign", ["c"], ["out"], name="/s/Softsign")]
-    g = helper.make_graph(nodes, "softsign", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, 6, 6])],
+    g = helper.make_graph(nodes, "softsign",
+                          [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, 6, 6])],
                           [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", 4, 6, 6])],
                           [numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.zeros(4, np.float32), "b")])
     model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])

@@ -1,8 +1,10 @@
 """Operator knowledge, one record per ONNX op.
 
-- simulate.py: the torch implementation of each op (OPS), used by sim/, calib/, export/ and verify/.
+- conv.py, elementwise.py, pooling.py, shape.py: one module per op family: the torch implementation of
+  each op (registered in base.OPS) next to FAMILIES, the ops' roles and integer-lowering kinds.
+- simulate.py: imports the families; OPS, conv, gemm for sim/, calib/, recon/, export/ and verify/.
 - spec.py: OpSpec (op type, torch function, role in the quant graph, integer-lowering kind, runtime kernel).
-- registry.py: REGISTRY (op type -> OpSpec), built from one line per op family.
+- registry.py: REGISTRY (op type -> OpSpec), built from one line per family module.
 
 The import order stays one-way (quant -> ops -> graph -> ... -> export -> verify): a spec names its integer
 lowering by *kind* (a string from spec.LOWERINGS) instead of holding export/verify code. export/intplan.py

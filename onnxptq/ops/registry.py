@@ -1,35 +1,25 @@
 """REGISTRY: ONNX op_type -> OpSpec, built from one declaration per op family.
 
-Each family line names its ops with their role and integer-lowering kind; the torch function comes from
-ops/simulate.py (OPS) and the runtime kernel name is the op_type when runtime/ops implements it
-(RUNTIME_KERNELS, checked against runtime.ops.REGISTRY by tests/test_opspec.py). Adding an op: its torch
-function in simulate.py and its name in one family line below.
+Each family module (conv, elementwise, pooling, shape) defines its torch functions (registered in OPS)
+and FAMILIES, its ops' roles and integer-lowering kinds; the runtime kernel name is the op_type when
+runtime/ops implements it (RUNTIME_KERNELS, checked against runtime.ops.REGISTRY by tests/test_opspec.py).
+Adding an op: its torch function and its name in a FAMILIES row of its family module (a new family: a new
+module and one line in _FAMILIES below).
 """
 
 from __future__ import annotations
 
+from . import conv, elementwise, pooling, shape
 from .simulate import OPS
 from .spec import OpSpec
 
-# (family, role, lowering, op types)
+# One line per op family module: each declares FAMILIES (family, role, lowering kind, op types) next to
+# its torch functions.
 _FAMILIES: list[tuple[str, str, str | None, tuple[str, ...]]] = [
-    ("layers", "layer", "layer", ("Conv", "Gemm", "MatMul")),
-    ("add", "merge", "add", ("Add", "Sub", "Sum")),
-    ("mul", "merge", "mul", ("Mul",)),
-    ("concat", "merge", "concat", ("Concat",)),
-    ("average pools", "merge", "avgpool", ("GlobalAveragePool", "AveragePool", "ReduceMean")),
-    ("data movement", "carry", "carry", ("MaxPool", "Reshape", "Flatten", "Transpose", "Pad", "Slice", "Split",
-                                         "Squeeze", "Unsqueeze", "Identity", "GlobalMaxPool", "Resize", "Expand",
-                                         "Tile", "Gather")),
-    ("carry without integer form", "carry", None, ("Dropout", "Upsample")),
-    ("activations as lookup tables", "island", "lut", ("Relu", "Clip", "Sigmoid", "Tanh", "HardSwish", "HardSigmoid",
-                                                       "LeakyRelu", "Elu", "Softplus", "Mish", "Gelu", "Erf", "Neg",
-                                                       "Abs", "Exp", "Selu", "Celu", "Softsign", "ThresholdedRelu")),
-    ("float islands", "island", None, ("Log", "Sqrt", "Reciprocal", "Floor", "Ceil", "Pow", "Div", "PRelu",
-                                       "Softmax", "LogSoftmax", "BatchNormalization", "ReduceSum", "ReduceMax",
-                                       "ReduceMin")),
-    ("comparisons and selection", "island", None, ("Equal", "Less", "Greater", "Not", "Where", "Max", "Min")),
-    ("shape arithmetic", "island", None, ("Cast", "Shape", "Size", "ConstantOfShape", "Range")),
+    *conv.FAMILIES,
+    *elementwise.FAMILIES,
+    *pooling.FAMILIES,
+    *shape.FAMILIES,
 ]
 
 #: op types runtime/ops has a NumPy kernel for (runtime never imports onnxptq, so this side names them).
