@@ -35,6 +35,11 @@ PROGRAM_KEY = "onnxptq.program"
 FORMAT_KEY = "onnxptq.format"
 
 
+#: Step kind -> writer method; covers every integer-lowering kind of ops.registry (tests/test_opspec.py).
+WRITERS = {"input": "s_input", "layer": "s_layer", "add": "s_add", "mul": "s_mul", "concat": "s_concat",
+           "avgpool": "s_avgpool", "lut": "s_lut", "carry": "s_copy", "pass": "s_copy", "output": "s_output"}
+
+
 def qname(t: str) -> str:
     """Name of the integer container tensor of float tensor ``t``."""
     return f"{t}.q"
@@ -366,11 +371,8 @@ class IntegerWriter:
 
     # ------------------------------------------------------------------ assemble
     def build(self) -> onnx.ModelProto:
-        handlers = {"input": self.s_input, "layer": self.s_layer, "add": self.s_add, "mul": self.s_mul,
-                    "concat": self.s_concat, "avgpool": self.s_avgpool, "lut": self.s_lut, "carry": self.s_copy,
-                    "pass": self.s_copy, "output": self.s_output}
         for step in self.p.steps:
-            handlers[step.kind](step)
+            getattr(self, WRITERS[step.kind])(step)
         g = self.src.graph
         inputs = [i for i in g.input if i.name in self.p.inputs]
         outputs = [helper.make_tensor_value_info(o.name, TensorProto.FLOAT, _dims(o)) for o in g.output]

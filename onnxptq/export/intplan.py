@@ -26,7 +26,8 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, UnsupportedOpError
-from ..graph.qgraph import CARRY_OPS, QGraph, attrs_of
+from ..graph.qgraph import QGraph, attrs_of
+from ..ops.registry import REGISTRY
 from ..quant import quantize
 from ..quant.requant import F32_EXACT, ROUNDING_MODES, exact_in_float32, po2_frac, requant_shift, shift_bound
 from ..quant.rounding import rne
@@ -37,10 +38,6 @@ CONTAINERS = {"int8": (-128, 127), "uint8": (0, 255)}
 PAIR_SAFE = 2**15 - 1  # AVX2 u8 x s8 (vpmaddubsw) saturates each pair of products to int16
 SCALE_EXP_MAX = 100  # 2^-e with |e| <= 100 and products of two such stay normal float32
 FORM_SHIFT = "shift"
-LUT_OPS = frozenset({"Relu", "Clip", "Sigmoid", "Tanh", "HardSwish", "HardSigmoid", "LeakyRelu", "Elu", "Softplus",
-                     "Mish", "Gelu", "Erf", "Neg", "Abs", "Exp", "Selu", "Celu", "Softsign", "ThresholdedRelu"})
-CARRY_SUPPORTED = frozenset({"MaxPool", "Reshape", "Flatten", "Transpose", "Pad", "Slice", "Split", "Squeeze",
-                             "Unsqueeze", "Identity", "GlobalMaxPool", "Resize", "Expand", "Tile", "Gather"})
 
 
 @dataclass
@@ -230,17 +227,18 @@ class _Lowering:
             self.steps.append(Step("pass", n.name, list(n.input), list(n.output), {"op_type": n.op_type, "attrs": a}))
             return
         out = float_out[0]
-        if n.op_type in CARRY_OPS and self.qg.source.get(out) != out:
-            self.carry(n, a)
-        elif n.op_type in ("Add", "Sub", "Sum"):
+        spec = REGISTRY[n.op_type]
+        if spec.role == "carry" and self.qg.source.get(out) != out:
+            self.carry(n, a, spec.lowering)
+        elif spec.lowering == "add":
             self.add(n)
-        elif n.op_type == "Mul":
+        elif spec.lowering == "mul":
             self.mul(n)
-        elif n.op_type == "Concat":
+        elif spec.lowering == "concat":
             self.concat(n, a)
-        elif n.op_type in ("GlobalAveragePool", "AveragePool", "ReduceMean"):
+        elif spec.lowering == "avgpool":
             self.avgpool(n, a)
-        elif n.op_type in LUT_OPS and len(float_in) == 1:
+        elif spec.lowering == "lut" and len(float_in) == 1:
             self.lut(n, a)
         else:
             raise _Unsupported("no exact integer form (supported: Conv/Gemm/MatMul, Add/Sub/Sum, Mul, Concat, "
@@ -424,8 +422,6 @@ class _Lowering:
         self.steps.append(Step("avgpool", n.name, [n.input[0]], [n.output[0]], attrs))
 
     def lut(self, n, a: dict) -> None:
-        from ..ops.simulate import OPS
-
         x_name = next(i for i in n.input if self.is_int(i))
         x = self.tint(x_name)
         y = self.tint(n.output[0])
@@ -433,7 +429,7 @@ class _Lowering:
         xf = torch.from_numpy(((c - x.zp).astype(np.float32) * np.float32(2.0 ** -x.frac)).astype(np.float32))
         args = [xf if i == x_name else (self.sim.consts.get(i) if i else None) for i in n.input]
         with torch.no_grad():
-            v = OPS[n.op_type](args, a)[0].to(torch.float32).numpy()
+            v = REGISTRY[n.op_type].simulate(args, a)[0].to(torch.float32).numpy()
         if not np.all(np.isfinite(v)):
             raise _Unsupported("the function is not finite on the input grid")
         fq = self.sim.act_quantizer(self.qg.source[n.output[0]])
@@ -443,8 +439,8 @@ class _Lowering:
         self.steps.append(Step("lut", n.name, [x_name], [n.output[0]], {"op_type": n.op_type, "table": table,
                                                                       "offset": x.lo}))
 
-    def carry(self, n, a: dict) -> None:
-        if n.op_type not in CARRY_SUPPORTED:
+    def carry(self, n, a: dict, lowering: str | None) -> None:
+        if lowering != "carry":
             raise _Unsupported("data-movement op without an integer form")
         x = self.tint(n.input[0])
         for o in n.output:

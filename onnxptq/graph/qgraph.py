@@ -19,14 +19,11 @@ import onnx
 from onnx import helper, numpy_helper
 
 from ..errors import ModelError, UnsupportedOpError
-from ..ops.simulate import OPS
+from ..ops.registry import REGISTRY, ops_with
 from .fold import FoldReport
 
-CARRY_OPS = frozenset({"MaxPool", "Reshape", "Flatten", "Transpose", "Pad", "Slice", "Split", "Squeeze",
-                       "Unsqueeze", "Identity", "Dropout", "GlobalMaxPool", "Resize", "Upsample", "Expand",
-                       "Tile", "Gather"})
-LAYER_OPS = frozenset({"Conv", "Gemm", "MatMul"})
-FUSABLE_ACTS = frozenset({"Relu", "Clip"})
+CARRY_OPS = ops_with(role="carry")
+LAYER_OPS = ops_with(role="layer")
 FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16}
 
 
@@ -163,7 +160,7 @@ def build_qgraph(model: onnx.ModelProto, fold: FoldReport, import_info: dict,
     g = model.graph
     topo_check(g)
     unknown = [(n.name, n.op_type) for n in g.node
-               if (n.op_type not in OPS and n.op_type != "Constant") or n.domain not in ("", "ai.onnx")]
+               if (n.op_type not in REGISTRY and n.op_type != "Constant") or n.domain not in ("", "ai.onnx")]
     if unknown:
         raise UnsupportedOpError(unknown)
     missing_skips = sorted(set(skip_nodes) - {n.name for n in g.node})
@@ -272,7 +269,7 @@ def build_qgraph(model: onnx.ModelProto, fold: FoldReport, import_info: dict,
                     source[o] = src
                     continue
             kind = "layer" if n.name in layer_of_node or n.name in fused_act_nodes else (
-                "merge" if n.op_type in ("Add", "Sub", "Mul", "Concat", "GlobalAveragePool", "AveragePool", "ReduceMean", "Sum")
+                "merge" if REGISTRY[n.op_type].role == "merge"
                 else "island")
             quant_points[o] = QuantPoint(o, n.name, kind)
             source[o] = o

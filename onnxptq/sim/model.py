@@ -18,7 +18,8 @@ from ..graph.qgraph import Layer, QGraph, attrs_of
 from ..quant import fake_quantize
 from ..quant.grid import BIAS_GRID
 from .fake_quant import FakeQuant, round_ste
-from ..ops.simulate import OPS, conv, gemm
+from ..ops.registry import REGISTRY
+from ..ops.simulate import conv, gemm
 
 
 def _key(name: str) -> str:
@@ -168,7 +169,7 @@ class SimModel(nn.Module):
                 outs = [self._layer_forward(node, env[node.inputs[0]])]
             else:
                 ins = [None if not i else env[i] if i in env else self.consts[i] for i in node.inputs]
-                outs = OPS[node.op_type](ins, node.attrs)
+                outs = REGISTRY[node.op_type].simulate(ins, node.attrs)
             for name, v in zip(node.outputs, outs):
                 if not name:
                     continue

@@ -14,7 +14,15 @@ import torch.nn.functional as F
 
 from ..export.intplan import IntProgram, Step, TInt
 from ..quant.requant import requant_shift, rne_div, shift_float
-from ..ops.simulate import OPS, conv, torch_pad
+from ..ops.registry import REGISTRY
+from ..ops.simulate import conv, torch_pad
+
+
+#: Step kind -> executor method; covers every integer-lowering kind of ops.registry (tests/test_opspec.py).
+#: "carry" (and "pass") steps run the op's torch function on the containers (_generic).
+EXECUTORS = {"layer": "_layer", "add": "_add", "mul": "_mul", "concat": "_concat", "avgpool": "_avgpool",
+             "lut": "_lut", "carry": "_generic"}
+_NARY = frozenset({"add", "mul", "concat"})  # executors that take the list of inputs
 
 
 def _per_channel(v: np.ndarray, cdim: int, ndim: int, device) -> torch.Tensor:
@@ -134,7 +142,7 @@ class IntSim:
         if step.attrs.get("pad_value") is not None:
             ins = (ins + [None, None])[:3] if len(ins) < 3 else ins
             ins[2] = torch.tensor(float(step.attrs["pad_value"]), dtype=torch.float64)
-        return OPS[step.attrs["op_type"]](ins, attrs)
+        return REGISTRY[step.attrs["op_type"]].simulate(ins, attrs)
 
     # ------------------------------------------------------------------ run
     @torch.no_grad()
@@ -147,15 +155,6 @@ class IntSim:
             k = step.kind
             if k == "input":
                 env[step.outputs[0]] = self._input(step, feeds[step.inputs[0]])
-            elif k == "layer":
-                env[step.outputs[0]] = self._layer(step, env[step.inputs[0]])
-            elif k in ("add", "mul", "concat"):
-                ins = [env[i] for i in step.inputs]
-                env[step.outputs[0]] = getattr(self, f"_{k}")(step, ins)
-            elif k == "avgpool":
-                env[step.outputs[0]] = self._avgpool(step, env[step.inputs[0]])
-            elif k == "lut":
-                env[step.outputs[0]] = self._lut(step, env[step.inputs[0]])
             elif k in ("carry", "pass"):
                 if step.attrs["op_type"] == "Constant":
                     continue
@@ -167,6 +166,9 @@ class IntSim:
                 t = self.p.tensors[step.inputs[0]]
                 c = env[step.inputs[0]]
                 result[step.outputs[0]] = ((c - t.zp) * 2.0 ** -t.frac).float().cpu().numpy()
+            else:
+                fn = getattr(self, EXECUTORS[k])
+                env[step.outputs[0]] = fn(step, [env[i] for i in step.inputs] if k in _NARY else env[step.inputs[0]])
         for name, t in self.p.tensors.items():
             if name in env and (keep or name in self.p.outputs):
                 result[f"{name}.q"] = env[name].to(torch.int64).cpu().numpy()

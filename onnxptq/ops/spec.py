@@ -1,0 +1,38 @@
+"""OpSpec: everything onnxptq knows about one ONNX op, in one record."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+OpFn = Callable[[list, dict], list[torch.Tensor]]
+
+#: layer: weighted op, one quantizable unit with its own weight quantizer (Conv, Gemm, MatMul).
+#: carry: moves or selects values; its output keeps its input's quant point (MaxPool, Reshape, ...).
+#: merge: combines quantized tensors and gets its own quant point (Add, Concat, average pools, ...).
+#: island: any other float op; its output gets its own quant point.
+ROLES = ("layer", "carry", "merge", "island")
+
+#: Integer-lowering kinds: the Step.kind export/intplan.py emits for the op; export/integer.py
+#: (writer) and verify/int_sim.py (executor) each keep a handler per kind.
+LOWERINGS = ("layer", "carry", "add", "mul", "concat", "avgpool", "lut")
+
+
+@dataclass(frozen=True)
+class OpSpec:
+    """One ONNX op: its torch simulation, its role in the quant graph, its integer lowering kind
+    (None: no exact integer form) and the name runtime/ops registers its NumPy kernel under (None: none)."""
+
+    op_type: str
+    simulate: OpFn
+    role: str = "island"
+    lowering: str | None = None
+    runtime_kernel: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.role not in ROLES:
+            raise ValueError(f"OpSpec {self.op_type}: role {self.role!r} is not one of {ROLES}")
+        if self.lowering is not None and self.lowering not in LOWERINGS:
+            raise ValueError(f"OpSpec {self.op_type}: lowering {self.lowering!r} is not one of {LOWERINGS}")
