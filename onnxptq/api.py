@@ -49,7 +49,7 @@ class QuantResult:
     mixed: "MixedReport | None" = None  # per-layer bit allocation (--mixed)
     report_files: list[Path] = field(default_factory=list)  # --report: the report and its PNGs
     warnings: list[str] = field(default_factory=list)  # e.g. layers the target's runtime runs in float
-    state: QuantState | None = None  # the final quantization state (detached; weights that differ from qgraph)
+    state: QuantState | None = None  # the final quantization state, detached (sim/state.py)
     diagnostics: Diagnostics = field(default_factory=Diagnostics)  # the run's fallbacks (diagnostics.py)
 
     def summary(self) -> dict:
