@@ -12,11 +12,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
-import torch
 
 from .config import QuantConfig
 from .settings import resolve
 from .data import Dataset, load_dataset
+from .diagnostics import Diagnostics
 from .errors import ConfigError, DataError, OutputError
 from .eval import Fidelity, fidelity, run_onnxruntime
 from .graph import QGraph, import_model, partition
@@ -24,7 +24,9 @@ from .memory import peak_rss_bytes
 from .atomic import atomic_path
 from .targets import get_target
 from .plan import BitPlan, cap_weight_bits, make_plan
+from .run_context import RunContext
 from .sim.model import SimModel, simulate
+from .sim.state import QuantState
 
 if TYPE_CHECKING:
     from .export.intplan import IntProgram
@@ -48,6 +50,8 @@ class QuantResult:
     mixed: "MixedReport | None" = None  # per-layer bit allocation (--mixed)
     report_files: list[Path] = field(default_factory=list)  # --report: the report and its PNGs
     warnings: list[str] = field(default_factory=list)  # e.g. layers the target's runtime runs in float
+    state: QuantState | None = None  # the final quantization state, detached (sim/state.py)
+    diagnostics: Diagnostics = field(default_factory=Diagnostics)  # the run's fallbacks (diagnostics.py)
 
     def summary(self) -> dict:
         """Bits, scale kind, weight sizes before/after, times: the table printed at the end of a run."""
@@ -152,7 +156,7 @@ def save_atomic(model: onnx.ModelProto, out: Path) -> None:
 
 def quantize(model: str | os.PathLike, calib, config: QuantConfig | None = None, output: str | os.PathLike | None = None,
              force: bool = False, report: str | os.PathLike | None = None, preprocess=None,
-             check_kernels: bool = True, **overrides) -> QuantResult:
+             check_kernels: bool = True, cache: dict | None = None, **overrides) -> QuantResult:
     """Quantize an ONNX model with calibration data; write it to ``output`` if given.
 
     ``calib``: a .npz/.npy path, a folder of images, a ``Dataset``, an array (single-input models) or a dict of
@@ -161,6 +165,9 @@ def quantize(model: str | os.PathLike, calib, config: QuantConfig | None = None,
     ``report``: also write a per-layer report (``.md`` or ``.html``, with PNG plots: ``report.py``).
     ``check_kernels``: after export, warn (``QuantResult.warnings`` and the log) about the layers the target's
     runtime leaves on float kernels (a session is created, no inference is run).
+    ``cache``: the run's cache (``RunContext.cache``); pass one dict to several runs to share what depends only
+    on the model and data (a sweep over mixed-precision budgets measures the sensitivities once).
+    Runs in a ``RunContext``: torch's threads, global RNG states and cudnn flags are as before on return.
     """
     bad = sorted(set(overrides) - set(QuantConfig.field_names()))
     if bad:
@@ -174,12 +181,21 @@ def quantize(model: str | os.PathLike, calib, config: QuantConfig | None = None,
             raise OutputError(f"report {rep} must end in .md or .html")
         if out is not None and rep.resolve() == out.resolve():
             raise OutputError(f"report {rep} and output model are the same file; choose another report path")
-    torch.manual_seed(config.seed)
-    np.random.seed(config.seed)
+    with RunContext(seed=config.seed, device=config.device, progress=config.progress,
+                    cache={} if cache is None else cache) as ctx:
+        result = _quantize(model, calib, config, out, rep, preprocess, check_kernels, ctx)
+    return result
+
+
+def _quantize(model, calib, config: QuantConfig, out: Path | None, rep: Path | None, preprocess, check_kernels: bool,
+              ctx: RunContext) -> QuantResult:
+    """The stages of ``quantize`` inside its run context: import -> plan -> (mixed) -> calibrate ->
+    (reconstruct) -> export -> (kernel check, report). The imported graph is never written to."""
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     qg = import_model(model, config.input_shapes or None, frozenset(config.skip_nodes))
     timings["import"] = time.perf_counter() - t0
+    import_diagnostics(qg, ctx.diagnostics)
     data = _as_dataset(calib, qg, config.num_calib, preprocess, config.seed)
     plan = make_plan(qg, config)
     sim = SimModel(qg).to(config.device)
@@ -188,13 +204,13 @@ def quantize(model: str | os.PathLike, calib, config: QuantConfig | None = None,
         from .mixed.allocate import apply_mixed
 
         t0 = time.perf_counter()
-        mixed = apply_mixed(qg, plan, config, sim, data)
+        mixed = apply_mixed(qg, plan, config, sim, data, ctx.cache)
         timings["mixed"] = time.perf_counter() - t0
     cap_weight_bits(plan, get_target(config.target))
     t0 = time.perf_counter()
     from .calib.calibrate import calibrate
 
-    calibrate(sim, data, plan, config)
+    calibrate(sim, data, plan, config, ctx)
     timings["calibrate"] = time.perf_counter() - t0
     recon_report = None
     if config.method == "bitsplit":
@@ -210,7 +226,7 @@ def quantize(model: str | os.PathLike, calib, config: QuantConfig | None = None,
         if config.resume and ckpt_dir is None:
             raise ConfigError("resume needs the checkpoint directory of the interrupted run (--checkpoint-dir)")
         t0 = time.perf_counter()
-        recon_report = reconstruct(sim, data, plan, config, ckpt_dir)
+        recon_report = reconstruct(sim, data, plan, config, ckpt_dir, ctx=ctx)
         timings["reconstruct"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     program = None
@@ -227,9 +243,11 @@ def quantize(model: str | os.PathLike, calib, config: QuantConfig | None = None,
         qmodel = export_qdq(sim, config.opset, get_target(config.target))
     onnx.checker.check_model(qmodel)
     timings["export"] = time.perf_counter() - t0
+    qg.check_unchanged()
     if out is not None:
         save_atomic(qmodel, out)
-    result = QuantResult(qmodel, out, qg, sim, plan, config, timings, program, recon_report, mixed)
+    result = QuantResult(qmodel, out, qg, sim, plan, config, timings, program, recon_report, mixed,
+                         state=sim.export_state(), diagnostics=ctx.diagnostics)
     if check_kernels:
         from .deploy.check import kernel_warnings
 
@@ -243,6 +261,18 @@ def quantize(model: str | os.PathLike, calib, config: QuantConfig | None = None,
         result.report_files = write_report(result, rep, data)
         timings["report"] = time.perf_counter() - t0
     return result
+
+
+def import_diagnostics(qg: QGraph, diagnostics: Diagnostics) -> None:
+    """The importer's fallbacks (``qg.import_info``): layers left in float, onnxsim replaced by constant folding."""
+    if qg.import_info.get("simplifier") == "constant-folding":  # graph/load.py logged onnxsim's error
+        diagnostics.add("simplifier", "", "onnxsim failed; the built-in constant folding simplified the graph",
+                        quiet=True)
+    floats = qg.import_info.get("float_layers", [])
+    for name in floats:
+        diagnostics.add("float-layer", name, "its input has no quant point (not quantizable), so it stays float")
+    if floats:
+        diagnostics.totals["float-layer"] = len(qg.layers) + len(floats)
 
 
 def inspect(model: str | os.PathLike, granularity: str = "block", input_shapes: dict | None = None) -> dict:

@@ -37,8 +37,11 @@ class RunContext:
         return np.random.default_rng([self.seed, *[int(k) for k in keys]])
 
     def __enter__(self) -> "RunContext":
+        """Seed torch's and NumPy's global generators with ``seed`` (stages that have not moved to
+        ``generator``/``rng`` still draw from them); everything changed is restored by ``__exit__``."""
         self._saved = {"threads": torch.get_num_threads(), "cpu_rng": torch.get_rng_state(),
-                       "np_rng": np.random.get_state(), "cudnn_det": torch.backends.cudnn.deterministic}
+                       "np_rng": np.random.get_state(), "cudnn_det": torch.backends.cudnn.deterministic,
+                       "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None}
         torch.manual_seed(self.seed)
         np.random.seed(self.seed)
         if self.device.startswith("cuda") and torch.cuda.is_available():
@@ -51,3 +54,5 @@ class RunContext:
         torch.set_rng_state(s["cpu_rng"])
         np.random.set_state(s["np_rng"])
         torch.backends.cudnn.deterministic = s["cudnn_det"]
+        if s["cuda_rng"] is not None:
+            torch.cuda.set_rng_state_all(s["cuda_rng"])

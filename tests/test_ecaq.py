@@ -39,7 +39,7 @@ def test_ecaq_rescaling_leaves_the_float_model_unchanged(tiny):
     w_before = {x.name: qg.initializer(x.weight).copy() for x in qg.layers}
     data = Dataset({"input": calib})
     observers, means = observe_activations(sim, data, cfg)
-    sim.input_means = means
+    sim.state.input_means.update(means)
     calibrate_activations(sim, observers, make_plan(qg, cfg), cfg)
     points = candidates(sim)
     conv2, conv3 = qg.layers[1], qg.layers[2]
@@ -47,10 +47,13 @@ def test_ecaq_rescaling_leaves_the_float_model_unchanged(tiny):
     betas = apply_ecaq(sim, data, cfg)
     beta = betas[conv2.output]
     assert beta.shape == (8,) and np.all(beta > 0) and len(set(beta.tolist())) > 1
-    # Eq. 26: the consumer's weights (sim and imported graph) are W[:, c] * beta[c]; here depthwise: channel o
+    # Eq. 26: the consumer's simulated weights are W[:, c] * beta[c]; here depthwise: channel o. The imported
+    # graph keeps W (it is the float graph); the state records beta and the input mean seen through it.
     expected = w_before[conv3.name] * beta.reshape(8, 1, 1, 1)
-    np.testing.assert_allclose(qg.initializer(conv3.weight), expected, rtol=1e-6)
+    np.testing.assert_array_equal(qg.initializer(conv3.weight), w_before[conv3.name])
     np.testing.assert_allclose(sim.weight(conv3.weight).detach().numpy(), expected, rtol=1e-6)
+    assert list(sim.state.ecaq_scales) == [conv2.output] and sim.act_quantizer(conv2.output).ecaq
+    torch.testing.assert_close(sim.state.input_means[conv3.name], means[conv3.name] / torch.from_numpy(beta))
     np.testing.assert_allclose(_float_out(sim, val), before, rtol=1e-5, atol=1e-5)  # Eq. 25: exact re-scaling
 
 
@@ -69,13 +72,13 @@ def test_ecaq_export_is_per_axis_and_bit_exact(tiny, tmp_path, method):
     res = api.quantize(path, calib, output=out, method=method, ecaq=True, w_bits=4, a_bits=4, progress=False,
                        bitsplit_points=2000)
     t = res.qgraph.layers[1].output
-    assert list(res.sim.ecaq_scales) == [t]
+    assert list(res.state.ecaq_scales) == [t]
     m = onnx.load(str(out))
     inits = {i.name: numpy_helper.to_array(i) for i in m.graph.initializer}
     q = next(n for n in m.graph.node if n.op_type == "QuantizeLinear" and n.output[0] == f"{t}_quantized")
     dq = next(n for n in m.graph.node if n.op_type == "DequantizeLinear" and n.input[0] == f"{t}_quantized")
     assert next(a.i for a in q.attribute if a.name == "axis") == 1
-    np.testing.assert_array_equal(inits[q.input[1]], res.sim.ecaq_scales[t])
+    np.testing.assert_array_equal(inits[q.input[1]], res.state.ecaq_scales[t])
     assert float(inits[dq.input[1]]) == 1.0
     # the consumer's int32 bias has scale 1 * s_w
     conv3 = res.qgraph.layers[2]
@@ -103,7 +106,7 @@ def test_ecaq_integer_export_level1_and_equals_po2_simulation(model, a_bits):
     val = dict(np.load(MODELS / "digits_val.npz"))
     res = api.quantize(MODELS / f"{model}.onnx", MODELS / "digits_calib.npz", scale="po2", format="int",
                        ecaq=True, w_bits=4, a_bits=a_bits, num_calib=64, progress=False)
-    betas = res.sim.ecaq_scales
+    betas = res.state.ecaq_scales
     assert betas, "no ECAQ point in the model"
     for beta in betas.values():  # Po2 per channel, and not all equal (else ECAQ would be per-tensor)
         assert np.array_equal(np.exp2(np.round(np.log2(beta))), beta) and len(set(beta.tolist())) > 1

@@ -76,22 +76,25 @@ def test_search_meets_the_size_budget_and_is_seeded(tiny, tmp_path):
 
 
 def test_sensitivities_are_measured_once_per_model_and_data(tiny, monkeypatch):
-    """A sweep over budgets reuses the measurement (memoized on weights, samples and scale settings);
-    other calibration data is measured anew."""
+    """A sweep over budgets that shares one cache reuses the measurement (memoized on weights, samples and
+    scale settings); other calibration data is measured anew; runs without a shared cache share nothing."""
     from onnxptq.mixed import sensitivity
 
     _, path, calib, _ = tiny
     calls = []
     real = sensitivity._measure
     monkeypatch.setattr(sensitivity, "_measure", lambda *a, **k: calls.append(1) or real(*a, **k))
-    monkeypatch.setattr(sensitivity, "_MEMO", {})
     qg = import_model(path)
     total = sum(int(np.prod(x.weight_shape)) for x in qg.layers)
-    bits = [api.quantize(path, calib, mixed="search", budget_size=total * b / 8, a_bits=8, progress=False).mixed.bits
-            for b in (3.0, 5.0)]
+    cache: dict = {}
+    bits = [api.quantize(path, calib, mixed="search", budget_size=total * b / 8, a_bits=8, progress=False,
+                         cache=cache).mixed.bits for b in (3.0, 5.0)]
     assert len(calls) == 1 and bits[0] != bits[1]
-    api.quantize(path, calib[::-1].copy(), mixed="search", budget_size=total * 3.0 / 8, a_bits=8, progress=False)
+    api.quantize(path, calib[::-1].copy(), mixed="search", budget_size=total * 3.0 / 8, a_bits=8, progress=False,
+                 cache=cache)
     assert len(calls) == 2
+    again = api.quantize(path, calib, mixed="search", budget_size=total * 3.0 / 8, a_bits=8, progress=False)
+    assert len(calls) == 3 and again.mixed.bits == bits[0]  # a run of its own measures, the same numbers
 
 
 def test_search_bops_budget_and_infeasible_budget(tiny):

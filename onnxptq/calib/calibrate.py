@@ -13,6 +13,7 @@ from tqdm import tqdm
 
 from ..config import QuantConfig
 from ..data import Dataset
+from ..diagnostics import Diagnostics
 from ..plan import BitPlan
 from ..graph.qgraph import Layer
 from ..memory import trim_heap
@@ -21,6 +22,8 @@ from ..quant import scales as S
 from ..quant.grid import Grid
 from ..quant.observer import Observer
 from ..quant.rounding import WEIGHT_ROUNDINGS, ceil_round, floor_round, rne, stochastic_round
+from ..run_context import RunContext
+from ..sim.capture import layer_inputs
 from ..sim.model import SimModel
 from ..targets import get_target
 
@@ -89,15 +92,14 @@ def observe_activations(sim: SimModel, data: Dataset, cfg: QuantConfig) -> tuple
         sums[layer.name] = sums.get(layer.name, 0) + x.sum(dim=dims, dtype=torch.float64)  # no float64 copy of x
         counts[layer.name] = counts.get(layer.name, 0) + x.numel() // x.shape[1 if layer.op_type == "Conv" else -1]
 
-    sim.layer_input_hook = input_mean
     try:
         n_batches = (len(data) + cfg.batch_size - 1) // cfg.batch_size
-        for feeds in tqdm(data.batches(cfg.batch_size), total=n_batches, desc="calibrating activations",
-                          disable=not cfg.progress, leave=False):
-            sim({k: torch.from_numpy(v).to(device) for k, v in feeds.items()})
-            trim_heap()  # each batch's activations: back to the OS (the resident set stays flat)
+        with layer_inputs(sim, input_mean):
+            for feeds in tqdm(data.batches(cfg.batch_size), total=n_batches, desc="calibrating activations",
+                              disable=not cfg.progress, leave=False):
+                sim({k: torch.from_numpy(v).to(device) for k, v in feeds.items()})
+                trim_heap()  # each batch's activations: back to the OS (the resident set stays flat)
     finally:
-        sim.layer_input_hook = None
         for _, fq in sim.act_quantizers():
             fq.observer = None
     return observers, {k: (v / counts[k]).float() for k, v in sums.items()}
@@ -229,7 +231,8 @@ def calibrate_weights(sim: SimModel, plan: BitPlan, cfg: QuantConfig,
 def _calibrate_weights(sim: SimModel, plan: BitPlan, cfg: QuantConfig,
                        input_means: dict[str, torch.Tensor] | None = None,
                        input_errors: dict[str, torch.Tensor] | None = None) -> None:
-    sim.bias_delta.clear()
+    bias_delta = sim.state.bias_delta
+    bias_delta.clear()
     for i, layer in enumerate(sim.qg.layers):
         fq = sim.weight_quantizer(layer.name)
         w = sim.weight(layer.weight).detach()
@@ -241,11 +244,11 @@ def _calibrate_weights(sim: SimModel, plan: BitPlan, cfg: QuantConfig,
             w_q = fake_quantize(w, torch.tensor(np.array(scale), device=w.device), torch.tensor(np.array(zp), device=w.device).float(),
                                 grid, round_fn)
             err = input_errors.get(layer.name) if input_errors else None
-            sim.bias_delta[layer.name] = bias_shift(layer, w, w_q, input_means[layer.name].to(w.device),
+            bias_delta[layer.name] = bias_shift(layer, w, w_q, input_means[layer.name].to(w.device),
                                                     None if err is None else err.to(w.device))
         if layer.bias:
             s_x = sim.input_scale(layer)
-            bias = sim.weight(layer.bias).detach() - sim.bias_delta.get(layer.name, 0)
+            bias = sim.weight(layer.bias).detach() - bias_delta.get(layer.name, 0)
             safe = S.bias_safe_weight_scale(torch.from_numpy(params.scale), bias.cpu(), s_x, params.po2)
             if not torch.equal(safe, torch.from_numpy(params.scale)):
                 params = QParams(grid, safe.numpy(), params.zero_point, params.axis, params.po2)
@@ -270,20 +273,31 @@ def weight_round_fn(rounding: str, w: torch.Tensor, seed: int, index: int) -> Ca
     raise ValueError(f"unknown weight rounding {rounding!r}; one of {', '.join(WEIGHT_ROUNDINGS)}")
 
 
-def calibrate(sim: SimModel, data: Dataset, plan: BitPlan, cfg: QuantConfig) -> None:
+def calibrate(sim: SimModel, data: Dataset, plan: BitPlan, cfg: QuantConfig, ctx: RunContext | None = None) -> None:
     """RTN: activation scales from float statistics, then weight scales per channel (which need the
-    input scale to keep the int32 bias in range); quantization on."""
+    input scale to keep the int32 bias in range); quantization on. Writes ``sim.state``; what could not be
+    done as asked goes into ``ctx.diagnostics``."""
+    diagnostics = ctx.diagnostics if ctx is not None else Diagnostics()
     observers, input_means = observe_activations(sim, data, cfg)
-    sim.input_means = input_means  # also used after learned rounding (recon/engine.py)
+    state = sim.state
+    state.input_means.clear()
+    state.input_means.update(input_means)  # also used after learned rounding (recon/engine.py)
     calibrate_activations(sim, observers, plan, cfg)
     if cfg.scale == "po2" and cfg.po2_output_points > 0:
         output_search_activations(sim, data, observers, cfg.po2_output_points)
     if cfg.ecaq:
         from .ecaq import apply_ecaq
 
-        sim.ecaq_scales = apply_ecaq(sim, data, cfg)
+        if not apply_ecaq(sim, data, cfg):
+            diagnostics.add("other", "", "--ecaq: no quant point qualifies (a non-negative 4-D tensor read only by "
+                            "convs, e.g. inside a residual block), so no activation has per-channel scales")
     errors = input_quant_error(sim, data, cfg) if cfg.bias_correction else None
-    calibrate_weights(sim, plan, cfg, input_means if cfg.bias_correction else None, errors)
+    calibrate_weights(sim, plan, cfg, state.input_means if cfg.bias_correction else None, errors)
+    if cfg.bias_correction:
+        for layer in sim.qg.layers:
+            if not layer.bias:
+                diagnostics.add("bias-correction-dropped", layer.name, "no bias input to hold the correction "
+                                "(Nagel et al. 2019, Eq. 13); its mean output shift stays", quiet=True)
     sim.set_quant(weights=True, acts=True)
 
 

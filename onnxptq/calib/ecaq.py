@@ -8,8 +8,9 @@ X^ -> Y, Eq. 27) as W_beta.
 
 In this package an ECAQ quant point's ``FakeQuant`` carries ``beta``: enabled, it outputs the integer
 codes X^ = clip(round(x / beta)) (dequantized with scale 1); disabled, the exact rescaling x / beta, so
-the float model is unchanged. The consumers' weights (and the imported graph's initializers, which
-the float stream reads) hold W_beta, and their int32 biases have scale 1 * s_w. Exported as
+the float model is unchanged. The consumers' weights in the simulation (``sim.weights``, and the float
+weights of its ``QuantState``; the imported graph keeps W) hold W_beta, and their int32 biases have scale 1 * s_w;
+beta itself is ``sim.state.ecaq_scales``. Exported as
 QuantizeLinear with a per-axis scale beta followed by DequantizeLinear with scale 1 (QDQ).
 
 Where ECAQ applies (``candidates``): a quant point produced by a layer unit, non-negative on the
@@ -21,12 +22,12 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from onnx import numpy_helper
 
 from ..config import QuantConfig
 from ..data import Dataset
 from ..quant import QParams
 from ..quant import scales as S
+from ..sim.capture import layer_inputs
 from ..sim.model import SimModel
 
 SAMPLES = 16  # calibration samples beta is fitted on
@@ -74,8 +75,9 @@ def in_channel_view(layer, beta: torch.Tensor, ndim: int) -> torch.Tensor:
 
 @torch.no_grad()
 def apply_ecaq(sim: SimModel, data: Dataset, cfg: QuantConfig) -> dict[str, np.ndarray]:
-    """Per-channel scales at every candidate point, folded into the consumers (module doc). Call after the
-    activations are calibrated and before the weights are. Returns {tensor: beta}."""
+    """Per-channel scales at every candidate point, folded into the consumers' simulated weights (module
+    doc); recorded in ``sim.state.ecaq_scales``. Call after the activations are calibrated and before the
+    weights are. Returns {tensor: beta}."""
     qg = sim.qg
     points = candidates(sim)
     if not points:
@@ -95,33 +97,23 @@ def apply_ecaq(sim: SimModel, data: Dataset, cfg: QuantConfig) -> dict[str, np.n
     device = next(iter(sim.weights.values())).device
     feeds = {k: torch.from_numpy(v[:SAMPLES]).to(device) for k, v in data.inputs.items()}
     sim.set_quant(weights=False, acts=False)
-    sim.layer_input_hook = grab
-    try:
+    with layer_inputs(sim, grab):
         sim(feeds)
-    finally:
-        sim.layer_input_hook = None
     betas = {}
+    state = sim.state
     for t in points:
         fq = sim.act_quantizer(t)
         beta = channel_scales(samples.pop(t), fq.params, cfg.scale == "po2")
         betas[t] = beta
         fq.set_params(QParams(fq.params.grid, beta, np.zeros_like(beta, dtype=np.int64), 1, cfg.scale == "po2"), 4)
-        fq.ecaq = True
+        state.ecaq_scales[t] = beta  # makes fq an ECAQ quantizer
         b = torch.from_numpy(beta)
         for c in qg.quant_points[t].consumers:
             layer = layer_of[c]
             w = sim.weight(layer.weight)
             w.mul_(in_channel_view(layer, b, w.dim()).to(w.device))
-            _set_initializer(qg, layer.weight, w.detach().cpu().numpy())
-            if layer.name in sim.input_means:
-                sim.input_means[layer.name] = sim.input_means[layer.name] / b.to(sim.input_means[layer.name].device)
+            state.float_weights[layer.weight] = w.detach().cpu().clone()  # the float model's W_beta
+            mean = state.input_means.get(layer.name)
+            if mean is not None:
+                state.input_means[layer.name] = mean / b.to(mean.device)
     return betas
-
-
-def _set_initializer(qg, name: str, arr: np.ndarray) -> None:
-    """Replace an initializer of the imported graph (the float stream and exporters read W_beta from it)."""
-    for init in qg.model.graph.initializer:
-        if init.name == name:
-            init.CopyFrom(numpy_helper.from_array(arr.astype(np.float32), name))
-            return
-    raise KeyError(name)

@@ -11,6 +11,7 @@ Placement follows DESIGN.md section 3:
 """
 from __future__ import annotations
 
+import hashlib
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -66,8 +67,12 @@ class QuantPoint:
     consumers: list[str] = field(default_factory=list)
 
 
-@dataclass
+@dataclass(frozen=True)
 class QGraph:
+    """Immutable after import: no stage writes into its model, initializers or layers (quantization state
+    lives in ``sim.state.QuantState``). ``initializer`` returns read-only arrays, attributes cannot be
+    reassigned, and ``check_unchanged`` (run at the end of ``api.quantize``) fails on any write to the model."""
+
     model: onnx.ModelProto
     layers: list[Layer]
     quant_points: dict[str, QuantPoint]
@@ -89,10 +94,25 @@ class QGraph:
                 return layer
         raise KeyError(name)
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_digest", self._model_digest())
+
+    def _model_digest(self) -> bytes:
+        return hashlib.sha256(self.model.SerializeToString()).digest()
+
+    def check_unchanged(self) -> None:
+        """Raise if the imported model was written to since import (it is the float graph of the run)."""
+        if self._model_digest() != self._digest:
+            raise RuntimeError("the imported graph was modified after import; stages must keep their state in "
+                               "the simulation's QuantState (sim/state.py), not in the QGraph")
+
     def initializer(self, name: str) -> np.ndarray:
+        """The float initializer ``name`` as a read-only array (copy it to change it)."""
         for init in self.model.graph.initializer:
             if init.name == name:
-                return numpy_helper.to_array(init)
+                arr = numpy_helper.to_array(init)
+                arr.setflags(write=False)
+                return arr
         raise KeyError(name)
 
 

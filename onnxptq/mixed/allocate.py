@@ -73,8 +73,10 @@ def coding_length_bits(qg: QGraph, layers: list[str], bits: list[int], eps: floa
     return allocate_bits(lengths, sorted(bits)), lengths
 
 
-def apply_mixed(qg: QGraph, plan: BitPlan, cfg: QuantConfig, sim=None, data: Dataset | None = None) -> MixedReport:
-    """Choose the free layers' weight bits by ``cfg.mixed`` and write them into ``plan`` (see module doc)."""
+def apply_mixed(qg: QGraph, plan: BitPlan, cfg: QuantConfig, sim=None, data: Dataset | None = None,
+                cache: dict | None = None) -> MixedReport:
+    """Choose the free layers' weight bits by ``cfg.mixed`` and write them into ``plan`` (see module doc).
+    ``cache``: the run's ``RunContext.cache`` (sensitivities measured once per model, data and settings)."""
     t0 = time.perf_counter()
     layers = free_layers(qg, cfg)
     if not layers:
@@ -92,7 +94,7 @@ def apply_mixed(qg: QGraph, plan: BitPlan, cfg: QuantConfig, sim=None, data: Dat
     from .sensitivity import measure_sensitivities
 
     choices = tuple(sorted(cfg.mixed_bits or SEARCH_CHOICES))
-    diag, offdiag = measure_sensitivities(sim, data, cfg, layers, choices, progress=cfg.progress)
+    diag, offdiag = measure_sensitivities(sim, data, cfg, layers, choices, progress=cfg.progress, cache=cache)
     kind, budget = ("size", cfg.budget_size) if cfg.budget_size is not None else ("bops", cfg.budget_bops)
     measure = plan_size if kind == "size" else plan_bops
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 from itertools import combinations
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,8 +30,7 @@ def _output(sim: SimModel, feeds: dict[str, torch.Tensor]) -> torch.Tensor:
     return sim(feeds)[sim.qg.outputs[0]].double()
 
 
-_MEMO: dict[str, tuple[dict, dict]] = {}  # content key -> sensitivities (a sweep over budgets measures once)
-MEMO_ENTRIES = 4
+CACHE_KEY = "mixed.sensitivities"  # RunContext.cache entry: content key -> (diag, offdiag)
 
 
 def _memo_key(sim: SimModel, data: Dataset, cfg: QuantConfig, layers: list[str], choices: tuple[int, ...],
@@ -47,16 +47,16 @@ def _memo_key(sim: SimModel, data: Dataset, cfg: QuantConfig, layers: list[str],
 
 
 def measure_sensitivities(sim: SimModel, data: Dataset, cfg: QuantConfig, layers: list[str], choices: tuple[int, ...],
-                          samples: int = SAMPLES, progress: bool = True) -> tuple[dict, dict]:
+                          samples: int = SAMPLES, progress: bool = True,
+                          cache: dict[str, Any] | None = None) -> tuple[dict, dict]:
     """(diag {(layer, bits): s}, offdiag {((a, b_min), (b, b_min)): s}) for ``layers`` (see module doc).
-    Memoized within the process on the weights, samples and weight-scale settings, so quantizing one model
-    at several budgets measures once."""
-    key = _memo_key(sim, data, cfg, layers, choices, samples)
-    if key not in _MEMO:
-        while len(_MEMO) >= MEMO_ENTRIES:
-            _MEMO.pop(next(iter(_MEMO)))
-        _MEMO[key] = _measure(sim, data, cfg, layers, choices, samples, progress)
-    diag, offdiag = _MEMO[key]
+    With ``cache`` (a ``RunContext.cache``, shared by the runs of a sweep over budgets) memoized on the
+    weights, samples and weight-scale settings, so quantizing one model at several budgets measures once."""
+    memo = cache.setdefault(CACHE_KEY, {}) if cache is not None else {}
+    key = _memo_key(sim, data, cfg, layers, choices, samples) if cache is not None else ""
+    if key not in memo:
+        memo[key] = _measure(sim, data, cfg, layers, choices, samples, progress)
+    diag, offdiag = memo[key]
     return dict(diag), dict(offdiag)
 
 

@@ -34,6 +34,7 @@ from ..config import QuantConfig
 from ..data import Dataset
 from ..quant import QParams, weight_grid
 from ..quant import scales as S
+from ..sim.capture import layer_inputs
 from ..sim.model import SimModel
 from ..ops.simulate import _conv_padding, torch_pad
 from .bitsplit import BitSplitResult, bit_split, log_quant, log_values, nearest_q, reconstruction_error
@@ -60,13 +61,11 @@ def _capture(sim: SimModel, feeds: dict[str, torch.Tensor], layer, quantized: bo
             raise _Stop
 
     sim.set_quant(weights=quantized, acts=quantized)
-    old, sim.layer_input_hook = sim.layer_input_hook, hook
     try:
-        sim(feeds)
+        with layer_inputs(sim, hook):
+            sim(feeds)
     except _Stop:
         pass
-    finally:
-        sim.layer_input_hook = old
     return got["x"]
 
 

@@ -299,8 +299,7 @@ class _FloatWeights:
 
     def __init__(self, sim: SimModel) -> None:
         self.sim = sim
-        self.float = {x.weight: torch.from_numpy(np.array(sim.qg.initializer(x.weight), dtype=np.float32))
-                      for x in sim.qg.layers}
+        self.float = {x.weight: sim.float_weight(x.weight) for x in sim.qg.layers}
         self.saved: dict[str, torch.Tensor] = {}
 
     @torch.no_grad()
@@ -608,9 +607,10 @@ class Engine:
 
 
 def reconstruct(sim: SimModel, data: Dataset, plan: BitPlan, cfg: QuantConfig,
-                checkpoint_dir: str | None = None) -> ReconReport:
-    """Reconstruct every region of ``sim`` (already calibrated) on ``data``; see the module docstring."""
+                checkpoint_dir: str | None = None, ctx=None) -> ReconReport:
+    """Reconstruct every region of ``sim`` (already calibrated) on ``data``; see the module docstring.
+    ``ctx``: the run's ``RunContext`` (it sets and restores cudnn's determinism)."""
     del plan  # bit widths are already in the calibrated quantizers
-    if cfg.device.startswith("cuda") and torch.cuda.is_available():
+    if ctx is None and cfg.device.startswith("cuda") and torch.cuda.is_available():
         torch.backends.cudnn.deterministic = True
     return Engine(sim, data, cfg, checkpoint_dir or cfg.checkpoint_dir).run()

@@ -31,15 +31,40 @@ class FakeQuant(nn.Module):
     def __init__(self, name: str, bits: int, axis: int | None = None) -> None:
         super().__init__()
         self.name, self.bits, self.axis = name, bits, axis
-        self.params: QParams | None = None
+        self._store: dict[str, QParams] = {}  # where ``params`` lives (a QuantState dict once bound)
+        self._key = name
+        self._ecaq_scales: dict[str, np.ndarray] = {}
         self.observer: Observer | None = None
         self.enabled = False
         self.round_fn = None  # replaces STE rounding of x / s when set (AdaRound: recon/adaround.py)
         self.scale_fn = None  # returns the scale instead of the fixed one when set (RAPQ: recon/po2_group.py)
-        self.ecaq = False  # per-channel activation scales folded into the consumers (recon/ecaq.py): outputs
-        # the integer codes (q - z) when enabled, the exact rescaling x / s when disabled
         self.register_buffer("scale", torch.ones(()), persistent=False)
         self.register_buffer("zero_point", torch.zeros(()), persistent=False)
+
+    def bind(self, store: dict[str, QParams], key: str, ecaq_scales: dict[str, np.ndarray] | None = None) -> None:
+        """Keep ``params`` in ``store[key]`` (a ``QuantState`` dict); ``ecaq_scales``: the state's ECAQ
+        scales, which make this an ECAQ quantizer when they hold ``key``."""
+        if self._key in self._store:
+            store[key] = self._store.pop(self._key)
+        self._store, self._key = store, key
+        self._ecaq_scales = {} if ecaq_scales is None else ecaq_scales
+
+    @property
+    def params(self) -> QParams | None:
+        return self._store.get(self._key)
+
+    @params.setter
+    def params(self, params: QParams | None) -> None:
+        if params is None:
+            self._store.pop(self._key, None)
+        else:
+            self._store[self._key] = params
+
+    @property
+    def ecaq(self) -> bool:
+        """Per-channel activation scales folded into the consumers (calib/ecaq.py): outputs the integer codes
+        (q - z) when enabled, the exact rescaling x / s when disabled."""
+        return self._key in self._ecaq_scales
 
     def set_params(self, params: QParams, ndim: int | None = None) -> None:
         self.params = params

@@ -9,15 +9,17 @@ from __future__ import annotations
 import re
 import zlib
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
 from torch import nn
 
 from ..graph.qgraph import Layer, QGraph, attrs_of
-from ..quant import fake_quantize
+from ..quant import QParams, fake_quantize
 from ..quant.grid import BIAS_GRID
 from .fake_quant import FakeQuant, round_ste
+from .state import QuantState
 from ..ops.registry import REGISTRY
 from ..ops.simulate import conv, gemm
 
@@ -65,15 +67,86 @@ class SimModel(nn.Module):
             if n.op_type == "Split":
                 a["_num_outputs"] = len(n.output)
             self.nodes.append(SimNode(n.name, n.op_type, list(n.input), list(n.output), a, layer_by_node.get(n.name)))
+        self._state = QuantState()
         self.act_fq = nn.ModuleDict({_key(t): FakeQuant(t, 8) for t in qg.quant_points})
         self.w_fq = nn.ModuleDict({_key(layer.name): FakeQuant(layer.weight, 8, layer.weight_axis) for layer in qg.layers})
         self._act_key = {t: _key(t) for t in qg.quant_points}
+        for t, k in self._act_key.items():
+            self.act_fq[k].bind(self._state.act_params, t, self._state.ecaq_scales)
+        for layer in qg.layers:
+            self.w_fq[_key(layer.name)].bind(self._state.weight_params, layer.name)
         self.quantize_bias = True
-        self.layer_input_hook = None  # callable(layer, x) run on every layer input (statistics)
-        self.bias_delta: dict[str, torch.Tensor] = {}  # layer -> bias correction applied with quantized weights
-        self.input_means: dict[str, torch.Tensor] = {}  # layer -> per-channel float input mean (calibration data)
-        self.ecaq_scales: dict[str, np.ndarray] = {}  # ECAQ quant point -> per-channel scales (recon/ecaq.py)
+        self._input_taps: list[Callable[[Layer, torch.Tensor], None]] = []  # sim/capture.py
         self._last_use = self._compute_last_use()
+
+    # ------------------------------------------------------------------ state
+    @property
+    def state(self) -> QuantState:
+        """The live quantization state (sim/state.py); the weights it runs are ``weights``."""
+        return self._state
+
+    @property
+    def bias_delta(self) -> dict[str, torch.Tensor]:
+        """``state.bias_delta`` (kept while reconstruction moves to ``state``)."""
+        return self._state.bias_delta
+
+    @property
+    def input_means(self) -> dict[str, torch.Tensor]:
+        """``state.input_means`` (kept while reconstruction moves to ``state``)."""
+        return self._state.input_means
+
+    def float_weight(self, init_name: str) -> torch.Tensor:
+        """Weight or bias ``init_name`` of the float model (float32, CPU): the imported graph's, or its
+        function-preserving replacement in ``state.float_weights`` (ECAQ's W_beta)."""
+        w = self._state.float_weights.get(init_name)
+        if w is not None:
+            return w.detach().cpu().clone()
+        return torch.from_numpy(np.array(self.qg.initializer(init_name))).float()
+
+    @torch.no_grad()
+    def export_state(self) -> QuantState:
+        """A detached copy of ``state``, with the weights that differ from the float weights as overrides."""
+        out = self._state.detached()
+        for name, key in self._wkey.items():
+            w = self.weights[key].detach().cpu()
+            if not torch.equal(w, self.float_weight(name)):
+                out.weight_overrides[name] = w.clone()
+        return out
+
+    @torch.no_grad()
+    def load_state(self, state: QuantState) -> None:
+        """Make a copy of ``state`` this simulation's state: weights = imported graph + overrides, quantizer
+        parameters, bias corrections, ECAQ scales, input means. Which quantizers are enabled is unchanged."""
+        layers = {x.name: x for x in self.qg.layers}
+        unknown = sorted((set(state.weight_overrides) - set(self._wkey)) | (set(state.float_weights) - set(self._wkey))
+                         | (set(state.weight_params) - set(layers))
+                         | (set(state.act_params) - set(self._act_key)) | (set(state.ecaq_scales) - set(self._act_key)))
+        if unknown:
+            raise ValueError(f"the state names {unknown[:5]} which this model does not have (a state of another model?)")
+        state = state.detached()
+        device = next(iter(self.weights.values())).device if len(self.weights) else torch.device("cpu")
+        self._state.float_weights.clear()
+        self._state.float_weights.update(state.float_weights)
+        for name, key in self._wkey.items():
+            self.weights[key].copy_(state.weight_overrides.get(name, self.float_weight(name)))
+        for mine, theirs in ((self._state.bias_delta, state.bias_delta), (self._state.input_means, state.input_means)):
+            mine.clear()
+            mine.update({k: v.to(device) for k, v in theirs.items()})
+        self._state.ecaq_scales.clear()
+        self._state.ecaq_scales.update(state.ecaq_scales)
+        for name, layer in layers.items():
+            self._set(self.weight_quantizer(name), state.weight_params.get(name), len(layer.weight_shape))
+        for t, k in self._act_key.items():
+            p = state.act_params.get(t)
+            self._set(self.act_fq[k], p, None if p is None or p.axis is None else len(self.qg.shapes[t]))
+
+    @staticmethod
+    def _set(fq: FakeQuant, params: QParams | None, ndim: int | None) -> None:
+        if params is None:
+            fq.params = None
+        else:
+            fq.bits = params.grid.bits
+            fq.set_params(params, ndim)
 
     # ------------------------------------------------------------------ accessors
     def act_quantizer(self, tensor: str) -> FakeQuant:
@@ -115,8 +188,8 @@ class SimModel(nn.Module):
 
     def _layer_forward(self, node: SimNode, x: torch.Tensor) -> torch.Tensor:
         layer = node.layer
-        if self.layer_input_hook is not None:
-            self.layer_input_hook(layer, x)
+        for tap in self._input_taps:
+            tap(layer, x)
         wq = self.weight_quantizer(layer.name)
         w = wq(self.weight(layer.weight))
         b = self.effective_bias(layer) if layer.bias else None
@@ -131,7 +204,7 @@ class SimModel(nn.Module):
     def effective_bias(self, layer: Layer, quantized_weights: bool | None = None) -> torch.Tensor:
         """The float bias, minus its bias correction when the weights are quantized (default: if enabled)."""
         b = self.weight(layer.bias)
-        delta = self.bias_delta.get(layer.name)
+        delta = self._state.bias_delta.get(layer.name)
         if quantized_weights is None:
             quantized_weights = self.weight_quantizer(layer.name).enabled
         if delta is not None and quantized_weights:
@@ -150,7 +223,7 @@ class SimModel(nn.Module):
 
     def input_scale(self, layer: Layer) -> float:
         """s_x of the layer's input: its quant point's scale, or 1 for an ECAQ point (integer codes,
-        the per-channel scales live in the weights: recon/ecaq.py)."""
+        the per-channel scales live in the weights: calib/ecaq.py)."""
         fq = self.act_quantizer(self.qg.source[layer.input])
         return 1.0 if fq.ecaq else float(fq.params.scale)
 
