@@ -82,6 +82,7 @@ class QuantResult:
                 "weights_quant_bytes_no_bias": self.mixed.size_bytes, "bops": self.mixed.bops}
                if self.mixed is not None else {}),
             **({"integer_forms": form_summary(self.program)} if self.program is not None else {}),
+            "fallbacks": self.diagnostics.summary_lines(),  # what the run did other than asked (diagnostics.py)
         }
 
     def simulate(self, inputs: dict[str, np.ndarray], batch_size: int = 32) -> np.ndarray:
@@ -252,7 +253,7 @@ def _quantize(model, calib, config: QuantConfig, out: Path | None, rep: Path | N
         from .deploy.check import kernel_warnings
 
         t0 = time.perf_counter()
-        result.warnings += kernel_warnings(out if out is not None else qmodel, config.target)
+        result.warnings += kernel_warnings(out if out is not None else qmodel, config.target, result.diagnostics)
         timings["kernel check"] = time.perf_counter() - t0
     if rep is not None:
         from .report import write_report

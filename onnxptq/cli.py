@@ -339,6 +339,7 @@ def cmd_quantize(args) -> int:
     s["total_s"] = round(time.perf_counter() - t0, 2)
     s["output"] = str(res.output)
     s["warnings"] = list(res.warnings)
+    s["diagnostics"] = res.diagnostics.to_dict()
     if args.json:
         print(json.dumps(s, indent=1))
         return 0
@@ -361,6 +362,7 @@ def cmd_quantize(args) -> int:
     ]
     if cfg.max_memory_mb:
         rows.append(("memory", f"peak {s['peak_rss_mb']:.0f} MiB (--max-memory {cfg.max_memory_mb:.0f} MiB)"))
+    rows += [("fallback", line) for line in s["fallbacks"]] or [("fallbacks", "none")]
     w = max(len(k) for k, _ in rows)
     print("\n".join(f"{k:<{w}}  {v}" for k, v in rows))
     for warning in res.warnings:

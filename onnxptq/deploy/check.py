@@ -7,6 +7,7 @@ from pathlib import Path
 
 import onnx
 
+from ..diagnostics import Diagnostics
 from ..errors import ConfigError, ModelError
 from ..targets import get_target
 from .kernels import classify, openvino_available
@@ -22,8 +23,10 @@ def _listed(layers) -> str:
     return "; ".join(shown) + more
 
 
-def kernel_warnings(model: str | Path | onnx.ModelProto, target: str = "onnxruntime") -> list[str]:
-    """Warnings naming the layers that ``target``'s runtime runs on float kernels ([] if none).
+def kernel_warnings(model: str | Path | onnx.ModelProto, target: str = "onnxruntime",
+                    diagnostics: Diagnostics | None = None) -> list[str]:
+    """Warnings naming the layers that ``target``'s runtime runs on float kernels ([] if none); with
+    ``diagnostics``, each such layer is also recorded there (kind ``float-kernel``, out of all layers).
 
     Creates a session (or compiles the model) only, runs no inference. A target with no runtime here
     (TensorRT, or OpenVINO when not installed) gives one note saying the check was not done."""
@@ -46,6 +49,11 @@ def kernel_warnings(model: str | Path | onnx.ModelProto, target: str = "onnxrunt
         except ModelError as e:
             return [f"integer-kernel check failed: {e}"]
     floats = report.float_layers
+    if diagnostics is not None:
+        diagnostics.totals["float-kernel"] = len(report.layers)
+        for lay in floats:
+            diagnostics.add("float-kernel", lay.name, f"{runtime} runs it on a float kernel"
+                            + (f" ({lay.reason})" if lay.reason else ""), quiet=True)
     if not floats:
         return []
     msg = (f"{runtime} ({report.note}) runs {len(floats)} of {len(report.layers)} layers on float kernels: "
