@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import Node, register
+from .registry import Node, register
 
 
 @register("Relu")

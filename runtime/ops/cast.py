@@ -32,7 +32,7 @@ import numpy as np
 from onnx import TensorProto, numpy_helper
 
 from ..dtypes import FLOAT8_SATURATING, SUBBYTE_RANGES, np_dtype, onnx_type
-from . import Node, register
+from .registry import Node, register
 
 
 def _cvtt(t: np.ndarray, bits: int) -> np.ndarray:

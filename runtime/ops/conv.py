@@ -21,7 +21,7 @@ import numpy as np
 
 from .. import kernels as K
 from ..dtypes import compute_float, is_integer, widen
-from . import Node, const_cached, register
+from .registry import Node, const_cached, register
 from .quant import qlinear_multiplier, requantize
 
 

@@ -22,7 +22,7 @@ from functools import reduce
 import numpy as np
 
 from ..dtypes import is_integer
-from . import Node, const_cached, register
+from .registry import Node, const_cached, register
 
 
 def _binary(ufunc):

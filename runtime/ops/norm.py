@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..dtypes import compute_float
-from . import Node, const_cached, register
+from .registry import Node, const_cached, register
 
 
 def _check_bn(node: Node) -> None:

@@ -16,7 +16,7 @@ import numpy as np
 
 from .. import kernels as K
 from ..dtypes import compute_float, is_integer
-from . import Node, register
+from .registry import Node, register
 
 
 def _check_pool(node: Node) -> None:

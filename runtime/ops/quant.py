@@ -28,7 +28,7 @@ from ..dtypes import (
     onnx_type,
     widen,
 )
-from . import Node, register
+from .registry import Node, register
 
 _INT_TYPES = {
     TensorProto.INT8,

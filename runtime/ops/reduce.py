@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..dtypes import is_integer
-from . import Node, register
+from .registry import Node, register
 from .elementwise import trunc_div
 
 _AXES_INPUT_SINCE = {"ReduceSum": 13}

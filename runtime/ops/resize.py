@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import Node, register
+from .registry import Node, register
 
 _MODES = {
     "half_pixel",

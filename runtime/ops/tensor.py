@@ -12,7 +12,7 @@ import math
 import numpy as np
 
 from ..dtypes import np_dtype
-from . import Node, register
+from .registry import Node, register
 
 
 def _ints(a: np.ndarray | list | None) -> list[int] | None:
