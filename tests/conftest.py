@@ -184,7 +184,11 @@ def quantized_digits(tmp_path_factory, digits_val):
     mem: dict[str, QuantArtifact] = {}
 
     def get(name: str, **cfg) -> QuantArtifact:
-        key = hashlib.sha1(json.dumps([name, sorted(cfg.items())], default=str).encode()).hexdigest()[:16]
+        # keyed by the whole config, defaults included: spelling out a default reuses the same model
+        from onnxptq.config import QuantConfig
+
+        full = QuantConfig(**cfg).to_dict()
+        key = hashlib.sha1(json.dumps([name, sorted(full.items())], default=str).encode()).hexdigest()[:16]
         if key in mem:
             return mem[key]
         d = shared / f"{name}_{key}"

@@ -13,11 +13,7 @@ MAX_DROP = 0.005  # 0.5 points
 @pytest.mark.parametrize("scale", ["float", "po2"])
 @pytest.mark.parametrize("name", DIGITS)
 def test_w8a8_accuracy(name, scale, quantized_digits, manifest_by_name):
-    # same configuration as the W8A8 parity tests, so the quantized model is shared
-    cfg = dict(w_bits=8, a_bits=8, scale=scale)
-    if scale == "po2":
-        cfg["first_last_bits"] = 8
-    art = quantized_digits(name, **cfg)
+    art = quantized_digits(name, w_bits=8, a_bits=8, scale=scale)  # the W8A8 parity tests' models (same config)
     fid = api.evaluate(digits_path(name), art.path, MODELS / "digits_val.npz")
     want = manifest_by_name[name]["float_accuracy"]
     print(f"{name} W8A8 {scale}: float {fid.float_accuracy:.4f} (manifest {want}), quantized {fid.quant_accuracy:.4f}, "
