@@ -32,22 +32,6 @@ def _binary(ufunc):
     return fn
 
 
-register("Add")(_binary(np.add))
-register("Sub")(_binary(np.subtract))
-register("Mul")(_binary(np.multiply))
-register("Equal")(_binary(np.equal))
-register("Less")(_binary(np.less))
-register("Greater")(_binary(np.greater))
-register("LessOrEqual")(_binary(np.less_equal))
-register("GreaterOrEqual")(_binary(np.greater_equal))
-register("And")(_binary(np.logical_and))
-register("Or")(_binary(np.logical_or))
-register("Xor")(_binary(np.logical_xor))
-register("BitwiseAnd")(_binary(np.bitwise_and))
-register("BitwiseOr")(_binary(np.bitwise_or))
-register("BitwiseXor")(_binary(np.bitwise_xor))
-
-
 def _unary(ufunc):
     def fn(node: Node, x: np.ndarray) -> np.ndarray:
         return ufunc(x)
@@ -55,17 +39,20 @@ def _unary(ufunc):
     return fn
 
 
-register("Neg")(_unary(np.negative))
-register("Abs")(_unary(np.abs))
-register("Floor")(_unary(np.floor))
-register("Ceil")(_unary(np.ceil))
-register("Not")(_unary(np.logical_not))
-register("BitwiseNot")(_unary(np.invert))
-register("Sign")(_unary(np.sign))
-register("Sqrt")(_unary(np.sqrt))
-register("Exp")(_unary(np.exp))
-register("Log")(_unary(np.log))
-register("IsNaN")(_unary(np.isnan))
+BINARY = {  # ONNX op -> NumPy ufunc
+    "Add": np.add, "Sub": np.subtract, "Mul": np.multiply, "Equal": np.equal, "Less": np.less,
+    "Greater": np.greater, "LessOrEqual": np.less_equal, "GreaterOrEqual": np.greater_equal,
+    "And": np.logical_and, "Or": np.logical_or, "Xor": np.logical_xor, "BitwiseAnd": np.bitwise_and,
+    "BitwiseOr": np.bitwise_or, "BitwiseXor": np.bitwise_xor,
+}
+UNARY = {  # ONNX op -> NumPy ufunc
+    "Neg": np.negative, "Abs": np.abs, "Floor": np.floor, "Ceil": np.ceil, "Not": np.logical_not,
+    "BitwiseNot": np.invert, "Sign": np.sign, "Sqrt": np.sqrt, "Exp": np.exp, "Log": np.log, "IsNaN": np.isnan,
+}
+for _op, _f in BINARY.items():
+    register(_op)(_binary(_f))
+for _op, _f in UNARY.items():
+    register(_op)(_unary(_f))
 
 
 @register("Reciprocal")
