@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from onnxptq import api
+from onnxptq.run_context import RunContext
 from onnxptq.config import QuantConfig
 from onnxptq.errors import ConfigError
 from onnxptq.graph import import_model, partition
@@ -165,8 +166,16 @@ def test_guard_restores_the_calibrated_state(tiny, monkeypatch):
         return result
 
     monkeypatch.setattr(E.Engine, "_optimize", spoiled)
+    ctx = RunContext()
+    real = E.reconstruct
+    monkeypatch.setattr(E, "reconstruct", lambda *a, **kw: real(*a, **kw, ctx=ctx))
     res = api.quantize(path, calib, method="brecq", w_bits=3, a_bits=4, **FAST)
     assert all(r.reverted and r.loss_after == r.loss_before for r in res.recon.regions)
+    # every revert is a visible fallback, counted against the number of regions
+    assert [x.where for x in ctx.diagnostics.of("region-rtn")] == [r.name for r in res.recon.regions]
+    assert ctx.diagnostics.totals["region-rtn"] == len(res.recon.regions)
+    n = len(res.recon.regions)
+    assert ctx.diagnostics.summary_lines()[0].startswith(f"{n}/{n} regions kept RTN")
     rtn = api.quantize(path, calib, method="rtn", w_bits=3, a_bits=4, num_calib=len(calib), progress=False)
     for a, b in zip(_quantizer_state(res), _quantizer_state(rtn)):
         assert a.keys() == b.keys()

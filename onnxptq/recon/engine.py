@@ -10,7 +10,8 @@ For each region of the partition, in execution order:
 4. the rounding is made hard: the chosen integers are written back as the float weights
    (q - z) * s, which re-quantize exactly to them, so ``integer_weights`` and the exporters see
    the same integers as the simulation; learned steps become the quantizers' scales;
-5. the quantized frontier moves through the finished region; a checkpoint is written.
+5. the quantized frontier moves through the finished region; a checkpoint is written; its fallbacks
+   (region back to RTN, steps kept, bias correction dropped: ``fallbacks.py``) go into the run's diagnostics.
 Deterministic for a seed: minibatches and QDrop masks come from per-region generators, and resuming
 from a checkpoint recomputes the frontiers exactly.
 """
@@ -28,18 +29,21 @@ from tqdm import tqdm
 from ..config import QuantConfig
 from ..errors import ConfigError
 from ..data import Dataset
+from ..diagnostics import Diagnostics
 from ..graph.partition import partition
 from ..memory import trim_heap
 from ..plan import BitPlan
 from ..quant import QParams, dequantize, quantize
 from ..quant import scales as S
 from ..quant.rapq import lp_exponent
+from ..run_context import RunContext
 from ..sim.model import SimModel
 from . import checkpoint as ckpt
 from .adaround import AdaRoundRounding, beta_at, within_one_step
 from .attention_round import AttentionRounding, beyond_neighbors
 from .po2_group import Po2ScaleGroup
 from .cache import ActivationStore, Cached
+from .fallbacks import record
 from ..calib.calibrate import bias_shift, float_scale, integer_weights
 from .fisher import float_logits, output_gradients
 from .optim import Adam
@@ -319,8 +323,10 @@ class _FloatWeights:
 
 
 class Engine:
-    def __init__(self, sim: SimModel, data: Dataset, cfg: QuantConfig, checkpoint_dir: str | None = None) -> None:
+    def __init__(self, sim: SimModel, data: Dataset, cfg: QuantConfig, checkpoint_dir: str | None = None,
+                 diag: Diagnostics | None = None) -> None:
         self.sim, self.cfg = sim, cfg
+        self.diag = diag if diag is not None else Diagnostics()
         self.st = resolve(cfg)
         if self.st.loss not in LOSSES:
             raise ValueError(f"unknown reconstruction loss {self.st.loss!r}; registered: {sorted(LOSSES)}")
@@ -440,6 +446,9 @@ class Engine:
                 done = state["done"]
                 report.regions = [RegionResult(**r) for r in state["report"]]
                 report.resumed_regions = done
+        self.diag.totals["region-rtn"] = len(self.spans)
+        for r in report.regions:
+            record(self.diag, r, self._bias_tried(r))
         layers_done = [x for r in report.regions for x in r.layers]
         total_iters = len(self.spans) * sum(n for _, n in st.phases)
         bar = tqdm(total=total_iters, initial=done * sum(n for _, n in st.phases), disable=not self.cfg.progress,
@@ -500,6 +509,7 @@ class Engine:
                         g.free()
                 result.seconds = time.perf_counter() - t0
                 report.regions.append(result)
+                record(self.diag, result, self._bias_tried(result))
                 layers_done += result.layers
                 if self.checkpoint_dir:
                     ckpt.save(self.checkpoint_dir, self.fp, k + 1, sim, layers_done,
@@ -513,6 +523,11 @@ class Engine:
             self.store.close()
         report.seconds = time.perf_counter() - t_all
         return report
+
+    def _bias_tried(self, result: RegionResult) -> bool:
+        """Whether ``_optimize`` tried a bias correction on the region of ``result`` (it learned a rounding)."""
+        return (bool(result.layers) and self.cfg.bias_correction and bool(self.sim.input_means)
+                and any(phase in ("rounding", "joint") for phase, _ in self.st.phases))
 
     def _bias_correct(self, span: Span, region: _Region, qf: Frontier, targets, weights) -> bool:
         """Bias correction of the region's learned rounding, kept when it lowers the region loss (fully
@@ -608,9 +623,15 @@ class Engine:
 
 
 def reconstruct(sim: SimModel, data: Dataset, plan: BitPlan, cfg: QuantConfig,
-                checkpoint_dir: str | None = None) -> ReconReport:
-    """Reconstruct every region of ``sim`` (already calibrated) on ``data``; see the module docstring."""
+                checkpoint_dir: str | None = None, ctx: RunContext | None = None) -> ReconReport:
+    """Reconstruct every region of ``sim`` (already calibrated) on ``data``; see the module docstring.
+
+    Fallbacks go into ``ctx.diagnostics``. Without ``ctx`` the run gets its own ``RunContext`` (entered here:
+    deterministic cuDNN on CUDA, torch settings restored afterwards); a caller's context is entered by the caller.
+    """
     del plan  # bit widths are already in the calibrated quantizers
-    if cfg.device.startswith("cuda") and torch.cuda.is_available():
-        torch.backends.cudnn.deterministic = True
-    return Engine(sim, data, cfg, checkpoint_dir or cfg.checkpoint_dir).run()
+    ckpt_dir = checkpoint_dir or cfg.checkpoint_dir
+    if ctx is not None:
+        return Engine(sim, data, cfg, ckpt_dir, ctx.diagnostics).run()
+    with RunContext(seed=cfg.seed, device=cfg.device, progress=cfg.progress) as own:
+        return Engine(sim, data, cfg, ckpt_dir, own.diagnostics).run()
