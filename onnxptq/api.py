@@ -28,7 +28,7 @@ from .sim.model import SimModel, simulate
 if TYPE_CHECKING:
     from .export.intplan import IntProgram
     from .mixed.allocate import MixedReport
-    from .recon.engine import ReconReport
+    from .recon.results import ReconReport
 
 
 @dataclass

@@ -15,7 +15,7 @@ from onnxptq.data import Dataset
 from onnxptq.quant import scales as S
 from onnxptq.recon.bitsplit import BitSplitResult, log_values, nearest_q
 from onnxptq.recon.bitsplit_layers import _bias_safe, _layer_rows, choose_channels, log_grid_bits
-from onnxptq.recon.engine import _FloatWeights
+from onnxptq.recon.float_weights import FloatWeights
 from onnxptq.calib.calibrate import integer_weights
 from onnxptq.verify.qdq import qdq_output_parity
 
@@ -109,7 +109,7 @@ def test_layer_rows_come_from_every_sample_in_the_same_order(tiny):
     sim = res.sim
     fc = next(x for x in res.qgraph.layers if x.op_type != "Conv")
     node = sim.nodes[sim.node_index(fc.name)]
-    x, xq = _layer_rows(sim, Dataset({"input": calib}), _FloatWeights(sim), fc, node, 10_000,
+    x, xq = _layer_rows(sim, Dataset({"input": calib}), FloatWeights(sim), fc, node, 10_000,
                         torch.Generator().manual_seed(0), torch.device("cpu"))
     with torch.no_grad():
         t = torch.from_numpy(calib)

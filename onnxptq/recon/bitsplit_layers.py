@@ -40,6 +40,8 @@ from ..ops.simulate import _conv_padding, torch_pad
 from .bitsplit import BitSplitResult, bit_split, log_quant, log_values, nearest_q, reconstruction_error
 from ..calib.calibrate import integer_weights
 from .fallbacks import record
+from .float_weights import FloatWeights
+from .results import ReconReport, RegionResult
 
 log = logging.getLogger(__name__)
 IMAGES = 16  # calibration samples per captured forward pass
@@ -177,13 +179,11 @@ def bitsplit_layers(sim: SimModel, data: Dataset, cfg: QuantConfig, diag: Diagno
     """Solve every layer (module doc); returns a ``ReconReport`` with one entry per layer: ``loss_before`` /
     ``loss_after`` are the held-out rows' errors of RTN and of the chosen weights. Layers kept at RTN and
     layers with RTN channels go into ``diag`` (``recon/fallbacks.py``)."""
-    from .engine import ReconReport, RegionResult, _FloatWeights
-
     t_all = time.perf_counter()
     qg = sim.qg
     device = next(iter(sim.weights.values())).device
     n_rows = cfg.bitsplit_points + max(1, round(cfg.bitsplit_points * HOLDOUT / (1 - HOLDOUT)))
-    floats = _FloatWeights(sim)
+    floats = FloatWeights(sim)
     report = ReconReport("bitsplit", "layer", f"closed form ({cfg.weight_grid} weights)", len(data))
     diag = diag if diag is not None else Diagnostics()
     diag.totals["region-rtn"] = len(qg.layers)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import time
 from functools import partial
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 
 import numpy as np
 import torch
@@ -44,9 +44,11 @@ from .attention_round import AttentionRounding, beyond_neighbors
 from .po2_group import Po2ScaleGroup
 from .cache import ActivationStore, Cached
 from .fallbacks import record
+from .float_weights import FloatWeights
 from ..calib.calibrate import bias_shift, float_scale, integer_weights
 from .fisher import float_logits, output_gradients
 from .optim import Adam
+from .results import ReconReport, RegionResult
 from .losses import LOSSES, NEEDS_EXPONENT, NEEDS_GRADIENTS, fisher_weights
 from .lsq import LearnedStep
 from .settings import ReconSettings, resolve
@@ -57,40 +59,6 @@ log = logging.getLogger(__name__)
 EVAL_SAMPLES = 64  # samples on which each region's loss is measured before and after
 MEASURE_CHUNK = 16  # samples per forward pass of that measurement
 STEP_TENSORS = 6  # tensors kept per produced tensor in a training step (memory estimate, ``_step_bytes``)
-
-
-@dataclass
-class RegionResult:
-    name: str
-    layers: list[str]
-    loss_before: float  # region loss (without regularizer) at the calibrated (RTN) state
-    loss_after: float  # ... after reconstruction (hard rounding, learned steps)
-    seconds: float
-    iterations: int
-    undecided: float = 0.0  # fraction of soft rounding offsets not at 0/1 when made hard
-    beyond_neighbors: float = 0.0  # fraction of weights rounded past their two nearest grid points (attention)
-    rtn_channels: float = 0.0  # bitsplit: fraction of output channels that kept RTN (held-out rows chose it)
-    steps_kept: list[str] = field(default_factory=list)  # learned steps refused (int32 bias range)
-    lp_exponent: float | None = None  # RAPQ Eq. 19 P of the region (loss lp)
-    lp_source: str | None = None  # where its gamma came from: "bn" (folded BN) | "std" (output std estimate)
-    bias_corrected: bool = False  # bias correction re-applied to the learned rounding (it lowered the loss)
-    reverted: bool = False  # the region ended above its calibrated loss and went back to it (recon_guard)
-    curve: list = field(default_factory=list)  # [phase, iteration, region loss] every 25 iterations (loss curves)
-
-
-@dataclass
-class ReconReport:
-    method: str
-    granularity: str
-    loss: str
-    samples: int
-    regions: list[RegionResult] = field(default_factory=list)
-    resumed_regions: int = 0
-    cache_spilled_mb: float = 0.0
-    seconds: float = 0.0
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 class _Region:
@@ -297,31 +265,6 @@ class _Region:
         return sum(g.regularizer(beta) for g, *_ in self.groups.values())
 
 
-class _FloatWeights:
-    """Context: the model's float weights in the simulation (reconstructed layers hold on-grid weights),
-    for the float stream and the float logits."""
-
-    def __init__(self, sim: SimModel) -> None:
-        self.sim = sim
-        self.float = {x.weight: torch.from_numpy(np.array(sim.qg.initializer(x.weight), dtype=np.float32))
-                      for x in sim.qg.layers}
-        self.saved: dict[str, torch.Tensor] = {}
-
-    @torch.no_grad()
-    def __enter__(self) -> None:
-        for name, w in self.float.items():
-            p = self.sim.weight(name)
-            if not torch.equal(p.detach().cpu(), w):
-                self.saved[name] = p.detach().clone()
-                p.copy_(w.to(p.device))
-
-    @torch.no_grad()
-    def __exit__(self, *exc) -> None:
-        for name, w in self.saved.items():
-            self.sim.weight(name).copy_(w)
-        self.saved.clear()
-
-
 class Engine:
     def __init__(self, sim: SimModel, data: Dataset, cfg: QuantConfig, checkpoint_dir: str | None = None,
                  diag: Diagnostics | None = None) -> None:
@@ -353,7 +296,7 @@ class Engine:
         self.side = SideTensors(sim, {k: tuple(v.shape[1:]) for k, v in self.inputs.items()}, self.device)
         self.checkpoint_dir = checkpoint_dir
         self.fp = ckpt.fingerprint(sim, self.inputs, cfg) if checkpoint_dir else ""
-        self.float_weights = _FloatWeights(sim)
+        self.float_weights = FloatWeights(sim)
         self.channels_last = self.device.type == "cpu"  # training steps only: caching stays in the default layout
 
     # ---------------------------------------------------------------- helpers
