@@ -12,6 +12,11 @@ For each region of the partition, in execution order:
    the same integers as the simulation; learned steps become the quantizers' scales;
 5. the quantized frontier moves through the finished region; a checkpoint is written; its fallbacks
    (region back to RTN, steps kept, bias correction dropped: ``fallbacks.py``) go into the run's diagnostics.
+Held-out samples: the last ``held_out(n) = min(64, n // 8)`` calibration samples are never drawn into a
+training minibatch; the region loss that decides whether to keep the reconstruction (``recon_guard``: revert to
+RTN when it ends above the calibrated loss) or a re-applied bias correction is measured on them, as are the
+reported ``loss_before`` / ``loss_after``. With fewer than 8 samples nothing is held out and the decisions are
+measured on the training samples.
 Deterministic for a seed: minibatches and QDrop masks come from per-region generators, and resuming
 from a checkpoint recomputes the frontiers exactly.
 """
@@ -56,7 +61,7 @@ from .streams import (Frontier, SideTensors, Span, advance, consumed_inputs, inp
                       region_spans, set_quant_state)
 
 log = logging.getLogger(__name__)
-EVAL_SAMPLES = 64  # samples on which each region's loss is measured before and after
+EVAL_SAMPLES = 64  # at most this many held-out samples (the decisions' loss; module doc)
 MEASURE_CHUNK = 16  # samples per forward pass of that measurement
 STEP_TENSORS = 6  # tensors kept per produced tensor in a training step (memory estimate, ``_step_bytes``)
 
@@ -265,6 +270,11 @@ class _Region:
         return sum(g.regularizer(beta) for g, *_ in self.groups.values())
 
 
+def held_out(n: int) -> int:
+    """How many of ``n`` calibration samples (the last ones) are held out of training (module doc)."""
+    return min(EVAL_SAMPLES, n // 8)
+
+
 class Engine:
     def __init__(self, sim: SimModel, data: Dataset, cfg: QuantConfig, checkpoint_dir: str | None = None,
                  diag: Diagnostics | None = None) -> None:
@@ -276,6 +286,7 @@ class Engine:
         self.loss_fn = LOSSES[self.st.loss]
         self.inputs = {k: v for k, v in data.inputs.items()}
         self.n = len(data)
+        self.n_train = self.n - held_out(self.n)  # minibatches come from samples [0, n_train)
         self.device = next(iter(sim.weights.values())).device if len(sim.weights) else torch.device("cpu")
         self.spans = region_spans(sim, partition(sim.qg, self.st.granularity))
         self.batch = cfg.batch_size  # caching batch
@@ -363,14 +374,15 @@ class Engine:
 
     @torch.no_grad()
     def _measure(self, span: Span, qf: Frontier, targets, weights) -> float:
-        """Region loss on the first EVAL_SAMPLES samples, computed MEASURE_CHUNK samples at a time (the loss
-        is a mean over samples, so the chunks' means weighted by their sizes give it): a region's inner
-        tensors at 64 samples of 112x112 would be a memory peak of their own."""
-        m = min(EVAL_SAMPLES, self.n)
+        """Region loss on the held-out samples (all samples when none are held out), computed MEASURE_CHUNK
+        samples at a time (the loss is a mean over samples, so the chunks' means weighted by their sizes give
+        it): a region's inner tensors at 64 samples of 112x112 would be a memory peak of their own."""
+        first = self.n_train if self.n_train < self.n else 0
+        m = self.n - first
         names = consumed_inputs(self.sim, qf, span.start, span.stop)
         total = 0.0
-        for s in range(0, m, MEASURE_CHUNK):
-            idx = torch.arange(s, min(s + MEASURE_CHUNK, m))
+        for s in range(first, self.n, MEASURE_CHUNK):
+            idx = torch.arange(s, min(s + MEASURE_CHUNK, self.n))
             env = self._batch_env(qf, qf, names, idx, 0.0, None)
             out = self.sim.run_nodes(env, span.start, span.stop)
             total += float(self._region_loss(out, targets, weights, idx)) * len(idx)
@@ -528,7 +540,7 @@ class Engine:
                 drop = st.drop_prob if not weight_phase or st.acts_during_rounding else 0.0
                 bar.set_description(f"[{k + 1}/{len(self.spans)}] {span.name} {phase}")
                 for it in range(iters):
-                    idx = torch.randperm(self.n, generator=gen)[:st.batch_size]
+                    idx = torch.randperm(self.n_train, generator=gen)[:st.batch_size]
                     env = self._batch_env(qf, ff, names, idx, drop, gen_dev)
                     if self.channels_last:  # 2-3x faster (depthwise) convolutions and their gradients on CPU
                         env = {t: v.contiguous(memory_format=torch.channels_last) if v.dim() == 4 else v
