@@ -31,7 +31,7 @@ from .sim.state import QuantState
 if TYPE_CHECKING:
     from .export.intplan import IntProgram
     from .mixed.allocate import MixedReport
-    from .recon.engine import ReconReport
+    from .recon.results import ReconReport
 
 
 @dataclass

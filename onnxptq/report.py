@@ -34,7 +34,7 @@ def _sqnr_db(ref: torch.Tensor, x: torch.Tensor) -> float:
 def quant_point_sqnr(sim, data: Dataset, samples: int = SQNR_SAMPLES) -> dict[str, float]:
     """SQNR (dB) of the quantized model's tensor at every quant point against the float model's, end to end
     (errors accumulated from the input), on the first ``samples`` calibration samples."""
-    from .recon.engine import _FloatWeights
+    from .recon.float_weights import FloatWeights
 
     device = next(iter(sim.weights.values())).device
     feeds = {k: torch.from_numpy(v[:samples]).to(device) for k, v in data.inputs.items()}
@@ -42,7 +42,7 @@ def quant_point_sqnr(sim, data: Dataset, samples: int = SQNR_SAMPLES) -> dict[st
     was_training = sim.training
     sim.eval()
     try:
-        with _FloatWeights(sim):
+        with FloatWeights(sim):
             sim.set_quant(weights=False, acts=False)
             ref = {k: v for k, v in sim(feeds, keep=True).items() if k in points}
         sim.set_quant(weights=True, acts=True)

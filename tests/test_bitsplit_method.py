@@ -16,7 +16,7 @@ from onnxptq.data import Dataset
 from onnxptq.quant import scales as S
 from onnxptq.recon.bitsplit import BitSplitResult, log_values, nearest_q
 from onnxptq.recon.bitsplit_layers import _bias_safe, _layer_rows, choose_channels, log_grid_bits
-from onnxptq.recon.engine import _FloatWeights
+from onnxptq.recon.float_weights import FloatWeights
 from onnxptq.calib.calibrate import integer_weights
 from onnxptq.verify.qdq import qdq_output_parity
 
@@ -110,7 +110,7 @@ def test_layer_rows_come_from_every_sample_in_the_same_order(tiny):
     sim = res.sim
     fc = next(x for x in res.qgraph.layers if x.op_type != "Conv")
     node = sim.nodes[sim.node_index(fc.name)]
-    x, xq = _layer_rows(sim, Dataset({"input": calib}), _FloatWeights(sim), fc, node, 10_000,
+    x, xq = _layer_rows(sim, Dataset({"input": calib}), FloatWeights(sim), fc, node, 10_000,
                         torch.Generator().manual_seed(0), torch.device("cpu"))
     with torch.no_grad():
         t = torch.from_numpy(calib)
@@ -125,12 +125,23 @@ def test_layer_rows_come_from_every_sample_in_the_same_order(tiny):
     assert (xq - x).abs().max() < 0.1 * x.abs().max()  # the quantized model's rows of the same samples
 
 
-def test_bitsplit_keeps_rtn_where_rows_are_too_few(tiny, caplog):
+def test_bitsplit_keeps_rtn_where_rows_are_too_few(tiny, caplog, monkeypatch):
+    from onnxptq.diagnostics import Diagnostics
+    from onnxptq.recon import bitsplit_layers as B
+
     _, path, calib, _ = tiny
+    diag = Diagnostics()
+    real = B.bitsplit_layers
+    monkeypatch.setattr(B, "bitsplit_layers", lambda sim, data, cfg: real(sim, data, cfg, diag))
     with caplog.at_level("WARNING"):
         res = api.quantize(path, calib[:12], method="bitsplit", w_bits=4, a_bits=8, first_last_bits=None,
                            progress=False)  # the head has 12 rows (10 to fit) for 16 weights per channel
     by_name = {r.name: r for r in res.recon.regions}
     fc = next(x for x in res.qgraph.layers if x.op_type != "Conv")
     assert by_name[fc.name].reverted and "underdetermined" in caplog.text and fc.name in caplog.text
+    # the revert and any RTN-kept channels are recorded fallbacks, one per layer
+    assert [x.where for x in diag.of("region-rtn")] == [r.name for r in res.recon.regions if r.reverted]
+    assert diag.totals["region-rtn"] == len(res.recon.regions)
+    assert [x.where for x in diag.of("channels-rtn")] == [r.name for r in res.recon.regions
+                                                          if not r.reverted and r.rtn_channels > 0]
     assert not all(r.reverted for r in res.recon.regions)

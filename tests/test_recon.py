@@ -16,6 +16,7 @@ from torch import nn
 
 from onnxptq import api
 from onnxptq.settings import resolve as resolve_config
+from onnxptq.run_context import RunContext
 from onnxptq.config import QuantConfig
 from onnxptq.errors import ConfigError
 from onnxptq.graph import import_model, partition
@@ -104,6 +105,12 @@ def tiny(tmp_path_factory):
 FAST = dict(iters=40, act_iters=20, recon_batch_size=16, lr=0.1, act_lr=1e-3, progress=False)
 
 
+def calib128() -> np.ndarray:
+    """128 samples for tests that compare region losses: the guard measures them on the held-out samples
+    (engine.held_out: 16 of 128; the fixture's 48 would hold out 6, too few for a stable comparison)."""
+    return np.random.default_rng(0).standard_normal((128, 1, 8, 8)).astype(np.float32)
+
+
 def test_adaround_hard_result_on_grid_within_one_step(tiny):
     net, path, calib, _ = tiny
     qg = import_model(path)
@@ -128,9 +135,9 @@ def test_adaround_hard_result_on_grid_within_one_step(tiny):
 
 @pytest.mark.parametrize("method", ["brecq", "qdrop"])
 def test_region_loss_decreases(tiny, method):
-    _, path, calib, _ = tiny
+    _, path, _, _ = tiny
     # recon_guard off: the optimized state itself must be better, not the guard's fallback
-    res = api.quantize(path, calib, method=method, w_bits=2, a_bits=4, first_last_bits=None, recon_guard=False,
+    res = api.quantize(path, calib128(), method=method, w_bits=2, a_bits=4, first_last_bits=None, recon_guard=False,
                        **FAST)
     assert res.recon is not None and len(res.recon.regions) == len(partition(res.qgraph, "block"))
     assert not any(r.reverted for r in res.recon.regions)
@@ -166,8 +173,16 @@ def test_guard_restores_the_calibrated_state(tiny, monkeypatch):
         return result
 
     monkeypatch.setattr(E.Engine, "_optimize", spoiled)
+    ctx = RunContext()
+    real = E.reconstruct
+    monkeypatch.setattr(E, "reconstruct", lambda *a, **kw: real(*a, **kw, ctx=ctx))
     res = api.quantize(path, calib, method="brecq", w_bits=3, a_bits=4, **FAST)
     assert all(r.reverted and r.loss_after == r.loss_before for r in res.recon.regions)
+    # every revert is a visible fallback, counted against the number of regions
+    assert [x.where for x in ctx.diagnostics.of("region-rtn")] == [r.name for r in res.recon.regions]
+    assert ctx.diagnostics.totals["region-rtn"] == len(res.recon.regions)
+    n = len(res.recon.regions)
+    assert ctx.diagnostics.summary_lines()[0].startswith(f"{n}/{n} regions kept RTN")
     rtn = api.quantize(path, calib, method="rtn", w_bits=3, a_bits=4, num_calib=len(calib), progress=False)
     for a, b in zip(_quantizer_state(res), _quantizer_state(rtn)):
         assert a.keys() == b.keys()
@@ -361,13 +376,34 @@ def test_max_memory_budget_spills_and_keeps_the_result(tiny, monkeypatch):
 def test_sixteen_bit_activation_steps_are_not_learned(tiny):
     """At A16 one Adam update of act_lr exceeds the step itself (LSQ diverged and the guard sent most regions
     back to RTN); such steps keep their calibration, while 8-bit steps are still learned."""
-    _, path, calib, _ = tiny
+    _, path, _, _ = tiny
     scales = {}
     for method, a in (("rtn", 16), ("brecq", 16), ("rtn", 8), ("brecq", 8)):
-        res = api.quantize(path, calib, method=method, w_bits=4, a_bits=a, first_last_bits=None, **FAST)
+        res = api.quantize(path, calib128(), method=method, w_bits=4, a_bits=a, first_last_bits=None, **FAST)
         scales[method, a] = {t: float(res.sim.act_quantizer(t).params.scale) for t in res.qgraph.quant_points
                              if res.sim.act_quantizer(t).params is not None}
         if method == "brecq" and a == 16:
             assert not any(r.reverted for r in res.recon.regions)
     assert scales["brecq", 16] == scales["rtn", 16]
     assert scales["brecq", 8] != scales["rtn", 8]
+
+
+def test_guard_decides_on_held_out_samples(tiny, monkeypatch):
+    """Training minibatches never draw the held-out samples; the guard's loss is measured only on them."""
+    from onnxptq.recon import engine as E
+
+    _, path, calib, _ = tiny
+    n = len(calib)
+    assert (E.held_out(n), E.held_out(7), E.held_out(4096)) == (n // 8, 0, 64)
+    seen = {"train": set(), "measure": set()}
+    real = E.Engine._batch_env
+
+    def spy(self, qf, ff, names, idx, *args):
+        seen["measure" if qf is ff else "train"].update(int(i) for i in idx)
+        return real(self, qf, ff, names, idx, *args)
+
+    monkeypatch.setattr(E.Engine, "_batch_env", spy)
+    api.quantize(path, calib, method="brecq", w_bits=3, a_bits=4, num_calib=n, **FAST)
+    n_train = n - E.held_out(n)
+    assert seen["measure"] == set(range(n_train, n))
+    assert seen["train"] and max(seen["train"]) < n_train

@@ -19,6 +19,7 @@ Errors reported here are sums of squares over the N samples (Eq. 11; Eq. 9's 1/N
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import Tensor
@@ -253,6 +254,35 @@ def _sweep_plane(H: Tensor, hdiag: Tensor, b: Tensor, Hq: Tensor, plane: Tensor,
     return changed
 
 
+def _alternate(H: Tensor, b: Tensor, yy: Tensor, q0: Tensor, a0: Tensor, iters: int, tol: float,
+               sweep: Callable[[Tensor, Tensor, Tensor], tuple[bool, Tensor]],
+               flip: Callable[[Tensor], None] | None = None) -> tuple[list, Tensor, int]:
+    """The alternating driver of ``bit_split`` and ``log_quant``: alpha <- its closed form (Eq. 14 / 21, a
+    negative alpha folded into q's sign, ``flip`` told of it), keep the best (q, alpha) per row, stop (rules
+    of ``bit_split``) or ``sweep(q, Hq, alpha) -> (changed, q)`` the integers. Returns (best, err_init, passes)."""
+    alpha = a0
+    q = q0.to(_F64)
+    Hq = torch.matmul(q, H)
+    err_init = _quad_error(b, yy, q, Hq, alpha)
+    best = [q.clone(), alpha.clone(), err_init.clone()]
+    changed, n_it, prev = True, 0, None
+    for it in range(iters + 1):
+        alpha, sign = _alpha_step(b, q, Hq, alpha)
+        if bool((sign < 0).any()):
+            s = sign[..., None]
+            q, Hq = q * s, Hq * s
+            if flip is not None:
+                flip(s)
+        err = _quad_error(b, yy, q, Hq, alpha)
+        _keep_best(best, q, alpha, err)
+        if it == iters or not changed or _stalled(prev, err, tol):
+            break
+        prev = err
+        changed, q = sweep(q, Hq, alpha)
+        n_it += 1
+    return best, err_init, n_it
+
+
 @torch.no_grad()
 def bit_split(W: Tensor, X: Tensor, Y: Tensor, bits: int, iters: int = 30, tol: float = 1e-4,
               block: int = 64) -> BitSplitResult:
@@ -275,28 +305,18 @@ def bit_split(W: Tensor, X: Tensor, Y: Tensor, bits: int, iters: int = 30, tol: 
         raise ValueError(f"bit_split needs iters >= 0 and block >= 1, got iters={iters}, block={block}")
     H, b, yy, hdiag = _stats(X, Y)
     q0, a0 = tflite_init(W.to(X.device), bits)
-    alpha = a0
-    q = q0.to(_F64)
-    Hq = torch.matmul(q, H)
-    err_init = _quad_error(b, yy, q, Hq, alpha)
-    best = [q.clone(), alpha.clone(), err_init.clone()]
-    planes = split_bits(q0, bits).to(_F64)  # (b-1, G, M, D)
-    changed, n_it, prev = True, 0, None
-    for it in range(iters + 1):
-        alpha, sign = _alpha_step(b, q, Hq, alpha)  # Eq. 14
-        if bool((sign < 0).any()):
-            s = sign[..., None]
-            q, Hq, planes = q * s, Hq * s, planes * s
-        err = _quad_error(b, yy, q, Hq, alpha)
-        _keep_best(best, q, alpha, err)
-        if it == iters or not changed or _stalled(prev, err, tol):
-            break
-        prev = err
+    planes = [split_bits(q0, bits).to(_F64)]  # (b-1, G, M, D), replaced when a sign flips
+
+    def flip(s: Tensor) -> None:
+        planes[0] = planes[0] * s
+
+    def sweep(q: Tensor, Hq: Tensor, alpha: Tensor) -> tuple[bool, Tensor]:
         changed = False
         for p in range(bits - 1):  # Eq. 15-18, plane p has base 2^p
-            changed |= _sweep_plane(H, hdiag, b, Hq, planes[p], alpha, float(2 ** p), block)
-        q = stitch_bits(planes)  # Eq. 19 (Hq was kept equal to q H by the passes)
-        n_it += 1
+            changed |= _sweep_plane(H, hdiag, b, Hq, planes[0][p], alpha, float(2 ** p), block)
+        return changed, stitch_bits(planes[0])  # Eq. 19 (Hq was kept equal to q H by the passes)
+
+    best, err_init, n_it = _alternate(H, b, yy, q0, a0, iters, tol, sweep, flip)  # alpha: Eq. 14
     return _finish(best, q0, a0, b, yy, H, err_init, n_it)
 
 
@@ -389,24 +409,12 @@ def log_quant(W: Tensor, X: Tensor, Y: Tensor, bits: int, iters: int = 30, tol: 
         raise ValueError(f"log_quant needs iters >= 0 and block >= 1, got iters={iters}, block={block}")
     H, b, yy, hdiag = _stats(X, Y)
     q0, a0 = log_init(W.to(X.device), bits)
-    alpha = a0
     vals = log_values(bits).to(device=X.device, dtype=_F64)
-    q = q0.to(_F64)
-    Hq = torch.matmul(q, H)
-    err_init = _quad_error(b, yy, q, Hq, alpha)
-    best = [q.clone(), alpha.clone(), err_init.clone()]
-    changed, n_it, prev = True, 0, None
-    for it in range(iters + 1):
-        alpha, sign = _alpha_step(b, q, Hq, alpha)  # Eq. 21
-        if bool((sign < 0).any()):
-            q, Hq = q * sign[..., None], Hq * sign[..., None]
-        err = _quad_error(b, yy, q, Hq, alpha)
-        _keep_best(best, q, alpha, err)
-        if it == iters or not changed or _stalled(prev, err, tol):
-            break
-        prev = err
-        changed = _dcc_sweep(H, hdiag, b, q, Hq, vals, block)  # Eq. 22 (updates Hq = q H)
-        n_it += 1
+
+    def sweep(q: Tensor, Hq: Tensor, alpha: Tensor) -> tuple[bool, Tensor]:
+        return _dcc_sweep(H, hdiag, b, q, Hq, vals, block), q  # Eq. 22 (updates q and Hq = q H in place)
+
+    best, err_init, n_it = _alternate(H, b, yy, q0, a0, iters, tol, sweep)  # alpha: Eq. 21
     return _finish(best, q0, a0, b, yy, H, err_init, n_it)
 
 

@@ -32,6 +32,7 @@ from tqdm import tqdm
 
 from ..config import QuantConfig
 from ..data import Dataset
+from ..diagnostics import Diagnostics
 from ..quant import QParams, weight_grid
 from ..quant import scales as S
 from ..sim.capture import layer_inputs
@@ -39,6 +40,9 @@ from ..sim.model import SimModel
 from ..ops.simulate import _conv_padding, torch_pad
 from .bitsplit import BitSplitResult, bit_split, log_quant, log_values, nearest_q, reconstruction_error
 from ..calib.calibrate import integer_weights
+from .fallbacks import record
+from .float_weights import FloatWeights
+from .results import ReconReport, RegionResult
 
 log = logging.getLogger(__name__)
 IMAGES = 16  # calibration samples per captured forward pass
@@ -170,17 +174,18 @@ def choose_channels(err_split: torch.Tensor, err_rtn: torch.Tensor, per_channel:
 
 
 @torch.no_grad()
-def bitsplit_layers(sim: SimModel, data: Dataset, cfg: QuantConfig):
+def bitsplit_layers(sim: SimModel, data: Dataset, cfg: QuantConfig, diag: Diagnostics | None = None):
     """Solve every layer (module doc); returns a ``ReconReport`` with one entry per layer: ``loss_before`` /
-    ``loss_after`` are the held-out rows' errors of RTN and of the chosen weights."""
-    from .engine import ReconReport, RegionResult, _FloatWeights
-
+    ``loss_after`` are the held-out rows' errors of RTN and of the chosen weights. Layers kept at RTN and
+    layers with RTN channels go into ``diag`` (``recon/fallbacks.py``)."""
     t_all = time.perf_counter()
     qg = sim.qg
     device = next(iter(sim.weights.values())).device
     n_rows = cfg.bitsplit_points + max(1, round(cfg.bitsplit_points * HOLDOUT / (1 - HOLDOUT)))
-    floats = _FloatWeights(sim)
+    floats = FloatWeights(sim)
     report = ReconReport("bitsplit", "layer", f"closed form ({cfg.weight_grid} weights)", len(data))
+    diag = diag if diag is not None else Diagnostics()
+    diag.totals["region-rtn"] = len(qg.layers)
     was_training = sim.training
     sim.eval()
     bar = tqdm(qg.layers, disable=not cfg.progress, desc="bit-split", unit="layer", dynamic_ncols=True)
@@ -193,6 +198,7 @@ def bitsplit_layers(sim: SimModel, data: Dataset, cfg: QuantConfig):
             if not supported(layer, node):
                 log.warning("%s: %s layers keep their RTN weights under --method bitsplit", layer.name, layer.op_type)
                 result.reverted = True
+                record(diag, result, why=f"{layer.op_type} layers keep their RTN weights under --method bitsplit")
                 continue
             gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + k)
             x, xq = _layer_rows(sim, data, floats, layer, node, n_rows, gen, device)
@@ -207,6 +213,8 @@ def bitsplit_layers(sim: SimModel, data: Dataset, cfg: QuantConfig):
                             "be underdetermined); RTN kept. More calibration samples give more rows.",
                             layer.name, n_fit, wm.shape[-1])
                 result.reverted = True
+                record(diag, result, why=f"{n_fit} sampled rows for {wm.shape[-1]} weights per output channel: "
+                       "RTN kept (more calibration samples give more rows)")
                 continue
             fit, hold = slice(0, n_fit), slice(n_fit, None)
             bits = fq.params.grid.bits
@@ -232,6 +240,7 @@ def bitsplit_layers(sim: SimModel, data: Dataset, cfg: QuantConfig):
             if not bool(take.any()):
                 result.reverted, result.loss_after = True, result.loss_before
                 log.info("%s: bit-split did not beat RTN on its held-out rows; RTN kept", layer.name)
+                record(diag, result, why="bit-split did not beat RTN on its held-out rows: RTN kept")
                 continue
             q = torch.where(take[..., None], res.q.double(), rtn_q)
             alpha = torch.where(take, res.alpha, s_rtn)
@@ -247,6 +256,7 @@ def bitsplit_layers(sim: SimModel, data: Dataset, cfg: QuantConfig):
                 if not bool(S.bias_in_range(b, s_x, scale, margin=S.FLOAT32_MARGIN).all()):
                     result.reverted, result.loss_after = True, result.loss_before
                     log.info("%s: the corrected bias would leave int32 at the solved scales; RTN kept", layer.name)
+                    record(diag, result, why="the corrected bias would leave int32 at the solved scales: RTN kept")
                     continue
             fq.bits = grid.bits
             fq.set_params(QParams(grid, scale.numpy(), np.zeros_like(scale.numpy()), layer.weight_axis, False),
@@ -261,6 +271,7 @@ def bitsplit_layers(sim: SimModel, data: Dataset, cfg: QuantConfig):
                                   else q_back.T, expect):
                 raise RuntimeError(f"bit-split result of {layer.name!r} does not re-quantize to its integers")
             result.seconds = time.perf_counter() - t0
+            record(diag, result)
             bar.set_postfix(err=f"{result.loss_before:.3g}->{result.loss_after:.3g}",
                             rtn_channels=f"{result.rtn_channels:.0%}")
     finally:

@@ -10,7 +10,13 @@ For each region of the partition, in execution order:
 4. the rounding is made hard: the chosen integers are written back as the float weights
    (q - z) * s, which re-quantize exactly to them, so ``integer_weights`` and the exporters see
    the same integers as the simulation; learned steps become the quantizers' scales;
-5. the quantized frontier moves through the finished region; a checkpoint is written.
+5. the quantized frontier moves through the finished region; a checkpoint is written; its fallbacks
+   (region back to RTN, steps kept, bias correction dropped: ``fallbacks.py``) go into the run's diagnostics.
+Held-out samples: the last ``held_out(n) = min(64, n // 8)`` calibration samples are never drawn into a
+training minibatch; the region loss that decides whether to keep the reconstruction (``recon_guard``: revert to
+RTN when it ends above the calibrated loss) or a re-applied bias correction is measured on them, as are the
+reported ``loss_before`` / ``loss_after``. With fewer than 8 samples nothing is held out and the decisions are
+measured on the training samples.
 Deterministic for a seed: minibatches and QDrop masks come from per-region generators, and resuming
 from a checkpoint recomputes the frontiers exactly.
 """
@@ -19,7 +25,7 @@ from __future__ import annotations
 import logging
 import time
 from functools import partial
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 
 import numpy as np
 import torch
@@ -28,21 +34,26 @@ from tqdm import tqdm
 from ..config import QuantConfig
 from ..errors import ConfigError
 from ..data import Dataset
+from ..diagnostics import Diagnostics
 from ..graph.partition import partition
 from ..memory import trim_heap
 from ..plan import BitPlan
 from ..quant import QParams, dequantize, quantize
 from ..quant import scales as S
 from ..quant.rapq import lp_exponent
+from ..run_context import RunContext
 from ..sim.model import SimModel
 from . import checkpoint as ckpt
 from .adaround import AdaRoundRounding, beta_at, within_one_step
 from .attention_round import AttentionRounding, beyond_neighbors
 from .po2_group import Po2ScaleGroup
 from .cache import ActivationStore, Cached
+from .fallbacks import record
+from .float_weights import FloatWeights
 from ..calib.calibrate import bias_shift, float_scale, integer_weights
 from .fisher import float_logits, output_gradients
 from .optim import Adam
+from .results import ReconReport, RegionResult
 from .losses import LOSSES, NEEDS_EXPONENT, NEEDS_GRADIENTS, fisher_weights
 from .lsq import LearnedStep
 from .settings import ReconSettings, resolve
@@ -50,43 +61,9 @@ from .streams import (Frontier, SideTensors, Span, advance, consumed_inputs, inp
                       region_spans, set_quant_state)
 
 log = logging.getLogger(__name__)
-EVAL_SAMPLES = 64  # samples on which each region's loss is measured before and after
+EVAL_SAMPLES = 64  # at most this many held-out samples (the decisions' loss; module doc)
 MEASURE_CHUNK = 16  # samples per forward pass of that measurement
 STEP_TENSORS = 6  # tensors kept per produced tensor in a training step (memory estimate, ``_step_bytes``)
-
-
-@dataclass
-class RegionResult:
-    name: str
-    layers: list[str]
-    loss_before: float  # region loss (without regularizer) at the calibrated (RTN) state
-    loss_after: float  # ... after reconstruction (hard rounding, learned steps)
-    seconds: float
-    iterations: int
-    undecided: float = 0.0  # fraction of soft rounding offsets not at 0/1 when made hard
-    beyond_neighbors: float = 0.0  # fraction of weights rounded past their two nearest grid points (attention)
-    rtn_channels: float = 0.0  # bitsplit: fraction of output channels that kept RTN (held-out rows chose it)
-    steps_kept: list[str] = field(default_factory=list)  # learned steps refused (int32 bias range)
-    lp_exponent: float | None = None  # RAPQ Eq. 19 P of the region (loss lp)
-    lp_source: str | None = None  # where its gamma came from: "bn" (folded BN) | "std" (output std estimate)
-    bias_corrected: bool = False  # bias correction re-applied to the learned rounding (it lowered the loss)
-    reverted: bool = False  # the region ended above its calibrated loss and went back to it (recon_guard)
-    curve: list = field(default_factory=list)  # [phase, iteration, region loss] every 25 iterations (loss curves)
-
-
-@dataclass
-class ReconReport:
-    method: str
-    granularity: str
-    loss: str
-    samples: int
-    regions: list[RegionResult] = field(default_factory=list)
-    resumed_regions: int = 0
-    cache_spilled_mb: float = 0.0
-    seconds: float = 0.0
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 class _Region:
@@ -293,39 +270,23 @@ class _Region:
         return sum(g.regularizer(beta) for g, *_ in self.groups.values())
 
 
-class _FloatWeights:
-    """Context: the model's float weights in the simulation (reconstructed layers hold on-grid weights),
-    for the float stream and the float logits."""
-
-    def __init__(self, sim: SimModel) -> None:
-        self.sim = sim
-        self.float = {x.weight: sim.float_weight(x.weight) for x in sim.qg.layers}
-        self.saved: dict[str, torch.Tensor] = {}
-
-    @torch.no_grad()
-    def __enter__(self) -> None:
-        for name, w in self.float.items():
-            p = self.sim.weight(name)
-            if not torch.equal(p.detach().cpu(), w):
-                self.saved[name] = p.detach().clone()
-                p.copy_(w.to(p.device))
-
-    @torch.no_grad()
-    def __exit__(self, *exc) -> None:
-        for name, w in self.saved.items():
-            self.sim.weight(name).copy_(w)
-        self.saved.clear()
+def held_out(n: int) -> int:
+    """How many of ``n`` calibration samples (the last ones) are held out of training (module doc)."""
+    return min(EVAL_SAMPLES, n // 8)
 
 
 class Engine:
-    def __init__(self, sim: SimModel, data: Dataset, cfg: QuantConfig, checkpoint_dir: str | None = None) -> None:
+    def __init__(self, sim: SimModel, data: Dataset, cfg: QuantConfig, checkpoint_dir: str | None = None,
+                 diag: Diagnostics | None = None) -> None:
         self.sim, self.cfg = sim, cfg
+        self.diag = diag if diag is not None else Diagnostics()
         self.st = resolve(cfg)
         if self.st.loss not in LOSSES:
             raise ValueError(f"unknown reconstruction loss {self.st.loss!r}; registered: {sorted(LOSSES)}")
         self.loss_fn = LOSSES[self.st.loss]
         self.inputs = {k: v for k, v in data.inputs.items()}
         self.n = len(data)
+        self.n_train = self.n - held_out(self.n)  # minibatches come from samples [0, n_train)
         self.device = next(iter(sim.weights.values())).device if len(sim.weights) else torch.device("cpu")
         self.spans = region_spans(sim, partition(sim.qg, self.st.granularity))
         self.batch = cfg.batch_size  # caching batch
@@ -346,7 +307,7 @@ class Engine:
         self.side = SideTensors(sim, {k: tuple(v.shape[1:]) for k, v in self.inputs.items()}, self.device)
         self.checkpoint_dir = checkpoint_dir
         self.fp = ckpt.fingerprint(sim, self.inputs, cfg) if checkpoint_dir else ""
-        self.float_weights = _FloatWeights(sim)
+        self.float_weights = FloatWeights(sim)
         self.channels_last = self.device.type == "cpu"  # training steps only: caching stays in the default layout
 
     # ---------------------------------------------------------------- helpers
@@ -413,14 +374,15 @@ class Engine:
 
     @torch.no_grad()
     def _measure(self, span: Span, qf: Frontier, targets, weights) -> float:
-        """Region loss on the first EVAL_SAMPLES samples, computed MEASURE_CHUNK samples at a time (the loss
-        is a mean over samples, so the chunks' means weighted by their sizes give it): a region's inner
-        tensors at 64 samples of 112x112 would be a memory peak of their own."""
-        m = min(EVAL_SAMPLES, self.n)
+        """Region loss on the held-out samples (all samples when none are held out), computed MEASURE_CHUNK
+        samples at a time (the loss is a mean over samples, so the chunks' means weighted by their sizes give
+        it): a region's inner tensors at 64 samples of 112x112 would be a memory peak of their own."""
+        first = self.n_train if self.n_train < self.n else 0
+        m = self.n - first
         names = consumed_inputs(self.sim, qf, span.start, span.stop)
         total = 0.0
-        for s in range(0, m, MEASURE_CHUNK):
-            idx = torch.arange(s, min(s + MEASURE_CHUNK, m))
+        for s in range(first, self.n, MEASURE_CHUNK):
+            idx = torch.arange(s, min(s + MEASURE_CHUNK, self.n))
             env = self._batch_env(qf, qf, names, idx, 0.0, None)
             out = self.sim.run_nodes(env, span.start, span.stop)
             total += float(self._region_loss(out, targets, weights, idx)) * len(idx)
@@ -439,6 +401,9 @@ class Engine:
                 done = state["done"]
                 report.regions = [RegionResult(**r) for r in state["report"]]
                 report.resumed_regions = done
+        self.diag.totals["region-rtn"] = len(self.spans)
+        for r in report.regions:
+            record(self.diag, r, self._bias_tried(r))
         layers_done = [x for r in report.regions for x in r.layers]
         total_iters = len(self.spans) * sum(n for _, n in st.phases)
         bar = tqdm(total=total_iters, initial=done * sum(n for _, n in st.phases), disable=not self.cfg.progress,
@@ -499,6 +464,7 @@ class Engine:
                         g.free()
                 result.seconds = time.perf_counter() - t0
                 report.regions.append(result)
+                record(self.diag, result, self._bias_tried(result))
                 layers_done += result.layers
                 if self.checkpoint_dir:
                     ckpt.save(self.checkpoint_dir, self.fp, k + 1, sim, layers_done,
@@ -512,6 +478,11 @@ class Engine:
             self.store.close()
         report.seconds = time.perf_counter() - t_all
         return report
+
+    def _bias_tried(self, result: RegionResult) -> bool:
+        """Whether ``_optimize`` tried a bias correction on the region of ``result`` (it learned a rounding)."""
+        return (bool(result.layers) and self.cfg.bias_correction and bool(self.sim.input_means)
+                and any(phase in ("rounding", "joint") for phase, _ in self.st.phases))
 
     def _bias_correct(self, span: Span, region: _Region, qf: Frontier, targets, weights) -> bool:
         """Bias correction of the region's learned rounding, kept when it lowers the region loss (fully
@@ -569,7 +540,7 @@ class Engine:
                 drop = st.drop_prob if not weight_phase or st.acts_during_rounding else 0.0
                 bar.set_description(f"[{k + 1}/{len(self.spans)}] {span.name} {phase}")
                 for it in range(iters):
-                    idx = torch.randperm(self.n, generator=gen)[:st.batch_size]
+                    idx = torch.randperm(self.n_train, generator=gen)[:st.batch_size]
                     env = self._batch_env(qf, ff, names, idx, drop, gen_dev)
                     if self.channels_last:  # 2-3x faster (depthwise) convolutions and their gradients on CPU
                         env = {t: v.contiguous(memory_format=torch.channels_last) if v.dim() == 4 else v
@@ -607,10 +578,15 @@ class Engine:
 
 
 def reconstruct(sim: SimModel, data: Dataset, plan: BitPlan, cfg: QuantConfig,
-                checkpoint_dir: str | None = None, ctx=None) -> ReconReport:
+                checkpoint_dir: str | None = None, ctx: RunContext | None = None) -> ReconReport:
     """Reconstruct every region of ``sim`` (already calibrated) on ``data``; see the module docstring.
-    ``ctx``: the run's ``RunContext`` (it sets and restores cudnn's determinism)."""
+
+    Fallbacks go into ``ctx.diagnostics``. Without ``ctx`` the run gets its own ``RunContext`` (entered here:
+    deterministic cuDNN on CUDA, torch settings restored afterwards); a caller's context is entered by the caller.
+    """
     del plan  # bit widths are already in the calibrated quantizers
-    if ctx is None and cfg.device.startswith("cuda") and torch.cuda.is_available():
-        torch.backends.cudnn.deterministic = True
-    return Engine(sim, data, cfg, checkpoint_dir or cfg.checkpoint_dir).run()
+    ckpt_dir = checkpoint_dir or cfg.checkpoint_dir
+    if ctx is not None:
+        return Engine(sim, data, cfg, ckpt_dir, ctx.diagnostics).run()
+    with RunContext(seed=cfg.seed, device=cfg.device, progress=cfg.progress) as own:
+        return Engine(sim, data, cfg, ckpt_dir, own.diagnostics).run()

@@ -32,6 +32,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from ..config import QuantConfig
+from .methods import get_method
 
 
 @dataclass(frozen=True)
@@ -56,14 +57,6 @@ PRESETS = {
                    lp_alpha=0.9),
     "rapq-quick": Preset(samples=1024, batch_size=32, iters=20000, act_iters=1000, lr=1e-3, act_lr=4e-5,
                          round_lambda=0.01, lp_alpha=0.1),
-}
-
-
-# per-method departures from a preset: Attention Round's paper settings (Sec. 4.1) under ``full``; under
-# ``fast`` its perturbations need a larger step than AdaRound's V to move within 200 iterations
-METHOD_PRESETS = {
-    ("attention", "full"): dict(iters=2000, batch_size=64, lr=4e-4),
-    ("attention", "fast"): dict(lr=1e-2),
 }
 
 
@@ -107,7 +100,8 @@ class ReconSettings:
 def resolve(cfg: QuantConfig) -> ReconSettings:
     """The settings of ``cfg.method`` under ``cfg.preset``, with the config's explicit overrides."""
     method = cfg.method
-    p = replace(PRESETS[cfg.preset], **METHOD_PRESETS.get((method, cfg.preset), {}))
+    # the method's departures from the preset (Attention Round's paper settings: recon/methods/attention.py)
+    p = replace(PRESETS[cfg.preset], **get_method(method).presets.get(cfg.preset, {}))
     iters = p.iters if cfg.iters is None else cfg.iters
     round_lambda = 0.0 if method == "attention" else p.round_lambda if cfg.round_lambda is None else cfg.round_lambda
     return ReconSettings(

@@ -1,46 +1,71 @@
-"""TEMPORARY (replaced by the method plug-ins when the recon branch merges): the method checks that
-config.py used to run, behind the interface settings.resolve calls."""
+"""The registry of quantization methods (one module each) and the method checks of a ``QuantConfig``.
+
+``check_options(cfg)``: the method's own checks, the shared range checks of method options (lp_alpha, loss
+name), and that no option read only by other methods is set to a non-default value (``--iters`` with rtn,
+``--loss`` with bitsplit, ``--drop-prob`` with brecq): such an option would be silently ignored.
+``method_defaults(cfg)``: the ``loss`` and ``num_calib`` the method resolves where the config leaves None.
+Nothing here is read by ``config.py``; the resolver calls both after constructing the config.
+"""
 from __future__ import annotations
+
+from dataclasses import fields
 
 from ...config import QuantConfig
 from ...errors import ConfigError
+from . import adaround, attention, bitsplit, brecq, qdrop, rapq, rtn
+from .base import Method
 
-METHODS = ("rtn", "adaround", "brecq", "qdrop", "rapq", "attention", "bitsplit")
+METHODS: dict[str, Method] = {
+    "rtn": rtn.METHOD,
+    "adaround": adaround.METHOD,
+    "brecq": brecq.METHOD,
+    "qdrop": qdrop.METHOD,
+    "rapq": rapq.METHOD,
+    "attention": attention.METHOD,
+    "bitsplit": bitsplit.METHOD,
+}
+
+_DEFAULTS = {f.name: f.default for f in fields(QuantConfig)}
+_FLAGS = {f.name: f.metadata.get("flag") for f in fields(QuantConfig)}  # the CLI flag where it is not --name
 
 
-def method_defaults(cfg: QuantConfig) -> dict:
-    from ..settings import PRESETS
+def get_method(name: str) -> Method:
+    """The registered method ``name`` (``ConfigError`` listing the methods otherwise)."""
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise ConfigError(f"method must be one of {', '.join(METHODS)}; got {name!r}") from None
 
-    out = {}
-    if cfg.loss is None:
-        out["loss"] = "lp" if cfg.method == "rapq" else "mse"
-    if cfg.num_calib is None:
-        out["num_calib"] = 256 if cfg.method == "rtn" else PRESETS[cfg.preset].samples
-    return out
+
+def _flag(name: str) -> str:
+    return _FLAGS.get(name) or "--" + name.replace("_", "-")
 
 
 def check_options(cfg: QuantConfig) -> None:
-    from ..losses import LOSSES
+    """Raise ``ConfigError`` if ``cfg`` sets an option its method does not read or fails a method check."""
+    method = get_method(cfg.method)
+    method.validate(cfg)
+    foreign = set().union(*(m.options for m in METHODS.values())) - method.options
+    stray = sorted(n for n in foreign if getattr(cfg, n) != _DEFAULTS[n])
+    if stray:
+        users = sorted({m.name for m in METHODS.values() if m.options & set(stray)})
+        raise ConfigError(f"{', '.join(_flag(n) for n in stray)} {'is' if len(stray) == 1 else 'are'} not read by "
+                          f"--method {cfg.method} (used by --method {' / '.join(users)}): remove "
+                          f"{'it' if len(stray) == 1 else 'them'} or choose one of those methods")
+    if cfg.lp_alpha is not None and not 0.0 < cfg.lp_alpha <= 1.0:
+        raise ConfigError(f"lp_alpha must be in (0, 1] (RAPQ Eq. 19); got {cfg.lp_alpha}")
+    if cfg.loss is not None:
+        from ..losses import LOSSES
+        if cfg.loss not in LOSSES:
+            raise ConfigError(f"loss must be one of {', '.join(LOSSES)}; got {cfg.loss!r}")
 
-    if cfg.method not in METHODS:
-        raise ConfigError(f"method must be one of {', '.join(METHODS)}; got {cfg.method!r}")
-    if cfg.loss is not None and cfg.loss not in LOSSES:
-        raise ConfigError(f"loss must be one of {', '.join(LOSSES)}; got {cfg.loss!r}")
-    if cfg.method == "rapq" and cfg.scale != "po2":
-        raise ConfigError("--method rapq learns power-of-two scales: add --scale po2 (float scales: --method brecq)")
-    if cfg.rounding != "nearest" and cfg.method != "rtn":
-        raise ConfigError(f"--rounding {cfg.rounding} is a round-to-nearest baseline: use it with --method rtn "
-                          f"(--method {cfg.method} learns its own rounding)")
-    if cfg.method == "bitsplit":
-        if cfg.scale != "float":
-            raise ConfigError("--method bitsplit solves a float scale per channel (Eq. 14): use --scale float")
-        if cfg.weight_grid == "uniform" and cfg.w_bits < 3:
-            raise ConfigError("Bit-Split needs w_bits >= 3 (Eq. 13 splits into w_bits-1 ternary planes); "
-                              "2-bit: --weight-grid log or another method")
-        if cfg.weight_grid == "log" and cfg.w_bits > 4:
-            raise ConfigError(f"logarithmic weights (Bit-Split Sec. 3.3.2) support 2-4 bits; got w_bits={cfg.w_bits}")
-    if cfg.ecaq and cfg.method not in ("rtn", "bitsplit"):
-        raise ConfigError(f"--ecaq works with --method rtn or bitsplit (Bit-Split Algorithm 1); --method "
-                          f"{cfg.method} learns per-layer activation steps")
-    if cfg.method != "bitsplit" and cfg.weight_grid != "uniform":
-        raise ConfigError("--weight-grid log is solved by Bit-Split's coordinate descent: add --method bitsplit")
+
+def method_defaults(cfg: QuantConfig) -> dict:
+    """``loss`` and ``num_calib`` as the method resolves them, for those that ``cfg`` leaves None."""
+    method = get_method(cfg.method)
+    out = {}
+    if cfg.loss is None and method.default_loss is not None:
+        out["loss"] = method.default_loss
+    if cfg.num_calib is None:
+        out["num_calib"] = method.default_samples(cfg.preset)
+    return out
