@@ -101,3 +101,12 @@ def build_tv(name: str) -> torch.nn.Module:
                 m.weight.copy_(torch.rand(m.num_features, generator=g) * 0.5 + 0.75)
                 m.bias.copy_(torch.randn(m.num_features, generator=g) * 0.1)
     return model
+
+
+def method_kw(method: str, **options):
+    """``options`` less the ones ``method`` does not read: passing another method's option is a ConfigError
+    (recon/methods check_options), so shared fast schedules are trimmed per method."""
+    from onnxptq.recon.methods import METHODS, get_method
+
+    foreign = set().union(*(m.options for m in METHODS.values())) - get_method(method).options
+    return {k: v for k, v in options.items() if k not in foreign}

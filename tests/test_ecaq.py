@@ -10,6 +10,7 @@ import torch
 from onnx import numpy_helper
 
 from onnxptq import api
+from helpers import method_kw
 from onnxptq.settings import resolve as resolve_config
 from onnxptq.config import QuantConfig
 from onnxptq.data import Dataset
@@ -70,7 +71,7 @@ def test_ecaq_export_is_per_axis_and_bit_exact(tiny, tmp_path, method):
     _, path, calib, val = tiny
     out = tmp_path / "ecaq.onnx"
     res = api.quantize(path, calib, output=out, method=method, ecaq=True, w_bits=4, a_bits=4, progress=False,
-                       bitsplit_points=2000)
+                       **method_kw(method, bitsplit_points=2000))
     t = res.qgraph.layers[1].output
     assert list(res.state.ecaq_scales) == [t]
     m = onnx.load(str(out))

@@ -11,6 +11,7 @@ import torch
 from onnx import numpy_helper
 
 from onnxptq import api
+from helpers import method_kw
 from onnxptq.settings import resolve as resolve_config
 from onnxptq.config import QuantConfig
 from onnxptq.errors import ConfigError
@@ -91,14 +92,14 @@ def _initializers(model: onnx.ModelProto) -> dict[str, np.ndarray]:
 
 def test_rapq_exports_exact_po2_scales_and_passes_level1(tiny):  # noqa: F811
     _, path, calib, val = tiny
-    res = api.quantize(path, calib, method="rapq", scale="po2", w_bits=3, a_bits=4, **FAST)
+    res = api.quantize(path, calib, method="rapq", scale="po2", w_bits=3, a_bits=4, **method_kw("rapq", **FAST))
     regions = res.recon.regions
     assert all(r.lp_exponent is not None and 1.0 <= r.lp_exponent <= 2.0 for r in regions)
     assert {r.lp_source for r in regions} == {"std"}  # the tiny net's BNs are folded by the exporter
     scales = [v for k, v in _initializers(res.model).items() if k.endswith("scale") and v.dtype == np.float32]
     assert scales and all(bool(np.all(is_power_of_two(s))) for s in scales)
     # without the guard every weight scale is one of the two powers of two around its float L_p scale
-    free = api.quantize(path, calib, method="rapq", scale="po2", w_bits=3, a_bits=4, recon_guard=False, **FAST)
+    free = api.quantize(path, calib, method="rapq", scale="po2", w_bits=3, a_bits=4, recon_guard=False, **method_kw("rapq", **FAST))
     qg = import_model(path)
     for layer in qg.layers:
         fq = free.sim.weight_quantizer(layer.name)
@@ -106,7 +107,7 @@ def test_rapq_exports_exact_po2_scales_and_passes_level1(tiny):  # noqa: F811
         s0 = choose_scale(w, fq.params.grid, True, layer.weight_axis, QuantConfig(), "mse").scale.astype(np.float64)
         lo, got = np.exp2(np.floor(np.log2(s0))), fq.params.scale.astype(np.float64)
         assert np.all((got == lo) | (got == 2 * lo)), layer.name
-    intm = api.quantize(path, calib, method="rapq", scale="po2", format="int", w_bits=3, a_bits=4, **FAST)
+    intm = api.quantize(path, calib, method="rapq", scale="po2", format="int", w_bits=3, a_bits=4, **method_kw("rapq", **FAST))
     rep = verify_integer(intm.model, {"input": val[:8]}, batch_size=8, reference_samples=1)
     assert rep.ok, rep.format()
 
@@ -116,5 +117,5 @@ def test_rapq_records_bn_gamma_source():
     from helpers import MODELS, digits_path
 
     res = api.quantize(digits_path("digits_resnet"), MODELS / "digits_calib.npz", method="rapq",
-                       scale="po2", w_bits=4, a_bits=8, num_calib=32, **{**FAST, "iters": 4, "act_iters": 2})
+                       scale="po2", w_bits=4, a_bits=8, num_calib=32, **method_kw("rapq", **{**FAST, "iters": 4, "act_iters": 2}))
     assert "bn" in {r.lp_source for r in res.recon.regions}

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from onnxptq import api
+from helpers import method_kw
 from onnxptq.errors import OutputError
 
 from test_recon import FAST, tiny  # noqa: F401  (fixture)
@@ -18,7 +19,7 @@ def test_report_lists_layers_and_writes_plots(tiny, tmp_path, suffix):
     _, path, calib, _ = tiny
     rep = tmp_path / f"report{suffix}"
     res = api.quantize(path, calib, output=tmp_path / "q.onnx", report=rep, method="rapq", scale="po2", w_bits=4,
-                       a_bits=4, mixed="coding-length", **FAST)
+                       a_bits=4, mixed="coding-length", **method_kw("rapq", **FAST))
     text = rep.read_text()
     for layer in res.qgraph.layers:
         assert layer.name in text

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from onnxptq import api
+from helpers import method_kw
 from onnxptq.settings import resolve as resolve_config
 from onnxptq.config import QuantConfig
 from onnxptq.errors import ConfigError
@@ -113,7 +114,7 @@ def test_attention_round_end_to_end(tiny, tmp_path):
     _, path, calib, val = tiny
     out = tmp_path / "attn.onnx"
     res = api.quantize(path, calib, output=out, method="attention", w_bits=3, a_bits=8, recon_guard=False,
-                       granularity="layer", attn_tau=0.25, **{**FAST, "iters": 60, "lr": 1e-2})
+                       granularity="layer", attn_tau=0.25, **method_kw("attention", **{**FAST, "iters": 60, "lr": 1e-2}))
     regions = res.recon.regions
     assert sum(r.loss_after for r in regions) < sum(r.loss_before for r in regions)
     assert any(r.beyond_neighbors > 0 for r in regions)  # some weights land past their two nearest points

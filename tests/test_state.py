@@ -18,7 +18,7 @@ from onnxptq.run_context import RunContext
 from onnxptq.sim.capture import layer_inputs
 from onnxptq.sim.model import SimModel, simulate
 
-from helpers import export_torch_model
+from helpers import export_torch_model, method_kw
 from test_recon import FAST, tiny  # noqa: F401  (fixture)
 
 
@@ -49,7 +49,7 @@ def test_capture_sees_every_layer_input_and_is_removed_even_on_error(tiny):
 
 
 @pytest.mark.parametrize("options", [dict(ecaq=True, w_bits=4, a_bits=4),
-                                     dict(method="brecq", w_bits=3, a_bits=4, **FAST),
+                                     dict(method="brecq", w_bits=3, a_bits=4, **method_kw("brecq", **FAST)),
                                      dict(rounding="stochastic", w_bits=4)], ids=["ecaq", "brecq", "stochastic"])
 def test_state_round_trips_into_a_fresh_simulation(tiny, options):
     """load_state(export_state()) on a fresh SimModel of the same graph gives the same outputs and the same
@@ -79,7 +79,7 @@ def test_load_state_replaces_all_of_the_previous_state(tiny):
     quantizer parameter of the BRECQ run is left."""
     _, path, calib, _ = tiny
     rtn = api.quantize(path, calib, w_bits=3, a_bits=4, progress=False, check_kernels=False)
-    learned = api.quantize(path, calib, method="brecq", w_bits=3, a_bits=4, check_kernels=False, **FAST)
+    learned = api.quantize(path, calib, method="brecq", w_bits=3, a_bits=4, check_kernels=False, **method_kw("brecq", **FAST))
     assert learned.model.SerializeToString() != rtn.model.SerializeToString()
     learned.sim.load_state(rtn.state)
     assert export_qdq(learned.sim, rtn.config.opset).SerializeToString() == rtn.model.SerializeToString()
@@ -133,7 +133,7 @@ def test_quantize_leaves_threads_rng_and_cudnn_as_it_found_them(tiny):
         torch.manual_seed(1234)
         np.random.seed(1234)
         rng, np_rng = torch.get_rng_state(), np.random.get_state()
-        api.quantize(path, calib, method="qdrop", w_bits=3, a_bits=4, check_kernels=False, **FAST)
+        api.quantize(path, calib, method="qdrop", w_bits=3, a_bits=4, check_kernels=False, **method_kw("qdrop", **FAST))
         assert torch.get_num_threads() == 2
         assert torch.backends.cudnn.deterministic == (not cudnn)
         assert torch.equal(torch.get_rng_state(), rng)

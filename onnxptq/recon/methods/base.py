@@ -42,5 +42,5 @@ class Method:
         """Calibration samples when ``num_calib`` is None: the preset's for a reconstruction method."""
         if not self.preset_samples:
             return RTN_SAMPLES
-        from ..settings import PRESETS
+        from ..presets import PRESETS
         return PRESETS[preset].samples
