@@ -213,21 +213,14 @@ def _quantize(model, calib, config: QuantConfig, out: Path | None, rep: Path | N
 
     calibrate(sim, data, plan, config, ctx)
     timings["calibrate"] = time.perf_counter() - t0
-    recon_report = None
-    if config.method == "bitsplit":
-        from .recon.bitsplit_layers import bitsplit_layers
+    from .recon.run import run_method
 
-        t0 = time.perf_counter()
-        recon_report = bitsplit_layers(sim, data, config)
-        timings["reconstruct"] = time.perf_counter() - t0
-    elif config.method != "rtn":
-        from .recon.engine import reconstruct
-
-        ckpt_dir = config.checkpoint_dir or (f"{out}.recon" if out is not None else None)
-        if config.resume and ckpt_dir is None:
-            raise ConfigError("resume needs the checkpoint directory of the interrupted run (--checkpoint-dir)")
-        t0 = time.perf_counter()
-        recon_report = reconstruct(sim, data, plan, config, ckpt_dir, ctx=ctx)
+    ckpt_dir = config.checkpoint_dir or (f"{out}.recon" if out is not None else None)
+    if config.resume and ckpt_dir is None:
+        raise ConfigError("resume needs the checkpoint directory of the interrupted run (--checkpoint-dir)")
+    t0 = time.perf_counter()
+    recon_report = run_method(sim, data, plan, config, ckpt_dir, ctx)
+    if recon_report is not None:
         timings["reconstruct"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     program = None

@@ -96,3 +96,36 @@ def test_attention_preset_departures_live_in_its_module():
     assert (full.iters, full.batch_size, full.lr, full.round_lambda) == (2000, 64, 4e-4, 0.0)
     assert resolve(QuantConfig(method="attention")).lr == 1e-2
     assert resolve(QuantConfig(method="brecq", preset="full")).lr == PRESETS["full"].lr
+
+
+def test_the_runners_never_name_a_method():
+    """The engine, its settings and the runner dispatch read the method's recipe (recon/methods), never its name:
+    no method-name literal and no test of a rounding's type. (Only the method modules and the registry name them.)"""
+    import re
+    from pathlib import Path
+
+    import onnxptq.recon as recon
+    root = Path(recon.__file__).parent
+    for name in ("engine.py", "settings.py", "run.py", "roundings.py", "region.py"):
+        path = root / name
+        if not path.exists():
+            continue
+        code = "\n".join(line for line in path.read_text().splitlines() if not line.lstrip().startswith("#"))
+        code = re.sub(r'""".*?"""', "", code, flags=re.S)  # docstrings may cite the papers' methods
+        for m in METHODS:
+            assert f'"{m}"' not in code, f"{name} names method {m!r}"
+        assert "isinstance(" not in code or not re.search(r"isinstance\([^)]*Rounding", code), name
+
+
+def test_a_method_is_data_the_engine_follows():
+    from onnxptq.recon.settings import resolve
+    from onnxptq.recon.methods.base import Method
+    from onnxptq.recon.methods.brecq import METHOD as brecq
+    import dataclasses
+    joint = dataclasses.replace(brecq, name="joint-brecq", learn_steps="joint", acts_during_rounding=True)
+    assert isinstance(joint, Method)
+    st = resolve(QuantConfig(method="qdrop"))
+    assert [p for p, _ in st.phases] == ["joint"] and st.drop_prob == 0.5 and st.rounding == "soft-offset"
+    st = resolve(QuantConfig(method="attention"))
+    assert st.rounding == "any-grid-point" and st.round_lambda == 0.0 and [p for p, _ in st.phases] == ["rounding", "steps"]
+    assert resolve(QuantConfig(method="adaround", granularity="block")).granularity == "layer"

@@ -63,6 +63,8 @@ class AdaRoundRounding(nn.Module):
     (BRECQ Eq. 27). ``hard`` switches to the final binary choice floor(w/s) + [h(V) >= 0.5].
     """
 
+    WITHIN_ONE_STEP = True  # the hard result stays within one grid step of w / s (checked by the engine)
+
     def __init__(self, w_over_s: torch.Tensor) -> None:
         super().__init__()
         self.v = nn.Parameter(init_v(w_over_s.detach()).float())

@@ -75,6 +75,8 @@ class AttentionRounding(nn.Module):
     The forward pass is already hard, so ``hard`` changes nothing (kept for the engine's interface).
     """
 
+    WITHIN_ONE_STEP = False  # the hard result stays within one grid step of w / s (checked by the engine)
+
     def __init__(self, w_over_s: torch.Tensor, scale: torch.Tensor, tau: float = TAU, unit: str = "step",
                  generator: torch.Generator | None = None) -> None:
         super().__init__()

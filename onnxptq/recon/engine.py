@@ -44,8 +44,8 @@ from ..quant.rapq import lp_exponent
 from ..run_context import RunContext
 from ..sim.model import SimModel
 from . import checkpoint as ckpt
-from .adaround import AdaRoundRounding, beta_at, within_one_step
-from .attention_round import AttentionRounding, beyond_neighbors
+from .adaround import beta_at, within_one_step
+from .attention_round import beyond_neighbors
 from .po2_group import Po2ScaleGroup
 from .cache import ActivationStore, Cached
 from .fallbacks import record
@@ -54,6 +54,7 @@ from ..calib.calibrate import bias_shift, float_scale, integer_weights
 from .fisher import float_logits, output_gradients
 from .optim import Adam
 from .results import ReconReport, RegionResult
+from .roundings import ROUNDINGS
 from .losses import LOSSES, NEEDS_EXPONENT, NEEDS_GRADIENTS, fisher_weights
 from .lsq import LearnedStep
 from .settings import ReconSettings, resolve
@@ -73,7 +74,7 @@ class _Region:
         self.sim, self.span, self.st = sim, span, st
         self.layers = [n.layer for n in sim.nodes[span.start:span.stop] if n.layer is not None]
         self.acts = [o for o in produced(sim, span.start, span.stop) if o in sim.qg.quant_points]
-        self.rounders: dict[str, AdaRoundRounding] = {}
+        self.rounders: dict[str, torch.nn.Module] = {}  # layer -> learned rounding (recon/roundings.py)
         self.groups: dict[str, Po2ScaleGroup] = {}
         self.steps: dict[str, LearnedStep] = {}
         self.originals = {}
@@ -128,10 +129,7 @@ class _Region:
                                                 self._input_scale(layer), p.po2)
                 if not torch.equal(safe, torch.from_numpy(p.scale)):
                     fq.set_params(QParams(p.grid, safe.numpy(), p.zero_point, p.axis, p.po2), w.dim())
-            if self.st.method == "attention":
-                r = AttentionRounding(w.detach() / fq.scale, fq.scale, self.st.attn_tau, self.st.attn_tau_unit, self.gen)
-            else:
-                r = AdaRoundRounding(w.detach() / fq.scale).to(w.device)
+            r = ROUNDINGS[self.st.rounding](w.detach() / fq.scale, fq.scale, self.st, self.gen)
             fq.round_fn = r
             self.rounders[layer.name] = r
 
@@ -159,11 +157,11 @@ class _Region:
             t = w_float / scale.astype(np.float64) + zp
             far.append(beyond_neighbors(q_np, t, grid.qmin, grid.qmax))
             counts.append(q_np.size)
-            near = isinstance(r, AttentionRounding) or within_one_step(q_np, w_float, scale, zp, grid.qmin, grid.qmax)
+            near = not r.WITHIN_ONE_STEP or within_one_step(q_np, w_float, scale, zp, grid.qmin, grid.qmax)
             if not (np.array_equal(ints, q_np) and np.all(q_np == np.round(q_np)) and q_np.min() >= grid.qmin
                     and q_np.max() <= grid.qmax and near):
                 raise RuntimeError(f"learned rounding of {layer.name!r} is not exactly on its grid"
-                                   f"{'' if isinstance(r, AttentionRounding) else ' within one step'}")
+                                   f"{' within one step' if r.WITHIN_ONE_STEP else ''}")
         if not undecided:
             return 0.0, 0.0
         return float(np.mean(undecided)), float(np.average(far, weights=counts))
@@ -258,7 +256,7 @@ class _Region:
 
     def parameters(self, which: str) -> list[torch.nn.Parameter]:
         if which == "rounding":
-            return [r.alpha if isinstance(r, AttentionRounding) else r.v for r in self.rounders.values()]
+            return [p for r in self.rounders.values() for p in r.parameters()]
         if which == "scales":
             return [g.v for g, *_ in self.groups.values()]
         return [ls.step for ls in self.steps.values() if ls.learn]

@@ -60,6 +60,7 @@ class ReconSettings:
     lp_beta: float = 1.0
     attn_tau: float = 0.5  # Attention Round tau and its unit (recon/attention_round.py)
     attn_tau_unit: str = "step"
+    rounding: str = "soft-offset"  # the learned rounding (recon/roundings.py ROUNDINGS)
 
     @property
     def phases(self) -> list[tuple[str, int]]:
@@ -75,14 +76,15 @@ class ReconSettings:
 
 def resolve(cfg: QuantConfig) -> ReconSettings:
     """The settings of ``cfg.method`` under ``cfg.preset``, with the config's explicit overrides."""
-    method = cfg.method
+    m = get_method(cfg.method)
     # the method's departures from the preset (Attention Round's paper settings: recon/methods/attention.py)
-    p = replace(PRESETS[cfg.preset], **get_method(method).presets.get(cfg.preset, {}))
+    p = replace(PRESETS[cfg.preset], **m.presets.get(cfg.preset, {}))
     iters = p.iters if cfg.iters is None else cfg.iters
-    round_lambda = 0.0 if method == "attention" else p.round_lambda if cfg.round_lambda is None else cfg.round_lambda
+    regularized = "round_lambda" in m.options  # Attention Round has no rounding regularizer
+    round_lambda = 0.0 if not regularized else p.round_lambda if cfg.round_lambda is None else cfg.round_lambda
     return ReconSettings(
-        method=method,
-        granularity="layer" if method == "adaround" else cfg.granularity,
+        method=m.name,
+        granularity="layer" if m.layerwise else cfg.granularity,
         loss=cfg.loss,
         batch_size=p.batch_size if cfg.recon_batch_size is None else cfg.recon_batch_size,
         iters=iters,
@@ -92,15 +94,16 @@ def resolve(cfg: QuantConfig) -> ReconSettings:
         round_lambda=round_lambda,
         warmup=0.2,
         beta=(20.0, 2.0),
-        drop_prob=cfg.drop_prob if method == "qdrop" else 0.0,
-        acts_during_rounding=method not in ("brecq", "rapq", "attention"),
-        learn_steps={"adaround": "none", "brecq": "after", "qdrop": "joint", "rapq": "after", "attention": "after"}[method],
+        drop_prob=cfg.drop_prob if "drop_prob" in m.options else 0.0,
+        acts_during_rounding=m.acts_during_rounding,
+        learn_steps=m.learn_steps,
         fisher_damping=cfg.fisher_damping,
         seed=cfg.seed,
-        scale_group_iters=max(1, round(0.2 * iters)) if method == "rapq" and iters > 0 else 0,
+        scale_group_iters=max(1, round(m.scale_group * iters)) if m.scale_group > 0 and iters > 0 else 0,
         group_lambda=10.0 * round_lambda,
         lp_alpha=p.lp_alpha if cfg.lp_alpha is None else cfg.lp_alpha,
         lp_beta=cfg.lp_beta,
         attn_tau=cfg.attn_tau,
         attn_tau_unit=cfg.attn_tau_unit,
+        rounding=m.rounding,
     )

@@ -22,4 +22,4 @@ PRESETS = MappingProxyType({
 })
 
 METHOD = Method("attention", (RECON_OPTIONS - {"round_lambda"}) | {"attn_tau", "attn_tau_unit"},
-                SHARED_CHECKS + (_tau_positive,), presets=PRESETS)
+                SHARED_CHECKS + (_tau_positive,), presets=PRESETS, rounding="any-grid-point")

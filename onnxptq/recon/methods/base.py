@@ -31,7 +31,14 @@ class Method:
     default_loss: str | None = "mse"  # None: the method has no reconstruction loss
     preset_samples: bool = True  # num_calib defaults to the preset's samples (else RTN_SAMPLES)
     presets: Mapping[str, Mapping[str, Any]] = field(default_factory=lambda: MappingProxyType({}))
-    # preset name -> overrides of recon/settings.py Preset fields (the method's own paper settings)
+    # preset name -> overrides of recon/presets.py Preset fields (the method's own paper settings)
+    # the recipe the runner follows (recon/engine.py and recon/run.py never name a method):
+    runner: str | None = "regions"  # regions (recon/engine.py) | layers (recon/bitsplit_layers.py) | None (RTN only)
+    rounding: str = "soft-offset"  # the learned rounding (recon/roundings.py ROUNDINGS)
+    learn_steps: str = "after"  # activation steps (LSQ): none | after the rounding | joint with it
+    acts_during_rounding: bool = False  # activation quantizers on while the rounding is learned
+    layerwise: bool = False  # regions are single layers whatever --granularity says
+    scale_group: float = 0.0  # fraction of the rounding iterations first spent on a Po2 scale group (RAPQ Eq. 11-12)
 
     def validate(self, cfg: QuantConfig) -> None:
         """Run the method's own checks on ``cfg`` (raises ``ConfigError``)."""

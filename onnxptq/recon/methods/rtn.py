@@ -23,4 +23,5 @@ def _log_grid_only_bitsplit(cfg) -> None:
 # checks every method runs: options of rtn / bitsplit that other methods reject with a pointed message
 SHARED_CHECKS = (_no_rounding_without_rtn, _ecaq_methods, _log_grid_only_bitsplit)
 
-METHOD = Method("rtn", frozenset({"rounding", "ecaq"}), SHARED_CHECKS, default_loss=None, preset_samples=False)
+METHOD = Method("rtn", frozenset({"rounding", "ecaq"}), SHARED_CHECKS, default_loss=None, preset_samples=False,
+                runner=None)
