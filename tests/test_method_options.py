@@ -129,3 +129,27 @@ def test_a_method_is_data_the_engine_follows():
     st = resolve(QuantConfig(method="attention"))
     assert st.rounding == "any-grid-point" and st.round_lambda == 0.0 and [p for p, _ in st.phases] == ["rounding", "steps"]
     assert resolve(QuantConfig(method="adaround", granularity="block")).granularity == "layer"
+
+
+def test_a_new_method_is_one_declaration_and_a_registry_line(monkeypatch, tmp_path):
+    """The design-notes example: BRECQ's regions with a joint schedule and no drop, registered and run end to end
+    through the API and the CLI without touching the engine."""
+    import numpy as np
+    from onnxptq import api
+    from onnxptq.cli import main
+    from onnxptq.recon.methods.base import RECON_OPTIONS, Method
+    from onnxptq.recon.methods.rtn import SHARED_CHECKS
+    from helpers import MODELS
+
+    new = Method("brecq-joint", RECON_OPTIONS - {"act_iters"}, SHARED_CHECKS, learn_steps="joint",
+                 acts_during_rounding=True)
+    monkeypatch.setitem(METHODS, "brecq-joint", new)
+    calib = np.load(MODELS / "digits_calib.npz")["input"][:32]
+    res = api.quantize(MODELS / "digits_resnet.onnx", calib, method="brecq-joint", w_bits=4, iters=5,
+                       recon_batch_size=8, progress=False, check_kernels=False)
+    assert res.recon is not None and res.recon.regions and all(r.iterations == 5 for r in res.recon.regions
+                                                               if r.layers)
+    np.save(tmp_path / "c.npy", calib)
+    assert main(["quantize", str(MODELS / "digits_resnet.onnx"), "--calib", str(tmp_path / "c.npy"), "-o",
+                 str(tmp_path / "q.onnx"), "--method", "brecq-joint", "--iters", "2", "--no-progress",
+                 "--no-kernel-check"]) == 0
