@@ -106,7 +106,7 @@ def test_the_runners_never_name_a_method():
 
     import onnxptq.recon as recon
     root = Path(recon.__file__).parent
-    for name in ("engine.py", "settings.py", "run.py", "roundings.py", "region.py"):
+    for name in ("engine.py", "settings.py", "run.py", "roundings.py", "region.py", "results.py"):
         path = root / name
         if not path.exists():
             continue

@@ -38,26 +38,20 @@ from ..diagnostics import Diagnostics
 from ..graph.partition import partition
 from ..memory import trim_heap
 from ..plan import BitPlan
-from ..quant import QParams, dequantize, quantize
-from ..quant import scales as S
 from ..quant.rapq import lp_exponent
 from ..run_context import RunContext
 from ..sim.model import SimModel
 from . import checkpoint as ckpt
-from .adaround import beta_at, within_one_step
-from .attention_round import beyond_neighbors
-from .po2_group import Po2ScaleGroup
+from .adaround import beta_at
 from .cache import ActivationStore, Cached
 from .fallbacks import record
 from .float_weights import FloatWeights
-from ..calib.calibrate import bias_shift, float_scale, integer_weights
 from .fisher import float_logits, output_gradients
 from .optim import Adam
 from .results import ReconReport, RegionResult
-from .roundings import ROUNDINGS
+from .region import Region
 from .losses import LOSSES, NEEDS_EXPONENT, NEEDS_GRADIENTS, fisher_weights
-from .lsq import LearnedStep
-from .settings import ReconSettings, resolve
+from .settings import resolve
 from .streams import (Frontier, SideTensors, Span, advance, consumed_inputs, input_frontier, live_after, produced,
                       region_spans, set_quant_state)
 
@@ -65,207 +59,6 @@ log = logging.getLogger(__name__)
 EVAL_SAMPLES = 64  # at most this many held-out samples (the decisions' loss; module doc)
 MEASURE_CHUNK = 16  # samples per forward pass of that measurement
 STEP_TENSORS = 6  # tensors kept per produced tensor in a training step (memory estimate, ``_step_bytes``)
-
-
-class _Region:
-    """One region's trainable state while it is reconstructed."""
-
-    def __init__(self, sim: SimModel, span: Span, st: ReconSettings, gen_dev: torch.Generator | None) -> None:
-        self.sim, self.span, self.st = sim, span, st
-        self.layers = [n.layer for n in sim.nodes[span.start:span.stop] if n.layer is not None]
-        self.acts = [o for o in produced(sim, span.start, span.stop) if o in sim.qg.quant_points]
-        self.rounders: dict[str, torch.nn.Module] = {}  # layer -> learned rounding (recon/roundings.py)
-        self.groups: dict[str, Po2ScaleGroup] = {}
-        self.steps: dict[str, LearnedStep] = {}
-        self.originals = {}
-        self.gen_dev = gen_dev
-        self.gen: torch.Generator | None = None  # CPU generator of the phase (Attention Round's alpha init)
-
-    # ---------------------------------------------------------------- RAPQ Po2 scale group
-    @torch.no_grad()
-    def start_scale_group(self, cfg: QuantConfig) -> None:
-        """Soft Po2 exponents between the two powers of two around each channel's float L_p scale (Eq. 11)."""
-        sim = self.sim
-        for layer in self.layers:
-            fq = sim.weight_quantizer(layer.name)
-            w = sim.weight(layer.weight).detach()
-            sim.bias_delta.pop(layer.name, None)  # RTN's correction belongs to the RTN scales
-            s0, z0 = float_scale(w, fq.params.grid, cfg.w_symmetric, layer.weight_axis, cfg, cfg.w_scale_method)
-            s0, z0 = s0.detach().cpu(), z0.detach().cpu()
-            g = Po2ScaleGroup(s0.numpy(), tuple(fq.scale.shape)).to(w.device)
-            fq.set_params(QParams(fq.params.grid, fq.params.scale, z0.numpy(), fq.params.axis, True), w.dim())
-            fq.scale_fn = g
-            self.groups[layer.name] = (g, s0, z0)
-
-    @torch.no_grad()
-    def finish_scale_group(self) -> None:
-        """Snap every exponent to floor(log2 s0) + [h >= 0.5] and freeze the exact Po2 scales."""
-        sim = self.sim
-        for layer in self.layers:
-            g, s0, z0 = self.groups.pop(layer.name)
-            fq = sim.weight_quantizer(layer.name)
-            w = sim.weight(layer.weight)
-            scale = torch.from_numpy(g.snapped().reshape(-1))
-            grid = fq.params.grid
-            zp = S.po2_zero_point(s0.float(), z0.float(), scale, grid)
-            if layer.bias:
-                scale = S.bias_safe_weight_scale(scale, sim.weight(layer.bias).detach().cpu(), self._input_scale(layer),
-                                                 True)
-            fq.scale_fn = None
-            fq.set_params(QParams(grid, scale.numpy().astype(np.float32), zp.numpy(), fq.params.axis, True), w.dim())
-
-    # ---------------------------------------------------------------- rounding
-    @torch.no_grad()
-    def start_rounding(self) -> None:
-        sim = self.sim
-        for layer in self.layers:
-            fq = sim.weight_quantizer(layer.name)
-            w = sim.weight(layer.weight)
-            if layer.bias and layer.name in sim.bias_delta:
-                # RTN bias correction compensates RTN's error; the learned rounding replaces it
-                del sim.bias_delta[layer.name]
-                p = fq.params
-                safe = S.bias_safe_weight_scale(torch.from_numpy(p.scale), sim.weight(layer.bias).detach().cpu(),
-                                                self._input_scale(layer), p.po2)
-                if not torch.equal(safe, torch.from_numpy(p.scale)):
-                    fq.set_params(QParams(p.grid, safe.numpy(), p.zero_point, p.axis, p.po2), w.dim())
-            r = ROUNDINGS[self.st.rounding](w.detach() / fq.scale, fq.scale, self.st, self.gen)
-            fq.round_fn = r
-            self.rounders[layer.name] = r
-
-    @torch.no_grad()
-    def finish_rounding(self) -> tuple[float, float]:
-        """Hard rounding, written back as on-grid float weights; checked exactly (AdaRound: also within
-        one step of the float weight). Returns the fraction of offsets that were still undecided and the
-        fraction of weights that landed beyond their two nearest grid points (Attention Round)."""
-        sim = self.sim
-        undecided, far, counts = [], [], []
-        for layer in self.layers:
-            r = self.rounders.pop(layer.name)
-            undecided.append(r.undecided())
-            fq = sim.weight_quantizer(layer.name)
-            w = sim.weight(layer.weight)
-            r.hard = True
-            grid = fq.params.grid
-            q = quantize(w.detach(), fq.scale, fq.zero_point, grid, r)
-            w_float = w.detach().cpu().numpy().copy()
-            w.copy_(dequantize(q, fq.scale, fq.zero_point))
-            fq.round_fn = None
-            q_np = q.cpu().numpy().astype(np.int64)
-            ints = integer_weights(sim, layer.name)
-            scale, zp = fq.params.shaped_for(w.dim())
-            t = w_float / scale.astype(np.float64) + zp
-            far.append(beyond_neighbors(q_np, t, grid.qmin, grid.qmax))
-            counts.append(q_np.size)
-            near = not r.WITHIN_ONE_STEP or within_one_step(q_np, w_float, scale, zp, grid.qmin, grid.qmax)
-            if not (np.array_equal(ints, q_np) and np.all(q_np == np.round(q_np)) and q_np.min() >= grid.qmin
-                    and q_np.max() <= grid.qmax and near):
-                raise RuntimeError(f"learned rounding of {layer.name!r} is not exactly on its grid"
-                                   f"{' within one step' if r.WITHIN_ONE_STEP else ''}")
-        if not undecided:
-            return 0.0, 0.0
-        return float(np.mean(undecided)), float(np.average(far, weights=counts))
-
-    @torch.no_grad()
-    def correct_bias(self, float_weights: dict[str, torch.Tensor]) -> None:
-        """Bias correction (Nagel et al. 2019, Eq. 13) of the hard learned rounding: the biases absorb
-        E[(W_q - W) x] from the calibration data's float input means, as after RTN; a layer whose
-        corrected int32 bias would leave its range keeps no correction."""
-        sim = self.sim
-        for layer in self.layers:
-            mean = sim.input_means.get(layer.name)
-            if not layer.bias or mean is None:
-                continue
-            w_q = sim.weight(layer.weight).detach()
-            delta = bias_shift(layer, float_weights[layer.weight].to(w_q.device), w_q, mean.to(w_q.device))
-            if self._bias_in_range(layer, sim.weight(layer.bias).detach() - delta, self._input_scale(layer)):
-                sim.bias_delta[layer.name] = delta
-
-    @torch.no_grad()
-    def snapshot(self) -> dict:
-        """The region's quantizer state (weights, weight/activation parameters, bias corrections)."""
-        sim = self.sim
-        return {"weights": {x.name: sim.weight(x.weight).detach().clone() for x in self.layers},
-                "w_params": {x.name: sim.weight_quantizer(x.name).params for x in self.layers},
-                "bias_delta": {x.name: sim.bias_delta[x.name] for x in self.layers if x.name in sim.bias_delta},
-                "a_params": {t: sim.act_quantizer(t).params for t in self.acts}}
-
-    @torch.no_grad()
-    def restore(self, snap: dict) -> None:
-        sim = self.sim
-        for x in self.layers:
-            sim.weight(x.weight).copy_(snap["weights"][x.name])
-            sim.weight_quantizer(x.name).set_params(snap["w_params"][x.name], len(x.weight_shape))
-            sim.bias_delta.pop(x.name, None)
-            if x.name in snap["bias_delta"]:
-                sim.bias_delta[x.name] = snap["bias_delta"][x.name]
-        for t, p in snap["a_params"].items():
-            if p is not None:
-                sim.act_quantizer(t).set_params(p)
-
-    # ---------------------------------------------------------------- activation steps / QDrop
-    def install_steps(self, learn: bool, drop_prob: float) -> None:
-        """Learned-step quantizers at the region's activation points (``LearnedStep``: points wider than
-        8 bits keep their calibrated step)."""
-        for t in self.acts:
-            orig = self.sim.act_quantizer(t)
-            if orig.params is None:
-                continue
-            ls = LearnedStep(orig, learn, drop_prob, self.gen_dev)
-            self.originals[t] = self.sim.set_act_quantizer(t, ls)
-            self.steps[t] = ls
-
-    def set_acts(self, enabled: bool) -> None:
-        for ls in self.steps.values():
-            ls.enabled = enabled
-
-    def train(self, mode: bool) -> None:
-        for ls in self.steps.values():
-            ls.train(mode)
-
-    @torch.no_grad()
-    def finish_steps(self) -> list[str]:
-        """Learned steps become the quantizers' scales (unless they would push an int32 bias out of
-        range); the original quantizers go back in place. Returns the quant points kept as they were."""
-        sim = self.sim
-        kept = []
-        for t, ls in self.steps.items():
-            orig = self.originals[t]
-            sim.set_act_quantizer(t, orig)
-            new = ls.learned_params()
-            if new is not ls.params and self._bias_fits(t, float(new.scale)):
-                orig.set_params(new)
-            elif new is not ls.params:
-                kept.append(t)
-        self.steps.clear()
-        self.originals.clear()
-        return kept
-
-    def _bias_fits(self, tensor: str, s_x: float) -> bool:
-        sim = self.sim
-        return all(self._bias_in_range(x, sim.effective_bias(x, quantized_weights=True).detach(), s_x)
-                   for x in sim.qg.layers if x.bias and sim.qg.source.get(x.input) == tensor)
-
-    def _bias_in_range(self, layer, bias: torch.Tensor, s_x: float) -> bool:
-        """|bias| / (s_x s_w) within ``quant.scales.bias_limit`` for every channel of ``layer``."""
-        s_w = torch.from_numpy(self.sim.weight_quantizer(layer.name).params.scale)
-        return bool(S.bias_in_range(bias.cpu(), s_x, s_w).all())
-
-    def _input_scale(self, layer) -> float:
-        return self.sim.input_scale(layer)
-
-    def parameters(self, which: str) -> list[torch.nn.Parameter]:
-        if which == "rounding":
-            return [p for r in self.rounders.values() for p in r.parameters()]
-        if which == "scales":
-            return [g.v for g, *_ in self.groups.values()]
-        return [ls.step for ls in self.steps.values() if ls.learn]
-
-    def regularizer(self, beta: float) -> torch.Tensor:
-        return sum(r.regularizer(beta) for r in self.rounders.values())  # AdaRound Eq. 28; Attention Round: 0
-
-    def group_regularizer(self, beta: float) -> torch.Tensor:
-        return sum(g.regularizer(beta) for g, *_ in self.groups.values())
 
 
 def held_out(n: int) -> int:
@@ -442,7 +235,7 @@ class Engine:
                 set_quant_state(sim, True)
                 before = self._measure(span, qf, targets, weights)
                 # 3-4. optimize
-                region = _Region(sim, span, st, None)
+                region = Region(sim, span, st, None)
                 start_state = region.snapshot()
                 result = self._optimize(k, span, region, qf, ff, targets, weights, bar)
                 set_quant_state(sim, True)
@@ -482,7 +275,7 @@ class Engine:
         return (bool(result.layers) and self.cfg.bias_correction and bool(self.sim.input_means)
                 and any(phase in ("rounding", "joint") for phase, _ in self.st.phases))
 
-    def _bias_correct(self, span: Span, region: _Region, qf: Frontier, targets, weights) -> bool:
+    def _bias_correct(self, span: Span, region: Region, qf: Frontier, targets, weights) -> bool:
         """Bias correction of the region's learned rounding, kept when it lowers the region loss (fully
         quantized) on the evaluation samples. Short schedules leave many offsets undecided; hard rounding
         then shifts channel means that the correction removes."""
@@ -503,7 +296,7 @@ class Engine:
         old.free_except(new)
         return new
 
-    def _optimize(self, k: int, span: Span, region: _Region, qf: Frontier, ff: Frontier, targets, weights,
+    def _optimize(self, k: int, span: Span, region: Region, qf: Frontier, ff: Frontier, targets, weights,
                   bar) -> RegionResult:
         st, sim = self.st, self.sim
         names = consumed_inputs(sim, qf, span.start, span.stop)
