@@ -81,6 +81,14 @@ def _check_problem(X: Tensor, Y: Tensor, W: Tensor | None = None) -> tuple[int, 
     return G, N, D, M
 
 
+def _prepare(name: str, X: torch.Tensor, Y: torch.Tensor, W: torch.Tensor, iters: int, block: int):
+    """Checks shared by the uniform and the logarithmic solver, then the statistics both read (``_stats``)."""
+    _check_problem(X, Y, W)
+    if iters < 0 or block < 1:
+        raise ValueError(f"{name} needs iters >= 0 and block >= 1, got iters={iters}, block={block}")
+    return _stats(X, Y)
+
+
 def _stats(X: Tensor, Y: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Gram statistics of Eq. 17/20: H = X^T X (G,D,D), b = Y^T X (G,M,D), y.y (G,M), diag(H) (G,D)."""
     X = X.to(_F64)
@@ -300,10 +308,7 @@ def bit_split(W: Tensor, X: Tensor, Y: Tensor, bits: int, iters: int = 30, tol: 
     ``bits`` in [3, 16]; ``block``: coordinates per lazy ``Hq`` update (speed only, results do not depend on it).
     """
     _check_uniform_bits(bits)
-    _check_problem(X, Y, W)
-    if iters < 0 or block < 1:
-        raise ValueError(f"bit_split needs iters >= 0 and block >= 1, got iters={iters}, block={block}")
-    H, b, yy, hdiag = _stats(X, Y)
+    H, b, yy, hdiag = _prepare("bit_split", X, Y, W, iters, block)
     q0, a0 = tflite_init(W.to(X.device), bits)
     planes = [split_bits(q0, bits).to(_F64)]  # (b-1, G, M, D), replaced when a sign flips
 
@@ -404,10 +409,7 @@ def log_quant(W: Tensor, X: Tensor, Y: Tensor, bits: int, iters: int = 30, tol: 
     lowest-error candidate per row (the init included) is returned, so ``err_final <= err_init``; alpha > 0.
     """
     _check_log_bits(bits)
-    _check_problem(X, Y, W)
-    if iters < 0 or block < 1:
-        raise ValueError(f"log_quant needs iters >= 0 and block >= 1, got iters={iters}, block={block}")
-    H, b, yy, hdiag = _stats(X, Y)
+    H, b, yy, hdiag = _prepare("log_quant", X, Y, W, iters, block)
     q0, a0 = log_init(W.to(X.device), bits)
     vals = log_values(bits).to(device=X.device, dtype=_F64)
 

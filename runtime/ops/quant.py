@@ -77,12 +77,16 @@ def saturate_int(q: np.ndarray, zp: np.ndarray | None, dtype: np.dtype) -> np.nd
     return v.astype(np.int64).astype(dtype)
 
 
+def _axis_block(node: Node) -> tuple[int, int]:
+    """A Q/DQ node's quantization axis (default 1) and block size (0: per tensor or per axis)."""
+    return node.attr("axis", 1), node.attr("block_size", 0)
+
+
 @register("QuantizeLinear")
 def quantize_linear(
     node: Node, x: np.ndarray, scale: np.ndarray, zp: np.ndarray | None = None
 ) -> np.ndarray:
-    axis = node.attr("axis", 1)
-    block = node.attr("block_size", 0)
+    axis, block = _axis_block(node)
     if zp is not None:
         out_t = onnx_type(zp.dtype)
     else:
@@ -110,8 +114,7 @@ def quantize_linear(
 def dequantize_linear(
     node: Node, x: np.ndarray, scale: np.ndarray, zp: np.ndarray | None = None
 ) -> np.ndarray:
-    axis = node.attr("axis", 1)
-    block = node.attr("block_size", 0)
+    axis, block = _axis_block(node)
     out_t = node.attr("output_dtype", 0)
     out_dtype = np_dtype(out_t) if out_t else scale.dtype
     calc = out_dtype if np.issubdtype(out_dtype, np.floating) else np.dtype(np.float32)
