@@ -104,9 +104,7 @@ def build_tv(name: str) -> torch.nn.Module:
 
 
 def method_kw(method: str, **options):
-    """``options`` less the ones ``method`` does not read: passing another method's option is a ConfigError
-    (recon/methods check_options), so shared fast schedules are trimmed per method."""
-    from onnxptq.recon.methods import METHODS, get_method
+    """``options`` less the ones ``method`` does not read (passing another method's option is a ConfigError)."""
+    from onnxptq.recon.methods import options_for
 
-    foreign = set().union(*(m.options for m in METHODS.values())) - get_method(method).options
-    return {k: v for k, v in options.items() if k not in foreign}
+    return options_for(method, options)

@@ -221,8 +221,12 @@ def run_row(bm: B.BenchModel, calib, eval_ds, float_out, label: str, overrides: 
         overrides["budget_size"] = reference_size(bm, overrides, *overrides.pop("budget_like"))
     row = B.Row("onnxptq", label)
     t0 = time.perf_counter()
-    res = quantize(bm.path, calib, output=out, force=True, num_calib=len(calib), progress=False,
-                   checkpoint_dir=str(work / f"{out.name}.ckpt"), **overrides)
+    # options a method does not read (e.g. a shared checkpoint folder for rtn rows) were ignored before issue 17
+    # and are an error now: each row passes what its method reads
+    from onnxptq.recon.methods import options_for
+
+    opts = options_for(overrides.get("method", "rtn"), {"checkpoint_dir": str(work / f"{out.name}.ckpt"), **overrides})
+    res = quantize(bm.path, calib, output=out, force=True, num_calib=len(calib), progress=False, **opts)
     row.quant_s = time.perf_counter() - t0
     row.timings = dict(res.timings)
     row.file_bytes = B.file_size(out)

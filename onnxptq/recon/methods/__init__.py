@@ -60,6 +60,13 @@ def check_options(cfg: QuantConfig) -> None:
             raise ConfigError(f"loss must be one of {', '.join(LOSSES)}; got {cfg.loss!r}")
 
 
+def options_for(method: str, options: dict) -> dict:
+    """``options`` (QuantConfig fields) less those that only other methods read: for sweeps that share one
+    schedule across methods (benchmarks, tests), where passing them would be an error."""
+    foreign = set().union(*(m.options for m in METHODS.values())) - get_method(method).options
+    return {k: v for k, v in options.items() if k not in foreign}
+
+
 def method_defaults(cfg: QuantConfig) -> dict:
     """``loss`` and ``num_calib`` as the method resolves them, for those that ``cfg`` leaves None."""
     method = get_method(cfg.method)
