@@ -140,3 +140,34 @@ def test_bitsplit_keeps_rtn_where_rows_are_too_few(tiny, caplog):
     assert [x.where for x in diag.of("channels-rtn")] == [r.name for r in res.recon.regions
                                                           if not r.reverted and r.rtn_channels > 0]
     assert not all(r.reverted for r in res.recon.regions)
+
+
+@pytest.mark.parametrize("grid", ["uniform", "log"])
+def test_bitsplit_resume_equals_uninterrupted(tmp_path, monkeypatch, digits_calib, grid):
+    """Bit-Split checkpoints after every layer; an interrupted run resumed from its checkpoint exports the same
+    bytes as an uninterrupted one (log weights: the checkpoint carries the changed grid too)."""
+    from onnxptq.recon import checkpoint as ckpt
+    from helpers import digits_path
+
+    kw = dict(method="bitsplit", w_bits=3, weight_grid=grid, bitsplit_points=256, bitsplit_iters=3, num_calib=32,
+              progress=False, check_kernels=False)
+    calib = digits_calib["input"][:32]
+    full = api.quantize(digits_path("digits_resnet"), calib, checkpoint_dir=str(tmp_path / "a"), **kw)
+    real_save, saves = ckpt.save, []
+
+    def save_then_stop(*a, **k):
+        out = real_save(*a, **k)
+        saves.append(a[2])
+        if len(saves) == 4:
+            raise KeyboardInterrupt
+        return out
+
+    monkeypatch.setattr(ckpt, "save", save_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        api.quantize(digits_path("digits_resnet"), calib, checkpoint_dir=str(tmp_path / "b"), **kw)
+    monkeypatch.setattr(ckpt, "save", real_save)
+    res = api.quantize(digits_path("digits_resnet"), calib, checkpoint_dir=str(tmp_path / "b"), resume=True, **kw)
+    assert res.recon.resumed_regions == 4
+    assert res.model.SerializeToString() == full.model.SerializeToString()
+    assert [r.name for r in res.recon.regions] == [r.name for r in full.recon.regions]
+    assert [x.where for x in res.diagnostics.items] == [x.where for x in full.diagnostics.items]

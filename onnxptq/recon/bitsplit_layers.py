@@ -22,6 +22,8 @@ Layers other than 2-D Conv (without transA Gemm, MatMul) keep RTN and are report
 """
 from __future__ import annotations
 
+from dataclasses import asdict
+
 import logging
 import time
 
@@ -41,6 +43,7 @@ from ..ops.simulate import _conv_padding, torch_pad
 from .bitsplit import BitSplitResult, bit_split, log_quant, log_values, nearest_q, reconstruction_error
 from ..calib.calibrate import integer_weights
 from .fallbacks import record
+from . import checkpoint as ckpt
 from .float_weights import FloatWeights
 from .results import ReconReport, RegionResult
 
@@ -174,10 +177,13 @@ def choose_channels(err_split: torch.Tensor, err_rtn: torch.Tensor, per_channel:
 
 
 @torch.no_grad()
-def bitsplit_layers(sim: SimModel, data: Dataset, cfg: QuantConfig, diag: Diagnostics | None = None):
+def bitsplit_layers(sim: SimModel, data: Dataset, cfg: QuantConfig, diag: Diagnostics | None = None,
+                    checkpoint_dir: str | None = None):
     """Solve every layer (module doc); returns a ``ReconReport`` with one entry per layer: ``loss_before`` /
     ``loss_after`` are the held-out rows' errors of RTN and of the chosen weights. Layers kept at RTN and
-    layers with RTN channels go into ``diag`` (``recon/fallbacks.py``)."""
+    layers with RTN channels go into ``diag`` (``recon/fallbacks.py``). With ``checkpoint_dir`` the state is
+    saved after every layer (``recon/checkpoint.py``); ``cfg.resume`` continues from it with the same result as
+    an uninterrupted run (each layer's row sampling has its own seed)."""
     t_all = time.perf_counter()
     qg = sim.qg
     device = next(iter(sim.weights.values())).device
@@ -188,9 +194,21 @@ def bitsplit_layers(sim: SimModel, data: Dataset, cfg: QuantConfig, diag: Diagno
     diag.totals["region-rtn"] = len(qg.layers)
     was_training = sim.training
     sim.eval()
-    bar = tqdm(qg.layers, disable=not cfg.progress, desc="bit-split", unit="layer", dynamic_ncols=True)
+    done = 0
+    fp = ckpt.fingerprint(sim, data.inputs, cfg) if checkpoint_dir else ""
+    if checkpoint_dir and cfg.resume:
+        state = ckpt.load(checkpoint_dir, fp)
+        if state is not None:
+            ckpt.restore(sim, state)
+            done = state["done"]
+            report.regions = [RegionResult(**r) for r in state["report"]]
+            report.resumed_regions = done
+            for r in report.regions:
+                record(diag, r, why="RTN kept (restored from the checkpoint)" if r.reverted else "")
+    bar = tqdm(qg.layers, disable=not cfg.progress, desc="bit-split", unit="layer", dynamic_ncols=True,
+               initial=done)
     try:
-        for k, layer in enumerate(bar):
+        def solve(k: int, layer) -> None:
             t0 = time.perf_counter()
             node = sim.nodes[sim.node_index(layer.name)]
             result = RegionResult(layer.name, [layer.name], 0.0, 0.0, 0.0, 0)
@@ -199,7 +217,7 @@ def bitsplit_layers(sim: SimModel, data: Dataset, cfg: QuantConfig, diag: Diagno
                 log.warning("%s: %s layers keep their RTN weights under --method bitsplit", layer.name, layer.op_type)
                 result.reverted = True
                 record(diag, result, why=f"{layer.op_type} layers keep their RTN weights under --method bitsplit")
-                continue
+                return
             gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + k)
             x, xq = _layer_rows(sim, data, floats, layer, node, n_rows, gen, device)
             fq = sim.weight_quantizer(layer.name)
@@ -215,7 +233,7 @@ def bitsplit_layers(sim: SimModel, data: Dataset, cfg: QuantConfig, diag: Diagno
                 result.reverted = True
                 record(diag, result, why=f"{n_fit} sampled rows for {wm.shape[-1]} weights per output channel: "
                        "RTN kept (more calibration samples give more rows)")
-                continue
+                return
             fit, hold = slice(0, n_fit), slice(n_fit, None)
             bits = fq.params.grid.bits
             use_log = cfg.weight_grid == "log" and bits <= 4
@@ -241,7 +259,7 @@ def bitsplit_layers(sim: SimModel, data: Dataset, cfg: QuantConfig, diag: Diagno
                 result.reverted, result.loss_after = True, result.loss_before
                 log.info("%s: bit-split did not beat RTN on its held-out rows; RTN kept", layer.name)
                 record(diag, result, why="bit-split did not beat RTN on its held-out rows: RTN kept")
-                continue
+                return
             q = torch.where(take[..., None], res.q.double(), rtn_q)
             alpha = torch.where(take, res.alpha, s_rtn)
             grid = weight_grid(log_grid_bits(bits)) if use_log else fq.params.grid
@@ -257,7 +275,7 @@ def bitsplit_layers(sim: SimModel, data: Dataset, cfg: QuantConfig, diag: Diagno
                     result.reverted, result.loss_after = True, result.loss_before
                     log.info("%s: the corrected bias would leave int32 at the solved scales; RTN kept", layer.name)
                     record(diag, result, why="the corrected bias would leave int32 at the solved scales: RTN kept")
-                    continue
+                    return
             fq.bits = grid.bits
             fq.set_params(QParams(grid, scale.numpy(), np.zeros_like(scale.numpy()), layer.weight_axis, False),
                           w.dim())
@@ -274,6 +292,14 @@ def bitsplit_layers(sim: SimModel, data: Dataset, cfg: QuantConfig, diag: Diagno
             record(diag, result)
             bar.set_postfix(err=f"{result.loss_before:.3g}->{result.loss_after:.3g}",
                             rtn_channels=f"{result.rtn_channels:.0%}")
+
+        for k, layer in enumerate(bar):
+            if k < done:
+                continue
+            solve(k, layer)
+            if checkpoint_dir:
+                ckpt.save(checkpoint_dir, fp, k + 1, sim, [r.name for r in report.regions if not r.reverted],
+                          [asdict(r) for r in report.regions])
     finally:
         bar.close()
         sim.train(was_training)

@@ -42,7 +42,7 @@ def fingerprint(sim: SimModel, inputs: dict[str, np.ndarray], cfg: QuantConfig) 
 
 
 def _params(p: QParams) -> dict:
-    return {"scale": p.scale.copy(), "zero_point": p.zero_point.copy()}
+    return {"scale": p.scale.copy(), "zero_point": p.zero_point.copy(), "grid": p.grid}
 
 
 def save(directory: str | os.PathLike, fp: str, done: int, sim: SimModel, layers_done: list[str],
@@ -89,7 +89,9 @@ def restore(sim: SimModel, state: dict) -> list[str]:
         fq = sim.weight_quantizer(layer.name)
         s = state["w_params"][layer.name]
         p = fq.params
-        fq.set_params(QParams(p.grid, s["scale"], s["zero_point"], p.axis, p.po2), len(layer.weight_shape))
+        grid = s.get("grid", p.grid)  # Bit-Split's logarithmic weights change the grid itself
+        fq.bits = grid.bits
+        fq.set_params(QParams(grid, s["scale"], s["zero_point"], p.axis, p.po2), len(layer.weight_shape))
     for t, fq in sim.act_quantizers():
         s = state["a_params"].get(t)
         if s is not None and fq.params is not None:

@@ -23,7 +23,7 @@ def run_method(sim: SimModel, data: Dataset, plan: BitPlan, cfg: QuantConfig, ch
     if runner == "layers":
         from .bitsplit_layers import bitsplit_layers
 
-        return bitsplit_layers(sim, data, cfg, ctx.diagnostics)
+        return bitsplit_layers(sim, data, cfg, ctx.diagnostics, checkpoint_dir)
     from .engine import reconstruct
 
     return reconstruct(sim, data, plan, cfg, checkpoint_dir, ctx=ctx)

@@ -18,5 +18,6 @@ def _bitsplit_grid(cfg) -> None:
 
 
 # the preset only sets the calibration sample count (its iterations are bitsplit_iters)
-METHOD = Method("bitsplit", frozenset({"preset", "ecaq", "weight_grid", "bitsplit_points", "bitsplit_iters"}),
+METHOD = Method("bitsplit", frozenset({"preset", "ecaq", "weight_grid", "bitsplit_points", "bitsplit_iters",
+                                           "checkpoint_dir", "resume"}),
                 SHARED_CHECKS + (_bitsplit_grid,), default_loss=None, runner="layers")
