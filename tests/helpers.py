@@ -108,3 +108,20 @@ def method_kw(method: str, **options):
     from onnxptq.recon.methods import options_for
 
     return options_for(method, options)
+
+
+def stop_after_checkpoints(monkeypatch, n: int) -> None:
+    """Make the ``n``-th checkpoint save (recon/checkpoint.py) raise KeyboardInterrupt after writing, as Ctrl-C
+    right after it would; ``monkeypatch.undo()`` or a new setattr restores saving."""
+    from onnxptq.recon import checkpoint as ckpt
+
+    real_save, saves = ckpt.save, []
+
+    def save_then_stop(*a, **k):
+        out = real_save(*a, **k)
+        saves.append(a[2])
+        if len(saves) == n:
+            raise KeyboardInterrupt
+        return out
+
+    monkeypatch.setattr(ckpt, "save", save_then_stop)

@@ -147,22 +147,14 @@ def test_bitsplit_resume_equals_uninterrupted(tmp_path, monkeypatch, digits_cali
     """Bit-Split checkpoints after every layer; an interrupted run resumed from its checkpoint exports the same
     bytes as an uninterrupted one (log weights: the checkpoint carries the changed grid too)."""
     from onnxptq.recon import checkpoint as ckpt
-    from helpers import digits_path
+    from helpers import digits_path, stop_after_checkpoints
 
     kw = dict(method="bitsplit", w_bits=3, weight_grid=grid, bitsplit_points=256, bitsplit_iters=3, num_calib=32,
               progress=False, check_kernels=False)
     calib = digits_calib["input"][:32]
     full = api.quantize(digits_path("digits_resnet"), calib, checkpoint_dir=str(tmp_path / "a"), **kw)
-    real_save, saves = ckpt.save, []
-
-    def save_then_stop(*a, **k):
-        out = real_save(*a, **k)
-        saves.append(a[2])
-        if len(saves) == 4:
-            raise KeyboardInterrupt
-        return out
-
-    monkeypatch.setattr(ckpt, "save", save_then_stop)
+    real_save = ckpt.save
+    stop_after_checkpoints(monkeypatch, 4)
     with pytest.raises(KeyboardInterrupt):
         api.quantize(digits_path("digits_resnet"), calib, checkpoint_dir=str(tmp_path / "b"), **kw)
     monkeypatch.setattr(ckpt, "save", real_save)

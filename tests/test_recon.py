@@ -29,7 +29,7 @@ from onnxptq.recon.losses import fisher_weights
 from onnxptq.recon.streams import SideTensors, advance, input_frontier, region_spans
 from onnxptq.verify.qdq import qdq_output_parity
 
-from helpers import digits_path, export_torch_model, method_kw
+from helpers import digits_path, export_torch_model, method_kw, stop_after_checkpoints
 
 
 # ---------------------------------------------------------------- AdaRound math (BRECQ Eq. 27-28)
@@ -277,16 +277,8 @@ def test_resume_equals_uninterrupted(tiny, tmp_path, monkeypatch):
     kw = dict(method="qdrop", loss="fisher", w_bits=3, a_bits=4, seed=7, **method_kw("qdrop", **FAST))
     full = _state(api.quantize(path, calib, checkpoint_dir=str(tmp_path / "a"), **kw))
     # interrupt after the second region's checkpoint
-    real_save, saves = ckpt.save, []
-
-    def save_then_stop(*a, **k):
-        out = real_save(*a, **k)
-        saves.append(a[2])
-        if len(saves) == 2:
-            raise KeyboardInterrupt
-        return out
-
-    monkeypatch.setattr(ckpt, "save", save_then_stop)
+    real_save = ckpt.save
+    stop_after_checkpoints(monkeypatch, 2)
     with pytest.raises(KeyboardInterrupt):
         api.quantize(path, calib, checkpoint_dir=str(tmp_path / "b"), **kw)
     monkeypatch.setattr(ckpt, "save", real_save)
