@@ -1,4 +1,4 @@
-"""Region reconstruction losses (BRECQ Eq. 11 and its MSE special case) and a registry for more.
+"""Region reconstruction losses (BRECQ Eq. 11 and its MSE special case), registered as data.
 
 A loss is ``fn(pred, target, weight) -> scalar``: ``pred`` the quantized region output, ``target``
 the float model's output, ``weight`` a per-element weight of the same shape (the Fisher diagonal)
@@ -6,13 +6,15 @@ or None. As in BRECQ's code, the squared error is summed over the channel axis (
 averaged over samples and positions, so a loss value is "per position" and the AdaRound
 regularizer weight lambda has the same meaning for every region.
 
-``register_loss`` is the slot for further objectives; RAPQ's BN-based L-P loss (``lp``) is one: its
-exponent P is chosen per region (``quant.rapq.lp_exponent``) and passed as ``p=``.
-``LOSSES`` lists what ``QuantConfig.loss`` accepts at run time.
+``LOSSES`` lists what ``QuantConfig.loss`` accepts; a new objective is one entry there (plus its name in
+``NEEDS_GRADIENTS`` / ``NEEDS_EXPONENT`` if it needs Fisher weights or a per-region exponent). The tables are
+read-only at run time: no run can change what another accepts. RAPQ's BN-based L-P loss (``lp``) takes the
+region's exponent P (``quant.rapq.lp_exponent``) as ``p=``.
 """
 from __future__ import annotations
 
-from typing import Callable
+from types import MappingProxyType
+from typing import Callable, Mapping
 
 import torch
 
@@ -44,18 +46,9 @@ def lp_loss(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | Non
     return _channel_sum_mean(e if weight is None else e * weight)
 
 
-LOSSES: dict[str, LossFn] = {"mse": mse_loss, "fisher": fisher_loss, "lp": lp_loss}
-NEEDS_GRADIENTS = {"fisher"}  # losses whose weight is the Fisher diagonal of the region output
-NEEDS_EXPONENT = {"lp"}  # losses called with the region's exponent p= (RAPQ Eq. 19)
-
-
-def register_loss(name: str, fn: LossFn, needs_gradients: bool = False, needs_exponent: bool = False) -> None:
-    """Make ``fn`` available as ``QuantConfig(loss=name)``."""
-    LOSSES[name] = fn
-    if needs_gradients:
-        NEEDS_GRADIENTS.add(name)
-    if needs_exponent:
-        NEEDS_EXPONENT.add(name)
+LOSSES: Mapping[str, LossFn] = MappingProxyType({"mse": mse_loss, "fisher": fisher_loss, "lp": lp_loss})
+NEEDS_GRADIENTS = frozenset({"fisher"})  # losses whose weight is the Fisher diagonal of the region output
+NEEDS_EXPONENT = frozenset({"lp"})  # losses called with the region's exponent p= (RAPQ Eq. 19)
 
 
 def fisher_weights(grad: torch.Tensor, mean_sq: float, damping: float = 0.0) -> torch.Tensor:
