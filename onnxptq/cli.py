@@ -14,7 +14,7 @@ import time
 from . import __version__
 from dataclasses import MISSING, fields
 
-from .config import GRANULARITIES, GROUPS, QuantConfig
+from .config import GRANULARITIES, GROUPS, QuantConfig, cli_flag
 from .targets import TARGETS
 from .mixed.budget import parse_count, parse_size
 from .errors import OnnxPtqError
@@ -102,13 +102,6 @@ PARSERS = {  # QuantConfig field metadata "parse" -> how the CLI reads the text
 }
 
 
-def _flag(f) -> str:
-    name = "--" + f.name.replace("_", "-")
-    if f.metadata.get("flag"):
-        return f.metadata["flag"]
-    return f"--no-{name[2:]}" if f.type == "bool" and f.default is True else name
-
-
 def add_config_args(p: argparse.ArgumentParser) -> None:
     """One flag per QuantConfig field, from its metadata (config.py): type, choices, help and default come from the
     declaration, so the CLI and the Python API cannot drift. Flags not given keep the QuantConfig default."""
@@ -129,12 +122,12 @@ def add_config_args(p: argparse.ArgumentParser) -> None:
             if choices:
                 kw["choices"] = choices
             else:
-                kw["metavar"] = _flag(f)[2:].upper().replace("-", "_")
+                kw["metavar"] = cli_flag(f)[2:].upper().replace("-", "_")
             if f.default is not None and f.default is not MISSING:
                 help_ += f" (default {f.default})"
         if f.name == "target":
             help_ += ": " + "; ".join(f"{t.name}: {t.description}" for t in TARGETS.values())
-        groups[m["group"]].add_argument(_flag(f), help=help_, **kw)
+        groups[m["group"]].add_argument(cli_flag(f), help=help_, **kw)
 
 
 def config_from_args(args: argparse.Namespace) -> QuantConfig:

@@ -51,6 +51,15 @@ def opt(default: Any = None, help: str = "", *, group: str, choices: tuple | Non
     return field(default=default, metadata=meta)
 
 
+def cli_flag(f) -> str:
+    """The CLI flag of QuantConfig field ``f``: its metadata ``flag``, ``--no-name`` for a boolean defaulting to
+    True, else ``--name``."""
+    if f.metadata.get("flag"):
+        return f.metadata["flag"]
+    name = f.name.replace("_", "-")
+    return f"--no-{name}" if f.type == "bool" and f.default is True else f"--{name}"
+
+
 @dataclass(frozen=True)
 class QuantConfig:
     # bit widths

@@ -1,8 +1,8 @@
 """The registry of quantization methods (one module each) and the method checks of a ``QuantConfig``.
 
-``check_options(cfg)``: the method's own checks, the shared range checks of method options (lp_alpha, loss
-name), and that no option read only by other methods is set to a non-default value (``--iters`` with rtn,
-``--loss`` with bitsplit, ``--drop-prob`` with brecq): such an option would be silently ignored.
+``check_options(cfg)``: the method's own checks, the loss name (single-field ranges are config.py's), and that
+no option read only by other methods is set to a non-default value (``--iters`` with rtn, ``--loss`` with
+bitsplit, ``--drop-prob`` with brecq): such an option would be silently ignored.
 ``method_defaults(cfg)``: the ``loss`` and ``num_calib`` the method resolves where the config leaves None.
 Nothing here is read by ``config.py``; the resolver calls both after constructing the config.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import fields
 
-from ...config import QuantConfig
+from ...config import QuantConfig, cli_flag
 from ...errors import ConfigError
 from . import adaround, attention, bitsplit, brecq, qdrop, rapq, rtn
 from .base import Method
@@ -26,7 +26,7 @@ METHODS: dict[str, Method] = {
 }
 
 _DEFAULTS = {f.name: f.default for f in fields(QuantConfig)}
-_FLAGS = {f.name: f.metadata.get("flag") for f in fields(QuantConfig)}  # the CLI flag where it is not --name
+_FLAGS = {f.name: cli_flag(f) for f in fields(QuantConfig)}
 
 
 def get_method(name: str) -> Method:
@@ -37,9 +37,6 @@ def get_method(name: str) -> Method:
         raise ConfigError(f"method must be one of {', '.join(METHODS)}; got {name!r}") from None
 
 
-def _flag(name: str) -> str:
-    return _FLAGS.get(name) or "--" + name.replace("_", "-")
-
 
 def check_options(cfg: QuantConfig) -> None:
     """Raise ``ConfigError`` if ``cfg`` sets an option its method does not read or fails a method check."""
@@ -49,11 +46,9 @@ def check_options(cfg: QuantConfig) -> None:
     stray = sorted(n for n in foreign if getattr(cfg, n) != _DEFAULTS[n])
     if stray:
         users = sorted({m.name for m in METHODS.values() if m.options & set(stray)})
-        raise ConfigError(f"{', '.join(_flag(n) for n in stray)} {'is' if len(stray) == 1 else 'are'} not read by "
+        raise ConfigError(f"{', '.join(_FLAGS[n] for n in stray)} {'is' if len(stray) == 1 else 'are'} not read by "
                           f"--method {cfg.method} (used by --method {' / '.join(users)}): remove "
                           f"{'it' if len(stray) == 1 else 'them'} or choose one of those methods")
-    if cfg.lp_alpha is not None and not 0.0 < cfg.lp_alpha <= 1.0:
-        raise ConfigError(f"lp_alpha must be in (0, 1] (RAPQ Eq. 19); got {cfg.lp_alpha}")
     if cfg.loss is not None:
         from ..losses import LOSSES
         if cfg.loss not in LOSSES:

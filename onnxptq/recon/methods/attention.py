@@ -6,14 +6,8 @@ larger step than AdaRound's V to move within 200 iterations.
 """
 from types import MappingProxyType
 
-from ...errors import ConfigError
 from .base import RECON_OPTIONS, Method
 from .rtn import SHARED_CHECKS
-
-
-def _tau_positive(cfg) -> None:
-    if not cfg.attn_tau > 0:
-        raise ConfigError(f"attn_tau must be positive; got {cfg.attn_tau}")
 
 
 PRESETS = MappingProxyType({
@@ -22,4 +16,4 @@ PRESETS = MappingProxyType({
 })
 
 METHOD = Method("attention", (RECON_OPTIONS - {"round_lambda"}) | {"attn_tau", "attn_tau_unit"},
-                SHARED_CHECKS + (_tau_positive,), presets=PRESETS, rounding="any-grid-point")
+                SHARED_CHECKS, presets=PRESETS, rounding="any-grid-point")

@@ -13,8 +13,6 @@ def _bitsplit_grid(cfg) -> None:
     if cfg.weight_grid == "log" and cfg.w_bits > 4:
         raise ConfigError("logarithmic weights (Bit-Split Sec. 3.3.2) support 2-4 bits; got "
                           f"w_bits={cfg.w_bits}")
-    if cfg.bitsplit_points < 16 or cfg.bitsplit_iters < 0:
-        raise ConfigError("bitsplit_points must be >= 16 and bitsplit_iters >= 0")
 
 
 # the preset only sets the calibration sample count (its iterations are bitsplit_iters)
