@@ -239,16 +239,6 @@ class QuantConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
-    def changed(self) -> dict[str, Any]:
-        """The options that differ from their defaults."""
-        out = {}
-        for f in fields(self):
-            default = f.default_factory() if callable(f.default_factory) else f.default
-            v = getattr(self, f.name)
-            if v != default and not (isinstance(v, tuple) and list(v) == default):
-                out[f.name] = v
-        return out
-
     @classmethod
     def field_names(cls) -> list[str]:
         return [f.name for f in fields(cls)]

@@ -52,11 +52,6 @@ class Diagnostics:
         if not quiet:
             log.warning("%s", item)
 
-    def extend(self, other: "Diagnostics") -> None:
-        self.items += other.items
-        for k, v in other.totals.items():
-            self.totals[k] = self.totals.get(k, 0) + v
-
     def of(self, kind: str) -> list[Fallback]:
         return [x for x in self.items if x.kind == kind]
 

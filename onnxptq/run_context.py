@@ -24,18 +24,6 @@ class RunContext:
     cache: dict[str, Any] = field(default_factory=dict)  # per-run memos (e.g. mixed-precision sensitivities)
     _saved: dict[str, Any] = field(default_factory=dict, repr=False)
 
-    def generator(self, *keys: int, device: str | torch.device | None = None) -> torch.Generator:
-        """A torch generator seeded from the run's seed and ``keys`` (e.g. region index, phase index)."""
-        seed = self.seed
-        for k in keys:
-            seed = (seed * 1_000_003 + int(k) * 101) % (2**63)
-        dev = torch.device(device) if device is not None else torch.device("cpu")
-        return torch.Generator(device=dev).manual_seed(seed)
-
-    def rng(self, *keys: int) -> np.random.Generator:
-        """A NumPy generator seeded from the run's seed and ``keys``."""
-        return np.random.default_rng([self.seed, *[int(k) for k in keys]])
-
     def __enter__(self) -> "RunContext":
         """Seed torch's and NumPy's global generators with ``seed`` (stages that have not moved to
         ``generator``/``rng`` still draw from them); everything changed is restored by ``__exit__``."""

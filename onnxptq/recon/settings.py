@@ -33,7 +33,7 @@ from dataclasses import dataclass, replace
 
 from ..config import QuantConfig
 from .methods import get_method
-from .presets import PRESETS, Preset  # noqa: F401  (Preset re-exported with the presets of --preset)
+from .presets import PRESETS
 
 
 @dataclass(frozen=True)
