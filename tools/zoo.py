@@ -1,0 +1,403 @@
+"""Model zoo: real architectures with random weights, built on the fly, quantized the way a new user would.
+
+For every model: export to ONNX (opset 17, batch 1 fixed, as ``torch.onnx.export`` writes by default), then
+
+- ``import``: ``onnxptq.inspect`` reads it;
+- ``W8A8 QDQ``: ``onnxptq.quantize`` (RTN, float scales) and onnxruntime ``quantize_static`` (MinMax,
+  QUInt8 activations / QInt8 per-channel weights, after ``quant_pre_process``) on the same calibration
+  data; both SQNR dB of the quantized model in onnxruntime against the float model on the same evaluation data;
+- ``po2 int``: ``--format int --scale po2`` export, then level-1 ``verify`` (runtime/ vs onnxruntime vs the
+  integer simulation) on a few evaluation samples;
+- ``int kernels``: layers of the W8A8 QDQ model that onnxruntime runs on integer kernels.
+
+Nothing downloads: timm, ultralytics and transformers build the architectures from code/yaml with random
+weights (seeded). Image models are fed real-photo crops (scikit-image / scikit-learn sample photos);
+BERT random token ids with a padding mask.
+
+    python tools/zoo.py                        # every model, table on stdout
+    python tools/zoo.py --only resnet18,yolov8n
+    python tools/zoo.py --out docs/benchmarks.md   # regenerate the zoo section
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import logging
+import sys
+import tempfile
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from tools.bench import (ArrayReader, BenchError, cache_dir, command_line, machine_info,  # noqa: E402
+                         machine_line, ort_preprocess, write_section)
+
+NUM_CALIB, NUM_EVAL, NUM_VERIFY = 32, 32, 2
+
+
+@dataclass(frozen=True)
+class ZooModel:
+    name: str
+    family: str  # timm | ultralytics | transformers
+    build: Callable[[], tuple]  # -> (torch module, example inputs tuple, input names, output names)
+    fast: bool = False  # in the test suite's subset
+
+
+def _timm(name: str, size: int = 224, **kw) -> Callable[[], tuple]:
+    def build():
+        import timm
+        import torch
+
+        torch.manual_seed(0)
+        m = timm.create_model(name, pretrained=False, **kw).eval()
+        return m, (torch.randn(1, 3, size, size),), ["input"], ["output"]
+    return build
+
+
+def _yolo(yaml: str, size: int = 320) -> Callable[[], tuple]:
+    def build():
+        import torch
+        from ultralytics.nn.modules import Detect
+        from ultralytics.nn.tasks import DetectionModel
+
+        torch.manual_seed(0)
+        with contextlib.redirect_stdout(io.StringIO()):
+            m = DetectionModel(yaml, verbose=False).eval()
+        for mod in m.modules():  # what ultralytics' own ONNX export sets: one (1, 84, anchors) output
+            if isinstance(mod, Detect):
+                mod.export, mod.format, mod.dynamic = True, "onnx", False
+        return m, (torch.randn(1, 3, size, size),), ["images"], ["output0"]
+    return build
+
+
+def _bert(seq: int = 32) -> Callable[[], tuple]:
+    def build():
+        import torch
+        from transformers import BertConfig, BertForSequenceClassification
+
+        torch.manual_seed(0)
+        cfg = BertConfig(vocab_size=1000, hidden_size=128, num_hidden_layers=2, num_attention_heads=2,
+                         intermediate_size=256, max_position_embeddings=128, num_labels=4,
+                         attn_implementation="eager")
+        m = BertForSequenceClassification(cfg).eval()
+
+        class Logits(torch.nn.Module):
+            def __init__(self, inner):
+                super().__init__()
+                self.inner = inner
+
+            def forward(self, input_ids, attention_mask):
+                return self.inner(input_ids=input_ids, attention_mask=attention_mask).logits
+
+        ids = torch.randint(0, 1000, (1, seq))
+        return Logits(m).eval(), (ids, torch.ones(1, seq, dtype=torch.int64)), ["input_ids", "attention_mask"], ["logits"]
+    return build
+
+
+MODELS: list[ZooModel] = [
+    # CNNs
+    ZooModel("resnet18", "timm", _timm("resnet18"), fast=True),
+    ZooModel("mobilenetv2_050", "timm", _timm("mobilenetv2_050")),
+    ZooModel("mobilenetv3_small_100", "timm", _timm("mobilenetv3_small_100"), fast=True),
+    ZooModel("efficientnet_b0", "timm", _timm("efficientnet_b0")),
+    ZooModel("regnety_002", "timm", _timm("regnety_002")),
+    ZooModel("ghostnet_100", "timm", _timm("ghostnet_100")),
+    ZooModel("mixnet_s", "timm", _timm("mixnet_s")),
+    ZooModel("repvgg_a0", "timm", _timm("repvgg_a0")),
+    ZooModel("densenet121", "timm", _timm("densenet121")),
+    ZooModel("inception_v3", "timm", _timm("inception_v3", 299)),
+    ZooModel("dla34", "timm", _timm("dla34")),
+    ZooModel("resnext26ts", "timm", _timm("resnext26ts")),
+    ZooModel("rexnet_100", "timm", _timm("rexnet_100")),
+    ZooModel("hrnet_w18_small", "timm", _timm("hrnet_w18_small")),
+    ZooModel("convnext_atto", "timm", _timm("convnext_atto")),
+    # transformers and hybrids
+    ZooModel("vit_tiny_patch16_224", "timm", _timm("vit_tiny_patch16_224"), fast=True),
+    ZooModel("deit_tiny_patch16_224", "timm", _timm("deit_tiny_patch16_224")),
+    ZooModel("mobilevit_xxs", "timm", _timm("mobilevit_xxs", 256)),
+    ZooModel("levit_128s", "timm", _timm("levit_128s")),
+    ZooModel("efficientformerv2_s0", "timm", _timm("efficientformerv2_s0")),
+    ZooModel("poolformer_s12", "timm", _timm("poolformer_s12")),
+    ZooModel("coat_lite_tiny", "timm", _timm("coat_lite_tiny")),
+    ZooModel("swin_tiny_patch4_window7_224", "timm", _timm("swin_tiny_patch4_window7_224")),
+    # detectors
+    ZooModel("yolov8n", "ultralytics", _yolo("yolov8n.yaml"), fast=True),
+    ZooModel("yolo11n", "ultralytics", _yolo("yolo11n.yaml")),
+    # language
+    ZooModel("bert_tiny", "transformers", _bert(), fast=True),
+]
+BY_NAME = {m.name: m for m in MODELS}
+
+
+# ------------------------------------------------------------------------------ export and data
+
+def zoo_dir() -> Path:
+    d = cache_dir() / "zoo"
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def export(zm: ZooModel, folder: Path | None = None) -> Path:
+    """The model's ONNX file (opset 17, batch 1), exported once into the cache folder."""
+    import torch
+
+    path = (folder or zoo_dir()) / f"{zm.name}.onnx"
+    if path.exists():
+        return path
+    module, example, in_names, out_names = zm.build()
+    tmp = path.with_name(f".{path.name}.tmp")
+    with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()), warnings_off():
+        torch.onnx.export(module, example, str(tmp), opset_version=17, input_names=in_names, output_names=out_names,
+                          dynamo=False)
+    tmp.replace(path)
+    return path
+
+
+@contextlib.contextmanager
+def warnings_off():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
+def _photos():
+    from tools.make_models import load_photos
+
+    return load_photos()[0]
+
+
+def photo_crops(n: int, size: int, seed: int, photos=None) -> np.ndarray:
+    """``n`` random crops of real photos resized to ``size`` x ``size``, ImageNet-normalized NCHW float32."""
+    from PIL import Image
+
+    photos = photos or _photos()
+    rng = np.random.default_rng(seed)
+    mean, std = np.array([0.485, 0.456, 0.406], np.float32), np.array([0.229, 0.224, 0.225], np.float32)
+    out = np.empty((n, 3, size, size), np.float32)
+    for k in range(n):
+        img = photos[int(rng.integers(len(photos)))].pixels
+        side = int(min(img.size) * rng.uniform(0.35, 1.0))
+        left, top = int(rng.integers(0, img.width - side + 1)), int(rng.integers(0, img.height - side + 1))
+        crop = img.resize((size, size), Image.Resampling.BILINEAR, box=(left, top, left + side, top + side))
+        out[k] = ((np.asarray(crop, np.float32) / 255.0 - mean) / std).transpose(2, 0, 1)
+    return out
+
+
+def model_data(path: Path, n: int, seed: int, photos=None) -> dict[str, np.ndarray]:
+    """Inputs for every graph input of ``path``: photo crops for images, token ids and masks for text."""
+    import onnx
+
+    m = onnx.load(str(path), load_external_data=False)
+    inits = {i.name for i in m.graph.initializer}
+    rng = np.random.default_rng(seed)
+    feeds: dict[str, np.ndarray] = {}
+    for vi in m.graph.input:
+        if vi.name in inits:
+            continue
+        tt = vi.type.tensor_type
+        dims = [d.dim_value for d in tt.shape.dim]
+        if tt.elem_type == onnx.TensorProto.FLOAT and len(dims) == 4:
+            feeds[vi.name] = photo_crops(n, dims[2], seed, photos)
+        elif "mask" in vi.name:
+            lengths = rng.integers(dims[1] // 4, dims[1] + 1, size=n)
+            feeds[vi.name] = (np.arange(dims[1])[None, :] < lengths[:, None]).astype(np.int64)
+        else:
+            feeds[vi.name] = rng.integers(0, 1000, size=(n, *dims[1:])).astype(np.int64)
+    return feeds
+
+
+# ------------------------------------------------------------------------------ stages
+
+@dataclass
+class ZooRow:
+    name: str
+    family: str
+    nodes: int = 0
+    ops: str = ""
+    import_ok: str = ""
+    onnxptq_sqnr: float | None = None
+    ort_sqnr: float | None = None
+    int_export: str = ""
+    verify: str = ""
+    int_kernels: str = ""
+    seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+
+def _run_float(path: Path, feeds: dict[str, np.ndarray]) -> np.ndarray:
+    from onnxptq.eval import run_onnxruntime
+
+    return run_onnxruntime(str(path), feeds, batch_size=1)
+
+
+def _sqnr(ref: np.ndarray, out: np.ndarray) -> float:
+    from onnxptq.eval import sqnr_db
+
+    return float(sqnr_db(ref, out))
+
+
+def _stage(row: ZooRow, label: str, fn):
+    """Run one stage; a user-facing error (OnnxPtqError) and an internal error are told apart."""
+    from onnxptq.errors import OnnxPtqError
+
+    try:
+        return fn(), None
+    except OnnxPtqError as e:
+        msg = f"error: {str(e).splitlines()[0][:160]}"
+    except Exception as e:  # noqa: BLE001 - an internal error is a finding, the zoo goes on
+        logging.getLogger("zoo").debug("%s", traceback.format_exc())
+        msg = f"INTERNAL {type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"
+    row.notes.append(f"{label}: {msg}")
+    return None, msg
+
+
+def ort_static_sqnr(path: Path, calib: dict, feeds: dict, ref: np.ndarray, work: Path) -> float:
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    pre, _, _ = ort_preprocess(path, work)
+    out = work / f"{path.stem}.ort.onnx"
+    with contextlib.redirect_stdout(io.StringIO()):
+        quantize_static(str(pre), str(out), ArrayReader(calib, batch=1), quant_format=QuantFormat.QDQ,
+                        per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        calibrate_method=CalibrationMethod.MinMax)
+    return _sqnr(ref, _run_float(out, feeds))
+
+
+def run_model(zm: ZooModel, work: Path, photos=None, num_calib: int = NUM_CALIB, num_eval: int = NUM_EVAL,
+              num_verify: int = NUM_VERIFY, ort: bool = True) -> ZooRow:
+    import onnx
+
+    import onnxptq
+    from onnxptq.deploy.kernels import classify_onnxruntime
+    from onnxptq.verify.integer import verify_integer
+
+    t0 = time.perf_counter()
+    row = ZooRow(zm.name, zm.family)
+    path, err = _stage(row, "export", lambda: export(zm))
+    if path is None:
+        row.import_ok = "export failed"
+        return row
+    proto = onnx.load(str(path))
+    row.nodes = len(proto.graph.node)
+    row.ops = str(len({n.op_type for n in proto.graph.node}))
+    calib = model_data(path, num_calib, seed=1, photos=photos)
+    feeds = model_data(path, num_eval, seed=2, photos=photos)
+    ref = _run_float(path, feeds)
+
+    info, err = _stage(row, "import", lambda: onnxptq.inspect(str(path)))
+    row.import_ok = "ok" if info is not None else err
+    qdq = work / f"{zm.name}.w8a8.onnx"
+    res, err = _stage(row, "W8A8 QDQ", lambda: onnxptq.quantize(str(path), calib, output=qdq, force=True,
+                                                                 w_bits=8, a_bits=8, num_calib=num_calib))
+    if res is not None:
+        row.onnxptq_sqnr = _sqnr(ref, _run_float(qdq, feeds))
+        fb = res.diagnostics.summary_lines()
+        if fb:
+            row.notes.append("W8A8 fallbacks: " + "; ".join(fb))
+        rep, _ = _stage(row, "kernels", lambda: classify_onnxruntime(qdq))
+        row.int_kernels = rep.count() if rep is not None else "?"
+    if ort:
+        row.ort_sqnr, _ = _stage(row, "ort quantize_static", lambda: ort_static_sqnr(path, calib, feeds, ref, work))
+    intp = work / f"{zm.name}.po2.int.onnx"
+    res, err = _stage(row, "po2 int", lambda: onnxptq.quantize(str(path), calib, output=intp, force=True,
+                                                                w_bits=8, a_bits=8, scale="po2", format="int",
+                                                                num_calib=num_calib))
+    row.int_export = "ok" if res is not None else err
+    if res is not None:
+        few = {k: v[:num_verify] for k, v in feeds.items()}
+        rep, err = _stage(row, "verify", lambda: verify_integer(onnx.load(str(intp)), few, 1, num_verify,
+                                                                progress=False))
+        row.verify = ("pass" if rep.ok else f"FAIL {rep.first()}") if rep is not None else err
+    row.seconds = time.perf_counter() - t0
+    return row
+
+
+# ------------------------------------------------------------------------------ report
+
+def _f(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2f}"
+
+
+def table(rows: list[ZooRow]) -> str:
+    lines = ["| model | family | nodes | import | W8A8 QDQ SQNR dB (onnxptq) | quantize_static SQNR dB (onnxruntime) "
+             "| po2 --format int | verify level 1 | QDQ layers on integer kernels (onnxruntime) | s |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r.name} | {r.family} | {r.nodes} | {r.import_ok} | {_f(r.onnxptq_sqnr)} | {_f(r.ort_sqnr)} "
+                     f"| {r.int_export} | {r.verify or '-'} | {r.int_kernels or '-'} | {r.seconds:.0f} |")
+    return "\n".join(lines)
+
+
+def summary(rows: list[ZooRow]) -> str:
+    n = len(rows)
+    qdq = sum(r.onnxptq_sqnr is not None for r in rows)
+    not_below = sum(r.onnxptq_sqnr is not None and (r.ort_sqnr is None or r.onnxptq_sqnr >= r.ort_sqnr - 0.05)
+                    for r in rows)
+    ver = sum(r.verify == "pass" for r in rows)
+    internal = sum(any("INTERNAL" in x for x in r.notes) for r in rows)
+    return (f"{n} models: W8A8 QDQ {qdq}/{n}, SQNR not below quantize_static (0.05 dB tolerance) {not_below}/{n}, "
+            f"po2 int + level-1 verify {ver}/{n}, internal errors in {internal}.")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--only", default="", help="comma-separated model names (default: all): " +
+                   ", ".join(m.name for m in MODELS))
+    p.add_argument("--fast", action="store_true", help="only the test suite's subset")
+    p.add_argument("--num-calib", type=int, default=NUM_CALIB)
+    p.add_argument("--num-eval", type=int, default=NUM_EVAL)
+    p.add_argument("--out", default="", help="markdown file whose zoo section is regenerated")
+    p.add_argument("--no-ort", action="store_true", help="skip onnxruntime quantize_static")
+    args = p.parse_args(argv)
+    names = [s for s in args.only.split(",") if s]
+    unknown = [s for s in names if s not in BY_NAME]
+    if unknown:
+        raise SystemExit(f"unknown model(s) {unknown}; known: {', '.join(BY_NAME)}")
+    models = [BY_NAME[s] for s in names] if names else [m for m in MODELS if m.fast or not args.fast]
+    logging.basicConfig(level=logging.ERROR)
+    m_info = machine_info()
+    photos = _photos()
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="onnxptq-zoo-") as tmp:
+        for zm in models:
+            print(f"== {zm.name} ...", file=sys.stderr, flush=True)
+            row = run_model(zm, Path(tmp), photos, args.num_calib, args.num_eval, ort=not args.no_ort)
+            rows.append(row)
+            for note in row.notes:
+                print(f"   {note}", file=sys.stderr)
+    body = [table(rows), "", summary(rows)]
+    notes = [f"- {r.name}: " + "; ".join(r.notes) for r in rows if r.notes]
+    if notes:
+        body += ["", "Notes:", *notes]
+    print("\n".join(body))
+    if args.out:
+        cmd = command_line(argv).replace("tools/bench.py", "tools/zoo.py")
+        text = "\n".join([
+            "## Model zoo (issue 16): random-weight timm / ultralytics / transformers models, W8A8 and Po2 integer",
+            "", f"Reproduce: `{cmd}`", "", f"Machine: {machine_line(m_info)}.", "",
+            f"Each model exported by `torch.onnx.export` (opset 17, batch 1 fixed); {args.num_calib} calibration and "
+            f"{args.num_eval} evaluation samples (real-photo crops; BERT: random token ids with a padding mask). "
+            "SQNR: the quantized model in onnxruntime against the float model in onnxruntime. "
+            "quantize_static: MinMax, QUInt8 activations, QInt8 per-channel weights, QDQ, after quant_pre_process. "
+            f"verify: `verify_integer` on {NUM_VERIFY} samples (runtime/ vs onnxruntime vs the integer simulation).",
+            "", *body])
+        write_section(Path(args.out), "zoo", text)
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except BenchError as e:
+        sys.exit(f"error: {e}")
