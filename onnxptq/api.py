@@ -20,6 +20,7 @@ from .diagnostics import Diagnostics
 from .errors import ConfigError, DataError, OutputError
 from .eval import Fidelity, fidelity, run_onnxruntime
 from .graph import QGraph, import_model, partition
+from .graph.batch import restore_batch
 from .memory import peak_rss_bytes
 from .atomic import atomic_path
 from .targets import get_target
@@ -103,6 +104,9 @@ class QuantResult:
 
 def _as_dataset(calib, qg: QGraph, limit: int | None, preprocess=None, seed: int = 0) -> Dataset:
     specs = {name: qg.shapes.get(name, ()) for name in qg.inputs}
+    from .data import model_input_dtypes, validate
+
+    dtypes = model_input_dtypes(qg.model)
     if isinstance(calib, Dataset):
         return calib.take(limit) if limit else calib
     if isinstance(calib, (str, os.PathLike)) and Path(calib).is_dir():
@@ -117,18 +121,15 @@ def _as_dataset(calib, qg: QGraph, limit: int | None, preprocess=None, seed: int
             preprocess = Preprocess(**preprocess)
         name = qg.inputs[0]
         x = load_image_folder(calib, specs[name], preprocess, limit, seed)
-        from .data import validate
-
         return Dataset({name: validate(name, x, specs[name], str(calib))}, None, str(calib))
     if preprocess is not None:
         raise DataError("preprocessing options apply to an image folder; the calibration data is not a folder")
     if isinstance(calib, (str, os.PathLike)):
-        return load_dataset(calib, specs, limit)
+        return load_dataset(calib, specs, limit, dtypes=dtypes)
     if isinstance(calib, np.ndarray):
         calib = {qg.inputs[0]: calib}
-    from .data import validate
-
-    ds = Dataset({k: validate(k, np.asarray(v), specs.get(k, ()), "calibration arrays") for k, v in calib.items()})
+    ds = Dataset({k: validate(k, np.asarray(v), specs.get(k, ()), "calibration arrays", dtypes.get(k))
+                  for k, v in calib.items()})
     return ds.take(limit) if limit else ds
 
 
@@ -235,6 +236,9 @@ def _quantize(model, calib, config: QuantConfig, out: Path | None, rep: Path | N
         from .export.qdq import export_qdq
 
         qmodel = export_qdq(sim, config.opset, get_target(config.target))
+    batch = qg.import_info.get("batch", {})
+    if batch.get("fixed") is not None and batch.get("mode") == "symbolic":
+        restore_batch(qmodel, batch["fixed"])  # the user's interface: the batch fixed as in the float model
     onnx.checker.check_model(qmodel)
     timings["export"] = time.perf_counter() - t0
     qg.check_unchanged()

@@ -216,9 +216,10 @@ def _load_model(path: str):
 def _inputs_for(model, path: str, limit: int | None) -> dict:
     """Arrays for the model's graph inputs from .npy (single-input models) or .npz (keyed by name);
     a single sample may omit the sample axis."""
-    from .data import load_dataset, model_input_specs
+    from .data import load_dataset, model_input_dtypes, model_input_specs
 
-    return load_dataset(path, model_input_specs(model), limit, single_sample=True).inputs
+    return load_dataset(path, model_input_specs(model), limit, single_sample=True,
+                        dtypes=model_input_dtypes(model)).inputs
 
 
 def cmd_run(args) -> int:

@@ -62,11 +62,25 @@ def model_input_specs(model) -> dict[str, tuple]:
             for vi in model.graph.input if vi.name not in inits}
 
 
+def model_input_dtypes(model) -> dict[str, np.dtype]:
+    """Graph input name -> NumPy dtype the model takes (float inputs: float32), initializers excluded."""
+    from onnx.helper import tensor_dtype_to_np_dtype
+
+    inits = {i.name for i in model.graph.initializer}
+    out = {}
+    for vi in model.graph.input:
+        if vi.name not in inits:
+            dt = np.dtype(tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type or 1))
+            out[vi.name] = np.dtype(np.float32) if dt.kind == "f" else dt
+    return out
+
+
 def load_dataset(path: str | os.PathLike, input_specs: dict[str, tuple], limit: int | None = None,
-                 single_sample: bool = False) -> Dataset:
+                 single_sample: bool = False, dtypes: dict[str, np.dtype] | None = None) -> Dataset:
     """Read and validate data for a model whose inputs are ``input_specs`` (name -> shape, -1 dynamic).
 
-    ``single_sample``: also accept one sample without the sample axis (an array of rank - 1)."""
+    ``single_sample``: also accept one sample without the sample axis (an array of rank - 1).
+    ``dtypes``: the model's input dtypes (``model_input_dtypes``; default float32 for every input)."""
     arrays = load_arrays(path)
     labels = next((arrays.pop(k) for k in LABEL_KEYS if k in arrays and k not in input_specs), None)
     names = list(input_specs)
@@ -82,7 +96,7 @@ def load_dataset(path: str | os.PathLike, input_specs: dict[str, tuple], limit: 
     for name, arr in chosen.items():
         if single_sample and len(input_specs[name]) and arr.ndim == len(input_specs[name]) - 1:
             arr = arr[None]
-        out[name] = validate(name, arr, input_specs[name], str(path))
+        out[name] = validate(name, arr, input_specs[name], str(path), (dtypes or {}).get(name))
         if n is not None and len(arr) != n:
             raise DataError(f"{path}: inputs have different sample counts ({n} vs {len(arr)} for {name!r})")
         n = len(arr)
@@ -92,7 +106,9 @@ def load_dataset(path: str | os.PathLike, input_specs: dict[str, tuple], limit: 
     return ds.take(limit) if limit else ds
 
 
-def validate(name: str, arr: np.ndarray, shape: tuple, where: str) -> np.ndarray:
+def validate(name: str, arr: np.ndarray, shape: tuple, where: str, dtype: np.dtype | None = None) -> np.ndarray:
+    """Check one input's array against the model's shape; cast it to ``dtype`` (default float32: image
+    bytes become floats) and refuse NaN/Inf. Integer inputs (token ids, masks) keep integer values."""
     if arr.dtype.kind not in "fiub":
         raise DataError(f"{where}: input {name!r} has dtype {arr.dtype}; numeric (float32) data is needed")
     if len(shape) and arr.ndim != len(shape):
@@ -104,7 +120,12 @@ def validate(name: str, arr: np.ndarray, shape: tuple, where: str) -> np.ndarray
                             f"(axis {k}: {got} != {want}); resize/transpose the data or pass --input-shape")
     if len(arr) == 0:
         raise DataError(f"{where}: input {name!r} holds no samples")
-    arr = arr.astype(np.float32, copy=False)
+    dtype = np.dtype(np.float32) if dtype is None else np.dtype(dtype)
+    if dtype.kind != "f":
+        if arr.dtype.kind == "f" and not np.array_equal(arr, np.round(arr)):
+            raise DataError(f"{where}: input {name!r} is {dtype} in the model (ids, masks), the data holds fractions")
+        return arr.astype(dtype, copy=False)
+    arr = arr.astype(dtype, copy=False)
     bad = ~np.isfinite(arr)
     if bad.any():
         first = int(np.argwhere(bad.reshape(len(arr), -1).any(axis=1))[0][0])

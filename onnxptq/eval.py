@@ -54,6 +54,13 @@ def fidelity(float_out: np.ndarray, quant_out: np.ndarray, labels: np.ndarray | 
     return out
 
 
+def session_batch(sess, batch_size: int) -> int:
+    """``batch_size``, or the batch an onnxruntime session's inputs fix (a graph exported with batch 1 runs one
+    sample at a time)."""
+    fixed = {i.shape[0] for i in sess.get_inputs() if i.shape and isinstance(i.shape[0], int)}
+    return fixed.pop() if len(fixed) == 1 else batch_size
+
+
 def run_onnxruntime(model, inputs: dict[str, np.ndarray], batch_size: int = 32, threads: int | None = None) -> np.ndarray:
     """First output of ``model`` (path or bytes) over ``inputs`` in batches (batch 1 if the batch dim is fixed)."""
     import onnxruntime as ort
@@ -63,8 +70,7 @@ def run_onnxruntime(model, inputs: dict[str, np.ndarray], batch_size: int = 32, 
         so.intra_op_num_threads = threads
     sess = ort.InferenceSession(model if isinstance(model, (str, bytes)) else str(model), so,
                                 providers=["CPUExecutionProvider"])
-    fixed = any(isinstance(i.shape[0], int) and i.shape[0] == 1 for i in sess.get_inputs())
-    bs = 1 if fixed else batch_size
+    bs = session_batch(sess, batch_size)
     n = len(next(iter(inputs.values())))
     outs = [sess.run(None, {k: v[i:i + bs] for k, v in inputs.items()})[0] for i in range(0, n, bs)]
     return np.concatenate(outs)

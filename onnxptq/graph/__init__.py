@@ -6,6 +6,7 @@ import os
 from .fold import FoldReport, fold
 from .qgraph import QGraph, build_qgraph, sort_topologically, topo_check, topo_order_ok
 from .load import check, infer_shapes, read_model, set_input_shapes, simplify, upgrade_opset, opset_of
+from .batch import NotProvable, check_free_batch, fixed_batch, free_batch
 from .partition import GRANULARITIES, Region, partition
 
 
@@ -30,7 +31,23 @@ def import_model(path: str | os.PathLike, input_shapes: dict[str, list[int]] | N
         report.removed += again.removed
         report.unfolded_bn = again.unfolded_bn
     model = infer_shapes(model)
+    model, info["batch"] = _free_batch(model)
     return build_qgraph(model, report, info, frozenset(skip_nodes))
+
+
+def _free_batch(model):
+    """A symbolic batch for a fixed-batch graph where it is provably safe (graph/batch.py); what was done."""
+    b = fixed_batch(model)
+    if b is None:
+        return model, {"fixed": None, "mode": "symbolic"}
+    try:
+        freed, rep = free_batch(model)
+    except NotProvable as e:
+        return model, {"fixed": b, "mode": "chunks", "reason": str(e)}
+    problem = check_free_batch(model, freed, b)
+    if problem is not None:
+        return model, {"fixed": b, "mode": "chunks", "reason": f"the rewritten graph failed its check: {problem}"}
+    return freed, {"fixed": b, "mode": "symbolic", "detail": rep.describe()}
 
 
 __all__ = ["import_model", "QGraph", "Region", "partition", "GRANULARITIES", "FoldReport"]

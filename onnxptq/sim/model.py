@@ -78,6 +78,10 @@ class SimModel(nn.Module):
         self.quantize_bias = True
         self._input_taps: list[Callable[[Layer, torch.Tensor], None]] = []  # sim/capture.py
         self._last_use = self._compute_last_use()
+        batch = qg.import_info.get("batch") or {}
+        # a graph whose fixed batch could not be made symbolic (graph/batch.py) runs in chunks of that batch
+        self.chunk = batch.get("fixed") if batch.get("mode") == "chunks" else None
+        self._batched = set(qg.float_tensors) | set(qg.inputs)
 
     # ------------------------------------------------------------------ state
     @property
@@ -234,7 +238,28 @@ class SimModel(nn.Module):
 
     def run_nodes(self, env: dict[str, torch.Tensor], start: int = 0, stop: int | None = None,
                   keep: bool = False) -> dict[str, torch.Tensor]:
-        """Execute nodes[start:stop] on ``env`` (tensor name -> value), quantizing at quant points."""
+        """Execute nodes[start:stop] on ``env`` (tensor name -> value), quantizing at quant points.
+
+        A graph that fixes its batch (``self.chunk``) runs ``chunk`` samples at a time; the activations
+        (float tensors and graph inputs) are split and joined along their first axis."""
+        n = next((len(v) for k, v in env.items() if k in self._batched and v.dim()), 0)
+        if self.chunk is None or n <= self.chunk:
+            return self._run_nodes(env, start, stop, keep)
+        if n % self.chunk:
+            raise ValueError(f"the model fixes its batch to {self.chunk}; batches must be multiples of it (got {n})")
+        parts = []
+        for i in range(0, n, self.chunk):
+            part = {k: v[i:i + self.chunk] if k in self._batched and v.dim() and len(v) == n else v
+                    for k, v in env.items()}
+            parts.append(self._run_nodes(part, start, stop, keep))
+        joined = {k: torch.cat([p[k] for p in parts]) if k in self._batched and v.dim() else v
+                  for k, v in parts[0].items()}
+        env.clear()
+        env.update(joined)
+        return env
+
+    def _run_nodes(self, env: dict[str, torch.Tensor], start: int, stop: int | None,
+                   keep: bool) -> dict[str, torch.Tensor]:
         stop = len(self.nodes) if stop is None else stop
         for k in range(start, stop):
             node = self.nodes[k]

@@ -22,7 +22,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from ..errors import ModelError
+from ..errors import DataError, ModelError
+from ..graph.batch import fixed_batch
 from ..export.integer import FORMAT_KEY, PROGRAM_KEY, qname
 from ..export.intplan import IntProgram, form_summary, program_from_json
 
@@ -162,6 +163,13 @@ def verify_integer(model: onnx.ModelProto, inputs: dict[str, np.ndarray], batch_
     outputs = list(program.outputs)
     sim = IntSim(program, consts)
     n = len(next(iter(inputs.values())))
+    fixed = fixed_batch(model)
+    if fixed is not None:  # a graph with the batch written in: feed it that many samples at a time
+        if n % fixed:
+            raise DataError(f"the model takes exactly {fixed} samples at a time; give a multiple of {fixed} samples "
+                            f"(got {n})")
+        batch_size = fixed
+        reference_samples = max(fixed, reference_samples // fixed * fixed)
     n_ref = min(reference_samples, n) if "reference" in engines else 0
     first: dict[str, Mismatch] = {}
     counts: dict[str, dict[str, list]] = {}

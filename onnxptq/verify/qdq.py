@@ -32,7 +32,7 @@ import numpy as np
 import onnx
 import torch
 
-from ..eval import run_onnxruntime
+from ..eval import run_onnxruntime, session_batch
 from ..sim.model import SimModel
 
 INT_LAYER_KERNELS = ("QLinearConv", "QGemm", "QLinearMatMul")
@@ -153,6 +153,7 @@ def ort_quantized_tensors(model, inputs: dict[str, np.ndarray], tensors: list[st
     names = [t for t in tensors if quantized_name(t) in added]
     sess = _session(m.SerializeToString())
     n = len(next(iter(inputs.values())))
+    batch_size = session_batch(sess, batch_size)
     outs, qs = [], {t: [] for t in names}
     for i in range(0, n, batch_size):
         res = sess.run(None, {k: v[i:i + batch_size] for k, v in inputs.items()})
