@@ -266,6 +266,10 @@ def import_diagnostics(qg: QGraph, diagnostics: Diagnostics) -> None:
     if qg.import_info.get("simplifier") == "constant-folding":  # graph/load.py logged onnxsim's error
         diagnostics.add("simplifier", "", "onnxsim failed; the built-in constant folding simplified the graph",
                         quiet=True)
+    batch = qg.import_info.get("batch") or {}
+    if batch.get("mode") == "chunks":
+        diagnostics.add("batch-chunks", "", f"the graph fixes its batch to {batch['fixed']} and it cannot be made "
+                        f"symbolic ({batch['reason']}); calibration runs {batch['fixed']} sample(s) at a time")
     floats = qg.import_info.get("float_layers", [])
     for name in floats:
         diagnostics.add("float-layer", name, "its input has no quant point (not quantizable), so it stays float")
@@ -287,6 +291,7 @@ def inspect(model: str | os.PathLike, granularity: str = "block", input_shapes: 
         "batchnorm_unfolded": qg.fold.unfolded_bn,
         "removed_nodes": qg.fold.removed,
         "float_layers": qg.import_info.get("float_layers", []),
+        "batch": qg.import_info.get("batch", {}),
         "layers": [{"name": x.name, "op": x.op_type, "weight_shape": list(x.weight_shape), "groups": x.groups,
                     "activation": x.act_node and (("ReLU" if x.act_bounds[1] == float("inf") else f"Clip{x.act_bounds}")),
                     "bn_gamma": x.bn_gamma is not None, "macs": x.macs_per_sample} for x in qg.layers],

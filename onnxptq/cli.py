@@ -298,6 +298,9 @@ def cmd_inspect(args) -> int:
           f"  Identity/Dropout removed: {len(info['removed_nodes'])}")
     if info["float_layers"]:
         print(f"layers left in float (input not quantizable): {info['float_layers']}")
+    batch = info.get("batch") or {}
+    if batch.get("fixed") is not None:
+        print(f"fixed batch {batch['fixed']}: " + (batch.get("detail") or f"runs in chunks ({batch.get('reason')})"))
     print(f"\n{len(info['layers'])} quantizable layers")
     print(f"  {'#':>3} {'op':<6} {'weight':<18} {'grp':>4} {'act':<14} {'BN':<3} {'MACs':>12}  name")
     for k, x in enumerate(info["layers"]):

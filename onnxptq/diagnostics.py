@@ -21,6 +21,7 @@ KINDS: dict[str, str] = {
     "channels-rtn": "layers with Bit-Split channels kept at RTN",
     "float-layer": "layers left in float",
     "simplifier": "onnxsim skipped",
+    "batch-chunks": "fixed batch kept: the graph runs in chunks of it (slower calibration)",
     "float-kernel": "layers on float kernels in the target runtime",
     "other": "other warnings",
 }

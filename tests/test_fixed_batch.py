@@ -148,3 +148,16 @@ def test_restore_batch_fixes_inputs_and_outputs():
     restore_batch(freed, 1)
     assert fixed_batch(freed) == 1
     assert freed.graph.output[0].type.tensor_type.shape.dim[0].dim_value == 1
+
+
+def test_the_chunked_fallback_is_visible(tmp_path, capsys):
+    from onnxptq.cli import main
+
+    src = tmp_path / "b.onnx"
+    batch_mixing(src)
+    x = RNG.standard_normal((8, 3, 8, 8)).astype(np.float32)
+    res = onnxptq.quantize(str(src), x, w_bits=8, a_bits=8)
+    assert [f.kind for f in res.diagnostics.items] == ["batch-chunks"]
+    assert "conv_over_batch" in res.diagnostics.items[0].detail
+    assert main(["inspect", str(src)]) == 0
+    assert "fixed batch 1: runs in chunks" in capsys.readouterr().out

@@ -115,3 +115,18 @@ def test_multi_input_model(tmp_path, capsys):
                "--no-progress"])
     err = capsys.readouterr().err
     assert rc == 2 and "'y'" in err and "Traceback" not in err
+
+
+def test_integer_model_inputs_keep_integer_values():
+    """Token ids and masks stay integers of the model's dtype; fractions for an integer input are refused."""
+    import numpy as np
+    import pytest
+
+    from onnxptq.data import validate
+    from onnxptq.errors import DataError
+
+    ids = validate("ids", np.array([[1.0, 2.0]]), (1, 2), "test", np.dtype(np.int64))
+    assert ids.dtype == np.int64 and ids.tolist() == [[1, 2]]
+    assert validate("x", np.array([[1, 2]], np.uint8), (1, 2), "test").dtype == np.float32
+    with pytest.raises(DataError, match="fractions"):
+        validate("ids", np.array([[1.5, 2.0]]), (1, 2), "test", np.dtype(np.int64))
