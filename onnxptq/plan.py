@@ -15,8 +15,12 @@ class BitPlan:
 
 
 def make_plan(qg: QGraph, cfg: QuantConfig) -> BitPlan:
-    """Everything at cfg bits, except first/last layer weights and inputs and the network outputs."""
+    """Everything at cfg bits, except first/last layer weights and inputs and the network outputs, and the
+    depthwise convs standalone BNs became (at least 8 bits)."""
     w = {layer.name: cfg.w_bits for layer in qg.layers}
+    for name in qg.fold.bn_as_conv:  # one weight per channel (a BN's scale): 8 bits cost nothing
+        if name in w:
+            w[name] = max(w[name], 8)
     a = {t: cfg.a_bits for t in qg.quant_points}
     fl = cfg.first_last_bits
     if fl is not None and qg.layers:

@@ -37,7 +37,8 @@ def randomize_bn(bn: nn.modules.batchnorm._BatchNorm, seed: int) -> None:
 
 
 class FoldNet(nn.Module):
-    """Conv(bias=False)+BN, Conv(bias=True)+BN, a BN after a residual Add (no conv: stays), Linear+BN1d."""
+    """Conv(bias=False)+BN, Conv(bias=True)+BN, a BN after a residual Add (no conv: becomes a depthwise 1x1
+    conv), Linear+BN1d."""
 
     def __init__(self, linear_bias: bool = True) -> None:
         super().__init__()
@@ -114,17 +115,20 @@ def test_fold_torch_model(tmp_path, x8, linear_bias):
     if linear_bias:  # Linear with bias exports as Gemm: folded like a conv
         fc1 = _node_named(original, "fc1", "Gemm").name
         pairs.append((fc1, net.bn4))
-        expect_unfolded = [bn3]
+        expect_unfolded = []
     else:  # Linear without bias exports as MatMul; its BN may be folded, else it must be reported
         fc1 = _node_named(original, "fc1", "MatMul").name
-        expect_unfolded = [bn3] if fc1 in report.folded else [bn3, bn4]
+        expect_unfolded = [] if fc1 in report.folded else [bn4]  # a 2-D BN has no conv form: it stays
         if fc1 in report.folded:
             pairs.append((fc1, net.bn4))
     assert set(report.folded) == {layer for layer, _ in pairs}
     assert "bn1" in report.folded[conv1] and "bn2" in report.folded[conv2]
     assert sorted(report.unfolded_bn) == sorted(expect_unfolded)
     assert count_ops(folded, "BatchNormalization") == len(expect_unfolded)
-    assert _node_named(folded, "bn3", "BatchNormalization") is not None
+    assert report.bn_as_conv == [bn3]
+    dw = _node_named(folded, "bn3", "Conv")
+    assert dw.name == bn3 and {a.name: a.i for a in dw.attribute}["group"] == 8
+    np.testing.assert_array_equal(report.gamma[bn3], net.bn3.weight.detach().numpy())
     for layer, bn in pairs:
         np.testing.assert_array_equal(report.gamma[layer], bn.weight.detach().numpy())
         np.testing.assert_array_equal(report.beta[layer], bn.bias.detach().numpy())
@@ -280,3 +284,33 @@ def test_import_of_passthrough_model_simulates_exactly(tmp_path, x8):
     assert len(qg.layers) == 2
     assert qg.outputs[0] == "logits"
     assert_close_rel(ort_run(path, {"input": x8})[0], _sim_float(qg, x8), 1e-5)
+
+
+class PreActNet(nn.Module):
+    """DenseNet-style pre-activation: BN -> ReLU -> Conv with no conv before the BN."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv0 = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.conv1 = nn.Conv2d(8, 4, 3)
+        randomize_bn(self.bn, 5)
+
+    def forward(self, x):
+        y = self.conv0(x)
+        return self.conv1(torch.relu(self.bn(y + x[:, :1])))
+
+
+def test_standalone_bn_quantizes_as_a_depthwise_layer_and_lowers_to_integers(tmp_path, x8):
+    import onnxptq
+    from onnxptq.verify.integer import verify_integer
+
+    torch.manual_seed(0)
+    path = export_torch_model(PreActNet().eval(), torch.from_numpy(x8[:1]), tmp_path / "preact.onnx")
+    x = np.random.default_rng(1).standard_normal((32, 3, 8, 8)).astype(np.float32)
+    res = onnxptq.quantize(str(path), x, w_bits=4, a_bits=8, scale="po2", format="int", num_calib=32)
+    bn = res.qgraph.fold.bn_as_conv
+    assert len(bn) == 1 and res.qgraph.layer(bn[0]).act_node is not None  # the ReLU is fused into it
+    assert res.plan.w_bits[bn[0]] == 8  # one weight per channel: kept at 8 bits
+    assert verify_integer(res.model, {"input": x[:4]}).ok
+

@@ -509,3 +509,47 @@ def test_cli_int_run_verify_golden(tmp_path, digits_val, capsys):
     assert main(["quantize", str(digits_path("digits_resnet")), "--calib", str(MODELS / "digits_calib.npz"),
                  "--format", "int", "-o", str(tmp_path / "x.onnx")]) == 2
     assert not (tmp_path / "x.onnx").exists()
+
+
+def test_one_activation_with_scalar_constants_is_a_lookup_table(tmp_path):
+    """GELU written out (x * 0.5 * (1 + erf(x / sqrt 2))), x * c, x / c, x ** 2: each op with one activation
+    and scalar constants lowers to a table; the integer model passes level-1 verify. A per-position
+    constant has no table and is named."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(3)
+
+    def c(name, v):
+        return numpy_helper.from_array(np.asarray(v, np.float32), name)
+
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["h"], name="conv"),
+             helper.make_node("Div", ["h", "sqrt2"], ["d"], name="div_const"),
+             helper.make_node("Erf", ["d"], ["e"], name="erf"),
+             helper.make_node("Add", ["e", "one"], ["e1"], name="add_const"),
+             helper.make_node("Mul", ["h", "e1"], ["m"], name="mul_acts"),
+             helper.make_node("Mul", ["m", "half"], ["g"], name="mul_const"),
+             helper.make_node("Pow", ["g", "two"], ["p"], name="pow_const"),
+             helper.make_node("GlobalAveragePool", ["p"], ["y"], name="gap")]
+    inits = [c("w", rng.standard_normal((4, 3, 3, 3)) * 0.3), c("b", rng.standard_normal(4) * 0.1),
+             c("sqrt2", 2 ** 0.5), c("one", 1.0), c("half", [0.5]), c("two", 2.0)]
+    g = helper.make_graph(nodes, "gelu", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, 1, 1])], initializer=inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    onnx.save(m, str(tmp_path / "gelu.onnx"))
+    x = rng.standard_normal((16, 3, 8, 8)).astype(np.float32)
+    res = onnxptq.quantize(str(tmp_path / "gelu.onnx"), x, w_bits=8, a_bits=8, scale="po2", format="int")
+    luts = {s.node for s in res.program.steps if s.kind == "lut"}
+    assert {"div_const", "erf", "add_const", "mul_const", "pow_const"} <= luts
+    rep = verify_integer(res.model, {"x": x[:4]})
+    assert rep.ok, rep.format()
+
+    inits[4] = c("half", rng.standard_normal((1, 4, 1, 1)))  # a per-channel constant: no single table
+    g = helper.make_graph(nodes, "gelu", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, 1, 1])], initializer=inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    onnx.save(m, str(tmp_path / "gelu2.onnx"))
+    with pytest.raises(UnsupportedOpError, match="mul_const.*one value per position"):
+        onnxptq.quantize(str(tmp_path / "gelu2.onnx"), x, w_bits=8, a_bits=8, scale="po2", format="int")

@@ -228,7 +228,9 @@ class _Lowering:
             return
         out = float_out[0]
         spec = REGISTRY[n.op_type]
-        if spec.role == "carry" and self.qg.source.get(out) != out:
+        if spec.lowering in ("add", "mul", "lut") and len(float_in) == 1 and len(n.output) == 1:
+            self.lut(n, a)  # one activation and scalar constants (x * c, x + c, erf(x), ...): a lookup table
+        elif spec.role == "carry" and self.qg.source.get(out) != out:
             self.carry(n, a, spec.lowering)
         elif spec.lowering == "add":
             self.add(n)
@@ -238,8 +240,6 @@ class _Lowering:
             self.concat(n, a)
         elif spec.lowering == "avgpool":
             self.avgpool(n, a)
-        elif spec.lowering == "lut" and len(float_in) == 1:
-            self.lut(n, a)
         else:
             raise _Unsupported("no exact integer form (supported: Conv/Gemm/MatMul, Add/Sub/Sum, Mul, Concat, "
                                "average pools, elementwise activations as lookup tables, data-movement ops)")
@@ -425,9 +425,13 @@ class _Lowering:
         x_name = next(i for i in n.input if self.is_int(i))
         x = self.tint(x_name)
         y = self.tint(n.output[0])
+        per_position = [i for i in n.input if i and i != x_name and self.sim.consts[i].numel() != 1]
+        if per_position:  # the output would depend on the position, not on the input value alone
+            raise _Unsupported(f"its constant {per_position[0]!r} holds one value per position; only scalar "
+                               "constants make a lookup table")
         c = np.arange(x.lo, x.hi + 1, dtype=np.int64)
         xf = torch.from_numpy(((c - x.zp).astype(np.float32) * np.float32(2.0 ** -x.frac)).astype(np.float32))
-        args = [xf if i == x_name else (self.sim.consts.get(i) if i else None) for i in n.input]
+        args = [xf if i == x_name else (self.sim.consts[i].reshape(()) if i else None) for i in n.input]
         with torch.no_grad():
             v = REGISTRY[n.op_type].simulate(args, a)[0].to(torch.float32).numpy()
         if not np.all(np.isfinite(v)):

@@ -30,6 +30,7 @@ def import_model(path: str | os.PathLike, input_shapes: dict[str, list[int]] | N
         report.beta.update(again.beta)
         report.removed += again.removed
         report.unfolded_bn = again.unfolded_bn
+        report.bn_as_conv += again.bn_as_conv
     model = infer_shapes(model)
     model, info["batch"] = _free_batch(model)
     return build_qgraph(model, report, info, frozenset(skip_nodes))

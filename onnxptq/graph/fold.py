@@ -21,6 +21,7 @@ class FoldReport:
     beta: dict[str, np.ndarray] = field(default_factory=dict)
     removed: list[str] = field(default_factory=list)  # Identity / Dropout nodes
     unfolded_bn: list[str] = field(default_factory=list)  # BN nodes left in place (no Conv before them)
+    bn_as_conv: list[str] = field(default_factory=list)  # standalone BNs rewritten as depthwise 1x1 Convs
 
 
 def _rename_input(graph: onnx.GraphProto, old: str, new: str) -> None:
@@ -115,6 +116,43 @@ def fold_batchnorm(graph: onnx.GraphProto, report: FoldReport) -> None:
     prune_initializers(graph)
 
 
+def standalone_bn_to_conv(graph: onnx.GraphProto, report: FoldReport) -> None:
+    """Rewrite each BatchNormalization left after folding (no Conv before it: a pre-activation BN, an
+    identity-branch BN) on a 3-D or 4-D input as the depthwise 1x1 Conv it equals,
+    y = k * x + (beta - mean * k) per channel with k = gamma / sqrt(var + eps). It then quantizes and lowers
+    to integers like any layer (one weight per channel: plan.py keeps it at 8 bits at least)."""
+    inits = {i.name: i for i in graph.initializer}
+    ranks = {vi.name: len(vi.type.tensor_type.shape.dim) for vi in list(graph.value_info) + list(graph.input)
+             if vi.type.tensor_type.HasField("shape")}
+    for k, bn in enumerate(list(graph.node)):
+        if bn.op_type != "BatchNormalization" or ranks.get(bn.input[0]) not in (3, 4):
+            continue
+        params = [inits.get(i) for i in bn.input[1:5]]
+        if any(p is None for p in params) or len([o for o in bn.output if o]) != 1:
+            continue
+        if any(a.name == "training_mode" and a.i for a in bn.attribute):
+            continue
+        eps = next((a.f for a in bn.attribute if a.name == "epsilon"), 1e-5)
+        gamma, beta, mean, var = (numpy_helper.to_array(p).astype(np.float64) for p in params)
+        scale = gamma / np.sqrt(var + eps)
+        nd = ranks[bn.input[0]] - 2
+        w_name, b_name = f"{bn.name}.weight_dw", f"{bn.name}.bias_dw"
+        graph.initializer.append(numpy_helper.from_array(
+            scale.reshape(-1, 1, *([1] * nd)).astype(np.float32), w_name))
+        graph.initializer.append(numpy_helper.from_array((beta - mean * scale).astype(np.float32), b_name))
+        conv = onnx.helper.make_node("Conv", [bn.input[0], w_name, b_name], [bn.output[0]], name=bn.name,
+                                     group=len(scale), kernel_shape=[1] * nd)
+        index = list(graph.node).index(bn)
+        graph.node.remove(bn)
+        graph.node.insert(index, conv)
+        if bn.name in report.unfolded_bn:
+            report.unfolded_bn.remove(bn.name)
+        report.bn_as_conv.append(bn.name)
+        report.gamma[bn.name] = gamma.astype(np.float32)
+        report.beta[bn.name] = beta.astype(np.float32)
+    prune_initializers(graph)
+
+
 def prune_initializers(graph: onnx.GraphProto) -> None:
     used = {i for n in graph.node for i in n.input}
     keep = [i for i in graph.initializer if i.name in used]
@@ -136,9 +174,10 @@ def ensure_node_names(graph: onnx.GraphProto) -> None:
 
 def fold(model: onnx.ModelProto) -> tuple[onnx.ModelProto, FoldReport]:
     """Return a cleaned copy: unique node names, no Identity/Dropout, BN folded where possible."""
-    model = onnx.ModelProto.FromString(model.SerializeToString())
+    model = onnx.shape_inference.infer_shapes(onnx.ModelProto.FromString(model.SerializeToString()))
     report = FoldReport()
     ensure_node_names(model.graph)
     remove_passthrough(model.graph, report)
     fold_batchnorm(model.graph, report)
+    standalone_bn_to_conv(model.graph, report)
     return model, report

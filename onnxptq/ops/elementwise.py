@@ -16,9 +16,9 @@ FAMILIES = [
     ("activations as lookup tables", "island", "lut",
      ("Relu", "Clip", "Sigmoid", "Tanh", "HardSwish", "HardSigmoid", "LeakyRelu", "Elu", "Softplus", "Mish", "Gelu",
       "Erf", "Neg", "Abs", "Exp", "Selu", "Celu", "Softsign", "ThresholdedRelu")),
-    ("float elementwise", "island", None,
-     ("Log", "Sqrt", "Reciprocal", "Floor", "Ceil", "Pow", "Div", "PRelu", "Softmax", "LogSoftmax",
-      "BatchNormalization", "Cast")),
+    # one activation with scalar constants: a lookup table (export/intplan.py); two activations: no integer form
+    ("elementwise as lookup tables", "island", "lut", ("Log", "Sqrt", "Reciprocal", "Floor", "Ceil", "Pow", "Div")),
+    ("float ops", "island", None, ("PRelu", "Softmax", "LogSoftmax", "BatchNormalization", "Cast")),
     ("comparisons and selection", "island", None, ("Equal", "Less", "Greater", "Not", "Where", "Max", "Min")),
 ]
 
