@@ -1,0 +1,40 @@
+"""tools/zoo.py's fast subset: real architectures (random weights) exported at batch 1 quantize as a user would.
+
+The full table (every zoo model) is `python tools/zoo.py --out docs/benchmarks.md`."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+zoo = pytest.importorskip("tools.zoo")
+FAST = [m for m in zoo.MODELS if m.fast]
+
+
+@pytest.fixture(scope="module")
+def photos():
+    return zoo._photos()
+
+
+def test_the_zoo_holds_25_models_of_every_family():
+    assert len(zoo.MODELS) >= 25 and len(zoo.BY_NAME) == len(zoo.MODELS)
+    assert {m.family for m in zoo.MODELS} == {"timm", "ultralytics", "transformers"}
+    assert {m.family for m in FAST} == {"timm", "ultralytics", "transformers"}
+
+
+@pytest.mark.parametrize("zm", FAST, ids=[m.name for m in FAST])
+def test_fast_zoo_model(zm, tmp_path, photos, monkeypatch):
+    monkeypatch.setattr(zoo, "zoo_dir", lambda: tmp_path)
+    row = zoo.run_model(zm, tmp_path, photos, num_calib=16, num_eval=8, num_verify=2)
+    notes = "; ".join(row.notes)
+    assert "INTERNAL" not in notes, notes
+    assert row.import_ok == "ok", notes
+    assert row.onnxptq_sqnr is not None, notes
+    assert row.ort_sqnr is None or row.onnxptq_sqnr >= row.ort_sqnr - 0.5, (row.onnxptq_sqnr, row.ort_sqnr)
+    # the integer export either passes level-1 verify or names the nodes it cannot lower
+    assert row.verify == "pass" or (row.int_export.startswith("error:") and "node" in row.int_export), \
+        (row.int_export, row.verify)
