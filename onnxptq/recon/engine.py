@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import logging
 import time
-from functools import partial
 from dataclasses import asdict
 
 import numpy as np
@@ -38,7 +37,6 @@ from ..diagnostics import Diagnostics
 from ..graph.partition import partition
 from ..memory import trim_heap
 from ..plan import BitPlan
-from ..quant.rapq import lp_exponent
 from ..run_context import RunContext
 from ..sim.model import SimModel
 from . import checkpoint as ckpt
@@ -50,7 +48,7 @@ from .fisher import float_logits, output_gradients
 from .optim import Adam
 from .results import ReconReport, RegionResult
 from .region import Region
-from .losses import LOSSES, NEEDS_EXPONENT, NEEDS_GRADIENTS, fisher_weights
+from .losses import LOSSES, NEEDS_GRADIENTS, fisher_weights, region_loss
 from .settings import resolve
 from .streams import (Frontier, SideTensors, Span, advance, consumed_inputs, input_frontier, live_after, produced,
                       region_spans, set_quant_state)
@@ -144,23 +142,13 @@ class Engine:
         return total
 
     def _use_region_loss(self, span: Span, targets: dict[str, Cached]) -> tuple[float | None, str | None]:
-        """Select the region's loss; for RAPQ's L-P loss its exponent P (Eq. 19) from the mean BN gamma
-        of the region's last layer, or, when that layer has none (BN folded before import, classifier),
-        from the mean per-channel standard deviation of the region's float output (|gamma| of a BN
-        output is its standard deviation). Returns (P, "bn" | "std"), or (None, None)."""
-        base = LOSSES[self.st.loss]
-        if self.st.loss not in NEEDS_EXPONENT:
-            self.loss_fn = base
-            return None, None
+        """Select the region's loss (``losses.region_loss``); returns its exponent and where it came from."""
         layers = [n.layer for n in self.sim.nodes[span.start:span.stop] if n.layer is not None]
-        if layers and layers[-1].bn_gamma is not None:
-            gamma, source = float(np.mean(layers[-1].bn_gamma)), "bn"
-        else:
-            x = next(iter(targets.values())).read(torch.arange(min(EVAL_SAMPLES, self.n))).double()
-            dims = [d for d in range(x.dim()) if d != 1] if x.dim() > 1 else [0]
-            gamma, source = float(x.std(dim=dims).mean()), "std"
-        p = lp_exponent(gamma, self.st.lp_alpha, self.st.lp_beta)
-        self.loss_fn = partial(base, p=p)
+        gamma = layers[-1].bn_gamma if layers else None
+        first = next(iter(targets.values()))
+        self.loss_fn, p, source = region_loss(self.st.loss, gamma,
+                                              lambda: first.read(torch.arange(min(EVAL_SAMPLES, self.n))),
+                                              self.st.lp_alpha, self.st.lp_beta)
         return p, source
 
     @torch.no_grad()

@@ -16,6 +16,7 @@ from __future__ import annotations
 from types import MappingProxyType
 from typing import Callable, Mapping
 
+import numpy as np
 import torch
 
 LossFn = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
@@ -61,3 +62,28 @@ def fisher_weights(grad: torch.Tensor, mean_sq: float, damping: float = 0.0) -> 
     """
     rms = max(float(mean_sq), 1e-30) ** 0.5
     return ((grad.abs() / rms + damping) ** 2) / (1.0 + damping) ** 2
+
+
+def region_loss(name: str, bn_gamma, float_output: Callable[[], torch.Tensor], alpha: float, beta: float
+                ) -> tuple[LossFn, float | None, str | None]:
+    """The loss ``name`` for one region: (fn, p, source). A loss in NEEDS_EXPONENT (RAPQ's L-P, Eq. 19) gets
+    its exponent p from the mean BN gamma of the region's last layer (``bn_gamma``), or, when that layer has
+    none (BN folded before import, classifier), from the mean per-channel standard deviation of the region's
+    float output (|gamma| of a BN output is its standard deviation), read lazily from ``float_output()``;
+    source is "bn" or "std". Other losses: (fn, None, None)."""
+    from functools import partial
+
+    from ..quant.rapq import lp_exponent
+
+    base = LOSSES[name]
+    if name not in NEEDS_EXPONENT:
+        return base, None, None
+    if bn_gamma is not None:
+        gamma, source = float(np.mean(bn_gamma)), "bn"
+    else:
+        x = float_output().double()
+        dims = [d for d in range(x.dim()) if d != 1] if x.dim() > 1 else [0]
+        gamma, source = float(x.std(dim=dims).mean()), "std"
+    p = lp_exponent(gamma, alpha, beta)
+    return partial(base, p=p), p, source
+
