@@ -93,3 +93,66 @@ def test_instance_normalization(shape):
 ])
 def test_einsum(eq, shapes):
     check("Einsum", [rand(*s, seed=k) for k, s in enumerate(shapes)], equation=eq, atol=1e-5, rtol=1e-5)
+
+
+# ---------------------------------------------------------------- logic, masks and scans
+
+@pytest.mark.parametrize("op", ["And", "Or", "Xor"])
+def test_boolean_ops(op):
+    rng = np.random.default_rng(0)
+    check(op, [rng.random((3, 4)) > 0.5, rng.random((4,)) > 0.5])
+
+
+@pytest.mark.parametrize("op", ["LessOrEqual", "GreaterOrEqual"])
+@pytest.mark.parametrize("dtype", [np.float32, np.int64])
+def test_comparisons(op, dtype):
+    check(op, [ties(3, 4).astype(dtype), ties(4, seed=1).astype(dtype)])
+
+
+def _special():
+    return np.array([0.0, -0.0, 1.5, -2.5, np.inf, -np.inf, np.nan, 3.0], np.float32)
+
+
+def test_isnan():
+    check("IsNaN", [_special()])
+
+
+@pytest.mark.parametrize("neg, pos", [(1, 1), (0, 1), (1, 0), (0, 0)])
+def test_isinf(neg, pos):
+    check("IsInf", [_special()], detect_negative=neg, detect_positive=pos)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.int32, np.int64])
+def test_sign(dtype):
+    check("Sign", [(ties(3, 5, hi=7) - 3).astype(dtype)])
+
+
+def test_round_half_to_even():
+    x = np.concatenate([np.arange(-3, 3, 0.25), [0.49999997, -0.5, 2.5000002, 1e7 + 0.5]]).astype(np.float32)
+    check("Round", [x])
+
+
+@pytest.mark.parametrize("fmod, dtype", [(0, np.int32), (0, np.int64), (1, np.int64), (1, np.float32)])
+def test_mod(fmod, dtype):
+    rng = np.random.default_rng(0)
+    a = rng.integers(-20, 20, (4, 5)).astype(dtype)
+    b = rng.integers(1, 7, (5,)) * rng.choice([-1, 1], 5)
+    if dtype == np.float32:
+        a = a + rng.random(a.shape).astype(dtype)
+    check("Mod", [a, b.astype(dtype)], fmod=fmod, atol=1e-5)
+
+
+@pytest.mark.parametrize("exclusive", [0, 1])
+@pytest.mark.parametrize("reverse", [0, 1])
+@pytest.mark.parametrize("axis, dtype", [(1, np.float32), (-1, np.float32), (0, np.int32), (2, np.int64)])
+def test_cumsum(exclusive, reverse, axis, dtype):
+    check("CumSum", [(ties(3, 4, 5, hi=9) - 4).astype(dtype), np.array(axis, np.int64)], exclusive=exclusive,
+          reverse=reverse)
+
+
+@pytest.mark.parametrize("upper", [0, 1])
+@pytest.mark.parametrize("k", [None, 0, -1, 2, 9])
+@pytest.mark.parametrize("shape", [(4, 6), (2, 5, 3)])
+def test_trilu(upper, k, shape):
+    ins = [rand(*shape)] + ([] if k is None else [np.array(k, np.int64)])
+    check("Trilu", ins, upper=upper)

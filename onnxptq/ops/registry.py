@@ -30,7 +30,8 @@ RUNTIME_KERNELS = frozenset({
     "GlobalMaxPool", "Resize", "Expand", "Tile", "Gather", "Dropout", "Relu", "Clip", "Sigmoid", "Tanh", "HardSwish",
     "HardSigmoid", "LeakyRelu", "Neg", "Abs", "Exp", "Log", "Sqrt", "Reciprocal", "Floor", "Ceil", "Pow", "Div",
     "PRelu", "Softmax", "LogSoftmax", "BatchNormalization", "ReduceSum", "ReduceMax", "ReduceMin", "Equal", "Less",
-    "Greater", "Not", "Where", "Max", "Min", "Cast", "Shape", "Size", "ConstantOfShape", "Range"})
+    "Greater", "Not", "Where", "Max", "Min", "Cast", "Shape", "Size", "ConstantOfShape", "Range", "And", "Or", "Xor",
+    "IsNaN", "LessOrEqual", "GreaterOrEqual", "Sign", "Round", "Mod"})
 
 
 def build_registry(families=_FAMILIES, ops=OPS, runtime_kernels=RUNTIME_KERNELS) -> dict[str, OpSpec]:
