@@ -156,3 +156,144 @@ def test_cumsum(exclusive, reverse, axis, dtype):
 def test_trilu(upper, k, shape):
     ins = [rand(*shape)] + ([] if k is None else [np.array(k, np.int64)])
     check("Trilu", ins, upper=upper)
+
+
+# ---------------------------------------------------------------- Resize and Upsample
+
+CTMS = ["half_pixel", "asymmetric", "align_corners", "pytorch_half_pixel", "half_pixel_symmetric",
+        "tf_crop_and_resize"]
+SCALES = [[1, 1, 2, 2], [1, 1, 0.5, 0.75], [1, 1, 1.7, 0.6], [1, 1, 1, 3]]
+ROI = np.array([0, 0, 0.1, 0.3, 1, 1, 0.8, 1.2], np.float32)
+
+
+def _resize(x, scales=None, sizes=None, roi=None, opset=19, **attrs):
+    ins = [x, roi if roi is not None else None,
+           None if scales is None else np.array(scales, np.float32),
+           None if sizes is None else np.array(sizes, np.int64)]
+    while ins[-1] is None:
+        ins.pop()
+    return check("Resize", ins, opset=opset, atol=1e-5, rtol=1e-5, **attrs)
+
+
+@pytest.mark.parametrize("ctm", CTMS)
+@pytest.mark.parametrize("nearest_mode", ["round_prefer_floor", "round_prefer_ceil", "floor", "ceil"])
+@pytest.mark.parametrize("scales", SCALES)
+def test_resize_nearest(ctm, nearest_mode, scales, request):
+    if (ctm, nearest_mode, scales) == ("half_pixel_symmetric", "round_prefer_floor", [1, 1, 1.7, 0.6]):
+        # the source coordinate of output column 0 is 0.50000018 in float32 (onnxruntime's own linear mode gives
+        # that value too), yet onnxruntime's nearest rounds it as a tie: not reproduced
+        request.applymarker(pytest.mark.xfail(strict=True, reason="onnxruntime rounds a near-tie as a tie"))
+    roi = ROI if ctm == "tf_crop_and_resize" else None
+    _resize(rand(2, 3, 5, 7), scales, roi=roi, mode="nearest", coordinate_transformation_mode=ctm,
+            nearest_mode=nearest_mode, extrapolation_value=-7.0)
+
+
+@pytest.mark.parametrize("ctm", CTMS)
+@pytest.mark.parametrize("scales", SCALES)
+def test_resize_linear(ctm, scales):
+    roi = ROI if ctm == "tf_crop_and_resize" else None
+    _resize(rand(2, 3, 5, 7), scales, roi=roi, mode="linear", coordinate_transformation_mode=ctm,
+            extrapolation_value=2.5)
+
+
+@pytest.mark.parametrize("ctm", CTMS)
+@pytest.mark.parametrize("exclude_outside, a", [(0, -0.75), (1, -0.75), (0, -0.5), (1, -0.6)])
+@pytest.mark.parametrize("scales", SCALES)
+def test_resize_cubic(ctm, exclude_outside, a, scales):
+    roi = ROI if ctm == "tf_crop_and_resize" else None
+    _resize(rand(2, 3, 5, 7), scales, roi=roi, mode="cubic", coordinate_transformation_mode=ctm,
+            exclude_outside=exclude_outside, cubic_coeff_a=a)
+
+
+@pytest.mark.parametrize("mode", ["nearest", "linear", "cubic"])
+@pytest.mark.parametrize("sizes", [[2, 3, 9, 4], [2, 3, 5, 14], [2, 3, 3, 3]])
+def test_resize_sizes(mode, sizes):
+    _resize(rand(2, 3, 5, 7), sizes=sizes, mode=mode)
+
+
+@pytest.mark.parametrize("policy", ["stretch", "not_larger", "not_smaller"])
+@pytest.mark.parametrize("mode", ["nearest", "linear"])
+def test_resize_axes_and_keep_aspect_ratio(policy, mode):
+    _resize(rand(2, 3, 5, 7), sizes=[9, 11], mode=mode, axes=[2, 3], keep_aspect_ratio_policy=policy)
+    _resize(rand(2, 3, 5, 7), sizes=[4, 9], mode=mode, axes=[3, 2], keep_aspect_ratio_policy=policy)
+    if mode == "nearest":  # onnxruntime's linear resizes no outer axis of a 4-D input
+        _resize(rand(2, 3, 5, 7), sizes=[3, 1, 9], mode=mode, axes=[2, 0, 3], keep_aspect_ratio_policy=policy)
+
+
+@pytest.mark.parametrize("policy", ["not_larger", "not_smaller"])
+def test_resize_keep_aspect_ratio_with_negative_axes_follows_the_spec(policy):
+    """onnxruntime 1.32 leaves the shape unchanged for negative axes with a keep_aspect_ratio_policy (a bug):
+    the simulation resizes as the spec says, which is what onnxruntime does for the same positive axes."""
+    x = rand(2, 3, 5, 7)
+    want = _resize(x, sizes=[4, 9], mode="linear", axes=[3, 2], keep_aspect_ratio_policy=policy)[0]
+    attrs = {"mode": b"linear", "axes": [-1, -2], "keep_aspect_ratio_policy": policy.encode()}
+    got = OPS["Resize"]([torch.from_numpy(x), None, None, torch.tensor([4, 9])], attrs)[0].numpy()
+    np.testing.assert_allclose(got, want, atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["nearest", "linear", "cubic"])
+def test_resize_axes_with_scales_and_roi(mode):
+    _resize(rand(2, 3, 5, 7), [1.5, 2.0], mode=mode, axes=[2, 3])
+    _resize(rand(2, 3, 5, 7), [1.5, 2.0], roi=np.array([0.2, 0.1, 0.9, 1.0], np.float32), mode=mode, axes=[2, 3],
+            coordinate_transformation_mode="tf_crop_and_resize")
+
+
+@pytest.mark.parametrize("mode", ["nearest", "linear"])
+@pytest.mark.parametrize("shape, scales", [((1, 2, 3, 4, 5), [1, 1, 2, 1.5, 0.5]), ((2, 3, 4), [1, 1, 2.5]),
+                                           ((2, 5), [1, 1.8])])
+def test_resize_other_ranks(mode, shape, scales):
+    _resize(rand(*shape), scales, mode=mode)
+
+
+@pytest.mark.parametrize("opset", [13, 18])
+def test_resize_older_opsets(opset):
+    _resize(rand(2, 3, 5, 7), [1, 1, 1.5, 0.5], roi=np.zeros(0, np.float32), opset=opset, mode="linear",
+            coordinate_transformation_mode="align_corners")
+
+
+def test_resize_tf_half_pixel_for_nn_opset_11():
+    _resize(rand(2, 3, 5, 7), [1, 1, 1.5, 0.6], roi=np.zeros(0, np.float32), opset=11, mode="nearest",
+            coordinate_transformation_mode="tf_half_pixel_for_nn")
+
+
+@pytest.mark.parametrize("mode", ["nearest", "linear"])
+@pytest.mark.parametrize("scales", [[1, 1, 2, 2], [1, 1, 1.5, 0.5], [1, 1, 3, 2.5], [1, 1, 1.7, 1.2]])
+def test_resize_opset_10_and_upsample_9(mode, scales):
+    x, s = rand(2, 3, 5, 7), np.array(scales, np.float32)
+    check("Resize", [x, s], opset=10, mode=mode, atol=1e-5, rtol=1e-5)
+    if min(scales) >= 1:  # Upsample only upsamples
+        check("Upsample", [x, s], opset=9, mode=mode, atol=1e-5, rtol=1e-5)
+
+
+# ---------------------------------------------------------------- Slice and AveragePool
+
+BIG = np.iinfo(np.int64).max
+
+
+@pytest.mark.parametrize("starts, ends, axes, steps", [
+    ([-1], [-BIG], [1], [-1]),
+    ([10], [0], [1], [-2]),
+    ([4, 0], [1, 5], [2, 0], [-1, 2]),
+    ([-2, 3], [-6, -BIG], [0, -1], [-3, -2]),
+    ([0], [-1], [2], [-1]),
+    ([2], [2], [1], [-1]),
+    ([BIG], [-BIG], [0], [-1]),
+])
+def test_slice_negative_steps(starts, ends, axes, steps):
+    arr = lambda v: np.array(v, np.int64)  # noqa: E731
+    check("Slice", [rand(5, 6, 7), arr(starts), arr(ends), arr(axes), arr(steps)])
+
+
+@pytest.mark.parametrize("pads", [[0, 1, 1, 0], [1, 2, 0, 1], [2, 0, 1, 1]])
+@pytest.mark.parametrize("include", [0, 1])
+@pytest.mark.parametrize("strides, ceil", [([1, 1], 0), ([2, 2], 0), ([2, 3], 1)])
+def test_average_pool_asymmetric_pads(pads, include, strides, ceil):
+    check("AveragePool", [rand(2, 3, 7, 8)], kernel_shape=[3, 3], pads=pads, strides=strides, ceil_mode=ceil,
+          count_include_pad=include, atol=1e-6)
+
+
+@pytest.mark.parametrize("auto_pad", ["SAME_UPPER", "SAME_LOWER"])
+@pytest.mark.parametrize("include", [0, 1])
+def test_average_pool_same_padding(auto_pad, include):
+    check("AveragePool", [rand(2, 3, 7, 8)], kernel_shape=[4, 3], strides=[2, 2], auto_pad=auto_pad,
+          count_include_pad=include, atol=1e-6)
