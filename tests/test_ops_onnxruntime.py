@@ -297,3 +297,136 @@ def test_average_pool_asymmetric_pads(pads, include, strides, ceil):
 def test_average_pool_same_padding(auto_pad, include):
     check("AveragePool", [rand(2, 3, 7, 8)], kernel_shape=[4, 3], strides=[2, 2], auto_pad=auto_pad,
           count_include_pad=include, atol=1e-6)
+
+
+# ---------------------------------------------------------------- index ops
+
+@pytest.mark.parametrize("largest", [0, 1])
+@pytest.mark.parametrize("axis, k", [(-1, 3), (0, 2), (1, 5)])
+@pytest.mark.parametrize("data", ["random", "ties"])
+def test_topk(largest, axis, k, data):
+    x = rand(4, 5, 6) if data == "random" else ties(4, 5, 6)
+    check("TopK", [x, np.array([k], np.int64)], n_out=2, axis=axis, largest=largest, sorted=1)
+
+
+@pytest.mark.parametrize("largest", [0, 1])
+def test_topk_unsorted_selects_the_same_elements(largest):
+    x, k = rand(4, 9), 4
+    want = ort_run(_one_node("TopK", [x, np.array([k], np.int64)], 2, axis=1, largest=largest, sorted=0),
+                   {"in0": x, "in1": np.array([k], np.int64)}, optimize=False)
+    got = OPS["TopK"]([torch.from_numpy(x), torch.tensor([k])], {"axis": 1, "largest": largest, "sorted": 0})
+    np.testing.assert_array_equal(np.sort(got[1].numpy(), 1), np.sort(want[1], 1))
+    np.testing.assert_array_equal(np.sort(got[0].numpy(), 1), np.sort(want[0], 1))
+
+
+def _one_node(op_type, inputs, n_out, opset=17, **attrs):
+    names = [f"in{k}" for k in range(len(inputs))]
+    g = helper.make_graph([helper.make_node(op_type, names, [f"out{k}" for k in range(n_out)], **attrs)], op_type,
+                          [helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(v.dtype), v.shape)
+                           for n, v in zip(names, inputs)],
+                          [helper.make_empty_tensor_value_info(f"out{k}") for k in range(n_out)])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
+    m.ir_version = IR_FOR_OPSET[opset]
+    return m
+
+
+@pytest.mark.parametrize("op", ["ArgMax", "ArgMin"])
+@pytest.mark.parametrize("axis", [0, -1, 1])
+@pytest.mark.parametrize("keepdims", [0, 1])
+@pytest.mark.parametrize("last", [0, 1])
+def test_argmax_argmin(op, axis, keepdims, last):
+    check(op, [ties(3, 4, 5)], axis=axis, keepdims=keepdims, select_last_index=last)
+
+
+@pytest.mark.parametrize("axis", [0, 1, -1])
+def test_gather_elements(axis):
+    x = rand(3, 4, 5)
+    rng = np.random.default_rng(1)
+    shape = [3, 4, 5]
+    shape[axis] = 6
+    n = x.shape[axis]
+    check("GatherElements", [x, rng.integers(-n, n, shape).astype(np.int64)], axis=axis)
+
+
+@pytest.mark.parametrize("batch_dims, ind_shape", [(0, (4, 2)), (0, (2, 3, 3)), (0, (5, 1)), (1, (2, 3, 1)),
+                                                   (1, (2, 2)), (2, (2, 3, 1))])
+def test_gather_nd(batch_dims, ind_shape):
+    x = rand(2, 3, 4, 5)
+    rng = np.random.default_rng(1)
+    k = ind_shape[-1]
+    hi = np.array(x.shape[batch_dims:batch_dims + k])
+    ind = (rng.integers(0, 1 << 30, ind_shape) % hi) - rng.integers(0, 2, ind_shape) * hi
+    check("GatherND", [x, ind.astype(np.int64)], batch_dims=batch_dims)
+
+
+@pytest.mark.parametrize("reduction, opset", [("none", 17), ("add", 17), ("mul", 17), ("max", 18), ("min", 18)])
+@pytest.mark.parametrize("ind", [[[1], [3], [0]], [[1, 2], [0, -1], [2, 2]]])
+def test_scatter_nd(reduction, opset, ind):
+    x = ties(4, 3, 5, hi=9) - 4
+    ind = np.array(ind, np.int64)
+    if reduction != "none":  # duplicates are defined only with a reduction
+        ind = np.concatenate([ind, ind[:1]])
+    upd = ties(*ind.shape[:-1], *x.shape[ind.shape[-1]:], seed=1, hi=9) - 4
+    check("ScatterND", [x, ind, upd], opset=opset, reduction=reduction)
+
+
+@pytest.mark.parametrize("reduction, opset", [("none", 17), ("add", 17), ("mul", 17), ("max", 18), ("min", 18)])
+@pytest.mark.parametrize("axis", [0, 1, -1])
+def test_scatter_elements(reduction, opset, axis):
+    x = ties(4, 5, hi=9) - 4
+    rng = np.random.default_rng(2)
+    n = x.shape[axis]
+    if reduction == "none":  # unique targets along the axis
+        ind = np.stack([rng.permutation(n)[:3] for _ in range(5 if axis == 0 else 4)], axis=1 if axis == 0 else 0)
+        ind = ind - n * (rng.random(ind.shape) > 0.5)
+    else:
+        ind = rng.integers(-n, n, (3, 4) if axis == 0 else (4, 3))
+    upd = ties(*ind.shape, seed=3, hi=9) - 4
+    check("ScatterElements", [x, ind.astype(np.int64), upd], opset=opset, axis=axis, reduction=reduction)
+
+
+@pytest.mark.parametrize("x", [ties(3, 4, 2, hi=2), np.array(3.0, np.float32), np.zeros((2, 3), np.float32),
+                               np.array([[True, False], [True, True]])])
+def test_nonzero(x):
+    check("NonZero", [x])
+
+
+def _boxes(n_batch, n_boxes, center, seed=0):
+    rng = np.random.default_rng(seed)
+    xy = rng.uniform(0, 10, (n_batch, n_boxes, 2))
+    wh = rng.uniform(0.5, 4, (n_batch, n_boxes, 2))
+    if center:
+        return np.concatenate([xy, wh], -1).astype(np.float32)
+    b = np.concatenate([xy, xy + wh], -1)
+    swap = rng.random((n_batch, n_boxes)) > 0.7  # corners in either order
+    b[swap] = b[swap][:, [2, 3, 0, 1]]
+    return b[..., [1, 0, 3, 2]].astype(np.float32)  # [y1, x1, y2, x2]
+
+
+@pytest.mark.parametrize("center", [0, 1])
+@pytest.mark.parametrize("max_out, iou, score", [(3, 0.5, None), (10, 0.3, 0.4), (2, 0.0, 0.0), (0, 0.5, None),
+                                                 (None, None, None), (20, 0.7, 0.9)])
+def test_non_max_suppression(center, max_out, iou, score):
+    boxes = _boxes(2, 12, center)
+    scores = ties(2, 3, 12, hi=6) / 5  # ties in score: the lower box index first
+    opt = lambda v, dt: None if v is None else np.array([v], dt)  # noqa: E731
+    ins = [boxes, scores, opt(max_out, np.int64), opt(iou, np.float32), opt(score, np.float32)]
+    while ins[-1] is None:
+        ins.pop()
+    check("NonMaxSuppression", ins, center_point_box=center)
+
+
+@pytest.mark.parametrize("axis", [-1, 0, 1])
+@pytest.mark.parametrize("ind_dtype, depth_dtype, values", [
+    (np.int64, np.int64, np.array([0, 1], np.float32)),
+    (np.float32, np.float32, np.array([-2.5, 3.0], np.float32)),
+    (np.int32, np.int32, np.array([2.0, 7.0], np.float32)),
+    (np.int64, np.int64, np.array([2, 7], np.int64))])
+def test_onehot(axis, ind_dtype, depth_dtype, values):
+    ind = np.array([[0, 3, -1], [5, -5, 2]]).astype(ind_dtype)  # 5 is out of range: all off
+    check("OneHot", [ind, np.array(5, depth_dtype), values], axis=axis)
+
+
+def test_scatter_opset_10():
+    x, ind, upd = ties(4, 5, hi=9), np.array([[1, 0, 3], [2, -1, 0]], np.int64), ties(2, 3, seed=1)
+    check("Scatter", [x, ind, upd], opset=10, axis=1)
