@@ -162,7 +162,7 @@ def test_trilu(upper, k, shape):
 
 CTMS = ["half_pixel", "asymmetric", "align_corners", "pytorch_half_pixel", "half_pixel_symmetric",
         "tf_crop_and_resize"]
-SCALES = [[1, 1, 2, 2], [1, 1, 0.5, 0.75], [1, 1, 1.7, 0.6], [1, 1, 1, 3]]
+SCALES = [[1, 1, 2, 2], [1, 1, 0.5, 0.75], [1, 1, 1.7, 0.6], [1, 1, 1, 3], [1, 1, 1.2, 1.3]]
 ROI = np.array([0, 0, 0.1, 0.3, 1, 1, 0.8, 1.2], np.float32)
 
 
@@ -203,6 +203,21 @@ def test_resize_cubic(ctm, exclude_outside, a, scales):
     roi = ROI if ctm == "tf_crop_and_resize" else None
     _resize(rand(2, 3, 5, 7), scales, roi=roi, mode="cubic", coordinate_transformation_mode=ctm,
             exclude_outside=exclude_outside, cubic_coeff_a=a)
+
+
+@pytest.mark.parametrize("mode", ["nearest", "linear", "cubic"])
+@pytest.mark.parametrize("ctm", CTMS)
+def test_resize_to_the_same_shape_copies(mode, ctm):
+    """onnxruntime returns the input when the output shape equals it, even where the scales are not 1."""
+    roi = ROI if ctm == "tf_crop_and_resize" else None
+    _resize(rand(2, 3, 4, 4), [1, 1, 1.2, 1.2], roi=roi, mode=mode, coordinate_transformation_mode=ctm,
+            nearest_mode="floor")
+
+
+@pytest.mark.parametrize("mode", ["nearest", "linear", "cubic"])
+def test_resize_axis_of_unchanged_length_is_still_resampled(mode):
+    """Only a scale of exactly 1 maps an axis one-to-one: 4 * 1.2 -> 4 rows, sampled at (y + 0.5) / 1.2 - 0.5."""
+    _resize(rand(2, 3, 4, 5), [1, 1, 1.2, 1.25], mode=mode, nearest_mode="floor")
 
 
 @pytest.mark.parametrize("mode", ["nearest", "linear", "cubic"])

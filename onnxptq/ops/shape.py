@@ -277,6 +277,8 @@ def _resize_run(x: torch.Tensor, scales: list, sizes: list[int], roi: list, a: d
     if a.get("antialias", 0) and mode != "nearest" and any(np.float32(s) < 1 for s in scales):
         raise NotImplementedError("Resize with antialias")
     nd = x.dim()
+    if list(sizes) == list(x.shape):  # onnxruntime copies the input when the shape is unchanged, whatever the scales
+        return x
     masks = []
     # onnxruntime's cubic runs along the last axis first; the order matters only in the last bit
     for d in reversed(range(nd)):
