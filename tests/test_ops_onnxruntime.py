@@ -205,6 +205,27 @@ def test_resize_cubic(ctm, exclude_outside, a, scales):
             exclude_outside=exclude_outside, cubic_coeff_a=a)
 
 
+@pytest.mark.parametrize("mode", ["linear", "cubic"])
+@pytest.mark.parametrize("ctm", CTMS)
+@pytest.mark.parametrize("exclude_outside", [0, 1])
+@pytest.mark.parametrize("scales", [[1, 1, 0.5, 0.75], [1, 1, 0.3, 0.45], [1, 1, 1.7, 0.6], [1, 1, 2, 2],
+                                    [1, 1, 1, 0.4]])
+def test_resize_antialias(mode, ctm, exclude_outside, scales):
+    roi = ROI if ctm == "tf_crop_and_resize" else None
+    _resize(rand(2, 3, 9, 11), scales, roi=roi, mode=mode, coordinate_transformation_mode=ctm, antialias=1,
+            exclude_outside=exclude_outside, cubic_coeff_a=-0.5, extrapolation_value=1.5)
+
+
+@pytest.mark.parametrize("shape, scales", [((1, 2, 7, 8, 9), [1, 1, 0.5, 0.7, 1.3]), ((9, 10), [0.4, 0.6]),
+                                           ((2, 9, 10), [1, 0.5, 0.3])])
+def test_resize_antialias_linear_other_ranks(shape, scales):
+    _resize(rand(*shape), scales, mode="linear", antialias=1)
+
+
+def test_resize_antialias_cubic_default_coefficient():
+    _resize(rand(2, 3, 9, 11), [1, 1, 0.5, 0.4], mode="cubic", antialias=1)
+
+
 @pytest.mark.parametrize("mode", ["nearest", "linear", "cubic"])
 @pytest.mark.parametrize("ctm", CTMS)
 def test_resize_to_the_same_shape_copies(mode, ctm):

@@ -236,14 +236,52 @@ def _along(w: np.ndarray, x: torch.Tensor, d: int) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(w, dtype=np.float32)).to(x.device, x.dtype).reshape(shape)
 
 
+def _antialias_weights(c: np.ndarray, n_in: int, scale, mode: str, A: float, exclude: bool) -> np.ndarray:
+    """(n_out, n_in) float32 weights of onnxruntime's antialiased (Pillow-style) linear or cubic filter, whose
+    support widens by 1 / scale when downsampling; taps outside the input fold onto the edges, or are dropped
+    with exclude_outside, and each row is normalized to sum 1."""
+    f = np.float32
+    A = f(A)
+
+    def filt(t):
+        t = abs(t)
+        if mode == "linear":
+            return f(1) - t if t < 1 else f(0)
+        if t < 1:
+            return ((A + f(2)) * t - (A + f(3))) * t * t + f(1)
+        return (((t - f(5)) * t + f(8)) * t - f(4)) * A if t < 2 else f(0)
+
+    sc = f(1) / f(scale)
+    support = f(1 if mode == "linear" else 2) * (sc if sc >= 1 else f(1))
+    inv = f(1) / sc if sc >= 1 else f(1)
+    w = np.zeros((len(c), n_in), f)
+    for i, ci in enumerate(c):
+        center = f(0.5) + f(ci)
+        lo, hi = int(np.floor(center - support + f(0.5))), int(np.floor(center + support + f(0.5)))
+        if exclude:
+            lo, hi = max(lo, 0), min(hi, n_in)
+        total = f(0)
+        for k in range(lo, hi):
+            v = filt((f(k) - center + f(0.5)) * inv)
+            w[i, min(max(k, 0), n_in - 1)] += v
+            total += v
+        w[i] *= f(1) / total if total != 0 else f(1)
+    return w
+
+
 def _resize_axis(x: torch.Tensor, d: int, n_out: int, scale, roi_lo, roi_hi, a: dict, mode: str,
                  ctm: str, nearest: str) -> tuple[torch.Tensor, np.ndarray | None]:
     """x resized along axis d, and the mask of output indices outside the input (tf_crop_and_resize) or None."""
     n_in = x.shape[d]
-    if np.float32(scale) == 1:  # onnxruntime maps a scale of exactly 1 one-to-one, whatever the transform
+    antialias = bool(a.get("antialias", 0)) and mode in ("linear", "cubic")
+    if np.float32(scale) == 1 or (antialias and n_out == n_in):  # onnxruntime copies such an axis
         return x, None
     c = _source_coords(ctm, n_out, n_in, scale, roi_lo, roi_hi)
     outside = ((c < 0) | (c > n_in - 1)) if ctm == "tf_crop_and_resize" else None
+    if antialias:
+        w = _antialias_weights(c, n_in, scale, mode, a.get("cubic_coeff_a", -0.75), bool(a.get("exclude_outside", 0)))
+        y = torch.movedim(x, d, -1) @ torch.from_numpy(w.T.copy()).to(x.device, x.dtype)
+        return torch.movedim(y, -1, d), outside
     if mode == "nearest":
         return _take(x, d, np.clip(_nearest_index(c, nearest, np.float32(scale) < 1), 0, n_in - 1)), outside
     if mode == "linear":
@@ -274,8 +312,6 @@ def _resize_run(x: torch.Tensor, scales: list, sizes: list[int], roi: list, a: d
     mode = _s(a, "mode", "nearest")
     ctm = "asymmetric" if legacy else _s(a, "coordinate_transformation_mode", "half_pixel")
     nearest = "simple" if legacy else _s(a, "nearest_mode", "round_prefer_floor")
-    if a.get("antialias", 0) and mode != "nearest" and any(np.float32(s) < 1 for s in scales):
-        raise NotImplementedError("Resize with antialias")
     nd = x.dim()
     if list(sizes) == list(x.shape):  # onnxruntime copies the input when the shape is unchanged, whatever the scales
         return x
@@ -301,8 +337,8 @@ def _present(i, k):
 
 @op("Resize")
 def _resize(i, a):
-    """ONNX Resize (opsets 10-19) as onnxruntime computes it: nearest, linear and cubic, every coordinate
-    transformation mode, scales or sizes, axes and keep_aspect_ratio_policy. Two inputs: Resize-10 (asymmetric)."""
+    """ONNX Resize (opsets 10-19) as onnxruntime computes it: nearest, linear and cubic (antialias too), every
+    coordinate transformation mode, scales or sizes, axes and keep_aspect_ratio_policy. Two inputs: Resize-10."""
     x = i[0]
     nd = x.dim()
     if len(i) == 2:
