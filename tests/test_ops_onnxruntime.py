@@ -10,7 +10,7 @@ from onnx import helper, numpy_helper
 from helpers import ort_run
 from onnxptq.ops.simulate import OPS
 
-IR_FOR_OPSET = {9: 7, 10: 7, 11: 7, 13: 7, 16: 8, 17: 8, 18: 8, 19: 9, 20: 9, 21: 10}
+IR_FOR_OPSET = {8: 3, 9: 7, 10: 7, 11: 7, 13: 7, 16: 8, 17: 8, 18: 8, 19: 9, 20: 9, 21: 10}
 
 
 def _attrs(node: onnx.NodeProto) -> dict:
@@ -299,6 +299,11 @@ def test_resize_opset_10_and_upsample_9(mode, scales):
     check("Resize", [x, s], opset=10, mode=mode, atol=1e-5, rtol=1e-5)
     if min(scales) >= 1:  # Upsample only upsamples
         check("Upsample", [x, s], opset=9, mode=mode, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["nearest", "linear"])
+def test_upsample_8_scales_attribute(mode):
+    check("Upsample", [rand(2, 3, 5, 7)], opset=8, mode=mode, scales=[1.0, 1.0, 2.0, 1.5], atol=1e-5, rtol=1e-5)
 
 
 # ---------------------------------------------------------------- Slice and AveragePool
