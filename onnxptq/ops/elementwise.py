@@ -153,7 +153,7 @@ OPS["Round"] = lambda i, a: [torch.round(i[0])]  # half to even, as ONNX
 def _isinf(i, a):
     x = i[0]
     pos = torch.isposinf(x) if a.get("detect_positive", 1) else torch.zeros_like(x, dtype=torch.bool)
-    return [pos | torch.isneginf(x) if a.get("detect_negative", 1) else pos]
+    return [(pos | torch.isneginf(x)) if a.get("detect_negative", 1) else pos]
 
 
 @op("Mod")
