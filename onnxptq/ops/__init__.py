@@ -1,7 +1,8 @@
 """Operator knowledge, one record per ONNX op.
 
-- conv.py, elementwise.py, pooling.py, shape.py: one module per op family: the torch implementation of
-  each op (registered in base.OPS) next to FAMILIES, the ops' roles and integer-lowering kinds.
+- conv.py, elementwise.py, normalization.py, indexing.py, pooling.py, shape.py: one module per op family: the
+  torch implementation of each op (registered in base.OPS) next to FAMILIES, the ops' roles and integer-lowering
+  kinds.
 - simulate.py: imports the families; OPS, conv, gemm for sim/, calib/, recon/, export/ and verify/.
 - spec.py: OpSpec (op type, torch function, role in the quant graph, integer-lowering kind, runtime kernel).
 - registry.py: REGISTRY (op type -> OpSpec), built from one line per family module.

@@ -20,6 +20,9 @@ FAMILIES = [
     ("elementwise as lookup tables", "island", "lut", ("Log", "Sqrt", "Reciprocal", "Floor", "Ceil", "Pow", "Div")),
     ("float ops", "island", None, ("PRelu", "Softmax", "LogSoftmax", "BatchNormalization", "Cast")),
     ("comparisons and selection", "island", None, ("Equal", "Less", "Greater", "Not", "Where", "Max", "Min")),
+    ("logic, masks and scans", "island", None,
+     ("And", "Or", "Xor", "IsNaN", "IsInf", "LessOrEqual", "GreaterOrEqual", "Sign", "Round", "Mod", "CumSum",
+      "Trilu")),
 ]
 
 
@@ -134,3 +137,44 @@ def _bn(i, a):
 @op("Cast")
 def _cast(i, a):
     return [i[0].to(ONNX_TO_TORCH_DTYPE[a["to"]])]
+
+
+OPS["And"] = lambda i, a: [i[0] & i[1]]
+OPS["Or"] = lambda i, a: [i[0] | i[1]]
+OPS["Xor"] = lambda i, a: [i[0] ^ i[1]]
+OPS["IsNaN"] = lambda i, a: [torch.isnan(i[0])]
+OPS["LessOrEqual"] = lambda i, a: [i[0] <= i[1]]
+OPS["GreaterOrEqual"] = lambda i, a: [i[0] >= i[1]]
+OPS["Sign"] = lambda i, a: [torch.sign(i[0])]
+OPS["Round"] = lambda i, a: [torch.round(i[0])]  # half to even, as ONNX
+
+
+@op("IsInf")
+def _isinf(i, a):
+    x = i[0]
+    pos = torch.isposinf(x) if a.get("detect_positive", 1) else torch.zeros_like(x, dtype=torch.bool)
+    return [(pos | torch.isneginf(x)) if a.get("detect_negative", 1) else pos]
+
+
+@op("Mod")
+def _mod(i, a):
+    """fmod=1: the dividend's sign (C fmod); fmod=0 (integers): the divisor's sign (Python %)."""
+    return [torch.fmod(i[0], i[1]) if a.get("fmod", 0) else torch.remainder(i[0], i[1])]
+
+
+@op("CumSum")
+def _cumsum(i, a):
+    x = i[0]
+    axis = int(i[1].reshape(-1)[0]) % x.dim()
+    if a.get("reverse", 0):
+        x = x.flip(axis)
+    y = torch.cumsum(x, dim=axis, dtype=x.dtype)
+    if a.get("exclusive", 0):
+        y = torch.cat([torch.zeros_like(y.narrow(axis, 0, 1)), y.narrow(axis, 0, y.shape[axis] - 1)], dim=axis)
+    return [y.flip(axis) if a.get("reverse", 0) else y]
+
+
+@op("Trilu")
+def _trilu(i, a):
+    k = int(i[1].reshape(-1)[0]) if len(i) > 1 and i[1] is not None else 0
+    return [torch.triu(i[0], k) if a.get("upper", 1) else torch.tril(i[0], k)]

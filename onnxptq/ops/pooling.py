@@ -52,13 +52,16 @@ def _avgpool(i, a):
     nd = x.dim() - 2
     pads, kernel, strides = _pool_pads(x, a, nd)
     include = bool(a.get("count_include_pad", 0))
-    if any(pads[d] != pads[nd + d] for d in range(nd)):
-        if not include:
-            raise NotImplementedError("asymmetric AveragePool padding with count_include_pad=0")
-        x = F.pad(x, torch_pad(pads))
-        pads = [0] * (2 * nd)
     fn = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}[nd]
-    return [fn(x, kernel, strides, pads[:nd], ceil_mode=bool(a.get("ceil_mode", 0)), count_include_pad=include)]
+    ceil = bool(a.get("ceil_mode", 0))
+    if any(pads[d] != pads[nd + d] for d in range(nd)):
+        xp = F.pad(x, torch_pad(pads))
+        if include:
+            return [fn(xp, kernel, strides, 0, ceil_mode=ceil, count_include_pad=True)]
+        # count_include_pad=0: divide by the pooled count of non-pad elements (a ones-mask padded with zeros)
+        mask = F.pad(torch.ones((1, 1) + tuple(x.shape[2:]), dtype=x.dtype, device=x.device), torch_pad(pads))
+        return [fn(xp, kernel, strides, 0, ceil_mode=ceil) / fn(mask, kernel, strides, 0, ceil_mode=ceil)]
+    return [fn(x, kernel, strides, pads[:nd], ceil_mode=ceil, count_include_pad=include)]
 
 
 OPS["GlobalAveragePool"] = lambda i, a: [i[0].mean(dim=list(range(2, i[0].dim())), keepdim=True)]

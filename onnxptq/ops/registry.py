@@ -1,7 +1,7 @@
 """REGISTRY: ONNX op_type -> OpSpec, built from one declaration per op family.
 
-Each family module (conv, elementwise, pooling, shape) defines its torch functions (registered in OPS)
-and FAMILIES, its ops' roles and integer-lowering kinds; the runtime kernel name is the op_type when
+Each family module (conv, elementwise, normalization, indexing, pooling, shape) defines its torch functions
+(registered in OPS) and FAMILIES, its ops' roles and integer-lowering kinds; the runtime kernel name is the op_type when
 runtime/ops implements it (RUNTIME_KERNELS, checked against runtime.ops.REGISTRY by tests/test_opspec.py).
 Adding an op: its torch function and its name in a FAMILIES row of its family module (a new family: a new
 module and one line in _FAMILIES below).
@@ -9,7 +9,7 @@ module and one line in _FAMILIES below).
 
 from __future__ import annotations
 
-from . import conv, elementwise, pooling, shape
+from . import conv, elementwise, indexing, normalization, pooling, shape
 from .simulate import OPS
 from .spec import OpSpec
 
@@ -18,6 +18,8 @@ from .spec import OpSpec
 _FAMILIES: list[tuple[str, str, str | None, tuple[str, ...]]] = [
     *conv.FAMILIES,
     *elementwise.FAMILIES,
+    *normalization.FAMILIES,
+    *indexing.FAMILIES,
     *pooling.FAMILIES,
     *shape.FAMILIES,
 ]
@@ -29,7 +31,8 @@ RUNTIME_KERNELS = frozenset({
     "GlobalMaxPool", "Resize", "Expand", "Tile", "Gather", "Dropout", "Relu", "Clip", "Sigmoid", "Tanh", "HardSwish",
     "HardSigmoid", "LeakyRelu", "Neg", "Abs", "Exp", "Log", "Sqrt", "Reciprocal", "Floor", "Ceil", "Pow", "Div",
     "PRelu", "Softmax", "LogSoftmax", "BatchNormalization", "ReduceSum", "ReduceMax", "ReduceMin", "Equal", "Less",
-    "Greater", "Not", "Where", "Max", "Min", "Cast", "Shape", "Size", "ConstantOfShape", "Range"})
+    "Greater", "Not", "Where", "Max", "Min", "Cast", "Shape", "Size", "ConstantOfShape", "Range", "And", "Or", "Xor",
+    "IsNaN", "LessOrEqual", "GreaterOrEqual", "Sign", "Round", "Mod", "GatherElements"})
 
 
 def build_registry(families=_FAMILIES, ops=OPS, runtime_kernels=RUNTIME_KERNELS) -> dict[str, OpSpec]:

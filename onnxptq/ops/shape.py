@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -87,14 +88,19 @@ def _slice(i, a):
     axes = _ints(i[3]) if len(i) > 3 and i[3] is not None else list(range(len(starts)))
     steps = _ints(i[4]) if len(i) > 4 and i[4] is not None else [1] * len(starts)
     idx = [slice(None)] * x.dim()
+    flips = []
     for s, e, ax, st in zip(starts, ends, axes, steps):
-        if st < 0:
-            raise NotImplementedError("Slice with negative steps")
         dim = x.shape[ax]
-        s = max(0, min(dim, s + dim if s < 0 else s))
-        e = max(0, min(dim, e + dim if e < 0 else e))
-        idx[ax] = slice(s, e, st)
-    return [x[tuple(idx)]]
+        s, e = s + dim if s < 0 else s, e + dim if e < 0 else e
+        if st > 0:
+            idx[ax] = slice(max(0, min(dim, s)), max(0, min(dim, e)), st)
+        else:  # ONNX clamps starts to [0, dim - 1] and ends to [-1, dim - 1] for negative steps
+            rng = range(max(0, min(dim - 1, s)), max(-1, min(dim - 1, e)), st)
+            flips.append((ax, torch.tensor(list(rng), dtype=torch.long, device=x.device)))
+    x = x[tuple(idx)]
+    for ax, ind in flips:
+        x = torch.index_select(x, ax, ind)
+    return [x]
 
 
 @op("Gather")
@@ -158,15 +164,216 @@ def _pad(i, a):
     return [F.pad(x, pad_arg, mode=torch_mode)]
 
 
-@op("Resize", "Upsample")
+def _s(a, key: str, default: str) -> str:
+    v = a.get(key, default)
+    return v.decode() if isinstance(v, bytes) else v
+
+
+def _source_coords(mode: str, n_out: int, n_in: int, scale, roi_lo, roi_hi) -> np.ndarray:
+    """Source coordinate of each output index along one axis, float32 as onnxruntime computes it."""
+    f = np.float32
+    xr, sc, lo, li = np.arange(n_out, dtype=f), f(scale), f(n_out), f(n_in)
+    if mode == "half_pixel":
+        return (xr + f(0.5)) / sc - f(0.5)
+    if mode == "asymmetric":
+        return xr / sc
+    if mode == "pytorch_half_pixel":
+        return (xr + f(0.5)) / sc - f(0.5) if n_out > 1 else np.zeros(n_out, f)
+    if mode == "tf_half_pixel_for_nn":
+        return (xr + f(0.5)) / sc
+    if mode == "align_corners":
+        return xr * (li - f(1)) / (lo - f(1)) if n_out > 1 else np.zeros(n_out, f)
+    if mode == "half_pixel_symmetric":  # the offset in float32, the rest in double (as onnxruntime)
+        offset = li / f(2) * (f(1) - lo / (sc * li))
+        return (np.float64(offset) + (xr.astype(np.float64) + 0.5) / np.float64(sc) - 0.5).astype(f)
+    if mode == "tf_crop_and_resize":
+        lo_, hi_ = f(roi_lo), f(roi_hi)
+        if n_out > 1:
+            return lo_ * (li - f(1)) + (xr * (hi_ - lo_) * (li - f(1))) / (lo - f(1))
+        return np.full(n_out, f(0.5 * (lo_ + hi_) * (li - 1)), f)
+    raise NotImplementedError(f"Resize coordinate_transformation_mode {mode}")
+
+
+def _round_away(c: np.ndarray) -> np.ndarray:
+    """std::round: to nearest, halves away from zero."""
+    t = np.trunc(c)
+    return t + np.sign(c) * (np.abs(c - t) >= 0.5)
+
+
+def _nearest_index(c: np.ndarray, mode: str, downsampling: bool) -> np.ndarray:
+    if mode == "round_prefer_floor":
+        return np.where(c == np.trunc(c) + np.float32(0.5), np.floor(c), _round_away(c))
+    if mode == "round_prefer_ceil":
+        return _round_away(c)
+    if mode == "floor":
+        return np.floor(c)
+    if mode == "ceil":
+        return np.ceil(c)
+    if mode == "simple":  # Upsample and Resize-10
+        return np.ceil(c) if downsampling else np.trunc(c)
+    raise NotImplementedError(f"Resize nearest_mode {mode}")
+
+
+def _cubic_coeffs(s: np.ndarray, A: float) -> np.ndarray:
+    """Keys cubic weights of the taps at floor - 1 .. floor + 2 for fraction s, (n, 4) float32."""
+    f = np.float32
+    A, s = f(A), np.abs(s).astype(f)
+    t0, t2, t3 = s + f(1), f(1) - s, f(2) - s
+    return np.stack([((A * t0 - f(5) * A) * t0 + f(8) * A) * t0 - f(4) * A,
+                     ((A + f(2)) * s - (A + f(3))) * s * s + f(1),
+                     ((A + f(2)) * t2 - (A + f(3))) * t2 * t2 + f(1),
+                     ((A * t3 - f(5) * A) * t3 + f(8) * A) * t3 - f(4) * A], axis=1)
+
+
+def _take(x: torch.Tensor, d: int, idx: np.ndarray) -> torch.Tensor:
+    return torch.index_select(x, d, torch.from_numpy(np.asarray(idx, dtype=np.int64)).to(x.device))
+
+
+def _along(w: np.ndarray, x: torch.Tensor, d: int) -> torch.Tensor:
+    """Per-index weights w (float32) shaped to broadcast along axis d of x."""
+    shape = [1] * x.dim()
+    shape[d] = -1
+    return torch.from_numpy(np.ascontiguousarray(w, dtype=np.float32)).to(x.device, x.dtype).reshape(shape)
+
+
+def _antialias_weights(c: np.ndarray, n_in: int, scale, mode: str, A: float, exclude: bool) -> np.ndarray:
+    """(n_out, n_in) float32 weights of onnxruntime's antialiased (Pillow-style) linear or cubic filter, whose
+    support widens by 1 / scale when downsampling; taps outside the input fold onto the edges, or are dropped
+    with exclude_outside, and each row is normalized to sum 1."""
+    f = np.float32
+    A = f(A)
+
+    def filt(t):
+        t = abs(t)
+        if mode == "linear":
+            return f(1) - t if t < 1 else f(0)
+        if t < 1:
+            return ((A + f(2)) * t - (A + f(3))) * t * t + f(1)
+        return (((t - f(5)) * t + f(8)) * t - f(4)) * A if t < 2 else f(0)
+
+    sc = f(1) / f(scale)
+    support = f(1 if mode == "linear" else 2) * (sc if sc >= 1 else f(1))
+    inv = f(1) / sc if sc >= 1 else f(1)
+    w = np.zeros((len(c), n_in), f)
+    for i, ci in enumerate(c):
+        center = f(0.5) + f(ci)
+        lo, hi = int(np.floor(center - support + f(0.5))), int(np.floor(center + support + f(0.5)))
+        if exclude:
+            lo, hi = max(lo, 0), min(hi, n_in)
+        total = f(0)
+        for k in range(lo, hi):
+            v = filt((f(k) - center + f(0.5)) * inv)
+            w[i, min(max(k, 0), n_in - 1)] += v
+            total += v
+        w[i] *= f(1) / total if total != 0 else f(1)
+    return w
+
+
+def _resize_axis(x: torch.Tensor, d: int, n_out: int, scale, roi_lo, roi_hi, a: dict, mode: str,
+                 ctm: str, nearest: str) -> tuple[torch.Tensor, np.ndarray | None]:
+    """x resized along axis d, and the mask of output indices outside the input (tf_crop_and_resize) or None."""
+    n_in = x.shape[d]
+    antialias = bool(a.get("antialias", 0)) and mode in ("linear", "cubic")
+    if np.float32(scale) == 1 or (antialias and n_out == n_in):  # onnxruntime copies such an axis
+        return x, None
+    c = _source_coords(ctm, n_out, n_in, scale, roi_lo, roi_hi)
+    outside = ((c < 0) | (c > n_in - 1)) if ctm == "tf_crop_and_resize" else None
+    if antialias:
+        w = _antialias_weights(c, n_in, scale, mode, a.get("cubic_coeff_a", -0.75), bool(a.get("exclude_outside", 0)))
+        y = torch.movedim(x, d, -1) @ torch.from_numpy(w.T.copy()).to(x.device, x.dtype)
+        return torch.movedim(y, -1, d), outside
+    if mode == "nearest":
+        return _take(x, d, np.clip(_nearest_index(c, nearest, np.float32(scale) < 1), 0, n_in - 1)), outside
+    if mode == "linear":
+        cc = np.clip(c, 0, n_in - 1).astype(np.float32)
+        i1 = np.minimum(cc.astype(np.int64), n_in - 1)
+        i2 = np.minimum(i1 + 1, n_in - 1)
+        w1, w2 = np.abs(cc - i2.astype(np.float32)), np.abs(cc - i1.astype(np.float32))
+        w1[i1 == i2], w2[i1 == i2] = 0.5, 0.5
+        return _take(x, d, i1) * _along(w1, x, d) + _take(x, d, i2) * _along(w2, x, d), outside
+    if mode == "cubic":
+        base = np.floor(c).astype(np.int64)
+        coeffs = _cubic_coeffs(c - np.floor(c).astype(np.float32), a.get("cubic_coeff_a", -0.75))
+        taps = base[:, None] + np.arange(-1, 3)
+        if a.get("exclude_outside", 0):
+            coeffs = np.where((taps < 0) | (taps >= n_in), np.float32(0), coeffs)
+            coeffs = coeffs / coeffs.sum(axis=1, keepdims=True, dtype=np.float32)
+        taps = np.clip(taps, 0, n_in - 1)
+        y = None
+        for k in range(4):
+            t = _take(x, d, taps[:, k]) * _along(coeffs[:, k], x, d)
+            y = t if y is None else y + t
+        return y, outside
+    raise NotImplementedError(f"Resize mode {mode}")
+
+
+def _resize_run(x: torch.Tensor, scales: list, sizes: list[int], roi: list, a: dict, legacy: bool) -> torch.Tensor:
+    """Separable resize with per-axis scales (float32) and output sizes over all axes of x."""
+    mode = _s(a, "mode", "nearest")
+    ctm = "asymmetric" if legacy else _s(a, "coordinate_transformation_mode", "half_pixel")
+    nearest = "simple" if legacy else _s(a, "nearest_mode", "round_prefer_floor")
+    nd = x.dim()
+    if list(sizes) == list(x.shape):  # onnxruntime copies the input when the shape is unchanged, whatever the scales
+        return x
+    masks = []
+    # onnxruntime's cubic runs along the last axis first; the order matters only in the last bit
+    for d in reversed(range(nd)):
+        x, m = _resize_axis(x, d, sizes[d], scales[d], roi[d], roi[nd + d], a, mode, ctm, nearest)
+        if m is not None:
+            shape = [1] * nd
+            shape[d] = -1
+            masks.append(torch.from_numpy(m).to(x.device).reshape(shape))
+    if masks:
+        out = torch.zeros(x.shape, dtype=torch.bool, device=x.device)
+        for m in masks:
+            out = out | m
+        x = torch.where(out, torch.tensor(a.get("extrapolation_value", 0.0), dtype=x.dtype, device=x.device), x)
+    return x
+
+
+def _present(i, k):
+    return len(i) > k and i[k] is not None and i[k].numel() > 0
+
+
+@op("Resize")
 def _resize(i, a):
+    """ONNX Resize (opsets 10-19) as onnxruntime computes it: nearest, linear and cubic (antialias too), every
+    coordinate transformation mode, scales or sizes, axes and keep_aspect_ratio_policy. Two inputs: Resize-10."""
     x = i[0]
-    mode = a.get("mode", b"nearest")
-    mode = mode.decode() if isinstance(mode, bytes) else mode
-    sizes = _ints(i[3]) if len(i) > 3 and i[3] is not None and i[3].numel() else None
-    scales = i[2] if len(i) > 2 and i[2] is not None and i[2].numel() else (i[1] if len(i) == 2 else None)
-    if mode != "nearest":
-        raise NotImplementedError(f"Resize mode {mode}")
-    if sizes is not None:
-        return [F.interpolate(x, size=sizes[2:], mode="nearest")]
-    return [F.interpolate(x, scale_factor=[float(s) for s in scales[2:]], mode="nearest")]
+    nd = x.dim()
+    if len(i) == 2:
+        return _upsample([x, i[1]], a)
+    axes = [d % nd for d in a.get("axes", range(nd))]
+    scales = [1.0] * nd
+    roi = [0.0] * nd + [1.0] * nd
+    if _present(i, 1):
+        r = i[1].double().tolist()
+        for k, d in enumerate(axes):
+            roi[d], roi[nd + d] = r[k], r[len(axes) + k]
+    sizes = list(x.shape)
+    if _present(i, 3):
+        want = _ints(i[3])
+        policy = _s(a, "keep_aspect_ratio_policy", "stretch")
+        f = np.float32
+        ratios = [f(want[k]) / f(x.shape[d]) for k, d in enumerate(axes)]
+        if policy != "stretch":
+            r = min(ratios) if policy == "not_larger" else max(ratios)
+            ratios = [r] * len(axes)
+            want = [int(np.floor(f(r) * f(x.shape[d]) + f(0.5))) for d in axes]
+        for k, d in enumerate(axes):
+            scales[d], sizes[d] = ratios[k], want[k]
+    else:
+        s = i[2].float().tolist()
+        for k, d in enumerate(axes):
+            scales[d] = np.float32(s[k])
+            sizes[d] = int(np.float32(x.shape[d]) * np.float32(s[k]))
+    return [_resize_run(x, scales, sizes, roi, a, legacy=False)]
+
+
+@op("Upsample")
+def _upsample(i, a):
+    """Upsample (opsets 7-9) and Resize-10: asymmetric coordinates, nearest truncates (ceil when downsampling)."""
+    x = i[0]
+    s = [np.float32(v) for v in (i[1].float().tolist() if len(i) > 1 and i[1] is not None else a["scales"])]
+    sizes = [int(np.float32(n) * v) for n, v in zip(x.shape, s)]
+    return [_resize_run(x, s, sizes, [0.0] * x.dim() + [1.0] * x.dim(), a, legacy=True)]
