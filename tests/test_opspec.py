@@ -95,3 +95,13 @@ def test_softsign_end_to_end_through_the_registry(tmp_path):
     assert any(s.kind == "lut" and s.attrs["op_type"] == "Softsign" for s in res.program.steps)
     rep = verify_integer(res.model, {"input": calib[:4]}, batch_size=4, reference_samples=1)
     assert rep.ok, rep.format()
+
+
+def test_resize_role_follows_its_mode():
+    """Nearest Resize carries its input's quant point; linear/cubic make new values and get their own."""
+    from onnxptq.ops.registry import REGISTRY
+
+    spec = REGISTRY["Resize"]
+    assert spec.role_of({"mode": b"nearest"}) == "carry" and spec.role_of({}) == "carry"
+    assert spec.role_of({"mode": b"linear"}) == "island" and spec.role_of({"mode": "cubic"}) == "island"
+    assert REGISTRY["Relu"].role_of({}) == REGISTRY["Relu"].role

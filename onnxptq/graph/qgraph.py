@@ -283,7 +283,7 @@ def build_qgraph(model: onnx.ModelProto, fold: FoldReport, import_info: dict,
         for o in n.output:
             if not o or not is_float(o) or o in fused_inner:
                 continue
-            if n.op_type in CARRY_OPS:
+            if n.op_type in CARRY_OPS and REGISTRY[n.op_type].role_of(attrs_of(n)) == "carry":
                 src = source.get(n.input[0])
                 if src is not None:
                     source[o] = src

@@ -35,6 +35,10 @@ RUNTIME_KERNELS = frozenset({
     "IsNaN", "LessOrEqual", "GreaterOrEqual", "Sign", "Round", "Mod", "GatherElements"})
 
 
+#: op types whose role depends on the node's attributes (declared next to their torch functions)
+_NODE_ROLES = {**shape.NODE_ROLES}
+
+
 def build_registry(families=_FAMILIES, ops=OPS, runtime_kernels=RUNTIME_KERNELS) -> dict[str, OpSpec]:
     """One OpSpec per op type; an op declared twice or without a torch function is an error."""
     reg: dict[str, OpSpec] = {}
@@ -44,7 +48,8 @@ def build_registry(families=_FAMILIES, ops=OPS, runtime_kernels=RUNTIME_KERNELS)
                 raise RuntimeError(f"op {name} is declared twice in the op registry (again in family {family!r})")
             if name not in ops:
                 raise RuntimeError(f"op {name} (family {family!r}) has no torch function in ops/simulate.py")
-            reg[name] = OpSpec(name, ops[name], role, lowering, name if name in runtime_kernels else None)
+            reg[name] = OpSpec(name, ops[name], role, lowering, name if name in runtime_kernels else None,
+                               _NODE_ROLES.get(name))
     undeclared = sorted(set(ops) - set(reg))
     if undeclared:
         raise RuntimeError(f"ops/simulate.py implements ops no family declares: {undeclared}")

@@ -21,6 +21,16 @@ FAMILIES = [
 ]
 
 
+def _resize_role(attrs: dict) -> str:
+    """Nearest resizing moves values (carry: the input's quant point); linear and cubic make new values, cubic
+    beyond the input's range (island: their own quant point)."""
+    mode = attrs.get("mode", b"nearest")
+    return "carry" if (mode.decode() if isinstance(mode, bytes) else mode) == "nearest" else "island"
+
+
+NODE_ROLES = {"Resize": _resize_role, "Upsample": _resize_role}
+
+
 @op("Flatten")
 def _flatten(i, a):
     x = i[0]

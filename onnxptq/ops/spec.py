@@ -30,6 +30,11 @@ class OpSpec:
     role: str = "island"
     lowering: str | None = None
     runtime_kernel: str | None = None
+    node_role: Callable[[dict], str] | None = None  # the role when it depends on the node's attributes
+
+    def role_of(self, attrs: dict) -> str:
+        """This node's role: ``node_role(attrs)`` where the op declares one, else ``role``."""
+        return self.node_role(attrs) if self.node_role is not None else self.role
 
     def __post_init__(self) -> None:
         if self.role not in ROLES:
