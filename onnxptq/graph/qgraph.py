@@ -175,6 +175,33 @@ def unshare_layer_initializers(g: onnx.GraphProto) -> None:
                 n.input[k] = new
 
 
+def add_zero_biases(g: onnx.GraphProto) -> list[str]:
+    """Give each Conv and Gemm with a constant weight and no bias a zero bias (exact: adds nothing), so that
+    bias correction (Nagel et al. 2019, Eq. 13) has an input to hold its shift. Returns the nodes changed."""
+    inits = {i.name: i for i in g.initializer}
+    changed = []
+    for n in g.node:
+        if n.op_type not in ("Conv", "Gemm") or len(n.input) < 2 or n.input[1] not in inits:
+            continue
+        if len(n.input) > 2 and n.input[2]:
+            continue
+        w = inits[n.input[1]]
+        if n.op_type == "Conv":
+            channels = w.dims[0]
+        else:
+            attrs = attrs_of(n)
+            if attrs.get("transA", 0) or attrs.get("alpha", 1.0) != 1.0 or attrs.get("beta", 1.0) != 1.0:
+                continue
+            channels = w.dims[0] if attrs.get("transB", 0) else w.dims[1]
+        name = f"{n.name}.bias_zero"
+        g.initializer.append(numpy_helper.from_array(np.zeros(channels, np.float32), name))
+        while len(n.input) < 3:
+            n.input.append("")
+        n.input[2] = name
+        changed.append(n.name)
+    return changed
+
+
 def build_qgraph(model: onnx.ModelProto, fold: FoldReport, import_info: dict,
                  skip_nodes: frozenset[str] = frozenset()) -> QGraph:
     g = model.graph
@@ -189,6 +216,7 @@ def build_qgraph(model: onnx.ModelProto, fold: FoldReport, import_info: dict,
                          "run `onnxptq inspect` to list node names")
 
     unshare_layer_initializers(g)
+    import_info["zero_bias_added"] = add_zero_biases(g)
     inits = {i.name: numpy_helper.to_array(i) for i in g.initializer}
     const_nodes = {n.output[0]: attrs_of(n).get("value") for n in g.node if n.op_type == "Constant"}
     elem_type: dict[str, int] = {}
