@@ -17,6 +17,7 @@ programs recorded before the compact form):
 - Concat (each input requantized), other average pools (``ReduceSum`` or a ones-kernel ``ConvInteger``,
   then exact RNE division), elementwise activations (``Gather`` lookup tables over the input grid),
   data movement (``MaxPool``, ``Reshape``, ``Pad`` with the zero point, ...) directly on the containers.
+- LayerNormalization in int64 with one float64 ``Sqrt`` of an integer below 2^52 (exact; ``s_layernorm``).
 Accumulators switch to int64 where the lowering could not prove |a| + 2^(n-1) < 2^31.
 The program itself is embedded as JSON metadata (``onnxptq.program``) so ``onnxptq verify`` can
 replay the quantizer's integer simulation against the file.
@@ -37,6 +38,7 @@ FORMAT_KEY = "onnxptq.format"
 
 #: Step kind -> writer method; covers every integer-lowering kind of ops.registry (tests/test_opspec.py).
 WRITERS = {"input": "s_input", "layer": "s_layer", "add": "s_add", "mul": "s_mul", "concat": "s_concat",
+           "layernorm": "s_layernorm",
            "avgpool": "s_avgpool", "lut": "s_lut", "carry": "s_copy", "pass": "s_copy", "output": "s_output"}
 
 
@@ -306,6 +308,12 @@ class IntegerWriter:
         if a["up"]:
             s = self.op("Mul", [s, self.const(f"{base}/up", np_dt(2 ** a["up"]))], f"{base}/aligned")
         D = self.const(f"{base}/divisor", np_dt(a["divisor"]))
+        y = self.div_round(s, D, self.const(f"{base}/divisor_p1", np_dt(a["divisor"] + 1)), np_dt, base)
+        self.finish(y, step, qname(step.outputs[0]), wide, f"{base}/out")
+
+    def div_round(self, s: str, D: str, D_p1: str, np_dt, base: str) -> str:
+        """round(s / D) (``quant.requant.rne_div``) for a positive divisor D (constant or tensor; D_p1 = D + 1):
+        q = floor(s / D), r = s - q D; RNE adds floor((2r + (q mod 2)) / (D + 1)), half_up floor(2r / D)."""
         r = self.op("Mod", [s, D], f"{base}/rem")
         q = self.op("Div", [self.op("Sub", [s, r], f"{base}/floor_num"), D], f"{base}/floor")
         twice = self.op("Mul", [r, self.const(f"{base}/two", np_dt(2))], f"{base}/twice_rem")
@@ -313,10 +321,40 @@ class IntegerWriter:
             up = self.op("Div", [twice, D], f"{base}/round_up")
         else:
             odd = self.op("Mod", [q, self.const(f"{base}/two_", np_dt(2))], f"{base}/odd")
-            up = self.op("Div", [self.op("Add", [twice, odd], f"{base}/tie"),
-                                 self.const(f"{base}/divisor_p1", np_dt(a["divisor"] + 1))], f"{base}/round_up")
-        y = self.op("Add", [q, up], f"{base}/rounded")
-        self.finish(y, step, qname(step.outputs[0]), wide, f"{base}/out")
+            up = self.op("Div", [self.op("Add", [twice, odd], f"{base}/tie"), D_p1], f"{base}/round_up")
+        return self.op("Add", [q, up], f"{base}/rounded")
+
+    def s_layernorm(self, step: Step) -> None:
+        """LayerNormalization (``intplan.layernorm_params``), int64 throughout: u = N v - ReduceSum(v),
+        Q = ReduceSum(u u), r = max(1, floor_sqrt((Q 2^(2s) + eps_term) / N)) by Cast(double), Sqrt, Floor,
+        Cast; t = clip(RNE(u 2^(k+s) / r)); R(t G + B, shift) + z_y, Clip, Cast."""
+        a, base = step.attrs, step.node
+        i64 = np.int64
+        axes = self.const(f"{base}/axes", np.array(a["axes"], i64))
+        v = self.widen(qname(step.inputs[0]), a["x_zp"], True, f"{base}/in")
+        total = self.op("ReduceSum", [v, axes], f"{base}/sum", keepdims=1)
+        n_v = self.op("Mul", [v, self.const(f"{base}/count", i64(a["count"]))], f"{base}/n_v")
+        u = self.op("Sub", [n_v, total], f"{base}/u")
+        q = self.op("ReduceSum", [self.op("Mul", [u, u], f"{base}/u_sq"), axes], f"{base}/q", keepdims=1)
+        if a["sq_shift"]:
+            q = self.op("Mul", [q, self.const(f"{base}/sq_scale", i64(2 ** a["sq_shift"]))], f"{base}/q_scaled")
+        if a["eps_term"]:
+            q = self.op("Add", [q, self.const(f"{base}/eps_term", i64(a["eps_term"]))], f"{base}/q_eps")
+        m = self.op("Div", [q, self.const(f"{base}/count_", i64(a["count"]))], f"{base}/m")  # m >= 0: floor
+        sq = self.op("Sqrt", [self.op("Cast", [m], f"{base}/m_double", to=TensorProto.DOUBLE)], f"{base}/sqrt")
+        r = self.op("Cast", [self.op("Floor", [sq], f"{base}/sqrt_floor")], f"{base}/r0", to=TensorProto.INT64)
+        r = self.op("Max", [r, self.const(f"{base}/one", i64(1))], f"{base}/r")
+        if a["num_shift"]:
+            u = self.op("Mul", [u, self.const(f"{base}/num_scale", i64(2 ** a["num_shift"]))], f"{base}/u_scaled")
+        r_p1 = self.op("Add", [r, self.const(f"{base}/one_", i64(1))], f"{base}/r_p1")
+        t = self.div_round(u, r, r_p1, i64, f"{base}/t")
+        t = self.op("Clip", [t, self.const(f"{base}/t_lo", i64(-a["t_max"])), self.const(f"{base}/t_hi", i64(a["t_max"]))],
+                    f"{base}/t_clipped")
+        p = self.op("Mul", [t, self.const(f"{base}/gamma", a["gamma"].astype(i64))], f"{base}/scaled")
+        if np.any(a["beta"]):
+            p = self.op("Add", [p, self.const(f"{base}/beta", a["beta"].astype(i64))], f"{base}/biased")
+        r = self.requant(p, a["shift"], 0, True, f"{base}/requant")
+        self.finish(r, step, qname(step.outputs[0]), True, f"{base}/out")
 
     def s_lut(self, step: Step) -> None:
         a, base = step.attrs, step.node

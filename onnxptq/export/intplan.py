@@ -20,7 +20,9 @@ u8 x u8 kernels (``weight_kernel``).
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import asdict, dataclass, field
+from fractions import Fraction
 
 import numpy as np
 import torch
@@ -240,6 +242,8 @@ class _Lowering:
             self.concat(n, a)
         elif spec.lowering == "avgpool":
             self.avgpool(n, a)
+        elif spec.lowering == "layernorm":
+            self.layernorm(n, a)
         else:
             raise _Unsupported("no exact integer form (supported: Conv/Gemm/MatMul, Add/Sub/Sum, Mul, Concat, "
                                "average pools, elementwise activations as lookup tables, data-movement ops)")
@@ -421,6 +425,32 @@ class _Lowering:
             raise _Unsupported("the average needs more than 62 bits")
         self.steps.append(Step("avgpool", n.name, [n.input[0]], [n.output[0]], attrs))
 
+    def layernorm(self, n, a: dict) -> None:
+        """LayerNormalization over the axes from ``axis`` with constant scale and bias (``layernorm_params``)."""
+        g = self.qg.model.graph
+        used = {i for m in g.node for i in m.input} | {o.name for o in g.output}
+        if any(o in used for o in n.output[1:] if o):
+            raise _Unsupported("its Mean / InvStdDev outputs are used (only Y has an integer form)")
+        if any(i not in self.sim.consts for i in n.input[1:] if i):
+            raise _Unsupported("its scale and bias must be constants")
+        x, y = self.tint(n.input[0]), self.tint(n.output[0])
+        shape = self.qg.shapes.get(n.input[0], ())
+        if not shape:
+            raise _Unsupported("input of unknown rank")
+        axes = list(range(int(a.get("axis", -1)) % len(shape), len(shape)))
+        dims = [shape[i] for i in axes]
+        if any(d is None or d <= 0 for d in dims):
+            raise _Unsupported(f"normalized dimensions {dims} are not static")
+        gamma = self.sim.consts[n.input[1]].double().cpu().numpy()
+        beta = self.sim.consts[n.input[2]].double().cpu().numpy() if len(n.input) > 2 and n.input[2] else None
+        try:
+            p = layernorm_params(int(np.prod(dims)), x.hi - x.lo, x.frac, y.frac, float(a.get("epsilon", 1e-5)),
+                                 gamma, beta)
+        except ValueError as e:
+            raise _Unsupported(str(e)) from None
+        self.steps.append(Step("layernorm", n.name, [n.input[0]], [n.output[0]], {
+            "axes": axes, "x_zp": x.zp, **p, "pre": 0, "y_zp": y.zp, "lo": y.lo, "hi": y.hi, "wide": True}))
+
     def lut(self, n, a: dict) -> None:
         x_name = next(i for i in n.input if self.is_int(i))
         x = self.tint(x_name)
@@ -527,6 +557,48 @@ def qlinear_form(op_type: str, x: TInt, y: TInt, n_shift: np.ndarray, conv_max: 
     if bias is None:
         return "QLinearMatMul", f"accumulator bound {tight}"
     return FORM_SHIFT, f"MatMul with a bias on a rank-{rank} input (QLinearMatMul has no bias)"
+
+
+LN_GUARD = 8  # bits of t and of gamma kept below the output LSB (errors <= 2^-9 LSB each)
+
+
+def layernorm_params(count: int, span: int, x_frac: int, y_frac: int, eps: float, gamma: np.ndarray,
+                     beta: np.ndarray | None) -> dict:
+    """Integer constants of LayerNormalization on N = ``count`` values v = c - z of a grid ``span`` = hi - lo
+    wide, input 2^-x_frac, output 2^-y_frac (docs/integer.md, "LayerNormalization").
+
+    u = N v - sum v = N (v - mean); Q = sum u^2; the normalized value is u / sqrt(Q/N + E N^2), E = eps 2^(2 x_frac).
+    r = floor_sqrt(M), M = floor((Q 2^(2s) + eps_term) / N), eps_term = round(E N^3 2^(2s)), so r ~ 2^s sqrt(Q/N + E N^2);
+    t = clip(RNE(u 2^(k+s) / r), +-t_max) ~ normalized 2^k; y = R(t G + B, k + g - y_frac) with G = round(gamma 2^g),
+    B = round(beta 2^(k+g)). s is the largest with M < 2^52 (floor_sqrt exact) and every intermediate below 2^62.
+    Raises ValueError when no s >= 0 fits.
+    """
+    u_max, q_max = count * span, count**3 * span**2 // 4  # |v - mean| <= span; sum (v - mean)^2 <= N span^2 / 4
+    norm_max = math.isqrt(max(count - 1, 0)) + 1  # |normalized| <= sqrt(N - 1)
+    g_abs = float(np.abs(gamma).max()) if gamma.size else 0.0
+    k = max(0, y_frac + (math.frexp(g_abs)[1] if g_abs else 0) + LN_GUARD)  # t: 2^-k steps of the normalized value
+    g = max(0, y_frac + norm_max.bit_length() + LN_GUARD)  # gamma: 2^-g steps
+
+    def eps_term(s: int) -> int:
+        return round(Fraction(eps) * Fraction(2) ** (2 * x_frac + 2 * s) * count**3)
+
+    def fits(s: int) -> bool:
+        num = q_max * 4**s + eps_term(s)
+        return num < 2**62 and num // count < 2**52 and u_max * 2 ** (k + s) < 2**62
+
+    if not fits(0):
+        raise ValueError(f"the variance of {count} values needs more than 62 bits")
+    s = 0
+    while s < 40 and fits(s + 1):
+        s += 1
+    G = np.round(np.asarray(gamma, np.float64) * 2.0**g).astype(np.int64)
+    B = np.round(np.asarray(beta if beta is not None else 0.0, np.float64) * 2.0 ** (k + g)).astype(np.int64)
+    t_max = norm_max * 2**k
+    shift = k + g - y_frac
+    if t_max * int(np.abs(G).max(initial=0)) + int(np.abs(B).max(initial=0)) + 2**shift >= 2**62:
+        raise ValueError("scale times the normalized value needs more than 62 bits")
+    return {"count": count, "sq_shift": 2 * s, "eps_term": eps_term(s), "num_shift": k + s, "t_max": t_max,
+            "gamma": G, "beta": B, "shift": shift}
 
 
 def float_form(total: int, exps: list[int], rounding: str) -> str:

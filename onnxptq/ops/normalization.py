@@ -8,7 +8,8 @@ from .base import op
 
 #: (family, role, integer-lowering kind, op types) for ops/registry.py (roles and kinds: ops/spec.py)
 FAMILIES = [
-    ("normalizations", "island", None, ("LayerNormalization", "GroupNormalization", "InstanceNormalization")),
+    ("layernorm", "island", "layernorm", ("LayerNormalization",)),
+    ("normalizations", "island", None, ("GroupNormalization", "InstanceNormalization")),
     ("einsum", "island", None, ("Einsum",)),
 ]
 

@@ -72,6 +72,16 @@ def rne_div(a, d, mode: str = "rne"):
     return q + (2 * r + q % 2) // (d + 1)
 
 
+def floor_sqrt(m):
+    """floor(sqrt(m)) for integer m in [0, 2^52) (NumPy or torch int64), as the integer model computes it:
+    Cast to float64, Sqrt, Floor, Cast. Exact: float64(m) = m, IEEE Sqrt is correctly rounded, and for
+    k = ceil(sqrt(m)) <= 2^26 a non-square m is at least 1/(2k) below k, more than half an ulp of k, so
+    rounding never reaches the next integer."""
+    if isinstance(m, (np.ndarray, np.generic, int)):
+        return np.floor(np.sqrt(np.asarray(m).astype(np.float64))).astype(np.int64)
+    return m.double().sqrt().floor().long()  # torch
+
+
 def requant_shift(a, n, pre: int = 0, mode: str = "rne"):
     """a * 2^pre, then R(., n + pre): the per-channel requantization of an accumulator by 2^-n.
 

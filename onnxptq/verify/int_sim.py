@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from ..export.intplan import IntProgram, Step, TInt
-from ..quant.requant import requant_shift, rne_div, shift_float
+from ..quant.requant import floor_sqrt, requant_shift, rne_div, shift_float
 from ..ops.registry import REGISTRY
 from ..ops.simulate import conv, torch_pad
 
@@ -21,6 +21,7 @@ from ..ops.simulate import conv, torch_pad
 #: Step kind -> executor method; covers every integer-lowering kind of ops.registry (tests/test_opspec.py).
 #: "carry" (and "pass") steps run the op's torch function on the containers (_generic).
 EXECUTORS = {"layer": "_layer", "add": "_add", "mul": "_mul", "concat": "_concat", "avgpool": "_avgpool",
+             "layernorm": "_layernorm",
              "lut": "_lut", "carry": "_generic"}
 _NARY = frozenset({"add", "mul", "concat"})  # executors that take the list of inputs
 
@@ -130,6 +131,18 @@ class IntSim:
             s = xz.sum(dim=a["axes"], keepdim=bool(a.get("keepdims", 1)))
         s = torch.round(s).to(torch.int64) * (2 ** a["up"])
         y = rne_div(s, a["divisor"], self.p.rounding) + a["y_zp"]
+        return y.clamp(a["lo"], a["hi"]).double()
+
+    def _layernorm(self, step: Step, x: torch.Tensor) -> torch.Tensor:
+        """The integer LayerNormalization of ``integer.s_layernorm`` in int64."""
+        a, dev = step.attrs, x.device
+        v = x.to(torch.int64) - a["x_zp"]
+        u = a["count"] * v - v.sum(dim=a["axes"], keepdim=True)
+        m = ((u * u).sum(dim=a["axes"], keepdim=True) * 2 ** a["sq_shift"] + a["eps_term"]) // a["count"]
+        r = floor_sqrt(m).clamp(min=1)
+        t = rne_div(u * 2 ** a["num_shift"], r, self.p.rounding).clamp(-a["t_max"], a["t_max"])
+        p = t * torch.as_tensor(a["gamma"], device=dev) + torch.as_tensor(a["beta"], device=dev)
+        y = requant_shift(p, a["shift"], 0, self.p.rounding) + a["y_zp"]
         return y.clamp(a["lo"], a["hi"]).double()
 
     def _lut(self, step: Step, x: torch.Tensor) -> torch.Tensor:
