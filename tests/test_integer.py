@@ -466,12 +466,12 @@ def test_integer_format_needs_po2_and_names_unsupported_nodes(tmp_path):
         onnxptq.QuantConfig(int_rounding="half_up")
     model, shape, _ = random_cnn(2)
     g = model.graph
-    g.node.append(helper.make_node("Softmax", ["logits"], ["probs"], name="/head/Softmax", axis=1))
+    g.node.append(helper.make_node("LogSoftmax", ["logits"], ["probs"], name="/head/LogSoftmax", axis=1))
     del g.output[:]
     g.output.append(helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["N", 5]))
     p = tmp_path / "softmax.onnx"
     onnx.save(model, p)
-    with pytest.raises(UnsupportedOpError, match="/head/Softmax"):
+    with pytest.raises(UnsupportedOpError, match="/head/LogSoftmax"):
         onnxptq.quantize(p, np.random.default_rng(0).standard_normal((8, *shape)).astype(np.float32), scale="po2",
                          format="int", progress=False, num_calib=8)
 

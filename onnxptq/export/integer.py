@@ -14,6 +14,7 @@ programs recorded before the compact form):
 - Add/Sub/Sum, Mul and power-of-two average pools: exact float32 ops (``Cast``, ``Mul`` by 2^e, ``Add``,
   ``Round``) where ``intplan.float_form`` bounds every value by 2^24, else operands shifted left to the
   common fraction, added in int32/int64, then R;
+- Softmax: ``ReduceMax`` - c indexes an exp table (``Gather``), ``ReduceSum``, exact RNE division by the sum;
 - Concat (each input requantized), other average pools (``ReduceSum`` or a ones-kernel ``ConvInteger``,
   then exact RNE division), elementwise activations (``Gather`` lookup tables over the input grid),
   data movement (``MaxPool``, ``Reshape``, ``Pad`` with the zero point, ...) directly on the containers.
@@ -36,8 +37,9 @@ FORMAT_KEY = "onnxptq.format"
 
 
 #: Step kind -> writer method; covers every integer-lowering kind of ops.registry (tests/test_opspec.py).
-WRITERS = {"input": "s_input", "layer": "s_layer", "add": "s_add", "mul": "s_mul", "concat": "s_concat",
-           "avgpool": "s_avgpool", "lut": "s_lut", "carry": "s_copy", "pass": "s_copy", "output": "s_output"}
+WRITERS = {"input": "s_input", "layer": "s_layer", "add": "s_add", "mul": "s_mul",
+           "concat": "s_concat", "avgpool": "s_avgpool", "softmax": "s_softmax", "lut": "s_lut",
+           "carry": "s_copy", "pass": "s_copy", "output": "s_output"}
 
 
 def qname(t: str) -> str:
@@ -306,6 +308,13 @@ class IntegerWriter:
         if a["up"]:
             s = self.op("Mul", [s, self.const(f"{base}/up", np_dt(2 ** a["up"]))], f"{base}/aligned")
         D = self.const(f"{base}/divisor", np_dt(a["divisor"]))
+        y = self.rne_divide(s, D, self.const(f"{base}/divisor_p1", np_dt(a["divisor"] + 1)), np_dt, base)
+        self.finish(y, step, qname(step.outputs[0]), wide, f"{base}/out")
+
+    def rne_divide(self, s: str, D: str, D_plus_1: str, np_dt, base: str) -> str:
+        """round(s / D) for a positive integer divisor D (a constant, or a tensor broadcasting against s):
+        q, r floor quotient and remainder; rne rounds up iff 2r + (q mod 2) >= D + 1, i.e. adds
+        Div(2r + q mod 2, D + 1) in {0, 1} (``quant.requant.rne_div``); half_up adds Div(2r, D)."""
         r = self.op("Mod", [s, D], f"{base}/rem")
         q = self.op("Div", [self.op("Sub", [s, r], f"{base}/floor_num"), D], f"{base}/floor")
         twice = self.op("Mul", [r, self.const(f"{base}/two", np_dt(2))], f"{base}/twice_rem")
@@ -313,10 +322,26 @@ class IntegerWriter:
             up = self.op("Div", [twice, D], f"{base}/round_up")
         else:
             odd = self.op("Mod", [q, self.const(f"{base}/two_", np_dt(2))], f"{base}/odd")
-            up = self.op("Div", [self.op("Add", [twice, odd], f"{base}/tie"),
-                                 self.const(f"{base}/divisor_p1", np_dt(a["divisor"] + 1))], f"{base}/round_up")
-        y = self.op("Add", [q, up], f"{base}/rounded")
-        self.finish(y, step, qname(step.outputs[0]), wide, f"{base}/out")
+            up = self.op("Div", [self.op("Add", [twice, odd], f"{base}/tie"), D_plus_1], f"{base}/round_up")
+        return self.op("Add", [q, up], f"{base}/rounded")
+
+    def s_softmax(self, step: Step) -> None:
+        """d = ReduceMax(c) - c, e = Gather(T, d), S = ReduceSum(e), clip(RNE(e 2^up / (S 2^down)) + z_y)."""
+        a, base = step.attrs, step.node
+        elem, np_dt = self._dt(a["wide"])
+        c = self.op("Cast", [qname(step.inputs[0])], f"{base}/wide", to=elem)
+        axes = self.const(f"{base}/axes", np.array([a["axis"]], np.int64))
+        m = self.op("ReduceMax", [c, axes], f"{base}/max", keepdims=1)
+        d = self.op("Sub", [m, c], f"{base}/below_max")
+        e = self.op("Gather", [self.const(f"{base}/exp_table", a["table"].astype(np_dt)), d], f"{base}/exp", axis=0)
+        s = self.op("ReduceSum", [e, axes], f"{base}/sum", keepdims=1)
+        if a["up"]:
+            e = self.op("Mul", [e, self.const(f"{base}/up", np_dt(2 ** a["up"]))], f"{base}/exp_scaled")
+        if a["down"]:
+            s = self.op("Mul", [s, self.const(f"{base}/down", np_dt(2 ** a["down"]))], f"{base}/sum_scaled")
+        s1 = self.op("Add", [s, self.const(f"{base}/one", np_dt(1))], f"{base}/sum_p1")
+        y = self.rne_divide(e, s, s1, np_dt, base)
+        self.finish(y, step, qname(step.outputs[0]), a["wide"], f"{base}/out")
 
     def s_lut(self, step: Step) -> None:
         a, base = step.attrs, step.node

@@ -38,6 +38,7 @@ CONTAINERS = {"int8": (-128, 127), "uint8": (0, 255)}
 PAIR_SAFE = 2**15 - 1  # AVX2 u8 x s8 (vpmaddubsw) saturates each pair of products to int16
 SCALE_EXP_MAX = 100  # 2^-e with |e| <= 100 and products of two such stay normal float32
 FORM_SHIFT = "shift"
+SOFTMAX_BITS = 16  # exp table T[k] = round(2^16 exp(-k 2^-f)): T[0] = 2^16
 
 
 @dataclass
@@ -60,7 +61,7 @@ class TInt:
 
 @dataclass
 class Step:
-    kind: str  # input | layer | add | mul | concat | avgpool | lut | carry | pass | output
+    kind: str  # input | layer | add | mul | concat | avgpool | softmax | lut | carry | pass | output
     node: str  # ONNX node name (the tensor name for input/output steps)
     inputs: list[str]  # float tensor names read (container tensors for integer operands)
     outputs: list[str]
@@ -230,6 +231,8 @@ class _Lowering:
         spec = REGISTRY[n.op_type]
         if spec.lowering in ("add", "mul", "lut") and len(float_in) == 1 and len(n.output) == 1:
             self.lut(n, a)  # one activation and scalar constants (x * c, x + c, erf(x), ...): a lookup table
+        elif spec.lowering == "softmax":
+            self.softmax(n, a)
         elif spec.role == "carry" and self.qg.source.get(out) != out:
             self.carry(n, a, spec.lowering)
         elif spec.lowering == "add":
@@ -242,7 +245,7 @@ class _Lowering:
             self.avgpool(n, a)
         else:
             raise _Unsupported("no exact integer form (supported: Conv/Gemm/MatMul, Add/Sub/Sum, Mul, Concat, "
-                               "average pools, elementwise activations as lookup tables, data-movement ops)")
+                               "average pools, Softmax, elementwise activations as lookup tables, data-movement ops)")
 
     # -------------------------------------------------------------- steps
     def layer(self, n, a: dict) -> None:
@@ -442,6 +445,25 @@ class _Lowering:
             np.uint8 if self.container == "uint8" else np.int8)
         self.steps.append(Step("lut", n.name, [x_name], [n.output[0]], {"op_type": n.op_type, "table": table,
                                                                       "offset": x.lo}))
+
+    def softmax(self, n, a: dict) -> None:
+        """Softmax over one axis: d = max(c) - c along the axis (value difference d 2^-f_x), e = T[d] with
+        T[k] = round(2^16 exp(-k 2^-f_x)), S = sum(e), y = clip(RNE(e 2^f_y / S) + z_y, lo, hi) (an exact
+        integer division by the tensor S)."""
+        x, y = self.tint(n.input[0]), self.tint(n.output[0])
+        shape = self.qg.shapes.get(n.input[0]) or ()
+        opset = next((o.version for o in self.qg.model.opset_import if o.domain in ("", "ai.onnx")), 13)
+        axis = int(a.get("axis", -1 if opset >= 13 else 1))
+        if opset < 13 and (not shape or axis % len(shape) != len(shape) - 1):
+            raise _Unsupported("Softmax before opset 13 over more than the last axis (flattened axes)")
+        length = shape[axis] if shape and isinstance(shape[axis], int) and shape[axis] > 0 else None
+        table = rne(2.0 ** SOFTMAX_BITS * np.exp(-np.arange(x.hi - x.lo + 1) * 2.0 ** -x.frac)).astype(np.int64)
+        up, down = max(0, y.frac), max(0, -y.frac)
+        s_max = (length or 0) * 2 ** (SOFTMAX_BITS + down)
+        wide = length is None or 2 * s_max + 2 ** (SOFTMAX_BITS + up) + 2 >= 2**31
+        self.steps.append(Step("softmax", n.name, [n.input[0]], [n.output[0]], {
+            "axis": axis, "table": table, "up": up, "down": down, "y_zp": y.zp, "lo": y.lo, "hi": y.hi,
+            "wide": bool(wide)}))
 
     def carry(self, n, a: dict, lowering: str | None) -> None:
         if lowering != "carry":

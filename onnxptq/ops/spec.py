@@ -17,7 +17,7 @@ ROLES = ("layer", "carry", "merge", "island")
 
 #: Integer-lowering kinds: the Step.kind export/intplan.py emits for the op; export/integer.py
 #: (writer) and verify/int_sim.py (executor) each keep a handler per kind.
-LOWERINGS = ("layer", "carry", "add", "mul", "concat", "avgpool", "lut")
+LOWERINGS = ("layer", "carry", "add", "mul", "concat", "avgpool", "lut", "softmax")
 
 
 @dataclass(frozen=True)
