@@ -1,4 +1,4 @@
-"""Integer lowering of Softmax:
+"""Integer lowerings of Softmax and activation x activation MatMul:
 level-1 parity (onnxruntime == runtime/ == the integer simulation) and closeness to the float model."""
 
 from __future__ import annotations
@@ -69,3 +69,71 @@ def test_softmax_is_an_integer_exp_table_and_division(tmp_path, axis, length):
     step = next(s for s in res.program.steps if s.kind == "softmax")
     assert step.attrs["table"][0] == 2**16 and step.attrs["axis"] == axis
     assert step.attrs["wide"] == (length != T)
+
+
+def test_matmul_of_two_activations(tmp_path):
+    """A @ B^T with A, B from two MatMul layers (B transposed on the containers): QLinearMatMul or the
+    MatMulInteger recipe, exact either way."""
+    rng = np.random.default_rng(2)
+    nodes = [helper.make_node("MatMul", ["x", "wa"], ["a"], name="fa"),
+             helper.make_node("MatMul", ["x", "wb"], ["b"], name="fb"),
+             helper.make_node("Transpose", ["b"], ["bt"], name="bt", perm=[0, 2, 1]),
+             helper.make_node("MatMul", ["a", "bt"], ["y"], name="scores")]
+    path = _save(tmp_path, "matmul", nodes, (T, C), (T, T), {"wa": _w(rng, C, C), "wb": _w(rng, C, C)})
+    res = _check(path, _tokens(3), {"matmul"}, floor=25.0)
+    step = next(s for s in res.program.steps if s.kind == "matmul")
+    assert step.attrs["form"] == "QLinearMatMul" and step.attrs["bound"] <= C * 255 * 255
+
+
+def _attention(tmp_path, heads: int = 1) -> str:
+    """Q, K, V layers from one input, Q K^T, Mul by a scalar scale, Softmax, P V; with ``heads`` > 1 the
+    heads are split by Reshape + Transpose (4-D MatMuls, Q scaled before Q K^T) and merged again before an
+    output layer."""
+    rng = np.random.default_rng(8)
+    d = C // heads
+    inits = {"wq": _w(rng, C, C, scale=0.5), "wk": _w(rng, C, C, scale=0.5), "wv": _w(rng, C, C),
+             "scale": np.float32(d ** -0.5), "wo": _w(rng, C, C), "split": [0, T, heads, d], "merge": [0, T, C]}
+    nodes = [helper.make_node("MatMul", ["x", f"w{t}"], [t], name=t) for t in "qkv"]
+    if heads > 1:
+        for t, perm in (("q", [0, 2, 1, 3]), ("k", [0, 2, 3, 1]), ("v", [0, 2, 1, 3])):
+            nodes += [helper.make_node("Reshape", [t, "split"], [f"{t}4"], name=f"{t}_split"),
+                      helper.make_node("Transpose", [f"{t}4"], [f"{t}h"], name=f"{t}_heads", perm=perm)]
+        q, kt, v = "qh", "kh", "vh"
+    else:
+        nodes.append(helper.make_node("Transpose", ["k"], ["kt"], name="kt", perm=[0, 2, 1]))
+        q, kt, v = "q", "kt", "v"
+    if heads > 1:  # q scaled first (timm): scores * scale after Q K^T is fused into com.microsoft.Attention by onnxsim
+        nodes += [helper.make_node("Mul", [q, "scale"], ["qs"], name="scale"),
+                  helper.make_node("MatMul", ["qs", kt], ["s2"], name="qk")]
+    else:
+        nodes += [helper.make_node("MatMul", [q, kt], ["s"], name="qk"),
+                  helper.make_node("Mul", ["s", "scale"], ["s2"], name="scale")]
+    nodes += [helper.make_node("Softmax", ["s2"], ["p"], name="softmax", axis=-1),
+              helper.make_node("MatMul", ["p", v], ["o" if heads > 1 else "y"], name="pv")]
+    if heads > 1:
+        nodes += [helper.make_node("Transpose", ["o"], ["ot"], name="o_tokens", perm=[0, 2, 1, 3]),
+                  helper.make_node("Reshape", ["ot", "merge"], ["om"], name="o_merge"),
+                  helper.make_node("MatMul", ["om", "wo"], ["y"], name="out")]
+    path = _save(tmp_path, "attention", nodes, (T, C), (T, C), inits)
+    m = onnx.load(path)  # the Reshape targets as int64
+    for init in m.graph.initializer:
+        if init.name in ("split", "merge"):
+            init.CopyFrom(numpy_helper.from_array(np.array(inits[init.name], np.int64), init.name))
+    onnx.save(m, path)
+    return path
+
+
+@pytest.mark.parametrize("heads", [1, 4])
+def test_attention_block_end_to_end(tmp_path, heads):
+    """One attention block, single-head (3-D MatMuls) and four heads (4-D): QK^T and PV lower to
+    ``matmul``, the scalar scale to a table, Softmax to its integer form."""
+    res = _check(_attention(tmp_path, heads), _tokens(9), {"matmul", "softmax", "lut"}, floor=20.0)
+    assert {s.node for s in res.program.steps if s.kind == "matmul"} == {"qk", "pv"}
+
+
+def test_integer_recipes_with_half_up_rounding(tmp_path):
+    """--int-rounding half_up keeps onnxruntime's requantization out: the MatMuls take MatMulInteger and
+    the shift recipe, the constants' multiply-adds the integer recipe, Softmax the half-up division."""
+    res = _check(_attention(tmp_path), _tokens(9), {"matmul", "softmax"}, floor=20.0, int_rounding="half_up")
+    assert all(s.attrs["form"] == "shift" for s in res.program.steps if s.kind == "matmul")
+    assert any(n.op_type == "MatMulInteger" for n in res.model.graph.node)

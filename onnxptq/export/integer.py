@@ -14,6 +14,7 @@ programs recorded before the compact form):
 - Add/Sub/Sum, Mul and power-of-two average pools: exact float32 ops (``Cast``, ``Mul`` by 2^e, ``Add``,
   ``Round``) where ``intplan.float_form`` bounds every value by 2^24, else operands shifted left to the
   common fraction, added in int32/int64, then R;
+- MatMul of two activations: ``QLinearMatMul`` where proven exact, else ``MatMulInteger`` and R;
 - Softmax: ``ReduceMax`` - c indexes an exp table (``Gather``), ``ReduceSum``, exact RNE division by the sum;
 - Concat (each input requantized), other average pools (``ReduceSum`` or a ones-kernel ``ConvInteger``,
   then exact RNE division), elementwise activations (``Gather`` lookup tables over the input grid),
@@ -38,7 +39,7 @@ FORMAT_KEY = "onnxptq.format"
 
 #: Step kind -> writer method; covers every integer-lowering kind of ops.registry (tests/test_opspec.py).
 WRITERS = {"input": "s_input", "layer": "s_layer", "add": "s_add", "mul": "s_mul",
-           "concat": "s_concat", "avgpool": "s_avgpool", "softmax": "s_softmax", "lut": "s_lut",
+           "matmul": "s_matmul", "concat": "s_concat", "avgpool": "s_avgpool", "softmax": "s_softmax", "lut": "s_lut",
            "carry": "s_copy", "pass": "s_copy", "output": "s_output"}
 
 
@@ -198,10 +199,8 @@ class IntegerWriter:
                 self.const(f"{base}/w_zp", w.dtype.type(a.get("w_zp", 0))),
                 self.const(f"{base}/y_scale", np.float32(2.0 ** -fy)),
                 self.const(f"{base}/y_zp", self.cdt.type(a["y_zp"]))]
-        c_lo, c_hi = CONTAINERS[self.p.container]
-        clip = a["lo"] > c_lo or a["hi"] < c_hi
         out = qname(step.outputs[0])
-        y = self._unique(f"{base}/qlinear") if clip else out
+        y = self.qlinear_target(step, out, base)
         if a["form"] == "QLinearMatMul":
             self.op("QLinearMatMul", [x, *args], base, out=y)
         else:
@@ -214,8 +213,17 @@ class IntegerWriter:
             y_conv = self.op("QLinearConv", [x, *args, *bias], base, out=None if flat else y, **conv_attrs)
             if flat:
                 self.op("Reshape", [y_conv, self.const(f"{base}/as_2d", np.array([0, -1], np.int64))], base, out=y)
-        if clip:
-            lo, hi = self.const(f"{base}/lo", self.cdt.type(a["lo"])), self.const(f"{base}/hi", self.cdt.type(a["hi"]))
+        self.clip_container(y, step, out, base)
+
+    def qlinear_target(self, step: Step, out: str, base: str) -> str:
+        """Where a QLinear op writes: ``out`` itself unless the grid is narrower than the container."""
+        c_lo, c_hi = CONTAINERS[self.p.container]
+        return self._unique(f"{base}/qlinear") if step.attrs["lo"] > c_lo or step.attrs["hi"] < c_hi else out
+
+    def clip_container(self, y: str, step: Step, out: str, base: str) -> None:
+        """Clip(lo, hi) on the container from ``y`` to ``out`` (nothing when ``qlinear_target`` gave ``out``)."""
+        if y != out:
+            lo, hi = (self.const(f"{base}/{k}", self.cdt.type(step.attrs[k])) for k in ("lo", "hi"))
             self.op("Clip", [y, lo, hi], base, out=out)
 
     def finish_float(self, v: str, step: Step, out: str, base: str) -> str:
@@ -342,6 +350,26 @@ class IntegerWriter:
         s1 = self.op("Add", [s, self.const(f"{base}/one", np_dt(1))], f"{base}/sum_p1")
         y = self.rne_divide(e, s, s1, np_dt, base)
         self.finish(y, step, qname(step.outputs[0]), a["wide"], f"{base}/out")
+
+    def s_matmul(self, step: Step) -> None:
+        """Activation x activation: QLinearMatMul with scales 2^-f_a, 2^-(n + f_y - f_a), 2^-f_y (multiplier
+        exactly 2^-n, proven exact by ``intplan.qlinear_form``), else MatMulInteger + R."""
+        a, base = step.attrs, step.node
+        (qa, qb), out = (qname(t) for t in step.inputs), qname(step.outputs[0])
+        za, zb = (self.const(f"{base}/zp{k}", self.cdt.type(z)) for k, z in enumerate(a["zps"]))
+        if a["form"] == "QLinearMatMul":
+            fx, fy, n = int(a["x_frac"]), int(a["y_frac"]), int(a["shift"])
+            scales = [self.const(f"{base}/scale{k}", np.float32(2.0 ** -e)) for k, e in enumerate((fx, n + fy - fx, fy))]
+            y = self.qlinear_target(step, out, base)
+            self.op("QLinearMatMul", [qa, scales[0], za, qb, scales[1], zb, scales[2],
+                                      self.const(f"{base}/y_zp", self.cdt.type(a["y_zp"]))], base, out=y)
+            self.clip_container(y, step, out, base)
+            return
+        acc = self.op("MatMulInteger", [qa, qb, za, zb], f"{base}/acc")
+        if a["wide"]:
+            acc = self.op("Cast", [acc], f"{base}/acc64", to=TensorProto.INT64)
+        r = self.requant(acc, a["shift"], a["pre"], a["wide"], f"{base}/requant")
+        self.finish(r, step, out, a["wide"], f"{base}/out")
 
     def s_lut(self, step: Step) -> None:
         a, base = step.attrs, step.node

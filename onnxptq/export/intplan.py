@@ -61,7 +61,7 @@ class TInt:
 
 @dataclass
 class Step:
-    kind: str  # input | layer | add | mul | concat | avgpool | softmax | lut | carry | pass | output
+    kind: str  # input | layer | add | mul | matmul | concat | avgpool | softmax | lut | carry | pass | output
     node: str  # ONNX node name (the tensor name for input/output steps)
     inputs: list[str]  # float tensor names read (container tensors for integer operands)
     outputs: list[str]
@@ -231,6 +231,8 @@ class _Lowering:
         spec = REGISTRY[n.op_type]
         if spec.lowering in ("add", "mul", "lut") and len(float_in) == 1 and len(n.output) == 1:
             self.lut(n, a)  # one activation and scalar constants (x * c, x + c, erf(x), ...): a lookup table
+        elif spec.lowering == "layer" and n.op_type == "MatMul":  # not a layer: both operands are activations
+            self.matmul(n)
         elif spec.lowering == "softmax":
             self.softmax(n, a)
         elif spec.role == "carry" and self.qg.source.get(out) != out:
@@ -445,6 +447,33 @@ class _Lowering:
             np.uint8 if self.container == "uint8" else np.int8)
         self.steps.append(Step("lut", n.name, [x_name], [n.output[0]], {"op_type": n.op_type, "table": table,
                                                                       "offset": x.lo}))
+
+    def matmul(self, n) -> None:
+        """MatMul of two activations (attention's Q K^T, P V): R((a - z_a) @ (b - z_b), f_a + f_b - f_y) as
+        ``QLinearMatMul`` where ``qlinear_form`` proves onnxruntime's requantization exact, else
+        ``MatMulInteger`` and the shift recipe."""
+        if not all(self.is_int(i) for i in n.input):
+            raise _Unsupported("MatMul with a constant operand that is not a 2-D weight")
+        a, b = self.tint(n.input[0]), self.tint(n.input[1])
+        y = self.tint(n.output[0])
+        sa, sb = self.qg.shapes.get(n.input[0]) or (), self.qg.shapes.get(n.input[1]) or ()
+        k = next((d for d in (sa[-1:] or [None]) + (sb[-2:-1] or [None]) if isinstance(d, int) and d > 0), None)
+        if k is None:
+            raise _Unsupported("the contraction length is not static (no accumulator bound)")
+        acc = k * a.max_abs * b.max_abs
+        if acc >= 2**31:
+            raise _Unsupported(f"its accumulator can reach {acc} >= 2^31 inside MatMulInteger")
+        n_shift = int(cap_shift(a.frac + b.frac - y.frac, acc))
+        pre = max(0, 1 - n_shift)
+        bound = shift_bound(acc, n_shift + pre, pre, self.rounding)
+        form, why = qlinear_form("MatMul", a, y, np.array([n_shift]), np.array([acc], dtype=object), None, y.lo, y.hi,
+                                 rank=max(3, len(sa)), rounding=self.rounding, container=self.container)
+        if form != FORM_SHIFT and not CONTAINERS[self.container][0] <= b.zp <= CONTAINERS[self.container][1]:
+            form, why = FORM_SHIFT, f"zero point outside {self.container}"
+        self.steps.append(Step("matmul", n.name, list(n.input), [n.output[0]], {
+            "zps": [a.zp, b.zp], "shift": n_shift, "pre": pre, "y_zp": y.zp, "lo": y.lo, "hi": y.hi,
+            "wide": _wide(bound, n_shift + pre), "bound": acc, "form": form, "form_why": why,
+            "x_frac": a.frac, "y_frac": y.frac}))
 
     def softmax(self, n, a: dict) -> None:
         """Softmax over one axis: d = max(c) - c along the axis (value difference d 2^-f_x), e = T[d] with

@@ -17,7 +17,10 @@ ROLES = ("layer", "carry", "merge", "island")
 
 #: Integer-lowering kinds: the Step.kind export/intplan.py emits for the op; export/integer.py
 #: (writer) and verify/int_sim.py (executor) each keep a handler per kind.
-LOWERINGS = ("layer", "carry", "add", "mul", "concat", "avgpool", "lut", "softmax")
+LOWERINGS = ("layer", "carry", "add", "mul", "concat", "avgpool", "lut", "softmax", "matmul")
+#: Kinds no op declares: the lowering picks them from the operands. "matmul": a MatMul (kind "layer")
+#: whose second operand is an activation.
+DERIVED_LOWERINGS = frozenset({"matmul"})
 
 
 @dataclass(frozen=True)

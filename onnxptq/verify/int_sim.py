@@ -20,9 +20,9 @@ from ..ops.simulate import conv, torch_pad
 
 #: Step kind -> executor method; covers every integer-lowering kind of ops.registry (tests/test_opspec.py).
 #: "carry" (and "pass") steps run the op's torch function on the containers (_generic).
-EXECUTORS = {"layer": "_layer", "add": "_add", "mul": "_mul",
+EXECUTORS = {"layer": "_layer", "add": "_add", "mul": "_mul", "matmul": "_matmul",
              "concat": "_concat", "avgpool": "_avgpool", "softmax": "_softmax", "lut": "_lut", "carry": "_generic"}
-_NARY = frozenset({"add", "mul", "concat"})  # executors that take the list of inputs
+_NARY = frozenset({"add", "mul", "matmul", "concat"})  # executors that take the list of inputs
 
 
 def _per_channel(v: np.ndarray, cdim: int, ndim: int, device) -> torch.Tensor:
@@ -103,6 +103,11 @@ class IntSim:
         a = step.attrs
         prod = (ins[0] - a["zps"][0]) * (ins[1] - a["zps"][1])  # |prod| < 2^16: exact
         return self._requant(prod, a["shift"], a["pre"], step)
+
+    def _matmul(self, step: Step, ins: list[torch.Tensor]) -> torch.Tensor:
+        a = step.attrs
+        acc = torch.matmul(ins[0] - a["zps"][0], ins[1] - a["zps"][1])  # float64, |acc| < 2^31: exact
+        return self._requant(acc, a["shift"], a["pre"], step)
 
     def _softmax(self, step: Step, x: torch.Tensor) -> torch.Tensor:
         a = step.attrs
