@@ -1,4 +1,4 @@
-"""Integer lowerings of Softmax and activation x activation MatMul:
+"""Integer lowerings of Softmax, activation x activation MatMul and Add/Mul with a per-position constant:
 level-1 parity (onnxruntime == runtime/ == the integer simulation) and closeness to the float model."""
 
 from __future__ import annotations
@@ -83,6 +83,46 @@ def test_matmul_of_two_activations(tmp_path):
     res = _check(path, _tokens(3), {"matmul"}, floor=25.0)
     step = next(s for s in res.program.steps if s.kind == "matmul")
     assert step.attrs["form"] == "QLinearMatMul" and step.attrs["bound"] <= C * 255 * 255
+
+
+@pytest.mark.parametrize("rounding, form", [("rne", "float32"), ("half_up", "shift")])
+def test_add_and_mul_with_per_position_constants(tmp_path, rounding, form):
+    """x + P (position embedding [1, T, C]), P - x, x * gamma (per channel [C]) and x / g: integer
+    multiply-adds with the constant's broadcast shape kept (exact float32 ops, or the integer recipe)."""
+    rng = np.random.default_rng(4)
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"], name="fc"),
+             helper.make_node("Add", ["h", "pos"], ["p"], name="pos_embed"),
+             helper.make_node("Mul", ["p", "gamma"], ["g"], name="layer_scale"),
+             helper.make_node("Sub", ["pos2", "g"], ["s"], name="sub_from"),
+             helper.make_node("Div", ["s", "div"], ["y"], name="div_by")]
+    inits = {"w": _w(rng, C, C), "pos": _w(rng, 1, T, C, scale=1.0), "gamma": rng.uniform(0.05, 2.0, C) * rng.choice([-1, 1], C),
+             "pos2": _w(rng, T, C, scale=0.5), "div": rng.uniform(0.5, 3.0, (T, 1))}
+    path = _save(tmp_path, "affine", nodes, (T, C), (T, C), inits)
+    res = _check(path, _tokens(5), {"affine"}, floor=25.0, int_rounding=rounding)
+    steps = {s.node: s for s in res.program.steps if s.kind == "affine"}
+    assert set(steps) == {"pos_embed", "layer_scale", "sub_from", "div_by"}
+    assert {s.attrs["form"] for s in steps.values()} == {form}
+    assert res.program.arrays["pos_embed.offset"].shape == (1, T, C)
+    assert res.program.arrays["layer_scale.mult"].shape == (C,) and np.abs(res.program.arrays["layer_scale.mult"]).max() < 2**15
+
+
+def test_conv_layer_scale_per_channel(tmp_path):
+    """Conv, Relu (fused), then Mul with gamma of shape [C, 1, 1] (a layer scale that cannot fold into the
+    conv), small and mixed-sign values included."""
+    rng = np.random.default_rng(6)
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["h"], name="conv", pads=[1, 1, 1, 1], kernel_shape=[3, 3]),
+             helper.make_node("Relu", ["h"], ["r"], name="relu"),
+             helper.make_node("Mul", ["r", "gamma"], ["y"], name="layer_scale")]
+    inits = {"w": _w(rng, 4, 3, 3, 3), "b": _w(rng, 4, scale=0.1),
+             "gamma": np.array([1e-3, -0.2, 0.7, -1.0]).reshape(4, 1, 1)}
+    g = helper.make_graph(nodes, "ls", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 6, 6])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, 6, 6])],
+                          [numpy_helper.from_array(np.asarray(v, np.float32), k) for k, v in inits.items()])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    onnx.save(m, str(tmp_path / "ls.onnx"))
+    x = np.random.default_rng(7).standard_normal((48, 3, 6, 6)).astype(np.float32)
+    _check(str(tmp_path / "ls.onnx"), x, {"affine"}, floor=25.0)
 
 
 def _attention(tmp_path, heads: int = 1) -> str:

@@ -15,6 +15,7 @@ programs recorded before the compact form):
   ``Round``) where ``intplan.float_form`` bounds every value by 2^24, else operands shifted left to the
   common fraction, added in int32/int64, then R;
 - MatMul of two activations: ``QLinearMatMul`` where proven exact, else ``MatMulInteger`` and R;
+- an activation and a constant per position (x + P, x * gamma): (c - z) * M + B with integer constants, R;
 - Softmax: ``ReduceMax`` - c indexes an exp table (``Gather``), ``ReduceSum``, exact RNE division by the sum;
 - Concat (each input requantized), other average pools (``ReduceSum`` or a ones-kernel ``ConvInteger``,
   then exact RNE division), elementwise activations (``Gather`` lookup tables over the input grid),
@@ -38,7 +39,7 @@ FORMAT_KEY = "onnxptq.format"
 
 
 #: Step kind -> writer method; covers every integer-lowering kind of ops.registry (tests/test_opspec.py).
-WRITERS = {"input": "s_input", "layer": "s_layer", "add": "s_add", "mul": "s_mul",
+WRITERS = {"input": "s_input", "layer": "s_layer", "add": "s_add", "mul": "s_mul", "affine": "s_affine",
            "matmul": "s_matmul", "concat": "s_concat", "avgpool": "s_avgpool", "softmax": "s_softmax", "lut": "s_lut",
            "carry": "s_copy", "pass": "s_copy", "output": "s_output"}
 
@@ -370,6 +371,28 @@ class IntegerWriter:
             acc = self.op("Cast", [acc], f"{base}/acc64", to=TensorProto.INT64)
         r = self.requant(acc, a["shift"], a["pre"], a["wide"], f"{base}/requant")
         self.finish(r, step, out, a["wide"], f"{base}/out")
+
+    def s_affine(self, step: Step) -> None:
+        """(c - z) * M + B requantized by 2^-n: exact float32 ops where ``intplan.float_form`` bounds the
+        value by 2^24 (M, B written as integers and cast, which onnxruntime folds), else int32/int64 and R."""
+        a, base = step.attrs, step.node
+        arrays = [a["mult"]] + ([a["offset"]] if a["offset"] else [])
+        consts = [self.const(k, self.p.arrays[k]) for k in arrays]
+        if a["form"] == "float32":
+            consts = [self.op("Cast", [c], f"{c}/float", to=TensorProto.FLOAT) for c in consts]
+            v = self.centred_float(qname(step.inputs[0]), a["x_zp"], 1.0, f"{base}/in")
+        else:
+            v = self.widen(qname(step.inputs[0]), a["x_zp"], a["wide"], f"{base}/in")
+        v = self.op("Mul", [v, consts[0]], f"{base}/scaled")
+        if len(consts) > 1:
+            v = self.op("Add", [v, consts[1]], f"{base}/offset")
+        if a["form"] == "float32":
+            if a["shift"]:
+                v = self.op("Mul", [v, self.const(f"{base}/shift", np.float32(2.0 ** -a["shift"]))], f"{base}/shifted")
+            self.finish_float(v, step, qname(step.outputs[0]), f"{base}/out")
+            return
+        r = self.requant(v, a["shift"], a["pre"], a["wide"], f"{base}/requant")
+        self.finish(r, step, qname(step.outputs[0]), a["wide"], f"{base}/out")
 
     def s_lut(self, step: Step) -> None:
         a, base = step.attrs, step.node

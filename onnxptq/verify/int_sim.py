@@ -20,7 +20,7 @@ from ..ops.simulate import conv, torch_pad
 
 #: Step kind -> executor method; covers every integer-lowering kind of ops.registry (tests/test_opspec.py).
 #: "carry" (and "pass") steps run the op's torch function on the containers (_generic).
-EXECUTORS = {"layer": "_layer", "add": "_add", "mul": "_mul", "matmul": "_matmul",
+EXECUTORS = {"layer": "_layer", "add": "_add", "mul": "_mul", "affine": "_affine", "matmul": "_matmul",
              "concat": "_concat", "avgpool": "_avgpool", "softmax": "_softmax", "lut": "_lut", "carry": "_generic"}
 _NARY = frozenset({"add", "mul", "matmul", "concat"})  # executors that take the list of inputs
 
@@ -103,6 +103,13 @@ class IntSim:
         a = step.attrs
         prod = (ins[0] - a["zps"][0]) * (ins[1] - a["zps"][1])  # |prod| < 2^16: exact
         return self._requant(prod, a["shift"], a["pre"], step)
+
+    def _affine(self, step: Step, x: torch.Tensor) -> torch.Tensor:
+        a = step.attrs
+        v = (x.to(torch.int64) - a["x_zp"]) * torch.as_tensor(self.p.arrays[a["mult"]].astype(np.int64), device=x.device)
+        if a["offset"]:
+            v = v + torch.as_tensor(self.p.arrays[a["offset"]].astype(np.int64), device=x.device)
+        return self._requant(v if a["wide"] else v.double(), a["shift"], a["pre"], step)
 
     def _matmul(self, step: Step, ins: list[torch.Tensor]) -> torch.Tensor:
         a = step.attrs
