@@ -14,6 +14,9 @@ programs recorded before the compact form):
 - Add/Sub/Sum, Mul and power-of-two average pools: exact float32 ops (``Cast``, ``Mul`` by 2^e, ``Add``,
   ``Round``) where ``intplan.float_form`` bounds every value by 2^24, else operands shifted left to the
   common fraction, added in int32/int64, then R;
+- MatMul of two activations: ``QLinearMatMul`` where proven exact, else ``MatMulInteger`` and R;
+- an activation and a constant per position (x + P, x * gamma): (c - z) * M + B with integer constants, R;
+- Softmax: ``ReduceMax`` - c indexes an exp table (``Gather``), ``ReduceSum``, exact RNE division by the sum;
 - Concat (each input requantized), other average pools (``ReduceSum`` or a ones-kernel ``ConvInteger``,
   then exact RNE division), elementwise activations (``Gather`` lookup tables over the input grid),
   data movement (``MaxPool``, ``Reshape``, ``Pad`` with the zero point, ...) directly on the containers.
@@ -37,9 +40,9 @@ FORMAT_KEY = "onnxptq.format"
 
 
 #: Step kind -> writer method; covers every integer-lowering kind of ops.registry (tests/test_opspec.py).
-WRITERS = {"input": "s_input", "layer": "s_layer", "add": "s_add", "mul": "s_mul", "concat": "s_concat",
-           "layernorm": "s_layernorm",
-           "avgpool": "s_avgpool", "lut": "s_lut", "carry": "s_copy", "pass": "s_copy", "output": "s_output"}
+WRITERS = {"input": "s_input", "layer": "s_layer", "add": "s_add", "mul": "s_mul", "affine": "s_affine",
+           "matmul": "s_matmul", "concat": "s_concat", "avgpool": "s_avgpool", "softmax": "s_softmax", "lut": "s_lut",
+           "layernorm": "s_layernorm", "carry": "s_copy", "pass": "s_copy", "output": "s_output"}
 
 
 def qname(t: str) -> str:
@@ -198,10 +201,8 @@ class IntegerWriter:
                 self.const(f"{base}/w_zp", w.dtype.type(a.get("w_zp", 0))),
                 self.const(f"{base}/y_scale", np.float32(2.0 ** -fy)),
                 self.const(f"{base}/y_zp", self.cdt.type(a["y_zp"]))]
-        c_lo, c_hi = CONTAINERS[self.p.container]
-        clip = a["lo"] > c_lo or a["hi"] < c_hi
         out = qname(step.outputs[0])
-        y = self._unique(f"{base}/qlinear") if clip else out
+        y = self.qlinear_target(step, out, base)
         if a["form"] == "QLinearMatMul":
             self.op("QLinearMatMul", [x, *args], base, out=y)
         else:
@@ -214,8 +215,17 @@ class IntegerWriter:
             y_conv = self.op("QLinearConv", [x, *args, *bias], base, out=None if flat else y, **conv_attrs)
             if flat:
                 self.op("Reshape", [y_conv, self.const(f"{base}/as_2d", np.array([0, -1], np.int64))], base, out=y)
-        if clip:
-            lo, hi = self.const(f"{base}/lo", self.cdt.type(a["lo"])), self.const(f"{base}/hi", self.cdt.type(a["hi"]))
+        self.clip_container(y, step, out, base)
+
+    def qlinear_target(self, step: Step, out: str, base: str) -> str:
+        """Where a QLinear op writes: ``out`` itself unless the grid is narrower than the container."""
+        c_lo, c_hi = CONTAINERS[self.p.container]
+        return self._unique(f"{base}/qlinear") if step.attrs["lo"] > c_lo or step.attrs["hi"] < c_hi else out
+
+    def clip_container(self, y: str, step: Step, out: str, base: str) -> None:
+        """Clip(lo, hi) on the container from ``y`` to ``out`` (nothing when ``qlinear_target`` gave ``out``)."""
+        if y != out:
+            lo, hi = (self.const(f"{base}/{k}", self.cdt.type(step.attrs[k])) for k in ("lo", "hi"))
             self.op("Clip", [y, lo, hi], base, out=out)
 
     def finish_float(self, v: str, step: Step, out: str, base: str) -> str:
@@ -308,12 +318,13 @@ class IntegerWriter:
         if a["up"]:
             s = self.op("Mul", [s, self.const(f"{base}/up", np_dt(2 ** a["up"]))], f"{base}/aligned")
         D = self.const(f"{base}/divisor", np_dt(a["divisor"]))
-        y = self.div_round(s, D, self.const(f"{base}/divisor_p1", np_dt(a["divisor"] + 1)), np_dt, base)
+        y = self.rne_divide(s, D, self.const(f"{base}/divisor_p1", np_dt(a["divisor"] + 1)), np_dt, base)
         self.finish(y, step, qname(step.outputs[0]), wide, f"{base}/out")
 
-    def div_round(self, s: str, D: str, D_p1: str, np_dt, base: str) -> str:
-        """round(s / D) (``quant.requant.rne_div``) for a positive divisor D (constant or tensor; D_p1 = D + 1):
-        q = floor(s / D), r = s - q D; RNE adds floor((2r + (q mod 2)) / (D + 1)), half_up floor(2r / D)."""
+    def rne_divide(self, s: str, D: str, D_plus_1: str, np_dt, base: str) -> str:
+        """round(s / D) for a positive integer divisor D (a constant, or a tensor broadcasting against s):
+        q, r floor quotient and remainder; rne rounds up iff 2r + (q mod 2) >= D + 1, i.e. adds
+        Div(2r + q mod 2, D + 1) in {0, 1} (``quant.requant.rne_div``); half_up adds Div(2r, D)."""
         r = self.op("Mod", [s, D], f"{base}/rem")
         q = self.op("Div", [self.op("Sub", [s, r], f"{base}/floor_num"), D], f"{base}/floor")
         twice = self.op("Mul", [r, self.const(f"{base}/two", np_dt(2))], f"{base}/twice_rem")
@@ -321,8 +332,68 @@ class IntegerWriter:
             up = self.op("Div", [twice, D], f"{base}/round_up")
         else:
             odd = self.op("Mod", [q, self.const(f"{base}/two_", np_dt(2))], f"{base}/odd")
-            up = self.op("Div", [self.op("Add", [twice, odd], f"{base}/tie"), D_p1], f"{base}/round_up")
+            up = self.op("Div", [self.op("Add", [twice, odd], f"{base}/tie"), D_plus_1], f"{base}/round_up")
         return self.op("Add", [q, up], f"{base}/rounded")
+
+    def s_softmax(self, step: Step) -> None:
+        """d = ReduceMax(c) - c, e = Gather(T, d), S = ReduceSum(e), clip(RNE(e 2^up / (S 2^down)) + z_y)."""
+        a, base = step.attrs, step.node
+        elem, np_dt = self._dt(a["wide"])
+        c = self.op("Cast", [qname(step.inputs[0])], f"{base}/wide", to=elem)
+        axes = self.const(f"{base}/axes", np.array([a["axis"]], np.int64))
+        m = self.op("ReduceMax", [c, axes], f"{base}/max", keepdims=1)
+        d = self.op("Sub", [m, c], f"{base}/below_max")
+        e = self.op("Gather", [self.const(f"{base}/exp_table", a["table"].astype(np_dt)), d], f"{base}/exp", axis=0)
+        s = self.op("ReduceSum", [e, axes], f"{base}/sum", keepdims=1)
+        if a["up"]:
+            e = self.op("Mul", [e, self.const(f"{base}/up", np_dt(2 ** a["up"]))], f"{base}/exp_scaled")
+        if a["down"]:
+            s = self.op("Mul", [s, self.const(f"{base}/down", np_dt(2 ** a["down"]))], f"{base}/sum_scaled")
+        s1 = self.op("Add", [s, self.const(f"{base}/one", np_dt(1))], f"{base}/sum_p1")
+        y = self.rne_divide(e, s, s1, np_dt, base)
+        self.finish(y, step, qname(step.outputs[0]), a["wide"], f"{base}/out")
+
+    def s_matmul(self, step: Step) -> None:
+        """Activation x activation: QLinearMatMul with scales 2^-f_a, 2^-(n + f_y - f_a), 2^-f_y (multiplier
+        exactly 2^-n, proven exact by ``intplan.qlinear_form``), else MatMulInteger + R."""
+        a, base = step.attrs, step.node
+        (qa, qb), out = (qname(t) for t in step.inputs), qname(step.outputs[0])
+        za, zb = (self.const(f"{base}/zp{k}", self.cdt.type(z)) for k, z in enumerate(a["zps"]))
+        if a["form"] == "QLinearMatMul":
+            fx, fy, n = int(a["x_frac"]), int(a["y_frac"]), int(a["shift"])
+            scales = [self.const(f"{base}/scale{k}", np.float32(2.0 ** -e)) for k, e in enumerate((fx, n + fy - fx, fy))]
+            y = self.qlinear_target(step, out, base)
+            self.op("QLinearMatMul", [qa, scales[0], za, qb, scales[1], zb, scales[2],
+                                      self.const(f"{base}/y_zp", self.cdt.type(a["y_zp"]))], base, out=y)
+            self.clip_container(y, step, out, base)
+            return
+        acc = self.op("MatMulInteger", [qa, qb, za, zb], f"{base}/acc")
+        if a["wide"]:
+            acc = self.op("Cast", [acc], f"{base}/acc64", to=TensorProto.INT64)
+        r = self.requant(acc, a["shift"], a["pre"], a["wide"], f"{base}/requant")
+        self.finish(r, step, out, a["wide"], f"{base}/out")
+
+    def s_affine(self, step: Step) -> None:
+        """(c - z) * M + B requantized by 2^-n: exact float32 ops where ``intplan.float_form`` bounds the
+        value by 2^24 (M, B written as integers and cast, which onnxruntime folds), else int32/int64 and R."""
+        a, base = step.attrs, step.node
+        arrays = [a["mult"]] + ([a["offset"]] if a["offset"] else [])
+        consts = [self.const(k, self.p.arrays[k]) for k in arrays]
+        if a["form"] == "float32":
+            consts = [self.op("Cast", [c], f"{c}/float", to=TensorProto.FLOAT) for c in consts]
+            v = self.centred_float(qname(step.inputs[0]), a["x_zp"], 1.0, f"{base}/in")
+        else:
+            v = self.widen(qname(step.inputs[0]), a["x_zp"], a["wide"], f"{base}/in")
+        v = self.op("Mul", [v, consts[0]], f"{base}/scaled")
+        if len(consts) > 1:
+            v = self.op("Add", [v, consts[1]], f"{base}/offset")
+        if a["form"] == "float32":
+            if a["shift"]:
+                v = self.op("Mul", [v, self.const(f"{base}/shift", np.float32(2.0 ** -a["shift"]))], f"{base}/shifted")
+            self.finish_float(v, step, qname(step.outputs[0]), f"{base}/out")
+            return
+        r = self.requant(v, a["shift"], a["pre"], a["wide"], f"{base}/requant")
+        self.finish(r, step, qname(step.outputs[0]), a["wide"], f"{base}/out")
 
     def s_layernorm(self, step: Step) -> None:
         """LayerNormalization (``intplan.layernorm_params``), int64 throughout: u = N v - ReduceSum(v),
@@ -347,7 +418,7 @@ class IntegerWriter:
         if a["num_shift"]:
             u = self.op("Mul", [u, self.const(f"{base}/num_scale", i64(2 ** a["num_shift"]))], f"{base}/u_scaled")
         r_p1 = self.op("Add", [r, self.const(f"{base}/one_", i64(1))], f"{base}/r_p1")
-        t = self.div_round(u, r, r_p1, i64, f"{base}/t")
+        t = self.rne_divide(u, r, r_p1, i64, f"{base}/t")
         t = self.op("Clip", [t, self.const(f"{base}/t_lo", i64(-a["t_max"])), self.const(f"{base}/t_hi", i64(a["t_max"]))],
                     f"{base}/t_clipped")
         p = self.op("Mul", [t, self.const(f"{base}/gamma", a["gamma"].astype(i64))], f"{base}/scaled")

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, UnsupportedOpError
-from ..graph.qgraph import QGraph, attrs_of
+from ..graph.qgraph import attrs_of
 from ..ops.registry import REGISTRY
 from ..quant import quantize
 from ..quant.requant import F32_EXACT, ROUNDING_MODES, exact_in_float32, po2_frac, requant_shift, shift_bound
@@ -40,6 +40,10 @@ CONTAINERS = {"int8": (-128, 127), "uint8": (0, 255)}
 PAIR_SAFE = 2**15 - 1  # AVX2 u8 x s8 (vpmaddubsw) saturates each pair of products to int16
 SCALE_EXP_MAX = 100  # 2^-e with |e| <= 100 and products of two such stay normal float32
 FORM_SHIFT = "shift"
+AFFINE_OPS = ("Add", "Sub", "Mul", "Div")  # x op constant-per-position: one integer multiply-add (``affine``)
+CONST_BITS = 8  # an added constant keeps this many fractional bits beyond the output's
+MULT_MAX = 2**15 - 1  # a constant factor is an int16 multiplier M (value M * 2^-f_m, one f_m per tensor)
+SOFTMAX_BITS = 16  # exp table T[k] = round(2^16 exp(-k 2^-f)): T[0] = 2^16
 
 
 @dataclass
@@ -62,7 +66,7 @@ class TInt:
 
 @dataclass
 class Step:
-    kind: str  # input | layer | add | mul | concat | avgpool | lut | carry | pass | output
+    kind: str  # input | layer | add | mul | affine | matmul | concat | avgpool | softmax | lut | carry | pass | output
     node: str  # ONNX node name (the tensor name for input/output steps)
     inputs: list[str]  # float tensor names read (container tensors for integer operands)
     outputs: list[str]
@@ -231,7 +235,14 @@ class _Lowering:
         out = float_out[0]
         spec = REGISTRY[n.op_type]
         if spec.lowering in ("add", "mul", "lut") and len(float_in) == 1 and len(n.output) == 1:
-            self.lut(n, a)  # one activation and scalar constants (x * c, x + c, erf(x), ...): a lookup table
+            if n.op_type in AFFINE_OPS and self.positional_const(n, float_in[0]):
+                self.affine(n, float_in[0])  # x + P, x * gamma with a constant per position / channel
+            else:
+                self.lut(n, a)  # one activation and scalar constants (x * c, x + c, erf(x), ...): a lookup table
+        elif spec.lowering == "layer" and n.op_type == "MatMul":  # not a layer: both operands are activations
+            self.matmul(n)
+        elif spec.lowering == "softmax":
+            self.softmax(n, a)
         elif spec.role == "carry" and self.qg.source.get(out) != out:
             self.carry(n, a, spec.lowering)
         elif spec.lowering == "add":
@@ -246,7 +257,7 @@ class _Lowering:
             self.layernorm(n, a)
         else:
             raise _Unsupported("no exact integer form (supported: Conv/Gemm/MatMul, Add/Sub/Sum, Mul, Concat, "
-                               "average pools, elementwise activations as lookup tables, data-movement ops)")
+                               "average pools, Softmax, elementwise activations as lookup tables, data-movement ops)")
 
     # -------------------------------------------------------------- steps
     def layer(self, n, a: dict) -> None:
@@ -472,6 +483,94 @@ class _Lowering:
             np.uint8 if self.container == "uint8" else np.int8)
         self.steps.append(Step("lut", n.name, [x_name], [n.output[0]], {"op_type": n.op_type, "table": table,
                                                                       "offset": x.lo}))
+
+    def positional_const(self, n, x_name: str) -> bool:
+        """True when the op's constant operand holds more than one value (no single lookup table)."""
+        return any(i and i != x_name and i in self.sim.consts and self.sim.consts[i].numel() != 1 for i in n.input)
+
+    def affine(self, n, x_name: str) -> None:
+        """x + P, x - P, P - x, x * g, x / g with a constant of any broadcastable shape (position embeddings,
+        layer scales): y = clip(R((c - z) * M + B, n) + z_y, lo, hi). An added P is B = round(P 2^f_c) at
+        f_c = max(f_x, f_y + CONST_BITS) with M = +-2^(f_c - f_x); a factor g (1/g for Div) is the int16
+        M = round(g 2^f_m) with the most bits f_m that fit, B absent. M and B keep the constant's shape."""
+        x, y = self.tint(x_name), self.tint(n.output[0])
+        k = 1 - list(n.input).index(x_name)
+        c = self.sim.consts[n.input[k]].double().cpu().numpy()
+        if n.op_type in ("Add", "Sub"):
+            f_c = max(x.frac, y.frac + CONST_BITS)
+            mult = np.array((-1 if n.op_type == "Sub" and k == 0 else 1) * 2 ** (f_c - x.frac), np.int64)
+            offset = rne(c * 2.0 ** f_c).astype(np.int64) * (-1 if n.op_type == "Sub" and k == 1 else 1)
+        else:
+            if n.op_type == "Div" and k == 0:
+                raise _Unsupported("a constant divided by an activation has no exact integer form")
+            g = 1.0 / c if n.op_type == "Div" else c
+            if not np.all(np.isfinite(g)):
+                raise _Unsupported("its constant factor is not finite")
+            g_max = float(np.abs(g).max())
+            f_m = int(np.floor(np.log2(MULT_MAX / g_max))) if g_max > 0 else 0
+            mult, offset, f_c = rne(g * 2.0 ** f_m).astype(np.int64), None, x.frac + f_m
+        total = x.max_abs * int(np.abs(mult).max()) + (int(np.abs(offset).max()) if offset is not None else 0)
+        n_shift = int(cap_shift(f_c - y.frac, total))
+        pre = max(0, 1 - n_shift)
+        bound = shift_bound(total, n_shift + pre, pre, self.rounding)
+        if bound >= 2**62:
+            raise _Unsupported("the constant needs more than 62 bits")
+        wide = _wide(bound, n_shift + pre)
+        dt = np.int64 if wide else np.int32
+        self.arrays[f"{n.name}.mult"] = mult.astype(dt)
+        if offset is not None:
+            self.arrays[f"{n.name}.offset"] = offset.astype(dt)
+        self.steps.append(Step("affine", n.name, [x_name], [n.output[0]], {
+            "op_type": n.op_type, "x_zp": x.zp, "mult": f"{n.name}.mult",
+            "offset": f"{n.name}.offset" if offset is not None else None, "const_frac": f_c, "shift": n_shift,
+            "pre": pre, "y_zp": y.zp, "lo": y.lo, "hi": y.hi, "wide": wide,
+            "form": float_form(total, [-n_shift], self.rounding)}))
+
+    def matmul(self, n) -> None:
+        """MatMul of two activations (attention's Q K^T, P V): R((a - z_a) @ (b - z_b), f_a + f_b - f_y) as
+        ``QLinearMatMul`` where ``qlinear_form`` proves onnxruntime's requantization exact, else
+        ``MatMulInteger`` and the shift recipe."""
+        if not all(self.is_int(i) for i in n.input):
+            raise _Unsupported("MatMul with a constant operand that is not a 2-D weight")
+        a, b = self.tint(n.input[0]), self.tint(n.input[1])
+        y = self.tint(n.output[0])
+        sa, sb = self.qg.shapes.get(n.input[0]) or (), self.qg.shapes.get(n.input[1]) or ()
+        k = next((d for d in (sa[-1:] or [None]) + (sb[-2:-1] or [None]) if isinstance(d, int) and d > 0), None)
+        if k is None:
+            raise _Unsupported("the contraction length is not static (no accumulator bound)")
+        acc = k * a.max_abs * b.max_abs
+        if acc >= 2**31:
+            raise _Unsupported(f"its accumulator can reach {acc} >= 2^31 inside MatMulInteger")
+        n_shift = int(cap_shift(a.frac + b.frac - y.frac, acc))
+        pre = max(0, 1 - n_shift)
+        bound = shift_bound(acc, n_shift + pre, pre, self.rounding)
+        form, why = qlinear_form("MatMul", a, y, np.array([n_shift]), np.array([acc], dtype=object), None, y.lo, y.hi,
+                                 rank=max(3, len(sa)), rounding=self.rounding, container=self.container)
+        if form != FORM_SHIFT and not CONTAINERS[self.container][0] <= b.zp <= CONTAINERS[self.container][1]:
+            form, why = FORM_SHIFT, f"zero point outside {self.container}"
+        self.steps.append(Step("matmul", n.name, list(n.input), [n.output[0]], {
+            "zps": [a.zp, b.zp], "shift": n_shift, "pre": pre, "y_zp": y.zp, "lo": y.lo, "hi": y.hi,
+            "wide": _wide(bound, n_shift + pre), "bound": acc, "form": form, "form_why": why,
+            "x_frac": a.frac, "y_frac": y.frac}))
+
+    def softmax(self, n, a: dict) -> None:
+        """Softmax over one axis: d = max(c) - c along the axis (value difference d 2^-f_x), e = T[d] with
+        T[k] = round(2^16 exp(-k 2^-f_x)), S = sum(e), y = clip(RNE(e 2^f_y / S) + z_y, lo, hi) (an exact
+        integer division by the tensor S)."""
+        x, y = self.tint(n.input[0]), self.tint(n.output[0])
+        shape = self.qg.shapes.get(n.input[0]) or ()
+        opset = next((o.version for o in self.qg.model.opset_import if o.domain in ("", "ai.onnx")), 13)
+        axis = int(a.get("axis", -1 if opset >= 13 else 1))
+        if opset < 13 and (not shape or axis % len(shape) != len(shape) - 1):
+            raise _Unsupported("Softmax before opset 13 over more than the last axis (flattened axes)")
+        length = shape[axis] if shape and isinstance(shape[axis], int) and shape[axis] > 0 else None
+        table = rne(2.0 ** SOFTMAX_BITS * np.exp(-np.arange(x.hi - x.lo + 1) * 2.0 ** -x.frac)).astype(np.int64)
+        up, down = max(0, y.frac), max(0, -y.frac)
+        s_max = (length or 0) * 2 ** (SOFTMAX_BITS + down)
+        wide = length is None or 2 * s_max + 2 ** (SOFTMAX_BITS + up) + 2 >= 2**31
+        self.steps.append(Step("softmax", n.name, [n.input[0]], [n.output[0]], {
+            "axis": axis, "table": table, "up": up, "down": down, "y_zp": y.zp, "lo": y.lo, "hi": y.hi,
+            "wide": bool(wide)}))
 
     def carry(self, n, a: dict, lowering: str | None) -> None:
         if lowering != "carry":

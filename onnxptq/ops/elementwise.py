@@ -18,7 +18,8 @@ FAMILIES = [
       "Erf", "Neg", "Abs", "Exp", "Selu", "Celu", "Softsign", "ThresholdedRelu")),
     # one activation with scalar constants: a lookup table (export/intplan.py); two activations: no integer form
     ("elementwise as lookup tables", "island", "lut", ("Log", "Sqrt", "Reciprocal", "Floor", "Ceil", "Pow", "Div")),
-    ("float ops", "island", None, ("PRelu", "Softmax", "LogSoftmax", "BatchNormalization", "Cast")),
+    ("softmax", "island", "softmax", ("Softmax",)),  # exp table, integer sum and division (export/intplan.py)
+    ("float ops", "island", None, ("PRelu", "LogSoftmax", "BatchNormalization", "Cast")),
     ("comparisons and selection", "island", None, ("Equal", "Less", "Greater", "Not", "Where", "Max", "Min")),
     ("logic, masks and scans", "island", None,
      ("And", "Or", "Xor", "IsNaN", "IsInf", "LessOrEqual", "GreaterOrEqual", "Sign", "Round", "Mod", "CumSum",

@@ -20,10 +20,10 @@ from ..ops.simulate import conv, torch_pad
 
 #: Step kind -> executor method; covers every integer-lowering kind of ops.registry (tests/test_opspec.py).
 #: "carry" (and "pass") steps run the op's torch function on the containers (_generic).
-EXECUTORS = {"layer": "_layer", "add": "_add", "mul": "_mul", "concat": "_concat", "avgpool": "_avgpool",
-             "layernorm": "_layernorm",
-             "lut": "_lut", "carry": "_generic"}
-_NARY = frozenset({"add", "mul", "concat"})  # executors that take the list of inputs
+EXECUTORS = {"layer": "_layer", "add": "_add", "mul": "_mul", "affine": "_affine", "matmul": "_matmul",
+             "concat": "_concat", "avgpool": "_avgpool", "softmax": "_softmax", "lut": "_lut",
+             "layernorm": "_layernorm", "carry": "_generic"}
+_NARY = frozenset({"add", "mul", "matmul", "concat"})  # executors that take the list of inputs
 
 
 def _per_channel(v: np.ndarray, cdim: int, ndim: int, device) -> torch.Tensor:
@@ -104,6 +104,26 @@ class IntSim:
         a = step.attrs
         prod = (ins[0] - a["zps"][0]) * (ins[1] - a["zps"][1])  # |prod| < 2^16: exact
         return self._requant(prod, a["shift"], a["pre"], step)
+
+    def _affine(self, step: Step, x: torch.Tensor) -> torch.Tensor:
+        a = step.attrs
+        v = (x.to(torch.int64) - a["x_zp"]) * torch.as_tensor(self.p.arrays[a["mult"]].astype(np.int64), device=x.device)
+        if a["offset"]:
+            v = v + torch.as_tensor(self.p.arrays[a["offset"]].astype(np.int64), device=x.device)
+        return self._requant(v if a["wide"] else v.double(), a["shift"], a["pre"], step)
+
+    def _matmul(self, step: Step, ins: list[torch.Tensor]) -> torch.Tensor:
+        a = step.attrs
+        acc = torch.matmul(ins[0] - a["zps"][0], ins[1] - a["zps"][1])  # float64, |acc| < 2^31: exact
+        return self._requant(acc, a["shift"], a["pre"], step)
+
+    def _softmax(self, step: Step, x: torch.Tensor) -> torch.Tensor:
+        a = step.attrs
+        c = x.to(torch.int64)
+        e = torch.as_tensor(a["table"].astype(np.int64), device=x.device)[c.amax(a["axis"], keepdim=True) - c]
+        s = e.sum(a["axis"], keepdim=True)
+        y = rne_div(e * 2 ** a["up"], s * 2 ** a["down"], self.p.rounding) + a["y_zp"]
+        return y.clamp(a["lo"], a["hi"]).double()
 
     def _concat(self, step: Step, ins: list[torch.Tensor]) -> torch.Tensor:
         a = step.attrs

@@ -1,0 +1,179 @@
+"""Integer lowerings of Softmax, activation x activation MatMul and Add/Mul with a per-position constant:
+level-1 parity (onnxruntime == runtime/ == the integer simulation) and closeness to the float model."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from helpers import ort_run
+
+import onnxptq
+from onnxptq.api import QuantResult
+from onnxptq.verify.integer import verify_integer
+
+T, C = 8, 16  # sequence length and width of the token models
+
+
+def _save(tmp_path, name, nodes, x_shape, y_shape, inits) -> str:
+    g = helper.make_graph(nodes, name, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", *x_shape])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", *y_shape])],
+                          [numpy_helper.from_array(np.asarray(v, np.float32), k) for k, v in inits.items()])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    path = str(tmp_path / f"{name}.onnx")
+    onnx.save(m, path)
+    return path
+
+
+def _sqnr(ref: np.ndarray, got: np.ndarray) -> float:
+    return float(10 * np.log10(np.sum(ref.astype(np.float64) ** 2) / np.sum((ref - got).astype(np.float64) ** 2)))
+
+
+def _check(path: str, x: np.ndarray, kinds: set[str], floor: float, **int_options) -> QuantResult:
+    """Quantize to the integer format and QDQ; the integer model passes level-1 verify, holds the step
+    kinds, and its output is within 0.5 dB of the QDQ model's SQNR against the float model (and above
+    ``floor``)."""
+    calib, test = x[:32], x[32:]
+    res = onnxptq.quantize(path, calib, w_bits=8, a_bits=8, scale="po2", format="int", progress=False, **int_options)
+    assert kinds <= {s.kind for s in res.program.steps}
+    rep = verify_integer(res.model, {"x": test[:8]}, batch_size=8)
+    assert rep.ok, rep.format()
+    qdq = onnxptq.quantize(path, calib, w_bits=8, a_bits=8, scale="po2", format="qdq", progress=False)
+    ref = ort_run(path, {"x": test})[0]
+    s_int = _sqnr(ref, ort_run(res.model, {"x": test})[0])
+    s_qdq = _sqnr(ref, ort_run(qdq.model, {"x": test})[0])
+    assert s_int >= floor and s_int >= s_qdq - 0.5, (s_int, s_qdq)
+    return res
+
+
+def _tokens(seed: int, n: int = 48, scale: float = 1.0) -> np.ndarray:
+    return (np.random.default_rng(seed).standard_normal((n, T, C)) * scale).astype(np.float32)
+
+
+def _w(rng, *shape, scale=0.3):
+    return rng.standard_normal(shape) * scale
+
+
+@pytest.mark.parametrize("axis, length", [(-1, T), (1, T), (1, "T")])
+def test_softmax_is_an_integer_exp_table_and_division(tmp_path, axis, length):
+    """Softmax after a MatMul layer over the last axis and over axis 1 (yolov8's DFL head): exp table,
+    integer sum, exact RNE division by the sum; int64 when the axis length is not static."""
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"], name="fc"),
+             helper.make_node("Softmax", ["h"], ["y"], name="softmax", axis=axis)]
+    path = _save(tmp_path, "softmax", nodes, (length, C), (length, C), {"w": _w(rng, C, C, scale=0.8)})
+    res = _check(path, _tokens(1), {"softmax"}, floor=25.0)
+    step = next(s for s in res.program.steps if s.kind == "softmax")
+    assert step.attrs["table"][0] == 2**16 and step.attrs["axis"] == axis
+    assert step.attrs["wide"] == (length != T)
+
+
+def test_matmul_of_two_activations(tmp_path):
+    """A @ B^T with A, B from two MatMul layers (B transposed on the containers): QLinearMatMul or the
+    MatMulInteger recipe, exact either way."""
+    rng = np.random.default_rng(2)
+    nodes = [helper.make_node("MatMul", ["x", "wa"], ["a"], name="fa"),
+             helper.make_node("MatMul", ["x", "wb"], ["b"], name="fb"),
+             helper.make_node("Transpose", ["b"], ["bt"], name="bt", perm=[0, 2, 1]),
+             helper.make_node("MatMul", ["a", "bt"], ["y"], name="scores")]
+    path = _save(tmp_path, "matmul", nodes, (T, C), (T, T), {"wa": _w(rng, C, C), "wb": _w(rng, C, C)})
+    res = _check(path, _tokens(3), {"matmul"}, floor=25.0)
+    step = next(s for s in res.program.steps if s.kind == "matmul")
+    assert step.attrs["form"] == "QLinearMatMul" and step.attrs["bound"] <= C * 255 * 255
+
+
+@pytest.mark.parametrize("rounding, form", [("rne", "float32"), ("half_up", "shift")])
+def test_add_and_mul_with_per_position_constants(tmp_path, rounding, form):
+    """x + P (position embedding [1, T, C]), P - x, x * gamma (per channel [C]) and x / g: integer
+    multiply-adds with the constant's broadcast shape kept (exact float32 ops, or the integer recipe)."""
+    rng = np.random.default_rng(4)
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"], name="fc"),
+             helper.make_node("Add", ["h", "pos"], ["p"], name="pos_embed"),
+             helper.make_node("Mul", ["p", "gamma"], ["g"], name="layer_scale"),
+             helper.make_node("Sub", ["pos2", "g"], ["s"], name="sub_from"),
+             helper.make_node("Div", ["s", "div"], ["y"], name="div_by")]
+    inits = {"w": _w(rng, C, C), "pos": _w(rng, 1, T, C, scale=1.0), "gamma": rng.uniform(0.05, 2.0, C) * rng.choice([-1, 1], C),
+             "pos2": _w(rng, T, C, scale=0.5), "div": rng.uniform(0.5, 3.0, (T, 1))}
+    path = _save(tmp_path, "affine", nodes, (T, C), (T, C), inits)
+    res = _check(path, _tokens(5), {"affine"}, floor=25.0, int_rounding=rounding)
+    steps = {s.node: s for s in res.program.steps if s.kind == "affine"}
+    assert set(steps) == {"pos_embed", "layer_scale", "sub_from", "div_by"}
+    assert {s.attrs["form"] for s in steps.values()} == {form}
+    assert res.program.arrays["pos_embed.offset"].shape == (1, T, C)
+    assert res.program.arrays["layer_scale.mult"].shape == (C,) and np.abs(res.program.arrays["layer_scale.mult"]).max() < 2**15
+
+
+def test_conv_layer_scale_per_channel(tmp_path):
+    """Conv, Relu (fused), then Mul with gamma of shape [C, 1, 1] (a layer scale that cannot fold into the
+    conv), small and mixed-sign values included."""
+    rng = np.random.default_rng(6)
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["h"], name="conv", pads=[1, 1, 1, 1], kernel_shape=[3, 3]),
+             helper.make_node("Relu", ["h"], ["r"], name="relu"),
+             helper.make_node("Mul", ["r", "gamma"], ["y"], name="layer_scale")]
+    inits = {"w": _w(rng, 4, 3, 3, 3), "b": _w(rng, 4, scale=0.1),
+             "gamma": np.array([1e-3, -0.2, 0.7, -1.0]).reshape(4, 1, 1)}
+    g = helper.make_graph(nodes, "ls", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 6, 6])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, 6, 6])],
+                          [numpy_helper.from_array(np.asarray(v, np.float32), k) for k, v in inits.items()])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    onnx.save(m, str(tmp_path / "ls.onnx"))
+    x = np.random.default_rng(7).standard_normal((48, 3, 6, 6)).astype(np.float32)
+    _check(str(tmp_path / "ls.onnx"), x, {"affine"}, floor=25.0)
+
+
+def _attention(tmp_path, heads: int = 1) -> str:
+    """Q, K, V layers from one input, Q K^T, Mul by a scalar scale, Softmax, P V; with ``heads`` > 1 the
+    heads are split by Reshape + Transpose (4-D MatMuls, Q scaled before Q K^T) and merged again before an
+    output layer."""
+    rng = np.random.default_rng(8)
+    d = C // heads
+    inits = {"wq": _w(rng, C, C, scale=0.5), "wk": _w(rng, C, C, scale=0.5), "wv": _w(rng, C, C),
+             "scale": np.float32(d ** -0.5), "wo": _w(rng, C, C), "split": [0, T, heads, d], "merge": [0, T, C]}
+    nodes = [helper.make_node("MatMul", ["x", f"w{t}"], [t], name=t) for t in "qkv"]
+    if heads > 1:
+        for t, perm in (("q", [0, 2, 1, 3]), ("k", [0, 2, 3, 1]), ("v", [0, 2, 1, 3])):
+            nodes += [helper.make_node("Reshape", [t, "split"], [f"{t}4"], name=f"{t}_split"),
+                      helper.make_node("Transpose", [f"{t}4"], [f"{t}h"], name=f"{t}_heads", perm=perm)]
+        q, kt, v = "qh", "kh", "vh"
+    else:
+        nodes.append(helper.make_node("Transpose", ["k"], ["kt"], name="kt", perm=[0, 2, 1]))
+        q, kt, v = "q", "kt", "v"
+    if heads > 1:  # q scaled first (timm): scores * scale after Q K^T is fused into com.microsoft.Attention by onnxsim
+        nodes += [helper.make_node("Mul", [q, "scale"], ["qs"], name="scale"),
+                  helper.make_node("MatMul", ["qs", kt], ["s2"], name="qk")]
+    else:
+        nodes += [helper.make_node("MatMul", [q, kt], ["s"], name="qk"),
+                  helper.make_node("Mul", ["s", "scale"], ["s2"], name="scale")]
+    nodes += [helper.make_node("Softmax", ["s2"], ["p"], name="softmax", axis=-1),
+              helper.make_node("MatMul", ["p", v], ["o" if heads > 1 else "y"], name="pv")]
+    if heads > 1:
+        nodes += [helper.make_node("Transpose", ["o"], ["ot"], name="o_tokens", perm=[0, 2, 1, 3]),
+                  helper.make_node("Reshape", ["ot", "merge"], ["om"], name="o_merge"),
+                  helper.make_node("MatMul", ["om", "wo"], ["y"], name="out")]
+    path = _save(tmp_path, "attention", nodes, (T, C), (T, C), inits)
+    m = onnx.load(path)  # the Reshape targets as int64
+    for init in m.graph.initializer:
+        if init.name in ("split", "merge"):
+            init.CopyFrom(numpy_helper.from_array(np.array(inits[init.name], np.int64), init.name))
+    onnx.save(m, path)
+    return path
+
+
+@pytest.mark.parametrize("heads", [1, 4])
+def test_attention_block_end_to_end(tmp_path, heads):
+    """One attention block, single-head (3-D MatMuls) and four heads (4-D): QK^T and PV lower to
+    ``matmul``, the scalar scale to a table, Softmax to its integer form."""
+    res = _check(_attention(tmp_path, heads), _tokens(9), {"matmul", "softmax", "lut"}, floor=20.0)
+    assert {s.node for s in res.program.steps if s.kind == "matmul"} == {"qk", "pv"}
+
+
+def test_integer_recipes_with_half_up_rounding(tmp_path):
+    """--int-rounding half_up keeps onnxruntime's requantization out: the MatMuls take MatMulInteger and
+    the shift recipe, the constants' multiply-adds the integer recipe, Softmax the half-up division."""
+    res = _check(_attention(tmp_path), _tokens(9), {"matmul", "softmax"}, floor=20.0, int_rounding="half_up")
+    assert all(s.attrs["form"] == "shift" for s in res.program.steps if s.kind == "matmul")
+    assert any(n.op_type == "MatMulInteger" for n in res.model.graph.node)
