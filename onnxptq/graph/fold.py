@@ -160,6 +160,21 @@ def prune_initializers(graph: onnx.GraphProto) -> None:
     graph.initializer.extend(keep)
 
 
+def constants_to_initializers(graph: onnx.GraphProto) -> None:
+    """Constant nodes holding a tensor become initializers (simplifiers write folded weights, e.g. a conv
+    weight times a layer scale, as Constant nodes; a layer's weight must be an initializer)."""
+    outputs = {o.name for o in graph.output}
+    for node in list(graph.node):
+        if node.op_type != "Constant" or node.output[0] in outputs or len(node.attribute) != 1 \
+                or node.attribute[0].name != "value":
+            continue
+        t = onnx.TensorProto()
+        t.CopyFrom(node.attribute[0].t)
+        t.name = node.output[0]
+        graph.initializer.append(t)
+        graph.node.remove(node)
+
+
 def ensure_node_names(graph: onnx.GraphProto) -> None:
     """Give every node a unique, non-empty name (errors and reports refer to nodes by name)."""
     seen: set[str] = set()
@@ -177,6 +192,7 @@ def fold(model: onnx.ModelProto) -> tuple[onnx.ModelProto, FoldReport]:
     model = onnx.shape_inference.infer_shapes(onnx.ModelProto.FromString(model.SerializeToString()))
     report = FoldReport()
     ensure_node_names(model.graph)
+    constants_to_initializers(model.graph)
     remove_passthrough(model.graph, report)
     fold_batchnorm(model.graph, report)
     standalone_bn_to_conv(model.graph, report)
