@@ -44,7 +44,7 @@ def yolo_like(path=None):
     return _model(nodes, inits, (1, 64, 5), path=path)
 
 
-def vit_like():
+def vit_like(pool: bool = True, path=None):
     """Class token concatenated (a constant with batch 1), rows merged for a Gemm and split back."""
     nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], name="patch", strides=[4, 4]),
              helper.make_node("Reshape", ["c", "s1"], ["p"], name="flat"),
@@ -52,11 +52,12 @@ def vit_like():
              helper.make_node("Concat", ["cls", "tok"], ["seq"], name="concat", axis=1),
              helper.make_node("Reshape", ["seq", "s2"], ["rows"], name="rows"),
              helper.make_node("Gemm", ["rows", "g", "gb"], ["gm"], name="gemm"),
-             helper.make_node("Reshape", ["gm", "s3"], ["back"], name="back"),
-             helper.make_node("ReduceMean", ["back"], ["y"], name="pool", keepdims=0, axes=[1])]
+             helper.make_node("Reshape", ["gm", "s3"], ["back" if pool else "y"], name="back")]
+    if pool:
+        nodes.append(helper.make_node("ReduceMean", ["back"], ["y"], name="pool", keepdims=0, axes=[1]))
     inits = {"w": _w(6, 3, 4, 4), "b": _w(6), "s1": np.array([1, 6, -1], np.int64), "cls": _w(1, 1, 6),
              "s2": np.array([-1, 6], np.int64), "g": _w(6, 4), "gb": _w(4), "s3": np.array([1, 5, 4], np.int64)}
-    return _model(nodes, inits, (1, 4))
+    return _model(nodes, inits, (1, 4) if pool else (1, 5, 4), path=path)
 
 
 def batch_mixing(path=None):
@@ -161,3 +162,14 @@ def test_the_chunked_fallback_is_visible(tmp_path, capsys):
     assert "conv_over_batch" in res.diagnostics.items[0].detail
     assert main(["inspect", str(src)]) == 0
     assert "fixed batch 1: runs in chunks" in capsys.readouterr().out
+
+
+def test_class_token_lowers_to_integers(tmp_path):
+    """The class token the batch rewrite expands is quantized at lowering time and moved as integers."""
+    src = tmp_path / "vit.onnx"
+    vit_like(pool=False, path=src)
+    x = RNG.standard_normal((16, 3, 8, 8)).astype(np.float32)
+    res = onnxptq.quantize(str(src), x, w_bits=8, a_bits=8, scale="po2", format="int")
+    assert any(s.attrs.get("int_input") for s in res.program.steps)
+    assert verify_integer(res.model, {"x": x[:3]}).ok
+    assert onnxptq.eval.sqnr_db(_per_sample(onnx.load(str(src)), x), _per_sample(res.model, x)) > 25

@@ -457,8 +457,10 @@ class IntegerWriter:
             self.nodes.append(helper.make_node("ReduceMax", [ins[0], self.const(f"{step.node}/axes", np.arange(2, a["rank"]))],
                                                outs, name=self._unique(step.node), keepdims=1))
             return
+        if a.get("int_input"):  # a constant quantized at lowering time (intplan.constant_carry)
+            ins[0] = self.const(a["int_input"], self.p.arrays[a["int_input"]])
         for i in step.inputs:
-            if i and i not in self.p.tensors:
+            if i and i not in self.p.tensors and i != a.get("int_input"):
                 self._copy_initializer(i)
         self.nodes.append(helper.make_node(op_type, ins, outs, name=self._unique(step.node), **attrs))
 

@@ -234,7 +234,9 @@ class _Lowering:
             return
         out = float_out[0]
         spec = REGISTRY[n.op_type]
-        if spec.lowering in ("add", "mul", "lut") and len(float_in) == 1 and len(n.output) == 1:
+        if not float_in and spec.lowering == "carry" and n.input and n.input[0] in self.sim.consts:
+            self.constant_carry(n, a, out)  # e.g. a class token expanded to the batch: quantized, then moved
+        elif spec.lowering in ("add", "mul", "lut") and len(float_in) == 1 and len(n.output) == 1:
             if n.op_type in AFFINE_OPS and self.positional_const(n, float_in[0]):
                 self.affine(n, float_in[0])  # x + P, x * gamma with a constant per position / channel
             else:
@@ -571,6 +573,20 @@ class _Lowering:
         self.steps.append(Step("softmax", n.name, [n.input[0]], [n.output[0]], {
             "axis": axis, "table": table, "up": up, "down": down, "y_zp": y.zp, "lo": y.lo, "hi": y.hi,
             "wide": bool(wide)}))
+
+    def constant_carry(self, n, a: dict, out: str) -> None:
+        """A data-movement op on a float constant whose output is a quant point (Expand of a class token,
+        Tile of a learned query): the constant is quantized to the output's grid at lowering time
+        (program array ``<node>.input_q``) and the op moves its integers."""
+        y = self.tint(out)
+        fq = self.sim.act_quantizer(out)
+        p = fq.params
+        c = self.sim.consts[n.input[0]].detach().cpu().numpy().astype(np.float32)
+        q = quantize(c, np.float32(p.scale), np.float32(p.zero_point), p.grid).astype(np.int64)
+        key = f"{n.name}.input_q"
+        self.arrays[key] = (q + (y.zp - int(p.zero_point))).astype(np.uint8 if self.container == "uint8" else np.int8)
+        self.steps.append(Step("carry", n.name, [key, *n.input[1:]], list(n.output),
+                               {"op_type": n.op_type, "attrs": a, "int_input": key}))
 
     def carry(self, n, a: dict, lowering: str | None) -> None:
         if lowering != "carry":

@@ -61,7 +61,11 @@ class IntSim:
     def _val(self, env: dict, name: str):
         if not name:
             return None
-        return env[name] if name in env else self.consts[name]
+        if name in env:
+            return env[name]
+        if name in self.consts:
+            return self.consts[name]
+        return torch.as_tensor(self.p.arrays[name].astype(np.int64), device=self.device)  # a quantized constant
 
     # ------------------------------------------------------------------ steps
     def _input(self, step: Step, x: np.ndarray) -> torch.Tensor:
