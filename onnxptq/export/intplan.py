@@ -439,7 +439,8 @@ class _Lowering:
         self.steps.append(Step("avgpool", n.name, [n.input[0]], [n.output[0]], attrs))
 
     def layernorm(self, n, a: dict) -> None:
-        """LayerNormalization over the axes from ``axis`` with constant scale and bias (``layernorm_params``)."""
+        """LayerNormalization over the axes from ``axis`` (InstanceNormalization: over the spatial axes, scale and
+        bias per channel) with constant scale and bias (``layernorm_params``)."""
         g = self.qg.model.graph
         used = {i for m in g.node for i in m.input} | {o.name for o in g.output}
         if any(o in used for o in n.output[1:] if o):
@@ -450,12 +451,17 @@ class _Lowering:
         shape = self.qg.shapes.get(n.input[0], ())
         if not shape:
             raise _Unsupported("input of unknown rank")
-        axes = list(range(int(a.get("axis", -1)) % len(shape), len(shape)))
+        instance = n.op_type == "InstanceNormalization"  # over the spatial axes, scale and bias per channel
+        axes = list(range(2 if instance else int(a.get("axis", -1)) % len(shape), len(shape)))
         dims = [shape[i] for i in axes]
         if any(d is None or d <= 0 for d in dims):
             raise _Unsupported(f"normalized dimensions {dims} are not static")
+        per_channel = (-1, *([1] * (len(shape) - 2))) if instance else None
         gamma = self.sim.consts[n.input[1]].double().cpu().numpy()
         beta = self.sim.consts[n.input[2]].double().cpu().numpy() if len(n.input) > 2 and n.input[2] else None
+        if per_channel is not None:
+            gamma = gamma.reshape(per_channel)
+            beta = None if beta is None else beta.reshape(per_channel)
         try:
             p = layernorm_params(int(np.prod(dims)), x.hi - x.lo, x.frac, y.frac, float(a.get("epsilon", 1e-5)),
                                  gamma, beta)

@@ -8,8 +8,9 @@ from .base import op
 
 #: (family, role, integer-lowering kind, op types) for ops/registry.py (roles and kinds: ops/spec.py)
 FAMILIES = [
-    ("layernorm", "island", "layernorm", ("LayerNormalization",)),
-    ("normalizations", "island", None, ("GroupNormalization", "InstanceNormalization")),
+    # InstanceNormalization: a layer norm over the spatial axes with a scale per channel (same lowering)
+    ("layernorm", "island", "layernorm", ("LayerNormalization", "InstanceNormalization")),
+    ("normalizations", "island", None, ("GroupNormalization",)),
     ("einsum", "island", None, ("Einsum",)),
 ]
 
