@@ -185,7 +185,8 @@ class _Rewriter:
             self._reshape(node, first)
         elif op == "Flatten":
             rank = self._rank(node.input[0], node)
-            ax = self._axis(a.get("axis", 1), rank)
+            ax = int(a.get("axis", 1))
+            ax = ax + rank if ax < 0 else ax  # Flatten's axis runs over [-rank, rank]: rank flattens everything
             if first.axis != 0 or ax == 0:
                 raise NotProvable(node, "flattens the batch into another axis")
             merged = first.merged * int(np.prod(self._shape(node.input[0], node)[1:ax]))
@@ -205,6 +206,9 @@ class _Rewriter:
             self._set_all(node, first)
         elif op == "Slice":
             self._slice(node, first)
+        elif op == "Gather" and [k for k, _ in batched] == [1]:  # a table looked up by batched ids (embeddings)
+            ax = self._axis(a.get("axis", 0), self._rank(node.input[0], node))
+            self.state[node.output[0]] = BatchAxis(ax + first.axis, first.merged)
         elif op in ("Gather", "GatherElements"):
             if batched[0][0] != 0 or len(batched) != 1:
                 raise NotProvable(node, "batched indices")
