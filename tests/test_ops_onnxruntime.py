@@ -471,3 +471,9 @@ def test_onehot(axis, ind_dtype, depth_dtype, values):
 def test_scatter_opset_10():
     x, ind, upd = ties(4, 5, hi=9), np.array([[1, 0, 3], [2, -1, 0]], np.int64), ties(2, 3, seed=1)
     check("Scatter", [x, ind, upd], opset=10, axis=1)
+
+
+@pytest.mark.parametrize("axis", [0, 1, 2, -1, -2])
+def test_flatten_every_axis(axis):
+    """Flatten's axis runs over [-rank, rank]; axis = rank gives (numel, 1) (BERT's attention mask)."""
+    check("Flatten", [rand(3, 4)], axis=axis)

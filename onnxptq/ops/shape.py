@@ -34,7 +34,8 @@ NODE_ROLES = {"Resize": _resize_role, "Upsample": _resize_role}
 @op("Flatten")
 def _flatten(i, a):
     x = i[0]
-    axis = a.get("axis", 1) % max(x.dim(), 1) if x.dim() else 0
+    axis = int(a.get("axis", 1))
+    axis = axis + x.dim() if axis < 0 else axis  # in [-rank, rank]: axis = rank gives (numel, 1)
     lead = math.prod(x.shape[:axis]) if axis else 1
     return [x.reshape(lead, -1)]
 
