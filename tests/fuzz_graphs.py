@@ -2,7 +2,8 @@
 
 ``random_cnn(seed)`` returns (model, input shape, description): a stem Conv, then 1-5 random blocks
 drawn from: conv (+ Relu / ReLU6 / none; groups 1, 2 or depthwise; kernel 1/3; stride 1/2), residual
-Add, MaxPool, AveragePool, Concat of two branches, x * Sigmoid(x) (SiLU as Mul), HardSwish, a tiny-
+Add, MaxPool, AveragePool, Concat of two branches, x * Sigmoid(x) (SiLU as Mul) then x * Sigmoid(MaxPool(x)),
+HardSwish, a tiny-
 scale branch added to a normal one (forces int64 accumulators in the Add); then GlobalAveragePool,
 Flatten and Gemm.
 """
@@ -82,8 +83,10 @@ def random_cnn(seed: int) -> tuple[onnx.ModelProto, tuple[int, ...], str]:
             a = g.conv(x, c, c // 2, 1, 1, 1, "relu")
             b = g.conv(x, c, c - c // 2, 3, 1, 1, "relu6")
             x = g.node("Concat", [a, b], axis=1)
-        elif kind == "silu":
+        elif kind == "silu":  # SiLU (one lookup table: QGraph.chains), then a gate of two activations (a Mul step)
             x = g.node("Mul", [x, g.node("Sigmoid", [x])])
+            gate = g.node("Sigmoid", [g.node("MaxPool", [x], kernel_shape=[3, 3], strides=[1, 1], pads=[1, 1, 1, 1])])
+            x = g.node("Mul", [x, gate])
         elif kind == "hardswish":
             x = g.node("HardSwish", [x])
         elif kind == "tiny_add":

@@ -540,8 +540,10 @@ def test_one_activation_with_scalar_constants_is_a_lookup_table(tmp_path):
     onnx.save(m, str(tmp_path / "gelu.onnx"))
     x = rng.standard_normal((16, 3, 8, 8)).astype(np.float32)
     res = onnxptq.quantize(str(tmp_path / "gelu.onnx"), x, w_bits=8, a_bits=8, scale="po2", format="int")
-    luts = {s.node for s in res.program.steps if s.kind == "lut"}
-    assert {"div_const", "erf", "add_const", "mul_const", "pow_const"} <= luts
+    # the whole chain is a function of the conv output alone: no quant point inside, one table
+    assert res.qgraph.chains["p"] == ("h", ("div_const", "erf", "add_const", "mul_acts", "mul_const", "pow_const"))
+    assert [s.node for s in res.program.steps if s.kind == "lut"] == ["pow_const"]
+    assert not {"d", "e", "e1", "m", "g"} & set(res.qgraph.quant_points)
     rep = verify_integer(res.model, {"x": x[:4]})
     assert rep.ok, rep.format()
 

@@ -149,6 +149,8 @@ class _Lowering:
         self.steps: list[Step] = []
         self.layer_by_node = {layer.name: layer for layer in self.qg.layers}
         self.fused_act = {layer.act_node: layer for layer in self.qg.layers if layer.act_node}
+        self.node_by_name = {n.name: n for n in self.qg.model.graph.node}
+        self.chain_inner = {m for _, names in self.qg.chains.values() for m in names[:-1]}
         self.errors: list[tuple[str, str, str]] = []
 
     # -------------------------------------------------------------- tensors
@@ -226,6 +228,11 @@ class _Lowering:
             return
         if n.name in self.layer_by_node:
             self.layer(n, a)
+            return
+        if n.name in self.chain_inner:  # computed inside its chain's lookup table
+            return
+        if n.output and n.output[0] in self.qg.chains:
+            self.lut(n, a)
             return
         if any(not self.is_int(i) for i in float_in):
             raise _Unsupported("reads a float tensor that has no integer form (a layer left float, e.g. by --skip-nodes)")
@@ -471,18 +478,26 @@ class _Lowering:
             "axes": axes, "x_zp": x.zp, **p, "pre": 0, "y_zp": y.zp, "lo": y.lo, "hi": y.hi, "wide": True}))
 
     def lut(self, n, a: dict) -> None:
-        x_name = next(i for i in n.input if self.is_int(i))
+        """A lookup table over the input's grid: one elementwise op with scalar constants, or a whole chain
+        of them (``QGraph.chains``: GELU, SiLU written out), evaluated in float32 as the simulation does."""
+        chain = self.qg.chains.get(n.output[0])
+        x_name = chain[0] if chain else next(i for i in n.input if self.is_int(i))
+        nodes = [self.node_by_name[m] for m in chain[1]] if chain else [n]
         x = self.tint(x_name)
         y = self.tint(n.output[0])
-        per_position = [i for i in n.input if i and i != x_name and self.sim.consts[i].numel() != 1]
-        if per_position:  # the output would depend on the position, not on the input value alone
-            raise _Unsupported(f"its constant {per_position[0]!r} holds one value per position; only scalar "
-                               "constants make a lookup table")
+        for m in nodes:
+            per_position = [i for i in m.input if i and i in self.sim.consts and self.sim.consts[i].numel() != 1]
+            if per_position:  # the output would depend on the position, not on the input value alone
+                raise _Unsupported(f"its constant {per_position[0]!r} holds one value per position; only scalar "
+                                   "constants make a lookup table")
         c = np.arange(x.lo, x.hi + 1, dtype=np.int64)
         xf = torch.from_numpy(((c - x.zp).astype(np.float32) * np.float32(2.0 ** -x.frac)).astype(np.float32))
-        args = [xf if i == x_name else (self.sim.consts[i].reshape(()) if i else None) for i in n.input]
+        env = {x_name: xf}
         with torch.no_grad():
-            v = REGISTRY[n.op_type].simulate(args, a)[0].to(torch.float32).numpy()
+            for m in nodes:
+                args = [env[i] if i in env else (self.sim.consts[i].reshape(()) if i else None) for i in m.input]
+                env[m.output[0]] = REGISTRY[m.op_type].simulate(args, attrs_of(m))[0]
+        v = env[n.output[0]].to(torch.float32).numpy()
         if not np.all(np.isfinite(v)):
             raise _Unsupported("the function is not finite on the input grid")
         fq = self.sim.act_quantizer(self.qg.source[n.output[0]])

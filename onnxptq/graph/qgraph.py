@@ -83,6 +83,10 @@ class QGraph:
     fold: FoldReport
     import_info: dict
     float_tensors: frozenset[str] = frozenset()  # non-constant float tensors (activations)
+    # elementwise chains of one activation (GELU as Div/Erf/Add/Mul/Mul, SiLU as x * Sigmoid(x)): the chain's
+    # output tensor -> (its one activation input, the chain's node names in order); the inner tensors are no
+    # quant points (one rounding for the whole function; the integer format makes it one lookup table)
+    chains: dict[str, tuple[str, tuple[str, ...]]] = field(default_factory=dict)
 
     @property
     def nodes(self) -> list[onnx.NodeProto]:
@@ -321,6 +325,8 @@ def build_qgraph(model: onnx.ModelProto, fold: FoldReport, import_info: dict,
                 else "island")
             quant_points[o] = QuantPoint(o, n.name, kind)
             source[o] = o
+    chains = elementwise_chains(g, quant_points, source, layer_of_node, fused_act_nodes, inits, const_nodes,
+                                is_float, set(graph_outputs), consumers)
     for qp in quant_points.values():
         qp.consumers = sorted({c.name for t, s in source.items() if s == qp.tensor for c in consumers.get(t, [])})
 
@@ -333,7 +339,60 @@ def build_qgraph(model: onnx.ModelProto, fold: FoldReport, import_info: dict,
         t for t in inputs if is_float(t))
     return QGraph(model=model, layers=layers, quant_points=quant_points, source=source, shapes=shapes,
                   inputs=inputs, outputs=graph_outputs, fold=fold, import_info=import_info,
-                  float_tensors=float_tensors)
+                  float_tensors=float_tensors, chains=chains)
+
+
+#: integer-lowering kinds of elementwise ops (one value in, one value out, given scalar constants)
+_ELEMENTWISE_KINDS = ("lut", "add", "mul")
+
+
+def elementwise_chains(g, quant_points: dict, source: dict, layer_of_node: dict, fused_act_nodes: set, inits: dict,
+                       const_nodes: dict, is_float, graph_outputs: set, consumers: dict) -> dict:
+    """Find chains of elementwise ops (scalar constants only) that compute a function of one activation ``x``
+    and whose inner tensors feed only the chain; the inner tensors stop being quant points (``QGraph.chains``:
+    chain output -> (x, node names in order))."""
+    order = {n.name: k for k, n in enumerate(g.node)}
+    producer = {o: n for n in g.node for o in n.output if o}
+    root: dict[str, str] = {}  # elementwise output -> the one activation it is a function of
+    acts: dict[str, list[str]] = {}  # elementwise output -> its activation inputs
+    for n in g.node:
+        spec = REGISTRY.get(n.op_type)
+        outs = [o for o in n.output if o]
+        if (spec is None or spec.lowering not in _ELEMENTWISE_KINDS or n.name in layer_of_node
+                or n.name in fused_act_nodes or len(outs) != 1 or not is_float(outs[0])):
+            continue
+        act = [i for i in n.input if i and is_float(i)]
+        values = [_constant_value(i, inits, const_nodes) for i in n.input if i and not is_float(i)]
+        if not act or any(v is None or np.asarray(v).size != 1 for v in values):
+            continue
+        if any(i not in root and i not in source for i in act):
+            continue
+        roots = {root.get(i, i) for i in act}
+        if len(roots) == 1:
+            root[outs[0]] = roots.pop()
+            acts[outs[0]] = act
+    while True:  # inner: feeds only nodes of the same chain; every chain node reads only x or inner tensors
+        inner = {t for t, r in root.items() if t not in graph_outputs and consumers.get(t) and all(
+            any(o in root and root[o] == r for o in u.output) for u in consumers[t])}
+        bad = [t for t in root if any(i != root[t] and i not in inner for i in acts[t])]
+        if not bad:
+            break
+        for t in bad:
+            root.pop(t)
+    chains: dict[str, tuple[str, tuple[str, ...]]] = {}
+    for t, r in root.items():
+        if t in inner or not any(i in inner for i in acts[t]):
+            continue
+        names, todo = set(), [t]
+        while todo:
+            cur = todo.pop()
+            names.add(producer[cur].name)
+            todo += [i for i in acts[cur] if i in inner]
+        chains[t] = (r, tuple(sorted(names, key=order.__getitem__)))
+    for t in inner:
+        quant_points.pop(t, None)
+        source.pop(t, None)
+    return chains
 
 
 def topo_order_ok(graph: onnx.GraphProto) -> bool:
