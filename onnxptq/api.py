@@ -262,7 +262,8 @@ def _quantize(model, calib, config: QuantConfig, out: Path | None, rep: Path | N
 
 
 def import_diagnostics(qg: QGraph, diagnostics: Diagnostics) -> None:
-    """The importer's fallbacks (``qg.import_info``): layers left in float, onnxsim replaced by constant folding."""
+    """The importer's fallbacks (``qg.import_info``): layers left in float, onnxsim replaced by constant folding,
+    nodes simulated by onnx2torch."""
     if qg.import_info.get("simplifier") == "constant-folding":  # graph/load.py logged onnxsim's error
         diagnostics.add("simplifier", "", "onnxsim failed; the built-in constant folding simplified the graph",
                         quiet=True)
@@ -275,6 +276,10 @@ def import_diagnostics(qg: QGraph, diagnostics: Diagnostics) -> None:
         diagnostics.add("float-layer", name, "its input has no quant point (not quantizable), so it stays float")
     if floats:
         diagnostics.totals["float-layer"] = len(qg.layers) + len(floats)
+    for name in qg.import_info.get("onnx2torch_nodes", []):
+        op = next(n.op_type for n in qg.model.graph.node if n.name == name)
+        diagnostics.add("onnx2torch", name, f"{op} is not in onnxptq's op table; onnx2torch's converter simulates it "
+                        "(its output is an island quant point; no integer ONNX form)", quiet=True)
 
 
 def inspect(model: str | os.PathLike, granularity: str = "block", input_shapes: dict | None = None) -> dict:
@@ -292,6 +297,7 @@ def inspect(model: str | os.PathLike, granularity: str = "block", input_shapes: 
         "removed_nodes": qg.fold.removed,
         "float_layers": qg.import_info.get("float_layers", []),
         "batch": qg.import_info.get("batch", {}),
+        "onnx2torch_nodes": qg.import_info.get("onnx2torch_nodes", []),
         "layers": [{"name": x.name, "op": x.op_type, "weight_shape": list(x.weight_shape), "groups": x.groups,
                     "activation": x.act_node and (("ReLU" if x.act_bounds[1] == float("inf") else f"Clip{x.act_bounds}")),
                     "bn_gamma": x.bn_gamma is not None, "macs": x.macs_per_sample} for x in qg.layers],

@@ -3,7 +3,7 @@
 A fallback is anything the run did other than what the user asked for: a region the guard sent back to
 its round-to-nearest state, activation steps kept at their calibrated values, a bias correction dropped,
 Bit-Split channels kept at RTN, a layer left in float, the simplifier skipped, a layer the target runtime
-runs on float kernels. Each is logged at WARNING level when it is recorded and counted in
+runs on float kernels, a node simulated by onnx2torch instead of the own op table. Each is logged at WARNING level when it is recorded and counted in
 ``QuantResult.summary()`` (``"3/18 regions kept RTN"``), so none is visible only in ``--report``.
 """
 from __future__ import annotations
@@ -23,6 +23,7 @@ KINDS: dict[str, str] = {
     "simplifier": "onnxsim skipped",
     "batch-chunks": "fixed batch kept: the graph runs in chunks of it (slower calibration)",
     "float-kernel": "layers on float kernels in the target runtime",
+    "onnx2torch": "nodes simulated by onnx2torch (ops outside the own table; no integer form)",
     "other": "other warnings",
 }
 

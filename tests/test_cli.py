@@ -219,11 +219,11 @@ def _setup_case(case: str, tmp: Path) -> tuple[list, list[str]]:
         flag, v = {"w_bits_1": ("--w-bits", 1), "w_bits_9": ("--w-bits", 9), "a_bits_1": ("--a-bits", 1)}[case]
         extra = [flag, v]
         must = [flag[2:].replace("-", "_")]
-    elif case in ("unsupported_sin", "unsupported_custom"):
-        op = "Sin" if case == "unsupported_sin" else "custom"
+    elif case in ("unsupported_hardmax", "unsupported_custom"):
+        op = "Hardmax" if case == "unsupported_hardmax" else "custom"
         onnx.save(_tiny_model(op), str(model))
         calib = _npz(tmp / "calib.npz", input=_x())
-        must = ["my_sin_node" if op == "Sin" else "my_custom_node"]
+        must = ["my_hardmax_node" if op == "Hardmax" else "my_custom_node"]
     else:
         raise AssertionError(case)
     return ["quantize", model, "--calib", calib, "--no-progress", *extra], must
@@ -232,7 +232,7 @@ def _setup_case(case: str, tmp: Path) -> tuple[list, list[str]]:
 ERROR_CASES = ["missing_model", "random_bytes", "text_file", "empty_file", "truncated_half", "truncated_tail",
                "truncated_head", "directory_as_model", "missing_calib", "calib_not_npz", "calib_wrong_key",
                "calib_wrong_shape", "calib_wrong_channels", "calib_wrong_rank", "calib_nan", "calib_inf",
-               "calib_string", "calib_empty", "w_bits_1", "w_bits_9", "a_bits_1", "unsupported_sin",
+               "calib_string", "calib_empty", "w_bits_1", "w_bits_9", "a_bits_1", "unsupported_hardmax",
                "unsupported_custom"]
 
 
@@ -289,9 +289,9 @@ def test_inspect_errors(capsys, tmp_path):
         rc, out, err = run_cli(capsys, "inspect", path)
         assert_user_error(rc, out, err, path.name)
     odd = tmp_path / "odd.onnx"
-    onnx.save(_tiny_model("Sin"), str(odd))
+    onnx.save(_tiny_model("Hardmax"), str(odd))
     rc, out, err = run_cli(capsys, "inspect", odd)
-    assert_user_error(rc, out, err, "my_sin_node")
+    assert_user_error(rc, out, err, "my_hardmax_node")
 
 
 def test_eval_errors(capsys, tmp_path):

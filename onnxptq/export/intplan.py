@@ -220,6 +220,8 @@ class _Lowering:
                           self.rounding, self.opset, self.container)
 
     def node(self, n) -> None:
+        if n.name in self.qg.fallback:
+            raise _Unsupported("it runs through the onnx2torch fallback, which has no integer form")
         a = attrs_of(n)
         float_in = [i for i in n.input if i in self.qg.float_tensors]
         float_out = [o for o in n.output if o in self.qg.float_tensors]

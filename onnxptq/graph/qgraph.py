@@ -20,7 +20,9 @@ import onnx
 from onnx import helper, numpy_helper
 
 from ..errors import ModelError, UnsupportedOpError
+from ..ops.fallback import Onnx2Torch
 from ..ops.registry import REGISTRY, ops_with
+from ..ops.spec import OpFn
 from .fold import FoldReport
 
 CARRY_OPS = ops_with(role="carry")
@@ -87,6 +89,7 @@ class QGraph:
     # output tensor -> (its one activation input, the chain's node names in order); the inner tensors are no
     # quant points (one rounding for the whole function; the integer format makes it one lookup table)
     chains: dict[str, tuple[str, tuple[str, ...]]] = field(default_factory=dict)
+    fallback: dict[str, OpFn] = field(default_factory=dict)  # node -> onnx2torch simulation (ops/fallback.py)
 
     @property
     def nodes(self) -> list[onnx.NodeProto]:
@@ -206,14 +209,27 @@ def add_zero_biases(g: onnx.GraphProto) -> list[str]:
     return changed
 
 
+def _fallback_fns(model: onnx.ModelProto, import_info: dict) -> dict[str, OpFn]:
+    """node name -> onnx2torch's simulation of each node outside the op table (ops/fallback.py), listed in
+    ``import_info["onnx2torch_nodes"]``; nodes neither can simulate raise UnsupportedOpError."""
+    others = [n for n in model.graph.node if n.op_type != "Constant"
+              and (n.op_type not in REGISTRY or n.domain not in ("", "ai.onnx"))]
+    if not others:
+        return {}
+    o2t = Onnx2Torch(model)
+    fns = {n.name: o2t.fn(n) for n in others}
+    unknown = [(n.name, f"{n.op_type}: not in onnxptq's op table, and {o2t.reasons[n.name]}")
+               for n in others if fns[n.name] is None]
+    if unknown:
+        raise UnsupportedOpError(unknown)
+    import_info["onnx2torch_nodes"] = [n.name for n in others]
+    return fns
+
+
 def build_qgraph(model: onnx.ModelProto, fold: FoldReport, import_info: dict,
                  skip_nodes: frozenset[str] = frozenset()) -> QGraph:
     g = model.graph
     topo_check(g)
-    unknown = [(n.name, n.op_type) for n in g.node
-               if (n.op_type not in REGISTRY and n.op_type != "Constant") or n.domain not in ("", "ai.onnx")]
-    if unknown:
-        raise UnsupportedOpError(unknown)
     missing_skips = sorted(set(skip_nodes) - {n.name for n in g.node})
     if missing_skips:
         raise ModelError(f"--skip-nodes names {missing_skips[:5]} which are not nodes of the (folded) graph; "
@@ -221,6 +237,7 @@ def build_qgraph(model: onnx.ModelProto, fold: FoldReport, import_info: dict,
 
     unshare_layer_initializers(g)
     import_info["zero_bias_added"] = add_zero_biases(g)
+    fallback = _fallback_fns(model, import_info)  # after unsharing: the converters see the final input names
     inits = {i.name: numpy_helper.to_array(i) for i in g.initializer}
     const_nodes = {n.output[0]: attrs_of(n).get("value") for n in g.node if n.op_type == "Constant"}
     elem_type: dict[str, int] = {}
@@ -248,7 +265,7 @@ def build_qgraph(model: onnx.ModelProto, fold: FoldReport, import_info: dict,
     fused_inner: set[str] = set()  # raw outputs hidden inside a unit
     layer_of_node: dict[str, Layer] = {}
     for n in g.node:
-        if n.op_type not in LAYER_OPS or n.name in skip_nodes:
+        if n.op_type not in LAYER_OPS or n.name in skip_nodes or n.name in fallback:
             continue
         a = attrs_of(n)
         if n.op_type == "MatMul":
@@ -315,13 +332,13 @@ def build_qgraph(model: onnx.ModelProto, fold: FoldReport, import_info: dict,
         for o in n.output:
             if not o or not is_float(o) or o in fused_inner:
                 continue
-            if n.op_type in CARRY_OPS and REGISTRY[n.op_type].role_of(attrs_of(n)) == "carry":
+            if n.op_type in CARRY_OPS and n.name not in fallback and REGISTRY[n.op_type].role_of(attrs_of(n)) == "carry":
                 src = source.get(n.input[0])
                 if src is not None:
                     source[o] = src
                     continue
             kind = "layer" if n.name in layer_of_node or n.name in fused_act_nodes else (
-                "merge" if REGISTRY[n.op_type].role == "merge"
+                "merge" if n.name not in fallback and REGISTRY[n.op_type].role == "merge"
                 else "island")
             quant_points[o] = QuantPoint(o, n.name, kind)
             source[o] = o
@@ -339,7 +356,7 @@ def build_qgraph(model: onnx.ModelProto, fold: FoldReport, import_info: dict,
         t for t in inputs if is_float(t))
     return QGraph(model=model, layers=layers, quant_points=quant_points, source=source, shapes=shapes,
                   inputs=inputs, outputs=graph_outputs, fold=fold, import_info=import_info,
-                  float_tensors=float_tensors, chains=chains)
+                  float_tensors=float_tensors, chains=chains, fallback=fallback)
 
 
 #: integer-lowering kinds of elementwise ops (one value in, one value out, given scalar constants)

@@ -6,6 +6,7 @@
 - simulate.py: imports the families; OPS, conv, gemm for sim/, calib/, recon/, export/ and verify/.
 - spec.py: OpSpec (op type, torch function, role in the quant graph, integer-lowering kind, runtime kernel).
 - registry.py: REGISTRY (op type -> OpSpec), built from one line per family module.
+- fallback.py: onnx2torch's per-node converters for ops outside REGISTRY (islands, no integer lowering).
 
 The import order stays one-way (quant -> ops -> graph -> ... -> export -> verify): a spec names its integer
 lowering by *kind* (a string from spec.LOWERINGS) instead of holding export/verify code. export/intplan.py

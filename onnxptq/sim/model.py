@@ -37,6 +37,7 @@ class SimNode:
     outputs: list[str]
     attrs: dict
     layer: Layer | None
+    fn: Callable[[list, dict], list] | None = None  # onnx2torch's simulation of an op outside REGISTRY
 
 
 class SimModel(nn.Module):
@@ -66,7 +67,8 @@ class SimModel(nn.Module):
                 continue
             if n.op_type == "Split":
                 a["_num_outputs"] = len(n.output)
-            self.nodes.append(SimNode(n.name, n.op_type, list(n.input), list(n.output), a, layer_by_node.get(n.name)))
+            self.nodes.append(SimNode(n.name, n.op_type, list(n.input), list(n.output), a, layer_by_node.get(n.name),
+                                      qg.fallback.get(n.name)))
         self._state = QuantState()
         self.act_fq = nn.ModuleDict({_key(t): FakeQuant(t, 8) for t in qg.quant_points})
         self.w_fq = nn.ModuleDict({_key(layer.name): FakeQuant(layer.weight, 8, layer.weight_axis) for layer in qg.layers})
@@ -267,7 +269,7 @@ class SimModel(nn.Module):
                 outs = [self._layer_forward(node, env[node.inputs[0]])]
             else:
                 ins = [None if not i else env[i] if i in env else self.consts[i] for i in node.inputs]
-                outs = REGISTRY[node.op_type].simulate(ins, node.attrs)
+                outs = (node.fn if node.fn is not None else REGISTRY[node.op_type].simulate)(ins, node.attrs)
             for name, v in zip(node.outputs, outs):
                 if not name:
                     continue
