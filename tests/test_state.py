@@ -184,20 +184,24 @@ class _NoBias(nn.Module):
         torch.manual_seed(0)
         self.conv1 = nn.Conv2d(1, 4, 3, padding=1, bias=False)
         self.conv2 = nn.Conv2d(4, 4, 3, padding=1)
+        self.fc = nn.Linear(8, 5, bias=False)  # a MatMul: no bias input to hold a correction
 
     def forward(self, x):
-        return self.conv2(torch.sigmoid(self.conv1(x)))
+        return self.fc(self.conv2(torch.sigmoid(self.conv1(x))))
 
 
 def test_calibration_fallbacks_are_diagnostics(tmp_path):
-    """A layer without a bias cannot hold its bias correction; --ecaq on a model without a qualifying
-    activation (here none is post-ReLU) quantizes without per-channel activation scales. Both are said."""
+    """A MatMul layer has no bias to hold its bias correction (a bias-less Conv gets a zero bias that does);
+    --ecaq on a model without a qualifying activation (here none is post-ReLU) quantizes without per-channel
+    activation scales. Both are said."""
     path = export_torch_model(_NoBias().eval(), torch.zeros(1, 1, 8, 8), tmp_path / "nobias.onnx", keep_bn=False)
     calib = np.random.default_rng(0).standard_normal((16, 1, 8, 8)).astype(np.float32)
     res = api.quantize(path, calib, ecaq=True, progress=False, check_kernels=False)
-    conv1 = res.qgraph.layers[0]
-    assert not conv1.bias and res.qgraph.layers[1].bias
-    assert [x.where for x in res.diagnostics.of("bias-correction-dropped")] == [conv1.name]
+    conv1, fc = res.qgraph.layers[0], res.qgraph.layers[-1]
+    assert conv1.bias.endswith(".bias_zero") and fc.op_type == "MatMul" and not fc.bias
+    assert conv1.name in res.qgraph.import_info["zero_bias_added"]
+    assert conv1.name in res.sim.state.bias_delta  # its correction is held by the zero bias
+    assert [x.where for x in res.diagnostics.of("bias-correction-dropped")] == [fc.name]
     assert len(res.diagnostics.of("other")) == 1 and "--ecaq" in res.diagnostics.of("other")[0].detail
     assert not res.state.ecaq_scales
     plain = api.quantize(path, calib, bias_correction=False, progress=False, check_kernels=False)
