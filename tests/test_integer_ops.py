@@ -12,6 +12,7 @@ from helpers import ort_run
 
 import onnxptq
 from onnxptq.api import QuantResult
+from onnxptq.eval import sqnr_db
 from onnxptq.verify.integer import verify_integer
 
 T, C = 8, 16  # sequence length and width of the token models
@@ -177,3 +178,35 @@ def test_integer_recipes_with_half_up_rounding(tmp_path):
     res = _check(_attention(tmp_path), _tokens(9), {"matmul", "softmax"}, floor=20.0, int_rounding="half_up")
     assert all(s.attrs["form"] == "shift" for s in res.program.steps if s.kind == "matmul")
     assert any(n.op_type == "MatMulInteger" for n in res.model.graph.node)
+
+
+def test_batchnorm_on_a_2d_input_is_a_per_channel_affine_step(tmp_path):
+    """BatchNorm1d after a MatMul (neither folded nor a depthwise conv): an affine step, exact parity."""
+    import onnxruntime as ort
+
+    rng = np.random.default_rng(7)
+
+    def const(name, v):
+        return numpy_helper.from_array(np.asarray(v, np.float32), name)
+
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"], name="fc1"),
+             helper.make_node("BatchNormalization", ["h", "g", "b", "m", "v"], ["n"], name="bn1d", epsilon=1e-5),
+             helper.make_node("MatMul", ["n", "w2"], ["y"], name="fc2")]
+    inits = [const("w1", rng.standard_normal((8, 16)) * 0.4), const("g", 1 + 0.5 * rng.standard_normal(16)),
+             const("b", 0.3 * rng.standard_normal(16)), const("m", 0.2 * rng.standard_normal(16)),
+             const("v", 0.5 + rng.random(16)), const("w2", rng.standard_normal((16, 4)) * 0.3)]
+    g = helper.make_graph(nodes, "bn1d", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])], initializer=inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    path = tmp_path / "bn1d.onnx"
+    onnx.save(m, str(path))
+    x = rng.standard_normal((32, 8)).astype(np.float32)
+    res = onnxptq.quantize(str(path), x, w_bits=8, a_bits=8, scale="po2", format="int")
+    assert [s.kind for s in res.program.steps if s.node == "bn1d"] == ["affine"]
+    assert verify_integer(res.model, {"x": x[:8]}).ok
+    ref = ort.InferenceSession(str(path)).run(None, {"x": x})[0]
+    qdq = onnxptq.quantize(str(path), x, w_bits=8, a_bits=8, scale="po2", format="qdq")
+    s_int = sqnr_db(ref, ort.InferenceSession(res.model.SerializeToString()).run(None, {"x": x})[0])
+    s_qdq = sqnr_db(ref, ort.InferenceSession(qdq.model.SerializeToString()).run(None, {"x": x})[0])
+    assert s_qdq > 25 and s_int > s_qdq - 0.5, (s_int, s_qdq)

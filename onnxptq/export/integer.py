@@ -42,7 +42,7 @@ FORMAT_KEY = "onnxptq.format"
 #: Step kind -> writer method; covers every integer-lowering kind of ops.registry (tests/test_opspec.py).
 WRITERS = {"input": "s_input", "layer": "s_layer", "add": "s_add", "mul": "s_mul", "affine": "s_affine",
            "matmul": "s_matmul", "concat": "s_concat", "avgpool": "s_avgpool", "softmax": "s_softmax", "lut": "s_lut",
-           "layernorm": "s_layernorm", "carry": "s_copy", "pass": "s_copy", "output": "s_output"}
+           "layernorm": "s_layernorm", "batchnorm": "s_affine", "carry": "s_copy", "pass": "s_copy", "output": "s_output"}
 
 
 def qname(t: str) -> str:

@@ -266,6 +266,8 @@ class _Lowering:
             self.avgpool(n, a)
         elif spec.lowering == "layernorm":
             self.layernorm(n, a)
+        elif spec.lowering == "batchnorm":
+            self.batchnorm(n)
         else:
             raise _Unsupported("no exact integer form (supported: Conv/Gemm/MatMul, Add/Sub/Sum, Mul, Concat, "
                                "average pools, Softmax, elementwise activations as lookup tables, data-movement ops)")
@@ -534,6 +536,30 @@ class _Lowering:
             g_max = float(np.abs(g).max())
             f_m = int(np.floor(np.log2(MULT_MAX / g_max))) if g_max > 0 else 0
             mult, offset, f_c = rne(g * 2.0 ** f_m).astype(np.int64), None, x.frac + f_m
+        self._affine_step(n, x_name, x, y, mult, offset, f_c)
+
+    def batchnorm(self, n) -> None:
+        """Inference BatchNormalization not folded into a layer nor rewritten as a depthwise conv (a 2-D input:
+        BatchNorm1d after a Flatten): the per-channel affine y = k x + b, k = gamma / sqrt(var + eps),
+        b = beta - mean k, as an affine step with the int16 multipliers M = round(k 2^f_m) and
+        B = round(b 2^(f_x + f_m)) on channel axis 1."""
+        if any(i not in self.sim.consts for i in n.input[1:5]):
+            raise _Unsupported("its scale, bias, mean and variance must be constants")
+        x, y = self.tint(n.input[0]), self.tint(n.output[0])
+        gamma, beta, mean, var = (self.sim.consts[i].double().cpu().numpy() for i in n.input[1:5])
+        k = gamma / np.sqrt(var + float(attrs_of(n).get("epsilon", 1e-5)))
+        rank = len(self.qg.shapes.get(n.input[0], ())) or 2
+        shape = (-1, *([1] * (rank - 2)))
+        g_max = float(np.abs(k).max())
+        f_m = int(np.floor(np.log2(MULT_MAX / g_max))) if g_max > 0 else 0
+        f_c = x.frac + f_m
+        mult = rne(k * 2.0 ** f_m).astype(np.int64).reshape(shape)
+        offset = rne((beta - mean * k) * 2.0 ** f_c).astype(np.int64).reshape(shape)
+        self._affine_step(n, n.input[0], x, y, mult, offset, f_c)
+
+    def _affine_step(self, n, x_name: str, x: TInt, y: TInt, mult: np.ndarray, offset: np.ndarray | None,
+                     f_c: int) -> None:
+        """clip(R((c - z) M + B, f_c - f_y) + z_y): the bounds, the int32/int64 choice and the step."""
         total = x.max_abs * int(np.abs(mult).max()) + (int(np.abs(offset).max()) if offset is not None else 0)
         n_shift = int(cap_shift(f_c - y.frac, total))
         pre = max(0, 1 - n_shift)

@@ -19,7 +19,8 @@ FAMILIES = [
     # one activation with scalar constants: a lookup table (export/intplan.py); two activations: no integer form
     ("elementwise as lookup tables", "island", "lut", ("Log", "Sqrt", "Reciprocal", "Floor", "Ceil", "Pow", "Div")),
     ("softmax", "island", "softmax", ("Softmax",)),  # exp table, integer sum and division (export/intplan.py)
-    ("float ops", "island", None, ("PRelu", "LogSoftmax", "BatchNormalization", "Cast")),
+    ("batchnorm", "island", "batchnorm", ("BatchNormalization",)),  # a per-channel affine step (intplan)
+    ("float ops", "island", None, ("PRelu", "LogSoftmax", "Cast")),
     ("comparisons and selection", "island", None, ("Equal", "Less", "Greater", "Not", "Where", "Max", "Min")),
     ("logic, masks and scans", "island", None,
      ("And", "Or", "Xor", "IsNaN", "IsInf", "LessOrEqual", "GreaterOrEqual", "Sign", "Round", "Mod", "CumSum",

@@ -22,7 +22,7 @@ from ..ops.simulate import conv, torch_pad
 #: "carry" (and "pass") steps run the op's torch function on the containers (_generic).
 EXECUTORS = {"layer": "_layer", "add": "_add", "mul": "_mul", "affine": "_affine", "matmul": "_matmul",
              "concat": "_concat", "avgpool": "_avgpool", "softmax": "_softmax", "lut": "_lut",
-             "layernorm": "_layernorm", "carry": "_generic"}
+             "layernorm": "_layernorm", "batchnorm": "_affine", "carry": "_generic"}
 _NARY = frozenset({"add", "mul", "matmul", "concat"})  # executors that take the list of inputs
 
 
