@@ -210,3 +210,28 @@ def test_batchnorm_on_a_2d_input_is_a_per_channel_affine_step(tmp_path):
     s_int = sqnr_db(ref, ort.InferenceSession(res.model.SerializeToString()).run(None, {"x": x})[0])
     s_qdq = sqnr_db(ref, ort.InferenceSession(qdq.model.SerializeToString()).run(None, {"x": x})[0])
     assert s_qdq > 25 and s_int > s_qdq - 0.5, (s_int, s_qdq)
+
+
+@pytest.mark.parametrize("axes,keepdims", [([1], 0), ([1], 1), ([-1], 1)])
+def test_reduce_mean_over_tokens_or_channels(tmp_path, axes, keepdims):
+    """ReduceMean over any static axes (a transformer's token pooling, a channel mean): exact parity."""
+    rng = np.random.default_rng(8)
+    shape = ["N", 7, 6]
+    out_shape = [d for k, d in enumerate(shape) if k % 3 not in [a % 3 for a in axes]] if not keepdims else \
+        [1 if k % 3 in [a % 3 for a in axes] else d for k, d in enumerate(shape)]
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"], name="fc"),
+             helper.make_node("ReduceMean", ["h"], ["y"], name="pool", axes=axes, keepdims=keepdims)]
+    g = helper.make_graph(nodes, "pool", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 7, 8])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, out_shape)],
+                          initializer=[numpy_helper.from_array((rng.standard_normal((8, 6)) * 0.4).astype(np.float32),
+                                                               "w")])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    path = tmp_path / "pool.onnx"
+    onnx.save(m, str(path))
+    x = rng.standard_normal((16, 7, 8)).astype(np.float32)
+    res = onnxptq.quantize(str(path), x, w_bits=8, a_bits=8, scale="po2", format="int")
+    assert [s.kind for s in res.program.steps if s.node == "pool"] == ["avgpool"]
+    assert verify_integer(res.model, {"x": x[:4]}).ok
+    ref = ort_run(m, {"x": x})[0]
+    assert sqnr_db(ref, ort_run(res.model, {"x": x})[0]) > 25

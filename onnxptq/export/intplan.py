@@ -427,15 +427,18 @@ class _Lowering:
                 axes = a.get("axes")
                 if axes is None and len(n.input) > 1:
                     axes = self.qg.initializer(n.input[1]).tolist() if n.input[1] else None
-                if axes is None or sorted(int(v) % len(shape) for v in axes) != list(range(2, len(shape))):
-                    raise _Unsupported("ReduceMean over axes other than the spatial ones")
+                if not axes:
+                    raise _Unsupported("ReduceMean over every axis (the batch included)")
                 if not a.get("keepdims", 1):
                     attrs["keepdims"] = 0
-            spatial = shape[2:]
-            if not spatial or any(d is None or d <= 0 for d in spatial):
-                raise _Unsupported(f"global average over a non-static spatial shape {shape}")
-            count = int(np.prod(spatial))
-            attrs["axes"] = list(range(2, len(shape)))
+                axes = sorted(int(v) % len(shape) for v in axes)  # any static axes: spatial, tokens, channels
+            else:
+                axes = list(range(2, len(shape)))
+            dims = [shape[d] for d in axes]
+            if not dims or any(d is None or d <= 0 for d in dims):
+                raise _Unsupported(f"average over the non-static dims {dims} of {shape}")
+            count = int(np.prod(dims))
+            attrs["axes"] = axes
         up = max(0, y.frac - x.frac)
         s_max = count * x.max_abs * 2**up
         down = int(cap_shift(max(0, x.frac - y.frac), s_max))  # |S| < divisor / 2 rounds to 0 either way
