@@ -65,7 +65,10 @@ def _ln_exact(v: list[int], p: dict, gamma: np.ndarray, beta: np.ndarray, y_zp: 
     n = p["count"]
     total = sum(v)
     u = [n * x - total for x in v]
-    m = (sum(x * x for x in u) * 2 ** p["sq_shift"] + p["eps_term"]) // n
+    if p["form"] == "moments":  # P = N sum v^2 - (sum v)^2 = Q / N, no division
+        m = (n * sum(x * x for x in v) - total * total) * 2 ** p["sq_shift"] + p["eps_term"]
+    else:
+        m = (sum(x * x for x in u) * 2 ** p["sq_shift"] + p["eps_term"]) // n
     r = max(1, math.isqrt(m))
     out = []
     for x, g, b in zip(u, gamma.tolist(), beta.tolist()):
@@ -75,7 +78,8 @@ def _ln_exact(v: list[int], p: dict, gamma: np.ndarray, beta: np.ndarray, y_zp: 
 
 
 @pytest.mark.parametrize("count, x_frac, y_frac, eps", [(48, 3, 5, 1e-5), (7, 0, 4, 1e-2), (768, 5, 5, 1e-6),
-                                                        (1, 2, 4, 1e-5), (4096, 4, 6, 1e-5)])
+                                                        (1, 2, 4, 1e-5), (4096, 4, 6, 1e-5),
+                                                        (2**17, 4, 5, 1e-5)])  # the moments form
 def test_layernorm_integers_match_exact_arithmetic_and_the_float_op(count, x_frac, y_frac, eps):
     """The executor equals the recipe in exact arithmetic, and is within 1 LSB of the float op on the grid."""
     rng = np.random.default_rng(count)
@@ -103,7 +107,10 @@ def test_layernorm_integers_match_exact_arithmetic_and_the_float_op(count, x_fra
 
 def test_layernorm_bounds_are_checked():
     with pytest.raises(ValueError, match="62 bits"):
-        layernorm_params(2**17, 255, 4, 4, 1e-5, np.ones(4), None)
+        layernorm_params(2**24, 255, 4, 4, 1e-5, np.ones(4), None)
+    assert layernorm_params(2**16, 255, 4, 4, 1e-5, np.ones(4), None)["form"] == "q"
+    big = layernorm_params(200704, 255, 4, 4, 1e-5, np.ones(4), None)  # PoolFormer's GroupNorm over 64x56x56
+    assert big["form"] == "moments" and 200704**2 * 255**2 // 4 * 2 ** big["sq_shift"] + big["eps_term"] < 2**52
     p = layernorm_params(2**13, 255, 4, 4, 1e-5, np.ones(4), None)  # large N: a smaller s, still exact
     assert p["count"] ** 3 * 255**2 // 4 * 2 ** p["sq_shift"] + p["eps_term"] < 2**62
 
@@ -178,7 +185,8 @@ def test_layernorm_with_its_mean_output_used_is_named(tmp_path):
         onnxptq.quantize(str(path), x, w_bits=8, a_bits=8, scale="po2", format="int")
 
 
-def test_instance_norm_lowers_like_a_layer_norm_over_the_spatial_axes(tmp_path):
+@pytest.mark.parametrize("hw", [8, 272])  # 272 x 272 = 73984 values per channel: the moments form
+def test_instance_norm_lowers_like_a_layer_norm_over_the_spatial_axes(tmp_path, hw):
     """InstanceNormalization (GroupNorm as torch exports it) with a scale and bias per channel: exact parity,
     as accurate as QDQ."""
     import onnxruntime as ort
@@ -194,16 +202,17 @@ def test_instance_norm_lowers_like_a_layer_norm_over_the_spatial_axes(tmp_path):
     inits = [const("w", rng.standard_normal((6, 3, 3, 3)) * 0.3), const("b", rng.standard_normal(6) * 0.1),
              const("s", 1 + 0.3 * rng.standard_normal(6)), const("t", 0.2 * rng.standard_normal(6)),
              const("w2", rng.standard_normal((4, 6, 1, 1)) * 0.4)]
-    g = helper.make_graph(nodes, "in", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, 8, 8])], initializer=inits)
+    g = helper.make_graph(nodes, "in", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, hw, hw])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, hw, hw])], initializer=inits)
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
     m.ir_version = 8
     path = tmp_path / "in.onnx"
     onnx.save(m, str(path))
-    x = rng.standard_normal((24, 3, 8, 8)).astype(np.float32)
+    x = rng.standard_normal((24 if hw == 8 else 8, 3, hw, hw)).astype(np.float32)
     ref = ort.InferenceSession(str(path)).run(None, {"x": x})[0]
     res = onnxptq.quantize(str(path), x, w_bits=8, a_bits=8, scale="po2", format="int")
     assert [s.kind for s in res.program.steps if s.node == "inorm"] == ["layernorm"]
+    assert next(s for s in res.program.steps if s.node == "inorm").attrs["form"] == ("q" if hw == 8 else "moments")
     assert verify_integer(res.model, {"x": x[:4]}).ok
     qdq = onnxptq.quantize(str(path), x, w_bits=8, a_bits=8, scale="po2", format="qdq")
     s_int = sqnr_db(ref, ort.InferenceSession(res.model.SerializeToString()).run(None, {"x": x})[0])

@@ -406,12 +406,18 @@ class IntegerWriter:
         total = self.op("ReduceSum", [v, axes], f"{base}/sum", keepdims=1)
         n_v = self.op("Mul", [v, self.const(f"{base}/count", i64(a["count"]))], f"{base}/n_v")
         u = self.op("Sub", [n_v, total], f"{base}/u")
-        q = self.op("ReduceSum", [self.op("Mul", [u, u], f"{base}/u_sq"), axes], f"{base}/q", keepdims=1)
+        moments = a.get("form", "q") == "moments"
+        if moments:  # P = N sum v^2 - (sum v)^2 = Q / N
+            s2 = self.op("ReduceSum", [self.op("Mul", [v, v], f"{base}/v_sq"), axes], f"{base}/s2", keepdims=1)
+            q = self.op("Sub", [self.op("Mul", [s2, self.const(f"{base}/count_s2", i64(a["count"]))], f"{base}/n_s2"),
+                                self.op("Mul", [total, total], f"{base}/s1_sq")], f"{base}/p")
+        else:
+            q = self.op("ReduceSum", [self.op("Mul", [u, u], f"{base}/u_sq"), axes], f"{base}/q", keepdims=1)
         if a["sq_shift"]:
             q = self.op("Mul", [q, self.const(f"{base}/sq_scale", i64(2 ** a["sq_shift"]))], f"{base}/q_scaled")
         if a["eps_term"]:
             q = self.op("Add", [q, self.const(f"{base}/eps_term", i64(a["eps_term"]))], f"{base}/q_eps")
-        m = self.op("Div", [q, self.const(f"{base}/count_", i64(a["count"]))], f"{base}/m")  # m >= 0: floor
+        m = q if moments else self.op("Div", [q, self.const(f"{base}/count_", i64(a["count"]))], f"{base}/m")
         sq = self.op("Sqrt", [self.op("Cast", [m], f"{base}/m_double", to=TensorProto.DOUBLE)], f"{base}/sqrt")
         r = self.op("Cast", [self.op("Floor", [sq], f"{base}/sqrt_floor")], f"{base}/r0", to=TensorProto.INT64)
         r = self.op("Max", [r, self.const(f"{base}/one", i64(1))], f"{base}/r")

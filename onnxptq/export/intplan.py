@@ -738,7 +738,8 @@ def layernorm_params(count: int, span: int, x_frac: int, y_frac: int, eps: float
     r = floor_sqrt(M), M = floor((Q 2^(2s) + eps_term) / N), eps_term = round(E N^3 2^(2s)), so r ~ 2^s sqrt(Q/N + E N^2);
     t = clip(RNE(u 2^(k+s) / r), +-t_max) ~ normalized 2^k; y = R(t G + B, k + g - y_frac) with G = round(gamma 2^g),
     B = round(beta 2^(k+g)). s is the largest with M < 2^52 (floor_sqrt exact) and every intermediate below 2^62.
-    Raises ValueError when no s >= 0 fits.
+    When Q (of order N^3) cannot fit, the "moments" form computes P = N sum v^2 - (sum v)^2 = Q/N directly and
+    M = P 2^(2s) + round(E N^2 2^(2s)). Raises ValueError when no s >= 0 fits either form.
     """
     u_max, q_max = count * span, count**3 * span**2 // 4  # |v - mean| <= span; sum (v - mean)^2 <= N span^2 / 4
     norm_max = math.isqrt(max(count - 1, 0)) + 1  # |normalized| <= sqrt(N - 1)
@@ -746,15 +747,25 @@ def layernorm_params(count: int, span: int, x_frac: int, y_frac: int, eps: float
     k = max(0, y_frac + (math.frexp(g_abs)[1] if g_abs else 0) + LN_GUARD)  # t: 2^-k steps of the normalized value
     g = max(0, y_frac + norm_max.bit_length() + LN_GUARD)  # gamma: 2^-g steps
 
+    power = 3  # the "q" form's eps term is E N^3 2^(2s); the moments form's E N^2 2^(2s)
+
     def eps_term(s: int) -> int:
-        return round(Fraction(eps) * Fraction(2) ** (2 * x_frac + 2 * s) * count**3)
+        return round(Fraction(eps) * Fraction(2) ** (2 * x_frac + 2 * s) * count**power)
 
     def fits(s: int) -> bool:
-        num = q_max * 4**s + eps_term(s)
-        return num < 2**62 and num // count < 2**52 and u_max * 2 ** (k + s) < 2**62
+        if power == 3:
+            num = q_max * 4**s + eps_term(s)
+            return num < 2**62 and num // count < 2**52 and u_max * 2 ** (k + s) < 2**62
+        return (count**2 * span**2 < 2**62 and (count**2 * span**2 // 4) * 4**s + eps_term(s) < 2**52
+                and u_max * 2 ** (k + s) < 2**62)
 
+    form = "q"
     if not fits(0):
-        raise ValueError(f"the variance of {count} values needs more than 62 bits")
+        # moments form for large N (normalizations over whole feature maps): P = N sum v^2 - (sum v)^2 = Q / N
+        # exactly, with no N^3 term; M = P 2^(2s) + round(E N^2 2^(2s)) needs no division
+        form, power = "moments", 2
+        if not fits(0):
+            raise ValueError(f"the variance of {count} values needs more than 62 bits")
     s = 0
     while s < 40 and fits(s + 1):
         s += 1
@@ -764,7 +775,7 @@ def layernorm_params(count: int, span: int, x_frac: int, y_frac: int, eps: float
     shift = k + g - y_frac
     if t_max * int(np.abs(G).max(initial=0)) + int(np.abs(B).max(initial=0)) + 2**shift >= 2**62:
         raise ValueError("scale times the normalized value needs more than 62 bits")
-    return {"count": count, "sq_shift": 2 * s, "eps_term": eps_term(s), "num_shift": k + s, "t_max": t_max,
+    return {"count": count, "form": form, "sq_shift": 2 * s, "eps_term": eps_term(s), "num_shift": k + s, "t_max": t_max,
             "gamma": G, "beta": B, "shift": shift}
 
 

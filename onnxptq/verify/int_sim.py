@@ -161,8 +161,12 @@ class IntSim:
         """The integer LayerNormalization of ``integer.s_layernorm`` in int64."""
         a, dev = step.attrs, x.device
         v = x.to(torch.int64) - a["x_zp"]
-        u = a["count"] * v - v.sum(dim=a["axes"], keepdim=True)
-        m = ((u * u).sum(dim=a["axes"], keepdim=True) * 2 ** a["sq_shift"] + a["eps_term"]) // a["count"]
+        s1 = v.sum(dim=a["axes"], keepdim=True)
+        u = a["count"] * v - s1
+        if a.get("form", "q") == "moments":  # P = N sum v^2 - (sum v)^2 = Q / N, no division
+            m = (a["count"] * (v * v).sum(dim=a["axes"], keepdim=True) - s1 * s1) * 2 ** a["sq_shift"] + a["eps_term"]
+        else:
+            m = ((u * u).sum(dim=a["axes"], keepdim=True) * 2 ** a["sq_shift"] + a["eps_term"]) // a["count"]
         r = floor_sqrt(m).clamp(min=1)
         t = rne_div(u * 2 ** a["num_shift"], r, self.p.rounding).clamp(-a["t_max"], a["t_max"])
         p = t * torch.as_tensor(a["gamma"], device=dev) + torch.as_tensor(a["beta"], device=dev)
