@@ -235,3 +235,29 @@ def test_reduce_mean_over_tokens_or_channels(tmp_path, axes, keepdims):
     assert verify_integer(res.model, {"x": x[:4]}).ok
     ref = ort_run(m, {"x": x})[0]
     assert sqnr_db(ref, ort_run(res.model, {"x": x})[0]) > 25
+
+
+@pytest.mark.parametrize("pads,strides", [([1, 1, 1, 1], [1, 1]), ([0, 1, 1, 0], [2, 2])])
+def test_padded_average_pool_without_the_pads_in_its_count(tmp_path, pads, strides):
+    """AveragePool with count_include_pad=0 (PoolFormer's token mixer, pool(x) - x): each position divides by
+    its own number of non-pad inputs; exact parity, close to the float model."""
+    rng = np.random.default_rng(9)
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["h"], name="conv", pads=[1, 1, 1, 1]),
+             helper.make_node("AveragePool", ["h"], ["p"], name="pool", kernel_shape=[3, 3], pads=pads,
+                              strides=strides, count_include_pad=0),
+             helper.make_node("Relu", ["p"], ["y"], name="relu")]
+    inits = [numpy_helper.from_array((rng.standard_normal((4, 3, 3, 3)) * 0.3).astype(np.float32), "w"),
+             numpy_helper.from_array((rng.standard_normal(4) * 0.1).astype(np.float32), "b")]
+    g = helper.make_graph(nodes, "pool", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 9, 9])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], initializer=inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    m = onnx.shape_inference.infer_shapes(m)
+    path = tmp_path / "pool.onnx"
+    onnx.save(m, str(path))
+    x = rng.standard_normal((16, 3, 9, 9)).astype(np.float32)
+    res = onnxptq.quantize(str(path), x, w_bits=8, a_bits=8, scale="po2", format="int")
+    step = next(s for s in res.program.steps if s.node == "pool")
+    assert step.kind == "avgpool" and isinstance(step.attrs["divisor"], np.ndarray)
+    assert verify_integer(res.model, {"x": x[:4]}).ok
+    assert sqnr_db(ort_run(m, {"x": x})[0], ort_run(res.model, {"x": x})[0]) > 25

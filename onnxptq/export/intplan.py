@@ -416,9 +416,9 @@ class _Lowering:
             pads = list(a.get("pads", [0] * 2 * len(k)))
             if a.get("ceil_mode", 0) or a.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET", b"VALID", "VALID"):
                 raise _Unsupported("AveragePool with ceil_mode or auto_pad has a position-dependent divisor")
-            if any(pads) and not a.get("count_include_pad", 0):
-                raise _Unsupported("padded AveragePool with count_include_pad=0 has a position-dependent divisor")
             count = int(np.prod(k))
+            if any(pads) and not a.get("count_include_pad", 0):  # the divisor is the window's non-pad count
+                count = self.valid_counts(shape, k, pads, list(a.get("strides", [1] * len(k))))
             if len(shape) < 2 or shape[1] is None or shape[1] <= 0:
                 raise _Unsupported("AveragePool input with an unknown channel count")
             attrs.update(channels=int(shape[1]), kernel=k, pads=pads, strides=list(a.get("strides", [1] * len(k))))
@@ -440,17 +440,34 @@ class _Lowering:
             count = int(np.prod(dims))
             attrs["axes"] = axes
         up = max(0, y.frac - x.frac)
-        s_max = count * x.max_abs * 2**up
+        per_position = isinstance(count, np.ndarray)
+        c_max = int(count.max()) if per_position else count
+        s_max = c_max * x.max_abs * 2**up
         down = int(cap_shift(max(0, x.frac - y.frac), s_max))  # |S| < divisor / 2 rounds to 0 either way
         divisor = count * 2**down
-        bound = 2 * s_max + divisor + 1
-        pow2 = divisor & (divisor - 1) == 0  # a power of two: the division is a shift, exact in float32 below 2^24
+        bound = 2 * s_max + c_max * 2**down + 1
+        # a power of two: the division is a shift, exact in float32 below 2^24 (one divisor for all positions)
+        pow2 = not per_position and divisor & (divisor - 1) == 0
         attrs.update(x_zp=x.zp, count=count, up=up, divisor=divisor, y_zp=y.zp, lo=y.lo, hi=y.hi,
                      wide=bool(bound >= 2**31),
                      form=float_form(s_max, [up - divisor.bit_length() + 1], self.rounding) if pow2 else FORM_SHIFT)
         if bound >= 2**62:
             raise _Unsupported("the average needs more than 62 bits")
         self.steps.append(Step("avgpool", n.name, [n.input[0]], [n.output[0]], attrs))
+
+    @staticmethod
+    def valid_counts(shape: tuple, kernel: list[int], pads: list[int], strides: list[int]) -> np.ndarray:
+        """Per output position, how many non-pad inputs an AveragePool window holds (its count_include_pad=0
+        divisor), shaped (1, 1, *out_spatial) to broadcast over the window sums."""
+        spatial = list(shape[2:])
+        if any(d is None or d <= 0 for d in spatial):
+            raise _Unsupported("AveragePool with count_include_pad=0 on a non-static spatial shape")
+        nd = len(kernel)
+        ones = torch.ones((1, 1, *spatial), dtype=torch.float64)
+        padded = torch.nn.functional.pad(ones, [p for d in reversed(range(nd)) for p in (pads[d], pads[nd + d])])
+        box = torch.ones((1, 1, *kernel), dtype=torch.float64)
+        conv = {1: torch.nn.functional.conv1d, 2: torch.nn.functional.conv2d, 3: torch.nn.functional.conv3d}[nd]
+        return conv(padded, box, stride=strides).round().to(torch.int64).numpy()
 
     def layernorm(self, n, a: dict) -> None:
         """LayerNormalization over the axes from ``axis`` (InstanceNormalization: over the spatial axes, scale and

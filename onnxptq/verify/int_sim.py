@@ -154,7 +154,9 @@ class IntSim:
         else:
             s = xz.sum(dim=a["axes"], keepdim=bool(a.get("keepdims", 1)))
         s = torch.round(s).to(torch.int64) * (2 ** a["up"])
-        y = rne_div(s, a["divisor"], self.p.rounding) + a["y_zp"]
+        d = a["divisor"]
+        d = torch.as_tensor(d, device=s.device) if isinstance(d, np.ndarray) else d  # per position: count_include_pad=0
+        y = rne_div(s, d, self.p.rounding) + a["y_zp"]
         return y.clamp(a["lo"], a["hi"]).double()
 
     def _layernorm(self, step: Step, x: torch.Tensor) -> torch.Tensor:
