@@ -286,6 +286,12 @@ def ort_preprocess(model_path: Path, work: Path) -> tuple[Path, float, str]:
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     out = work / f"{model_path.stem}.ort-pre.onnx"
+    model_path = Path(model_path).resolve()
+    with contextlib.chdir(work):  # its symbolic shape inference writes temporary files into the working folder
+        return _ort_preprocess(quant_pre_process, model_path, out.resolve())
+
+
+def _ort_preprocess(quant_pre_process, model_path: Path, out: Path) -> tuple[Path, float, str]:
     t0 = time.perf_counter()
     try:
         quant_pre_process(str(model_path), str(out))

@@ -267,7 +267,8 @@ def ort_static_sqnr(path: Path, calib: dict, feeds: dict, ref: np.ndarray, work:
 
     pre, _, _ = ort_preprocess(path, work)
     out = work / f"{path.stem}.ort.onnx"
-    with contextlib.redirect_stdout(io.StringIO()):
+    # onnxruntime saves large models with external data under generated names in the working folder
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.chdir(work):
         quantize_static(str(pre), str(out), ArrayReader(calib, batch=1), quant_format=QuantFormat.QDQ,
                         per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                         calibrate_method=CalibrationMethod.MinMax)
