@@ -15,6 +15,7 @@ import numpy as np
 import onnx
 
 from ..errors import ConfigError
+from ..onnx_graph import random_feeds
 from .kernels import compile_openvino, load_model, ort_session
 
 @dataclass
@@ -32,21 +33,12 @@ def random_inputs(model: onnx.ModelProto, batch: int, seed: int = 0) -> dict[str
     """Inputs of the model's shapes: a dynamic first axis becomes ``batch``, other dynamic axes 1.
 
     A model whose first axis is fixed to another size cannot take ``batch``: ConfigError."""
-    rng = np.random.default_rng(seed)
     inits = {i.name for i in model.graph.initializer}
-    out = {}
     for vi in model.graph.input:
-        if vi.name in inits:
-            continue
-        tt = vi.type.tensor_type
-        dims = [d.dim_value if d.HasField("dim_value") else -1 for d in tt.shape.dim]
-        if dims and dims[0] not in (-1, batch):
-            raise ConfigError(f"input {vi.name!r} has a fixed batch of {dims[0]}; cannot time batch {batch}")
-        shape = [batch if i == 0 and d == -1 else (1 if d == -1 else d) for i, d in enumerate(dims)]
-        dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type))
-        arr = rng.standard_normal(shape) if np.issubdtype(dtype, np.floating) else rng.integers(0, 8, shape)
-        out[vi.name] = arr.astype(dtype)
-    return out
+        dims = vi.type.tensor_type.shape.dim
+        if vi.name not in inits and dims and dims[0].HasField("dim_value") and dims[0].dim_value != batch:
+            raise ConfigError(f"input {vi.name!r} has a fixed batch of {dims[0].dim_value}; cannot time batch {batch}")
+    return random_feeds(model, batch, seed)
 
 
 def _time(fn: Callable[[], object], runs: int, warmup: int) -> tuple[float, float]:

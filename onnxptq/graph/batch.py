@@ -26,6 +26,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from ..onnx_graph import random_feeds
 from .qgraph import attrs_of
 
 PREFIX = "onnxptq_batch/"  # names of the nodes and constants the rewrite adds
@@ -74,7 +75,7 @@ def fixed_batch(model: onnx.ModelProto) -> int | None:
 # ops whose output keeps the input's batch axis unchanged, one data input (the others are constants or absent)
 _SAME = {"Relu", "Clip", "Sigmoid", "Tanh", "HardSwish", "HardSigmoid", "LeakyRelu", "Elu", "Softplus", "Mish", "Gelu",
          "Erf", "Neg", "Abs", "Exp", "Log", "Sqrt", "Reciprocal", "Floor", "Ceil", "Selu", "Celu", "Softsign",
-         "ThresholdedRelu", "Identity", "Dropout", "Cast", "Not", "IsNaN", "IsInf", "Sign", "Round", "Softplus"}
+         "ThresholdedRelu", "Identity", "Dropout", "Cast", "Not", "IsNaN", "IsInf", "Sign", "Round"}
 # broadcasting elementwise ops (every input may carry the batch)
 _BROADCAST = {"Add", "Sub", "Mul", "Div", "Pow", "Sum", "Max", "Min", "Equal", "Less", "Greater", "LessOrEqual",
               "GreaterOrEqual", "And", "Or", "Xor", "Where", "PRelu", "Mod", "Mean"}
@@ -451,23 +452,6 @@ def free_batch(model: onnx.ModelProto) -> tuple[onnx.ModelProto, FreeBatchReport
     return m, rw.report
 
 
-def _probe_inputs(model: onnx.ModelProto, n: int, seed: int = 0) -> dict[str, np.ndarray]:
-    """``n`` distinct random samples per graph input (int inputs in {0, 1}: valid ids and masks)."""
-    rng = np.random.default_rng(seed)
-    inits = {i.name for i in model.graph.initializer}
-    feeds = {}
-    for vi in model.graph.input:
-        if vi.name in inits:
-            continue
-        tt = vi.type.tensor_type
-        dims = [d.dim_value if d.HasField("dim_value") else 1 for d in tt.shape.dim]
-        dtype = onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type)
-        shape = (n, *dims[1:])
-        feeds[vi.name] = (rng.standard_normal(shape).astype(dtype) if np.issubdtype(dtype, np.floating)
-                          else rng.integers(0, 2, size=shape).astype(dtype))
-    return feeds
-
-
 def check_free_batch(fixed: onnx.ModelProto, freed: onnx.ModelProto, batch: int) -> str | None:
     """None when two batches of samples run together in ``freed`` give what each gives alone in ``fixed``
     (onnxruntime); else what differs."""
@@ -479,7 +463,7 @@ def check_free_batch(fixed: onnx.ModelProto, freed: onnx.ModelProto, batch: int)
     try:
         s_fixed = ort.InferenceSession(fixed.SerializeToString(), **opts)
         s_free = ort.InferenceSession(freed.SerializeToString(), **opts)
-        feeds = _probe_inputs(fixed, 2 * batch)
+        feeds = random_feeds(fixed, 2 * batch, int_high=2)  # int inputs in {0, 1}: valid ids and masks
         alone = [s_fixed.run(None, {k: v[i * batch:(i + 1) * batch] for k, v in feeds.items()}) for i in range(2)]
         together = s_free.run(None, feeds)
     except Exception as e:  # noqa: BLE001 - any failure means: not shown safe
