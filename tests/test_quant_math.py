@@ -431,3 +431,21 @@ def test_observer_percentile_matches_full_data():
     full = torch.cat(data)
     assert float(torch.quantile(obs.sample(), 0.99)) == pytest.approx(float(torch.quantile(full, 0.99)), rel=0.1)
     assert math.isclose(obs.max, float(full.max()))
+
+
+def test_int16_multiplier_hand_cases():
+    """g = M 2^-f with the most bits that keep max |M| <= 2^15 - 1 (one exponent for the whole tensor)."""
+    from onnxptq.quant.requant import MULT_MAX, int16_multiplier
+
+    m, f = int16_multiplier(np.array([1.0]))
+    assert f == 14 and m.tolist() == [16384]  # 2^15 would exceed 32767
+    m, f = int16_multiplier(np.array([0.5, -0.25, 0.0]))
+    assert f == 15 and m.tolist() == [16384, -8192, 0]
+    m, f = int16_multiplier(np.array([3.0, 1e-3]))
+    assert f == 13 and m.tolist() == [24576, 8]  # 1e-3 * 8192 = 8.192 -> 8
+    m, f = int16_multiplier(np.zeros(3))
+    assert f == 0 and m.tolist() == [0, 0, 0]
+    g = np.random.default_rng(0).standard_normal(50) * 7
+    m, f = int16_multiplier(g)
+    assert np.abs(m).max() <= MULT_MAX and np.abs(m).max() > MULT_MAX // 2
+    assert np.abs(m * 2.0**-f - g).max() <= 2.0 ** (-f - 1)

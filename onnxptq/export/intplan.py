@@ -28,10 +28,12 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, UnsupportedOpError
+from ..graph.fold import bn_affine, bn_epsilon
 from ..graph.qgraph import attrs_of
 from ..ops.registry import REGISTRY
 from ..quant import quantize
-from ..quant.requant import F32_EXACT, ROUNDING_MODES, exact_in_float32, po2_frac, requant_shift, shift_bound
+from ..quant.requant import (F32_EXACT, ROUNDING_MODES, exact_in_float32, int16_multiplier, po2_frac, requant_shift,
+                             shift_bound)
 from ..quant.rounding import rne
 from ..sim.model import SimModel
 
@@ -42,7 +44,6 @@ SCALE_EXP_MAX = 100  # 2^-e with |e| <= 100 and products of two such stay normal
 FORM_SHIFT = "shift"
 AFFINE_OPS = ("Add", "Sub", "Mul", "Div")  # x op constant-per-position: one integer multiply-add (``affine``)
 CONST_BITS = 8  # an added constant keeps this many fractional bits beyond the output's
-MULT_MAX = 2**15 - 1  # a constant factor is an int16 multiplier M (value M * 2^-f_m, one f_m per tensor)
 SOFTMAX_BITS = 16  # exp table T[k] = round(2^16 exp(-k 2^-f)): T[0] = 2^16
 
 
@@ -553,9 +554,8 @@ class _Lowering:
             g = 1.0 / c if n.op_type == "Div" else c
             if not np.all(np.isfinite(g)):
                 raise _Unsupported("its constant factor is not finite")
-            g_max = float(np.abs(g).max())
-            f_m = int(np.floor(np.log2(MULT_MAX / g_max))) if g_max > 0 else 0
-            mult, offset, f_c = rne(g * 2.0 ** f_m).astype(np.int64), None, x.frac + f_m
+            mult, f_m = int16_multiplier(g)
+            offset, f_c = None, x.frac + f_m
         self._affine_step(n, x_name, x, y, mult, offset, f_c)
 
     def batchnorm(self, n) -> None:
@@ -566,15 +566,13 @@ class _Lowering:
         if any(i not in self.sim.consts for i in n.input[1:5]):
             raise _Unsupported("its scale, bias, mean and variance must be constants")
         x, y = self.tint(n.input[0]), self.tint(n.output[0])
-        gamma, beta, mean, var = (self.sim.consts[i].double().cpu().numpy() for i in n.input[1:5])
-        k = gamma / np.sqrt(var + float(attrs_of(n).get("epsilon", 1e-5)))
+        k, b = bn_affine(*(self.sim.consts[i].double().cpu().numpy() for i in n.input[1:5]), bn_epsilon(n))
         rank = len(self.qg.shapes.get(n.input[0], ())) or 2
         shape = (-1, *([1] * (rank - 2)))
-        g_max = float(np.abs(k).max())
-        f_m = int(np.floor(np.log2(MULT_MAX / g_max))) if g_max > 0 else 0
+        mult, f_m = int16_multiplier(k)
         f_c = x.frac + f_m
-        mult = rne(k * 2.0 ** f_m).astype(np.int64).reshape(shape)
-        offset = rne((beta - mean * k) * 2.0 ** f_c).astype(np.int64).reshape(shape)
+        mult = mult.reshape(shape)
+        offset = rne(b * 2.0 ** f_c).astype(np.int64).reshape(shape)
         self._affine_step(n, n.input[0], x, y, mult, offset, f_c)
 
     def _affine_step(self, n, x_name: str, x: TInt, y: TInt, mult: np.ndarray, offset: np.ndarray | None,

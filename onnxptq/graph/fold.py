@@ -24,6 +24,18 @@ class FoldReport:
     bn_as_conv: list[str] = field(default_factory=list)  # standalone BNs rewritten as depthwise 1x1 Convs
 
 
+def bn_epsilon(bn: onnx.NodeProto) -> float:
+    return next((a.f for a in bn.attribute if a.name == "epsilon"), 1e-5)
+
+
+def bn_affine(gamma, beta, mean, var, eps: float) -> tuple[np.ndarray, np.ndarray]:
+    """Inference BatchNormalization as the per-channel affine y = k x + b: (k, b) with
+    k = gamma / sqrt(var + eps), b = beta - mean k (float64)."""
+    gamma, beta, mean, var = (np.asarray(v, dtype=np.float64) for v in (gamma, beta, mean, var))
+    k = gamma / np.sqrt(var + eps)
+    return k, beta - mean * k
+
+
 def _rename_input(graph: onnx.GraphProto, old: str, new: str) -> None:
     for n in graph.node:
         for k, i in enumerate(n.input):
@@ -85,9 +97,8 @@ def fold_batchnorm(graph: onnx.GraphProto, report: FoldReport) -> None:
         if not foldable:
             report.unfolded_bn.append(bn.name)
             continue
-        eps = next((a.f for a in bn.attribute if a.name == "epsilon"), 1e-5)
         gamma, beta, mean, var = (numpy_helper.to_array(p).astype(np.float64) for p in params)
-        k = gamma / np.sqrt(var + eps)
+        k, _ = bn_affine(gamma, beta, mean, var, bn_epsilon(bn))
         w_init = inits[layer.input[1]]
         w = numpy_helper.to_array(w_init).astype(np.float64)
         if layer.op_type == "Conv":
@@ -132,14 +143,13 @@ def standalone_bn_to_conv(graph: onnx.GraphProto, report: FoldReport) -> None:
             continue
         if any(a.name == "training_mode" and a.i for a in bn.attribute):
             continue
-        eps = next((a.f for a in bn.attribute if a.name == "epsilon"), 1e-5)
         gamma, beta, mean, var = (numpy_helper.to_array(p).astype(np.float64) for p in params)
-        scale = gamma / np.sqrt(var + eps)
+        scale, shift = bn_affine(gamma, beta, mean, var, bn_epsilon(bn))
         nd = ranks[bn.input[0]] - 2
         w_name, b_name = f"{bn.name}.weight_dw", f"{bn.name}.bias_dw"
         graph.initializer.append(numpy_helper.from_array(
             scale.reshape(-1, 1, *([1] * nd)).astype(np.float32), w_name))
-        graph.initializer.append(numpy_helper.from_array((beta - mean * scale).astype(np.float32), b_name))
+        graph.initializer.append(numpy_helper.from_array(shift.astype(np.float32), b_name))
         conv = onnx.helper.make_node("Conv", [bn.input[0], w_name, b_name], [bn.output[0]], name=bn.name,
                                      group=len(scale), kernel_shape=[1] * nd)
         index = list(graph.node).index(bn)

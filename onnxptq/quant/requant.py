@@ -72,6 +72,20 @@ def rne_div(a, d, mode: str = "rne"):
     return q + (2 * r + q % 2) // (d + 1)
 
 
+MULT_MAX = 2**15 - 1  # a constant factor is an int16 multiplier M (value M * 2^-f, one f per tensor)
+
+
+def int16_multiplier(g: np.ndarray) -> tuple[np.ndarray, int]:
+    """Constant factors ``g`` (any shape, one shared exponent) as int16 multipliers: (M, f) with
+    M = RNE(g 2^f) and f the largest exponent for which max |g| 2^f <= MULT_MAX (f = 0 for g = 0)."""
+    from .rounding import rne
+
+    g = np.asarray(g, dtype=np.float64)
+    g_max = float(np.abs(g).max()) if g.size else 0.0
+    f = int(np.floor(np.log2(MULT_MAX / g_max))) if g_max > 0 else 0
+    return rne(g * 2.0 ** f).astype(np.int64), f
+
+
 def floor_sqrt(m):
     """floor(sqrt(m)) for integer m in [0, 2^52) (NumPy or torch int64), as the integer model computes it:
     Cast to float64, Sqrt, Floor, Cast. Exact: float64(m) = m, IEEE Sqrt is correctly rounded, and for
