@@ -24,6 +24,9 @@ KINDS: dict[str, str] = {
     "batch-chunks": "fixed batch kept: the graph runs in chunks of it (slower calibration)",
     "float-kernel": "layers on float kernels in the target runtime",
     "onnx2torch": "nodes simulated by onnx2torch (ops outside the own table; no integer form)",
+    "target-bits": "layers raised to 8 bits for the accuracy target (weights and input)",
+    "target-float": "layers left in float for the accuracy target",
+    "target-missed": "accuracy target missed",
     "other": "other warnings",
 }
 
