@@ -4,7 +4,7 @@ target holds; no reconstruction runs again (the other layers keep their state).
 Ranking: each candidate layer's change is applied alone to the current state and the target measured (the
 "revert" gain: what changing this layer buys on the quantized model, activations and reconstruction included);
 ties break on the BRECQ diagonal sensitivity (``mixed/sensitivity.py``: output error with this layer alone
-quantized at the run's weight bits, the rest float). Greedy: change layers in that order, measuring after each;
+quantized at the run's weight bits, the rest float, on the first 64 evaluation samples). Greedy: change layers in that order, measuring after each;
 a change that brings the target no closer is undone (the row stays in the report, not kept); stop as soon as
 the target holds. With ``target_action`` ``bits`` (and QDQ export), a second stage leaves
 layers in float, ranked again on the all-8-bit state, when raising every candidate still misses.
@@ -26,7 +26,7 @@ from ..config import QuantConfig
 from ..data import Dataset
 from ..diagnostics import Diagnostics
 from ..eval import sqnr_db
-from ..mixed.sensitivity import measure_sensitivities
+from ..mixed.sensitivity import SAMPLES, measure_sensitivities
 from ..plan import BitPlan
 from ..sim.model import SimModel, simulate
 from ..sim.state import QuantState
@@ -140,7 +140,7 @@ def _control(sim: SimModel, data: Dataset, cfg: QuantConfig, plan: BitPlan, diag
     qg = sim.qg
     was_training = sim.training
     sim.eval()
-    float_sim = SimModel(qg).to(next(iter(sim.weights.values())).device).eval()  # quantizers off: the float model
+    float_sim = SimModel(qg).to(cfg.device).eval()  # quantizers off: the float model
     float_out = simulate(float_sim, data.inputs, cfg.batch_size)
     if cfg.max_drop is not None and metric is None:
         raise ValueError("max_drop needs a metric")
@@ -154,7 +154,8 @@ def _control(sim: SimModel, data: Dataset, cfg: QuantConfig, plan: BitPlan, diag
     try:
         if not rep.met:
             names = [x.name for x in qg.layers]
-            diag, _ = measure_sensitivities(float_sim, data, cfg, names, (cfg.w_bits,), len(data), cfg.progress, cache)
+            diag, _ = measure_sensitivities(float_sim, data, cfg, names, (cfg.w_bits,), min(len(data), SAMPLES),
+                                            cfg.progress, cache)
             search = _Search(sim, cfg, target, evaluate, {n: diag[(n, cfg.w_bits)] for n in names}, rep)
             actions = [cfg.target_action]
             if cfg.target_action == "bits":
