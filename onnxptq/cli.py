@@ -352,7 +352,7 @@ def cmd_quantize(args) -> int:
                    + ")"),
         ("target", f"{s['target']} ({TARGETS[s['target']].description})"),
         ("layers", f"{s['layers']} quantized, {s['quant_points']} activation quant points"),
-        ("weight bits", ", ".join(f"{b}-bit x{n}" for b, n in s["weight_bits"].items())
+        ("weight bits", ", ".join(f"{'float' if b == 32 else f'{b}-bit'} x{n}" for b, n in s["weight_bits"].items())
                         + (f" ({s['mixed']}: {_fmt_layer_bits(s['weight_bits_per_layer'])})" if "mixed" in s else "")),
         ("activation bits", ", ".join(f"{b}-bit x{n}" for b, n in s["activation_bits"].items())),
         ("weights size", f"{_fmt_bytes(s['weights_float_bytes'])} -> {_fmt_bytes(s['weights_quant_bytes'])} "

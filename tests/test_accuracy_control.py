@@ -225,3 +225,17 @@ def test_cli_end_to_end(tmp_path, capsys, monkeypatch):
 def test_cli_flags_without_a_target_are_refused(capsys):
     rc = main(["quantize", str(MODEL), "--calib", str(CALIB), "-o", "/nonexistent/x.onnx", "--target-data", str(VAL)])
     assert rc == 2 and "--min-sqnr or --max-drop" in capsys.readouterr().err
+
+
+def test_integer_export_raises_bits_only(tmp_path):
+    """--format int: 8-bit layers only (no float layer in integer ONNX); the refined Po2 input grids stay Po2, so the
+    integer program lowers and computes what the search measured."""
+    out = tmp_path / "m.int.onnx"
+    res = onnxptq.quantize(MODEL, CALIB, output=out, min_sqnr=200.0, scale="po2", format="int", **W2A4, **FAST)
+    acc = res.accuracy_control
+    assert not acc.met and {s.action for s in acc.steps} == {"bits"}
+    assert any("no float stage" in n for n in acc.notes)
+    x = {"input": np.load(CALIB)["input"][32:160]}
+    assert sqnr_db(run_onnxruntime(str(MODEL), x), res.simulate(x)) == pytest.approx(acc.after.sqnr_db, abs=1e-3)
+    assert sqnr_db(run_onnxruntime(str(MODEL), x), run_onnxruntime(str(out), x)) == pytest.approx(
+        acc.after.sqnr_db, abs=1e-3)

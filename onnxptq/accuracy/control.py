@@ -157,17 +157,14 @@ def _control(sim: SimModel, data: Dataset, cfg: QuantConfig, plan: BitPlan, diag
             diag, _ = measure_sensitivities(float_sim, data, cfg, names, (cfg.w_bits,), min(len(data), SAMPLES),
                                             cfg.progress, cache)
             search = _Search(sim, cfg, target, evaluate, {n: diag[(n, cfg.w_bits)] for n in names}, rep)
-            actions = [cfg.target_action]
-            if cfg.target_action == "bits":
-                if cfg.format == "int":
-                    rep.notes.append("--format int holds no float layer: no float stage after the 8-bit one")
-                else:
-                    actions.append("float")
+            fallback = cfg.target_action == "bits" and cfg.format != "int"  # --format int holds no float layer
             current = before
-            for action in actions:
+            for action in [cfg.target_action] + (["float"] if fallback else []):
                 if not target.holds(current):
                     state, current = search.stage(action, state, current)
             rep.met, rep.after = target.holds(current), current
+            if not rep.met and cfg.target_action == "bits" and not fallback:
+                rep.notes.append("--format int holds no float layer: no float stage after the 8-bit one")
         rep.weight_bytes_after = weight_bytes(qg, state)
         if cfg.target_latency:
             rep.latency_ms_before, rep.latency_ms_after = latency_ms(sim, [base, state], cfg)
