@@ -236,6 +236,9 @@ def _target_data(calib, qg: QGraph, config: QuantConfig, preprocess, acc: _Accur
         where = str(source) if isinstance(source, (str, os.PathLike)) else "the given evaluation data"
     else:
         full = _as_dataset(calib, qg, config.num_calib + n, preprocess, config.seed)
+        if len(full) < 2:
+            raise DataError("the accuracy target holds out calibration samples to measure on, and there is only one: "
+                            "give --target-data")
         keep, a, b = eval_split(len(full), config.num_calib, n)
         data, ev = full.take(keep), full.rows(a, b)
         where = f"calibration samples {a}..{b - 1}, held out from calibration"
@@ -247,6 +250,9 @@ def _target_data(calib, qg: QGraph, config: QuantConfig, preprocess, acc: _Accur
         if len(lab) < len(ev):
             raise DataError(f"labels has {len(lab)} entries for {len(ev)} evaluation samples")
         ev = Dataset(ev.inputs, lab[:len(ev)], ev.source)
+    if config.max_drop is not None and acc.metric is None and ev.labels is None:  # before any long stage runs
+        raise DataError("--max-drop measures top-1 accuracy and needs labels: a 'labels' array in the target data "
+                        "(--target-data), or labels= (and a metric=) in the Python API")
     return data, ev, where, note
 
 
@@ -292,12 +298,7 @@ def _quantize(model, calib, config: QuantConfig, out: Path | None, rep: Path | N
         from .accuracy.control import control_accuracy
         from .accuracy.target import top1_accuracy
 
-        metric = acc.metric
-        if metric is None and config.max_drop is not None:
-            if eval_ds.labels is None:
-                raise DataError("--max-drop measures top-1 accuracy and needs labels: a 'labels' array in the target "
-                                "data (--target-data), or labels= with a metric= in the Python API")
-            metric = top1_accuracy
+        metric = acc.metric if acc.metric is not None or config.max_drop is None else top1_accuracy
         t0 = time.perf_counter()
         accuracy = control_accuracy(sim, eval_ds, config, plan, ctx.diagnostics, metric, eval_source, ctx.cache)
         if split_note:
