@@ -11,6 +11,14 @@ def quantize(*args, **kwargs):
     return _quantize(*args, **kwargs)
 
 
+def quantize_with_accuracy_control(*args, **kwargs):
+    """See ``onnxptq.api.quantize_with_accuracy_control``: quantize, then change the most sensitive layers until a
+    metric (or output SQNR) target holds."""
+    from .api import quantize_with_accuracy_control as _qwac
+
+    return _qwac(*args, **kwargs)
+
+
 def inspect(*args, **kwargs):
     from .api import inspect as _inspect
 
@@ -30,4 +38,5 @@ def bench_models(*args, **kwargs):
     return _bench(*args, **kwargs)
 
 
-__all__ = ["QuantConfig", "quantize", "inspect", "evaluate", "bench_models", "__version__"]
+__all__ = ["QuantConfig", "quantize", "quantize_with_accuracy_control", "inspect", "evaluate", "bench_models",
+           "__version__"]

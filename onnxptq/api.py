@@ -30,6 +30,7 @@ from .sim.model import SimModel, simulate
 from .sim.state import QuantState
 
 if TYPE_CHECKING:
+    from .accuracy.control import AccuracyControlReport
     from .export.intplan import IntProgram
     from .mixed.allocate import MixedReport
     from .recon.results import ReconReport
@@ -53,6 +54,7 @@ class QuantResult:
     warnings: list[str] = field(default_factory=list)  # e.g. layers the target's runtime runs in float
     state: QuantState | None = None  # the final quantization state, detached (sim/state.py)
     diagnostics: Diagnostics = field(default_factory=Diagnostics)  # the run's fallbacks (diagnostics.py)
+    accuracy_control: "AccuracyControlReport | None" = None  # --min-sqnr / --max-drop: what was changed
 
     def summary(self) -> dict:
         """Bits, scale kind, weight sizes before/after, times: the table printed at the end of a run."""
@@ -84,6 +86,7 @@ class QuantResult:
                if self.mixed is not None else {}),
             **({"integer_forms": form_summary(self.program)} if self.program is not None else {}),
             "fallbacks": self.diagnostics.summary_lines(),  # what the run did other than asked (diagnostics.py)
+            **({"accuracy_target": self.accuracy_control.lines()[0]} if self.accuracy_control is not None else {}),
         }
 
     def simulate(self, inputs: dict[str, np.ndarray], batch_size: int = 32) -> np.ndarray:
@@ -158,7 +161,8 @@ def save_atomic(model: onnx.ModelProto, out: Path) -> None:
 
 def quantize(model: str | os.PathLike, calib, config: QuantConfig | None = None, output: str | os.PathLike | None = None,
              force: bool = False, report: str | os.PathLike | None = None, preprocess=None,
-             check_kernels: bool = True, cache: dict | None = None, **overrides) -> QuantResult:
+             check_kernels: bool = True, cache: dict | None = None, eval_data=None, metric=None, labels=None,
+             **overrides) -> QuantResult:
     """Quantize an ONNX model with calibration data; write it to ``output`` if given.
 
     ``calib``: a .npz/.npy path, a folder of images, a ``Dataset``, an array (single-input models) or a dict of
@@ -170,6 +174,9 @@ def quantize(model: str | os.PathLike, calib, config: QuantConfig | None = None,
     ``cache``: the run's cache (``RunContext.cache``); pass one dict to several runs to share what depends only
     on the model and data (a sweep over mixed-precision budgets measures the sensitivities once).
     Runs in a ``RunContext``: torch's threads, global RNG states and cudnn flags are as before on return.
+    Accuracy target (``min_sqnr`` / ``max_drop``, ``accuracy/``): ``eval_data`` (like ``calib``; default
+    ``target_data``, else calibration samples held out from calibration) with ``labels`` (default: the data's
+    own), ``metric(outputs, labels) -> float`` (higher is better; default top-1 accuracy) for ``max_drop``.
     """
     bad = sorted(set(overrides) - set(QuantConfig.field_names()))
     if bad:
@@ -185,20 +192,83 @@ def quantize(model: str | os.PathLike, calib, config: QuantConfig | None = None,
             raise OutputError(f"report {rep} and output model are the same file; choose another report path")
     with RunContext(seed=config.seed, device=config.device, progress=config.progress,
                     cache={} if cache is None else cache) as ctx:
-        result = _quantize(model, calib, config, out, rep, preprocess, check_kernels, ctx)
+        accuracy = None
+        if config.min_sqnr is not None or config.max_drop is not None:
+            accuracy = _AccuracyInputs(eval_data, metric, labels)
+        elif eval_data is not None or metric is not None or labels is not None:
+            raise ConfigError("eval_data / metric / labels are read by an accuracy target: add min_sqnr or max_drop")
+        result = _quantize(model, calib, config, out, rep, preprocess, check_kernels, ctx, accuracy)
     return result
 
 
+def quantize_with_accuracy_control(model: str | os.PathLike, calib, eval_data, metric=None, labels=None,
+                                   max_drop: float | None = None, min_sqnr: float | None = None,
+                                   config: QuantConfig | None = None, **kwargs) -> QuantResult:
+    """``quantize``, then change the fewest most sensitive layers (8 bits, or float) until ``metric`` on the
+    labelled ``eval_data`` drops at most ``max_drop`` below the float model's and/or the output SQNR is at least
+    ``min_sqnr`` dB. ``metric(outputs, labels) -> float``: higher is better, ``outputs`` the first model output
+    over ``eval_data`` (default top-1 accuracy); ``labels`` default to the data's ``labels`` array. The changes are
+    in ``QuantResult.accuracy_control``; a target still missed with every layer changed is a warning there, in
+    ``warnings`` and in the diagnostics (the best model found is returned)."""
+    if max_drop is None and min_sqnr is None:
+        raise ConfigError("quantize_with_accuracy_control needs max_drop and/or min_sqnr")
+    return quantize(model, calib, config, eval_data=eval_data, metric=metric, labels=labels, max_drop=max_drop,
+                    min_sqnr=min_sqnr, **kwargs)
+
+
+@dataclass
+class _AccuracyInputs:
+    eval_data: object = None
+    metric: object = None
+    labels: object = None
+
+
+def _target_data(calib, qg: QGraph, config: QuantConfig, preprocess, acc: _AccuracyInputs
+                 ) -> tuple[Dataset, Dataset, str, str | None]:
+    """(calibration data, target data, where the target data comes from, a note when calibration lost samples)."""
+    from .accuracy.target import eval_split
+
+    n, note = config.target_samples, None
+    source = acc.eval_data if acc.eval_data is not None else config.target_data
+    if source is not None:
+        data = _as_dataset(calib, qg, config.num_calib, preprocess, config.seed)
+        ev = _as_dataset(source, qg, n, preprocess, config.seed)
+        where = str(source) if isinstance(source, (str, os.PathLike)) else "the given evaluation data"
+    else:
+        full = _as_dataset(calib, qg, config.num_calib + n, preprocess, config.seed)
+        if len(full) < 2:
+            raise DataError("the accuracy target holds out calibration samples to measure on, and there is only one: "
+                            "give --target-data")
+        keep, a, b = eval_split(len(full), config.num_calib, n)
+        data, ev = full.take(keep), full.rows(a, b)
+        where = f"calibration samples {a}..{b - 1}, held out from calibration"
+        if keep < config.num_calib:
+            note = (f"calibration used {keep} of its {len(full)} samples: the last {b - a} were held out for the "
+                    "accuracy target (give --target-data, or more calibration samples than --num-calib, to keep all)")
+    if acc.labels is not None:
+        lab = np.asarray(acc.labels)
+        if len(lab) < len(ev):
+            raise DataError(f"labels has {len(lab)} entries for {len(ev)} evaluation samples")
+        ev = Dataset(ev.inputs, lab[:len(ev)], ev.source)
+    if config.max_drop is not None and acc.metric is None and ev.labels is None:  # before any long stage runs
+        raise DataError("--max-drop measures top-1 accuracy and needs labels: a 'labels' array in the target data "
+                        "(--target-data), or labels= (and a metric=) in the Python API")
+    return data, ev, where, note
+
+
 def _quantize(model, calib, config: QuantConfig, out: Path | None, rep: Path | None, preprocess, check_kernels: bool,
-              ctx: RunContext) -> QuantResult:
+              ctx: RunContext, acc: _AccuracyInputs | None = None) -> QuantResult:
     """The stages of ``quantize`` inside its run context: import -> plan -> (mixed) -> calibrate ->
-    (reconstruct) -> export -> (kernel check, report). The imported graph is never written to."""
+    (reconstruct) -> (accuracy target) -> export -> (kernel check, report). The imported graph is never written to."""
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     qg = import_model(model, config.input_shapes or None, frozenset(config.skip_nodes))
     timings["import"] = time.perf_counter() - t0
     import_diagnostics(qg, ctx.diagnostics)
-    data = _as_dataset(calib, qg, config.num_calib, preprocess, config.seed)
+    if acc is not None:
+        data, eval_ds, eval_source, split_note = _target_data(calib, qg, config, preprocess, acc)
+    else:
+        data = _as_dataset(calib, qg, config.num_calib, preprocess, config.seed)
     plan = make_plan(qg, config)
     sim = SimModel(qg).to(config.device)
     mixed = None
@@ -223,6 +293,17 @@ def _quantize(model, calib, config: QuantConfig, out: Path | None, rep: Path | N
     recon_report = run_method(sim, data, plan, config, ckpt_dir, ctx)
     if recon_report is not None:
         timings["reconstruct"] = time.perf_counter() - t0
+    accuracy = None
+    if acc is not None:
+        from .accuracy.control import control_accuracy
+        from .accuracy.target import top1_accuracy
+
+        metric = acc.metric if acc.metric is not None or config.max_drop is None else top1_accuracy
+        t0 = time.perf_counter()
+        accuracy = control_accuracy(sim, eval_ds, config, plan, ctx.diagnostics, metric, eval_source, ctx.cache)
+        if split_note:
+            accuracy.notes.append(split_note)
+        timings["accuracy target"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     program = None
     if config.format == "int":
@@ -245,7 +326,13 @@ def _quantize(model, calib, config: QuantConfig, out: Path | None, rep: Path | N
     if out is not None:
         save_atomic(qmodel, out)
     result = QuantResult(qmodel, out, qg, sim, plan, config, timings, program, recon_report, mixed,
-                         state=sim.export_state(), diagnostics=ctx.diagnostics)
+                         state=sim.export_state(), diagnostics=ctx.diagnostics, accuracy_control=accuracy)
+    if accuracy is not None and not accuracy.met:
+        from .accuracy.target import format_measure
+
+        result.warnings.append(f"accuracy target {accuracy.target} missed: best achieved "
+                               f"{format_measure(accuracy.after)} with {len(accuracy.changed())} layer(s) changed "
+                               "(written)")
     if check_kernels:
         from .deploy.check import kernel_warnings
 

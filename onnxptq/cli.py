@@ -1,7 +1,8 @@
 """``onnxptq`` command line: a thin shell over ``onnxptq.api``.
 
 User mistakes (missing files, bad data, bad options) print ``error: ...`` and exit 2 with no
-traceback; Ctrl-C exits 130 and leaves no partial output file.
+traceback; Ctrl-C exits 130 and leaves no partial output file; a missed accuracy target (``--min-sqnr`` /
+``--max-drop``) exits 4 after writing the best model it found.
 """
 from __future__ import annotations
 
@@ -337,9 +338,13 @@ def cmd_quantize(args) -> int:
     s["output"] = str(res.output)
     s["warnings"] = list(res.warnings)
     s["diagnostics"] = res.diagnostics.to_dict()
+    acc = res.accuracy_control
+    missed = TARGET_MISSED if acc is not None and not acc.met else 0
+    if acc is not None:
+        s["accuracy_control"] = acc.to_dict()
     if args.json:
-        print(json.dumps(s, indent=1))
-        return 0
+        print(json.dumps(s, indent=1, default=float))
+        return missed
     rows = [
         ("output", s["output"]),
         ("method", f"{s['method']} ({cfg.scale} scales{', ' + cfg.po2_method if cfg.scale == 'po2' else ''}"
@@ -347,7 +352,7 @@ def cmd_quantize(args) -> int:
                    + ")"),
         ("target", f"{s['target']} ({TARGETS[s['target']].description})"),
         ("layers", f"{s['layers']} quantized, {s['quant_points']} activation quant points"),
-        ("weight bits", ", ".join(f"{b}-bit x{n}" for b, n in s["weight_bits"].items())
+        ("weight bits", ", ".join(f"{'float' if b == 32 else f'{b}-bit'} x{n}" for b, n in s["weight_bits"].items())
                         + (f" ({s['mixed']}: {_fmt_layer_bits(s['weight_bits_per_layer'])})" if "mixed" in s else "")),
         ("activation bits", ", ".join(f"{b}-bit x{n}" for b, n in s["activation_bits"].items())),
         ("weights size", f"{_fmt_bytes(s['weights_float_bytes'])} -> {_fmt_bytes(s['weights_quant_bytes'])} "
@@ -362,6 +367,8 @@ def cmd_quantize(args) -> int:
     rows += [("fallback", line) for line in s["fallbacks"]] or [("fallbacks", "none")]
     w = max(len(k) for k, _ in rows)
     print("\n".join(f"{k:<{w}}  {v}" for k, v in rows))
+    if acc is not None:
+        print("accuracy " + "\n".join(acc.lines()))
     for warning in res.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     if cfg.max_memory_mb and s["peak_rss_mb"] > cfg.max_memory_mb:
@@ -369,7 +376,10 @@ def cmd_quantize(args) -> int:
               f"({cfg.max_memory_mb:.0f} MiB): the cached activations spilled to disk, but torch, the model, the "
               "calibration data and one batch's tensors did not fit; raise --max-memory, or lower --num-calib, "
               "--batch-size or --recon-batch-size", file=sys.stderr)
-    return 0
+    return missed
+
+
+TARGET_MISSED = 4  # exit code of a quantize run whose accuracy target was missed (the best model is written)
 
 
 def cmd_bench(args) -> int:

@@ -8,6 +8,7 @@ once by ``settings.resolve`` (the method's own checks live in its plug-in, ``rec
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -26,6 +27,7 @@ INT_ROUNDINGS = ("rne", "half_up")
 INT_KERNELS = ("portable", "vnni")
 GRANULARITIES = ("layer", "block", "stage", "net")  # graph/partition.py
 PRESETS = ("fast", "full", "rapq", "rapq-quick")  # recon/settings.py
+TARGET_ACTIONS = ("bits", "float")  # accuracy/changes.py
 
 # option groups, in the order ``onnxptq quantize --help`` lists them
 GROUPS = {
@@ -37,6 +39,7 @@ GROUPS = {
     "memory": "memory",
     "data": "data and run",
     "export": "export and target",
+    "accuracy": "accuracy target (quantize, then change the most sensitive layers until the target holds)",
 }
 
 
@@ -166,6 +169,18 @@ class QuantConfig:
     target: str = opt("onnxruntime", "deployment target profile (targets.py): containers, reduce range, Q/DQ "
                                      "placement", group="export")
     opset: int = opt(21, "opset of the exported model", group="export")
+    # accuracy target (accuracy/control.py)
+    min_sqnr: float | None = opt(None, "output SQNR (dB) the quantized model must keep against the float model on "
+                                       "the target data", group="accuracy")
+    max_drop: float | None = opt(None, "largest metric drop vs the float model (CLI: top-1 accuracy, 0.01 = 1 point; "
+                                       "needs labels in the target data)", group="accuracy")
+    target_data: str | None = opt(None, "data the target is measured on (default: calibration samples held out "
+                                        "from calibration)", group="accuracy")
+    target_samples: int = opt(128, "at most this many target samples", group="accuracy")
+    target_action: str = opt("bits", "bits: raise a layer's weights and input to 8 bits (then float if all raised "
+                                     "still miss); float: leave its weights in float", group="accuracy",
+                             choices=TARGET_ACTIONS)
+    target_latency: bool = opt(False, "time the model before and after the changes in onnxruntime", group="accuracy")
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -203,6 +218,7 @@ class QuantConfig:
         if self.bitsplit_points < 16 or self.bitsplit_iters < 0:
             raise ConfigError("bitsplit_points must be >= 16 and bitsplit_iters >= 0")
         self._check_mixed()
+        self._check_accuracy()
         get_target(self.target)  # an unknown target name is an error here, with the list of targets
         if self.format == "int" and self.scale != "po2":
             raise ConfigError("--format int writes shift-based integer ONNX and needs power-of-two scales: add --scale po2")
@@ -239,6 +255,23 @@ class QuantConfig:
         low = min(self.mixed_bits or ((3, 4, 5, 6) if self.mixed == "coding-length" else (2, 4, 8)))
         if self.opset < 21 and low <= 4:
             raise ConfigError(f"{low}-bit weights need 4-bit containers, opset >= 21; got opset {self.opset}")
+
+    def _check_accuracy(self) -> None:
+        for name in ("min_sqnr", "max_drop"):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)):
+                raise ConfigError(f"{name} must be a finite number; got {v!r}")
+        if self.max_drop is not None and self.max_drop < 0:
+            raise ConfigError(f"max_drop must be >= 0; got {self.max_drop}")
+        if not isinstance(self.target_samples, int) or self.target_samples < 1:
+            raise ConfigError(f"target_samples must be a positive integer; got {self.target_samples!r}")
+        if self.min_sqnr is None and self.max_drop is None:
+            if self.target_data is not None or self.target_action != "bits" or self.target_latency:
+                raise ConfigError("--target-data / --target-action / --target-latency belong to an accuracy target: "
+                                  "add --min-sqnr or --max-drop")
+        elif self.target_action == "float" and self.format == "int":
+            raise ConfigError("--target-action float leaves layers in float, which --format int cannot hold: use "
+                              "--target-action bits or --format qdq")
 
     def to_dict(self) -> dict:
         return asdict(self)

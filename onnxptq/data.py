@@ -29,6 +29,11 @@ class Dataset:
         return Dataset({k: v[:n] for k, v in self.inputs.items()},
                        None if self.labels is None else self.labels[:n], self.source)
 
+    def rows(self, start: int, stop: int) -> "Dataset":
+        """Samples ``start`` to ``stop - 1`` (with their labels)."""
+        return Dataset({k: v[start:stop] for k, v in self.inputs.items()},
+                       None if self.labels is None else self.labels[start:stop], self.source)
+
     def batches(self, batch_size: int):
         for i in range(0, len(self), batch_size):
             yield {k: v[i:i + batch_size] for k, v in self.inputs.items()}

@@ -3,8 +3,10 @@
 A fallback is anything the run did other than what the user asked for: a region the guard sent back to
 its round-to-nearest state, activation steps kept at their calibrated values, a bias correction dropped,
 Bit-Split channels kept at RTN, a layer left in float, the simplifier skipped, a layer the target runtime
-runs on float kernels, a node simulated by onnx2torch instead of the own op table. Each is logged at WARNING level when it is recorded and counted in
-``QuantResult.summary()`` (``"3/18 regions kept RTN"``), so none is visible only in ``--report``.
+runs on float kernels, a node simulated by onnx2torch instead of the own op table, a layer the accuracy target
+raised to 8 bits or left in float, an accuracy target missed. Each is logged at WARNING level when it is recorded
+(the accuracy target's changes quietly: the CLI prints them) and counted in ``QuantResult.summary()``
+(``"3/18 regions kept RTN"``), so none is visible only in ``--report``.
 """
 from __future__ import annotations
 
@@ -24,6 +26,9 @@ KINDS: dict[str, str] = {
     "batch-chunks": "fixed batch kept: the graph runs in chunks of it (slower calibration)",
     "float-kernel": "layers on float kernels in the target runtime",
     "onnx2torch": "nodes simulated by onnx2torch (ops outside the own table; no integer form)",
+    "target-bits": "layers raised to 8 bits for the accuracy target (weights and input)",
+    "target-float": "layers left in float for the accuracy target",
+    "target-missed": "accuracy target missed",
     "other": "other warnings",
 }
 

@@ -83,10 +83,10 @@ def collect(res, data: Dataset | None) -> dict:
     layers = []
     for x in qg.layers:
         p = sim.weight_quantizer(x.name).params
-        scale, exps = _scale_text(p)
+        scale, exps = _scale_text(p) if p is not None else ("float", "")  # None: left in float (accuracy target)
         r = region_of.get(x.name)
         layers.append({"layer": x.name, "op": x.op_type + (" dw" if x.depthwise else ""),
-                       "shape": "x".join(map(str, x.weight_shape)), "w_bits": p.grid.bits,
+                       "shape": "x".join(map(str, x.weight_shape)), "w_bits": p.grid.bits if p is not None else 32,
                        "in_bits": plan.a_bits.get(qg.source.get(x.input, ""), None), "scale": scale, "po2": exps,
                        "region": r.name if r else "", "loss_before": r.loss_before if r else None,
                        "loss_after": r.loss_after if r else None, "seconds": r.seconds if r else None,
@@ -108,8 +108,10 @@ def collect(res, data: Dataset | None) -> dict:
          "seconds": r.seconds, "reverted": r.reverted, "bias_corrected": r.bias_corrected,
          "curve": list(getattr(r, "curve", []))}
         for r in res.recon.regions]
+    acc = getattr(res, "accuracy_control", None)
     return {"summary": res.summary(), "config": res.config.to_dict(), "layers": layers, "activations": acts,
-            "regions": regions, "mixed": res.mixed.to_dict() if res.mixed is not None else None}
+            "regions": regions, "mixed": res.mixed.to_dict() if res.mixed is not None else None,
+            "accuracy_control": acc.to_dict() if acc is not None else None}
 
 
 def plots(info: dict, stem: Path) -> list[Path]:
@@ -210,7 +212,29 @@ def _tables(info: dict) -> list[tuple[str, list[str], list[list[str]]]]:
     if info["regions"]:
         cols = ["region", "layers", "loss_before", "loss_after", "seconds", "bias_corrected", "reverted"]  # no curve
         out.append(("Reconstruction regions", cols, [[_fmt(r[c]) for c in cols] for r in info["regions"]]))
+    acc = info.get("accuracy_control")
+    if acc is not None:
+        out.append(_accuracy_table(acc))
     return out
+
+
+def _accuracy_table(acc: dict) -> tuple[str, list[str], list[list[str]]]:
+    """The accuracy target's steps (accuracy/control.py), the state before them first."""
+    cols = ["step", "layer", "change", "weights", "input", "alone_sqnr_db", "sensitivity", "sqnr_db", "metric",
+            "weight_bytes", "kept"]
+    b = acc["before"]
+    rows = [["0", "(quantized)", "", "", "", "", "", _fmt(b["sqnr_db"]), _fmt(b["metric"]),
+             _fmt(acc["weight_bytes_before"]), ""]]
+    for k, s in enumerate(acc["steps"], 1):
+        rows.append([str(k), s["layer"], s["action"], s["w_bits"], s["in_bits"], _fmt(s["alone"]["sqnr_db"]),
+                     _fmt(s["sensitivity"]), _fmt(s["measure"]["sqnr_db"]), _fmt(s["measure"]["metric"]),
+                     _fmt(s["weight_bytes"]), "yes" if s["kept"] else "no (no gain)"])
+    latency = "" if acc["latency_ms_before"] is None else (
+        f", onnxruntime latency {acc['latency_ms_before']:.3f} -> {acc['latency_ms_after']:.3f} ms")
+    title = (f"Accuracy target: {acc['target']}, {'met' if acc['met'] else 'MISSED'} on {acc['eval_samples']} samples "
+             f"({acc['eval_source']}); weights {_fmt(acc['weight_bytes_before'])} -> {_fmt(acc['weight_bytes_after'])} "
+             f"bytes{latency}")
+    return title, cols, rows
 
 
 def write_report(res, path: str | Path, data: Dataset | None = None) -> list[Path]:

@@ -29,6 +29,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("verify",),
     ("report",),
     ("deploy",),
+    ("accuracy",),
     ("api",),
     ("__init__", "cli", "__main__"),
 ]

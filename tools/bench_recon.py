@@ -28,6 +28,9 @@ Experiments (``--experiments all`` runs them in this order, digits first):
                       the same weight sizes, all reconstructed with BRECQ at A8
   effnet-mixed        the same on EfficientNet-Lite0
   effnet-mixed-rtn    the same with round-to-nearest instead of BRECQ (minutes instead of hours)
+  effnet-accuracy     W4A4 BRECQ with an accuracy target (--min-sqnr 12): layers changed, SQNR before/after,
+                      size and latency cost, time
+  digits-accuracy     the same mode on the digits models at W2A4 (RTN and BRECQ, --min-sqnr 12): a quick check
 
 Every quantized model is exported to QDQ and run in onnxruntime (CPU, default session options) on the
 evaluation samples; ``SQNR dB`` is onnxruntime's output against the float model's, ``sim SQNR dB`` is
@@ -189,6 +192,12 @@ EXPERIMENTS: dict[str, Exp] = {
     "effnet-iters": Exp("efficientnet", "W4A4 BRECQ: fidelity vs rounding iterations per region", [
         (f"brecq W4A4 iters {n}", dict(method="brecq", w_bits=4, a_bits=4, iters=n, act_iters=n // 2))
         for n in (50, 200, 800)]),
+    "effnet-accuracy": Exp("efficientnet", "W4A4 BRECQ (fast preset) with an accuracy target: --min-sqnr 12 on 128 "
+                           "calibration samples held out from calibration", [
+        ("brecq W4A4 min-sqnr 12", dict(method="brecq", w_bits=4, a_bits=4, min_sqnr=12.0, target_latency=True))]),
+    "digits-accuracy": Exp("digits", "W2A4 with an accuracy target: --min-sqnr 12", [
+        ("rtn W2A4 min-sqnr 12", dict(method="rtn", min_sqnr=12.0, target_latency=True, **W2A4)),
+        ("brecq W2A4 min-sqnr 12", dict(method="brecq", min_sqnr=12.0, target_latency=True, **W2A4))]),
     "digits-iters": Exp("digits", "W2A4 BRECQ: fidelity vs rounding iterations per region", [
         (f"brecq W2A4 iters {n}", dict(method="brecq", iters=n, act_iters=n // 2, **W2A4)) for n in (50, 200, 800, 3200)]),
 }
@@ -226,7 +235,11 @@ def run_row(bm: B.BenchModel, calib, eval_ds, float_out, label: str, overrides: 
     from onnxptq.recon.methods import options_for
 
     opts = options_for(overrides.get("method", "rtn"), {"checkpoint_dir": str(work / f"{out.name}.ckpt"), **overrides})
-    res = quantize(bm.path, calib, output=out, force=True, num_calib=len(calib), progress=False, **opts)
+    data = calib
+    if opts.get("min_sqnr") is not None or opts.get("max_drop") is not None:
+        # the target's samples follow the calibration samples in the file, so calibration is the other rows'
+        data = B.load_data(bm.calib, bm.path, len(calib) + opts.get("target_samples", 128))
+    res = quantize(bm.path, data, output=out, force=True, num_calib=len(calib), progress=False, **opts)
     row.quant_s = time.perf_counter() - t0
     row.timings = dict(res.timings)
     row.file_bytes = B.file_size(out)
@@ -244,6 +257,9 @@ def run_row(bm: B.BenchModel, calib, eval_ds, float_out, label: str, overrides: 
                      + (f", search {res.mixed.seconds:.0f} s" if res.mixed.method == "search" else "") + "; ")
     elif cfg.w_bits < 8:
         row.notes = f"weights {summary['weights_quant_bytes'] / 1e3:.1f} kB with biases; "
+    if res.accuracy_control is not None:
+        print("   accuracy " + "\n   ".join(res.accuracy_control.lines()), flush=True)
+        row.notes += accuracy_notes(res.accuracy_control)
     if res.recon is not None:
         r = res.recon
         row.notes += (f"{r.granularity} x{len(r.regions)}, {r.loss}, iters {sum(x.iterations for x in r.regions)}"
@@ -260,6 +276,22 @@ def run_row(bm: B.BenchModel, calib, eval_ds, float_out, label: str, overrides: 
         if far:
             row.notes += f", {100 * np.mean(far):.1f}% of weights beyond their two nearest grid points"
     return row
+
+
+def accuracy_notes(acc) -> str:
+    """The accuracy target's outcome in a table cell: target, SQNR before/after (simulation, target samples), the
+    layers changed, weight size and latency before/after, search time."""
+    changed = acc.changed()
+    text = (f"target {acc.target} {'met' if acc.met else 'MISSED'} on {acc.eval_samples} samples "
+            f"({acc.eval_source}): SQNR {acc.before.sqnr_db:.2f} -> {acc.after.sqnr_db:.2f} dB; "
+            f"{len(changed)} layer(s) changed ({sum(a == 'bits' for a in changed.values())} to 8 bits, "
+            f"{sum(a == 'float' for a in changed.values())} float) of {len(acc.steps)} tried: "
+            f"{', '.join(changed) or 'none'}; weights {acc.weight_bytes_before / 1e3:.1f} -> "
+            f"{acc.weight_bytes_after / 1e3:.1f} kB")
+    if acc.latency_ms_before is not None:
+        text += f"; latency (ORT, b1, 1 thread) {acc.latency_ms_before:.2f} -> {acc.latency_ms_after:.2f} ms"
+    text += f"; search {acc.seconds:.0f} s, {acc.evaluations} evaluations"
+    return text + "".join(f"; {n}" for n in acc.notes) + "; "
 
 
 def pareto_plot(rows: list[B.Row], title: str, path: Path) -> Path | None:

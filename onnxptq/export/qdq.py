@@ -91,6 +91,8 @@ class QDQWriter:
         for layer in self.qg.layers:
             fq = self.sim.weight_quantizer(layer.name)
             p = fq.params
+            if p is None:  # a layer left in float (the accuracy target): float weight and bias initializers
+                continue
             elem, dtype, lo, hi = _container(p.grid.bits, for_weight=True)
             q = integer_weights(self.sim, layer.name)
             zp = p.zero_point.reshape(-1).astype(np.int64)

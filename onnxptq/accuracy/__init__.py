@@ -1,0 +1,9 @@
+"""Accuracy target mode (in the spirit of NNCF's ``quantize_with_accuracy_control``): after quantization,
+measure the target (output SQNR vs the float model, and/or a user metric's drop) on held-out data; while it is
+missed, change the layers whose change gains the most (raise to 8 bits, or leave in float), one at a time.
+
+- ``target``: the target and how the evaluation data is split off (pure);
+- ``changes``: one layer's change applied to a ``QuantState`` (8-bit RTN weights, 8-bit input, float weights);
+- ``control``: ranking and the greedy search, with the report of what was changed;
+- ``cost``: weight bytes and (optional) onnxruntime latency before and after.
+"""

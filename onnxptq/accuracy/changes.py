@@ -1,0 +1,104 @@
+"""One layer's change, applied to a copy of a ``QuantState``; the other layers keep their (reconstructed) state.
+
+- ``bits``: the layer's input quant point moves to an 8-bit grid over the same range (``refine_grid``: every old
+  level stays a level, a Po2 scale stays Po2; ECAQ points and points already at >= 8 bits are kept), and its
+  weights become round-to-nearest at 8 bits (the target's cap, e.g. 7 for onnxruntime-avx2) at a fresh L_p
+  scale, with their bias correction measured again;
+- ``float``: the input as for ``bits``; the weights and bias stay float (what ``--skip-nodes`` leaves of a layer:
+  no weight quantizer; the exporter writes the float initializers).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..calib.calibrate import bias_shift, choose_scale, threads
+from ..config import QuantConfig
+from ..quant import QParams, fake_quantize, weight_grid
+from ..quant import scales as S
+from ..quant.grid import Grid
+from ..sim.model import SimModel
+from ..sim.state import QuantState
+
+RAISED_BITS = 8
+
+
+def refine_grid(p: QParams, bits: int) -> QParams:
+    """``p`` on a ``bits``-bit grid covering the same range: scale / 2^k and zero point * 2^k, k = bits - p's bits
+    (unchanged when ``p`` has at least ``bits`` bits)."""
+    if p.grid.bits >= bits:
+        return p
+    f = 1 << (bits - p.grid.bits)
+    return QParams(Grid(bits, p.grid.signed), p.scale / np.float32(f), p.zero_point * f, p.axis, p.po2)
+
+
+@dataclass(frozen=True)
+class LayerBits:
+    """Weight bits (None: float) and input bits (None: no quant point) of one layer in a state."""
+
+    w_bits: int | None
+    in_bits: int | None
+
+
+def layer_bits(state: QuantState, sim: SimModel, name: str) -> LayerBits:
+    layer = sim.qg.layer(name)
+    wp = state.weight_params.get(name)
+    ap = state.act_params.get(sim.qg.source.get(layer.input, ""))
+    return LayerBits(None if wp is None else wp.grid.bits, None if ap is None else ap.grid.bits)
+
+
+def can_change(state: QuantState, sim: SimModel, name: str, action: str, w_bits: int = RAISED_BITS) -> bool:
+    """Whether ``action`` changes anything for layer ``name``."""
+    b = layer_bits(state, sim, name)
+    src = sim.qg.source.get(sim.qg.layer(name).input, "")
+    raises_input = b.in_bits is not None and b.in_bits < RAISED_BITS and src not in state.ecaq_scales
+    if action == "float":
+        return b.w_bits is not None or raises_input
+    return (b.w_bits is not None and b.w_bits < w_bits) or raises_input
+
+
+def change_layer(state: QuantState, sim: SimModel, name: str, action: str, cfg: QuantConfig,
+                 w_bits: int = RAISED_BITS) -> QuantState:
+    """A copy of ``state`` with layer ``name`` changed by ``action`` (module doc)."""
+    if action not in ("bits", "float"):
+        raise ValueError(f"unknown action {action!r}; bits or float")
+    layer = sim.qg.layer(name)
+    out = state.detached()
+    src = sim.qg.source.get(layer.input)
+    if src in out.act_params and src not in out.ecaq_scales:
+        out.act_params[src] = refine_grid(out.act_params[src], RAISED_BITS)
+    old = out.weight_params.get(name)
+    if old is None or (action == "bits" and old.grid.bits >= w_bits):
+        return out  # weights already float or wide enough: only the input changes
+    out.weight_overrides.pop(layer.weight, None)  # learned on-grid weights: back to the float ones
+    out.bias_delta.pop(name, None)
+    if action == "float":
+        out.weight_params.pop(name)
+        return out
+    out.weight_params[name] = _rtn_weights(out, sim, name, cfg, w_bits)
+    return out
+
+
+@torch.no_grad()
+def _rtn_weights(state: QuantState, sim: SimModel, name: str, cfg: QuantConfig, bits: int) -> QParams:
+    """Round-to-nearest weight parameters of layer ``name`` at ``bits`` on its float weights; writes the layer's
+    bias correction into ``state`` (when the run corrects biases) and keeps its int32 bias in range."""
+    layer = sim.qg.layer(name)
+    w = sim.float_weight(layer.weight)
+    grid = weight_grid(bits)
+    with threads(1):
+        p = choose_scale(w, grid, cfg.w_symmetric, layer.weight_axis, cfg, cfg.w_scale_method)
+    if not layer.bias:
+        return p
+    mean = state.input_means.get(name)
+    if cfg.bias_correction and mean is not None:
+        scale, zp = p.shaped_for(w.dim())
+        w_q = fake_quantize(w, torch.from_numpy(np.array(scale)), torch.from_numpy(np.array(zp)).float(), grid)
+        state.bias_delta[name] = bias_shift(layer, w, w_q, mean.cpu())
+    src = sim.qg.source[layer.input]
+    s_x = 1.0 if src in state.ecaq_scales else float(state.act_params[src].scale)
+    bias = sim.float_weight(layer.bias) - state.bias_delta.get(name, 0)
+    safe = S.bias_safe_weight_scale(torch.from_numpy(p.scale), bias, s_x, p.po2)
+    return QParams(grid, safe.numpy(), p.zero_point, p.axis, p.po2)
