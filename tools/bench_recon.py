@@ -28,6 +28,8 @@ Experiments (``--experiments all`` runs them in this order, digits first):
                       the same weight sizes, all reconstructed with BRECQ at A8
   effnet-mixed        the same on EfficientNet-Lite0
   effnet-mixed-rtn    the same with round-to-nearest instead of BRECQ (minutes instead of hours)
+  effnet-ranges       EfficientNet-Lite0 RTN W8A8 / W8A4 / W4A8, activation ranges L_p vs --a-output-search
+  digits-ranges       the same on the digits models at W8A4 / W4A4
   effnet-accuracy     W4A4 BRECQ with an accuracy target (--min-sqnr 12): layers changed, SQNR before/after,
                       size and latency cost, time
   digits-accuracy     the same mode on the digits models at W2A4 (RTN and BRECQ, --min-sqnr 12): a quick check
@@ -195,6 +197,14 @@ EXPERIMENTS: dict[str, Exp] = {
     "effnet-accuracy": Exp("efficientnet", "W4A4 BRECQ (fast preset) with an accuracy target: --min-sqnr 12 on 128 "
                            "calibration samples held out from calibration", [
         ("brecq W4A4 min-sqnr 12", dict(method="brecq", w_bits=4, a_bits=4, min_sqnr=12.0, target_latency=True))]),
+    "effnet-ranges": Exp("efficientnet", "RTN activation ranges: L_p per tensor (default) vs chosen by model-output "
+                         "error (--a-output-search), W8A8, W8A4, W4A8", [
+        (f"rtn W{w}A{a}{' output-search' if on else ''}", dict(method="rtn", w_bits=w, a_bits=a, a_output_search=on))
+        for w, a in ((8, 8), (8, 4), (4, 8)) for on in (False, True)]),
+    "digits-ranges": Exp("digits", "RTN activation ranges: L_p per tensor vs chosen by model-output error "
+                         "(--a-output-search), W8A4 and W4A4", [
+        (f"rtn W{w}A{a}{' output-search' if on else ''}", dict(method="rtn", w_bits=w, a_bits=a, a_output_search=on))
+        for w, a in ((8, 4), (4, 4)) for on in (False, True)]),
     "digits-accuracy": Exp("digits", "W2A4 with an accuracy target: --min-sqnr 12", [
         ("rtn W2A4 min-sqnr 12", dict(method="rtn", min_sqnr=12.0, target_latency=True, **W2A4)),
         ("brecq W2A4 min-sqnr 12", dict(method="brecq", min_sqnr=12.0, target_latency=True, **W2A4))]),

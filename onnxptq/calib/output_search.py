@@ -12,7 +12,7 @@ after it are re-run per candidate: about (candidates x points / 2) forward passe
 ``po2_output_search`` (first points of a Po2 model) is on by default (``--po2-output-points``);
 ``float_range_search`` (every point of a float-scale model) is opt-in (``--a-output-search``): it multiplies
 the time of an RTN calibration several times over on deep graphs, for gains that were small on the models
-measured (docs/benchmarks.md, "Activation ranges by model-output error").
+measured (docs/benchmarks.md: `python tools/bench.py recon --experiments effnet-ranges,digits-ranges`).
 """
 from __future__ import annotations
 
