@@ -80,7 +80,8 @@ class QuantConfig:
     a_output_search: bool = opt(False, "float scales: after the L_p search, each activation quant point re-chooses "
                                        "its clipping range (L_p, 1/3 and 2/3 of the way to min/max, min/max) by the "
                                        "model-output error on 16 calibration samples, greedy in node order (costs "
-                                       "about 4 runs of the rest of the graph per point)", group="scales")
+                                       "about 4 runs of the rest of the graph per point; mixed results: "
+                                       "docs/benchmarks.md digits-ranges)", group="scales")
     w_scale_method: str = opt("mse", "weight scale search (mse: L_p, BRECQ p = 2.4)", group="scales",
                               choices=SCALE_METHODS)
     a_scale_method: str = opt("mse", "activation scale search", group="scales", choices=SCALE_METHODS)
