@@ -165,6 +165,24 @@ class BenchModel:
     default_eval: int | None  # None: the whole file
 
 
+def _value(text: str):
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return {"none": None, "true": True, "false": False}.get(text.lower(), text)
+
+
+def parse_sets(items: list[str]) -> dict:
+    """``--set key=value ...`` as QuantConfig overrides (numbers, none/true/false, else text)."""
+    out = {}
+    for item in items or []:
+        k, _, v = item.partition("=")
+        out[k.replace("-", "_")] = _value(v)
+    return out
+
+
 def cache_dir() -> Path:
     return Path(os.environ.get("ONNXPTQ_CACHE") or Path.home() / ".cache" / "onnxptq").expanduser()
 

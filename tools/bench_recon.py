@@ -213,23 +213,6 @@ EXPERIMENTS: dict[str, Exp] = {
 }
 
 
-def _value(text: str):
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    return {"none": None, "true": True, "false": False}.get(text.lower(), text)
-
-
-def parse_sets(items: list[str]) -> dict:
-    out = {}
-    for item in items or []:
-        k, _, v = item.partition("=")
-        out[k.replace("-", "_")] = _value(v)
-    return out
-
-
 def run_row(bm: B.BenchModel, calib, eval_ds, float_out, label: str, overrides: dict, work: Path) -> B.Row:
     from onnxptq.api import quantize
     from onnxptq.eval import fidelity
@@ -376,7 +359,7 @@ def cmd_recon(args) -> int:
     unknown = [n for n in names if n not in EXPERIMENTS]
     if unknown:
         raise B.BenchError(f"unknown experiment(s) {unknown}; choose from {', '.join(EXPERIMENTS)}")
-    sets = parse_sets(args.set)
+    sets = B.parse_sets(args.set)
     machine = B.machine_info()
     cmd = B.command_line()
     ctx = tempfile.TemporaryDirectory(prefix="onnxptq-recon-") if args.keep is None else None

@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from tools.bench import (ArrayReader, BenchError, cache_dir, command_line, machine_info,  # noqa: E402
+from tools.bench import (ArrayReader, BenchError, cache_dir, command_line, machine_info, parse_sets,  # noqa: E402
                          machine_line, ort_preprocess, write_section)
 
 NUM_CALIB, NUM_EVAL, NUM_VERIFY = 32, 32, 2
@@ -276,7 +276,8 @@ def ort_static_sqnr(path: Path, calib: dict, feeds: dict, ref: np.ndarray, work:
 
 
 def run_model(zm: ZooModel, work: Path, photos=None, num_calib: int = NUM_CALIB, num_eval: int = NUM_EVAL,
-              num_verify: int = NUM_VERIFY, ort: bool = True) -> ZooRow:
+              num_verify: int = NUM_VERIFY, ort: bool = True, options: dict | None = None) -> ZooRow:
+    """One model through every stage; ``options``: QuantConfig overrides for both onnxptq runs."""
     import onnx
 
     import onnxptq
@@ -300,7 +301,8 @@ def run_model(zm: ZooModel, work: Path, photos=None, num_calib: int = NUM_CALIB,
     row.import_ok = "ok" if info is not None else err
     qdq = work / f"{zm.name}.w8a8.onnx"
     res, err = _stage(row, "W8A8 QDQ", lambda: onnxptq.quantize(str(path), calib, output=qdq, force=True,
-                                                                 w_bits=8, a_bits=8, num_calib=num_calib))
+                                                                 **{"w_bits": 8, "a_bits": 8, "num_calib": num_calib,
+                                                                    **(options or {})}))
     if res is not None:
         row.onnxptq_sqnr = _sqnr(ref, _run_float(qdq, feeds))
         fb = res.diagnostics.summary_lines()
@@ -312,8 +314,9 @@ def run_model(zm: ZooModel, work: Path, photos=None, num_calib: int = NUM_CALIB,
         row.ort_sqnr, _ = _stage(row, "ort quantize_static", lambda: ort_static_sqnr(path, calib, feeds, ref, work))
     intp = work / f"{zm.name}.po2.int.onnx"
     res, err = _stage(row, "po2 int", lambda: onnxptq.quantize(str(path), calib, output=intp, force=True,
-                                                                w_bits=8, a_bits=8, scale="po2", format="int",
-                                                                num_calib=num_calib))
+                                                                **{"w_bits": 8, "a_bits": 8, "num_calib": num_calib,
+                                                                   **(options or {}), "scale": "po2",
+                                                                   "format": "int"}))
     row.int_export = "ok" if res is not None else err
     if res is not None:
         few = {k: v[:num_verify] for k, v in feeds.items()}
@@ -360,12 +363,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--num-eval", type=int, default=NUM_EVAL)
     p.add_argument("--out", default="", help="markdown file whose zoo section is regenerated")
     p.add_argument("--no-ort", action="store_true", help="skip onnxruntime quantize_static")
+    p.add_argument("--set", nargs="*", default=[], help="QuantConfig overrides of the onnxptq runs, e.g. "
+                   "a_scale_method=minmax (the --out section then names them)")
     args = p.parse_args(argv)
     names = [s for s in args.only.split(",") if s]
     unknown = [s for s in names if s not in BY_NAME]
     if unknown:
         raise SystemExit(f"unknown model(s) {unknown}; known: {', '.join(BY_NAME)}")
     models = [BY_NAME[s] for s in names] if names else [m for m in MODELS if m.fast or not args.fast]
+    options = parse_sets(args.set)
     logging.basicConfig(level=logging.ERROR)
     m_info = machine_info()
     photos = _photos()
@@ -373,7 +379,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="onnxptq-zoo-") as tmp:
         for zm in models:
             print(f"== {zm.name} ...", file=sys.stderr, flush=True)
-            row = run_model(zm, Path(tmp), photos, args.num_calib, args.num_eval, ort=not args.no_ort)
+            row = run_model(zm, Path(tmp), photos, args.num_calib, args.num_eval, ort=not args.no_ort,
+                            options=options)
             rows.append(row)
             for note in row.notes:
                 print(f"   {note}", file=sys.stderr)
@@ -393,7 +400,11 @@ def main(argv: list[str] | None = None) -> int:
             "quantize_static: MinMax, QUInt8 activations, QInt8 per-channel weights, QDQ, after quant_pre_process. "
             f"verify: `verify_integer` on {NUM_VERIFY} samples (runtime/ vs onnxruntime vs the integer simulation).",
             "", *body])
-        write_section(Path(args.out), "zoo", text)
+        key = "zoo" + "".join(f"-{k}-{v}" for k, v in options.items())
+        if options:  # a variant gets its own section, named by its options
+            title = text.split("\n", 1)[0]
+            text = text.replace(title, title + " — with " + ", ".join(f"{k}={v}" for k, v in options.items()), 1)
+        write_section(Path(args.out), key, text)
     return 0
 
 
