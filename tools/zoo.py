@@ -346,11 +346,12 @@ def table(rows: list[ZooRow]) -> str:
 def summary(rows: list[ZooRow]) -> str:
     n = len(rows)
     qdq = sum(r.onnxptq_sqnr is not None for r in rows)
-    not_below = sum(r.onnxptq_sqnr is not None and (r.ort_sqnr is None or r.onnxptq_sqnr >= r.ort_sqnr - 0.05)
-                    for r in rows)
+    both = [r for r in rows if r.onnxptq_sqnr is not None and r.ort_sqnr is not None]
+    not_below = sum(r.onnxptq_sqnr >= r.ort_sqnr - 0.05 for r in both)
     ver = sum(r.verify == "pass" for r in rows)
     internal = sum(any("INTERNAL" in x for x in r.notes) for r in rows)
-    return (f"{n} models: W8A8 QDQ {qdq}/{n}, SQNR not below quantize_static (0.05 dB tolerance) {not_below}/{n}, "
+    return (f"{n} models: W8A8 QDQ {qdq}/{n}, SQNR not below quantize_static (0.05 dB tolerance) {not_below}/{len(both)} "
+            f"compared, "
             f"po2 int + level-1 verify {ver}/{n}, internal errors in {internal}.")
 
 
