@@ -88,26 +88,6 @@ def test_bias_shift_with_input_error_is_mean_output_error():
                                (torch.nn.functional.conv2d(x, w_q - w)).mean(dim=(0, 2, 3)), rtol=1e-4, atol=1e-5)
 
 
-def test_bias_shift_of_a_padded_conv_counts_padding_taps_as_zero():
-    """A 5x5 conv with padding 2 on 4x4 maps: most taps of the border outputs read zeros. From the per-position
-    mean map the shift is exactly the mean output error; a per-channel mean overstates it."""
-    from onnxptq.calib.calibrate import bias_shift
-
-    torch.manual_seed(3)
-    x = torch.rand(16, 3, 4, 4) + 1.0  # a positive mean, so the padding matters
-    w = torch.randn(2, 3, 5, 5)
-    w_q = (w * 4).round() / 4
-    layer = Layer("c", "Conv", "x", "w", None, "y", "y", weight_shape=(2, 3, 5, 5))
-    attrs = {"pads": [2, 2, 2, 2], "strides": [1, 1], "dilations": [1, 1], "group": 1}
-    want = torch.nn.functional.conv2d(x.double(), (w_q - w).double(), padding=2).mean(dim=(0, 2, 3))
-    got = bias_shift(layer, w, w_q, x.mean(0), attrs=attrs)
-    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-6)
-    per_channel = bias_shift(layer, w, w_q, x.mean(dim=(0, 2, 3)))
-    assert float((per_channel.double() - want).abs().max()) > 10 * float((got.double() - want).abs().max()) + 1e-3
-    with pytest.raises(ValueError, match="Conv attributes"):
-        bias_shift(layer, w, w_q, x.mean(0))
-
-
 def test_output_search_picks_lowest_output_error_on_digits():
     """The input quant point's Po2 choice is the candidate with the lowest model-output error; with it,
     calibration still gives Po2 params with even zero points and the config option turns it off."""

@@ -96,7 +96,7 @@ def _rtn_weights(state: QuantState, sim: SimModel, name: str, cfg: QuantConfig, 
     if cfg.bias_correction and mean is not None:
         scale, zp = p.shaped_for(w.dim())
         w_q = fake_quantize(w, torch.from_numpy(np.array(scale)), torch.from_numpy(np.array(zp)).float(), grid)
-        state.bias_delta[name] = bias_shift(layer, w, w_q, mean.cpu(), attrs=sim.layer_attrs(name))
+        state.bias_delta[name] = bias_shift(layer, w, w_q, mean.cpu())
     src = sim.qg.source[layer.input]
     s_x = 1.0 if src in state.ecaq_scales else float(state.act_params[src].scale)
     bias = sim.float_weight(layer.bias) - state.bias_delta.get(name, 0)

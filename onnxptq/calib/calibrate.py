@@ -88,12 +88,10 @@ def observe_activations(sim: SimModel, data: Dataset, cfg: QuantConfig) -> tuple
     counts: dict[str, int] = {}
 
     def input_mean(layer, x: torch.Tensor) -> None:
-        """Sums of each layer's input: a Conv's over the batch only (a per-position map, C x spatial, so
-        the bias shift sees what its padded taps read), a Gemm/MatMul's per last-axis channel."""
-        conv = layer.op_type == "Conv"
-        dims = [0] if conv else list(range(x.dim() - 1))
+        """Per-input-channel sums of each layer's input (channel axis 1, or last for Gemm/MatMul)."""
+        dims = [d for d in range(x.dim()) if d != (1 if layer.op_type == "Conv" else x.dim() - 1)]
         sums[layer.name] = sums.get(layer.name, 0) + x.sum(dim=dims, dtype=torch.float64)  # no float64 copy of x
-        counts[layer.name] = counts.get(layer.name, 0) + (len(x) if conv else x.numel() // x.shape[-1])
+        counts[layer.name] = counts.get(layer.name, 0) + x.numel() // x.shape[1 if layer.op_type == "Conv" else -1]
 
     try:
         n_batches = (len(data) + cfg.batch_size - 1) // cfg.batch_size
@@ -132,10 +130,10 @@ def _calibrate_activations(sim: SimModel, observers: dict[str, Observer], plan: 
 
 @torch.no_grad()
 def input_quant_error(sim: SimModel, data: Dataset, cfg: QuantConfig) -> dict[str, torch.Tensor]:
-    """Mean quantization error E[Q(x) - x] per position (channel x spatial) of every quantized graph
-    input over the calibration data, keyed by the layers that read that input directly.
+    """Per-channel mean quantization error E[Q(x) - x] (channel axis 1) of every quantized graph input
+    over the calibration data, keyed by the layers that read that input directly.
 
-    Po2 input scales that clip (``output_search.po2_output_search``) make this error biased (e.g. -0.007 on
+    Po2 input scales that clip (``output_search_activations``) make this error biased (e.g. -0.007 on
     one EfficientNet-Lite0 input channel); ``bias_shift`` folds W_q E[Q(x) - x] into those layers' bias
     correction, the activation analogue of Nagel et al. 2019, Eq. 13.
     """
@@ -147,12 +145,12 @@ def input_quant_error(sim: SimModel, data: Dataset, cfg: QuantConfig) -> dict[st
         x = data.inputs[t]
         if x.ndim < 2 or q.params is None:
             continue
-        total = torch.zeros(x.shape[1:], dtype=torch.float64)
+        total = torch.zeros(x.shape[1], dtype=torch.float64)
         for i in range(0, len(x), cfg.batch_size):
             xb = torch.from_numpy(x[i:i + cfg.batch_size]).float()
             err = fake_quantize(xb, q.params.scale, q.params.zero_point.astype(np.float32), q.params.grid) - xb
-            total += err.double().sum(dim=0).cpu()
-        mean = (total / len(x)).float()  # per position (a Conv's padded taps, see bias_shift)
+            total += err.double().sum(dim=[d for d in range(err.dim()) if d != 1]).cpu()
+        mean = (total / (x.size // x.shape[1])).float()
         for layer in sim.qg.layers:
             if layer.input == t and (layer.op_type == "Conv" or x.ndim == 2):
                 out[layer.name] = mean
@@ -160,27 +158,13 @@ def input_quant_error(sim: SimModel, data: Dataset, cfg: QuantConfig) -> dict[st
 
 
 def bias_shift(layer: Layer, w: torch.Tensor, w_q: torch.Tensor, input_mean: torch.Tensor,
-               input_error: torch.Tensor | None = None, attrs: dict | None = None) -> torch.Tensor:
-    """E[W_q Q(x) - W x] per output channel: (W_q - W) E[x] (Nagel et al. 2019, Eq. 13) plus, when
-    ``input_error`` = E[Q(x) - x] is given, W_q E[Q(x) - x].
-
-    A Conv's ``input_mean`` may be a per-position map (C x spatial, with the node's ``attrs``): the shift
-    is then the convolution of the map with W_q - W averaged over output positions, so taps that read
-    the zero padding count as zero. A per-channel mean assumes every tap reads E[x]; with large kernels
-    on small maps (MixNet's 9x9 depthwise on 7x7) most taps read padding and that overstates the shift
-    several times over."""
+               input_error: torch.Tensor | None = None) -> torch.Tensor:
+    """E[W_q Q(x) - W x] per output channel, from per-input-channel means: (W_q - W) E[x] (Nagel et al.
+    2019, Eq. 13) plus, when ``input_error`` = E[Q(x) - x] is given, W_q E[Q(x) - x]."""
     if input_error is not None:
-        return (bias_shift(layer, w, w_q, input_mean, attrs=attrs)
-                + bias_shift(layer, torch.zeros_like(w_q), w_q, input_error, attrs=attrs))
+        return bias_shift(layer, w, w_q, input_mean) + bias_shift(layer, torch.zeros_like(w_q), w_q, input_error)
     dw = (w_q - w).double()
     mean = input_mean.double()
-    if layer.op_type == "Conv" and mean.dim() > 1:
-        if attrs is None:
-            raise ValueError(f"bias_shift of {layer.name!r}: a per-position input mean needs the Conv attributes")
-        from ..ops.conv import conv
-
-        y = conv(mean.unsqueeze(0), dw, None, attrs)[0]
-        return y.reshape(y.shape[0], -1).mean(1).float()
     if layer.op_type == "Conv":
         dw = dw.reshape(dw.shape[0], dw.shape[1], -1).sum(-1)  # (Cout, Cin/groups)
         cout, cin_g = dw.shape
@@ -216,8 +200,7 @@ def _calibrate_weights(sim: SimModel, plan: BitPlan, cfg: QuantConfig,
                                 grid, round_fn)
             err = input_errors.get(layer.name) if input_errors else None
             bias_delta[layer.name] = bias_shift(layer, w, w_q, input_means[layer.name].to(w.device),
-                                                None if err is None else err.to(w.device),
-                                                sim.layer_attrs(layer.name))
+                                                None if err is None else err.to(w.device))
         if layer.bias:
             s_x = sim.input_scale(layer)
             bias = sim.weight(layer.bias).detach() - bias_delta.get(layer.name, 0)

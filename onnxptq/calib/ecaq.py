@@ -115,5 +115,5 @@ def apply_ecaq(sim: SimModel, data: Dataset, cfg: QuantConfig) -> dict[str, np.n
             state.float_weights[layer.weight] = w.detach().cpu().clone()  # the float model's W_beta
             mean = state.input_means.get(layer.name)
             if mean is not None:
-                state.input_means[layer.name] = mean / b.reshape(-1, *[1] * (mean.dim() - 1)).to(mean.device)
+                state.input_means[layer.name] = mean / b.to(mean.device)
     return betas

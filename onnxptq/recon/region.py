@@ -131,8 +131,7 @@ class Region:
             if not layer.bias or mean is None:
                 continue
             w_q = sim.weight(layer.weight).detach()
-            delta = bias_shift(layer, float_weights[layer.weight].to(w_q.device), w_q, mean.to(w_q.device),
-                               attrs=sim.layer_attrs(layer.name))
+            delta = bias_shift(layer, float_weights[layer.weight].to(w_q.device), w_q, mean.to(w_q.device))
             if self._bias_in_range(layer, sim.weight(layer.bias).detach() - delta, self._input_scale(layer)):
                 sim.bias_delta[layer.name] = delta
 

@@ -292,10 +292,6 @@ class SimModel(nn.Module):
         env = self.run_nodes(env, keep=keep)
         return env if keep else {o: env[o] for o in self.qg.outputs}
 
-    def layer_attrs(self, name: str) -> dict:
-        """The ONNX attributes of layer ``name``'s node (a Conv's pads, strides, dilations, group)."""
-        return self.nodes[self.node_index(name)].attrs
-
     def node_index(self, name: str) -> int:
         for k, n in enumerate(self.nodes):
             if n.name == name:

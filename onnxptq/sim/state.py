@@ -12,8 +12,8 @@ The QGraph never changes after import; a ``SimModel`` runs it with the state in 
 - ``bias_delta``: per-layer bias correction E[(W_q - W) x] (Nagel et al. 2019, Eq. 13), subtracted from
   the float bias when the weights are quantized;
 - ``ecaq_scales``: per-channel activation scales beta of ECAQ quant points (Bit-Split Eq. 23-24);
-- ``input_means``: float mean of every layer's input on the calibration data (what bias correction is
-  computed from): per position (channel x spatial) for a Conv, per last-axis channel for a Gemm/MatMul.
+- ``input_means``: per-input-channel float mean of every layer's input on the calibration data (what
+  bias correction is computed from).
 """
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ class QuantState:
     weight_overrides: dict[str, torch.Tensor] = field(default_factory=dict)  # weight initializer -> weights
     bias_delta: dict[str, torch.Tensor] = field(default_factory=dict)  # layer -> bias correction
     ecaq_scales: dict[str, np.ndarray] = field(default_factory=dict)  # ECAQ quant point -> beta per channel
-    input_means: dict[str, torch.Tensor] = field(default_factory=dict)  # layer -> float input mean (see above)
+    input_means: dict[str, torch.Tensor] = field(default_factory=dict)  # layer -> float input mean per channel
 
     def detached(self) -> "QuantState":
         """A copy that shares nothing with this state: tensors cloned to the CPU, arrays copied (QParams
