@@ -14,10 +14,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..calib.calibrate import bias_shift, choose_scale, threads
+from ..calib.calibrate import layer_weight_params, threads
 from ..config import QuantConfig
-from ..quant import QParams, fake_quantize, weight_grid
-from ..quant import scales as S
+from ..quant import QParams, weight_grid
 from ..quant.grid import Grid
 from ..sim.model import SimModel
 from ..sim.state import QuantState
@@ -83,22 +82,18 @@ def change_layer(state: QuantState, sim: SimModel, name: str, action: str, cfg: 
 
 @torch.no_grad()
 def _rtn_weights(state: QuantState, sim: SimModel, name: str, cfg: QuantConfig, bits: int) -> QParams:
-    """Round-to-nearest weight parameters of layer ``name`` at ``bits`` on its float weights; writes the layer's
-    bias correction into ``state`` (when the run corrects biases) and keeps its int32 bias in range."""
+    """Round-to-nearest weight parameters of layer ``name`` at ``bits`` on its float weights
+    (``calibrate.layer_weight_params``, as RTN calibration); writes the layer's bias correction into ``state``
+    (when the run corrects biases) and keeps its int32 bias in range."""
     layer = sim.qg.layer(name)
-    w = sim.float_weight(layer.weight)
-    grid = weight_grid(bits)
+    mean = state.input_means.get(name) if cfg.bias_correction else None
+    bias = sim.float_weight(layer.bias) if layer.bias else None
+    s_x = 1.0
+    if layer.bias and sim.qg.source[layer.input] not in state.ecaq_scales:
+        s_x = float(state.act_params[sim.qg.source[layer.input]].scale)
     with threads(1):
-        p = choose_scale(w, grid, cfg.w_symmetric, layer.weight_axis, cfg, cfg.w_scale_method)
-    if not layer.bias:
-        return p
-    mean = state.input_means.get(name)
-    if cfg.bias_correction and mean is not None:
-        scale, zp = p.shaped_for(w.dim())
-        w_q = fake_quantize(w, torch.from_numpy(np.array(scale)), torch.from_numpy(np.array(zp)).float(), grid)
-        state.bias_delta[name] = bias_shift(layer, w, w_q, mean.cpu())
-    src = sim.qg.source[layer.input]
-    s_x = 1.0 if src in state.ecaq_scales else float(state.act_params[src].scale)
-    bias = sim.float_weight(layer.bias) - state.bias_delta.get(name, 0)
-    safe = S.bias_safe_weight_scale(torch.from_numpy(p.scale), bias, s_x, p.po2)
-    return QParams(grid, safe.numpy(), p.zero_point, p.axis, p.po2)
+        p, delta = layer_weight_params(layer, sim.float_weight(layer.weight), bias, weight_grid(bits), cfg, s_x,
+                                       None if mean is None else mean.cpu())
+    if delta is not None:
+        state.bias_delta[name] = delta
+    return p

@@ -192,25 +192,42 @@ def _calibrate_weights(sim: SimModel, plan: BitPlan, cfg: QuantConfig,
         fq = sim.weight_quantizer(layer.name)
         w = sim.weight(layer.weight).detach()
         grid = weight_grid(plan.w_bits[layer.name])
-        params = choose_scale(w, grid, cfg.w_symmetric, layer.weight_axis, cfg, cfg.w_scale_method)
         round_fn = weight_round_fn(cfg.rounding, w, cfg.seed, i)
-        if layer.bias and input_means is not None and layer.name in input_means:
-            scale, zp = params.shaped_for(w.dim())
-            w_q = fake_quantize(w, torch.tensor(np.array(scale), device=w.device), torch.tensor(np.array(zp), device=w.device).float(),
-                                grid, round_fn)
-            err = input_errors.get(layer.name) if input_errors else None
-            bias_delta[layer.name] = bias_shift(layer, w, w_q, input_means[layer.name].to(w.device),
-                                                None if err is None else err.to(w.device))
-        if layer.bias:
-            s_x = sim.input_scale(layer)
-            bias = sim.weight(layer.bias).detach() - bias_delta.get(layer.name, 0)
-            safe = S.bias_safe_weight_scale(torch.from_numpy(params.scale), bias.cpu(), s_x, params.po2)
-            if not torch.equal(safe, torch.from_numpy(params.scale)):
-                params = QParams(grid, safe.numpy(), params.zero_point, params.axis, params.po2)
+        mean = input_means.get(layer.name) if input_means is not None else None
+        err = input_errors.get(layer.name) if input_errors else None
+        bias = sim.weight(layer.bias).detach() if layer.bias else None
+        s_x = sim.input_scale(layer) if layer.bias else 1.0
+        params, delta = layer_weight_params(layer, w, bias, grid, cfg, s_x, mean, err, round_fn)
+        if delta is not None:
+            bias_delta[layer.name] = delta
         fq.bits = grid.bits
         fq.set_params(params, w.dim())
         if cfg.rounding != "nearest":  # on-grid float weights: the exporters re-quantize them exactly (RNE)
             w.copy_(fake_quantize(w, fq.scale, fq.zero_point, grid, round_fn))
+
+
+def layer_weight_params(layer: Layer, w: torch.Tensor, bias: torch.Tensor | None, grid: Grid, cfg: QuantConfig,
+                        s_x: float, input_mean: torch.Tensor | None = None, input_error: torch.Tensor | None = None,
+                        round_fn: Callable[[torch.Tensor], torch.Tensor] = rne) -> tuple[QParams, torch.Tensor | None]:
+    """One layer's per-channel weight parameters at ``grid`` (``choose_scale``) and, for a layer with a ``bias``:
+    its bias correction when ``input_mean`` is given (``bias_shift`` of the weights rounded by ``round_fn``), and
+    a weight scale that keeps the corrected int32 bias in range at input scale ``s_x``
+    (``scales.bias_safe_weight_scale``). Returns (params, the correction or None)."""
+    params = choose_scale(w, grid, cfg.w_symmetric, layer.weight_axis, cfg, cfg.w_scale_method)
+    if bias is None:
+        return params, None
+    delta = None
+    if input_mean is not None:
+        scale, zp = params.shaped_for(w.dim())
+        w_q = fake_quantize(w, torch.tensor(np.array(scale), device=w.device),
+                            torch.tensor(np.array(zp), device=w.device).float(), grid, round_fn)
+        delta = bias_shift(layer, w, w_q, input_mean.to(w.device),
+                           None if input_error is None else input_error.to(w.device))
+    corrected = bias - (delta if delta is not None else 0)
+    safe = S.bias_safe_weight_scale(torch.from_numpy(params.scale), corrected.cpu(), s_x, params.po2)
+    if not torch.equal(safe, torch.from_numpy(params.scale)):
+        params = QParams(grid, safe.numpy(), params.zero_point, params.axis, params.po2)
+    return params, delta
 
 
 def weight_round_fn(rounding: str, w: torch.Tensor, seed: int, index: int) -> Callable[[torch.Tensor], torch.Tensor]:
