@@ -193,12 +193,14 @@ class _Search:
         sim, cfg, target = self.sim, self.cfg, self.target
         w8 = get_target(cfg.target).weight_bits(RAISED_BITS)
         cands = [x.name for x in sim.qg.layers if can_change(state, sim, x.name, action, w8)]
+        ranked = state
         alone = {n: self.evaluate(change_layer(state, sim, n, action, cfg, w8)) for n in cands}
         for name in sorted(cands, key=lambda n: (target.key(alone[n]), self.sensitivity[n]), reverse=True):
             b0 = layer_bits(state, sim, name)
             tried = change_layer(state, sim, name, action, cfg, w8)
             b1 = layer_bits(tried, sim, name)
-            m = self.evaluate(tried)
+            # nothing kept since the ranking (the first step, or only undone ones): ``tried`` is what ranked it
+            m = alone[name] if state is ranked else self.evaluate(tried)
             keep = target.holds(m) or target.key(m) > target.key(current)
             self.rep.steps.append(Step(name, action, _bits_text(b0.w_bits, b1.w_bits),
                                        _bits_text(b0.in_bits, b1.in_bits), alone[name], self.sensitivity[name], m,
