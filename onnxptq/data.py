@@ -26,8 +26,7 @@ class Dataset:
         return len(next(iter(self.inputs.values())))
 
     def take(self, n: int) -> "Dataset":
-        return Dataset({k: v[:n] for k, v in self.inputs.items()},
-                       None if self.labels is None else self.labels[:n], self.source)
+        return self.rows(0, n)
 
     def rows(self, start: int, stop: int) -> "Dataset":
         """Samples ``start`` to ``stop - 1`` (with their labels)."""

@@ -106,7 +106,7 @@ def node_order_points(sim: SimModel) -> list[str]:
 def float_range_search(sim: SimModel, data: Dataset, observers: dict[str, Observer],
                        n_samples: int = OUTPUT_SEARCH_SAMPLES, progress: bool = False) -> dict[str, float]:
     """Float per-tensor activation scales: each point ranks ``scales.clip_range_candidates`` (its L_p
-    choice, ranges toward the observed min/max, one tighter) by the model-output error. Points with
+    choice, then ranges toward the observed min/max) by the model-output error. Points with
     per-channel (ECAQ) or power-of-two parameters, or more than 8 bits, keep theirs."""
     def eligible(t: str) -> bool:
         p = sim.act_quantizer(t).params

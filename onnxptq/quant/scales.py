@@ -241,7 +241,6 @@ def even_zero_point(zp: torch.Tensor) -> torch.Tensor:
     return zp - torch.remainder(zp, 2)
 
 
-
 CLIP_FRACTIONS = (1 / 3, 2 / 3, 1.0)  # see clip_range_candidates
 
 
@@ -251,8 +250,7 @@ def clip_range_candidates(lo: float, hi: float, scale: float, zero_point: int, g
 
     First the given (scale, zero point) (the L_p choice, so ranking ties keep it). Its range is
     R_0 = [(qmin - z) s, (qmax - z) s]; with the observed range R_1 = [min(lo, 0), max(hi, 0)], fraction
-    t >= 0 gives R_0 + t (R_1 - R_0) (t = 1: minmax) and t < 0 the tighter R_0 (1 + t); each range becomes a
-    (scale, zero point) by ``range_to_qparams``. Duplicates are dropped. Returns float32 scales and int64
+    t gives R_0 + t (R_1 - R_0) (t = 1: minmax); each range becomes a (scale, zero point) by ``range_to_qparams``. Duplicates are dropped. Returns float32 scales and int64
     zero points, shape (m,).
     """
     lo0, hi0 = (grid.qmin - zero_point) * scale, (grid.qmax - zero_point) * scale
@@ -260,9 +258,8 @@ def clip_range_candidates(lo: float, hi: float, scale: float, zero_point: int, g
     f32 = lambda v: float(torch.tensor(float(v), dtype=torch.float32))  # noqa: E731  (duplicates as stored)
     cands = [(f32(scale), int(zero_point))]
     for t in fractions:
-        a, b = (lo0 * (1 + t), hi0 * (1 + t)) if t < 0 else (lo0 + t * (lo1 - lo0), hi0 + t * (hi1 - hi0))
-        s, z = range_to_qparams(torch.tensor(a, dtype=torch.float64), torch.tensor(b, dtype=torch.float64), grid,
-                                symmetric)
+        s, z = range_to_qparams(torch.tensor(lo0 + t * (lo1 - lo0), dtype=torch.float64),
+                                torch.tensor(hi0 + t * (hi1 - hi0), dtype=torch.float64), grid, symmetric)
         cands.append((f32(s), int(z)))
     cands = list(dict.fromkeys(cands))
     return (torch.tensor([c[0] for c in cands], dtype=torch.float32),
