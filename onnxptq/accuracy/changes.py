@@ -60,11 +60,12 @@ def can_change(state: QuantState, sim: SimModel, name: str, action: str, w_bits:
 
 def change_layer(state: QuantState, sim: SimModel, name: str, action: str, cfg: QuantConfig,
                  w_bits: int = RAISED_BITS) -> QuantState:
-    """A copy of ``state`` with layer ``name`` changed by ``action`` (module doc)."""
+    """A copy of ``state`` with layer ``name`` changed by ``action`` (module doc); it shares the unchanged
+    entries' tensors with ``state`` (``QuantState.copy``)."""
     if action not in ("bits", "float"):
         raise ValueError(f"unknown action {action!r}; bits or float")
     layer = sim.qg.layer(name)
-    out = state.detached()
+    out = state.copy()
     src = sim.qg.source.get(layer.input)
     if src in out.act_params and src not in out.ecaq_scales:
         out.act_params[src] = refine_grid(out.act_params[src], RAISED_BITS)

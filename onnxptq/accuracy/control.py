@@ -2,7 +2,8 @@
 target holds; no reconstruction runs again (the other layers keep their state).
 
 Ranking: each candidate layer's change is applied alone to the current state and the target measured (the
-"revert" gain: what changing this layer buys on the quantized model, activations and reconstruction included);
+"revert" gain: what changing this layer buys on the quantized model, activations and reconstruction included;
+the graph runs once up to each layer and only the rest of it per candidate: ``sim/suffix.py``);
 ties break on the BRECQ diagonal sensitivity (``mixed/sensitivity.py``: output error with this layer alone
 quantized at the run's weight bits, the rest float, on the first 64 evaluation samples). Greedy: change layers in that order, measuring after each;
 a change that brings the target no closer is undone (the row stays in the report, not kept); stop as soon as
@@ -30,6 +31,7 @@ from ..mixed.sensitivity import SAMPLES, measure_sensitivities
 from ..plan import BitPlan
 from ..sim.model import SimModel, simulate
 from ..sim.state import QuantState
+from ..sim.suffix import Trial, first_changed_node, node_positions, trial_outputs
 from ..targets import get_target
 from .changes import RAISED_BITS, can_change, change_layer, layer_bits
 from .cost import FLOAT_BITS, latency_ms, weight_bytes
@@ -68,7 +70,7 @@ class AccuracyControlReport:
     weight_bytes_after: float = 0.0
     latency_ms_before: float | None = None  # --target-latency: onnxruntime, batch 1, one thread, median
     latency_ms_after: float | None = None
-    evaluations: int = 0  # simulation passes over the evaluation samples
+    evaluations: int = 0  # states measured on the evaluation samples (a ranked one: from its layer on)
     seconds: float = 0.0  # wall time of the search
     notes: list[str] = field(default_factory=list)
 
@@ -120,6 +122,24 @@ class _Evaluator:
         out = simulate(self.sim, self.data.inputs, self.batch_size)
         self.count += 1
         self.bar.update(1)
+        return self._measure(out)
+
+    def many(self, base: QuantState, variants: dict[str, QuantState]) -> dict[str, Measure]:
+        """The target of each of ``variants`` (states differing from ``base`` in a few places), each computed
+        from its first changed node on (``sim.suffix``): the same values as calling this on each."""
+        sim, positions = self.sim, node_positions(self.sim)
+
+        def load(state: QuantState):
+            return lambda: sim.load_state(state)
+
+        trials = [Trial(first_changed_node(sim, base, v, positions), load(v), load(base)) for v in variants.values()]
+        sim.load_state(base)
+        outs = trial_outputs(sim, self.data.inputs, trials, self.batch_size)
+        self.count += len(trials)
+        self.bar.update(len(trials))
+        return {name: self._measure(out) for name, out in zip(variants, outs)}
+
+    def _measure(self, out: np.ndarray) -> Measure:
         return Measure(float(sqnr_db(self.float_out, out)),
                        None if self.metric is None else float(self.metric(out, self.data.labels)))
 
@@ -194,7 +214,7 @@ class _Search:
         w8 = get_target(cfg.target).weight_bits(RAISED_BITS)
         cands = [x.name for x in sim.qg.layers if can_change(state, sim, x.name, action, w8)]
         ranked = state
-        alone = {n: self.evaluate(change_layer(state, sim, n, action, cfg, w8)) for n in cands}
+        alone = self.evaluate.many(state, {n: change_layer(state, sim, n, action, cfg, w8) for n in cands})
         for name in sorted(cands, key=lambda n: (target.key(alone[n]), self.sensitivity[n]), reverse=True):
             b0 = layer_bits(state, sim, name)
             tried = change_layer(state, sim, name, action, cfg, w8)

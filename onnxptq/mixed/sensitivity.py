@@ -22,6 +22,7 @@ from ..data import Dataset
 from ..graph.partition import partition
 from ..quant import fake_quantize, weight_grid
 from ..sim.model import SimModel
+from ..sim.suffix import Trial, node_positions, trial_outputs
 
 SAMPLES = 64  # calibration samples the output error is measured on
 
@@ -71,7 +72,7 @@ def _measure(sim: SimModel, data: Dataset, cfg: QuantConfig, layers: list[str], 
     was_training = sim.training
     sim.eval()
     sim.set_quant(weights=False, acts=False)
-    ref = _output(sim, feeds)
+    ref = _output(sim, feeds).cpu()
     power = float(ref.pow(2).mean()) or 1.0
     quantized: dict[tuple[str, int], torch.Tensor] = {}
 
@@ -87,17 +88,31 @@ def _measure(sim: SimModel, data: Dataset, cfg: QuantConfig, layers: list[str], 
                                                     p.grid)
         return quantized[(name, bits)]
 
-    def error(assign: dict[str, int]) -> float:
-        saved = {}
-        for name, bits in assign.items():
-            w = sim.weight(qg.layer(name).weight)
-            saved[name] = w.detach().clone()
-            w.copy_(q_weight(name, bits))
-        try:
-            return float((_output(sim, feeds) - ref).pow(2).mean()) / power
-        finally:
+    _, node_of, _ = node_positions(sim)
+    inputs = {k: v[:samples] for k, v in data.inputs.items()}
+
+    def errors(assigns: list[dict[str, int]]) -> list[float]:
+        """Output error of each assignment (its layers quantized, the rest float), each run from its first
+        quantized layer on (``sim/suffix.py``), all samples in one batch."""
+        saved: dict[str, torch.Tensor] = {}
+
+        def enter(assign: dict[str, int]):
+            def put() -> None:
+                for name, bits in assign.items():
+                    w = sim.weight(qg.layer(name).weight)
+                    saved[name] = w.detach().clone()
+                    w.copy_(q_weight(name, bits))
+            return put
+
+        def leave() -> None:
             for name, w in saved.items():
                 sim.weight(qg.layer(name).weight).copy_(w)
+            saved.clear()
+
+        trials = [Trial(min(node_of[n] for n in a), enter(a), leave) for a in assigns]
+        outs = trial_outputs(sim, inputs, trials, samples)
+        bar.update(len(assigns))
+        return [float((torch.from_numpy(o).double() - ref).pow(2).mean()) / power for o in outs]
 
     free = set(layers)
     pairs = [(a, b) for region in partition(qg, "block") for a, b in combinations([x for x in region.layers if x in free], 2)]
@@ -106,15 +121,12 @@ def _measure(sim: SimModel, data: Dataset, cfg: QuantConfig, layers: list[str], 
                dynamic_ncols=True)
     try:
         diag = {}
-        for name in layers:
-            for bits in choices:
-                diag[(name, bits)] = error({name: bits})
-                bar.update(1)
+        for bits in choices:
+            diag.update(zip([(name, bits) for name in layers], errors([{name: bits} for name in layers])))
             quantized = {k: v for k, v in quantized.items() if k[1] == lowest}  # keep only what the pairs reuse
         offdiag = {}
-        for a, b in pairs:
-            offdiag[((a, lowest), (b, lowest))] = error({a: lowest, b: lowest}) - diag[(a, lowest)] - diag[(b, lowest)]
-            bar.update(1)
+        for (a, b), e in zip(pairs, errors([{a: lowest, b: lowest} for a, b in pairs])):
+            offdiag[((a, lowest), (b, lowest))] = e - diag[(a, lowest)] - diag[(b, lowest)]
     finally:
         bar.close()
         sim.train(was_training)

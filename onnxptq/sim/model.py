@@ -281,7 +281,8 @@ class SimModel(nn.Module):
                         del env[i]
         return env
 
-    def forward(self, feeds: dict[str, torch.Tensor], keep: bool = False) -> dict[str, torch.Tensor]:
+    def input_env(self, feeds: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The graph inputs as node 0 sees them: quantized where they are quant points."""
         env: dict[str, torch.Tensor] = {}
         for name in self.qg.inputs:
             if name not in feeds:
@@ -289,7 +290,10 @@ class SimModel(nn.Module):
             x = feeds[name]
             key = self._act_key.get(name)
             env[name] = self.act_fq[key](x) if key is not None else x
-        env = self.run_nodes(env, keep=keep)
+        return env
+
+    def forward(self, feeds: dict[str, torch.Tensor], keep: bool = False) -> dict[str, torch.Tensor]:
+        env = self.run_nodes(self.input_env(feeds), keep=keep)
         return env if keep else {o: env[o] for o in self.qg.outputs}
 
     def node_index(self, name: str) -> int:

@@ -35,6 +35,13 @@ class QuantState:
     ecaq_scales: dict[str, np.ndarray] = field(default_factory=dict)  # ECAQ quant point -> beta per channel
     input_means: dict[str, torch.Tensor] = field(default_factory=dict)  # layer -> float input mean per channel
 
+    def copy(self) -> "QuantState":
+        """A copy with its own dicts that shares the tensors and arrays: for a variant that replaces entries and
+        never changes a tensor in place (many variants of one state cost no memory beyond what they replace)."""
+        return QuantState(dict(self.weight_params), dict(self.act_params), dict(self.float_weights),
+                          dict(self.weight_overrides), dict(self.bias_delta), dict(self.ecaq_scales),
+                          dict(self.input_means))
+
     def detached(self) -> "QuantState":
         """A copy that shares nothing with this state: tensors cloned to the CPU, arrays copied (QParams
         are replaced, never changed in place, so they are shared)."""
