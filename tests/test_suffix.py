@@ -12,6 +12,7 @@ from onnxptq.accuracy.changes import change_layer
 from onnxptq.calib.calibrate import choose_scale
 from onnxptq.config import QuantConfig
 from onnxptq.data import Dataset
+from onnxptq.mixed import sensitivity
 from onnxptq.mixed.sensitivity import measure_sensitivities
 from onnxptq.quant import QParams, weight_grid
 from onnxptq.sim.model import SimModel, simulate
@@ -92,7 +93,7 @@ def test_first_changed_node_follows_each_kind_of_change(quantized):
     assert first_changed_node(sim, base, v) == producer <= k
 
 
-def test_sensitivities_equal_whole_runs(quantized):
+def test_sensitivities_equal_whole_runs(quantized, monkeypatch):
     """Each diagonal sensitivity is the output error of the whole float model with that layer's weights
     quantized (measured here by hand), though the measurement runs each layer's suffix only."""
     res, _, inputs = quantized
@@ -116,3 +117,8 @@ def test_sensitivities_equal_whole_runs(quantized):
             w.copy_(keep)
             assert diag[(name, 4)] == pytest.approx(err, rel=1e-6)
     assert all(diag[(n, 2)] > diag[(n, 4)] for n in names[:3]) and off
+    cache: dict = {}
+    assert measure_sensitivities(sim, data, cfg, names, (2, 4), 24, False, cache, pairs=False) == (diag, {})
+    assert measure_sensitivities(sim, data, cfg, names, (2, 4), 24, False, cache) == (diag, off)
+    monkeypatch.setattr(sensitivity, "_measure", lambda *a, **k: pytest.fail("measured again"))
+    assert measure_sensitivities(sim, data, cfg, names, (2, 4), 24, False, cache, pairs=False) == (diag, off)

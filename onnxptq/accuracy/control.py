@@ -134,9 +134,8 @@ class _Evaluator:
 
         trials = [Trial(first_changed_node(sim, base, v, positions), load(v), load(base)) for v in variants.values()]
         sim.load_state(base)
-        outs = trial_outputs(sim, self.data.inputs, trials, self.batch_size)
+        outs = trial_outputs(sim, self.data.inputs, trials, self.batch_size, self.bar.update)
         self.count += len(trials)
-        self.bar.update(len(trials))
         return {name: self._measure(out) for name, out in zip(variants, outs)}
 
     def _measure(self, out: np.ndarray) -> Measure:
@@ -175,7 +174,7 @@ def _control(sim: SimModel, data: Dataset, cfg: QuantConfig, plan: BitPlan, diag
         if not rep.met:
             names = [x.name for x in qg.layers]
             diag, _ = measure_sensitivities(float_sim, data, cfg, names, (cfg.w_bits,), min(len(data), SAMPLES),
-                                            cfg.progress, cache)
+                                            cfg.progress, cache, pairs=False)
             search = _Search(sim, cfg, target, evaluate, {n: diag[(n, cfg.w_bits)] for n in names}, rep)
             fallback = cfg.target_action == "bits" and cfg.format != "int"  # --format int holds no float layer
             current = before

@@ -49,21 +49,24 @@ def _memo_key(sim: SimModel, data: Dataset, cfg: QuantConfig, layers: list[str],
 
 def measure_sensitivities(sim: SimModel, data: Dataset, cfg: QuantConfig, layers: list[str], choices: tuple[int, ...],
                           samples: int = SAMPLES, progress: bool = True,
-                          cache: dict[str, Any] | None = None) -> tuple[dict, dict]:
-    """(diag {(layer, bits): s}, offdiag {((a, b_min), (b, b_min)): s}) for ``layers`` (see module doc).
-    With ``cache`` (a ``RunContext.cache``, shared by the runs of a sweep over budgets) memoized on the
-    weights, samples and weight-scale settings, so quantizing one model at several budgets measures once."""
+                          cache: dict[str, Any] | None = None, pairs: bool = True) -> tuple[dict, dict]:
+    """(diag {(layer, bits): s}, offdiag {((a, b_min), (b, b_min)): s}) for ``layers`` (see module doc);
+    ``pairs=False``: the diagonal only (offdiag empty). With ``cache`` (a ``RunContext.cache``, shared by the
+    runs of a sweep over budgets) memoized on the weights, samples and weight-scale settings, so quantizing one
+    model at several budgets measures once (a diagonal-only request reuses a full measurement)."""
     memo = cache.setdefault(CACHE_KEY, {}) if cache is not None else {}
     key = _memo_key(sim, data, cfg, layers, choices, samples) if cache is not None else ""
     if key not in memo:
-        memo[key] = _measure(sim, data, cfg, layers, choices, samples, progress)
+        key += "" if pairs else ":diag"
+        if key not in memo:
+            memo[key] = _measure(sim, data, cfg, layers, choices, samples, progress, pairs)
     diag, offdiag = memo[key]
     return dict(diag), dict(offdiag)
 
 
 @torch.no_grad()
 def _measure(sim: SimModel, data: Dataset, cfg: QuantConfig, layers: list[str], choices: tuple[int, ...],
-             samples: int, progress: bool) -> tuple[dict, dict]:
+             samples: int, progress: bool, with_pairs: bool = True) -> tuple[dict, dict]:
     from ..calib.calibrate import choose_scale, threads
 
     qg = sim.qg
@@ -110,12 +113,12 @@ def _measure(sim: SimModel, data: Dataset, cfg: QuantConfig, layers: list[str], 
             saved.clear()
 
         trials = [Trial(min(node_of[n] for n in a), enter(a), leave) for a in assigns]
-        outs = trial_outputs(sim, inputs, trials, samples)
-        bar.update(len(assigns))
+        outs = trial_outputs(sim, inputs, trials, samples, bar.update)
         return [float((torch.from_numpy(o).double() - ref).pow(2).mean()) / power for o in outs]
 
     free = set(layers)
-    pairs = [(a, b) for region in partition(qg, "block") for a, b in combinations([x for x in region.layers if x in free], 2)]
+    pairs = [(a, b) for region in partition(qg, "block") for a, b in combinations([x for x in region.layers if x in free], 2)
+             if with_pairs]
     lowest = min(choices)
     bar = tqdm(total=len(layers) * len(choices) + len(pairs), disable=not progress, desc="sensitivities", unit="eval",
                dynamic_ncols=True)

@@ -31,9 +31,10 @@ class Trial:
 
 @torch.no_grad()
 def trial_outputs(sim: SimModel, inputs: dict[str, np.ndarray], trials: Sequence[Trial],
-                  batch_size: int) -> list[np.ndarray]:
+                  batch_size: int, progress: Callable[[float], None] | None = None) -> list[np.ndarray]:
     """The first model output of every trial on ``inputs`` (float32, one row per sample), computed
-    ``batch_size`` samples at a time (module doc). The simulation must be in the base configuration."""
+    ``batch_size`` samples at a time (module doc). The simulation must be in the base configuration.
+    ``progress(k)``: called after each chunk, k = trials x the chunk's share of the samples."""
     out = sim.qg.outputs[0]
     order = sorted(range(len(trials)), key=lambda j: trials[j].start)
     results: list[list[np.ndarray]] = [[] for _ in trials]
@@ -57,6 +58,8 @@ def trial_outputs(sim: SimModel, inputs: dict[str, np.ndarray], trials: Sequence
             finally:
                 trial.leave()
             results[j].append(y.cpu().numpy())
+        if progress is not None:
+            progress(len(trials) * len(next(iter(feeds.values()))) / n)
     return [np.concatenate(r) for r in results]
 
 
