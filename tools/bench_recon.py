@@ -30,6 +30,7 @@ Experiments (``--experiments all`` runs them in this order, digits first):
   effnet-mixed-rtn    the same with round-to-nearest instead of BRECQ (minutes instead of hours)
   effnet-ranges       EfficientNet-Lite0 RTN W8A8 / W8A4 / W4A8, activation ranges L_p vs --a-output-search
   digits-ranges       the same on the digits models at W8A4 / W4A4
+  effnet-fast         EfficientNet-Lite0 BRECQ W4A8 and W4A4, fast preset: time (run alone) and fidelity
   effnet-accuracy     W4A4 BRECQ with an accuracy target (--min-sqnr 12): layers changed, SQNR before/after,
                       size and latency cost, time
   digits-accuracy     the same mode on the digits models at W2A4 (RTN and BRECQ, --min-sqnr 12): a quick check
@@ -194,6 +195,10 @@ EXPERIMENTS: dict[str, Exp] = {
     "effnet-iters": Exp("efficientnet", "W4A4 BRECQ: fidelity vs rounding iterations per region", [
         (f"brecq W4A4 iters {n}", dict(method="brecq", w_bits=4, a_bits=4, iters=n, act_iters=n // 2))
         for n in (50, 200, 800)]),
+    "effnet-fast": Exp("efficientnet", "the fast preset's time and fidelity, W4A8 and W4A4 BRECQ (issue 18 item 2: "
+                       "at most 300 s on 2 cores)", [
+        ("brecq W4A8", dict(method="brecq", w_bits=4, a_bits=8)),
+        ("brecq W4A4", dict(method="brecq", w_bits=4, a_bits=4))]),
     "effnet-accuracy": Exp("efficientnet", "W4A4 BRECQ (fast preset) with an accuracy target: --min-sqnr 12 on 128 "
                            "calibration samples held out from calibration", [
         ("brecq W4A4 min-sqnr 12", dict(method="brecq", w_bits=4, a_bits=4, min_sqnr=12.0, target_latency=True))]),

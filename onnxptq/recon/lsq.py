@@ -2,7 +2,8 @@
 
 ``LearnedStep`` takes the place of one activation ``FakeQuant`` of the simulation while its region is
 reconstructed. It applies the same ``quant.rounding.fake_quantize`` with the STE rounding of the
-simulation, but with the step size as a trainable parameter: autograd through
+simulation (``sim.fake_quant.fake_quantize_ste``: the chain's gradients, computed in one node), but with the
+step size as a trainable parameter: autograd through
 ``(clip(RNE_ste(x / s) + z) - z) * s`` gives exactly Eq. 29 (RNE(x/s) - x/s inside the grid, the
 clipped grid end outside it; no gradient scale, as in BRECQ B.4.4). With ``drop_prob`` > 0 (QDrop),
 each element keeps its float value with that probability during training.
@@ -21,9 +22,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..quant import QParams, fake_quantize
+from ..quant import QParams
 from ..quant.rapq import po2_step
-from ..sim.fake_quant import FakeQuant, round_ste
+from ..sim.fake_quant import FakeQuant, fake_quantize_ste
 
 MAX_LEARNED_BITS = 8  # wider grids keep their calibrated step (module doc)
 
@@ -53,7 +54,7 @@ class LearnedStep(FakeQuant):
         if not self.enabled:
             return x
         step = self._step()
-        xq = fake_quantize(x, step, self.zero_point, self.params.grid, round_ste)
+        xq = fake_quantize_ste(x, step, self.zero_point, self.params.grid)
         if self.training and self.drop_prob > 0:
             keep_float = torch.rand(x.shape, generator=self.generator, device=x.device) < self.drop_prob
             return torch.where(keep_float, x, xq)
