@@ -28,6 +28,7 @@ KINDS: dict[str, str] = {
     "onnx2torch": "nodes simulated by onnx2torch (ops outside the own table; no integer form)",
     "target-bits": "layers raised to 8 bits for the accuracy target (weights and input)",
     "target-float": "layers left in float for the accuracy target",
+    "target-point": "activation quant points raised to 8 bits for the accuracy target",
     "target-missed": "accuracy target missed",
     "other": "other warnings",
 }

@@ -102,8 +102,13 @@ def test_target_met_after_changing_layers_in_ranked_order(met):
     assert alone == sorted(alone, reverse=True)
     assert acc.steps[-1].kept and acc.steps[-1].measure.sqnr_db >= 12.0
     assert all(s.measure.sqnr_db < 12.0 for s in acc.steps[:-1])  # no earlier step met it: none is spare
-    assert len(kept) < len(res.qgraph.layers) - 2  # not simply everything
-    for s in kept:  # the changed layers run 8-bit weights and inputs; the others keep W2A4
+    layers = [s for s in kept if s.kind == "layer"]
+    assert len(layers) < len(res.qgraph.layers) - 2  # not simply everything
+    for s in kept:  # raised quant points (no layer reads them directly) are 8-bit
+        if s.kind == "point":
+            assert s.layer not in {res.qgraph.source[x.input] for x in res.qgraph.layers}
+            assert res.sim.act_quantizer(s.layer).params.grid.bits == 8 and s.w_bits == "-"
+    for s in layers:  # the changed layers run 8-bit weights and inputs; the others keep W2A4
         assert res.plan.w_bits[s.layer] == 8 and res.sim.weight_quantizer(s.layer).params.grid.bits == 8
         src = res.qgraph.source[res.qgraph.layer(s.layer).input]
         assert res.sim.act_quantizer(src).params.grid.bits == 8
@@ -123,9 +128,14 @@ def test_exported_model_is_the_measured_one(met):
 def test_report_and_diagnostics_list_the_changed_layers(met):
     res, out = met
     changed = res.accuracy_control.changed()
-    assert {x.where for x in res.diagnostics.of("target-bits")} == set(changed)
-    line = next(s for s in res.summary()["fallbacks"] if "raised to 8 bits" in s)
-    assert line.startswith(f"{len(changed)}/{len(res.qgraph.layers)} ")
+    points = {s.layer for s in res.accuracy_control.steps if s.kind == "point" and s.kept}
+    assert points  # this case needs raised activation points (W2A4)
+    assert {x.where for x in res.diagnostics.of("target-bits")} == set(changed) - points
+    assert {x.where for x in res.diagnostics.of("target-point")} == points
+    line = next(s for s in res.summary()["fallbacks"] if "layers raised to 8 bits" in s)
+    assert line.startswith(f"{len(changed) - len(points)}/{len(res.qgraph.layers)} ")
+    line = next(s for s in res.summary()["fallbacks"] if "quant points raised to 8 bits" in s)
+    assert line.startswith(f"{len(points)}/{len(res.qgraph.quant_points)} ")
     text = out.with_suffix(".md").read_text()
     section = text[text.index("## Accuracy target"):]
     assert "met" in section.splitlines()[0]

@@ -6,6 +6,11 @@
   scale, with their bias correction measured again;
 - ``float``: the input as for ``bits``; the weights and bias stay float (what ``--skip-nodes`` leaves of a layer:
   no weight quantizer; the exporter writes the float initializers).
+
+The ``bits`` stage also tries the activation quant points that feed no layer directly (a residual Add's output,
+a convolution's output before that Add, a Concat): ``change_point`` moves one to 8 bits over the same range. At
+4-bit activations those carry most of the error (digits ResNet, BRECQ W4A4: raising every layer with its input
+still missed what raising the other points brought), and no layer change reaches them.
 """
 from __future__ import annotations
 
@@ -98,3 +103,23 @@ def _rtn_weights(state: QuantState, sim: SimModel, name: str, cfg: QuantConfig, 
     if delta is not None:
         state.bias_delta[name] = delta
     return p
+
+
+def other_points(state: QuantState, sim: SimModel) -> list[str]:
+    """Activation quant points below RAISED_BITS that no layer's input comes from (in node order), ECAQ ones
+    excluded: the ``bits`` stage's candidates besides the layers."""
+    inputs = {sim.qg.source.get(x.input) for x in sim.qg.layers}
+    return [t for t in sim.qg.quant_points if t in state.act_params and t not in inputs
+            and t not in state.ecaq_scales and state.act_params[t].grid.bits < RAISED_BITS]
+
+
+def point_bits(state: QuantState, tensor: str) -> int | None:
+    p = state.act_params.get(tensor)
+    return None if p is None else p.grid.bits
+
+
+def change_point(state: QuantState, tensor: str) -> QuantState:
+    """A copy of ``state`` with activation quant point ``tensor`` on an 8-bit grid over the same range."""
+    out = state.copy()
+    out.act_params[tensor] = refine_grid(out.act_params[tensor], RAISED_BITS)
+    return out

@@ -4,6 +4,7 @@ target holds; no reconstruction runs again (the other layers keep their state).
 Ranking: each candidate layer's change is applied alone to the current state and the target measured (the
 "revert" gain: what changing this layer buys on the quantized model, activations and reconstruction included;
 the graph runs once up to each layer and only the rest of it per candidate: ``sim/suffix.py``);
+the ``bits`` stage also ranks the activation quant points no layer reads directly (``changes.other_points``);
 ties break on the BRECQ diagonal sensitivity (``mixed/sensitivity.py``: output error with this layer alone
 quantized at the run's weight bits, the rest float, on the first 64 evaluation samples). Greedy: change layers in that order, measuring after each;
 a change that brings the target no closer is undone (the row stays in the report, not kept); stop as soon as
@@ -33,7 +34,7 @@ from ..sim.model import SimModel, simulate
 from ..sim.state import QuantState
 from ..sim.suffix import Trial, first_changed_node, node_positions, trial_outputs
 from ..targets import get_target
-from .changes import RAISED_BITS, can_change, change_layer, layer_bits
+from .changes import RAISED_BITS, can_change, change_layer, change_point, layer_bits, other_points, point_bits
 from .cost import FLOAT_BITS, latency_ms, weight_bytes
 from .target import Measure, Metric, Target, format_measure
 
@@ -53,6 +54,7 @@ class Step:
     measure: Measure  # the target with this change and every earlier kept one
     weight_bytes: float  # the same
     kept: bool  # False: it brought the target no closer and was undone
+    kind: str = "layer"  # layer (weights and input) | point (an activation quant point alone: ``layer`` is its tensor)
 
 
 @dataclass
@@ -193,7 +195,7 @@ def _control(sim: SimModel, data: Dataset, cfg: QuantConfig, plan: BitPlan, diag
         sim.train(was_training)
     _update_plan(plan, sim, state)
     rep.evaluations, rep.seconds = evaluate.count, time.perf_counter() - t0
-    _record(rep, diagnostics, len(qg.layers))
+    _record(rep, diagnostics, len(qg.layers), len(qg.quant_points))
     return rep
 
 
@@ -212,18 +214,27 @@ class _Search:
         sim, cfg, target = self.sim, self.cfg, self.target
         w8 = get_target(cfg.target).weight_bits(RAISED_BITS)
         cands = [x.name for x in sim.qg.layers if can_change(state, sim, x.name, action, w8)]
+        points = other_points(state, sim) if action == "bits" else []
+
+        def change(s: QuantState, name: str) -> QuantState:
+            return change_point(s, name) if name in points else change_layer(s, sim, name, action, cfg, w8)
+
         ranked = state
-        alone = self.evaluate.many(state, {n: change_layer(state, sim, n, action, cfg, w8) for n in cands})
-        for name in sorted(cands, key=lambda n: (target.key(alone[n]), self.sensitivity[n]), reverse=True):
-            b0 = layer_bits(state, sim, name)
-            tried = change_layer(state, sim, name, action, cfg, w8)
-            b1 = layer_bits(tried, sim, name)
+        alone = self.evaluate.many(state, {n: change(state, n) for n in cands + points})
+        order = sorted(cands + points, key=lambda n: (target.key(alone[n]), self.sensitivity.get(n, 0.0)),
+                       reverse=True)
+        for name in order:
+            tried = change(state, name)
+            if name in points:
+                w_text, in_text = "-", _bits_text(point_bits(state, name), point_bits(tried, name))
+            else:
+                b0, b1 = layer_bits(state, sim, name), layer_bits(tried, sim, name)
+                w_text, in_text = _bits_text(b0.w_bits, b1.w_bits), _bits_text(b0.in_bits, b1.in_bits)
             # nothing kept since the ranking (the first step, or only undone ones): ``tried`` is what ranked it
             m = alone[name] if state is ranked else self.evaluate(tried)
             keep = target.holds(m) or target.key(m) > target.key(current)
-            self.rep.steps.append(Step(name, action, _bits_text(b0.w_bits, b1.w_bits),
-                                       _bits_text(b0.in_bits, b1.in_bits), alone[name], self.sensitivity[name], m,
-                                       weight_bytes(sim.qg, tried), keep))
+            self.rep.steps.append(Step(name, action, w_text, in_text, alone[name], self.sensitivity.get(name), m,
+                                       weight_bytes(sim.qg, tried), keep, "point" if name in points else "layer"))
             if keep:
                 state, current = tried, m
             if target.holds(current):
@@ -244,15 +255,17 @@ def _update_plan(plan: BitPlan, sim: SimModel, state: QuantState) -> None:
         plan.a_bits[t] = p.grid.bits
 
 
-def _record(rep: AccuracyControlReport, diagnostics: Diagnostics, n_layers: int) -> None:
+def _record(rep: AccuracyControlReport, diagnostics: Diagnostics, n_layers: int, n_points: int) -> None:
     changed = rep.changed()
+    points = {s.layer for s in rep.steps if s.kind == "point"}
     for name, action in changed.items():
-        kind = "target-float" if action == "float" else "target-bits"
+        kind = "target-float" if action == "float" else "target-point" if name in points else "target-bits"
         diagnostics.add(kind, name, "weights left in float for the accuracy target" if action == "float" else
+                        f"activation raised to {RAISED_BITS} bits for the accuracy target" if name in points else
                         f"weights and input raised to {RAISED_BITS} bits for the accuracy target", quiet=True)
-    for kind in ("target-float", "target-bits"):
+    for kind, total in (("target-float", n_layers), ("target-bits", n_layers), ("target-point", n_points)):
         if diagnostics.of(kind):
-            diagnostics.totals[kind] = n_layers
+            diagnostics.totals[kind] = total
     if not rep.met:
         diagnostics.add("target-missed", "", f"accuracy target {rep.target} missed with {len(changed)} of "
                         f"{len(rep.steps)} tried layer change(s) kept; best achieved {format_measure(rep.after)} "
