@@ -220,17 +220,17 @@ class _Search:
             return change_point(s, name) if name in points else change_layer(s, sim, name, action, cfg, w8)
 
         ranked = state
-        alone = self.evaluate.many(state, {n: change(state, n) for n in cands + points})
-        order = sorted(cands + points, key=lambda n: (target.key(alone[n]), self.sensitivity.get(n, 0.0)),
-                       reverse=True)
+        variants = {n: change(state, n) for n in cands + points}
+        alone = self.evaluate.many(state, variants)
+        order = sorted(variants, key=lambda n: (target.key(alone[n]), self.sensitivity.get(n, 0.0)), reverse=True)
         for name in order:
-            tried = change(state, name)
+            # nothing kept since the ranking (the first step, or only undone ones): the ranked variant is the step
+            tried = variants[name] if state is ranked else change(state, name)
             if name in points:
                 w_text, in_text = "-", _bits_text(point_bits(state, name), point_bits(tried, name))
             else:
                 b0, b1 = layer_bits(state, sim, name), layer_bits(tried, sim, name)
                 w_text, in_text = _bits_text(b0.w_bits, b1.w_bits), _bits_text(b0.in_bits, b1.in_bits)
-            # nothing kept since the ranking (the first step, or only undone ones): ``tried`` is what ranked it
             m = alone[name] if state is ranked else self.evaluate(tried)
             keep = target.holds(m) or target.key(m) > target.key(current)
             self.rep.steps.append(Step(name, action, w_text, in_text, alone[name], self.sensitivity.get(name), m,

@@ -79,6 +79,11 @@ def node_positions(sim: SimModel) -> tuple[dict[str, int], dict[str, int], dict[
     return produced, layers, consumers
 
 
+def _same_tensor(x: torch.Tensor, y: torch.Tensor) -> bool:
+    """Equal by value; a tensor a ``QuantState.copy`` shares is equal without reading it."""
+    return x is y or torch.equal(x, y)
+
+
 def _changed(a: dict, b: dict, same: Callable[[object, object], bool]) -> set[str]:
     return {k for k in a.keys() | b.keys() if k not in a or k not in b or not same(a[k], b[k])}
 
@@ -89,15 +94,16 @@ def first_changed_node(sim: SimModel, base: QuantState, other: QuantState,
     producer of a quant point whose parameters differ, the node of a layer whose weight parameters or bias
     correction differ, the first consumer of a weight that differs; 0 when the float weights, ECAQ scales or
     input means differ, or a graph input's quantizer. QParams are compared by identity (states share them:
-    ``QuantState.detached``), tensors by value. ``positions``: ``node_positions(sim)``, when called often."""
+    ``QuantState.detached``), tensors by identity, then by value. ``positions``: ``node_positions(sim)``, when
+    called often."""
     produced, layers, consumers = positions or node_positions(sim)
-    if (_changed(base.float_weights, other.float_weights, torch.equal)
-            or _changed(base.ecaq_scales, other.ecaq_scales, np.array_equal)
-            or _changed(base.input_means, other.input_means, torch.equal)):
+    if (_changed(base.float_weights, other.float_weights, _same_tensor)
+            or _changed(base.ecaq_scales, other.ecaq_scales, lambda x, y: x is y or np.array_equal(x, y))
+            or _changed(base.input_means, other.input_means, _same_tensor)):
         return 0
     end = len(sim.nodes)
     starts = [produced.get(t, 0) for t in _changed(base.act_params, other.act_params, lambda x, y: x is y)]
     starts += [layers.get(n, 0) for n in _changed(base.weight_params, other.weight_params, lambda x, y: x is y)]
-    starts += [layers.get(n, 0) for n in _changed(base.bias_delta, other.bias_delta, torch.equal)]
-    starts += [consumers.get(w, 0) for w in _changed(base.weight_overrides, other.weight_overrides, torch.equal)]
+    starts += [layers.get(n, 0) for n in _changed(base.bias_delta, other.bias_delta, _same_tensor)]
+    starts += [consumers.get(w, 0) for w in _changed(base.weight_overrides, other.weight_overrides, _same_tensor)]
     return min(starts, default=end)
