@@ -261,6 +261,7 @@ def _quantize(model, calib, config: QuantConfig, out: Path | None, rep: Path | N
     """The stages of ``quantize`` inside its run context: import -> plan -> (mixed) -> calibrate ->
     (reconstruct) -> (accuracy target) -> export -> (kernel check, report). The imported graph is never written to."""
     timings: dict[str, float] = {}
+    rounds = acc is not None and _target_before_reconstruction(config)
     t0 = time.perf_counter()
     qg = import_model(model, config.input_shapes or None, frozenset(config.skip_nodes))
     timings["import"] = time.perf_counter() - t0
@@ -289,6 +290,8 @@ def _quantize(model, calib, config: QuantConfig, out: Path | None, rep: Path | N
     ckpt_dir = config.checkpoint_dir or (f"{out}.recon" if out is not None else None)
     if config.resume and ckpt_dir is None:
         raise ConfigError("resume needs the checkpoint directory of the interrupted run (--checkpoint-dir)")
+    calibrated = sim.export_state() if rounds else None
+    mark = ctx.diagnostics.mark()
     t0 = time.perf_counter()
     recon_report = run_method(sim, data, plan, config, ckpt_dir, ctx)
     if recon_report is not None:
@@ -298,9 +301,15 @@ def _quantize(model, calib, config: QuantConfig, out: Path | None, rep: Path | N
         from .accuracy.control import control_accuracy
         from .accuracy.target import top1_accuracy
 
+        def reconstruct() -> None:  # a round of accuracy/rounds.py: the method again on the changed calibrated state
+            nonlocal recon_report
+            ctx.diagnostics.rewind(mark)  # the last reconstruction's fallbacks are the ones that hold
+            recon_report = run_method(sim, data, plan, config, ckpt_dir, ctx)
+
         metric = acc.metric if acc.metric is not None or config.max_drop is None else top1_accuracy
         t0 = time.perf_counter()
-        accuracy = control_accuracy(sim, eval_ds, config, plan, ctx.diagnostics, metric, eval_source, ctx.cache)
+        accuracy = control_accuracy(sim, eval_ds, config, plan, ctx.diagnostics, metric, eval_source, ctx.cache,
+                                    calibrated, reconstruct if rounds else None)
         if split_note:
             accuracy.notes.append(split_note)
         timings["accuracy target"] = time.perf_counter() - t0
@@ -346,6 +355,17 @@ def _quantize(model, calib, config: QuantConfig, out: Path | None, rep: Path | N
         result.report_files = write_report(result, rep, data)
         timings["report"] = time.perf_counter() - t0
     return result
+
+
+def _target_before_reconstruction(config: QuantConfig) -> bool:
+    """Whether the accuracy target chooses its changes before reconstruction (``accuracy/rounds.py``)."""
+    from .recon.methods import get_method
+
+    reconstructs = get_method(config.method).runner is not None
+    if config.target_stage == "before" and not reconstructs:
+        raise ConfigError(f"--target-stage before needs a method that reconstructs; {config.method} only calibrates "
+                          "(drop --target-stage)")
+    return reconstructs and config.target_stage != "after" and config.target_action == "bits"
 
 
 def import_diagnostics(qg: QGraph, diagnostics: Diagnostics) -> None:

@@ -28,6 +28,7 @@ INT_KERNELS = ("portable", "vnni")
 GRANULARITIES = ("layer", "block", "stage", "net")  # graph/partition.py
 PRESETS = ("fast", "full", "rapq", "rapq-quick")  # recon/settings.py
 TARGET_ACTIONS = ("bits", "float")  # accuracy/changes.py
+TARGET_STAGES = ("auto", "before", "after")  # accuracy/rounds.py
 
 # option groups, in the order ``onnxptq quantize --help`` lists them
 GROUPS = {
@@ -181,6 +182,10 @@ class QuantConfig:
     target_action: str = opt("bits", "bits: raise a layer's weights and input to 8 bits (then float if all raised "
                                      "still miss); float: leave its weights in float", group="accuracy",
                              choices=TARGET_ACTIONS)
+    target_stage: str = opt("auto", "when a reconstructing method's target changes are chosen: before (on the "
+                                     "calibrated model, then reconstruct again; up to 3 rounds), after (on the "
+                                     "reconstructed model), auto: before with --target-action bits",
+                            group="accuracy", choices=TARGET_STAGES)
     target_latency: bool = opt(False, "time the model before and after the changes in onnxruntime", group="accuracy")
 
     def __post_init__(self) -> None:
@@ -267,9 +272,13 @@ class QuantConfig:
         if not isinstance(self.target_samples, int) or self.target_samples < 1:
             raise ConfigError(f"target_samples must be a positive integer; got {self.target_samples!r}")
         if self.min_sqnr is None and self.max_drop is None:
-            if self.target_data is not None or self.target_action != "bits" or self.target_latency:
-                raise ConfigError("--target-data / --target-action / --target-latency belong to an accuracy target: "
-                                  "add --min-sqnr or --max-drop")
+            if (self.target_data is not None or self.target_action != "bits" or self.target_latency
+                    or self.target_stage != "auto"):
+                raise ConfigError("--target-data / --target-action / --target-stage / --target-latency belong to an "
+                                  "accuracy target: add --min-sqnr or --max-drop")
+        elif self.target_stage == "before" and self.target_action != "bits":
+            raise ConfigError("--target-stage before raises bits before reconstruction (a float layer is not "
+                              "reconstructed): use --target-action bits or --target-stage after")
         elif self.target_action == "float" and self.format == "int":
             raise ConfigError("--target-action float leaves layers in float, which --format int cannot hold: use "
                               "--target-action bits or --format qdq")

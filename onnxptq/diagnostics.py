@@ -60,6 +60,16 @@ class Diagnostics:
         if not quiet:
             log.warning("%s", item)
 
+    def mark(self) -> tuple[int, dict[str, int]]:
+        """What ``rewind`` goes back to: the items and totals recorded so far."""
+        return len(self.items), dict(self.totals)
+
+    def rewind(self, mark: tuple[int, dict[str, int]]) -> None:
+        """Forget what was recorded after ``mark`` (a stage that runs again records its fallbacks again)."""
+        del self.items[mark[0]:]
+        self.totals.clear()
+        self.totals.update(mark[1])
+
     def of(self, kind: str) -> list[Fallback]:
         return [x for x in self.items if x.kind == kind]
 

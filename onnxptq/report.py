@@ -215,18 +215,26 @@ def _tables(info: dict) -> list[tuple[str, list[str], list[list[str]]]]:
     acc = info.get("accuracy_control")
     if acc is not None:
         out.append(_accuracy_table(acc))
+        if acc.get("rounds"):
+            cols = ["round", "goal", "kept", "calibrated_sqnr_db", "reconstructed_sqnr_db", "reconstructed_metric",
+                    "seconds"]
+            out.append(("Accuracy target rounds before reconstruction", cols, [
+                [str(k), r["goal"], str(r["kept"]), _fmt(r["calibrated"]["sqnr_db"]),
+                 _fmt(r["reconstructed"]["sqnr_db"]), _fmt(r["reconstructed"]["metric"]), _fmt(r["seconds"])]
+                for k, r in enumerate(acc["rounds"], 1)]))
     return out
 
 
 def _accuracy_table(acc: dict) -> tuple[str, list[str], list[list[str]]]:
-    """The accuracy target's steps (accuracy/control.py), the state before them first."""
-    cols = ["step", "layer", "change", "weights", "input", "alone_sqnr_db", "sensitivity", "sqnr_db", "metric",
-            "weight_bytes", "kept"]
+    """The accuracy target's steps (accuracy/report.py), the state before them first."""
+    cols = ["step", "layer", "change", "weights", "input", "measured_on", "alone_sqnr_db", "sensitivity", "sqnr_db",
+            "metric", "weight_bytes", "kept"]
     b = acc["before"]
-    rows = [["0", "(quantized)", "", "", "", "", "", _fmt(b["sqnr_db"]), _fmt(b["metric"]),
+    rows = [["0", "(quantized)", "", "", "", "quantized", "", "", _fmt(b["sqnr_db"]), _fmt(b["metric"]),
              _fmt(acc["weight_bytes_before"]), ""]]
     for k, s in enumerate(acc["steps"], 1):
-        rows.append([str(k), s["layer"], s["action"], s["w_bits"], s["in_bits"], _fmt(s["alone"]["sqnr_db"]),
+        on = f"calibrated, round {s['round']}" if s.get("round") else "quantized"
+        rows.append([str(k), s["layer"], s["action"], s["w_bits"], s["in_bits"], on, _fmt(s["alone"]["sqnr_db"]),
                      _fmt(s["sensitivity"]), _fmt(s["measure"]["sqnr_db"]), _fmt(s["measure"]["metric"]),
                      _fmt(s["weight_bytes"]), "yes" if s["kept"] else "no (no gain)"])
     latency = "" if acc["latency_ms_before"] is None else (

@@ -204,7 +204,8 @@ EXPERIMENTS: dict[str, Exp] = {
                         "(minibatches, QDrop masks)", [
         (f"brecq W4A8 seed {k}", dict(method="brecq", w_bits=4, a_bits=8, seed=k)) for k in (0, 1, 2)]),
     "effnet-accuracy": Exp("efficientnet", "W4A4 BRECQ (fast preset) with an accuracy target: --min-sqnr 12 on 128 "
-                           "calibration samples held out from calibration", [
+                           "calibration samples held out from calibration; changes chosen before reconstruction "
+                           "(--target-stage auto: rounds of accuracy/rounds.py)", [
         ("brecq W4A4 min-sqnr 12", dict(method="brecq", w_bits=4, a_bits=4, min_sqnr=12.0, target_latency=True))]),
     "effnet-ranges": Exp("efficientnet", "RTN activation ranges: L_p per tensor (default) vs chosen by model-output "
                          "error (--a-output-search), W8A8, W8A4, W4A8", [
@@ -293,6 +294,10 @@ def accuracy_notes(acc) -> str:
     if acc.latency_ms_before is not None:
         text += f"; latency (ORT, b1, 1 thread) {acc.latency_ms_before:.2f} -> {acc.latency_ms_after:.2f} ms"
     text += f"; search {acc.seconds:.0f} s, {acc.evaluations} evaluations"
+    for k, r in enumerate(acc.rounds, 1):  # --target-stage before (accuracy/rounds.py)
+        text += (f"; round {k}: goal {r.goal} on the calibrated model, {r.kept} kept, calibrated "
+                 f"{r.calibrated.sqnr_db:.2f} dB -> reconstructed {r.reconstructed.sqnr_db:.2f} dB "
+                 f"(reconstruction {r.seconds:.0f} s)")
     return text + "".join(f"; {n}" for n in acc.notes) + "; "
 
 

@@ -62,12 +62,12 @@ def render() -> str:
     for meth in ("summary", "simulate", "integer_sim"):
         fn = getattr(api.QuantResult, meth)
         parts += [f"#### `QuantResult.{meth}`", "", _sig(meth, fn), "", _doc(fn), ""]
-    from onnxptq.accuracy.control import AccuracyControlReport, Step
+    from onnxptq.accuracy.report import AccuracyControlReport, Round, Step
 
     parts += ["## `onnxptq.quantize_with_accuracy_control`", "",
               _sig("onnxptq.quantize_with_accuracy_control", api.quantize_with_accuracy_control), "",
               _doc(api.quantize_with_accuracy_control), ""]
-    for cls in (AccuracyControlReport, Step):
+    for cls in (AccuracyControlReport, Step, Round):
         parts += [f"### `{cls.__name__}`", "", _doc(cls), "", "| field | type | meaning |", "|---|---|---|"]
         parts += [f"| `{n}` | `{_cell(a)}` | {_cell(c)} |" for n, a, _, c in _fields_with_comments(cls, None)]
         parts.append("")

@@ -46,11 +46,32 @@ class Target:
     def describe(self) -> str:
         parts = []
         if self.min_sqnr is not None:
-            parts.append(f"SQNR >= {self.min_sqnr:g} dB")
+            parts.append(f"SQNR >= {_short(self.min_sqnr)} dB")
         if self.max_drop is not None:
             parts.append(f"metric >= {self.float_metric - self.max_drop:.4g} (float {self.float_metric:.4g} - "
-                         f"{self.max_drop:g})")
+                         f"{_short(self.max_drop, 4)})")
         return " and ".join(parts)
+
+
+def _short(x: float, places: int = 2) -> str:
+    """``x`` with at most ``places`` decimals and no trailing zeros: 12 -> "12", 22.2974 -> "22.3"."""
+    return f"{x:.{places}f}".rstrip("0").rstrip(".")
+
+
+def calibrated_goal(target: Target, calibrated: Measure, reconstructed: Measure) -> Target:
+    """The target the calibrated (not yet reconstructed) model must meet so that the reconstructed one meets
+    ``target`` if reconstruction gains again what it gained last time (``reconstructed`` - ``calibrated``): per
+    part, the calibrated value plus the reconstructed model's shortfall (``accuracy/rounds.py``)."""
+    sqnr = None
+    if target.min_sqnr is not None:
+        sqnr = calibrated.sqnr_db + (target.min_sqnr - reconstructed.sqnr_db)
+    drop = None
+    if target.max_drop is not None:
+        if calibrated.metric is None or reconstructed.metric is None:
+            raise ValueError("a metric target needs the metric of both models")
+        needed = target.float_metric - target.max_drop  # the metric the reconstructed model must reach
+        drop = target.float_metric - (calibrated.metric + needed - reconstructed.metric)
+    return Target(sqnr, drop, target.float_metric)
 
 
 def format_measure(m: Measure) -> str:

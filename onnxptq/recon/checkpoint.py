@@ -38,7 +38,16 @@ def fingerprint(sim: SimModel, inputs: dict[str, np.ndarray], cfg: QuantConfig) 
         h.update(np.ascontiguousarray(inputs[k]).tobytes())
     opts = {k: v for k, v in cfg.to_dict().items() if k not in NEUTRAL}
     h.update(json.dumps(opts, sort_keys=True, default=str).encode())
+    # the calibrated bit widths: an accuracy target that raises layers before reconstructing again
+    # (accuracy/rounds.py) runs with the same options, and must not resume the previous round's checkpoint
+    bits = {f"w:{x.name}": _bits(sim.weight_quantizer(x.name).params) for x in sim.qg.layers}
+    bits.update({f"a:{t}": _bits(fq.params) for t, fq in sim.act_quantizers()})
+    h.update(json.dumps(bits, sort_keys=True).encode())
     return h.hexdigest()
+
+
+def _bits(p: QParams | None) -> int | None:
+    return None if p is None else p.grid.bits
 
 
 def _params(p: QParams) -> dict:
