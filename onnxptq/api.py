@@ -73,6 +73,8 @@ class QuantResult:
             ahist[b] = ahist.get(b, 0) + 1
         return {
             "layers": len(qg.layers), "quant_points": len(qg.quant_points),
+            **({"po2_rescaled_points": len(qg.import_info["rescaled_points"])}
+               if qg.import_info.get("rescaled_points") else {}),
             "weight_bits": dict(sorted(hist.items())), "activation_bits": dict(sorted(ahist.items())),
             "scale": self.config.scale, "method": self.config.method, "target": self.config.target,
             "weights_float_bytes": float_bytes, "weights_quant_bytes": int(quant_bytes + bias_bytes),
@@ -271,6 +273,15 @@ def _quantize(model, calib, config: QuantConfig, out: Path | None, rep: Path | N
     else:
         data = _as_dataset(calib, qg, config.num_calib, preprocess, config.seed)
     plan = make_plan(qg, config)
+    if config.scale == "po2" and config.po2_rescale:
+        from .calib.po2_rescale import po2_rescale_factors
+        from .graph.rescale import rescale
+
+        t0 = time.perf_counter()
+        factors = po2_rescale_factors(qg, data, plan, config)
+        if factors:  # same layer and tensor names: the plan holds
+            qg = rescale(qg, factors, frozenset(config.skip_nodes))
+        timings["po2 rescale"] = time.perf_counter() - t0
     sim = SimModel(qg).to(config.device)
     mixed = None
     if config.mixed is not None:

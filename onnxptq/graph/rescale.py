@@ -1,0 +1,147 @@
+"""Rescale activation quant points through their neighbouring layers: an exact rewrite of the float graph.
+
+A quant point ``t`` produced by one layer ``L`` (Conv/Gemm/MatMul with its fused Relu/Clip) and read only by
+layers (directly or through ops that only move values: Reshape, Transpose, MaxPool, ...) can carry any positive
+factor ``c``: ``L``'s weights and bias times ``c`` (and its Clip bounds: ``Clip(c x, c lo, c hi) = c Clip(x, lo,
+hi)``) make ``t`` ``c`` times larger, and the reading layers' weights times ``1 / c`` undo it. The float model's
+outputs are unchanged (up to float rounding of the rescaled weights).
+
+What it is for (``calib/po2_rescale.py``): a power-of-two activation scale can only be ``2^k``, so at 4 bits a
+tensor whose best scale lies between two powers loses resolution or range. Rescaling it by ``c`` puts its best
+scale on ``2^k`` exactly; the layers around it take the factor into their per-channel weight scales.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from .qgraph import CARRY_OPS, QGraph, attrs_of, build_qgraph
+
+
+@dataclass(frozen=True)
+class Rescalable:
+    """A quant point that can carry a factor, with the layers that take it."""
+
+    point: str
+    producer: str  # the layer whose unit output (after its fused Relu/Clip) is the point
+    consumers: tuple[str, ...]  # the layers reading it (directly or through value-moving ops)
+
+
+def _moves_values(node: onnx.NodeProto) -> bool:
+    """Whether ``node`` is positively homogeneous in its data input: f(c x) = c f(x) for c > 0 (values moved,
+    copied, max-pooled or linearly interpolated; a Pad that fills a non-zero constant is not)."""
+    if node.op_type not in CARRY_OPS:
+        return False
+    if node.op_type == "Pad":
+        return attrs_of(node).get("mode", b"constant") not in ("constant", b"constant") or len(node.input) < 3 \
+            or not node.input[2]
+    return True
+
+
+def rescalable_points(qg: QGraph) -> dict[str, Rescalable]:
+    """The quant points of ``qg`` that ``rescale`` can change (module doc), in graph order."""
+    g = qg.model.graph
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for n in g.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    by_output = {x.output: x for x in qg.layers}
+    by_node = {x.name: x for x in qg.layers}
+    uses: dict[str, int] = {}
+    for n in g.node:
+        for i in n.input:
+            uses[i] = uses.get(i, 0) + 1
+    outputs = set(qg.outputs)
+    found: dict[str, Rescalable] = {}
+    for t in qg.quant_points:
+        producer = by_output.get(t)
+        if producer is None or t in qg.chains or uses.get(producer.weight, 0) != 1:
+            continue
+        if producer.bias and uses.get(producer.bias, 0) != 1:
+            continue
+        readers: list[str] = []
+        todo, ok = [t], True
+        while todo and ok:
+            x = todo.pop()
+            if x in outputs:
+                ok = False
+                break
+            for n in consumers.get(x, []):
+                layer = by_node.get(n.name)
+                if layer is not None and layer.input == x and list(n.input).count(x) == 1 and \
+                        uses.get(layer.weight, 0) == 1:
+                    readers.append(layer.name)
+                elif _moves_values(n) and n.input[0] == x and x not in n.input[1:] and \
+                        all(qg.source.get(o) == t for o in n.output if o):
+                    todo += [o for o in n.output if o]
+                else:
+                    ok = False
+                    break
+        if ok and readers:
+            found[t] = Rescalable(t, producer.name, tuple(readers))
+    return found
+
+
+def rescale(qg: QGraph, factors: dict[str, float], skip_nodes: frozenset[str] = frozenset()) -> QGraph:
+    """A new QGraph computing the same function with quant point ``t`` multiplied by ``factors[t]`` (> 0), each
+    a key of ``rescalable_points(qg)`` (module doc). ``qg`` is not changed; the folded BatchNorm gamma/beta of a
+    producer scale with it (RAPQ's BN-based loss reads them)."""
+    cands = rescalable_points(qg)
+    unknown = sorted(set(factors) - set(cands))
+    if unknown:
+        raise ValueError(f"quant points {unknown[:5]} cannot be rescaled (not produced by one layer and read by "
+                         "layers only)")
+    if any(not (c > 0 and np.isfinite(c)) for c in factors.values()):
+        raise ValueError("rescale factors must be positive and finite")
+    model = onnx.ModelProto()
+    model.CopyFrom(qg.model)
+    g = model.graph
+    w_factor: dict[str, float] = {}
+    out_factor: dict[str, float] = {}
+    for t, c in factors.items():
+        r = cands[t]
+        w_factor[r.producer] = w_factor.get(r.producer, 1.0) * c
+        out_factor[r.producer] = c
+        for name in r.consumers:
+            w_factor[name] = w_factor.get(name, 1.0) / c
+    inits = {i.name: i for i in g.initializer}
+
+    def scale_init(name: str, f: float) -> None:
+        a = numpy_helper.to_array(inits[name])
+        inits[name].CopyFrom(numpy_helper.from_array((a.astype(np.float64) * f).astype(a.dtype), name))
+
+    nodes = {n.name: n for n in g.node}
+    for layer in qg.layers:
+        if layer.name in w_factor:
+            scale_init(layer.weight, w_factor[layer.name])
+        c = out_factor.get(layer.name)
+        if c is None:
+            continue
+        if layer.bias:
+            scale_init(layer.bias, c)
+        act = nodes.get(layer.act_node) if layer.act_node else None
+        if act is not None and act.op_type == "Clip":
+            lo, hi = layer.act_bounds
+            for k, v in ((1, lo), (2, hi)):
+                if len(act.input) > k and act.input[k]:
+                    name = f"{act.name}_bound{k}_rescaled"
+                    g.initializer.append(numpy_helper.from_array(np.array(v * c, np.float32), name))
+                    act.input[k] = name
+    fold = dataclasses.replace(qg.fold, gamma=dict(qg.fold.gamma), beta=dict(qg.fold.beta))
+    for name, c in out_factor.items():
+        for d in (fold.gamma, fold.beta):
+            if name in d:
+                d[name] = (np.asarray(d[name], np.float64) * c).astype(np.asarray(d[name]).dtype)
+    used = {i for n in g.node for i in n.input}
+    kept = [i for i in g.initializer if i.name in used or i.name in {o.name for o in g.output}]
+    del g.initializer[:]
+    g.initializer.extend(kept)  # Clip bounds that no node reads any more
+    info = dict(qg.import_info)
+    out = build_qgraph(model, fold, info, frozenset(skip_nodes))
+    info["zero_bias_added"] = qg.import_info.get("zero_bias_added")  # the import's, not this rebuild's (none)
+    info["rescaled_points"] = sorted(factors)
+    return out
