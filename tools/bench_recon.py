@@ -31,6 +31,8 @@ Experiments (``--experiments all`` runs them in this order, digits first):
   effnet-ranges       EfficientNet-Lite0 RTN W8A8 / W8A4 / W4A8, activation ranges L_p vs --a-output-search
   digits-ranges       the same on the digits models at W8A4 / W4A4
   effnet-fast         EfficientNet-Lite0 BRECQ W4A8 and W4A4, fast preset: time (run alone) and fidelity
+  effnet-po2          power-of-two vs float scales, RTN and BRECQ at W8A8 / W4A8 / W4A4, activation rescale on/off
+  digits-po2          the same on the digits models
   effnet-seeds        W4A8 BRECQ at seeds 0, 1, 2: how far results move with the seed alone
   effnet-accuracy     W4A4 BRECQ with an accuracy target (--min-sqnr 12): layers changed, SQNR before/after,
                       size and latency cost, time
@@ -62,6 +64,18 @@ class Exp:
     group: str  # digits | efficientnet
     title: str
     rows: list[tuple[str, dict]]  # (label, QuantConfig overrides)
+
+
+def _po2_rows(bits: tuple[tuple[int, int], ...], methods: tuple[str, ...]) -> list[tuple[str, dict]]:
+    """Per method and bit pair: float scales, po2 (exponent search, activation rescale on: the default), po2
+    without the rescale."""
+    rows = []
+    for m in methods:
+        for w, a in bits:
+            b = dict(method=m, w_bits=w, a_bits=a)
+            rows += [(f"{m} float W{w}A{a}", b), (f"{m} po2 W{w}A{a}", dict(scale="po2", **b)),
+                     (f"{m} po2 no-rescale W{w}A{a}", dict(scale="po2", po2_rescale=False, **b))]
+    return rows
 
 
 def _rapq_rows(w: int, a: int) -> list[tuple[str, dict]]:
@@ -200,6 +214,12 @@ EXPERIMENTS: dict[str, Exp] = {
                        "at most 300 s on 2 cores)", [
         ("brecq W4A8", dict(method="brecq", w_bits=4, a_bits=8)),
         ("brecq W4A4", dict(method="brecq", w_bits=4, a_bits=4))]),
+    "effnet-po2": Exp("efficientnet", "power-of-two scales vs float scales (issue 18: within 0.5 dB), RTN and "
+                      "BRECQ (fast preset), with and without the activation rescale (graph/rescale.py)",
+                      _po2_rows(((8, 8), (4, 8), (4, 4)), ("rtn", "brecq"))),
+    "digits-po2": Exp("digits", "power-of-two scales vs float scales, RTN and BRECQ (fast preset), with and "
+                      "without the activation rescale (graph/rescale.py)",
+                      _po2_rows(((8, 8), (4, 8), (4, 4)), ("rtn", "brecq"))),
     "effnet-seeds": Exp("efficientnet", "run-to-run spread: W4A8 BRECQ (fast preset) at seeds 0, 1, 2 "
                         "(minibatches, QDrop masks)", [
         (f"brecq W4A8 seed {k}", dict(method="brecq", w_bits=4, a_bits=8, seed=k)) for k in (0, 1, 2)]),
