@@ -336,7 +336,13 @@ def _quantize(model, calib, config: QuantConfig, out: Path | None, rep: Path | N
     else:
         from .export.qdq import export_qdq
 
+        from .export.qdq import saturating_scale
+
         qmodel = export_qdq(sim, config.opset, get_target(config.target))
+        for t, fq in sim.act_quantizers():
+            if saturating_scale(fq.params):
+                ctx.diagnostics.add("other", t, "values of magnitude >= 1e30 (an attention mask's float minimum): no "
+                                    "Q/DQ pair in the QDQ model (the values act as infinities either way)", quiet=True)
     batch = qg.import_info.get("batch", {})
     if batch.get("fixed") is not None and batch.get("mode") == "symbolic":
         restore_batch(qmodel, batch["fixed"])  # the user's interface: the batch fixed as in the float model

@@ -261,3 +261,75 @@ def test_padded_average_pool_without_the_pads_in_its_count(tmp_path, pads, strid
     assert step.kind == "avgpool" and isinstance(step.attrs["divisor"], np.ndarray)
     assert verify_integer(res.model, {"x": x[:4]}).ok
     assert sqnr_db(ort_run(m, {"x": x})[0], ort_run(res.model, {"x": x})[0]) > 25
+
+
+@pytest.mark.parametrize("rounding", ["rne", "half_up"])
+def test_attention_mask_of_the_float_minimum(tmp_path, rounding):
+    """scores + Where(mask == 0, float min, 0) (Hugging Face's padding mask) from an int64 mask input: the mask's
+    values stand for -inf, so the sum's range comes from the scores (quant/observer.py), the Where of two
+    constants selects their integers (intplan.constant_select), the mask term's alignment shift is capped where
+    it saturates (intplan.saturating_lefts), and level-1 verify feeds the int64 input as it is."""
+    rng = np.random.default_rng(6)
+    fmin = np.finfo(np.float32).min
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"], name="fc"),
+             helper.make_node("Equal", ["mask", "zero_i"], ["pad"], name="is_pad"),
+             helper.make_node("Where", ["pad", "fmin", "zero"], ["bias"], name="mask_bias"),
+             helper.make_node("Add", ["h", "bias"], ["s"], name="masked"),
+             helper.make_node("Softmax", ["s"], ["y"], name="softmax", axis=-1)]
+    inits = [numpy_helper.from_array(np.asarray(_w(rng, C, T, scale=0.8), np.float32), "w"),
+             numpy_helper.from_array(np.float32(0.0), "zero"), numpy_helper.from_array(np.float32(fmin), "fmin"),
+             numpy_helper.from_array(np.int64(0), "zero_i")]
+    g = helper.make_graph(nodes, "mask", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", T, C]),
+                                          helper.make_tensor_value_info("mask", TensorProto.INT64, ["N", 1, T])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", T, T])], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    path = str(tmp_path / "mask.onnx")
+    onnx.save(m, path)
+    x = _tokens(7)
+    mask = np.ones((len(x), 1, T), np.int64)
+    for k in range(len(x)):
+        mask[k, 0, T - 1 - k % 4:] = 0  # 1 to 4 padded positions
+    data = {"x": x, "mask": mask}
+    calib = {k: v[:32] for k, v in data.items()}
+    test = {k: v[32:] for k, v in data.items()}
+    ref = ort_run(path, test)[0]
+    qdq = onnxptq.quantize(path, calib, scale="po2", progress=False)
+    p = qdq.sim.act_quantizer("s").params
+    assert float(p.scale) < 1.0  # the scores' range, not the float minimum's
+    assert float(qdq.sim.act_quantizer("bias").params.scale) > 1e30  # the mask itself keeps its two values
+    assert "bias_QuantizeLinear" not in {n.name for n in qdq.model.graph.node}  # and is no Q/DQ pair there
+    assert [x.where for x in qdq.diagnostics.of("other")] == ["bias"]
+    s_qdq = _sqnr(ref, ort_run(qdq.model, test)[0])
+    assert s_qdq > 25.0
+    assert np.all(ort_run(qdq.model, test)[0][mask[32:, 0, None, :].repeat(T, 1) == 0] < 1e-3)  # padding stays masked
+    res = onnxptq.quantize(path, calib, scale="po2", format="int", int_rounding=rounding, progress=False)
+    step = next(s for s in res.program.steps if s.node == "mask_bias")
+    assert step.kind == "carry" and set(step.attrs["int_inputs"]) == {1, 2}
+    add = next(s for s in res.program.steps if s.node == "masked")
+    assert max(add.attrs["left"]) < 40  # capped: the uncapped shift is over 120
+    rep = verify_integer(res.model, {k: v[:8] for k, v in test.items()}, batch_size=8)
+    assert rep.ok, rep.format()
+    assert _sqnr(ref, ort_run(res.model, test)[0]) >= s_qdq - 0.5
+
+
+def test_observer_leaves_saturating_values_out_of_a_range():
+    from onnxptq.quant.observer import Observer
+
+    o = Observer(seed=0)
+    o.update(torch_tensor([-3.4e38, 0.5, -1.0, 2.0, -3.4e38]))
+    assert o.saturating and o.min == pytest.approx(-3.4e38) and (o.finite_min, o.finite_max) == (-1.0, 2.0)
+    s = o.sample()
+    assert float(s.min()) == -1.0 and float(s.max()) == 2.0
+    mask = Observer(seed=0)  # only the float minimum and one other value: that is its range
+    mask.update(torch_tensor([0.0, -3.4e38, 0.0]))
+    assert not mask.saturating and float(mask.sample().min()) == pytest.approx(-3.4e38)
+    plain = Observer(seed=0)
+    plain.update(torch_tensor([1.0, -2.0]))
+    assert not plain.saturating and (plain.finite_min, plain.finite_max) == (-2.0, 1.0)
+
+
+def torch_tensor(v):
+    import torch
+
+    return torch.tensor(v, dtype=torch.float32)

@@ -4,6 +4,7 @@ This is round-to-nearest (RTN) calibration; learned methods start from its param
 """
 from __future__ import annotations
 
+import math
 from contextlib import contextmanager
 from typing import Callable, Iterator
 
@@ -20,7 +21,7 @@ from ..memory import trim_heap
 from ..quant import QParams, activation_grid, fake_quantize, weight_grid
 from ..quant import scales as S
 from ..quant.grid import Grid
-from ..quant.observer import Observer
+from ..quant.observer import SATURATING, Observer
 from ..quant.rounding import WEIGHT_ROUNDINGS, ceil_round, floor_round, rne, stochastic_round
 from ..run_context import RunContext
 from ..sim.capture import layer_inputs
@@ -112,15 +113,35 @@ def calibrate_activations(sim: SimModel, observers: dict[str, Observer], plan: B
         _calibrate_activations(sim, observers, plan, cfg)
 
 
+SOFTMAX_MASK_SPAN = 17 * math.log(2)  # exp(-span) = 2^-17: below half a step of a 16-bit softmax output
+
+
+def softmax_inputs(sim: SimModel) -> set[str]:
+    """Quant points that a Softmax reads (directly or through value-moving ops)."""
+    return {sim.qg.source.get(n.input[0]) for n in sim.qg.nodes if n.op_type == "Softmax"} - {None}
+
+
+def mask_floor(obs: Observer) -> float | None:
+    """For a Softmax input whose observer left out saturating values (an attention mask's float minimum,
+    ``quant/observer.py``): the value the grid must reach down to so that its lowest level still acts as -inf
+    after the Softmax, ``SOFTMAX_MASK_SPAN`` below the largest finite value; None when no widening is needed."""
+    if not obs.saturating or obs.min > -SATURATING:
+        return None
+    return obs.finite_max - SOFTMAX_MASK_SPAN
+
+
 def _calibrate_activations(sim: SimModel, observers: dict[str, Observer], plan: BitPlan, cfg: QuantConfig) -> None:
     unsigned_ok = get_target(cfg.target).unsigned_activations
+    softmax_in = softmax_inputs(sim)
     for t, fq in sim.act_quantizers():
         obs = observers[t]
         if obs.count == 0:
             raise RuntimeError(f"quant point {t!r} saw no data during calibration")
         grid = activation_grid(plan.a_bits[t], obs.nonnegative and unsigned_ok)
-        params = choose_scale(obs.sample(), grid, cfg.a_symmetric or not grid.signed, None, cfg, cfg.a_scale_method,
-                              even_zp=True)
+        floor = mask_floor(obs) if t in softmax_in else None
+        x = obs.sample() if floor is None else torch.cat([obs.sample(), torch.tensor([floor])])
+        params = choose_scale(x, grid, cfg.a_symmetric or not grid.signed, None, cfg,
+                              cfg.a_scale_method if floor is None else "minmax", even_zp=True)
         if params.po2 and not params.symmetric:
             zp = S.even_zero_point(torch.tensor(params.zero_point)).numpy()
             params = QParams(grid, params.scale, zp, None, po2=True)

@@ -465,8 +465,11 @@ class IntegerWriter:
             return
         if a.get("int_input"):  # a constant quantized at lowering time (intplan.constant_carry)
             ins[0] = self.const(a["int_input"], self.p.arrays[a["int_input"]])
+        for k, key in a.get("int_inputs", {}).items():  # the same for several inputs (intplan.constant_select)
+            ins[int(k)] = self.const(key, self.p.arrays[key])
+        lowered = {a.get("int_input"), *a.get("int_inputs", {}).values()}
         for i in step.inputs:
-            if i and i not in self.p.tensors and i != a.get("int_input"):
+            if i and i not in self.p.tensors and i not in lowered:
                 self._copy_initializer(i)
         self.nodes.append(helper.make_node(op_type, ins, outs, name=self._unique(step.node), **attrs))
 

@@ -246,6 +246,8 @@ class _Lowering:
         spec = REGISTRY[n.op_type]
         if not float_in and spec.lowering == "carry" and n.input and n.input[0] in self.sim.consts:
             self.constant_carry(n, a, out)  # e.g. a class token expanded to the batch: quantized, then moved
+        elif not float_in and n.op_type == "Where" and all(i in self.sim.consts for i in n.input[1:3]):
+            self.constant_select(n, a, out)  # e.g. an attention mask: Where(mask, 0, -inf) from the input ids
         elif spec.lowering in ("add", "mul", "lut") and len(float_in) == 1 and len(n.output) == 1:
             if n.op_type in AFFINE_OPS and self.positional_const(n, float_in[0]):
                 self.affine(n, float_in[0])  # x + P, x * gamma with a constant per position / channel
@@ -373,6 +375,8 @@ class _Lowering:
         left = [F - t.frac for t in ins]
         total = sum(t.max_abs * 2**s for t, s in zip(ins, left))
         n_shift = int(cap_shift(F - y.frac, total))
+        left = saturating_lefts(ins, left, n_shift, y.hi - y.lo)
+        total = sum(t.max_abs * 2**s for t, s in zip(ins, left))
         pre = max(0, 1 - n_shift)
         bound = shift_bound(total, n_shift + pre, pre, self.rounding)
         signs = [1] + [(-1 if n.op_type == "Sub" else 1)] * (len(ins) - 1)
@@ -655,6 +659,22 @@ class _Lowering:
         self.steps.append(Step("carry", n.name, [key, *n.input[1:]], list(n.output),
                                {"op_type": n.op_type, "attrs": a, "int_input": key}))
 
+    def constant_select(self, n, a: dict, out: str) -> None:
+        """Where(cond, A, B) with constant A and B and a quant point as output: every output value is a value of
+        A or B, so quantizing A and B to the output's grid at lowering time (program arrays ``<node>.input<k>_q``)
+        and selecting their integers is exact: Q(Where(c, A, B)) = Where(c, Q(A), Q(B))."""
+        y = self.tint(out)
+        p = self.sim.act_quantizer(out).params
+        ins, keys = list(n.input), {}
+        for k in (1, 2):
+            c = self.sim.consts[n.input[k]].detach().cpu().numpy().astype(np.float32)
+            q = quantize(c, np.float32(p.scale), np.float32(p.zero_point), p.grid).astype(np.int64)
+            key = f"{n.name}.input{k}_q"
+            self.arrays[key] = (q + (y.zp - int(p.zero_point))).astype(np.uint8 if self.container == "uint8" else np.int8)
+            ins[k], keys[k] = key, key
+        self.steps.append(Step("carry", n.name, ins, list(n.output), {"op_type": n.op_type, "attrs": a,
+                                                                    "int_inputs": keys}))
+
     def carry(self, n, a: dict, lowering: str | None) -> None:
         if lowering != "carry":
             raise _Unsupported("data-movement op without an integer form")
@@ -691,6 +711,21 @@ def _shared(v) -> int | np.ndarray:
     """One int when every channel has the same bound, else the int64 vector (per output channel)."""
     a = np.asarray(v).reshape(-1)
     return int(a[0]) if (a == a[0]).all() else a.astype(np.int64)
+
+
+def saturating_lefts(ins: list[TInt], left: list[int], n_shift: int, span: int) -> list[int]:
+    """The alignment shifts of a sum's inputs, each capped where any non-zero value of that input already
+    saturates the output: a term of at least ``2^left_k`` (when ``x_k != z_k``) beyond every other term's bound
+    plus the output span (in the sum's units, ``2^n_shift`` per output step) clamps to the same end whatever
+    ``left_k`` is, so a smaller ``left_k`` with that property gives the same integers. It keeps the shifts of an
+    attention mask (0 or the float minimum, a scale near 2^127) inside int64."""
+    out = list(left)
+    for k, t in enumerate(ins):
+        others = sum(u.max_abs * 2**s for j, (u, s) in enumerate(zip(ins, out)) if j != k)
+        limit = others + (span + 2) * 2**n_shift
+        if t.max_abs > 0 and 2**out[k] > limit:
+            out[k] = min(out[k], int(limit).bit_length())  # 2^bit_length(limit) > limit
+    return out
 
 
 def cap_shift(n, max_abs):

@@ -21,6 +21,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from ..quant import QParams, quantize
+from ..quant.observer import SATURATING
 from ..calib.calibrate import integer_bias, integer_weights
 from ..sim.model import SimModel
 from ..targets import Target, get_target
@@ -33,6 +34,14 @@ CONTAINERS = {  # ONNX elem type -> (numpy storage dtype, min, max)
     TensorProto.INT16: (np.int16, -32768, 32767),
     TensorProto.UINT16: (np.uint16, 0, 65535),
 }
+
+
+def saturating_scale(p: QParams | None) -> bool:
+    """A quant point whose scale is at least ``SATURATING`` (1e30): the float minimum of an attention mask
+    (values 0 and -3.4e38, ``quant/observer.py``). Its Q/DQ pair is left out of the QDQ model: onnxruntime's
+    QLinearAdd turns the scale ratio of ~2^120 into garbage, while the float values act as -inf in the sum's
+    quantization exactly as the quantized ones do (both clip to the grid's end; 0 stays 0)."""
+    return p is not None and float(np.max(p.scale)) >= SATURATING
 
 
 def _container(bits: int, for_weight: bool) -> tuple[int, np.dtype, int, int]:
@@ -130,6 +139,8 @@ class QDQWriter:
         fused = {layer.output: layer for layer in self.qg.layers if layer.act_node}
         for t, fq in self.sim.act_quantizers():
             p = fq.params
+            if saturating_scale(p):  # an attention mask of the float minimum: kept float (``saturating_scale``)
+                continue
             if t in graph_inputs:
                 src, dq_out = t, f"{t}_dequantized"
                 for n in self.g.node:
@@ -205,7 +216,7 @@ class QDQWriter:
             for k in slots:
                 i = n.input[k]
                 src = self.qg.source.get(i)
-                if src is None or src == i or i not in producer_index:
+                if src is None or src == i or i not in producer_index or saturating_scale(self.sim.act_quantizer(src).params):
                     continue
                 if i not in pairs:
                     pairs[i] = f"{i}_requantized"

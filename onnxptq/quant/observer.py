@@ -5,6 +5,11 @@ and L_p scale searches without keeping every activation in memory. It is a botto
 observed value (thinned at one fixed rate, so large and small batches count alike; thinning draws
 positions uniformly with replacement, O(sample) per batch) gets a random key, and the values with the
 ``sample_size`` smallest keys are kept.
+
+Values of magnitude at least ``SATURATING`` (1e30: an attention mask's float minimum, -3.4e38, added to the
+scores) stand for infinities: when the other values span a range, the sample leaves them out, so the range
+comes from the other values and they clip to the grid's end (as an infinity would). A tensor holding only such
+values and one other value (the mask itself: 0 and -3.4e38) keeps them: that is its range.
 """
 from __future__ import annotations
 
@@ -12,6 +17,7 @@ import torch
 
 OVERSAMPLE = 4  # candidates drawn per kept value from the first batch, setting the thinning rate
 COMPACT_AT = 8  # reduce to the bottom-k once this many times ``sample_size`` values are pending
+SATURATING = 1e30  # |x| at least this: an infinity in disguise (module doc)
 
 
 class Observer:
@@ -21,6 +27,8 @@ class Observer:
         self.sample_size = sample_size
         self.min = float("inf")
         self.max = float("-inf")
+        self.finite_min = float("inf")  # of the values below SATURATING in magnitude
+        self.finite_max = float("-inf")
         self.count = 0
         self._gen = torch.Generator().manual_seed(seed)
         self._rate: float | None = None
@@ -37,6 +45,14 @@ class Observer:
         lo, hi = torch.aminmax(x)
         self.min = min(self.min, float(lo))
         self.max = max(self.max, float(hi))
+        if -SATURATING < float(lo) and float(hi) < SATURATING:
+            self.finite_min, self.finite_max = min(self.finite_min, float(lo)), max(self.finite_max, float(hi))
+        else:
+            f = x[x.abs() < SATURATING]
+            if f.numel():
+                flo, fhi = torch.aminmax(f)
+                self.finite_min = min(self.finite_min, float(flo))
+                self.finite_max = max(self.finite_max, float(fhi))
         self.count += n
         if self._rate is None:
             self._rate = min(1.0, OVERSAMPLE * self.sample_size / n)
@@ -68,9 +84,18 @@ class Observer:
     def nonnegative(self) -> bool:
         return self.count > 0 and self.min >= 0.0
 
+    @property
+    def saturating(self) -> bool:
+        """Whether the range leaves out values of magnitude >= SATURATING (module doc)."""
+        return (self.min <= -SATURATING or self.max >= SATURATING) and self.finite_min < self.finite_max
+
     def sample(self) -> torch.Tensor:
-        """The kept values, with the exact extremes included so minmax-based searches see them."""
+        """The kept values, with the exact extremes included so minmax-based searches see them (without the
+        saturating values when ``saturating``)."""
         if self.count == 0:
             raise ValueError("observer saw no data")
         self._compact()
+        if self.saturating:
+            kept = self._values[self._values.abs() < SATURATING]
+            return torch.cat([kept, torch.tensor([self.finite_min, self.finite_max])])
         return torch.cat([self._values, torch.tensor([self.min, self.max])])

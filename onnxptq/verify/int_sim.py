@@ -194,6 +194,9 @@ class IntSim:
         outputs under their graph names. Containers are returned as int64 arrays keyed ``<tensor>.q``."""
         env: dict[str, torch.Tensor] = {}
         result: dict[str, np.ndarray] = {}
+        for name in self.p.inputs:  # inputs that are no activation (token ids, masks) enter as they are
+            if name not in self.p.tensors and name in feeds:
+                env[name] = torch.as_tensor(np.asarray(feeds[name]), device=self.device)
         for step in self.p.steps:
             k = step.kind
             if k == "input":
