@@ -78,9 +78,9 @@ class QuantConfig:
     po2_output_points: int = opt(1, "po2: the first N activation quant points (graph input first) choose their "
                                     "scale and zero point by model-output error on 16 calibration samples (0: L_p "
                                     "search only)", group="scales")
-    po2_rescale: bool = opt(True, "po2: put each activation's best float scale on a power of two by rescaling the "
+    po2_rescale: bool = opt(False, "po2: put each activation's best float scale on a power of two by rescaling the "
                                   "layer that produces it and the layers that read it (an exact rewrite of the float "
-                                  "model; graph/rescale.py)", group="scales")
+                                  "model; graph/rescale.py; off by default, see docs/methods.md)", group="scales")
     a_output_search: bool = opt(False, "float scales: after the L_p search, each activation quant point re-chooses "
                                        "its clipping range (L_p, 1/3 and 2/3 of the way to min/max, min/max) by the "
                                        "model-output error on 16 calibration samples, greedy in node order (costs "

@@ -110,8 +110,8 @@ def test_rescaled_points_get_the_power_of_two_of_their_float_scale(net):
     path, calib, x = net
     kw = dict(num_calib=64, progress=False, check_kernels=False, w_bits=4, a_bits=4)
     flt = onnxptq.quantize(path, calib, scale="float", **kw)
-    po2 = onnxptq.quantize(path, calib, scale="po2", **kw)
-    off = onnxptq.quantize(path, calib, scale="po2", po2_rescale=False, **kw)
+    po2 = onnxptq.quantize(path, calib, scale="po2", po2_rescale=True, **kw)
+    off = onnxptq.quantize(path, calib, scale="po2", **kw)  # the default: off
     rescaled = po2.qgraph.import_info["rescaled_points"]
     assert len(rescaled) == 2 and po2.summary()["po2_rescaled_points"] == 2
     assert "rescaled_points" not in off.qgraph.import_info

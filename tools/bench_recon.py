@@ -67,13 +67,12 @@ class Exp:
 
 
 def _po2_rows(bits: tuple[tuple[int, int], ...], methods: tuple[str, ...]) -> list[tuple[str, dict]]:
-    """Per method and bit pair: float scales, po2 (exponent search, activation rescale on: the default), po2
-    without the rescale."""
+    """Per method and bit pair: float scales, po2 (exponent search) with and without the activation rescale."""
     rows = []
     for m in methods:
         for w, a in bits:
             b = dict(method=m, w_bits=w, a_bits=a)
-            rows += [(f"{m} float W{w}A{a}", b), (f"{m} po2 W{w}A{a}", dict(scale="po2", **b)),
+            rows += [(f"{m} float W{w}A{a}", b), (f"{m} po2 rescale W{w}A{a}", dict(scale="po2", po2_rescale=True, **b)),
                      (f"{m} po2 no-rescale W{w}A{a}", dict(scale="po2", po2_rescale=False, **b))]
     return rows
 
