@@ -334,9 +334,7 @@ def _quantize(model, calib, config: QuantConfig, out: Path | None, rep: Path | N
                         u8s8="always" if config.int_kernels == "vnni" else "proven")
         qmodel = export_integer(program, qg.model)
     else:
-        from .export.qdq import export_qdq
-
-        from .export.qdq import saturating_scale
+        from .export.qdq import export_qdq, saturating_scale
 
         qmodel = export_qdq(sim, config.opset, get_target(config.target))
         for t, fq in sim.act_quantizers():

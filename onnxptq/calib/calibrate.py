@@ -77,13 +77,16 @@ def choose_scale(x: torch.Tensor, grid: Grid, symmetric: bool, axis: int | None,
 
 
 @torch.no_grad()
-def observe_activations(sim: SimModel, data: Dataset, cfg: QuantConfig) -> tuple[dict[str, Observer], dict[str, torch.Tensor]]:
-    """Run the float model over the calibration set: an observer at every quant point, and the
+def observe_activations(sim: SimModel, data: Dataset, cfg: QuantConfig, points: set[str] | None = None
+                        ) -> tuple[dict[str, Observer], dict[str, torch.Tensor]]:
+    """Run the float model over the calibration set: an observer at every quant point (or at ``points``; each
+    seeded by its place among all points, so it samples what calibration's observer samples), and the
     per-channel mean of every layer's input (for bias correction)."""
     sim.set_quant(weights=False, acts=False)
     observers = {}
     for k, (t, fq) in enumerate(sim.act_quantizers()):
-        fq.observer = observers[t] = Observer(seed=cfg.seed + k)
+        if points is None or t in points:
+            fq.observer = observers[t] = Observer(seed=cfg.seed + k)
     device = next(iter(sim.weights.values())).device if len(sim.weights) else torch.device("cpu")
     sums: dict[str, torch.Tensor] = {}
     counts: dict[str, int] = {}
@@ -130,18 +133,25 @@ def mask_floor(obs: Observer) -> float | None:
     return obs.finite_max - SOFTMAX_MASK_SPAN
 
 
+def activation_choice(obs: Observer, bits: int, cfg: QuantConfig, softmax_input: bool = False
+                      ) -> tuple[torch.Tensor, Grid, bool, str]:
+    """What an activation quant point's scale is chosen from: (values, grid, symmetric, method). The grid is
+    unsigned for a non-negative tensor where the target allows it; a Softmax input behind an attention mask
+    reaches down to ``mask_floor`` by min/max."""
+    grid = activation_grid(bits, obs.nonnegative and get_target(cfg.target).unsigned_activations)
+    floor = mask_floor(obs) if softmax_input else None
+    x = obs.sample() if floor is None else torch.cat([obs.sample(), torch.tensor([floor])])
+    return x, grid, cfg.a_symmetric or not grid.signed, cfg.a_scale_method if floor is None else "minmax"
+
+
 def _calibrate_activations(sim: SimModel, observers: dict[str, Observer], plan: BitPlan, cfg: QuantConfig) -> None:
-    unsigned_ok = get_target(cfg.target).unsigned_activations
     softmax_in = softmax_inputs(sim)
     for t, fq in sim.act_quantizers():
         obs = observers[t]
         if obs.count == 0:
             raise RuntimeError(f"quant point {t!r} saw no data during calibration")
-        grid = activation_grid(plan.a_bits[t], obs.nonnegative and unsigned_ok)
-        floor = mask_floor(obs) if t in softmax_in else None
-        x = obs.sample() if floor is None else torch.cat([obs.sample(), torch.tensor([floor])])
-        params = choose_scale(x, grid, cfg.a_symmetric or not grid.signed, None, cfg,
-                              cfg.a_scale_method if floor is None else "minmax", even_zp=True)
+        x, grid, symmetric, method = activation_choice(obs, plan.a_bits[t], cfg, t in softmax_in)
+        params = choose_scale(x, grid, symmetric, None, cfg, method, even_zp=True)
         if params.po2 and not params.symmetric:
             zp = S.even_zero_point(torch.tensor(params.zero_point)).numpy()
             params = QParams(grid, params.scale, zp, None, po2=True)

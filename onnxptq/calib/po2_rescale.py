@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
 
 from ..config import QuantConfig
@@ -20,10 +19,8 @@ from ..data import Dataset
 from ..graph.qgraph import QGraph
 from ..graph.rescale import rescalable_points
 from ..plan import BitPlan
-from ..quant import activation_grid
 from ..sim.model import SimModel
-from ..targets import get_target
-from .calibrate import float_scale, observe_activations, threads
+from .calibrate import activation_choice, float_scale, observe_activations, threads
 
 MARGIN = 1.0 + 2.0 ** -12
 
@@ -43,18 +40,16 @@ def po2_rescale_factors(qg: QGraph, data: Dataset, plan: BitPlan, cfg: QuantConf
     if not cands:
         return {}
     sim = SimModel(qg).to(cfg.device).eval()
-    observers, _ = observe_activations(sim, data, cfg)
-    unsigned_ok = get_target(cfg.target).unsigned_activations
+    observers, _ = observe_activations(sim, data, cfg, set(cands))
     out: dict[str, float] = {}
     with threads(1):
         for t in cands:
             obs = observers[t]
             if obs.count == 0:
                 continue
-            grid = activation_grid(plan.a_bits[t], obs.nonnegative and unsigned_ok)
-            scale, _ = float_scale(obs.sample(), grid, cfg.a_symmetric or not grid.signed, None, cfg,
-                                   cfg.a_scale_method)
-            c = factor(float(np.asarray(scale.detach().cpu()).reshape(-1)[0]))
+            # the choice calibration makes (a rescalable point is read by layers only: no Softmax input)
+            scale, _ = float_scale(*activation_choice(obs, plan.a_bits[t], cfg)[:3], None, cfg, cfg.a_scale_method)
+            c = factor(float(scale.reshape(-1)[0]))
             if abs(math.log2(c)) > 2.0 ** -10:
                 out[t] = c
     return out

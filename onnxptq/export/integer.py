@@ -463,13 +463,12 @@ class IntegerWriter:
             self.nodes.append(helper.make_node("ReduceMax", [ins[0], self.const(f"{step.node}/axes", np.arange(2, a["rank"]))],
                                                outs, name=self._unique(step.node), keepdims=1))
             return
-        if a.get("int_input"):  # a constant quantized at lowering time (intplan.constant_carry)
-            ins[0] = self.const(a["int_input"], self.p.arrays[a["int_input"]])
-        for k, key in a.get("int_inputs", {}).items():  # the same for several inputs (intplan.constant_select)
+        # constants quantized at lowering time (intplan.const_on_grid): constant_carry's input 0, constant_select's
+        lowered = {**({0: a["int_input"]} if a.get("int_input") else {}), **a.get("int_inputs", {})}
+        for k, key in lowered.items():
             ins[int(k)] = self.const(key, self.p.arrays[key])
-        lowered = {a.get("int_input"), *a.get("int_inputs", {}).values()}
         for i in step.inputs:
-            if i and i not in self.p.tensors and i not in lowered:
+            if i and i not in self.p.tensors and i not in lowered.values():
                 self._copy_initializer(i)
         self.nodes.append(helper.make_node(op_type, ins, outs, name=self._unique(step.node), **attrs))
 

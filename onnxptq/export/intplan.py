@@ -649,29 +649,26 @@ class _Lowering:
         """A data-movement op on a float constant whose output is a quant point (Expand of a class token,
         Tile of a learned query): the constant is quantized to the output's grid at lowering time
         (program array ``<node>.input_q``) and the op moves its integers."""
-        y = self.tint(out)
-        fq = self.sim.act_quantizer(out)
-        p = fq.params
-        c = self.sim.consts[n.input[0]].detach().cpu().numpy().astype(np.float32)
-        q = quantize(c, np.float32(p.scale), np.float32(p.zero_point), p.grid).astype(np.int64)
-        key = f"{n.name}.input_q"
-        self.arrays[key] = (q + (y.zp - int(p.zero_point))).astype(np.uint8 if self.container == "uint8" else np.int8)
+        key = self.const_on_grid(n.input[0], out, f"{n.name}.input_q")
         self.steps.append(Step("carry", n.name, [key, *n.input[1:]], list(n.output),
                                {"op_type": n.op_type, "attrs": a, "int_input": key}))
+
+    def const_on_grid(self, const: str, out: str, key: str) -> str:
+        """Float constant ``const`` quantized to quant point ``out``'s grid, in ``out``'s container: program
+        array ``key``."""
+        y, p = self.tint(out), self.sim.act_quantizer(out).params
+        c = self.sim.consts[const].detach().cpu().numpy().astype(np.float32)
+        q = quantize(c, np.float32(p.scale), np.float32(p.zero_point), p.grid).astype(np.int64)
+        self.arrays[key] = (q + (y.zp - int(p.zero_point))).astype(np.uint8 if self.container == "uint8" else np.int8)
+        return key
 
     def constant_select(self, n, a: dict, out: str) -> None:
         """Where(cond, A, B) with constant A and B and a quant point as output: every output value is a value of
         A or B, so quantizing A and B to the output's grid at lowering time (program arrays ``<node>.input<k>_q``)
         and selecting their integers is exact: Q(Where(c, A, B)) = Where(c, Q(A), Q(B))."""
-        y = self.tint(out)
-        p = self.sim.act_quantizer(out).params
         ins, keys = list(n.input), {}
         for k in (1, 2):
-            c = self.sim.consts[n.input[k]].detach().cpu().numpy().astype(np.float32)
-            q = quantize(c, np.float32(p.scale), np.float32(p.zero_point), p.grid).astype(np.int64)
-            key = f"{n.name}.input{k}_q"
-            self.arrays[key] = (q + (y.zp - int(p.zero_point))).astype(np.uint8 if self.container == "uint8" else np.int8)
-            ins[k], keys[k] = key, key
+            ins[k] = keys[k] = self.const_on_grid(n.input[k], out, f"{n.name}.input{k}_q")
         self.steps.append(Step("carry", n.name, ins, list(n.output), {"op_type": n.op_type, "attrs": a,
                                                                     "int_inputs": keys}))
 

@@ -50,18 +50,12 @@ def rescalable_points(qg: QGraph) -> dict[str, Rescalable]:
         for i in n.input:
             consumers.setdefault(i, []).append(n)
     by_output = {x.output: x for x in qg.layers}
-    by_node = {x.name: x for x in qg.layers}
-    uses: dict[str, int] = {}
-    for n in g.node:
-        for i in n.input:
-            uses[i] = uses.get(i, 0) + 1
+    by_node = {x.name: x for x in qg.layers}  # each has its own weight and bias (qgraph.unshare_layer_initializers)
     outputs = set(qg.outputs)
     found: dict[str, Rescalable] = {}
     for t in qg.quant_points:
         producer = by_output.get(t)
-        if producer is None or t in qg.chains or uses.get(producer.weight, 0) != 1:
-            continue
-        if producer.bias and uses.get(producer.bias, 0) != 1:
+        if producer is None or t in qg.chains:
             continue
         readers: list[str] = []
         todo, ok = [t], True
@@ -72,8 +66,7 @@ def rescalable_points(qg: QGraph) -> dict[str, Rescalable]:
                 break
             for n in consumers.get(x, []):
                 layer = by_node.get(n.name)
-                if layer is not None and layer.input == x and list(n.input).count(x) == 1 and \
-                        uses.get(layer.weight, 0) == 1:
+                if layer is not None and layer.input == x and list(n.input).count(x) == 1:
                     readers.append(layer.name)
                 elif _moves_values(n) and n.input[0] == x and x not in n.input[1:] and \
                         all(qg.source.get(o) == t for o in n.output if o):
@@ -136,8 +129,8 @@ def rescale(qg: QGraph, factors: dict[str, float], skip_nodes: frozenset[str] = 
         for d in (fold.gamma, fold.beta):
             if name in d:
                 d[name] = (np.asarray(d[name], np.float64) * c).astype(np.asarray(d[name]).dtype)
-    used = {i for n in g.node for i in n.input}
-    kept = [i for i in g.initializer if i.name in used or i.name in {o.name for o in g.output}]
+    used = {i for n in g.node for i in n.input} | {o.name for o in g.output}
+    kept = [i for i in g.initializer if i.name in used]
     del g.initializer[:]
     g.initializer.extend(kept)  # Clip bounds that no node reads any more
     info = dict(qg.import_info)
