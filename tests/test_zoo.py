@@ -29,7 +29,7 @@ def test_the_zoo_holds_25_models_of_every_family():
 @pytest.mark.parametrize("zm", FAST, ids=[m.name for m in FAST])
 def test_fast_zoo_model(zm, tmp_path, photos, monkeypatch):
     monkeypatch.setattr(zoo, "zoo_dir", lambda: tmp_path)
-    row = zoo.run_model(zm, tmp_path, photos, num_calib=16, num_eval=8, num_verify=2)
+    row = zoo.run_model(zm, tmp_path, photos, num_calib=16, num_eval=8, num_verify=2, draws=1)
     notes = "; ".join(row.notes)
     assert "INTERNAL" not in notes, notes
     assert row.import_ok == "ok", notes
@@ -38,3 +38,14 @@ def test_fast_zoo_model(zm, tmp_path, photos, monkeypatch):
     # the integer export either passes level-1 verify or names the nodes it cannot lower
     assert row.verify == "pass" or (row.int_export.startswith("error:") and "node" in row.int_export), \
         (row.int_export, row.verify)
+
+
+def test_the_w8a8_comparison_is_the_mean_over_calibration_draws():
+    assert [zoo.calib_seed(d) for d in range(4)] == [1, 3, 4, 5]  # never the evaluation seed
+    assert zoo.EVAL_SEED not in [zoo.calib_seed(d) for d in range(10)]
+    row = zoo.ZooRow("m", "timm", onnxptq_draws=[10.0, 14.0, 15.0], ort_draws=[11.0, 13.0, 15.02])
+    assert row.onnxptq_sqnr == pytest.approx(13.0) and row.ort_sqnr == pytest.approx(13.0066667)
+    assert row.draws_not_below(0.05) == (2, 3)
+    text = zoo.summary([row, zoo.ZooRow("n", "timm", onnxptq_draws=[1.0], ort_draws=[2.0])])
+    assert "mean SQNR not below quantize_static's (0.05 dB tolerance) 1/2 compared (per draw: 2/4)" in text
+    assert "10.00 / 14.00 / 15.00" in zoo.table([row])
