@@ -75,6 +75,8 @@ class QuantResult:
             "layers": len(qg.layers), "quant_points": len(qg.quant_points),
             **({"po2_rescaled_points": len(qg.import_info["rescaled_points"])}
                if qg.import_info.get("rescaled_points") else {}),
+            **({"po2_equalized_points": len(qg.import_info["equalized_points"])}
+               if qg.import_info.get("equalized_points") else {}),
             "weight_bits": dict(sorted(hist.items())), "activation_bits": dict(sorted(ahist.items())),
             "scale": self.config.scale, "method": self.config.method, "target": self.config.target,
             "weights_float_bytes": float_bytes, "weights_quant_bytes": int(quant_bytes + bias_bytes),
@@ -258,6 +260,29 @@ def _target_data(calib, qg: QGraph, config: QuantConfig, preprocess, acc: _Accur
     return data, ev, where, note
 
 
+def _po2_rewrite(qg, data, plan, config: QuantConfig, timings: dict[str, float]):
+    """The exact float rewrites of ``--po2-equalize`` (weight channels) and then ``--po2-rescale`` (activation
+    points, chosen on the equalized graph, the equalized points left alone): a new QGraph with the same layer and
+    tensor names, so the plan holds."""
+    from .calib.po2_rescale import po2_equalize_factors, po2_rescale_factors
+    from .graph.rescale import rescale
+
+    skip = frozenset(config.skip_nodes)
+    if config.po2_equalize:
+        t0 = time.perf_counter()
+        factors = po2_equalize_factors(qg, plan, config)
+        if factors:
+            qg = rescale(qg, factors, skip, record="equalized_points")
+        timings["po2 equalize"] = time.perf_counter() - t0
+    if config.po2_rescale:
+        t0 = time.perf_counter()
+        factors = po2_rescale_factors(qg, data, plan, config, frozenset(qg.import_info.get("equalized_points") or ()))
+        if factors:
+            qg = rescale(qg, factors, skip)
+        timings["po2 rescale"] = time.perf_counter() - t0
+    return qg
+
+
 def _quantize(model, calib, config: QuantConfig, out: Path | None, rep: Path | None, preprocess, check_kernels: bool,
               ctx: RunContext, acc: _AccuracyInputs | None = None) -> QuantResult:
     """The stages of ``quantize`` inside its run context: import -> plan -> (mixed) -> calibrate ->
@@ -273,15 +298,8 @@ def _quantize(model, calib, config: QuantConfig, out: Path | None, rep: Path | N
     else:
         data = _as_dataset(calib, qg, config.num_calib, preprocess, config.seed)
     plan = make_plan(qg, config)
-    if config.scale == "po2" and config.po2_rescale:
-        from .calib.po2_rescale import po2_rescale_factors
-        from .graph.rescale import rescale
-
-        t0 = time.perf_counter()
-        factors = po2_rescale_factors(qg, data, plan, config)
-        if factors:  # same layer and tensor names: the plan holds
-            qg = rescale(qg, factors, frozenset(config.skip_nodes))
-        timings["po2 rescale"] = time.perf_counter() - t0
+    if config.scale == "po2" and (config.po2_rescale or config.po2_equalize):
+        qg = _po2_rewrite(qg, data, plan, config, timings)
     sim = SimModel(qg).to(config.device)
     mixed = None
     if config.mixed is not None:

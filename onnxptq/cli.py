@@ -353,7 +353,9 @@ def cmd_quantize(args) -> int:
         ("target", f"{s['target']} ({TARGETS[s['target']].description})"),
         ("layers", f"{s['layers']} quantized, {s['quant_points']} activation quant points"
                    + (f" ({s['po2_rescaled_points']} rescaled onto power-of-two scales)"
-                      if s.get("po2_rescaled_points") else "")),
+                      if s.get("po2_rescaled_points") else "")
+                   + (f" ({s['po2_equalized_points']} with weight channels equalized onto power-of-two scales)"
+                      if s.get("po2_equalized_points") else "")),
         ("weight bits", ", ".join(f"{'float' if b == 32 else f'{b}-bit'} x{n}" for b, n in s["weight_bits"].items())
                         + (f" ({s['mixed']}: {_fmt_layer_bits(s['weight_bits_per_layer'])})" if "mixed" in s else "")),
         ("activation bits", ", ".join(f"{b}-bit x{n}" for b, n in s["activation_bits"].items())),

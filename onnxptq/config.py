@@ -81,6 +81,9 @@ class QuantConfig:
     po2_rescale: bool = opt(False, "po2: put each activation's best float scale on a power of two by rescaling the "
                                   "layer that produces it and the layers that read it (an exact rewrite of the float "
                                   "model; graph/rescale.py; off by default, see docs/methods.md)", group="scales")
+    po2_equalize: bool = opt(False, "po2: put each weight channel's best float scale on a power of two by moving a "
+                                   "factor per channel into the layers that read it (Conv -> [Relu] -> Conv only; an "
+                                   "exact rewrite of the float model; graph/rescale.py)", group="scales")
     a_output_search: bool = opt(False, "float scales: after the L_p search, each activation quant point re-chooses "
                                        "its clipping range (L_p, 1/3 and 2/3 of the way to min/max, min/max) by the "
                                        "model-output error on 16 calibration samples, greedy in node order (costs "

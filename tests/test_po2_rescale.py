@@ -11,10 +11,14 @@ import torch
 from torch import nn
 
 import onnxptq
-from onnxptq.calib.po2_rescale import MARGIN, factor
+from onnxptq.calib.calibrate import float_scale
+from onnxptq.calib.po2_rescale import MARGIN, channel_factors, factor, po2_equalize_factors
+from onnxptq.config import QuantConfig
 from onnxptq.eval import run_onnxruntime
 from onnxptq.graph import import_model
-from onnxptq.graph.rescale import rescalable_points, rescale
+from onnxptq.graph.rescale import channel_rescalable_points, rescalable_points, rescale
+from onnxptq.plan import make_plan
+from onnxptq.quant import weight_grid
 from onnxptq.sim.model import SimModel
 
 from helpers import MODELS, export_torch_model
@@ -43,13 +47,18 @@ class Net(nn.Module):
         return self.fc(f)
 
 
-@pytest.fixture(scope="module")
-def net(tmp_path_factory):
-    d = tmp_path_factory.mktemp("rescale")
-    path = export_torch_model(Net(), torch.randn(1, 3, 16, 16), d / "net.onnx", keep_bn=False)
-    x = np.random.default_rng(0).normal(size=(64, 3, 16, 16)).astype(np.float32)
+def _exported(tmp_path_factory, module: nn.Module, n: int, seed: int):
+    """(model path, calibration .npz, the calibration array) of ``module`` exported to ONNX."""
+    d = tmp_path_factory.mktemp(type(module).__name__)
+    path = export_torch_model(module, torch.randn(1, 3, 16, 16), d / "net.onnx", keep_bn=False)
+    x = np.random.default_rng(seed).normal(size=(n, 3, 16, 16)).astype(np.float32)
     np.savez(d / "calib.npz", input=x)
     return path, d / "calib.npz", x
+
+
+@pytest.fixture(scope="module")
+def net(tmp_path_factory):
+    return _exported(tmp_path_factory, Net(), 64, 0)
 
 
 def _producer(qg, tensor):
@@ -126,3 +135,112 @@ def test_rescaled_points_get_the_power_of_two_of_their_float_scale(net):
     for res in (po2, off):
         out = run_onnxruntime(res.model.SerializeToString(), {"input": x})
         assert np.corrcoef(out.ravel(), ref.ravel())[0, 1] > 0.9
+
+
+class DwNet(nn.Module):
+    """Per-channel factors: conv->relu->depthwise->relu->grouped conv (2 groups)->relu->maxpool->conv: three points
+    whose producer and readers are Convs with Relus between (each can take one factor per channel); the last
+    conv feeds a mean (not a Conv): not one."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(1)
+        self.c1, self.dw = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1, groups=8)
+        self.g2, self.c4 = nn.Conv2d(8, 8, 1, groups=2), nn.Conv2d(8, 6, 3)
+        with torch.no_grad():  # channels of very different sizes, as after BatchNorm folding
+            for m in (self.c1, self.dw, self.g2):
+                m.weight.mul_(torch.logspace(-1, 1, m.out_channels).reshape(-1, 1, 1, 1))
+        self.fc = nn.Linear(6, 4)
+
+    def forward(self, x):
+        a = torch.relu(self.c1(x))
+        b = torch.relu(self.dw(a))
+        c = nn.functional.max_pool2d(torch.relu(self.g2(b)), 2)
+        return self.fc(self.c4(c).mean((2, 3)))
+
+
+@pytest.fixture(scope="module")
+def dwnet(tmp_path_factory):
+    return _exported(tmp_path_factory, DwNet(), 32, 1)
+
+
+def test_channel_rescalable_points_need_relus_and_conv_readers(net, dwnet):
+    qg = import_model(net[0])
+    found = channel_rescalable_points(qg)  # c1 ends in a Clip (one bound for all channels): only c2
+    assert [_producer(qg, t).name for t in found] == [next(r.producer for r in rescalable_points(qg).values()
+                                                           if r.path_ops == ("MaxPool",))]
+    qg = import_model(dwnet[0])
+    found = channel_rescalable_points(qg)
+    assert len(found) == 3 and set(found) <= set(rescalable_points(qg))
+    assert {qg.layer(c).groups for r in found.values() for c in r.consumers} == {8, 2, 1}
+
+
+def test_channel_rescale_keeps_the_float_function(dwnet):
+    path, _, x = dwnet
+    qg = import_model(path)
+    found = channel_rescalable_points(qg)
+    rng = np.random.default_rng(0)
+    factors = {t: rng.uniform(0.5, 2.0, qg.layer(r.producer).out_channels) for t, r in found.items()}
+    new = rescale(qg, factors, record="equalized_points")
+    qg.check_unchanged()
+    assert new.import_info["equalized_points"] == sorted(factors) and "rescaled_points" not in new.import_info
+    ref = run_onnxruntime(str(path), {"input": x})
+    np.testing.assert_allclose(run_onnxruntime(new.model.SerializeToString(), {"input": x}), ref, rtol=1e-4,
+                               atol=1e-5)
+    feeds = {"input": torch.from_numpy(x)}
+    with torch.no_grad():
+        env_a, env_b = SimModel(qg).eval()(feeds, keep=True), SimModel(new).eval()(feeds, keep=True)
+    for t, c in factors.items():  # channel k of the point is c_k times larger
+        np.testing.assert_allclose(env_b[t].numpy(), c.reshape(1, -1, 1, 1) * env_a[t].numpy(), rtol=1e-4, atol=1e-5)
+    t = next(iter(found))
+    with pytest.raises(ValueError, match="channels"):
+        rescale(qg, {t: np.ones(3)})
+    assert set(rescalable_points(qg)) == set(found)  # every rescalable point of DwNet takes a factor per channel
+
+
+def test_a_clip_point_takes_no_factor_per_channel(net):
+    qg = import_model(net[0])
+    t = next(t for t in rescalable_points(qg) if t not in channel_rescalable_points(qg))
+    with pytest.raises(ValueError, match="per channel"):
+        rescale(qg, {t: np.ones(_producer(qg, t).out_channels)})
+
+
+def test_channel_factors_put_each_channel_just_above_its_nearest_power_of_two():
+    s = np.array([3.0, 2.5, 0.125, 0.0, 0.0013])
+    c = channel_factors(s)
+    assert c == pytest.approx([4 / 3 * MARGIN, 2 / 2.5 * MARGIN, MARGIN, 1.0, factor(0.0013)])
+
+
+def test_equalized_weight_channels_get_the_power_of_two_of_their_float_scale(dwnet):
+    path, calib, x = dwnet
+    qg = import_model(path)
+    cfg = QuantConfig(w_bits=4, a_bits=8, scale="po2", po2_equalize=True)
+    plan = make_plan(qg, cfg)
+    factors = po2_equalize_factors(qg, plan, cfg)
+    assert set(factors) == set(channel_rescalable_points(qg))
+    new = rescale(qg, factors, record="equalized_points")
+    for t, r in channel_rescalable_points(new).items():
+        layer = new.layer(r.producer)
+        w = torch.from_numpy(np.array(new.initializer(layer.weight)))
+        s, _ = float_scale(w, weight_grid(plan.w_bits[layer.name]), True, layer.weight_axis, cfg, cfg.w_scale_method)
+        k = np.log2(s.numpy().astype(np.float64))
+        # every producer channel's best scale (on its weights after the readers' 1/c of earlier points) sits just
+        # above a power of two: what the po2 search then picks quantizes it as the float scale did
+        assert np.all(np.abs(k - np.round(k) - math.log2(MARGIN)) < 1e-4), (layer.name, k - np.round(k))
+    kw = dict(num_calib=32, progress=False, check_kernels=False, w_bits=4, a_bits=8, scale="po2")
+    on = onnxptq.quantize(path, calib, po2_equalize=True, **kw)
+    both = onnxptq.quantize(path, calib, po2_equalize=True, po2_rescale=True, **kw)
+    assert on.summary()["po2_equalized_points"] == 3 and "po2_rescaled_points" not in on.summary()
+    # the activation rescale leaves the equalized points alone (a factor there would undo the equalization)
+    assert not set(both.qgraph.import_info.get("rescaled_points") or ()) & set(factors)
+    for res in (on, both):  # the run's power-of-two weight scales are those best float scales, nothing lost
+        for t in factors:
+            layer = res.qgraph.layer(channel_rescalable_points(res.qgraph)[t].producer)
+            w = torch.from_numpy(np.array(res.qgraph.initializer(layer.weight)))
+            bits = res.sim.weight_quantizer(layer.name).bits
+            best, _ = float_scale(w, weight_grid(bits), True, layer.weight_axis, cfg, cfg.w_scale_method)
+            s_po2 = np.asarray(res.sim.weight_quantizer(layer.name).params.scale, np.float64).reshape(-1)
+            np.testing.assert_allclose(s_po2, best.numpy().reshape(-1) / MARGIN, rtol=1e-5)
+    ref = run_onnxruntime(str(path), {"input": x})
+    out = run_onnxruntime(on.model.SerializeToString(), {"input": x})
+    assert np.corrcoef(out.ravel(), ref.ravel())[0, 1] > 0.9

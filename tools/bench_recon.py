@@ -67,13 +67,15 @@ class Exp:
 
 
 def _po2_rows(bits: tuple[tuple[int, int], ...], methods: tuple[str, ...]) -> list[tuple[str, dict]]:
-    """Per method and bit pair: float scales, po2 (exponent search) with and without the activation rescale."""
+    """Per method and bit pair: float scales, po2 (exponent search) with and without the activation rescale, and
+    with the weight-channel equalization (--po2-equalize)."""
     rows = []
     for m in methods:
         for w, a in bits:
             b = dict(method=m, w_bits=w, a_bits=a)
             rows += [(f"{m} float W{w}A{a}", b), (f"{m} po2 rescale W{w}A{a}", dict(scale="po2", po2_rescale=True, **b)),
-                     (f"{m} po2 no-rescale W{w}A{a}", dict(scale="po2", po2_rescale=False, **b))]
+                     (f"{m} po2 no-rescale W{w}A{a}", dict(scale="po2", po2_rescale=False, **b)),
+                     (f"{m} po2 equalize W{w}A{a}", dict(scale="po2", po2_equalize=True, **b))]
     return rows
 
 
@@ -214,10 +216,11 @@ EXPERIMENTS: dict[str, Exp] = {
         ("brecq W4A8", dict(method="brecq", w_bits=4, a_bits=8)),
         ("brecq W4A4", dict(method="brecq", w_bits=4, a_bits=4))]),
     "effnet-po2": Exp("efficientnet", "power-of-two scales vs float scales (issue 18: within 0.5 dB), RTN and "
-                      "BRECQ (fast preset), with and without the activation rescale (graph/rescale.py)",
+                      "BRECQ (fast preset), with and without the activation rescale, and with the weight-channel "
+                      "equalization (graph/rescale.py)",
                       _po2_rows(((8, 8), (4, 8), (4, 4)), ("rtn", "brecq"))),
     "digits-po2": Exp("digits", "power-of-two scales vs float scales, RTN and BRECQ (fast preset), with and "
-                      "without the activation rescale (graph/rescale.py)",
+                      "without the activation rescale, and with the weight-channel equalization (graph/rescale.py)",
                       _po2_rows(((8, 8), (4, 8), (4, 4)), ("rtn", "brecq"))),
     "effnet-seeds": Exp("efficientnet", "run-to-run spread: W4A8 BRECQ (fast preset) at seeds 0, 1, 2 "
                         "(minibatches, QDrop masks)", [

@@ -9,6 +9,13 @@ outputs are unchanged (up to float rounding of the rescaled weights).
 What it is for (``calib/po2_rescale.py``): a power-of-two activation scale can only be ``2^k``, so at 4 bits a
 tensor whose best scale lies between two powers loses resolution or range. Rescaling it by ``c`` puts its best
 scale on ``2^k`` exactly; the layers around it take the factor into their per-channel weight scales.
+
+Per channel (``channel_rescalable_points``): where every op between ``L`` and its readers acts channel by channel
+and keeps the channel axis (a fused Relu, MaxPool, Identity, ...: ``f(c_k x_k) = c_k f(x_k)`` per channel ``k``)
+and every reader is a Conv, ``c`` may be one factor per output channel of ``L``: ``L``'s weight and bias of
+channel ``k`` times ``c_k``, the readers' weights of input channel ``k`` times ``1 / c_k`` (Nagel et al. 2019,
+cross-layer equalization, with other factors). ``calib/po2_rescale.po2_equalize_factors`` chooses them so that
+each weight channel's best scale is a power of two.
 """
 from __future__ import annotations
 
@@ -29,6 +36,11 @@ class Rescalable:
     point: str
     producer: str  # the layer whose unit output (after its fused Relu/Clip) is the point
     consumers: tuple[str, ...]  # the layers reading it (directly or through value-moving ops)
+    path_ops: tuple[str, ...] = ()  # op types of the value-moving nodes between the producer and the readers
+
+
+# value-moving ops that act on each channel alone and keep the channel axis (axis 1)
+CHANNEL_OPS = frozenset({"Dropout", "Identity", "MaxPool", "GlobalMaxPool"})
 
 
 def _moves_values(node: onnx.NodeProto) -> bool:
@@ -58,6 +70,7 @@ def rescalable_points(qg: QGraph) -> dict[str, Rescalable]:
         if producer is None or t in qg.chains:
             continue
         readers: list[str] = []
+        path: list[str] = []
         todo, ok = [t], True
         while todo and ok:
             x = todo.pop()
@@ -71,39 +84,90 @@ def rescalable_points(qg: QGraph) -> dict[str, Rescalable]:
                 elif _moves_values(n) and n.input[0] == x and x not in n.input[1:] and \
                         all(qg.source.get(o) == t for o in n.output if o):
                     todo += [o for o in n.output if o]
+                    path.append(n.op_type)
                 else:
                     ok = False
                     break
         if ok and readers:
-            found[t] = Rescalable(t, producer.name, tuple(readers))
+            found[t] = Rescalable(t, producer.name, tuple(readers), tuple(path))
     return found
 
 
-def rescale(qg: QGraph, factors: dict[str, float], skip_nodes: frozenset[str] = frozenset()) -> QGraph:
+def channel_rescalable_points(qg: QGraph) -> dict[str, Rescalable]:
+    """The points of ``rescalable_points`` that can carry one factor per channel (module doc): the producer is a
+    Conv with no fused activation or a Relu (a Clip has one bound for all channels), the ops on the way are
+    ``CHANNEL_OPS`` and every reader is a Conv."""
+    layers = {x.name: x for x in qg.layers}
+    out = {}
+    for t, r in rescalable_points(qg).items():
+        prod = layers[r.producer]
+        relu = prod.act_node is None or prod.act_bounds in (None, (0.0, float("inf")))
+        if prod.op_type == "Conv" and relu and set(r.path_ops) <= CHANNEL_OPS and \
+                all(layers[c].op_type == "Conv" for c in r.consumers):
+            out[t] = r
+    return out
+
+
+def reader_multiplier(layer, w_shape: tuple[int, ...], inv: np.ndarray) -> np.ndarray:
+    """The multiplier of a Conv reader's weight (shape ``w_shape``) for input-channel factors ``inv``."""
+    cout, cin_g = w_shape[0], w_shape[1]
+    groups = layer.groups
+    k = np.arange(cin_g * groups)
+    m = np.ones((cout, cin_g), np.float64)
+    out_per_group = cout // groups
+    for g in range(groups):
+        ch = k[g * cin_g:(g + 1) * cin_g]
+        m[g * out_per_group:(g + 1) * out_per_group, :] *= inv[ch][None, :]
+    return m.reshape(cout, cin_g, *([1] * (len(w_shape) - 2)))
+
+
+def rescale(qg: QGraph, factors: dict[str, float | np.ndarray], skip_nodes: frozenset[str] = frozenset(),
+            record: str = "rescaled_points") -> QGraph:
     """A new QGraph computing the same function with quant point ``t`` multiplied by ``factors[t]`` (> 0), each
-    a key of ``rescalable_points(qg)`` (module doc). ``qg`` is not changed; the folded BatchNorm gamma/beta of a
-    producer scale with it (RAPQ's BN-based loss reads them)."""
+    a key of ``rescalable_points(qg)`` (module doc); a 1-D factor (one per output channel of the producer) needs
+    a key of ``channel_rescalable_points(qg)``. ``qg`` is not changed; the folded BatchNorm gamma/beta of a
+    producer scale with it (RAPQ's BN-based loss reads them). The new graph's ``import_info[record]`` lists the
+    rescaled points."""
     cands = rescalable_points(qg)
     unknown = sorted(set(factors) - set(cands))
     if unknown:
         raise ValueError(f"quant points {unknown[:5]} cannot be rescaled (not produced by one layer and read by "
                          "layers only)")
-    if any(not (c > 0 and np.isfinite(c)) for c in factors.values()):
+    vectors = {t for t, c in factors.items() if np.ndim(c) > 0}
+    if vectors:
+        per_channel = channel_rescalable_points(qg)
+        bad = sorted(vectors - set(per_channel))
+        if bad:
+            raise ValueError(f"quant points {bad[:5]} cannot take one factor per channel (module doc)")
+        layers = {x.name: x for x in qg.layers}
+        for t in vectors:
+            if np.shape(factors[t]) != (layers[cands[t].producer].out_channels,):
+                raise ValueError(f"quant point {t!r}: {np.shape(factors[t])} factors for "
+                                 f"{layers[cands[t].producer].out_channels} channels")
+    if any(not (np.all(np.asarray(c) > 0) and np.all(np.isfinite(c))) for c in factors.values()):
         raise ValueError("rescale factors must be positive and finite")
     model = onnx.ModelProto()
     model.CopyFrom(qg.model)
     g = model.graph
-    w_factor: dict[str, float] = {}
-    out_factor: dict[str, float] = {}
+    layers = {x.name: x for x in qg.layers}
+    inits = {i.name: i for i in g.initializer}
+    # weight multipliers, broadcast against each weight: a producer's per output channel, a reader's per input
+    w_factor: dict[str, np.ndarray] = {}
+    out_factor: dict[str, np.ndarray] = {}
     for t, c in factors.items():
         r = cands[t]
-        w_factor[r.producer] = w_factor.get(r.producer, 1.0) * c
+        c = np.asarray(c, np.float64)
+        prod = layers[r.producer]
+        shape = tuple(inits[prod.weight].dims)
+        along = c.reshape([-1 if i == prod.weight_axis else 1 for i in range(len(shape))]) if c.ndim else c
+        w_factor[r.producer] = w_factor.get(r.producer, 1.0) * along
         out_factor[r.producer] = c
         for name in r.consumers:
-            w_factor[name] = w_factor.get(name, 1.0) / c
-    inits = {i.name: i for i in g.initializer}
+            reader = layers[name]
+            inv = (reader_multiplier(reader, tuple(inits[reader.weight].dims), 1.0 / c) if c.ndim else 1.0 / c)
+            w_factor[name] = w_factor.get(name, 1.0) * inv
 
-    def scale_init(name: str, f: float) -> None:
+    def scale_init(name: str, f) -> None:
         a = numpy_helper.to_array(inits[name])
         inits[name].CopyFrom(numpy_helper.from_array((a.astype(np.float64) * f).astype(a.dtype), name))
 
@@ -117,7 +181,7 @@ def rescale(qg: QGraph, factors: dict[str, float], skip_nodes: frozenset[str] = 
         if layer.bias:
             scale_init(layer.bias, c)
         act = nodes.get(layer.act_node) if layer.act_node else None
-        if act is not None and act.op_type == "Clip":
+        if act is not None and act.op_type == "Clip" and c.ndim == 0:  # per channel: bounds 0 and inf only
             lo, hi = layer.act_bounds
             for k, v in ((1, lo), (2, hi)):
                 if len(act.input) > k and act.input[k]:
@@ -136,5 +200,5 @@ def rescale(qg: QGraph, factors: dict[str, float], skip_nodes: frozenset[str] = 
     info = dict(qg.import_info)
     out = build_qgraph(model, fold, info, frozenset(skip_nodes))
     info["zero_bias_added"] = qg.import_info.get("zero_bias_added")  # the import's, not this rebuild's (none)
-    info["rescaled_points"] = sorted(factors)
+    info[record] = sorted(factors)
     return out
