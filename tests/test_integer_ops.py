@@ -12,7 +12,9 @@ from helpers import ort_run
 
 import onnxptq
 from onnxptq.api import QuantResult
+from onnxptq.errors import OnnxPtqError
 from onnxptq.eval import sqnr_db
+from onnxptq.export.intplan import resize_phases
 from onnxptq.verify.integer import verify_integer
 
 T, C = 8, 16  # sequence length and width of the token models
@@ -261,6 +263,66 @@ def test_padded_average_pool_without_the_pads_in_its_count(tmp_path, pads, strid
     assert step.kind == "avgpool" and isinstance(step.attrs["divisor"], np.ndarray)
     assert verify_integer(res.model, {"x": x[:4]}).ok
     assert sqnr_db(ort_run(m, {"x": x})[0], ort_run(res.model, {"x": x})[0]) > 25
+
+
+def _resize_model(tmp_path, scales: list[float], mode: str = "linear", ctm: str = "half_pixel") -> str:
+    """Conv -> Relu -> Resize(scales) -> Conv, 8x8 input, as feature pyramids upsample (a fixed spatial size)."""
+    rng = np.random.default_rng(3)
+    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["h"], name="conv1", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["h"], ["r"], name="relu"),
+             helper.make_node("Resize", ["r", "", "scales"], ["u"], name="up", mode=mode,
+                              coordinate_transformation_mode=ctm),
+             helper.make_node("Conv", ["u", "w2", "b2"], ["y"], name="conv2", pads=[1, 1, 1, 1])]
+    inits = [numpy_helper.from_array((rng.standard_normal((6, 3, 3, 3)) * 0.3).astype(np.float32), "w1"),
+             numpy_helper.from_array((rng.standard_normal(6) * 0.1).astype(np.float32), "b1"),
+             numpy_helper.from_array(np.array([1, 1, *scales], np.float32), "scales"),
+             numpy_helper.from_array((rng.standard_normal((4, 6, 3, 3)) * 0.3).astype(np.float32), "w2"),
+             numpy_helper.from_array((rng.standard_normal(4) * 0.1).astype(np.float32), "b2")]
+    g = helper.make_graph(nodes, "resize", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], initializer=inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    path = tmp_path / "resize.onnx"
+    onnx.save(onnx.shape_inference.infer_shapes(m), str(path))
+    return str(path)
+
+
+@pytest.mark.parametrize("scales", [[2, 2], [4, 4], [2, 1], [1, 4]])
+def test_linear_resize_by_integer_factors_is_a_tent_weighted_average(tmp_path, scales):
+    """Bilinear upsampling (half_pixel, onnxruntime's edge clamping) by power-of-two factors: one 3x3 integer sum
+    per output phase over the edge-padded input, divided by 4 r_h r_w, phases interleaved. Level-1 parity, and
+    as close to the float model as the QDQ model (the float interpolation of power-of-two grids is exact)."""
+    path = _resize_model(tmp_path, scales)
+    x = np.random.default_rng(4).standard_normal((16, 3, 8, 8)).astype(np.float32)
+    res = onnxptq.quantize(path, x, w_bits=8, a_bits=8, scale="po2", format="int", progress=False)
+    step = next(s for s in res.program.steps if s.node == "up")
+    assert step.kind == "avgpool" and step.attrs["factors"] == scales
+    assert step.attrs["count"] == 4 * scales[0] * scales[1]
+    assert (step.attrs["weights"].sum((1, 2)) == step.attrs["count"]).all()  # every phase's weights add up to 1
+    rep = verify_integer(res.model, {"x": x[:4]})
+    assert rep.ok, rep.format()
+    qdq = onnxptq.quantize(path, x, w_bits=8, a_bits=8, scale="po2", progress=False)
+    ref = ort_run(path, {"x": x})[0]
+    s_int, s_qdq = sqnr_db(ref, ort_run(res.model, {"x": x})[0]), sqnr_db(ref, ort_run(qdq.model, {"x": x})[0])
+    assert s_int > 25 and abs(s_int - s_qdq) < 0.01, (s_int, s_qdq)  # the same model: integer == QDQ
+
+
+def test_resize_phases_by_hand():
+    """r = 2: outputs 2j and 2j + 1 take 1/4 of x_(j-1) and 3/4 of x_j, and 3/4 of x_j and 1/4 of x_(j+1);
+    r = 4: offsets f = -3/8, -1/8, 1/8, 3/8 (units 1/8); r = 1 is the identity (2 / 2)."""
+    assert resize_phases(2, 1)[:, :, 1].tolist() == [[1 * 2, 3 * 2, 0], [0, 3 * 2, 1 * 2]]
+    w4 = resize_phases(1, 4)[:, 1, :] // 2
+    assert w4.tolist() == [[3, 5, 0], [1, 7, 0], [0, 7, 1], [0, 5, 3]]
+    assert resize_phases(1, 1).tolist() == [[[0, 0, 0], [0, 4, 0], [0, 0, 0]]]
+    assert resize_phases(3, 2) is None and resize_phases(2, 6) is None
+
+
+@pytest.mark.parametrize("scales, ctm", [([3, 3], "half_pixel"), ([1.5, 1.5], "half_pixel"), ([2, 2], "align_corners")])
+def test_linear_resize_without_an_integer_form_names_its_node(tmp_path, scales, ctm):
+    path = _resize_model(tmp_path, scales, ctm=ctm)
+    x = np.random.default_rng(4).standard_normal((8, 3, 8, 8)).astype(np.float32)
+    with pytest.raises(OnnxPtqError, match="'up' \\(Resize"):
+        onnxptq.quantize(path, x, scale="po2", format="int", progress=False)
 
 
 @pytest.mark.parametrize("rounding", ["rne", "half_up"])

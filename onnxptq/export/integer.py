@@ -296,30 +296,45 @@ class IntegerWriter:
         wide = a["wide"]
         elem, np_dt = self._dt(wide)
         x = qname(step.inputs[0])
-        if a["op_type"] == "AveragePool":
-            if any(a["pads"]):
-                x = self.pad_zp(x, a["pads"], a["x_zp"], base)
-            ones = np.ones((a["channels"], 1, *a["kernel"]), self.cdt)  # u8 x u8 or s8 x s8: exact
+        if a["op_type"] in ("AveragePool", "Resize"):
             x_zp = self.const(f"{base}/x_zp", self.cdt.type(a["x_zp"]))
-            s = self.op("ConvInteger", [x, self.const(f"{base}/ones", ones), x_zp],
-                        f"{base}/window_sum", group=a["channels"], kernel_shape=a["kernel"], strides=a["strides"])
+            if a["op_type"] == "Resize":  # edge padding, then every output phase's 3x3 sum (interleaved after)
+                x = self.op("Pad", [x, self.const(f"{base}/pads", np.array([0, 0, 1, 1] * 2, np.int64))],
+                            f"{base}/edge", mode="edge")
+                w = np.tile(a["weights"], (a["channels"], 1, 1))[:, None].astype(self.cdt)
+                kernel, strides = [3, 3], [1, 1]
+            else:
+                if any(a["pads"]):
+                    x = self.pad_zp(x, a["pads"], a["x_zp"], base)
+                w = np.ones((a["channels"], 1, *a["kernel"]), self.cdt)  # u8 x u8 or s8 x s8: exact
+                kernel, strides = a["kernel"], a["strides"]
+            s = self.op("ConvInteger", [x, self.const(f"{base}/weights", w), x_zp],
+                        f"{base}/window_sum", group=a["channels"], kernel_shape=kernel, strides=strides)
             if wide:
                 s = self.op("Cast", [s], f"{base}/sum64", to=elem)
         else:
             v = self.widen(x, a["x_zp"], wide, f"{base}/in")
             s = self.op("ReduceSum", [v, self.const(f"{base}/axes", np.array(a["axes"], np.int64))], f"{base}/sum",
                         keepdims=int(a.get("keepdims", 1)))
+        out = qname(step.outputs[0]) if a["op_type"] != "Resize" else self._unique(f"{base}/phases")
         if a.get("form") == "float32":  # divisor 2^k, |sum| <= 2^24: Cast, Mul(2^(up - k)), Round are exact
             k = int(a["divisor"]).bit_length() - 1
             v = self.op("Cast", [s], f"{base}/sum_float", to=TensorProto.FLOAT)
             v = self.op("Mul", [v, self.const(f"{base}/scale", np.float32(2.0 ** (a["up"] - k)))], f"{base}/scaled")
-            self.finish_float(v, step, qname(step.outputs[0]), f"{base}/out")
-            return
-        if a["up"]:
-            s = self.op("Mul", [s, self.const(f"{base}/up", np_dt(2 ** a["up"]))], f"{base}/aligned")
-        D = self.const(f"{base}/divisor", np_dt(a["divisor"]))
-        y = self.rne_divide(s, D, self.const(f"{base}/divisor_p1", np_dt(a["divisor"] + 1)), np_dt, base)
-        self.finish(y, step, qname(step.outputs[0]), wide, f"{base}/out")
+            self.finish_float(v, step, out, f"{base}/out")
+        else:
+            if a["up"]:
+                s = self.op("Mul", [s, self.const(f"{base}/up", np_dt(2 ** a["up"]))], f"{base}/aligned")
+            D = self.const(f"{base}/divisor", np_dt(a["divisor"]))
+            y = self.rne_divide(s, D, self.const(f"{base}/divisor_p1", np_dt(a["divisor"] + 1)), np_dt, base)
+            self.finish(y, step, out, wide, f"{base}/out")
+        if a["op_type"] == "Resize":  # (N, C r_h r_w, H, W) -> (N, C, H r_h, W r_w)
+            (rh, rw), (h, w), c = a["factors"], a["in_hw"], a["channels"]
+            v = self.op("Reshape", [out, self.const(f"{base}/split", np.array([0, c, rh, rw, h, w], np.int64))],
+                        f"{base}/by_phase")
+            v = self.op("Transpose", [v], f"{base}/interleaved", perm=[0, 1, 4, 2, 5, 3])
+            self.op("Reshape", [v, self.const(f"{base}/merged", np.array([0, c, h * rh, w * rw], np.int64))],
+                    f"{base}/merge", out=qname(step.outputs[0]))
 
     def rne_divide(self, s: str, D: str, D_plus_1: str, np_dt, base: str) -> str:
         """round(s / D) for a positive integer divisor D (a constant, or a tensor broadcasting against s):

@@ -267,13 +267,16 @@ class _Lowering:
             self.concat(n, a)
         elif spec.lowering == "avgpool":
             self.avgpool(n, a)
+        elif n.op_type == "Resize":  # linear (nearest is a carry): a tent-weighted average of the upsampled input
+            self.resize_linear(n, a)
         elif spec.lowering == "layernorm":
             self.layernorm(n, a)
         elif spec.lowering == "batchnorm":
             self.batchnorm(n)
         else:
             raise _Unsupported("no exact integer form (supported: Conv/Gemm/MatMul, Add/Sub/Sum, Mul, Concat, "
-                               "average pools, Softmax, elementwise activations as lookup tables, data-movement ops)")
+                               "average pools, linear Resize by 2 or 4, Softmax, elementwise activations as lookup "
+                               "tables, data-movement ops)")
 
     # -------------------------------------------------------------- steps
     def layer(self, n, a: dict) -> None:
@@ -444,6 +447,41 @@ class _Lowering:
                 raise _Unsupported(f"average over the non-static dims {dims} of {shape}")
             count = int(np.prod(dims))
             attrs["axes"] = axes
+        self.average(n, x, y, count, attrs)
+
+    def resize_linear(self, n, a: dict) -> None:
+        """Linear Resize by power-of-two factors r_h, r_w with half-pixel centres (align_corners=False: torch's
+        bilinear upsampling, feature pyramids). Output ``r j + t`` on an axis interpolates at ``j + f``,
+        ``f = (2t + 1 - r) / 2r``: ``-f`` of ``x_(j-1)`` and ``1 + f`` of ``x_j`` for ``f < 0``, ``1 - f`` of
+        ``x_j`` and ``f`` of ``x_(j+1)`` otherwise, clamped at the edges as onnxruntime does. So each of the
+        r_h r_w output phases is a 3x3 depthwise sum over the edge-padded input with integer weights in units of
+        ``1 / (4 r_h r_w)``, a power of two: with power-of-two scales the float interpolation of the dequantized
+        input is exact and its quantization is this integer average (``resize_phases``); the phases are then
+        interleaved."""
+        mode = a.get("mode", b"nearest")
+        ctm = a.get("coordinate_transformation_mode", b"half_pixel")
+        mode, ctm = (v.decode() if isinstance(v, bytes) else v for v in (mode, ctm))
+        if mode != "linear" or ctm not in ("half_pixel", "pytorch_half_pixel") or a.get("antialias", 0):
+            raise _Unsupported(f"Resize mode {mode!r} with coordinate_transformation_mode {ctm!r} (the integer form "
+                               "covers linear with half_pixel)")
+        shape_in, shape_out = self.qg.shapes.get(n.input[0], ()), self.qg.shapes.get(n.output[0], ())
+        if len(shape_in) != 4 or len(shape_out) != 4 or any(not isinstance(d, int) or d <= 0
+                                                            for d in (*shape_in[1:], *shape_out[1:])):
+            raise _Unsupported(f"linear Resize of the non-static or non-NCHW shape {shape_in} -> {shape_out}")
+        if shape_in[1] != shape_out[1]:
+            raise _Unsupported("linear Resize along the channel axis")
+        r = [shape_out[d] // shape_in[d] for d in (2, 3)]
+        weights = resize_phases(*r) if all(shape_out[d] == rd * shape_in[d] for d, rd in zip((2, 3), r)) else None
+        if weights is None or weights.max() > 127:
+            raise _Unsupported(f"linear Resize {list(shape_in[2:])} -> {list(shape_out[2:])} is not by power-of-two "
+                               "factors up to 4 (other factors' weights are no multiples of a power of two)")
+        x, y = self.tint(n.input[0]), self.tint(n.output[0])
+        self.average(n, x, y, 4 * r[0] * r[1], {"op_type": "Resize", "channels": int(shape_in[1]), "factors": r,
+                                                "in_hw": [int(shape_in[2]), int(shape_in[3])], "weights": weights})
+
+    def average(self, n, x: TInt, y: TInt, count: int | np.ndarray, attrs: dict) -> None:
+        """An ``avgpool`` step: output = clip(RNE(S 2^up / (count 2^down)) + z_y) for the (weighted) window sum S
+        of ``x - z_x``, whose weights add up to ``count``."""
         up = max(0, y.frac - x.frac)
         per_position = isinstance(count, np.ndarray)
         c_max = int(count.max()) if per_position else count
@@ -702,6 +740,21 @@ class _Lowering:
 
 class _Unsupported(Exception):
     pass
+
+
+def resize_phases(r_h: int, r_w: int) -> np.ndarray | None:
+    """The 3x3 integer kernels (units ``1 / (4 r_h r_w)``) of the r_h r_w output phases of a linear half-pixel
+    Resize by power-of-two factors (``_Lowering.resize_linear``), phase ``t_h r_w + t_w`` first; None for a
+    factor that is no power of two."""
+    if any(r < 1 or r & (r - 1) for r in (r_h, r_w)):
+        return None
+
+    def taps(r: int) -> np.ndarray:  # (r, 3): weights of x_(j-1), x_j, x_(j+1) in units 1 / 2r
+        k = 2 * np.arange(r) + 1 - r
+        return np.stack([np.maximum(-k, 0), 2 * r - np.abs(k), np.maximum(k, 0)], axis=1)
+
+    th, tw = taps(r_h), taps(r_w)
+    return (th[:, None, :, None] * tw[None, :, None, :]).reshape(r_h * r_w, 3, 3).astype(np.int64)
 
 
 def _shared(v) -> int | np.ndarray:
