@@ -185,6 +185,8 @@ class QuantConfig:
     target_data: str | None = opt(None, "data the target is measured on (default: calibration samples held out "
                                         "from calibration)", group="accuracy")
     target_samples: int = opt(128, "at most this many target samples", group="accuracy")
+    target_rank_samples: int | None = opt(None, "rank the candidate changes on the first N target samples (default: "
+                                                "all); every greedy step still measures all of them", group="accuracy")
     target_action: str = opt("bits", "bits: raise a layer's weights and input to 8 bits (then float if all raised "
                                      "still miss); float: leave its weights in float", group="accuracy",
                              choices=TARGET_ACTIONS)
@@ -275,13 +277,15 @@ class QuantConfig:
                 raise ConfigError(f"{name} must be a finite number; got {v!r}")
         if self.max_drop is not None and self.max_drop < 0:
             raise ConfigError(f"max_drop must be >= 0; got {self.max_drop}")
-        if not isinstance(self.target_samples, int) or self.target_samples < 1:
-            raise ConfigError(f"target_samples must be a positive integer; got {self.target_samples!r}")
+        for name in ("target_samples", "target_rank_samples"):
+            v = getattr(self, name)
+            if (v is not None or name == "target_samples") and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
+                raise ConfigError(f"{name} must be a positive integer; got {v!r}")
         if self.min_sqnr is None and self.max_drop is None:
             if (self.target_data is not None or self.target_action != "bits" or self.target_latency
-                    or self.target_stage != "auto"):
-                raise ConfigError("--target-data / --target-action / --target-stage / --target-latency belong to an "
-                                  "accuracy target: add --min-sqnr or --max-drop")
+                    or self.target_stage != "auto" or self.target_rank_samples is not None):
+                raise ConfigError("--target-data / --target-action / --target-stage / --target-latency / "
+                                  "--target-rank-samples belong to an accuracy target: add --min-sqnr or --max-drop")
         elif self.target_stage == "before" and self.target_action != "bits":
             raise ConfigError("--target-stage before raises bits before reconstruction (a float layer is not "
                               "reconstructed): use --target-action bits or --target-stage after")

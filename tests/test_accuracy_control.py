@@ -77,6 +77,10 @@ def test_options_are_checked():
         QuantConfig(min_sqnr=float("nan"))
     with pytest.raises(ConfigError, match="eval_data"):
         onnxptq.quantize(MODEL, CALIB, eval_data=VAL, **FAST)
+    with pytest.raises(ConfigError, match="target_rank_samples must be a positive integer"):
+        QuantConfig(min_sqnr=10, target_rank_samples=0)
+    with pytest.raises(ConfigError, match="--min-sqnr or --max-drop"):
+        QuantConfig(target_rank_samples=32)
 
 
 # ------------------------------------------------------------------------------------------ the search
@@ -115,6 +119,23 @@ def test_target_met_after_changing_layers_in_ranked_order(met):
     untouched = [x.name for x in res.qgraph.layers if x.name not in acc.changed()]
     assert any(res.sim.weight_quantizer(n).params.grid.bits == 2 for n in untouched)
     assert acc.weight_bytes_after > acc.weight_bytes_before
+
+
+def test_ranking_on_fewer_samples_measures_every_greedy_step_on_all(met):
+    """--target-rank-samples 32: the 'alone' column ranks on the first 32 samples; every kept or undone step is
+    measured on all 128 (the first step too, not reused from the ranking), so the exported value is the full one."""
+    ref = met[0].accuracy_control
+    res = onnxptq.quantize(MODEL, CALIB, min_sqnr=12.0, target_data=str(VAL), target_rank_samples=32, **W2A4, **FAST)
+    acc = res.accuracy_control
+    assert acc.met and acc.rank_samples == 32 and ref.rank_samples == 128
+    assert "ranked on the first 32 samples" in "\n".join(acc.lines())
+    alone = [s.alone.sqnr_db for s in acc.steps]
+    assert alone == sorted(alone, reverse=True)
+    first = acc.steps[0]
+    assert first.measure.sqnr_db != first.alone.sqnr_db  # measured again on all samples
+    assert acc.before.sqnr_db == ref.before.sqnr_db  # the same 128 target samples
+    x = {"input": np.load(VAL)["input"][:128]}
+    assert sqnr_db(run_onnxruntime(str(MODEL), x), res.simulate(x)) == pytest.approx(acc.after.sqnr_db, abs=1e-3)
 
 
 def test_exported_model_is_the_measured_one(met):

@@ -228,7 +228,9 @@ EXPERIMENTS: dict[str, Exp] = {
     "effnet-accuracy": Exp("efficientnet", "W4A4 BRECQ (fast preset) with an accuracy target: --min-sqnr 12 on 128 "
                            "calibration samples held out from calibration; changes chosen before reconstruction "
                            "(--target-stage auto: rounds of accuracy/rounds.py)", [
-        ("brecq W4A4 min-sqnr 12", dict(method="brecq", w_bits=4, a_bits=4, min_sqnr=12.0, target_latency=True))]),
+        ("brecq W4A4 min-sqnr 12", dict(method="brecq", w_bits=4, a_bits=4, min_sqnr=12.0, target_latency=True)),
+        ("brecq W4A4 min-sqnr 12 rank 32", dict(method="brecq", w_bits=4, a_bits=4, min_sqnr=12.0, target_latency=True,
+                                                target_rank_samples=32))]),
     "effnet-ranges": Exp("efficientnet", "RTN activation ranges: L_p per tensor (default) vs chosen by model-output "
                          "error (--a-output-search), W8A8, W8A4, W4A8", [
         (f"rtn W{w}A{a}{' output-search' if on else ''}", dict(method="rtn", w_bits=w, a_bits=a, a_output_search=on))
@@ -237,9 +239,11 @@ EXPERIMENTS: dict[str, Exp] = {
                          "(--a-output-search), W8A4 and W4A4", [
         (f"rtn W{w}A{a}{' output-search' if on else ''}", dict(method="rtn", w_bits=w, a_bits=a, a_output_search=on))
         for w, a in ((8, 4), (4, 4)) for on in (False, True)]),
-    "digits-accuracy": Exp("digits", "W2A4 with an accuracy target: --min-sqnr 12", [
-        ("rtn W2A4 min-sqnr 12", dict(method="rtn", min_sqnr=12.0, target_latency=True, **W2A4)),
-        ("brecq W2A4 min-sqnr 12", dict(method="brecq", min_sqnr=12.0, target_latency=True, **W2A4))]),
+    "digits-accuracy": Exp("digits", "W2A4 with an accuracy target: --min-sqnr 12, the changes ranked on all 128 "
+                           "target samples or on the first 32 (--target-rank-samples)", [
+        (f"{m} W2A4 min-sqnr 12{' rank 32' if k else ''}",
+         dict(method=m, min_sqnr=12.0, target_latency=True, target_rank_samples=k, **W2A4))
+        for m in ("rtn", "brecq") for k in (None, 32)]),
     "digits-iters": Exp("digits", "W2A4 BRECQ: fidelity vs rounding iterations per region", [
         (f"brecq W2A4 iters {n}", dict(method="brecq", iters=n, act_iters=n // 2, **W2A4)) for n in (50, 200, 800, 3200)]),
 }

@@ -50,11 +50,11 @@ def control_accuracy(sim: SimModel, data: Dataset, cfg: QuantConfig, plan: BitPl
     if cfg.max_drop is not None and metric is None:
         raise ValueError("max_drop needs a metric")
     target = Target(cfg.min_sqnr, cfg.max_drop, None if metric is None else float(metric(float_out, data.labels)))
-    evaluate = Evaluator(sim, data, float_out, metric, cfg.batch_size, cfg.progress)
+    evaluate = Evaluator(sim, data, float_out, metric, cfg.batch_size, cfg.progress, cfg.target_rank_samples)
     base = sim.export_state()
     before = evaluate(base)
     rep = AccuracyControlReport(target.describe(), eval_source, len(data), before, before, target.holds(before),
-                                weight_bytes_before=weight_bytes(qg, base))
+                                weight_bytes_before=weight_bytes(qg, base), rank_samples=evaluate.rank_samples)
     state, current = base, before
     try:
         if not rep.met:

@@ -55,6 +55,7 @@ class AccuracyControlReport:
     seconds: float = 0.0  # wall time of the search
     notes: list[str] = field(default_factory=list)
     rounds: list[Round] = field(default_factory=list)  # bits chosen before reconstruction (accuracy/rounds.py)
+    rank_samples: int | None = None  # the first this many samples rank the changes (Step.alone); None: all
 
     def changed(self) -> dict[str, str]:
         """Layer -> its final change (``bits`` or ``float``) in the exported model."""
@@ -66,6 +67,8 @@ class AccuracyControlReport:
                f"{'met' if self.met else 'MISSED'}; before {format_measure(self.before)}, "
                f"after {format_measure(self.after)}"]
         if self.steps:
+            if self.rank_samples is not None and self.rank_samples < self.eval_samples:
+                out.append(f"  ('alone': ranked on the first {self.rank_samples} samples)")
             out.append(f"  {'step':>4}  {'layer':<28} {'change':<7} {'weights':<12} {'input':<8} "
                        f"{'alone':>9} {'sensitivity':>11}  after")
         for k, s in enumerate(self.steps, 1):

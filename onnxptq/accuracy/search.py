@@ -5,7 +5,9 @@ Ranking: each candidate layer's change is applied alone to the current state and
 the graph runs once up to each layer and only the rest of it per candidate: ``sim/suffix.py``);
 the ``bits`` stage also ranks the activation quant points no layer reads directly (``changes.other_points``);
 ties break on the BRECQ diagonal sensitivity (``mixed/sensitivity.py``: output error with this layer alone
-quantized at the run's weight bits, the rest float, on the first 64 evaluation samples). Greedy: change layers
+quantized at the run's weight bits, the rest float, on the first 64 evaluation samples). With
+``--target-rank-samples N`` the ranking runs on the first N evaluation samples only (its cost is most of a
+search: one suffix pass per candidate, against one full pass per greedy step). Greedy: change layers
 in that order, measuring after each; a change that brings the target no closer is undone (the row stays in the
 report, not kept); stop as soon as the target holds.
 The passes run on one CPU thread (``calib.calibrate.threads``): on a shared 2-core machine two threads made a
@@ -37,9 +39,11 @@ class Evaluator:
     """The target of a QuantState: the simulation runs it on the evaluation samples against the float outputs."""
 
     def __init__(self, sim: SimModel, data: Dataset, float_out: np.ndarray, metric: Metric | None,
-                 batch_size: int, progress: bool) -> None:
+                 batch_size: int, progress: bool, rank_samples: int | None = None) -> None:
         self.sim, self.data, self.float_out, self.metric = sim, data, float_out, metric
         self.batch_size, self.count = batch_size, 0
+        n = len(data)
+        self.rank_samples = n if rank_samples is None else min(rank_samples, n)  # ``many`` measures these
         self.bar = tqdm(desc="accuracy target", unit="eval", disable=not progress, dynamic_ncols=True)
 
     @torch.no_grad()
@@ -51,9 +55,16 @@ class Evaluator:
         self.bar.update(1)
         return self._measure(out)
 
+    @property
+    def ranks_on_all(self) -> bool:
+        """Whether ``many`` measures every evaluation sample (then its values equal this call's)."""
+        return self.rank_samples == len(self.data)
+
     def many(self, base: QuantState, variants: dict[str, QuantState]) -> dict[str, Measure]:
-        """The target of each of ``variants`` (states differing from ``base`` in a few places), each computed
-        from its first changed node on (``sim.suffix``): the same values as calling this on each."""
+        """The target of each of ``variants`` (states differing from ``base`` in a few places) on the first
+        ``rank_samples`` evaluation samples, each computed from its first changed node on (``sim.suffix``): with
+        every sample, the same values as calling this on each."""
+        data = self.data if self.ranks_on_all else self.data.take(self.rank_samples)
         sim, positions = self.sim, node_positions(self.sim)
 
         def load(state: QuantState):
@@ -62,13 +73,14 @@ class Evaluator:
         trials = [Trial(first_changed_node(sim, base, v, positions), load(v), load(base)) for v in variants.values()]
         sim.load_state(base)
         with threads(1):
-            outs = trial_outputs(sim, self.data.inputs, trials, self.batch_size, self.bar.update)
+            outs = trial_outputs(sim, data.inputs, trials, self.batch_size, self.bar.update)
         self.count += len(trials)
-        return {name: self._measure(out) for name, out in zip(variants, outs)}
+        return {name: self._measure(out, data) for name, out in zip(variants, outs)}
 
-    def _measure(self, out: np.ndarray) -> Measure:
-        return Measure(float(sqnr_db(self.float_out, out)),
-                       None if self.metric is None else float(self.metric(out, self.data.labels)))
+    def _measure(self, out: np.ndarray, data: Dataset | None = None) -> Measure:
+        data = self.data if data is None else data
+        return Measure(float(sqnr_db(self.float_out[:len(data)], out)),
+                       None if self.metric is None else float(self.metric(out, data.labels)))
 
 
 @dataclass
@@ -104,7 +116,7 @@ class Search:
             else:
                 b0, b1 = layer_bits(state, sim, name), layer_bits(tried, sim, name)
                 w_text, in_text = _bits_text(b0.w_bits, b1.w_bits), _bits_text(b0.in_bits, b1.in_bits)
-            m = alone[name] if state is ranked else self.evaluate(tried)
+            m = alone[name] if state is ranked and self.evaluate.ranks_on_all else self.evaluate(tried)
             keep = target.holds(m) or target.key(m) > target.key(current)
             self.rep.steps.append(Step(name, action, w_text, in_text, alone[name], self.sensitivity.get(name), m,
                                        weight_bytes(sim.qg, tried), keep, "point" if name in points else "layer",
