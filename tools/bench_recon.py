@@ -75,7 +75,8 @@ def _po2_rows(bits: tuple[tuple[int, int], ...], methods: tuple[str, ...]) -> li
             b = dict(method=m, w_bits=w, a_bits=a)
             rows += [(f"{m} float W{w}A{a}", b), (f"{m} po2 rescale W{w}A{a}", dict(scale="po2", po2_rescale=True, **b)),
                      (f"{m} po2 no-rescale W{w}A{a}", dict(scale="po2", po2_rescale=False, **b)),
-                     (f"{m} po2 equalize W{w}A{a}", dict(scale="po2", po2_equalize=True, **b))]
+                     (f"{m} po2 equalize W{w}A{a}", dict(scale="po2", po2_equalize=True, **b)),
+                     (f"{m} po2 equalize rescale W{w}A{a}", dict(scale="po2", po2_equalize=True, po2_rescale=True, **b))]
     return rows
 
 
