@@ -240,7 +240,7 @@ EXPERIMENTS: dict[str, Exp] = {
                          "(--a-output-search), W8A4 and W4A4", [
         (f"rtn W{w}A{a}{' output-search' if on else ''}", dict(method="rtn", w_bits=w, a_bits=a, a_output_search=on))
         for w, a in ((8, 4), (4, 4)) for on in (False, True)]),
-    "digits-accuracy": Exp("digits", "W2A4 with an accuracy target: --min-sqnr 12, the changes ranked on all 128 "
+    "digits-accuracy": Exp("digits", "W2A4 with an accuracy target: --min-sqnr 12, the changes ranked on all "
                            "target samples or on the first 32 (--target-rank-samples)", [
         (f"{m} W2A4 min-sqnr 12{' rank 32' if k else ''}",
          dict(method=m, min_sqnr=12.0, target_latency=True, target_rank_samples=k, **W2A4))
