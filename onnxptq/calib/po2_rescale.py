@@ -28,10 +28,9 @@ MARGIN = 1.0 + 2.0 ** -12
 
 
 def factor(best_scale: float) -> float:
-    """``c`` with ``c * best_scale`` just above the power of two nearest ``best_scale`` (in log2)."""
-    if not best_scale > 0 or not math.isfinite(best_scale):
-        return 1.0
-    return 2.0 ** round(math.log2(best_scale)) / best_scale * MARGIN
+    """``c`` with ``c * best_scale`` just above the power of two nearest ``best_scale`` (in log2); 1 for a scale
+    that is 0 or not finite."""
+    return float(channel_factors(np.array([best_scale]))[0])
 
 
 def channel_factors(best_scales: np.ndarray) -> np.ndarray:

@@ -26,7 +26,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from .qgraph import CARRY_OPS, QGraph, attrs_of, build_qgraph
+from .qgraph import CARRY_OPS, Layer, QGraph, attrs_of, build_qgraph
 
 
 @dataclass(frozen=True)
@@ -108,16 +108,12 @@ def channel_rescalable_points(qg: QGraph) -> dict[str, Rescalable]:
     return out
 
 
-def reader_multiplier(layer, w_shape: tuple[int, ...], inv: np.ndarray) -> np.ndarray:
-    """The multiplier of a Conv reader's weight (shape ``w_shape``) for input-channel factors ``inv``."""
+def reader_multiplier(layer: Layer, w_shape: tuple[int, ...], inv: np.ndarray) -> np.ndarray:
+    """The multiplier of a Conv reader's weight (shape ``w_shape``: out, in / groups, kernel...) for factors
+    ``inv`` of its input channels: group ``g``'s outputs read input channels ``g * in/groups`` onwards."""
     cout, cin_g = w_shape[0], w_shape[1]
-    groups = layer.groups
-    k = np.arange(cin_g * groups)
-    m = np.ones((cout, cin_g), np.float64)
-    out_per_group = cout // groups
-    for g in range(groups):
-        ch = k[g * cin_g:(g + 1) * cin_g]
-        m[g * out_per_group:(g + 1) * out_per_group, :] *= inv[ch][None, :]
+    per_group = cout // layer.groups
+    m = np.repeat(np.asarray(inv, np.float64).reshape(layer.groups, 1, cin_g), per_group, axis=1)
     return m.reshape(cout, cin_g, *([1] * (len(w_shape) - 2)))
 
 
@@ -133,13 +129,13 @@ def rescale(qg: QGraph, factors: dict[str, float | np.ndarray], skip_nodes: froz
     if unknown:
         raise ValueError(f"quant points {unknown[:5]} cannot be rescaled (not produced by one layer and read by "
                          "layers only)")
+    layers = {x.name: x for x in qg.layers}
     vectors = {t for t, c in factors.items() if np.ndim(c) > 0}
     if vectors:
         per_channel = channel_rescalable_points(qg)
         bad = sorted(vectors - set(per_channel))
         if bad:
             raise ValueError(f"quant points {bad[:5]} cannot take one factor per channel (module doc)")
-        layers = {x.name: x for x in qg.layers}
         for t in vectors:
             if np.shape(factors[t]) != (layers[cands[t].producer].out_channels,):
                 raise ValueError(f"quant point {t!r}: {np.shape(factors[t])} factors for "
@@ -149,7 +145,6 @@ def rescale(qg: QGraph, factors: dict[str, float | np.ndarray], skip_nodes: froz
     model = onnx.ModelProto()
     model.CopyFrom(qg.model)
     g = model.graph
-    layers = {x.name: x for x in qg.layers}
     inits = {i.name: i for i in g.initializer}
     # weight multipliers, broadcast against each weight: a producer's per output channel, a reader's per input
     w_factor: dict[str, np.ndarray] = {}
