@@ -286,11 +286,11 @@ def _stage(row: ZooRow, label: str, fn):
     return None, msg
 
 
-def ort_static_sqnr(path: Path, calib: dict, feeds: dict, ref: np.ndarray, work: Path) -> float:
+def ort_static_sqnr(pre: Path, calib: dict, feeds: dict, ref: np.ndarray, work: Path) -> float:
+    """SQNR of onnxruntime's quantize_static on ``pre`` (the model after ``ort_preprocess``)."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-    pre, _, _ = ort_preprocess(path, work)
-    out = work / f"{path.stem}.ort.onnx"
+    out = work / f"{pre.stem}.ort.onnx"
     # onnxruntime saves large models with external data under generated names in the working folder
     with contextlib.redirect_stdout(io.StringIO()), contextlib.chdir(work):
         quantize_static(str(pre), str(out), ArrayReader(calib, batch=1), quant_format=QuantFormat.QDQ,
@@ -326,7 +326,7 @@ def run_model(zm: ZooModel, work: Path, photos=None, num_calib: int = NUM_CALIB,
     info, err = _stage(row, "import", lambda: onnxptq.inspect(str(path)))
     row.import_ok = "ok" if info is not None else err
     qdq = work / f"{zm.name}.w8a8.onnx"
-    first_calib = None
+    first_calib, pre = None, None
     for d in range(draws):
         calib = model_data(path, num_calib, seed=calib_seed(d), photos=photos)
         first_calib = calib if first_calib is None else first_calib
@@ -344,7 +344,8 @@ def run_model(zm: ZooModel, work: Path, photos=None, num_calib: int = NUM_CALIB,
                 rep, _ = _stage(row, "kernels", lambda: classify_onnxruntime(qdq))
                 row.int_kernels = rep.count() if rep is not None else "?"
         if ort:
-            v, _ = _stage(row, "ort quantize_static" + tag, lambda: ort_static_sqnr(path, calib, feeds, ref, work))
+            pre = pre or ort_preprocess(path, work)[0]  # once per model: every draw quantizes the same graph
+            v, _ = _stage(row, "ort quantize_static" + tag, lambda: ort_static_sqnr(pre, calib, feeds, ref, work))
             if v is not None:
                 row.ort_draws.append(v)
     intp = work / f"{zm.name}.po2.int.onnx"

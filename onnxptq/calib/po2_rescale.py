@@ -21,6 +21,7 @@ from ..data import Dataset
 from ..graph.qgraph import QGraph
 from ..graph.rescale import channel_rescalable_points, reader_multiplier, rescalable_points
 from ..plan import BitPlan
+from ..quant import scales as S
 from ..sim.model import SimModel
 from .calibrate import activation_choice, float_scale, observe_activations, threads, weight_grid
 
@@ -38,7 +39,7 @@ def channel_factors(best_scales: np.ndarray) -> np.ndarray:
     s = np.asarray(best_scales, np.float64).reshape(-1)
     out = np.ones_like(s)
     ok = (s > 0) & np.isfinite(s)
-    out[ok] = 2.0 ** np.round(np.log2(s[ok])) / s[ok] * MARGIN
+    out[ok] = S.po2_round(torch.from_numpy(s[ok])).numpy() / s[ok] * MARGIN
     return out
 
 

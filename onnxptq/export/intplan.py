@@ -244,34 +244,33 @@ class _Lowering:
             return
         out = float_out[0]
         spec = REGISTRY[n.op_type]
-        if not float_in and spec.lowering == "carry" and n.input and n.input[0] in self.sim.consts:
+        lowering = spec.lowering_of(a)  # Resize: by its mode (ops/shape.py)
+        if not float_in and lowering == "carry" and n.input and n.input[0] in self.sim.consts:
             self.constant_carry(n, a, out)  # e.g. a class token expanded to the batch: quantized, then moved
         elif not float_in and n.op_type == "Where" and all(i in self.sim.consts for i in n.input[1:3]):
             self.constant_select(n, a, out)  # e.g. an attention mask: Where(mask, 0, -inf) from the input ids
-        elif spec.lowering in ("add", "mul", "lut") and len(float_in) == 1 and len(n.output) == 1:
+        elif lowering in ("add", "mul", "lut") and len(float_in) == 1 and len(n.output) == 1:
             if n.op_type in AFFINE_OPS and self.positional_const(n, float_in[0]):
                 self.affine(n, float_in[0])  # x + P, x * gamma with a constant per position / channel
             else:
                 self.lut(n, a)  # one activation and scalar constants (x * c, x + c, erf(x), ...): a lookup table
-        elif spec.lowering == "layer" and n.op_type == "MatMul":  # not a layer: both operands are activations
+        elif lowering == "layer" and n.op_type == "MatMul":  # not a layer: both operands are activations
             self.matmul(n)
-        elif spec.lowering == "softmax":
+        elif lowering == "softmax":
             self.softmax(n, a)
-        elif spec.role == "carry" and self.qg.source.get(out) != out:
-            self.carry(n, a, spec.lowering)
-        elif spec.lowering == "add":
+        elif spec.role_of(a) == "carry" and self.qg.source.get(out) != out:
+            self.carry(n, a, lowering)
+        elif lowering == "add":
             self.add(n)
-        elif spec.lowering == "mul":
+        elif lowering == "mul":
             self.mul(n)
-        elif spec.lowering == "concat":
+        elif lowering == "concat":
             self.concat(n, a)
-        elif spec.lowering == "avgpool":
+        elif lowering == "avgpool":
             self.avgpool(n, a)
-        elif n.op_type == "Resize":  # linear (nearest is a carry): a tent-weighted average of the upsampled input
-            self.resize_linear(n, a)
-        elif spec.lowering == "layernorm":
+        elif lowering == "layernorm":
             self.layernorm(n, a)
-        elif spec.lowering == "batchnorm":
+        elif lowering == "batchnorm":
             self.batchnorm(n)
         else:
             raise _Unsupported("no exact integer form (supported: Conv/Gemm/MatMul, Add/Sub/Sum, Mul, Concat, "
@@ -415,6 +414,9 @@ class _Lowering:
             "axis": int(a.get("axis", 1)), "parts": parts, "y_zp": y.zp, "lo": y.lo, "hi": y.hi}))
 
     def avgpool(self, n, a: dict) -> None:
+        if n.op_type == "Resize":
+            self.resize_linear(n, a)
+            return
         x = self.tint(n.input[0])
         y = self.tint(n.output[0])
         shape = self.qg.shapes.get(n.input[0], ())
@@ -458,12 +460,11 @@ class _Lowering:
         ``1 / (4 r_h r_w)``, a power of two: with power-of-two scales the float interpolation of the dequantized
         input is exact and its quantization is this integer average (``resize_phases``); the phases are then
         interleaved."""
-        mode = a.get("mode", b"nearest")
         ctm = a.get("coordinate_transformation_mode", b"half_pixel")
-        mode, ctm = (v.decode() if isinstance(v, bytes) else v for v in (mode, ctm))
-        if mode != "linear" or ctm not in ("half_pixel", "pytorch_half_pixel") or a.get("antialias", 0):
-            raise _Unsupported(f"Resize mode {mode!r} with coordinate_transformation_mode {ctm!r} (the integer form "
-                               "covers linear with half_pixel)")
+        ctm = ctm.decode() if isinstance(ctm, bytes) else ctm
+        if ctm not in ("half_pixel", "pytorch_half_pixel") or a.get("antialias", 0):
+            raise _Unsupported(f"linear Resize with coordinate_transformation_mode {ctm!r} (the integer form covers "
+                               "half_pixel without antialias)")
         shape_in, shape_out = self.qg.shapes.get(n.input[0], ()), self.qg.shapes.get(n.output[0], ())
         if len(shape_in) != 4 or len(shape_out) != 4 or any(not isinstance(d, int) or d <= 0
                                                             for d in (*shape_in[1:], *shape_out[1:])):
@@ -731,10 +732,6 @@ class _Lowering:
                 attrs["pad_value"] = x.zp + int(qv)
         if n.op_type == "GlobalMaxPool":  # written as ReduceMax over the spatial axes
             attrs["rank"] = len(self.qg.shapes.get(n.input[0], ())) or 4
-        if n.op_type == "Resize":
-            mode = a.get("mode", b"nearest")
-            if (mode.decode() if isinstance(mode, bytes) else mode) != "nearest":
-                raise _Unsupported("Resize other than nearest changes values")
         self.steps.append(Step("carry", n.name, list(n.input), list(n.output), attrs))
 
 

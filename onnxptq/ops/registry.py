@@ -35,8 +35,9 @@ RUNTIME_KERNELS = frozenset({
     "IsNaN", "LessOrEqual", "GreaterOrEqual", "Sign", "Round", "Mod", "GatherElements"})
 
 
-#: op types whose role depends on the node's attributes (declared next to their torch functions)
+#: op types whose role / lowering kind depends on the node's attributes (declared next to their torch functions)
 _NODE_ROLES = {**shape.NODE_ROLES}
+_NODE_LOWERINGS = {**shape.NODE_LOWERINGS}
 
 
 def build_registry(families=_FAMILIES, ops=OPS, runtime_kernels=RUNTIME_KERNELS) -> dict[str, OpSpec]:
@@ -49,7 +50,7 @@ def build_registry(families=_FAMILIES, ops=OPS, runtime_kernels=RUNTIME_KERNELS)
             if name not in ops:
                 raise RuntimeError(f"op {name} (family {family!r}) has no torch function in ops/simulate.py")
             reg[name] = OpSpec(name, ops[name], role, lowering, name if name in runtime_kernels else None,
-                               _NODE_ROLES.get(name))
+                               _NODE_ROLES.get(name), _NODE_LOWERINGS.get(name))
     undeclared = sorted(set(ops) - set(reg))
     if undeclared:
         raise RuntimeError(f"ops/simulate.py implements ops no family declares: {undeclared}")

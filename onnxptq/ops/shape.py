@@ -21,14 +21,25 @@ FAMILIES = [
 ]
 
 
+def _resize_mode(attrs: dict) -> str:
+    mode = attrs.get("mode", b"nearest")
+    return mode.decode() if isinstance(mode, bytes) else mode
+
+
 def _resize_role(attrs: dict) -> str:
     """Nearest resizing moves values (carry: the input's quant point); linear and cubic make new values, cubic
     beyond the input's range (island: their own quant point)."""
-    mode = attrs.get("mode", b"nearest")
-    return "carry" if (mode.decode() if isinstance(mode, bytes) else mode) == "nearest" else "island"
+    return "carry" if _resize_mode(attrs) == "nearest" else "island"
+
+
+def _resize_lowering(attrs: dict) -> str | None:
+    """Nearest: moves integers (carry); linear: a weighted average of its inputs (``avgpool``, by integer
+    factors: export/intplan.py ``resize_linear``); cubic: no exact integer form."""
+    return {"nearest": "carry", "linear": "avgpool"}.get(_resize_mode(attrs))
 
 
 NODE_ROLES = {"Resize": _resize_role, "Upsample": _resize_role}
+NODE_LOWERINGS = {"Resize": _resize_lowering}
 
 
 @op("Flatten")

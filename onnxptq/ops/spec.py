@@ -35,10 +35,16 @@ class OpSpec:
     lowering: str | None = None
     runtime_kernel: str | None = None
     node_role: Callable[[dict], str] | None = None  # the role when it depends on the node's attributes
+    node_lowering: Callable[[dict], str | None] | None = None  # the lowering kind when it depends on them
 
     def role_of(self, attrs: dict) -> str:
         """This node's role: ``node_role(attrs)`` where the op declares one, else ``role``."""
         return self.node_role(attrs) if self.node_role is not None else self.role
+
+    def lowering_of(self, attrs: dict) -> str | None:
+        """This node's integer-lowering kind: ``node_lowering(attrs)`` where the op declares one, else
+        ``lowering``."""
+        return self.node_lowering(attrs) if self.node_lowering is not None else self.lowering
 
     def __post_init__(self) -> None:
         if self.role not in ROLES:
