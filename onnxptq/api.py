@@ -31,6 +31,7 @@ from .sim.state import QuantState
 
 if TYPE_CHECKING:
     from .accuracy.control import AccuracyControlReport
+    from .verify.lowering import LoweringParity
     from .export.intplan import IntProgram
     from .mixed.allocate import MixedReport
     from .recon.results import ReconReport
@@ -55,6 +56,7 @@ class QuantResult:
     state: QuantState | None = None  # the final quantization state, detached (sim/state.py)
     diagnostics: Diagnostics = field(default_factory=Diagnostics)  # the run's fallbacks (diagnostics.py)
     accuracy_control: "AccuracyControlReport | None" = None  # --min-sqnr / --max-drop: what was changed
+    lowering: "LoweringParity | None" = None  # format "int": the program vs the simulation (verify/lowering.py)
 
     def summary(self) -> dict:
         """Bits, scale kind, weight sizes before/after, times: the table printed at the end of a run."""
@@ -89,6 +91,7 @@ class QuantResult:
                 "weights_quant_bytes_no_bias": self.mixed.size_bytes, "bops": self.mixed.bops}
                if self.mixed is not None else {}),
             **({"integer_forms": form_summary(self.program)} if self.program is not None else {}),
+            **({"lowering_check": self.lowering.format().splitlines()[0]} if self.lowering is not None else {}),
             "fallbacks": self.diagnostics.summary_lines(),  # what the run did other than asked (diagnostics.py)
             **({"accuracy_target": self.accuracy_control.lines()[0]} if self.accuracy_control is not None else {}),
         }
@@ -343,7 +346,7 @@ def _quantize(model, calib, config: QuantConfig, out: Path | None, rep: Path | N
             accuracy.notes.append(split_note)
         timings["accuracy target"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    program = None
+    program, lowering = None, None
     if config.format == "int":
         from .export.integer import export_integer
         from .export.intplan import lower
@@ -351,6 +354,15 @@ def _quantize(model, calib, config: QuantConfig, out: Path | None, rep: Path | N
         program = lower(sim, config.int_rounding, config.opset,
                         u8s8="always" if config.int_kernels == "vnni" else "proven")
         qmodel = export_integer(program, qg.model)
+        if config.lowering_check > 0:
+            from .verify.lowering import lowering_parity
+
+            t1 = time.perf_counter()
+            lowering = lowering_parity(sim, program, data.take(config.lowering_check).inputs, device=config.device)
+            timings["lowering check"] = time.perf_counter() - t1
+            for where, what in lowering.defect_items():
+                ctx.diagnostics.add("lowering", where, f"the integer program departs from the simulation: {what} "
+                                    "(level-1 verify cannot see this: please report it)")
     else:
         from .export.qdq import export_qdq, saturating_scale
 
@@ -368,7 +380,8 @@ def _quantize(model, calib, config: QuantConfig, out: Path | None, rep: Path | N
     if out is not None:
         save_atomic(qmodel, out)
     result = QuantResult(qmodel, out, qg, sim, plan, config, timings, program, recon_report, mixed,
-                         state=sim.export_state(), diagnostics=ctx.diagnostics, accuracy_control=accuracy)
+                         state=sim.export_state(), diagnostics=ctx.diagnostics, accuracy_control=accuracy,
+                         lowering=lowering)
     if accuracy is not None and not accuracy.met:
         from .accuracy.target import format_measure
 

@@ -363,6 +363,7 @@ def cmd_quantize(args) -> int:
                          f"({s['compression']:.1f}x)"),
         ("file size", _fmt_bytes(s["file_bytes"])),
         *([("integer layers", s["integer_forms"])] if "integer_forms" in s else []),
+        *([("lowering check", s["lowering_check"])] if "lowering_check" in s else []),
         *([("report", ", ".join(str(p) for p in res.report_files))] if res.report_files else []),
         ("time", f"{s['total_s']:.1f} s (" + ", ".join(f"{k} {v:.1f} s" for k, v in s["timings_s"].items()) + ")"),
     ]

@@ -174,6 +174,9 @@ class QuantConfig:
     int_kernels: str | None = opt(None, "--format int kernels: portable (exact on every x86) or vnni (u8 x s8, "
                                         "faster, exact on AVX512-VNNI / AVX-VNNI and ARM); default: the target's",
                                   group="export", choices=INT_KERNELS)
+    lowering_check: int = opt(4, "--format int: calibration samples on which the integer program is compared with "
+                                 "the simulation, quant point by quant point (verify/lowering.py); 0 skips it",
+                              group="export")
     target: str = opt("onnxruntime", "deployment target profile (targets.py): containers, reduce range, Q/DQ "
                                      "placement", group="export")
     opset: int = opt(21, "opset of the exported model", group="export")

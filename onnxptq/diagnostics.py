@@ -30,6 +30,7 @@ KINDS: dict[str, str] = {
     "target-float": "layers left in float for the accuracy target",
     "target-point": "activation quant points raised to 8 bits for the accuracy target",
     "target-missed": "accuracy target missed",
+    "lowering": "integer steps off the simulation by more than 1 LSB (verify/lowering.py)",
     "other": "other warnings",
 }
 

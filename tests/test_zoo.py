@@ -38,6 +38,8 @@ def test_fast_zoo_model(zm, tmp_path, photos, monkeypatch):
     # the integer export either passes level-1 verify or names the nodes it cannot lower
     assert row.verify == "pass" or (row.int_export.startswith("error:") and "node" in row.int_export), \
         (row.int_export, row.verify)
+    if row.verify == "pass":  # and its program computes what the quantizer simulated
+        assert row.lowering.startswith("ok: max ") and row.int_sqnr is not None, (row.lowering, row.int_sqnr)
 
 
 def test_the_w8a8_comparison_is_the_mean_over_calibration_draws():

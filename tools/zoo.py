@@ -240,6 +240,8 @@ class ZooRow:
     ort_draws: list[float] = field(default_factory=list)
     int_export: str = ""
     verify: str = ""
+    int_sqnr: float | None = None  # the Po2 integer model in onnxruntime vs the float model
+    lowering: str = ""  # the integer program vs the simulation (verify/lowering.py)
     int_kernels: str = ""
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
@@ -359,11 +361,22 @@ def run_model(zm: ZooModel, work: Path, photos=None, num_calib: int = NUM_CALIB,
         rep, err = _stage(row, "verify", lambda: verify_integer(onnx.load(str(intp)), few, 1, num_verify,
                                                                 progress=False))
         row.verify = ("pass" if rep.ok else f"FAIL {rep.first()}") if rep is not None else err
+        row.int_sqnr, _ = _stage(row, "int SQNR", lambda: _sqnr(ref, _run_float(intp, feeds)))
+        row.lowering = lowering_cell(res.lowering)
     row.seconds = time.perf_counter() - t0
     return row
 
 
 # ------------------------------------------------------------------------------ report
+
+def lowering_cell(lp) -> str:
+    """The lowering check in one cell: the largest local delta, the program's output vs the simulation's."""
+    if lp is None:
+        return "-"
+    worst = max((r.max_lsb for r in lp.local.values()), default=0.0)
+    head = "ok" if lp.ok else f"FAIL {len(lp.defects())} step(s)"
+    return f"{head}: max {worst:g} LSB, output {lp.output_sqnr:.1f} dB"
+
 
 def _f(v: float | None) -> str:
     return "-" if v is None else f"{v:.2f}"
@@ -379,12 +392,14 @@ TOL = 0.05  # dB: "not below quantize_static" allows this much
 def table(rows: list[ZooRow]) -> str:
     lines = ["| model | family | nodes | import | W8A8 QDQ SQNR dB (onnxptq), mean | quantize_static SQNR dB "
              "(onnxruntime), mean | per draw: onnxptq | per draw: quantize_static | po2 --format int | verify level 1 "
-             "| QDQ layers on integer kernels (onnxruntime) | s |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| Po2 int SQNR dB | lowering check (program vs simulation) | QDQ layers on integer kernels (onnxruntime) "
+             "| s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r.name} | {r.family} | {r.nodes} | {r.import_ok} | {_f(r.onnxptq_sqnr)} | {_f(r.ort_sqnr)} "
                      f"| {_draws(r.onnxptq_draws)} | {_draws(r.ort_draws)} "
-                     f"| {r.int_export} | {r.verify or '-'} | {r.int_kernels or '-'} | {r.seconds:.0f} |")
+                     f"| {r.int_export} | {r.verify or '-'} | {_f(r.int_sqnr)} | {r.lowering or '-'} "
+                     f"| {r.int_kernels or '-'} | {r.seconds:.0f} |")
     return "\n".join(lines)
 
 
@@ -395,10 +410,11 @@ def summary(rows: list[ZooRow]) -> str:
     not_below = sum(r.onnxptq_sqnr >= r.ort_sqnr - TOL for r in both)
     per_draw = [r.draws_not_below(TOL) for r in both]
     ver = sum(r.verify == "pass" for r in rows)
+    low = sum(r.lowering.startswith("ok") for r in rows)
     internal = sum(any("INTERNAL" in x for x in r.notes) for r in rows)
     return (f"{n} models: W8A8 QDQ {qdq}/{n}, mean SQNR not below quantize_static's ({TOL} dB tolerance) "
             f"{not_below}/{len(both)} compared (per draw: {sum(a for a, _ in per_draw)}/{sum(b for _, b in per_draw)}), "
-            f"po2 int + level-1 verify {ver}/{n}, internal errors in {internal}.")
+            f"po2 int + level-1 verify {ver}/{n}, lowering check within 1 LSB {low}/{n}, internal errors in {internal}.")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -451,7 +467,11 @@ def main(argv: list[str] | None = None) -> int:
             "these random-weight models one draw of 32 samples moves either quantizer's SQNR by up to several dB. "
             "The Po2 integer export uses the first draw. "
             "quantize_static: MinMax, QUInt8 activations, QInt8 per-channel weights, QDQ, after quant_pre_process. "
-            f"verify: `verify_integer` on {NUM_VERIFY} samples (runtime/ vs onnxruntime vs the integer simulation).",
+            f"verify: `verify_integer` on {NUM_VERIFY} samples (runtime/ vs onnxruntime vs the integer simulation). "
+            "Po2 int SQNR: the integer model in onnxruntime against the float model. Lowering check: the integer "
+            "program against the fake-quant simulation on the first 4 calibration samples (verify/lowering.py): "
+            "the largest difference one integer step adds (LSB, teacher-forced) and the program's output SQNR "
+            "against the simulation's.",
             "", *body])
         key = "zoo" + "".join(f"-{k}-{v}" for k, v in options.items())
         if options:  # a variant gets its own section, named by its options

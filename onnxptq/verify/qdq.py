@@ -285,28 +285,29 @@ class OrtExactRunner:
 
 @torch.no_grad()
 def simulate_quant_points(sim: SimModel, feeds: dict[str, torch.Tensor], kernels: dict | OrtExactRunner | None = None,
-                          forced: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
-    """Grid integers of every quant point for one batch.
+                          forced: dict[str, np.ndarray] | None = None,
+                          points: list[str] | None = None) -> dict[str, np.ndarray]:
+    """Grid integers of every quant point (or of ``points``) for one batch.
 
     ``kernels`` (from ``ort_kernels``, or an ``OrtExactRunner``): evaluate in ort-exact mode; ``forced`` ({quant point: onnxruntime's
     container integers}): teacher forcing, each quant point is replaced by onnxruntime's value once computed.
     """
     runner = kernels if isinstance(kernels, OrtExactRunner) else OrtExactRunner(sim, kernels) if kernels else None
     qps = sim.qg.quant_points
-    info = {t: _qp(sim, t) for t in qps}
+    info = {t: _qp(sim, t) for t in (qps if points is None else points)}
     res: dict[str, np.ndarray] = {}
 
     def record(name: str, env) -> None:
         s, z, shift, _, _ = info[name]
-        res[name] = _to_int(env[name], s, z).to(torch.int64).numpy()
+        res[name] = _to_int(env[name], s, z).to(torch.int64).cpu().numpy()
         if forced is not None and name in forced:
-            env[name] = _from_int(torch.from_numpy(forced[name] - shift), s, z)
+            env[name] = _from_int(torch.from_numpy(forced[name] - shift), s, z).to(env[name].device)
 
     env: dict[str, torch.Tensor] = {}
     for name in sim.qg.inputs:
         x = feeds[name]
         env[name] = sim.act_quantizer(name)(x) if name in qps else x
-        if name in qps:
+        if name in info:
             record(name, env)
     skip: set[str] = set()
     for k, node in enumerate(sim.nodes):
@@ -325,7 +326,7 @@ def simulate_quant_points(sim: SimModel, feeds: dict[str, torch.Tensor], kernels
             sim.run_nodes(env, k, k + 1, keep=True)
             outs = [o for o in node.outputs if o]
         for o in outs:
-            if o in qps:
+            if o in info:
                 record(o, env)
     return res
 
