@@ -31,6 +31,9 @@ Experiments (``--experiments all`` runs them in this order, digits first):
   effnet-ranges       EfficientNet-Lite0 RTN W8A8 / W8A4 / W4A8, activation ranges L_p vs --a-output-search
   digits-ranges       the same on the digits models at W8A4 / W4A4
   effnet-fast         EfficientNet-Lite0 BRECQ W4A8 and W4A4, fast preset: time (run alone) and fidelity
+  effnet-fast-layer   the same rows reconstructed layer by layer instead of block by block (same iterations
+                      per region: a layer's iteration is cheaper, so more regions in about the same time)
+  digits-fast-layer   the same on the digits models
   effnet-po2          power-of-two vs float scales, RTN and BRECQ at W8A8 / W4A8 / W4A4, activation rescale on/off
   digits-po2          the same on the digits models
   effnet-seeds        W4A8 BRECQ at seeds 0, 1, 2: how far results move with the seed alone
@@ -216,6 +219,12 @@ EXPERIMENTS: dict[str, Exp] = {
                        "at most 300 s on 2 cores)", [
         ("brecq W4A8", dict(method="brecq", w_bits=4, a_bits=8)),
         ("brecq W4A4", dict(method="brecq", w_bits=4, a_bits=4))]),
+    "effnet-fast-layer": Exp("efficientnet", "the fast preset's W4A8 and W4A4 BRECQ reconstructed layer by layer "
+                             "(the block rows are effnet-fast)", [
+        (f"brecq layer W4A{a}", dict(method="brecq", granularity="layer", w_bits=4, a_bits=a)) for a in (8, 4)]),
+    "digits-fast-layer": Exp("digits", "the fast preset's W4A8 and W4A4 BRECQ, layer by layer vs block by block", [
+        (f"brecq {g} W4A{a}", dict(method="brecq", granularity=g, w_bits=4, a_bits=a))
+        for a in (8, 4) for g in ("block", "layer")]),
     "effnet-po2": Exp("efficientnet", "power-of-two scales vs float scales (issue 18: within 0.5 dB), RTN and "
                       "BRECQ (fast preset), with and without the activation rescale, and with the weight-channel "
                       "equalization (graph/rescale.py)",
