@@ -49,6 +49,7 @@ def _check(path: str, x: np.ndarray, kinds: set[str], floor: float, **int_option
     s_int = _sqnr(ref, ort_run(res.model, {"x": test})[0])
     s_qdq = _sqnr(ref, ort_run(qdq.model, {"x": test})[0])
     assert s_int >= floor and s_int >= s_qdq - 0.5, (s_int, s_qdq)
+    assert res.lowering.ok, res.lowering.format()  # every step within 1 LSB of the simulation (verify/lowering.py)
     return res
 
 
@@ -86,6 +87,75 @@ def test_matmul_of_two_activations(tmp_path):
     res = _check(path, _tokens(3), {"matmul"}, floor=25.0)
     step = next(s for s in res.program.steps if s.kind == "matmul")
     assert step.attrs["form"] == "QLinearMatMul" and step.attrs["bound"] <= C * 255 * 255
+
+
+@pytest.mark.parametrize("rounding", ["rne", "half_up"])
+def test_l2_normalize_is_an_integer_square_root_and_division(tmp_path, rounding):
+    """F.normalize as exported (XCiT, EdgeNeXt): ReduceL2 -> Clip(eps) -> Expand -> Div, over the channels:
+    an exact integer square root of the sum of squares and an exact division of two activations."""
+    rng = np.random.default_rng(7)
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"], name="fc"),
+             helper.make_node("ReduceL2", ["h"], ["n"], name="norm", axes=[-1], keepdims=1),
+             helper.make_node("Clip", ["n", "eps"], ["nc"], name="clip_eps"),
+             helper.make_node("Shape", ["h"], ["hs"], name="shape"),
+             helper.make_node("Expand", ["nc", "hs"], ["ne"], name="expand"),
+             helper.make_node("Div", ["h", "ne"], ["u"], name="normalize"),
+             helper.make_node("MatMul", ["u", "w2"], ["y"], name="fc2")]
+    path = _save(tmp_path, "l2norm", nodes, (T, C), (T, C),
+                 {"w": _w(rng, C, C), "eps": np.float32(1e-12), "w2": _w(rng, C, C, scale=2.0)})
+    res = _check(path, _tokens(5), {"l2norm", "div"}, floor=25.0, int_rounding=rounding)
+    div = next(s for s in res.program.steps if s.kind == "div")
+    assert div.inputs[0] == "h" and div.attrs["up"] + div.attrs["down"] > 0
+
+
+def test_global_response_norm_divides_by_the_mean_norm(tmp_path):
+    """ConvNeXt-V2's GRN on tokens: G = ReduceL2 over the tokens (one norm per channel), N = G / (mean_c G +
+    1e-6), y = gamma (h N) + beta + h: the norm, a division of two activations, a product of two."""
+    rng = np.random.default_rng(8)
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"], name="fc"),
+             helper.make_node("ReduceL2", ["h"], ["g"], name="grn_norm", axes=[1], keepdims=1),
+             helper.make_node("ReduceMean", ["g"], ["gm"], name="grn_mean", axes=[-1], keepdims=1),
+             helper.make_node("Add", ["gm", "eps"], ["gme"], name="grn_eps"),
+             helper.make_node("Div", ["g", "gme"], ["nx"], name="grn_div"),
+             helper.make_node("Mul", ["h", "nx"], ["hn"], name="grn_mul"),
+             helper.make_node("Mul", ["hn", "gamma"], ["hg"], name="grn_gamma"),
+             helper.make_node("Add", ["hg", "beta"], ["hb"], name="grn_beta"),
+             helper.make_node("Add", ["hb", "h"], ["r"], name="grn_residual"),
+             helper.make_node("MatMul", ["r", "w2"], ["y"], name="fc2")]
+    path = _save(tmp_path, "grn", nodes, (T, C), (T, C),
+                 {"w": _w(rng, C, C), "eps": np.float32(1e-6), "gamma": rng.uniform(0.2, 1.0, C),
+                  "beta": _w(rng, C, scale=0.1), "w2": _w(rng, C, C)})
+    _check(path, _tokens(6), {"l2norm", "div", "mul"}, floor=20.0)
+
+
+def test_round_sqrt_and_div_round_by_hand():
+    """The integer ReduceL2 and Div rules against exact rational arithmetic (Python's round: ties to even)."""
+    from fractions import Fraction
+    from math import isqrt
+
+    from onnxptq.quant.requant import div_round, round_sqrt
+
+    def exact_round_sqrt(s: int, k: int) -> int:  # round(sqrt(s) 2^k) from integer square roots only
+        num = s * 4 ** k if k >= 0 else s
+        den = 1 if k >= 0 else 4 ** -k
+        r = isqrt(num * 4 // den)  # floor(2 sqrt(num / den))
+        lo = Fraction(r, 2)  # sqrt in [r/2, (r+1)/2)
+        if lo * lo * den == num and r % 2 == 1:  # an exact half: ties to even
+            return round(lo)
+        return (r + 1) // 2
+
+    s = np.array([0, 1, 2, 3, 4, 5, 8, 9, 15, 16, 17, 24, 25, 36, 48, 49, 63, 64, 99, 100, 2**40 + 12345], np.int64)
+    for k in range(-3, 4):
+        assert round_sqrt(s, k).tolist() == [exact_round_sqrt(int(v), k) for v in s], k
+    assert round_sqrt(np.int64(36), -2) == 2 and round_sqrt(np.int64(4), -2) == 0  # 6/4 = 1.5 -> 2, 2/4 = 0.5 -> 0
+    assert round_sqrt(np.int64(4), -2, "half_up") == 1
+    num = np.array([7, -7, 5, -5, 3, 0, 9, -9, 4], np.int64)
+    den = np.array([2, 2, -2, -2, 0, 0, 6, -6, 8], np.int64)
+    assert div_round(num, den).tolist() == [4, -4, -2, 2, 2**40, 0, 2, 2, 0]  # 3.5 -> 4, 2.5 -> 2, 1.5 -> 2, 0.5 -> 0
+    assert div_round(num, den, "half_up").tolist() == [4, -3, -2, 3, 2**40, 0, 2, 2, 1]
+    for a, b in zip(num, den):
+        if b:
+            assert div_round(np.int64(a), np.int64(b)) == round(Fraction(int(a), int(b)))
 
 
 @pytest.mark.parametrize("rounding, form", [("rne", "float32"), ("half_up", "shift")])

@@ -42,7 +42,8 @@ FORMAT_KEY = "onnxptq.format"
 #: Step kind -> writer method; covers every integer-lowering kind of ops.registry (tests/test_opspec.py).
 WRITERS = {"input": "s_input", "layer": "s_layer", "add": "s_add", "mul": "s_mul", "affine": "s_affine",
            "matmul": "s_matmul", "concat": "s_concat", "avgpool": "s_avgpool", "softmax": "s_softmax", "lut": "s_lut",
-           "layernorm": "s_layernorm", "batchnorm": "s_affine", "carry": "s_copy", "pass": "s_copy", "output": "s_output"}
+           "layernorm": "s_layernorm", "batchnorm": "s_affine", "l2norm": "s_l2norm", "div": "s_div", "carry": "s_copy",
+           "pass": "s_copy", "output": "s_output"}
 
 
 def qname(t: str) -> str:
@@ -447,6 +448,54 @@ class IntegerWriter:
             p = self.op("Add", [p, self.const(f"{base}/beta", a["beta"].astype(i64))], f"{base}/biased")
         r = self.requant(p, a["shift"], 0, True, f"{base}/requant")
         self.finish(r, step, qname(step.outputs[0]), True, f"{base}/out")
+
+    def s_l2norm(self, step: Step) -> None:
+        """ReduceL2 (``quant.requant.round_sqrt``), int64: S = ReduceSum(v v); k >= 0: m = S 4^k,
+        r = floor_sqrt(m), r + (m > r^2 + r); k < 0: r = floor_sqrt(S), Where(r^2 = S, R(r, -k), (r + 2^(-k-1)) / 2^-k)."""
+        a, base = step.attrs, step.node
+        i64 = np.int64
+        v = self.widen(qname(step.inputs[0]), a["x_zp"], True, f"{base}/in")
+        axes = self.const(f"{base}/axes", np.array(a["axes"], i64))
+        m = self.op("ReduceSum", [self.op("Mul", [v, v], f"{base}/v_sq"), axes], f"{base}/sum_sq",
+                    keepdims=a["keepdims"])
+        k = a["k"]
+        if k > 0:
+            m = self.op("Mul", [m, self.const(f"{base}/scale", i64(4 ** k))], f"{base}/sum_sq_scaled")
+        sq = self.op("Sqrt", [self.op("Cast", [m], f"{base}/m_double", to=TensorProto.DOUBLE)], f"{base}/sqrt")
+        r = self.op("Cast", [self.op("Floor", [sq], f"{base}/sqrt_floor")], f"{base}/r", to=TensorProto.INT64)
+        r_sq = self.op("Mul", [r, r], f"{base}/r_sq")
+        if k >= 0:
+            up = self.op("Greater", [m, self.op("Add", [r_sq, r], f"{base}/r_sq_r")], f"{base}/round_up")
+            y = self.op("Add", [r, self.op("Cast", [up], f"{base}/round_up_int", to=TensorProto.INT64)], f"{base}/y")
+        else:
+            D = self.const(f"{base}/D", i64(2 ** -k))
+            half_up = self.op("Div", [self.op("Add", [r, self.const(f"{base}/half", i64(2 ** (-k - 1)))], f"{base}/r_half"),
+                                      D], f"{base}/half_up")
+            tie = self.rne_divide(r, D, self.const(f"{base}/D_p1", i64(2 ** -k + 1)), i64, f"{base}/exact")
+            y = self.op("Where", [self.op("Equal", [r_sq, m], f"{base}/is_square"), tie, half_up], f"{base}/y")
+        self.finish(y, step, qname(step.outputs[0]), True, f"{base}/out")
+
+    def s_div(self, step: Step) -> None:
+        """Div of two activations (``quant.requant.div_round``), int64: num = (a - z_a) 2^up, den = (b - z_b) 2^down,
+        RNE(num Sign(den) / Max(|den|, 1)), and Sign(num) 2^40 where den = 0."""
+        a, base = step.attrs, step.node
+        i64 = np.int64
+        num, den = (self.widen(qname(t), z, True, f"{base}/in{k}") for k, (t, z) in enumerate(zip(step.inputs, a["zps"])))
+        if a["up"]:
+            num = self.op("Mul", [num, self.const(f"{base}/up", i64(2 ** a["up"]))], f"{base}/num")
+        if a["down"]:
+            den = self.op("Mul", [den, self.const(f"{base}/down", i64(2 ** a["down"]))], f"{base}/den")
+        d = self.op("Abs", [den], f"{base}/den_abs")
+        zero = self.op("Cast", [self.op("Equal", [d, self.const(f"{base}/zero", i64(0))], f"{base}/den_zero")],
+                       f"{base}/den_zero_int", to=TensorProto.INT64)
+        d = self.op("Add", [d, zero], f"{base}/den_safe")
+        n_signed = self.op("Mul", [num, self.op("Sign", [den], f"{base}/den_sign")], f"{base}/num_signed")
+        q = self.rne_divide(n_signed, d, self.op("Add", [d, self.const(f"{base}/one", i64(1))], f"{base}/den_p1"), i64,
+                            f"{base}/q")
+        sat = self.op("Mul", [self.op("Sign", [num], f"{base}/num_sign"), self.const(f"{base}/saturate", i64(2**40))],
+                      f"{base}/saturated")
+        q = self.op("Add", [q, self.op("Mul", [sat, zero], f"{base}/saturated_where_zero")], f"{base}/y")
+        self.finish(q, step, qname(step.outputs[0]), True, f"{base}/out")
 
     def s_lut(self, step: Step) -> None:
         a, base = step.attrs, step.node

@@ -256,6 +256,10 @@ class _Lowering:
                 self.lut(n, a)  # one activation and scalar constants (x * c, x + c, erf(x), ...): a lookup table
         elif lowering == "layer" and n.op_type == "MatMul":  # not a layer: both operands are activations
             self.matmul(n)
+        elif n.op_type == "Div" and len(float_in) == 2:  # kind "lut" for a constant divisor
+            self.divide(n)
+        elif lowering == "l2norm":
+            self.l2norm(n, a)
         elif lowering == "softmax":
             self.softmax(n, a)
         elif spec.role_of(a) == "carry" and self.qg.source.get(out) != out:
@@ -273,9 +277,9 @@ class _Lowering:
         elif lowering == "batchnorm":
             self.batchnorm(n)
         else:
-            raise _Unsupported("no exact integer form (supported: Conv/Gemm/MatMul, Add/Sub/Sum, Mul, Concat, "
-                               "average pools, linear Resize by 2 or 4, Softmax, elementwise activations as lookup "
-                               "tables, data-movement ops)")
+            raise _Unsupported("no exact integer form (supported: Conv/Gemm/MatMul, Add/Sub/Sum, Mul, Div, Concat, "
+                               "average pools, ReduceL2, linear Resize by 2 or 4, Softmax, LayerNormalization, "
+                               "elementwise activations as lookup tables, data-movement ops)")
 
     # -------------------------------------------------------------- steps
     def layer(self, n, a: dict) -> None:
@@ -683,6 +687,43 @@ class _Lowering:
         self.steps.append(Step("softmax", n.name, [n.input[0]], [n.output[0]], {
             "axis": axis, "table": table, "up": up, "down": down, "y_zp": y.zp, "lo": y.lo, "hi": y.hi,
             "wide": bool(wide)}))
+
+    def l2norm(self, n, a: dict) -> None:
+        """ReduceL2: S = sum (c - z_x)^2 over the axes (int64), y = clip(round(sqrt(S) 2^(f_y - f_x)) + z_y), exact
+        by ``quant.requant.round_sqrt`` (floor square root in float64, exact below 2^52)."""
+        x, y = self.tint(n.input[0]), self.tint(n.output[0])
+        shape = self.qg.shapes.get(n.input[0]) or ()
+        axes = a.get("axes")
+        if axes is None and len(n.input) > 1 and n.input[1]:
+            axes = [int(v) for v in self.sim.consts[n.input[1]].reshape(-1).tolist()]
+        if not axes:
+            if a.get("noop_with_empty_axes", 0):
+                raise _Unsupported("ReduceL2 with no axes and noop_with_empty_axes (|x|, a lookup table) is not lowered")
+            axes = list(range(len(shape)))
+        dims = [shape[d] if -len(shape) <= d < len(shape) else None for d in axes] if shape else [None]
+        if not all(isinstance(d, int) and d > 0 for d in dims):
+            raise _Unsupported("the reduced axes are not static (no bound on the sum of squares)")
+        k = y.frac - x.frac
+        s_max = math.prod(dims) * x.max_abs ** 2 * 4 ** max(k, 0)
+        if s_max >= 2**52:
+            raise _Unsupported(f"its scaled sum of squares can reach {s_max} >= 2^52 (the float64 square root is "
+                               "exact below)")
+        self.steps.append(Step("l2norm", n.name, [n.input[0]], [n.output[0]], {
+            "axes": [int(d) for d in axes], "keepdims": int(a.get("keepdims", 1)), "x_zp": x.zp, "k": int(k),
+            "y_zp": y.zp, "lo": y.lo, "hi": y.hi}))
+
+    def divide(self, n) -> None:
+        """Div of two activations: y = clip(round((a - z_a) 2^up / ((b - z_b) 2^down)) + z_y) with
+        up - down = f_y + f_b - f_a (``quant.requant.div_round``: a zero divisor saturates, as x / 0 does)."""
+        if not all(self.is_int(i) for i in n.input):
+            raise _Unsupported("Div reads a float tensor that has no integer form")
+        a, b, y = self.tint(n.input[0]), self.tint(n.input[1]), self.tint(n.output[0])
+        e = y.frac + b.frac - a.frac
+        up, down = max(e, 0), max(-e, 0)
+        if 2 * max(a.max_abs * 2**up, b.max_abs * 2**down) >= 2**62:
+            raise _Unsupported(f"the aligned operands need 2^{up} / 2^{down}: beyond int64")
+        self.steps.append(Step("div", n.name, list(n.input), [n.output[0]], {
+            "zps": [a.zp, b.zp], "up": int(up), "down": int(down), "y_zp": y.zp, "lo": y.lo, "hi": y.hi}))
 
     def constant_carry(self, n, a: dict, out: str) -> None:
         """A data-movement op on a float constant whose output is a quant point (Expand of a class token,

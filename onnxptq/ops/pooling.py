@@ -14,6 +14,7 @@ FAMILIES = [
     ("average pools", "merge", "avgpool", ("GlobalAveragePool", "AveragePool", "ReduceMean")),
     ("max pools", "carry", "carry", ("MaxPool", "GlobalMaxPool")),
     ("reductions", "island", None, ("ReduceSum", "ReduceMax", "ReduceMin")),
+    ("L2 norms", "island", "l2norm", ("ReduceL2",)),  # sqrt of an integer sum of squares (quant.requant.round_sqrt)
 ]
 
 
@@ -87,3 +88,4 @@ OPS["ReduceMean"] = _reduce(torch.mean)
 OPS["ReduceSum"] = _reduce(torch.sum)
 OPS["ReduceMax"] = _reduce(torch.amax)
 OPS["ReduceMin"] = _reduce(torch.amin)
+OPS["ReduceL2"] = _reduce(lambda x, dim, keepdim: torch.sum(x * x, dim=dim, keepdim=keepdim).sqrt())

@@ -96,6 +96,37 @@ def floor_sqrt(m):
     return m.double().sqrt().floor().long()  # torch
 
 
+def round_sqrt(s, k: int, mode: str = "rne"):
+    """round(sqrt(s) 2^k) for integer s in [0, 2^52 / 4^max(k, 0)) and any integer k: the integer ReduceL2.
+
+    k >= 0: m = s 4^k, r = floor_sqrt(m). sqrt(m) is an integer or irrational, never r + 1/2, so it rounds
+    up iff m >= (r + 1/2)^2 = r^2 + r + 1/4, i.e. m > r^2 + r (no tie, any ``mode``).
+    k < 0, j = -k: round(sqrt(s) / 2^j) = floor((sqrt(s) + 2^(j-1)) / 2^j) = floor((r + 2^(j-1)) / 2^j) with
+    r = floor_sqrt(s) (floor(y / D) = floor(floor(y) / D) for a positive integer D); a tie needs sqrt(s)
+    rational, s = r^2, and is then rounded by ``mode`` (``rne_shift``).
+    """
+    if k >= 0:
+        m = s * 4 ** k
+        r = floor_sqrt(m)
+        return r + (m > r * r + r) * 1
+    r = floor_sqrt(s)
+    half_up = (r + 2 ** (-k - 1)) // 2 ** -k
+    return half_up + (rne_shift(r, -k, mode) - half_up) * (r * r == s)
+
+
+def _sign(v):
+    return (v > 0) * 1 - (v < 0) * 1
+
+
+def div_round(num, den, mode: str = "rne", saturate: int = 2**40):
+    """round(num / den) for integers of any sign (``rne_div`` on num sign(den) and |den|): the integer Div of
+    two activations. den = 0 gives sign(num) * ``saturate``, which the output Clip turns into the grid's end,
+    as the float x / 0 = +-inf (or x divided by a tiny clipped norm) saturates; 0 / 0 gives 0."""
+    d = den * _sign(den)
+    zero = (d == 0) * 1
+    return rne_div(num * _sign(den), d + zero, mode) + _sign(num) * saturate * zero
+
+
 def requant_shift(a, n, pre: int = 0, mode: str = "rne"):
     """a * 2^pre, then R(., n + pre): the per-channel requantization of an accumulator by 2^-n.
 

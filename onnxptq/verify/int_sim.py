@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from ..export.intplan import IntProgram, Step, TInt
-from ..quant.requant import floor_sqrt, requant_shift, rne_div, shift_float
+from ..quant.requant import div_round, floor_sqrt, requant_shift, rne_div, round_sqrt, shift_float
 from ..ops.registry import REGISTRY
 from ..ops.simulate import conv, torch_pad
 
@@ -22,8 +22,8 @@ from ..ops.simulate import conv, torch_pad
 #: "carry" (and "pass") steps run the op's torch function on the containers (_generic).
 EXECUTORS = {"layer": "_layer", "add": "_add", "mul": "_mul", "affine": "_affine", "matmul": "_matmul",
              "concat": "_concat", "avgpool": "_avgpool", "softmax": "_softmax", "lut": "_lut",
-             "layernorm": "_layernorm", "batchnorm": "_affine", "carry": "_generic"}
-_NARY = frozenset({"add", "mul", "matmul", "concat"})  # executors that take the list of inputs
+             "layernorm": "_layernorm", "batchnorm": "_affine", "l2norm": "_l2norm", "div": "_div", "carry": "_generic"}
+_NARY = frozenset({"add", "mul", "matmul", "concat", "div"})  # executors that take the list of inputs
 
 
 def _per_channel(v: np.ndarray, cdim: int, ndim: int, device) -> torch.Tensor:
@@ -180,6 +180,18 @@ class IntSim:
         p = t * torch.as_tensor(a["gamma"], device=dev) + torch.as_tensor(a["beta"], device=dev)
         y = requant_shift(p, a["shift"], 0, self.p.rounding) + a["y_zp"]
         return y.clamp(a["lo"], a["hi"]).double()
+
+    def _l2norm(self, step: Step, x: torch.Tensor) -> torch.Tensor:
+        a = step.attrs
+        v = x.to(torch.int64) - a["x_zp"]
+        s = (v * v).sum(dim=a["axes"], keepdim=bool(a["keepdims"]))
+        return (round_sqrt(s, a["k"], self.p.rounding) + a["y_zp"]).clamp(a["lo"], a["hi"]).double()
+
+    def _div(self, step: Step, ins: list[torch.Tensor]) -> torch.Tensor:
+        a = step.attrs
+        num = (ins[0].to(torch.int64) - a["zps"][0]) * 2 ** a["up"]
+        den = (ins[1].to(torch.int64) - a["zps"][1]) * 2 ** a["down"]
+        return (div_round(num, den, self.p.rounding) + a["y_zp"]).clamp(a["lo"], a["hi"]).double()
 
     def _lut(self, step: Step, x: torch.Tensor) -> torch.Tensor:
         table = torch.as_tensor(step.attrs["table"].astype(np.float64), device=x.device)
