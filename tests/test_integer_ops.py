@@ -335,6 +335,50 @@ def test_padded_average_pool_without_the_pads_in_its_count(tmp_path, pads, strid
     assert sqnr_db(ort_run(m, {"x": x})[0], ort_run(res.model, {"x": x})[0]) > 25
 
 
+@pytest.mark.parametrize("size, kernel, strides, pads", [(9, 2, 2, [0, 0, 0, 0]), (10, 3, 2, [1, 1, 1, 1]),
+                                                         (8, 3, 2, [0, 0, 0, 0]), (10, 3, 3, [1, 0, 1, 0])])
+def test_ceil_mode_average_pool_divides_by_the_inputs_its_window_holds(tmp_path, size, kernel, strides, pads):
+    """AveragePool with ceil_mode=1, count_include_pad=0 (NF-ResNet's and ResNet-D's downsampling shortcut):
+    the last window hangs over the end, and each position divides by the inputs it holds; exact parity, the
+    output shape and values of onnxruntime's float pool."""
+    from onnxptq.export.intplan import ceil_mode_overhang
+
+    rng = np.random.default_rng(10)
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["h"], name="conv", pads=[1, 1, 1, 1]),
+             helper.make_node("AveragePool", ["h"], ["y"], name="pool", kernel_shape=[kernel, kernel], pads=pads,
+                              strides=[strides, strides], ceil_mode=1, count_include_pad=0)]
+    inits = [numpy_helper.from_array((rng.standard_normal((4, 3, 3, 3)) * 0.3).astype(np.float32), "w"),
+             numpy_helper.from_array((rng.standard_normal(4) * 0.1).astype(np.float32), "b")]
+    g = helper.make_graph(nodes, "pool", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, size, size])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], initializer=inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    path = tmp_path / "pool.onnx"
+    onnx.save(onnx.shape_inference.infer_shapes(m), str(path))
+    x = rng.standard_normal((16, 3, size, size)).astype(np.float32)
+    ref = ort_run(str(path), {"x": x})[0]
+    extra = ceil_mode_overhang((1, 4, size, size), [kernel] * 2, pads, [strides] * 2)
+    assert any(extra) and ref.shape[2] == (size + pads[0] + pads[2] + extra[0] - kernel) // strides + 1
+    res = onnxptq.quantize(str(path), x, w_bits=8, a_bits=8, scale="po2", format="int", progress=False)
+    assert verify_integer(res.model, {"x": x[:4]}, progress=False).ok and res.lowering.ok
+    got = ort_run(res.model, {"x": x})[0]
+    assert got.shape == ref.shape and sqnr_db(ref, got) > 30
+
+
+def test_ceil_mode_counting_the_pads_names_its_node(tmp_path):
+    nodes = [helper.make_node("AveragePool", ["x"], ["y"], name="pool_cip", kernel_shape=[3, 3], strides=[2, 2],
+                              pads=[1, 1, 1, 1], ceil_mode=1, count_include_pad=1)]
+    g = helper.make_graph(nodes, "pool", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    path = tmp_path / "pool.onnx"
+    onnx.save(onnx.shape_inference.infer_shapes(m), str(path))
+    x = np.random.default_rng(0).standard_normal((8, 3, 8, 8)).astype(np.float32)
+    with pytest.raises(OnnxPtqError, match="pool_cip.*ceil_mode and count_include_pad=1"):
+        onnxptq.quantize(str(path), x, scale="po2", format="int", progress=False)
+
+
 def _resize_model(tmp_path, scales: list[float], mode: str = "linear", ctm: str = "half_pixel") -> str:
     """Conv -> Relu -> Resize(scales) -> Conv, 8x8 input, as feature pyramids upsample (a fixed spatial size)."""
     rng = np.random.default_rng(3)

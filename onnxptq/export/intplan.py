@@ -428,14 +428,21 @@ class _Lowering:
         if n.op_type == "AveragePool":
             k = list(a["kernel_shape"])
             pads = list(a.get("pads", [0] * 2 * len(k)))
-            if a.get("ceil_mode", 0) or a.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET", b"VALID", "VALID"):
-                raise _Unsupported("AveragePool with ceil_mode or auto_pad has a position-dependent divisor")
+            strides = list(a.get("strides", [1] * len(k)))
+            if a.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET", b"VALID", "VALID"):
+                raise _Unsupported("AveragePool with auto_pad SAME_* (write explicit pads)")
+            if a.get("ceil_mode", 0):  # the last windows hang over the end: pads that never count
+                extra = ceil_mode_overhang(shape, k, pads, strides)
+                if any(extra) and a.get("count_include_pad", 0):
+                    raise _Unsupported("AveragePool with ceil_mode and count_include_pad=1 (runtimes disagree on "
+                                       "whether the overhang counts)")
+                pads = pads[:len(k)] + [p + e for p, e in zip(pads[len(k):], extra)]
             count = int(np.prod(k))
             if any(pads) and not a.get("count_include_pad", 0):  # the divisor is the window's non-pad count
-                count = self.valid_counts(shape, k, pads, list(a.get("strides", [1] * len(k))))
+                count = self.valid_counts(shape, k, pads, strides)
             if len(shape) < 2 or shape[1] is None or shape[1] <= 0:
                 raise _Unsupported("AveragePool input with an unknown channel count")
-            attrs.update(channels=int(shape[1]), kernel=k, pads=pads, strides=list(a.get("strides", [1] * len(k))))
+            attrs.update(channels=int(shape[1]), kernel=k, pads=pads, strides=strides)
         else:
             if n.op_type == "ReduceMean":
                 axes = a.get("axes")
@@ -793,6 +800,24 @@ def resize_phases(r_h: int, r_w: int) -> np.ndarray | None:
 
     th, tw = taps(r_h), taps(r_w)
     return (th[:, None, :, None] * tw[None, :, None, :]).reshape(r_h * r_w, 3, 3).astype(np.int64)
+
+
+def ceil_mode_overhang(shape: tuple, kernel: list[int], pads: list[int], strides: list[int]) -> list[int]:
+    """Per spatial dim, how far the last window of a ceil_mode pool reaches past the end pad: ceil_mode gives
+    ceil((L + p_begin + p_end - k) / s) + 1 outputs, one fewer when the last window would start past the
+    input and its begin pad (PyTorch's and onnxruntime's rule)."""
+    nd = len(kernel)
+    spatial = list(shape[2:]) if len(shape) == nd + 2 else []
+    if len(spatial) != nd or any(not isinstance(d, int) or d <= 0 for d in spatial):
+        raise _Unsupported("AveragePool with ceil_mode on a non-static spatial shape")
+    extra = []
+    for d in range(nd):
+        span = spatial[d] + pads[d] + pads[nd + d]
+        out = -(-(span - kernel[d]) // strides[d]) + 1
+        if (out - 1) * strides[d] >= spatial[d] + pads[d]:
+            out -= 1
+        extra.append(max(0, (out - 1) * strides[d] + kernel[d] - span))
+    return extra
 
 
 def _shared(v) -> int | np.ndarray:
