@@ -23,7 +23,7 @@ X_SHAPE = (2, 8, 4, 4)
 # op -> (node attributes, number of data inputs, output shape): ops the own table lacks
 CASES = {
     "DepthToSpace": ({"blocksize": 2, "mode": "CRD"}, 1, (2, 2, 8, 8)),
-    "ReduceL2": ({"axes": [2, 3], "keepdims": 1}, 1, (2, 8, 1, 1)),
+    "ReduceL1": ({"axes": [2, 3], "keepdims": 1}, 1, (2, 8, 1, 1)),
     "ReduceLogSumExp": ({"axes": [1], "keepdims": 0}, 1, (2, 4, 4)),
     "Mean": ({}, 2, X_SHAPE),
 }

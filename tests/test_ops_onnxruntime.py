@@ -83,6 +83,16 @@ def test_instance_normalization(shape):
           epsilon=1e-3, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("opset, axes, keepdims", [(17, [-1], 1), (17, [2, 3], 0), (17, None, 1), (18, [1], 1)])
+def test_reduce_l2(opset, axes, keepdims):
+    x = rand(2, 3, 4, 5)
+    if opset >= 18:  # axes as an input
+        check("ReduceL2", [x, np.array(axes, np.int64)], opset=opset, keepdims=keepdims, atol=1e-5, rtol=1e-5)
+    else:
+        kw = {} if axes is None else {"axes": axes}
+        check("ReduceL2", [x], opset=opset, keepdims=keepdims, atol=1e-5, rtol=1e-5, **kw)
+
+
 @pytest.mark.parametrize("eq, shapes", [
     ("ij,jk->ik", [(3, 4), (4, 5)]),
     ("bhid,bhjd->bhij", [(2, 3, 4, 5), (2, 3, 6, 5)]),
