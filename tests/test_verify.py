@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from onnxptq.api import quantize
-from onnxptq.verify.qdq import INT_LAYER_KERNELS, INT_MERGE_KERNELS, qdq_output_parity, qdq_parity
+from onnxptq.verify.qdq import (INT_LAYER_KERNELS, INT_MERGE_KERNELS, ort_quantized_tensors, qdq_output_parity,
+                                qdq_parity)
 
 from helpers import DIGITS, TV_INPUT, digits_path
 
@@ -54,7 +55,10 @@ def _check_float_parity(rep, all_integer: bool) -> None:
     # local rounding only: <= 1 LSB everywhere, in both modes
     assert not rep.defects(), rep.defects()[:5]
     assert rep.max_local_lsb <= 1
-    assert rep.exact_output.max_lsb <= 1, rep.exact_output.histogram
+    if all_integer:
+        assert rep.exact_output.max_lsb <= 1, rep.exact_output.histogram
+    else:  # units run in float (4-bit grids: Q -> Clip) may flip 1 LSB; downstream it can grow at the output
+        assert rep.exact_output.exact_rate >= 0.99, rep.exact_output.histogram
     if all_integer:
         bad = [t for t, r in rep.exact_end_to_end.items() if not r.bit_exact]
         assert not bad, f"ort-exact not bit-exact end to end at {bad[:3]}"
@@ -133,3 +137,22 @@ def test_ort_exact_qlinearadd_formula_exhaustive(seed):
     y = qlinear_add_f32(torch.from_numpy(a.astype(np.int64)), torch.from_numpy(b.astype(np.int64)), s_a, z_a, s_b, z_b, s_c, z_c)
     got = torch.clamp(torch.round(y), 0, 255).numpy().astype(np.int64)
     assert np.array_equal(got, ref), f"{int((got != ref).sum())} of 65536 pairs differ"
+
+
+def test_clipped_quant_points_are_read_from_onnxruntime(tmp_path, digits_calib, digits_val):
+    """A grid narrower than its container is written Q -> Clip -> DQ (targets.py clip_in_integer_domain): the
+    quant point's integers are the Clip's output, so teacher forcing must read them there (it once read only
+    QuantizeLinear outputs, and such points ran free, hiding upstream flips behind a "local" 10-LSB delta)."""
+    import onnx
+
+    res = quantize(digits_path("digits_resnet"), digits_calib["input"], output=tmp_path / "q.onnx", scale="float",
+                   w_bits=8, a_bits=4, num_calib=64, progress=False, **FAST)
+    m = onnx.load(str(res.output))
+    clipped = [n.output[0][: -len("_quantized")] for n in m.graph.node
+               if n.op_type == "Clip" and n.output[0].endswith("_quantized")]
+    assert clipped  # 4-bit grids in uint8 containers
+    _, q = ort_quantized_tensors(m, {"input": digits_val["input"][:8]}, clipped)
+    assert set(q) == set(clipped)
+    for t in clipped:
+        p = res.sim.act_quantizer(t).params
+        assert q[t].max() - q[t].min() <= (1 << p.grid.bits) - 1  # the clipped (4-bit) integers

@@ -136,6 +136,9 @@ def _with_quant_outputs(model: onnx.ModelProto, tensors: list[str] | None) -> on
             zp = next((i for i in m.graph.initializer if i.name == n.input[2]), None)
             if zp is not None:
                 elem[n.output[0]] = zp.data_type
+    for n in m.graph.node:  # a clip in the integer domain (Q -> Clip -> DQ) writes the quant point's integers
+        if n.op_type == "Clip" and n.input and n.input[0] in elem:
+            elem[n.output[0]] = elem[n.input[0]]
     names = [quantized_name(t) for t in tensors] if tensors is not None else list(elem)
     have = {o.name for o in m.graph.output}
     for q in names:
