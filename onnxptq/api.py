@@ -301,6 +301,7 @@ def _quantize(model, calib, config: QuantConfig, out: Path | None, rep: Path | N
     else:
         data = _as_dataset(calib, qg, config.num_calib, preprocess, config.seed)
     plan = make_plan(qg, config)
+    cap_weight_bits(plan, get_target(config.target))  # before anything reads the plan's grids
     if config.scale == "po2" and (config.po2_rescale or config.po2_equalize):
         qg = _po2_rewrite(qg, data, plan, config, timings)
     sim = SimModel(qg).to(config.device)
@@ -311,7 +312,11 @@ def _quantize(model, calib, config: QuantConfig, out: Path | None, rep: Path | N
         t0 = time.perf_counter()
         mixed = apply_mixed(qg, plan, config, sim, data, ctx.cache)
         timings["mixed"] = time.perf_counter() - t0
-    cap_weight_bits(plan, get_target(config.target))
+    cap_weight_bits(plan, get_target(config.target))  # again: the mixed bits
+    if mixed is not None:
+        from .mixed.allocate import capped_report
+
+        mixed = capped_report(mixed, qg, plan)
     t0 = time.perf_counter()
     from .calib.calibrate import calibrate
 

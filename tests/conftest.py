@@ -118,8 +118,11 @@ def _quantize_for_this_cpu() -> None:
     target = exact_onnxruntime_target()
     if target == "onnxruntime":
         return
+    import functools
+
     original = api.quantize
 
+    @functools.wraps(original)  # the API reference (tests/test_docs.py) reads its signature and docstring
     def quantize(model, calib, config=None, output=None, **kw):
         if config is None:
             kw.setdefault("target", target)

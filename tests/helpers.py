@@ -125,3 +125,11 @@ def stop_after_checkpoints(monkeypatch, n: int) -> None:
         return out
 
     monkeypatch.setattr(ckpt, "save", save_then_stop)
+
+
+def suite_weight_bits(bits: int) -> int:
+    """The weight bits a layer asked for at ``bits`` gets under the target the suite quantizes for on this CPU
+    (conftest.py: ``onnxruntime-avx2`` on x86 without VNNI caps 8 bits at 7; otherwise ``bits``)."""
+    from onnxptq.targets import exact_onnxruntime_target, get_target
+
+    return get_target(exact_onnxruntime_target()).weight_bits(bits)

@@ -17,7 +17,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from onnxptq.cli import main
 
-from helpers import MODELS, ROOT, sha256
+from helpers import MODELS, ROOT, sha256, suite_weight_bits
 
 MODEL = MODELS / "digits_mbv2.onnx"  # the fastest shipped model to quantize
 CALIB = MODELS / "digits_calib.npz"
@@ -85,7 +85,7 @@ def test_quantize_then_eval(capsys, tmp_path, digits_val):
     assert rc == 0, err
     summary = json.loads(out)
     assert summary["output"] == str(out_path) and summary["layers"] == 20
-    assert summary["weight_bits"] == {"8": 20} and summary["compression"] > 3
+    assert summary["weight_bits"] == {str(suite_weight_bits(8)): 20} and summary["compression"] > 3
     assert out_path.exists() and sha256(MODEL) == before
     onnx.checker.check_model(onnx.load(str(out_path)))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["q.onnx"]  # no temporary files left

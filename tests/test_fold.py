@@ -12,7 +12,7 @@ from onnxptq.graph import import_model
 from onnxptq.graph.fold import fold
 from onnxptq.sim.model import SimModel
 
-from helpers import DIGITS, count_ops, digits_path, export_torch_model, ort_run
+from helpers import DIGITS, count_ops, digits_path, export_torch_model, ort_run, suite_weight_bits
 
 REL_TOL = 1e-4
 
@@ -311,6 +311,6 @@ def test_standalone_bn_quantizes_as_a_depthwise_layer_and_lowers_to_integers(tmp
     res = onnxptq.quantize(str(path), x, w_bits=4, a_bits=8, scale="po2", format="int", num_calib=32)
     bn = res.qgraph.fold.bn_as_conv
     assert len(bn) == 1 and res.qgraph.layer(bn[0]).act_node is not None  # the ReLU is fused into it
-    assert res.plan.w_bits[bn[0]] == 8  # one weight per channel: kept at 8 bits
+    assert res.plan.w_bits[bn[0]] == suite_weight_bits(8)  # one weight per channel: kept at 8 bits
     assert verify_integer(res.model, {"input": x[:4]}).ok
 

@@ -14,7 +14,7 @@ from onnx import TensorProto, helper, numpy_helper
 from onnxptq import api
 from onnxptq.quant import is_power_of_two
 
-from helpers import DIGITS, digits_path, ort_run
+from helpers import DIGITS, digits_path, ort_run, suite_weight_bits
 
 BITS = [(8, 8), (4, 8), (8, 4), (4, 4)]
 FIRST_LAST = [8, None]
@@ -107,9 +107,9 @@ def test_po2_qdq_bit_exact(name, w_bits, a_bits, fl, quantized_digits, digits_va
     # the plan: first/last layers at 8 bits unless first_last_bits is None
     w = [v["w_bits"] for v in art.meta["layers"].values()]
     if fl is None or w_bits == 8:
-        assert set(w) == {w_bits}
+        assert set(w) == {suite_weight_bits(w_bits)}
     else:
-        assert w[0] == w[-1] == 8 and set(w[1:-1]) == {w_bits}
+        assert w[0] == w[-1] == suite_weight_bits(8) and set(w[1:-1]) == {w_bits}
 
 
 @pytest.mark.parametrize("w_bits,a_bits", BITS, ids=[f"W{w}A{a}" for w, a in BITS])

@@ -12,7 +12,7 @@ exporters see the chosen bits like any other plan:
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
@@ -60,6 +60,14 @@ def weight_matrix(qg: QGraph, name: str) -> np.ndarray:
 
 def plan_size(qg: QGraph, plan: BitPlan) -> float:
     return model_size_bytes({x.name: int(np.prod(x.weight_shape)) for x in qg.layers}, plan.w_bits)
+
+
+def capped_report(report: "MixedReport", qg: QGraph, plan: BitPlan) -> "MixedReport":
+    """``report`` after the target capped the plan's weight bits (``plan.cap_weight_bits``, e.g. 8 -> 7 for
+    onnxruntime-avx2): the bits, size and bit-operations of the plan as it is exported. A cap only lowers
+    bits, so a met budget stays met."""
+    return replace(report, bits={k: plan.w_bits[k] for k in report.bits}, size_bytes=plan_size(qg, plan),
+                   bops=plan_bops(qg, plan))
 
 
 def plan_bops(qg: QGraph, plan: BitPlan) -> float:
