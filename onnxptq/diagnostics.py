@@ -19,6 +19,7 @@ log = logging.getLogger("onnxptq")
 KINDS: dict[str, str] = {
     "region-rtn": "regions kept RTN (reconstruction did not lower the held-out loss)",
     "steps-kept": "activation steps kept at calibration (a learned step would overflow an int32 bias)",
+    "steps-clamped": "learned activation steps raised until an int32 bias fits",
     "bias-correction-dropped": "bias corrections dropped (a MatMul has no bias input, or the correction did not pay)",
     "channels-rtn": "layers with Bit-Split channels kept at RTN",
     "float-layer": "layers left in float",

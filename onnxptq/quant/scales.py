@@ -5,6 +5,8 @@ given). They return float scales and integer zero-points as torch tensors; ``QPa
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .grid import Grid
@@ -229,6 +231,19 @@ def bias_safe_weight_scale(w_scale: torch.Tensor, bias: torch.Tensor, x_scale: f
     if po2:
         need = torch.exp2(torch.ceil(torch.log2(need.clamp(min=1e-300))))
     return torch.maximum(w_scale.double(), need).to(w_scale.dtype)
+
+
+def bias_safe_act_scale(x_scale: float, bias: torch.Tensor, w_scale: torch.Tensor, po2: bool,
+                        bias_bits: int = 32, margin: float = 0.0) -> float:
+    """Smallest activation scale >= ``x_scale`` at which every channel's |b| / (s_x s_w) is within
+    ``bias_limit`` (next power of two for Po2 scales): the mirror of ``bias_safe_weight_scale`` for a reader
+    whose weights are already fixed. ``margin`` as there. Computed in float64."""
+    need = float((bias.double().abs() / (w_scale.double() * bias_limit(bias_bits))).max()) if bias.numel() else 0.0
+    if margin:
+        need *= 1.0 + margin
+    if po2 and need > 0.0:
+        need = float(2.0 ** math.ceil(math.log2(need)))
+    return max(float(x_scale), need)
 
 
 def even_zero_point(zp: torch.Tensor) -> torch.Tensor:

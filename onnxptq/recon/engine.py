@@ -348,7 +348,9 @@ class Engine:
             if learn_rounding:
                 result.undecided, result.beyond_neighbors = region.finish_rounding()
                 rounding_done = True
-            result.steps_kept += region.finish_steps()
+            kept, clamped = region.finish_steps()
+            result.steps_kept += kept
+            result.steps_clamped += clamped
             if learn_rounding and self.cfg.bias_correction and sim.input_means:
                 result.bias_corrected = self._bias_correct(span, region, qf, targets, weights)
         if not rounding_done and region.layers and st.iters == 0:

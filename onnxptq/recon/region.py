@@ -21,6 +21,12 @@ from .settings import ReconSettings
 from .streams import Span, produced
 
 
+STEP_HEADROOM = 4.0
+"""A learned step (LSQ) may shrink to 1/STEP_HEADROOM of its calibrated value before an int32 bias of a reader
+in the same region limits it: such readers' weight scales get that headroom before their rounding is learned
+(only channels whose weights are ~0 change: ``quant.scales.bias_safe_weight_scale``)."""
+
+
 class Region:
     """One region's trainable state while it is reconstructed."""
 
@@ -75,12 +81,15 @@ class Region:
         for layer in self.layers:
             fq = sim.weight_quantizer(layer.name)
             w = sim.weight(layer.weight)
-            if layer.bias and layer.name in sim.bias_delta:
+            if layer.bias and (layer.name in sim.bias_delta or self._step_learned_here(layer)):
                 # RTN bias correction compensates RTN's error; the learned rounding replaces it
-                del sim.bias_delta[layer.name]
+                sim.bias_delta.pop(layer.name, None)
                 p = fq.params
+                s_x = self._input_scale(layer)
+                if self._step_learned_here(layer):
+                    s_x /= STEP_HEADROOM
                 safe = S.bias_safe_weight_scale(torch.from_numpy(p.scale), sim.weight(layer.bias).detach().cpu(),
-                                                self._input_scale(layer), p.po2)
+                                                s_x, p.po2)
                 if not torch.equal(safe, torch.from_numpy(p.scale)):
                     fq.set_params(QParams(p.grid, safe.numpy(), p.zero_point, p.axis, p.po2), w.dim())
             r = ROUNDINGS[self.st.rounding](w.detach() / fq.scale, fq.scale, self.st, self.gen)
@@ -178,27 +187,73 @@ class Region:
             ls.train(mode)
 
     @torch.no_grad()
-    def finish_steps(self) -> list[str]:
-        """Learned steps become the quantizers' scales (unless they would push an int32 bias out of
-        range); the original quantizers go back in place. Returns the quant points kept as they were."""
+    def finish_steps(self) -> tuple[list[str], list[str]]:
+        """Learned steps become the quantizers' scales; the original quantizers go back in place.
+
+        A learned step must keep every reader's int32 bias in range (``quant.scales.bias_limit``). Readers in
+        later regions (weights not rounded yet) get the smallest weight-scale raise that fits
+        (``bias_safe_weight_scale``: only channels whose weights are ~0 change, as at calibration); readers in
+        this region have fixed weights, so the step is raised to the smallest one at which their biases fit
+        (``bias_safe_act_scale``), between the learned and the calibrated step. Returns (quant points kept at
+        their calibrated step, quant points whose learned step was raised)."""
         sim = self.sim
-        kept = []
+        kept, clamped = [], []
         for t, ls in self.steps.items():
             orig = self.originals[t]
             sim.set_act_quantizer(t, orig)
             new = ls.learned_params()
-            if new is not ls.params and self._bias_fits(t, float(new.scale)):
-                orig.set_params(new)
-            elif new is not ls.params:
+            if new is ls.params:
+                continue
+            if np.size(new.scale) != 1:  # a per-channel step has no single int32 bias scale to check
                 kept.append(t)
+                continue
+            learned = float(np.asarray(new.scale).reshape(()))
+            calibrated = float(np.asarray(ls.params.scale).reshape(()))
+            if learned == calibrated:
+                continue
+            inside, later = self._readers(t)
+            s_x = learned
+            for x in inside:
+                s_w = torch.from_numpy(sim.weight_quantizer(x.name).params.scale)
+                s_x = S.bias_safe_act_scale(s_x, sim.effective_bias(x, quantized_weights=True).detach().cpu(), s_w,
+                                            bool(new.po2), margin=0.0 if new.po2 else S.FLOAT32_MARGIN)
+            s32 = np.float32(s_x)
+            if float(s32) == calibrated or not all(self._bias_in_range(x, sim.effective_bias(
+                    x, quantized_weights=True).detach(), float(s32)) for x in inside):
+                kept.append(t)
+                continue
+            for x in later:
+                self._fit_weight_scale(x, float(s32))
+            orig.set_params(QParams(new.grid, np.full_like(new.scale, s32), new.zero_point, new.axis, new.po2))
+            if float(s32) != learned:
+                clamped.append(t)
         self.steps.clear()
         self.originals.clear()
-        return kept
+        return kept, clamped
 
-    def _bias_fits(self, tensor: str, s_x: float) -> bool:
+    def _step_learned_here(self, layer) -> bool:
+        """``layer``'s input is a quant point of this region whose step will be learned."""
+        return self.st.learn_steps != "none" and self.sim.qg.source.get(layer.input) in self.acts
+
+    def _readers(self, tensor: str) -> tuple[list, list]:
+        """Layers with a bias that read ``tensor``: (in this region or before it, in later regions)."""
         sim = self.sim
-        return all(self._bias_in_range(x, sim.effective_bias(x, quantized_weights=True).detach(), s_x)
-                   for x in sim.qg.layers if x.bias and sim.qg.source.get(x.input) == tensor)
+        pos = {n.layer.name: i for i, n in enumerate(sim.nodes) if n.layer is not None}
+        inside, later = [], []
+        for x in sim.qg.layers:
+            if x.bias and sim.qg.source.get(x.input) == tensor:
+                (later if pos.get(x.name, -1) >= self.span.stop else inside).append(x)
+        return inside, later
+
+    @torch.no_grad()
+    def _fit_weight_scale(self, layer, s_x: float) -> None:
+        """Raise ``layer``'s weight scales (not rounded yet) just enough for its int32 bias at input step s_x."""
+        fq = self.sim.weight_quantizer(layer.name)
+        p = fq.params
+        safe = S.bias_safe_weight_scale(torch.from_numpy(p.scale), self.sim.effective_bias(
+            layer, quantized_weights=True).detach().cpu(), s_x, bool(p.po2), margin=S.FLOAT32_MARGIN)
+        if not torch.equal(safe, torch.from_numpy(p.scale)):
+            fq.set_params(QParams(p.grid, safe.numpy(), p.zero_point, p.axis, p.po2), len(layer.weight_shape))
 
     def _bias_in_range(self, layer, bias: torch.Tensor, s_x: float) -> bool:
         """|bias| / (s_x s_w) within ``quant.scales.bias_limit`` for every channel of ``layer``."""

@@ -17,6 +17,7 @@ class RegionResult:
     beyond_neighbors: float = 0.0  # fraction of weights rounded past their two nearest grid points (attention)
     rtn_channels: float = 0.0  # bitsplit: fraction of output channels that kept RTN (held-out rows chose it)
     steps_kept: list[str] = field(default_factory=list)  # learned steps refused (int32 bias range)
+    steps_clamped: list[str] = field(default_factory=list)  # learned steps raised until the int32 biases fit
     lp_exponent: float | None = None  # RAPQ Eq. 19 P of the region (loss lp)
     lp_source: str | None = None  # where its gamma came from: "bn" (folded BN) | "std" (output std estimate)
     bias_corrected: bool = False  # bias correction re-applied to the learned rounding (it lowered the loss)
