@@ -360,7 +360,8 @@ def run_model(zm: ZooModel, work: Path, photos=None, num_calib: int = NUM_CALIB,
         few = {k: v[:num_verify] for k, v in feeds.items()}
         rep, err = _stage(row, "verify", lambda: verify_integer(onnx.load(str(intp)), few, 1, num_verify,
                                                                 progress=False))
-        row.verify = ("pass" if rep.ok else f"FAIL {rep.first()}") if rep is not None else err
+        row.verify = ("pass" if rep.ok else f"FAIL {rep.first or '; '.join(rep.record_problems)}") \
+            if rep is not None else err
         row.int_sqnr, _ = _stage(row, "int SQNR", lambda: _sqnr(ref, _run_float(intp, feeds)))
         row.lowering = lowering_cell(res.lowering)
     row.seconds = time.perf_counter() - t0
