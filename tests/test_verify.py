@@ -156,3 +156,24 @@ def test_clipped_quant_points_are_read_from_onnxruntime(tmp_path, digits_calib, 
     for t in clipped:
         p = res.sim.act_quantizer(t).params
         assert q[t].max() - q[t].min() <= (1 << p.grid.bits) - 1  # the clipped (4-bit) integers
+
+
+@pytest.mark.parametrize("w_max,flags,hinted", [(127, {"sse2", "avx2"}, True), (127, {"avx2", "avx512_vnni"}, False),
+                                                (64, {"sse2", "avx2"}, False), (127, {"asimd"}, False)])
+def test_u8s8_hint_names_the_saturating_node_on_x86_without_vnni(w_max, flags, hinted):
+    """A level-1 mismatch in onnxruntime on an AVX2 CPU gets its cause when the file has u8 x s8 pairs that can pass
+    int16 (255 * 2 * 127 > 2^15 - 1; 7-bit weights cannot), with what to do."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from onnxptq.verify.integer import u8s8_hint
+
+    w = np.full((2, 3, 1, 1), w_max, np.int8)
+    inits = [numpy_helper.from_array(np.array(0.5, np.float32), "s"), numpy_helper.from_array(np.array(3, np.uint8), "xz"),
+             numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.array(0, np.int8), "wz")]
+    node = helper.make_node("QLinearConv", ["x", "s", "xz", "w", "s", "wz", "s", "xz"], ["y"], name="conv7")
+    g = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.UINT8, [1, 3, 2, 2])],
+                          [helper.make_tensor_value_info("y", TensorProto.UINT8, None)], inits)
+    hint = u8s8_hint(helper.make_model(g), flags)
+    assert bool(hint) == hinted
+    if hinted:
+        assert "'conv7'" in hint and "--target onnxruntime-avx2" in hint

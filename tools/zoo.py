@@ -6,8 +6,9 @@ For every model: export to ONNX (opset 17, batch 1 fixed, as ``torch.onnx.export
 - ``W8A8 QDQ``: ``onnxptq.quantize`` (RTN, float scales) and onnxruntime ``quantize_static`` (MinMax,
   QUInt8 activations / QInt8 per-channel weights, after ``quant_pre_process``) on the same calibration
   data; both SQNR dB of the quantized model in onnxruntime against the float model on the same evaluation data;
-- ``po2 int``: ``--format int --scale po2`` export, then level-1 ``verify`` (runtime/ vs onnxruntime vs the
-  integer simulation) on a few evaluation samples;
+- ``po2 int``: ``--format int --scale po2`` export for the onnxruntime target that is exact on this CPU
+  (``targets.exact_onnxruntime_target``: 7-bit weights on x86 without VNNI), then level-1 ``verify`` (runtime/ vs
+  onnxruntime vs the integer simulation) on a few evaluation samples;
 - ``int kernels``: layers of the W8A8 QDQ model that onnxruntime runs on integer kernels.
 
 Nothing downloads: timm, ultralytics and transformers build the architectures from code/yaml with random
@@ -311,6 +312,7 @@ def run_model(zm: ZooModel, work: Path, photos=None, num_calib: int = NUM_CALIB,
 
     import onnxptq
     from onnxptq.deploy.kernels import classify_onnxruntime
+    from onnxptq.targets import exact_onnxruntime_target
     from onnxptq.verify.integer import verify_integer
 
     t0 = time.perf_counter()
@@ -351,8 +353,10 @@ def run_model(zm: ZooModel, work: Path, photos=None, num_calib: int = NUM_CALIB,
             if v is not None:
                 row.ort_draws.append(v)
     intp = work / f"{zm.name}.po2.int.onnx"
+    # level-1 verify needs onnxruntime exact on this CPU: 7-bit weights on x86 without VNNI (targets.py)
     res, err = _stage(row, "po2 int", lambda: onnxptq.quantize(str(path), first_calib, output=intp, force=True,
                                                                 **{"w_bits": 8, "a_bits": 8, "num_calib": num_calib,
+                                                                   "target": exact_onnxruntime_target(),
                                                                    **(options or {}), "scale": "po2",
                                                                    "format": "int"}))
     row.int_export = "ok" if res is not None else err
