@@ -303,7 +303,9 @@ def run_row(bm: B.BenchModel, calib, eval_ds, float_out, label: str, overrides: 
         r = res.recon
         row.notes += (f"{r.granularity} x{len(r.regions)}, {r.loss}, iters {sum(x.iterations for x in r.regions)}"
                      f"/{len(r.regions)} regions, {sum(x.bias_corrected for x in r.regions)} bias-corrected, "
-                     f"{sum(x.reverted for x in r.regions)} kept RTN")
+                     f"{sum(x.reverted for x in r.regions)} kept RTN, "
+                     f"{sum(len(x.steps_kept) for x in r.regions)} steps kept / "
+                     f"{sum(len(x.steps_clamped) for x in r.regions)} clamped (int32 bias)")
         ps = [x.lp_exponent for x in r.regions if x.lp_exponent is not None]
         if ps:
             srcs = sorted({x.lp_source for x in r.regions if x.lp_source})
