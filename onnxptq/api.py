@@ -430,8 +430,10 @@ def import_diagnostics(qg: QGraph, diagnostics: Diagnostics) -> None:
         diagnostics.add("batch-chunks", "", f"the graph fixes its batch to {batch['fixed']} and it cannot be made "
                         f"symbolic ({batch['reason']}); calibration runs {batch['fixed']} sample(s) at a time")
     floats = qg.import_info.get("float_layers", [])
+    reasons = qg.import_info.get("float_layer_reasons") or {}
     for name in floats:
-        diagnostics.add("float-layer", name, "its input has no quant point (not quantizable), so it stays float")
+        diagnostics.add("float-layer", name, reasons.get(name, "its input has no quant point (not quantizable), so it "
+                                                               "stays float"))
     if floats:
         diagnostics.totals["float-layer"] = len(qg.layers) + len(floats)
     for name in qg.import_info.get("onnx2torch_nodes", []):

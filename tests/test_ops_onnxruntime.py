@@ -105,6 +105,22 @@ def test_einsum(eq, shapes):
     check("Einsum", [rand(*s, seed=k) for k, s in enumerate(shapes)], equation=eq, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("attrs", [
+    dict(strides=[2, 2]), dict(strides=[2, 2], pads=[1, 0, 0, 1]), dict(strides=[2, 2], output_padding=[1, 1]),
+    dict(strides=[3, 2], dilations=[2, 1], pads=[1, 1, 2, 0]), dict(strides=[2, 2], auto_pad="SAME_UPPER"),
+    dict(strides=[2, 2], auto_pad="SAME_LOWER"), dict(strides=[2, 2], output_shape=[9, 10]),
+    dict(strides=[2, 2], output_shape=[10, 9], auto_pad="SAME_UPPER"), dict(group=2), dict(strides=[2], bias=False),
+], ids=lambda a: ",".join(f"{k}={v}" for k, v in a.items()))
+def test_conv_transpose(attrs):
+    attrs = dict(attrs)
+    bias = attrs.pop("bias", True)
+    nd = len(attrs.get("strides", [1, 1]))
+    g = attrs.get("group", 1)
+    x = rand(2, 4, *([5] * nd))
+    w, b = rand(4, 6 // g, *([3] * nd), seed=1), rand(6, seed=2)
+    check("ConvTranspose", [x, w] + ([b] if bias else []), atol=1e-5, rtol=1e-5, **attrs)
+
+
 # ---------------------------------------------------------------- logic, masks and scans
 
 @pytest.mark.parametrize("op", ["And", "Or", "Xor"])

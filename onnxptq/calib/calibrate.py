@@ -93,9 +93,9 @@ def observe_activations(sim: SimModel, data: Dataset, cfg: QuantConfig, points: 
 
     def input_mean(layer, x: torch.Tensor) -> None:
         """Per-input-channel sums of each layer's input (channel axis 1, or last for Gemm/MatMul)."""
-        dims = [d for d in range(x.dim()) if d != (1 if layer.op_type == "Conv" else x.dim() - 1)]
+        dims = [d for d in range(x.dim()) if d != (1 if layer.spatial else x.dim() - 1)]
         sums[layer.name] = sums.get(layer.name, 0) + x.sum(dim=dims, dtype=torch.float64)  # no float64 copy of x
-        counts[layer.name] = counts.get(layer.name, 0) + x.numel() // x.shape[1 if layer.op_type == "Conv" else -1]
+        counts[layer.name] = counts.get(layer.name, 0) + x.numel() // x.shape[1 if layer.spatial else -1]
 
     try:
         n_batches = (len(data) + cfg.batch_size - 1) // cfg.batch_size
@@ -183,7 +183,7 @@ def input_quant_error(sim: SimModel, data: Dataset, cfg: QuantConfig) -> dict[st
             total += err.double().sum(dim=[d for d in range(err.dim()) if d != 1]).cpu()
         mean = (total / (x.size // x.shape[1])).float()
         for layer in sim.qg.layers:
-            if layer.input == t and (layer.op_type == "Conv" or x.ndim == 2):
+            if layer.input == t and (layer.spatial or x.ndim == 2):
                 out[layer.name] = mean
     return out
 
@@ -196,6 +196,10 @@ def bias_shift(layer: Layer, w: torch.Tensor, w_q: torch.Tensor, input_mean: tor
         return bias_shift(layer, w, w_q, input_mean) + bias_shift(layer, torch.zeros_like(w_q), w_q, input_error)
     dw = (w_q - w).double()
     mean = input_mean.double()
+    if layer.op_type == "ConvTranspose":  # (Cin, Cout, k...), no groups: each output position meets
+        # prod(k) / prod(strides) taps per input channel on average (exact inside when strides divide k)
+        dw = dw.reshape(dw.shape[0], dw.shape[1], -1).sum(-1) / layer.stride_area
+        return (mean @ dw).float()
     if layer.op_type == "Conv":
         dw = dw.reshape(dw.shape[0], dw.shape[1], -1).sum(-1)  # (Cout, Cin/groups)
         cout, cin_g = dw.shape

@@ -34,7 +34,7 @@ FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProt
 class Layer:
     """One quantizable layer unit (weighted op + optional fused Relu/ReLU6)."""
 
-    name: str  # ONNX node name of the Conv/Gemm/MatMul
+    name: str  # ONNX node name of the Conv/ConvTranspose/Gemm/MatMul
     op_type: str
     input: str  # activation input tensor
     weight: str  # initializer name
@@ -49,6 +49,12 @@ class Layer:
     macs_per_sample: int = 0
     bn_gamma: np.ndarray | None = None  # folded BatchNorm gamma per output channel (RAPQ Eq. 17-19)
     bn_beta: np.ndarray | None = None
+    stride_area: int = 1  # ConvTranspose: product of its strides (output positions per input position)
+
+    @property
+    def spatial(self) -> bool:
+        """Channels on axis 1 of the input and output (Conv, ConvTranspose), not on the last axis."""
+        return self.op_type in ("Conv", "ConvTranspose")
 
     @property
     def out_channels(self) -> int:
@@ -188,13 +194,15 @@ def add_zero_biases(g: onnx.GraphProto) -> list[str]:
     inits = {i.name: i for i in g.initializer}
     changed = []
     for n in g.node:
-        if n.op_type not in ("Conv", "Gemm") or len(n.input) < 2 or n.input[1] not in inits:
+        if n.op_type not in ("Conv", "ConvTranspose", "Gemm") or len(n.input) < 2 or n.input[1] not in inits:
             continue
         if len(n.input) > 2 and n.input[2]:
             continue
         w = inits[n.input[1]]
         if n.op_type == "Conv":
             channels = w.dims[0]
+        elif n.op_type == "ConvTranspose":
+            channels = w.dims[1] * int(attrs_of(n).get("group", 1))
         else:
             attrs = attrs_of(n)
             if attrs.get("transA", 0) or attrs.get("alpha", 1.0) != 1.0 or attrs.get("beta", 1.0) != 1.0:
@@ -264,6 +272,7 @@ def build_qgraph(model: onnx.ModelProto, fold: FoldReport, import_info: dict,
     layers: list[Layer] = []
     fused_inner: set[str] = set()  # raw outputs hidden inside a unit
     layer_of_node: dict[str, Layer] = {}
+    float_reasons: dict[str, str] = {}  # weighted nodes kept float for a reason of their own
     for n in g.node:
         if n.op_type not in LAYER_OPS or n.name in skip_nodes or n.name in fallback:
             continue
@@ -278,6 +287,18 @@ def build_qgraph(model: onnx.ModelProto, fold: FoldReport, import_info: dict,
             w_name, axis = n.input[1], 0 if a.get("transB", 0) else 1
             b_name = n.input[2] if len(n.input) > 2 and n.input[2] in inits else None
             if len(n.input) > 2 and n.input[2] and b_name is None:
+                continue
+        elif n.op_type == "ConvTranspose":
+            # weights (C_in, C_out / group, k...): one output channel per index of axis 1 only without groups;
+            # grouped ones are simulated by the own table in float (weights not quantized)
+            if n.input[1] not in inits or int(a.get("group", 1)) != 1:
+                if n.input[1] in inits:
+                    float_reasons[n.name] = "a grouped ConvTranspose has no single output-channel axis to quantize " \
+                                            "its weights on, so it stays float"
+                continue
+            w_name, axis = n.input[1], 1
+            b_name = n.input[2] if len(n.input) > 2 and n.input[2] else None
+            if b_name is not None and b_name not in inits:
                 continue
         else:
             if n.input[1] not in inits:
@@ -294,12 +315,18 @@ def build_qgraph(model: onnx.ModelProto, fold: FoldReport, import_info: dict,
             out_shape = shapes.get(n.output[0], ())
             if out_shape and all(d > 0 for d in out_shape[2:]):
                 macs *= int(np.prod(out_shape[2:]))
+        elif n.op_type == "ConvTranspose":  # every input position meets every weight once
+            macs = int(np.prod(w.shape))
+            in_shape = shapes.get(n.input[0], ())
+            if in_shape and all(d > 0 for d in in_shape[2:]):
+                macs *= int(np.prod(in_shape[2:]))
         else:
             macs = int(np.prod(w.shape))
         layer = Layer(name=n.name, op_type=n.op_type, input=n.input[0], weight=w_name, bias=b_name,
                       raw_output=n.output[0], output=n.output[0], weight_axis=axis, groups=int(a.get("group", 1)),
                       weight_shape=tuple(w.shape), macs_per_sample=macs,
-                      bn_gamma=fold.gamma.get(n.name), bn_beta=fold.beta.get(n.name))
+                      bn_gamma=fold.gamma.get(n.name), bn_beta=fold.beta.get(n.name),
+                      stride_area=int(np.prod(a.get("strides", [1]))) if n.op_type == "ConvTranspose" else 1)
         cons = consumers.get(n.output[0], [])
         if len(cons) == 1 and n.output[0] not in graph_outputs and cons[0].name not in skip_nodes:
             c = cons[0]
@@ -351,7 +378,9 @@ def build_qgraph(model: onnx.ModelProto, fold: FoldReport, import_info: dict,
     if unquantized_inputs:
         # A layer whose input stays float cannot run on integers: leave it float and say so.
         layers = [layer for layer in layers if layer.input in source]
-        import_info["float_layers"] = unquantized_inputs
+    if unquantized_inputs or float_reasons:
+        import_info["float_layers"] = unquantized_inputs + list(float_reasons)
+        import_info["float_layer_reasons"] = float_reasons
     float_tensors = frozenset(t for n in g.node for t in n.output if t and is_float(t)) | frozenset(
         t for t in inputs if is_float(t))
     return QGraph(model=model, layers=layers, quant_points=quant_points, source=source, shapes=shapes,

@@ -1,4 +1,4 @@
-"""Weighted layers in torch: Conv, Gemm, MatMul."""
+"""Weighted layers in torch: Conv, ConvTranspose, Gemm, MatMul."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ from .base import op, torch_pad
 #: (family, role, integer-lowering kind, op types) for ops/registry.py (roles and kinds: ops/spec.py)
 FAMILIES = [
     ("layers", "layer", "layer", ("Conv", "Gemm", "MatMul")),
+    # quantized like a Conv (weights per output channel: axis 1); no integer lowering: --format int refuses it
+    ("layers", "layer", None, ("ConvTranspose",)),
 ]
 
 
@@ -46,6 +48,49 @@ def conv(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, a: dict) -> t
         padding = [0] * nd
     fn = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[nd]
     return fn(x, w, b, stride=strides, padding=padding, dilation=dil, groups=group)
+
+
+def conv_transpose_pads(in_sizes: list[int], w: torch.Tensor, a: dict) -> tuple[list[int], list[int], list[int],
+                                                                             list[int]]:
+    """(strides, dilations, output_padding, pads begin+end) of an ONNX ConvTranspose, with ``output_shape`` and
+    SAME_* auto_pad turned into explicit pads (ONNX ConvTranspose: total_padding = stride (in - 1) + output_padding
+    + (k - 1) dilation + 1 - out; SAME_UPPER puts the smaller half first, otherwise the larger)."""
+    nd = w.dim() - 2
+    strides = list(a.get("strides", [1] * nd))
+    dil = list(a.get("dilations", [1] * nd))
+    opad = list(a.get("output_padding", [0] * nd))
+    pads = list(a.get("pads", [0] * (2 * nd)))
+    auto = a.get("auto_pad", b"NOTSET")
+    auto = auto.decode() if isinstance(auto, bytes) else auto
+    out = a.get("output_shape")
+    if out is not None or auto in ("SAME_UPPER", "SAME_LOWER"):
+        out = list(out)[-nd:] if out is not None else [in_sizes[i] * strides[i] for i in range(nd)]
+        for i in range(nd):
+            total = strides[i] * (in_sizes[i] - 1) + opad[i] + (w.shape[2 + i] - 1) * dil[i] + 1 - out[i]
+            small, large = total // 2, total - total // 2
+            pads[i], pads[nd + i] = (small, large) if auto == "SAME_UPPER" else (large, small)
+    elif auto == "VALID":
+        pads = [0] * (2 * nd)
+    return strides, dil, opad, pads
+
+
+def conv_transpose(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, a: dict) -> torch.Tensor:
+    """ONNX ConvTranspose: torch's transposed convolution (with output_padding) without padding, then the
+    (possibly asymmetric) pads cropped from each end."""
+    nd = w.dim() - 2
+    strides, dil, opad, pads = conv_transpose_pads(list(x.shape[2:]), w, a)
+    if any(p < 0 for p in pads):
+        raise ValueError(f"ConvTranspose output_shape {a.get('output_shape')} is larger than the transposed "
+                         "convolution's output (negative pads)")
+    fn = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}[nd]
+    y = fn(x, w, b, stride=strides, padding=0, output_padding=opad, groups=a.get("group", 1), dilation=dil)
+    sl = [slice(None), slice(None)] + [slice(pads[i], y.shape[2 + i] - pads[nd + i]) for i in range(nd)]
+    return y[tuple(sl)]
+
+
+@op("ConvTranspose")
+def _conv_transpose(i, a):
+    return [conv_transpose(i[0], i[1], i[2] if len(i) > 2 else None, a)]
 
 
 @op("Conv")

@@ -9,7 +9,7 @@ tensors (``None`` for omitted optional inputs). Shape arithmetic runs on int64 t
 from __future__ import annotations
 
 from .base import ONNX_TO_TORCH_DTYPE, OPS, OpFn, op, torch_pad
-from .conv import _conv_padding, conv, gemm  # the families register their ops in OPS on import (this order)
+from .conv import _conv_padding, conv, conv_transpose, gemm  # the families register their ops in OPS on import (this order)
 from . import elementwise, indexing, normalization, pooling, shape  # noqa: E402,F401,I001
 
-__all__ = ["ONNX_TO_TORCH_DTYPE", "OPS", "OpFn", "op", "torch_pad", "_conv_padding", "conv", "gemm"]
+__all__ = ["ONNX_TO_TORCH_DTYPE", "OPS", "OpFn", "op", "torch_pad", "_conv_padding", "conv", "conv_transpose", "gemm"]

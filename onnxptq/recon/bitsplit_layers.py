@@ -123,6 +123,8 @@ def _layer_rows(sim: SimModel, data: Dataset, floats, layer, node, n_rows: int, 
 
 
 def supported(layer, node) -> bool:
+    if layer.op_type == "ConvTranspose":  # no im2col rows here: kept at RTN
+        return False
     if layer.op_type == "Conv":
         return len(layer.weight_shape) == 4
     return layer.op_type == "MatMul" or not node.attrs.get("transA", 0)

@@ -21,7 +21,7 @@ from ..quant.grid import BIAS_GRID
 from .fake_quant import FakeQuant, round_ste
 from .state import QuantState
 from ..ops.registry import REGISTRY
-from ..ops.simulate import conv, gemm
+from ..ops.simulate import conv, conv_transpose, gemm
 
 
 def _key(name: str) -> str:
@@ -203,6 +203,8 @@ class SimModel(nn.Module):
             b = self._quantized_bias(layer, b)
         if layer.op_type == "Conv":
             return conv(x, w, b, node.attrs)
+        if layer.op_type == "ConvTranspose":
+            return conv_transpose(x, w, b, node.attrs)
         if layer.op_type == "Gemm":
             return gemm(x, w, b, node.attrs)
         return torch.matmul(x, w)
