@@ -1,6 +1,6 @@
 """ConvTranspose as a quantized layer (issue 16 item 2; YOLOv8-seg's mask upsampler, U-Net decoders): weights
 per output channel on axis 1, QDQ export that onnxruntime runs, bias correction with the transposed
-convolution's mean, reconstruction; ``--format int`` refuses it by node name (no integer lowering yet)."""
+convolution's mean, reconstruction, and the integer format (a Conv over the zero-point-dilated input)."""
 from __future__ import annotations
 
 import numpy as np
@@ -105,13 +105,42 @@ def test_brecq_reconstructs_conv_transpose_layers(decoder):
     assert _sqnr(ref, ort_run(str(d / "b.onnx"), {"input": x})[0]) > 10.0
 
 
-def test_integer_format_refuses_it_by_node_name(decoder):
+def test_integer_format_lowers_it_as_a_conv_over_the_dilated_input(decoder):
+    """--format int: each ConvTranspose becomes zero-point insertion (stride > 1) and a ConvInteger/QLinearConv
+    with the flipped, transposed kernel; runtime/, onnxruntime and the integer simulation agree (level 1) and
+    the program matches the fake-quant simulation (lowering check)."""
+    from onnxptq.verify.integer import verify_integer
+
     path, x, d = decoder
-    with pytest.raises(UnsupportedOpError, match="ConvTranspose") as e:
-        onnxptq.quantize(str(path), x, output=d / "i.onnx", force=True, scale="po2", format="int", num_calib=64,
+    res = onnxptq.quantize(str(path), x, output=d / "i.onnx", force=True, scale="po2", format="int", num_calib=64,
+                           progress=False)
+    m = onnx.load(str(d / "i.onnx"))
+    assert not any(n.op_type == "ConvTranspose" for n in m.graph.node)
+    assert sum(n.op_type in ("ConvInteger", "QLinearConv") for n in m.graph.node) == 4
+    assert verify_integer(m, {"input": x[:8]}).ok
+    assert res.lowering.ok, res.lowering
+    ref = ort_run(str(path), {"input": x})[0]
+    assert _sqnr(ref, ort_run(str(d / "i.onnx"), {"input": x})[0]) > 20.0
+
+
+def test_integer_format_refuses_pads_beyond_the_kernel(tmp_path):
+    class Cropping(nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.c = nn.Conv2d(3, 4, 1)
+            self.up = nn.ConvTranspose2d(4, 4, 2, stride=2, padding=2)  # pads 2 > dilation (k - 1) = 1
+
+        def forward(self, x):
+            return self.up(torch.relu(self.c(x)))
+
+    x = np.random.default_rng(0).standard_normal((16, 3, 8, 8)).astype(np.float32)
+    path = export_torch_model(Cropping(), torch.from_numpy(x[:1]), tmp_path / "c.onnx")
+    with pytest.raises(UnsupportedOpError, match="kernel's reach") as e:
+        onnxptq.quantize(str(path), x, output=tmp_path / "c.int.onnx", scale="po2", format="int", num_calib=16,
                          progress=False)
-    assert all(op.startswith("ConvTranspose") for _, op in e.value.nodes) and len(e.value.nodes) == 2
-    assert not (d / "i.onnx").exists()
+    assert [name for name, _ in e.value.nodes] == ["/up/ConvTranspose"]
+    assert not (tmp_path / "c.int.onnx").exists()
 
 
 def test_grouped_conv_transpose_stays_float_and_says_so(tmp_path):
@@ -133,3 +162,30 @@ def test_grouped_conv_transpose_stays_float_and_says_so(tmp_path):
     assert [x.op_type for x in res.qgraph.layers] == ["Conv"]
     ref = ort_run(str(path), {"input": x})[0]
     assert _sqnr(ref, ort_run(str(tmp_path / "g.q.onnx"), {"input": x})[0]) > 25.0
+
+
+@pytest.mark.parametrize("kw", [dict(kernel_size=3, stride=2, padding=1, output_padding=1),
+                                dict(kernel_size=3, stride=1, padding=1),
+                                dict(kernel_size=3, stride=3, padding=1, dilation=2),
+                                dict(kernel_size=(2, 4), stride=(2, 3), padding=(0, 1))],
+                         ids=["k3s2p1op1", "k3s1p1", "k3s3p1d2", "k2x4s2x3"])
+def test_integer_conv_transpose_forms_pass_level_1(tmp_path, kw):
+    from onnxptq.verify.integer import verify_integer
+
+    class Up(nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(1)
+            self.c = nn.Conv2d(3, 5, 3, padding=1)
+            self.up = nn.ConvTranspose2d(5, 4, **kw)
+
+        def forward(self, x):
+            return self.up(torch.relu(self.c(x)))
+
+    x = np.random.default_rng(0).standard_normal((16, 3, 7, 6)).astype(np.float32)
+    path = export_torch_model(Up(), torch.from_numpy(x[:1]), tmp_path / "u.onnx")
+    res = onnxptq.quantize(str(path), x, output=tmp_path / "u.int.onnx", scale="po2", format="int", num_calib=16,
+                           progress=False)
+    assert verify_integer(onnx.load(str(tmp_path / "u.int.onnx")), {"input": x[:4]}).ok and res.lowering.ok
+    ref = ort_run(str(path), {"input": x})[0]
+    assert ref.shape == ort_run(str(tmp_path / "u.int.onnx"), {"input": x})[0].shape

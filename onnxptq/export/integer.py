@@ -43,7 +43,7 @@ FORMAT_KEY = "onnxptq.format"
 WRITERS = {"input": "s_input", "layer": "s_layer", "add": "s_add", "mul": "s_mul", "affine": "s_affine",
            "matmul": "s_matmul", "concat": "s_concat", "avgpool": "s_avgpool", "softmax": "s_softmax", "lut": "s_lut",
            "layernorm": "s_layernorm", "batchnorm": "s_affine", "l2norm": "s_l2norm", "div": "s_div", "carry": "s_copy",
-           "pass": "s_copy", "output": "s_output"}
+           "pass": "s_copy", "output": "s_output", "dilate": "s_dilate"}
 
 
 def qname(t: str) -> str:
@@ -504,6 +504,26 @@ class IntegerWriter:
             idx = self.op("Sub", [idx, self.const(f"{base}/offset", np.int32(a["offset"]))], f"{base}/index")
         self.op("Gather", [self.const(f"{base}/table", a["table"].astype(self.cdt)), idx], base,
                 out=qname(step.outputs[0]), axis=0)
+
+    def s_dilate(self, step: Step) -> None:
+        """stride - 1 zero points between neighbours of an NCHW container (a ConvTranspose lowered as a Conv):
+        Reshape to (N, C, S1, 1, S2, 1, ...), Pad the unit axes to the strides with the zero point, Reshape to
+        (N, C, S1 s1, S2 s2, ...), Slice off the trailing zero points."""
+        a, base = step.attrs, step.node
+        sp, st = list(a["spatial"]), list(a["strides"])
+        split = [0, 0] + [v for d in sp for v in (d, 1)]
+        x = self.op("Reshape", [qname(step.inputs[0]), self.const(f"{base}/split", np.array(split, np.int64))],
+                    f"{base}/split")
+        ends = [0, 0] + [v for s in st for v in (0, s - 1)]
+        x = self.op("Pad", [x, self.const(f"{base}/pads", np.array([0] * len(ends) + ends, np.int64)),
+                            self.const(f"{base}/pad_value", self.cdt.type(a["zp"]))], f"{base}/spread", mode="constant")
+        merged = [0, 0] + [d * s for d, s in zip(sp, st)]
+        x = self.op("Reshape", [x, self.const(f"{base}/merge", np.array(merged, np.int64))], f"{base}/merged")
+        nd = len(sp)
+        self.op("Slice", [x, self.const(f"{base}/starts", np.zeros(nd, np.int64)),
+                          self.const(f"{base}/ends", np.array([(d - 1) * s + 1 for d, s in zip(sp, st)], np.int64)),
+                          self.const(f"{base}/axes", np.arange(2, 2 + nd, dtype=np.int64))],
+                f"{base}/dilated", out=qname(step.outputs[0]))
 
     def s_copy(self, step: Step) -> None:
         """Data movement on the containers (carry) or non-activation computations (pass), inputs renamed."""

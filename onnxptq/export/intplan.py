@@ -230,9 +230,6 @@ class _Lowering:
             self.steps.append(Step("pass", n.name, list(n.input), list(n.output), {"op_type": n.op_type, "attrs": a}))
             return
         if n.name in self.layer_by_node:
-            if n.op_type == "ConvTranspose":
-                raise _Unsupported("no integer lowering yet (--format qdq quantizes it; onnxruntime 1.32 CPU runs it as "
-                                   "DequantizeLinear -> float ConvTranspose)")
             self.layer(n, a)
             return
         if n.name in self.chain_inner:  # computed inside its chain's lookup table
@@ -306,7 +303,12 @@ class _Lowering:
             raise _Unsupported(f"asymmetric {p.grid.bits}-bit weights do not fit int8 once centred; "
                                "use symmetric weights or at most 7 bits")
         f_w = po2_frac(p.scale).reshape(-1)
-        if layer.op_type == "Conv":
+        op_type, x_in = layer.op_type, layer.input
+        if op_type == "ConvTranspose":  # as a Conv over the zero-point-dilated input (transpose_as_conv)
+            w = np.ascontiguousarray(np.flip(w, axis=tuple(range(2, w.ndim))).swapaxes(0, 1))
+            x_in, a = self.transpose_as_conv(n, layer, x, a, w.shape)
+            op_type = "Conv"
+        if op_type == "Conv":
             w_store = w.astype(np.int8)
             per_out = np.abs(w).reshape(w.shape[0], -1).sum(1)
             cdim = 1
@@ -321,7 +323,7 @@ class _Lowering:
         acc_max = per_out.astype(object) * x.max_abs + (np.abs(bias).astype(object) if bias is not None else 0)
         # per output channel; an ECAQ output (recon/ecaq.py) has its own exponent per channel as well
         y_frac = self.ecaq_frac(self.qg.source.get(layer.output, layer.output))
-        if y_frac is not None and (layer.op_type != "Conv" or len(y_frac) != len(f_w)):
+        if y_frac is not None and (op_type != "Conv" or len(y_frac) != len(f_w)):
             raise _Unsupported("an ECAQ output needs a Conv producer with one scale per output channel")
         y_frac = y.frac if y_frac is None else y_frac
         n_shift = cap_shift(x.frac + f_w - y_frac, acc_max)
@@ -339,10 +341,10 @@ class _Lowering:
             lo, hi = _shared(lo), _shared(hi)
             if isinstance(lo, np.ndarray):
                 raise _Unsupported("a lower activation bound that differs per channel (ECAQ with a Clip min > 0)")
-        rank = 2 if layer.op_type == "Gemm" else len(self.qg.shapes.get(layer.input, ()) or ())  # Gemm A is 2-D
+        rank = 2 if op_type == "Gemm" else len(self.qg.shapes.get(layer.input, ()) or ())  # Gemm A is 2-D
         ecaq = isinstance(y_frac, np.ndarray) or isinstance(hi, np.ndarray)
         conv_c = per_out.astype(object) * x.max_abs
-        form, why = qlinear_form(layer.op_type, x, y, n_shift, conv_c, bias, lo, hi, rank, ecaq=ecaq,
+        form, why = qlinear_form(op_type, x, y, n_shift, conv_c, bias, lo, hi, rank, ecaq=ecaq,
                                  rounding=self.rounding, container=self.container)
         folded: list[int] = []
         # a channel past the float32 bound may still be one constant (not for ECAQ: its bounds are per channel)
@@ -357,7 +359,7 @@ class _Lowering:
                                     self.rounding)
             else:
                 folded = []
-        if form == "QLinearConv" and layer.op_type != "Conv":  # Gemm/MatMul as a 1x1 conv: weight (M, K, 1, 1)
+        if form == "QLinearConv" and op_type != "Conv":  # Gemm/MatMul as a 1x1 conv: weight (M, K, 1, 1)
             w_store = np.ascontiguousarray(w_store.T).reshape(w_store.shape[1], w_store.shape[0], 1, 1)
         kernel = weight_kernel(self.container, max(x.hi, x.zp), int(np.abs(w).max()), self.u8s8)
         w_zp = 128 if kernel == "u8u8" else 0
@@ -368,14 +370,40 @@ class _Lowering:
         if bias is not None:
             self.arrays[f"{key}.bias"] = bias if _wide(bound, n_shift + pre) else bias.astype(np.int32)
         conv_attrs = {k: v for k, v in a.items() if k in ("auto_pad", "dilations", "group", "kernel_shape", "pads", "strides")}
-        if layer.op_type == "Conv" and x.zp != 0 and conv_attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET", b"VALID", "VALID"):
+        if op_type == "Conv" and x.zp != 0 and conv_attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET", b"VALID", "VALID"):
             raise _Unsupported("auto_pad SAME_* with a non-zero input zero point; re-export the model with explicit pads")
-        self.steps.append(Step("layer", n.name, [layer.input], [layer.output], {
-            "op_type": layer.op_type, "conv": conv_attrs, "x_zp": x.zp, "weight": f"{key}.weight",
+        self.steps.append(Step("layer", n.name, [x_in], [layer.output], {
+            "op_type": op_type, "conv": conv_attrs, "x_zp": x.zp, "weight": f"{key}.weight",
             "bias": f"{key}.bias" if bias is not None else None, "shift": n_shift.astype(np.int64), "pre": pre,
             "cdim": cdim, "y_zp": y.zp, "lo": lo, "hi": hi, "wide": _wide(bound, n_shift + pre), "bound": bound,
             "conv_bound": conv_bound, "form": form, "form_why": why, "x_frac": x.frac, "y_frac": y.frac,
             "kernel": kernel, "w_zp": w_zp, "folded": folded}))
+
+    def transpose_as_conv(self, n, layer, x: TInt, a: dict, conv_w_shape: tuple) -> tuple[str, dict]:
+        """A ConvTranspose as a Conv with the flipped, transposed kernel (``conv_w_shape``, from ``layer``) over
+        its input with stride - 1 zero points inserted between neighbours (a ``dilate`` step: they add
+        (z - z) w = 0), padded by dilation (k - 1) - pads (+ output_padding at the end), stride 1: the same
+        sums in the same integers. Returns (the Conv's input tensor, its attributes)."""
+        from ..ops.conv import conv_transpose_pads
+
+        spatial = list(self.qg.shapes.get(layer.input, ()) or ())[2:]
+        if not spatial or any(d <= 0 for d in spatial):
+            raise _Unsupported("a ConvTranspose needs the static spatial size of its input (set --input-shapes)")
+        k = list(conv_w_shape[2:])
+        strides, dil, opad, pads = conv_transpose_pads(spatial, torch.empty(layer.weight_shape, device="meta"), a)
+        nd = len(k)
+        begin = [dil[i] * (k[i] - 1) - pads[i] for i in range(nd)]
+        end = [dil[i] * (k[i] - 1) - pads[nd + i] + opad[i] for i in range(nd)]
+        if min(begin + end) < 0:
+            raise _Unsupported("ConvTranspose pads wider than the kernel's reach (they would crop the output)")
+        attrs = {"dilations": dil, "kernel_shape": k, "pads": begin + end, "strides": [1] * nd, "group": 1}
+        if all(s == 1 for s in strides):
+            return layer.input, attrs
+        out = f"{layer.input}/dilated_for/{layer.name}"
+        self.tensors[out] = TInt(out, x.frac, x.zp, x.lo, x.hi, x.bits, x.signed)
+        self.steps.append(Step("dilate", f"{n.name}/dilate", [layer.input], [out],
+                               {"strides": strides, "spatial": spatial, "zp": x.zp}))
+        return out, attrs
 
     def add(self, n) -> None:
         ins = [self.tint(i) for i in n.input]

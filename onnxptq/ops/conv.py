@@ -11,9 +11,8 @@ from .base import op, torch_pad
 
 #: (family, role, integer-lowering kind, op types) for ops/registry.py (roles and kinds: ops/spec.py)
 FAMILIES = [
-    ("layers", "layer", "layer", ("Conv", "Gemm", "MatMul")),
-    # quantized like a Conv (weights per output channel: axis 1); no integer lowering: --format int refuses it
-    ("layers", "layer", None, ("ConvTranspose",)),
+    # ConvTranspose: weights per output channel on axis 1; lowered as a Conv over its dilated input (intplan)
+    ("layers", "layer", "layer", ("Conv", "ConvTranspose", "Gemm", "MatMul")),
 ]
 
 

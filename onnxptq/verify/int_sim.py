@@ -22,7 +22,8 @@ from ..ops.simulate import conv, torch_pad
 #: "carry" (and "pass") steps run the op's torch function on the containers (_generic).
 EXECUTORS = {"layer": "_layer", "add": "_add", "mul": "_mul", "affine": "_affine", "matmul": "_matmul",
              "concat": "_concat", "avgpool": "_avgpool", "softmax": "_softmax", "lut": "_lut",
-             "layernorm": "_layernorm", "batchnorm": "_affine", "l2norm": "_l2norm", "div": "_div", "carry": "_generic"}
+             "layernorm": "_layernorm", "batchnorm": "_affine", "l2norm": "_l2norm", "div": "_div", "carry": "_generic",
+             "dilate": "_dilate"}
 _NARY = frozenset({"add", "mul", "matmul", "concat", "div"})  # executors that take the list of inputs
 
 
@@ -92,6 +93,14 @@ class IntSim:
             acc = acc + _per_channel(self.b[a["bias"]], a["cdim"], acc.dim(), self.device).double()
         shift = _per_channel(a["shift"], a["cdim"], acc.dim(), self.device)
         return self._requant(acc, shift, a["pre"], step)
+
+    def _dilate(self, step: Step, x: torch.Tensor) -> torch.Tensor:
+        """stride - 1 zero points between neighbours (``IntegerWriter.s_dilate``)."""
+        st = step.attrs["strides"]
+        out = torch.full((*x.shape[:2], *[(d - 1) * s + 1 for d, s in zip(x.shape[2:], st)]), float(step.attrs["zp"]),
+                         dtype=x.dtype, device=x.device)
+        out[(slice(None), slice(None), *[slice(None, None, s) for s in st])] = x
+        return out
 
     def _add(self, step: Step, ins: list[torch.Tensor]) -> torch.Tensor:
         a = step.attrs
