@@ -441,7 +441,22 @@ def cmd_eval(args) -> int:
     print(f"top-5 containment {fid.top5_containment:.4f}")
     print(f"KL(float||quant)  {fid.kl:.5f}")
     print(f"samples           {fid.samples}")
+    _cpu_note(args.quant_model)
     return 0
+
+
+def _cpu_note(path) -> None:
+    """On stderr: when onnxruntime on this CPU saturates the model's uint8 x int8 layers (deploy.check)."""
+    import onnx
+
+    from .deploy.check import cpu_saturation_note
+
+    try:
+        note = cpu_saturation_note(onnx.load(str(path), load_external_data=False))
+    except Exception:  # a note only: never fail an evaluation that succeeded
+        return
+    if note:
+        print(f"note: {note}", file=sys.stderr)
 
 
 COMMANDS = {"inspect": cmd_inspect, "quantize": cmd_quantize, "eval": cmd_eval, "run": cmd_run, "verify": cmd_verify,

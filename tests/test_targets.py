@@ -195,3 +195,21 @@ def test_exact_target_per_cpu_flags():
     assert exact_onnxruntime_target({"sse2", "avx2", "fma"}) == "onnxruntime-avx2"
     assert exact_onnxruntime_target({"fp", "asimd"}) == "onnxruntime"  # ARM: no x86 flags
     assert cpu_has_vnni({"avx512_vnni"}) and not cpu_has_vnni({"avx2"})
+
+
+@pytest.mark.parametrize("target, flagged", [("onnxruntime", True), ("onnxruntime-avx2", False)])
+def test_saturating_layers_are_named_for_x86_without_vnni(net, tmp_path, target, flagged):
+    """8-bit int8 weights x uint8 activations can pass int16 in onnxruntime's AVX2 kernels: quantize (through the
+    kernel check), eval and verify name such a layer when this CPU lacks VNNI; 7-bit weights never do."""
+    from onnxptq.deploy.check import cpu_saturation_note, saturating_u8s8_node
+
+    path, calib, _ = net
+    res = api.quantize(path, calib, output=tmp_path / "q.onnx", target=target, progress=False, check_kernels=False)
+    node = saturating_u8s8_node(res.model)
+    assert (node is not None) == flagged
+    if flagged:
+        assert node in {x.name for x in res.qgraph.layers}
+    avx2 = cpu_saturation_note(res.model, {"sse2", "avx2", "fma"})
+    assert bool(avx2) == flagged and (not flagged or "--target onnxruntime-avx2" in avx2)
+    assert cpu_saturation_note(res.model, {"sse2", "avx2", "avx512_vnni"}) == ""
+    assert cpu_saturation_note(res.model, {"asimd"}) == ""

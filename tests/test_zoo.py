@@ -21,7 +21,8 @@ def photos():
 
 
 def test_the_zoo_holds_25_models_of_every_family():
-    assert len(zoo.MODELS) >= 25 and len(zoo.BY_NAME) == len(zoo.MODELS)
+    assert len(zoo.MODELS) >= 25 and len(zoo.BY_NAME) == len(zoo.MODELS) + len(zoo.EXTRA)  # names are unique
+    assert not {m.name for m in zoo.EXTRA} & {m.name for m in zoo.MODELS}
     assert {m.family for m in zoo.MODELS} == {"timm", "ultralytics", "transformers"}
     assert {m.family for m in FAST} == {"timm", "ultralytics", "transformers"}
 

@@ -5,7 +5,10 @@ For every model: export to ONNX (opset 17, batch 1 fixed, as ``torch.onnx.export
 - ``import``: ``onnxptq.inspect`` reads it;
 - ``W8A8 QDQ``: ``onnxptq.quantize`` (RTN, float scales) and onnxruntime ``quantize_static`` (MinMax,
   QUInt8 activations / QInt8 per-channel weights, after ``quant_pre_process``) on the same calibration
-  data; both SQNR dB of the quantized model in onnxruntime against the float model on the same evaluation data;
+  data; both SQNR dB of the quantized model in onnxruntime against the float model on the same evaluation data.
+  On x86 without VNNI both use 7-bit weights (onnxptq ``--target onnxruntime-avx2``, quantize_static
+  ``reduce_range``), as onnxruntime's docs ask there: otherwise its uint8 x int8 kernels saturate and the
+  figures measure that (``onnxptq eval`` and ``verify`` say so when it happens);
 - ``po2 int``: ``--format int --scale po2`` export for the onnxruntime target that is exact on this CPU
   (``targets.exact_onnxruntime_target``: 7-bit weights on x86 without VNNI), then level-1 ``verify`` (runtime/ vs
   onnxruntime vs the integer simulation) on a few evaluation samples;
@@ -74,20 +77,35 @@ def _timm(name: str, size: int = 224, **kw) -> Callable[[], tuple]:
     return build
 
 
-def _yolo(yaml: str, size: int = 320) -> Callable[[], tuple]:
+def _yolo(yaml: str, size: int = 320, task: str = "DetectionModel") -> Callable[[], tuple]:
     def build():
         import torch
+        from ultralytics.nn import tasks
         from ultralytics.nn.modules import Detect
-        from ultralytics.nn.tasks import DetectionModel
 
         torch.manual_seed(0)
         with contextlib.redirect_stdout(io.StringIO()):
-            m = DetectionModel(yaml, verbose=False).eval()
+            m = getattr(tasks, task)(yaml, verbose=False).eval()
         for mod in m.modules():  # what ultralytics' own ONNX export sets: one (1, 84, anchors) output
             if isinstance(mod, Detect):
                 mod.export, mod.format, mod.dynamic = True, "onnx", False
         return m, (torch.randn(1, 3, size, size),), ["images"], ["output0"]
     return build
+
+
+def _logits(inner, arg_names: list[str]):
+    """``inner`` (a transformers model) as a module taking its inputs positionally and returning the logits."""
+    import torch
+
+    class Logits(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, *args):
+            return self.inner(**dict(zip(arg_names, args))).logits
+
+    return Logits().eval()
 
 
 def _bert(seq: int = 32) -> Callable[[], tuple]:
@@ -100,17 +118,8 @@ def _bert(seq: int = 32) -> Callable[[], tuple]:
                          intermediate_size=256, max_position_embeddings=128, num_labels=4,
                          attn_implementation="eager")
         m = BertForSequenceClassification(cfg).eval()
-
-        class Logits(torch.nn.Module):
-            def __init__(self, inner):
-                super().__init__()
-                self.inner = inner
-
-            def forward(self, input_ids, attention_mask):
-                return self.inner(input_ids=input_ids, attention_mask=attention_mask).logits
-
         ids = torch.randint(0, 1000, (1, seq))
-        return Logits(m).eval(), (ids, torch.ones(1, seq, dtype=torch.int64)), ["input_ids", "attention_mask"], ["logits"]
+        return _logits(m, ["input_ids", "attention_mask"]), (ids, torch.ones(1, seq, dtype=torch.int64)), ["input_ids", "attention_mask"], ["logits"]
     return build
 
 
@@ -146,7 +155,54 @@ MODELS: list[ZooModel] = [
     # language
     ZooModel("bert_tiny", "transformers", _bert(), fast=True),
 ]
-BY_NAME = {m.name: m for m in MODELS}
+
+
+def _hf_vision(kind: str) -> Callable[[], tuple]:
+    """A tiny transformers vision model (random weights) returning its logits: vit | segformer."""
+    def build():
+        import torch
+
+        torch.manual_seed(0)
+        if kind == "vit":
+            from transformers import ViTConfig, ViTForImageClassification
+            m = ViTForImageClassification(ViTConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
+                                                    intermediate_size=128, num_labels=10,
+                                                    attn_implementation="eager"))
+        else:
+            from transformers import SegformerConfig, SegformerForSemanticSegmentation
+            m = SegformerForSemanticSegmentation(SegformerConfig(num_labels=5, hidden_sizes=[16, 32, 64, 128],
+                                                                 decoder_hidden_size=64, depths=[1, 1, 1, 1]))
+        return _logits(m, ["pixel_values"]), (torch.randn(1, 3, 224, 224),), ["input"], ["output"]
+    return build
+
+
+def _distilbert(seq: int = 32) -> Callable[[], tuple]:
+    def build():
+        import torch
+        from transformers import DistilBertConfig, DistilBertForSequenceClassification
+
+        torch.manual_seed(0)
+        m = DistilBertForSequenceClassification(DistilBertConfig(
+            vocab_size=1000, dim=64, n_layers=2, n_heads=2, hidden_dim=128, max_position_embeddings=64,
+            attn_implementation="eager")).eval()
+        ids = torch.randint(0, 1000, (1, seq))
+        return _logits(m, ["input_ids", "attention_mask"]), (ids, torch.ones(1, seq, dtype=torch.int64)), ["input_ids", "attention_mask"], ["logits"]
+    return build
+
+
+#: Models outside the zoo, tried the same way (``--extra``): other tasks and families than the zoo's.
+EXTRA: list[ZooModel] = [
+    ZooModel("pit_ti_224", "timm", _timm("pit_ti_224")),
+    ZooModel("ese_vovnet19b_dw", "timm", _timm("ese_vovnet19b_dw")),
+    ZooModel("efficientvit_b0", "timm", _timm("efficientvit_b0")),
+    ZooModel("yolov8n_seg", "ultralytics", _yolo("yolov8n-seg.yaml", task="SegmentationModel")),
+    ZooModel("yolov8n_pose", "ultralytics", _yolo("yolov8n-pose.yaml", task="PoseModel")),
+    ZooModel("yolov8n_cls", "ultralytics", _yolo("yolov8n-cls.yaml", 224, task="ClassificationModel")),
+    ZooModel("hf_vit_tiny", "transformers", _hf_vision("vit")),
+    ZooModel("segformer_tiny", "transformers", _hf_vision("segformer")),
+    ZooModel("distilbert_tiny", "transformers", _distilbert()),
+]
+BY_NAME = {m.name: m for m in MODELS + EXTRA}
 
 
 # ------------------------------------------------------------------------------ export and data
@@ -290,15 +346,19 @@ def _stage(row: ZooRow, label: str, fn):
 
 
 def ort_static_sqnr(pre: Path, calib: dict, feeds: dict, ref: np.ndarray, work: Path) -> float:
-    """SQNR of onnxruntime's quantize_static on ``pre`` (the model after ``ort_preprocess``)."""
+    """SQNR of onnxruntime's quantize_static on ``pre`` (the model after ``ort_preprocess``); with
+    ``reduce_range`` (7-bit weights) where onnxruntime's docs ask for it: x86 without VNNI."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    from onnxptq.targets import exact_onnxruntime_target
 
     out = work / f"{pre.stem}.ort.onnx"
     # onnxruntime saves large models with external data under generated names in the working folder
     with contextlib.redirect_stdout(io.StringIO()), contextlib.chdir(work):
         quantize_static(str(pre), str(out), ArrayReader(calib, batch=1), quant_format=QuantFormat.QDQ,
                         per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=CalibrationMethod.MinMax)
+                        calibrate_method=CalibrationMethod.MinMax,
+                        reduce_range=exact_onnxruntime_target() == "onnxruntime-avx2")
     return _sqnr(ref, _run_float(out, feeds))
 
 
@@ -338,7 +398,7 @@ def run_model(zm: ZooModel, work: Path, photos=None, num_calib: int = NUM_CALIB,
         res, err = _stage(row, "W8A8 QDQ" + tag,
                           lambda: onnxptq.quantize(str(path), calib, output=qdq, force=True,
                                                    **{"w_bits": 8, "a_bits": 8, "num_calib": num_calib,
-                                                      **(options or {})}))
+                                                      "target": exact_onnxruntime_target(), **(options or {})}))
         if res is not None:
             row.onnxptq_draws.append(_sqnr(ref, _run_float(qdq, feeds)))
             if d == 0:
@@ -427,6 +487,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", default="", help="comma-separated model names (default: all): " +
                    ", ".join(m.name for m in MODELS))
     p.add_argument("--fast", action="store_true", help="only the test suite's subset")
+    p.add_argument("--extra", action="store_true", help="the models outside the zoo instead: " +
+                   ", ".join(m.name for m in EXTRA))
     p.add_argument("--num-calib", type=int, default=NUM_CALIB)
     p.add_argument("--num-eval", type=int, default=NUM_EVAL)
     p.add_argument("--draws", type=int, default=NUM_DRAWS, help="calibration draws of the W8A8 comparison "
@@ -440,7 +502,8 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [s for s in names if s not in BY_NAME]
     if unknown:
         raise SystemExit(f"unknown model(s) {unknown}; known: {', '.join(BY_NAME)}")
-    models = [BY_NAME[s] for s in names] if names else [m for m in MODELS if m.fast or not args.fast]
+    models = [BY_NAME[s] for s in names] if names else EXTRA if args.extra else [
+        m for m in MODELS if m.fast or not args.fast]
     options = parse_sets(args.set)
     logging.basicConfig(level=logging.ERROR)
     m_info = machine_info()
@@ -478,7 +541,10 @@ def main(argv: list[str] | None = None) -> int:
             "the largest difference one integer step adds (LSB, teacher-forced) and the program's output SQNR "
             "against the simulation's.",
             "", *body])
-        key = "zoo" + "".join(f"-{k}-{v}" for k, v in options.items())
+        if args.extra:
+            text = text.replace("## Model zoo (issue 16): random-weight timm / ultralytics / transformers models",
+                                "## Models outside the zoo (issue 16): other tasks and families, tried the same way", 1)
+        key = ("zoo-extra" if args.extra else "zoo") + "".join(f"-{k}-{v}" for k, v in options.items())
         if options:  # a variant gets its own section, named by its options
             title = text.split("\n", 1)[0]
             text = text.replace(title, title + " — with " + ", ".join(f"{k}={v}" for k, v in options.items()), 1)

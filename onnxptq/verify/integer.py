@@ -47,28 +47,11 @@ class Mismatch:
 
 
 def u8s8_hint(model: onnx.ModelProto, flags: set[str] | None = None) -> str:
-    """Why onnxruntime may differ on this CPU: the model multiplies uint8 activations by int8 weights whose pairs
-    can exceed int16 (``--int-kernels vnni``, the ``onnxruntime`` target's default), and this x86 CPU has no VNNI,
-    so onnxruntime's AVX2 kernels saturate them (its documented limit). Empty when that is not the case."""
-    from ..export.intplan import PAIR_SAFE
-    from ..targets import cpu_flags, cpu_has_vnni
+    """Why onnxruntime may differ on this CPU (``deploy.check.cpu_saturation_note``) and what to do; empty when
+    that is not the case."""
+    from ..deploy.check import cpu_saturation_note
 
-    flags = cpu_flags() if flags is None else flags
-    if cpu_has_vnni(flags) or not {"sse2", "avx2"} & flags:
-        return ""
-    inits = {i.name: i for i in model.graph.initializer}
-    for n in model.graph.node:
-        if n.op_type not in ("QLinearConv", "QLinearMatMul") or len(n.input) < 4:
-            continue
-        x_zp, w = inits.get(n.input[2]), inits.get(n.input[3])
-        if x_zp is None or w is None or x_zp.data_type != onnx.TensorProto.UINT8 \
-                or w.data_type != onnx.TensorProto.INT8:
-            continue
-        if 255 * 2 * int(np.abs(numpy_helper.to_array(w).astype(np.int32)).max()) > PAIR_SAFE:
-            return (f"node {n.name!r} multiplies uint8 by int8 weights beyond 7 bits, which onnxruntime saturates "
-                    "on x86 CPUs without VNNI such as this one: export with --target onnxruntime-avx2 (or "
-                    "--int-kernels portable) to verify here; the file stays exact on VNNI and ARM CPUs")
-    return ""
+    return cpu_saturation_note(model, flags)
 
 
 @dataclass
