@@ -446,10 +446,10 @@ def cmd_eval(args) -> int:
 
 
 def _cpu_note(path) -> None:
-    """On stderr: when onnxruntime on this CPU saturates the model's uint8 x int8 layers (deploy.check)."""
+    """On stderr: when onnxruntime on this CPU saturates the model's uint8 x int8 layers (targets.py)."""
     import onnx
 
-    from .deploy.check import cpu_saturation_note
+    from .targets import cpu_saturation_note
 
     try:
         note = cpu_saturation_note(onnx.load(str(path), load_external_data=False))

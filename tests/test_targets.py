@@ -201,7 +201,7 @@ def test_exact_target_per_cpu_flags():
 def test_saturating_layers_are_named_for_x86_without_vnni(net, tmp_path, target, flagged):
     """8-bit int8 weights x uint8 activations can pass int16 in onnxruntime's AVX2 kernels: quantize (through the
     kernel check), eval and verify name such a layer when this CPU lacks VNNI; 7-bit weights never do."""
-    from onnxptq.deploy.check import cpu_saturation_note, saturating_u8s8_node
+    from onnxptq.targets import cpu_saturation_note, saturating_u8s8_node
 
     path, calib, _ = net
     res = api.quantize(path, calib, output=tmp_path / "q.onnx", target=target, progress=False, check_kernels=False)

@@ -36,10 +36,10 @@ from ..quant.requant import (F32_EXACT, ROUNDING_MODES, exact_in_float32, int16_
                              shift_bound)
 from ..quant.rounding import rne
 from ..sim.model import SimModel
+from ..targets import PAIR_SAFE  # AVX2 u8 x s8 (vpmaddubsw) saturates each pair of products to int16
 
 INT8_MIN, INT8_MAX = -128, 127
 CONTAINERS = {"int8": (-128, 127), "uint8": (0, 255)}
-PAIR_SAFE = 2**15 - 1  # AVX2 u8 x s8 (vpmaddubsw) saturates each pair of products to int16
 SCALE_EXP_MAX = 100  # 2^-e with |e| <= 100 and products of two such stay normal float32
 FORM_SHIFT = "shift"
 AFFINE_OPS = ("Add", "Sub", "Mul", "Div")  # x op constant-per-position: one integer multiply-add (``affine``)

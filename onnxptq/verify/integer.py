@@ -47,9 +47,9 @@ class Mismatch:
 
 
 def u8s8_hint(model: onnx.ModelProto, flags: set[str] | None = None) -> str:
-    """Why onnxruntime may differ on this CPU (``deploy.check.cpu_saturation_note``) and what to do; empty when
+    """Why onnxruntime may differ on this CPU (``targets.cpu_saturation_note``) and what to do; empty when
     that is not the case."""
-    from ..deploy.check import cpu_saturation_note
+    from ..targets import cpu_saturation_note
 
     return cpu_saturation_note(model, flags)
 
