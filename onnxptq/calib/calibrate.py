@@ -16,7 +16,7 @@ from ..config import QuantConfig
 from ..data import Dataset
 from ..diagnostics import Diagnostics
 from ..plan import BitPlan
-from ..graph.qgraph import Layer
+from ..graph.qgraph import Layer, attrs_of
 from ..memory import trim_heap
 from ..quant import QParams, activation_grid, fake_quantize, weight_grid
 from ..quant import scales as S
@@ -133,6 +133,48 @@ def mask_floor(obs: Observer) -> float | None:
     return obs.finite_max - SOFTMAX_MASK_SPAN
 
 
+def pad_values(sim: SimModel) -> dict[str, list[float]]:
+    """Non-zero constants that a constant-mode Pad writes into a carried quant point (EfficientViT's linear
+    attention appends a row of ones to V): quant point -> values its grid must hold exactly."""
+    out: dict[str, list[float]] = {}
+    for n in sim.qg.nodes:
+        if n.op_type != "Pad" or not n.input:
+            continue
+        a = attrs_of(n)
+        mode = a.get("mode", b"constant")
+        if (mode.decode() if isinstance(mode, bytes) else mode) != "constant":
+            continue
+        v = a.get("value", 0.0)  # opset < 11: an attribute; later: input 2
+        if len(n.input) > 2 and n.input[2] and n.input[2] in sim.consts:
+            v = float(np.asarray(sim.consts[n.input[2]]).reshape(-1)[0])
+        t = sim.qg.source.get(n.input[0])
+        if v and t is not None and sim.qg.source.get(n.output[0]) == t:
+            out.setdefault(t, []).append(float(v))
+    return out
+
+
+def holds_values(params: QParams, values: list[float]) -> bool:
+    """Every value in ``values`` is a level of the (per-tensor) grid of ``params``: within its range and, for
+    power-of-two scales, exactly on it (what the integer format needs to write it)."""
+    scale, zp = float(np.asarray(params.scale).reshape(())), float(np.asarray(params.zero_point).reshape(()))
+    for v in values:
+        q = v / scale + zp
+        if not params.grid.qmin <= q <= params.grid.qmax or (params.po2 and q != round(q)):
+            return False
+    return True
+
+
+def covering_params(x: torch.Tensor, bits: int, nonnegative: bool, cfg: QuantConfig) -> QParams:
+    """The grid that covers all of ``x`` (min/max; for Po2 scales the next power of two up, zero point by RAPQ
+    Eq. 5): for a quant point whose grid must hold a Pad constant (``pad_values``)."""
+    grid = activation_grid(bits, nonnegative and get_target(cfg.target).unsigned_activations)
+    scale, zp = float_scale(x, grid, cfg.a_symmetric or not grid.signed, None, cfg, "minmax")
+    if cfg.scale == "po2":
+        new = torch.exp2(torch.ceil(torch.log2(scale)))
+        zp, scale = S.po2_zero_point(scale, zp, new, grid), new
+    return QParams(grid, scale.detach().cpu().numpy(), zp.detach().cpu().numpy(), None, cfg.scale == "po2")
+
+
 def activation_choice(obs: Observer, bits: int, cfg: QuantConfig, softmax_input: bool = False
                       ) -> tuple[torch.Tensor, Grid, bool, str]:
     """What an activation quant point's scale is chosen from: (values, grid, symmetric, method). The grid is
@@ -146,12 +188,17 @@ def activation_choice(obs: Observer, bits: int, cfg: QuantConfig, softmax_input:
 
 def _calibrate_activations(sim: SimModel, observers: dict[str, Observer], plan: BitPlan, cfg: QuantConfig) -> None:
     softmax_in = softmax_inputs(sim)
+    padded = pad_values(sim)
     for t, fq in sim.act_quantizers():
         obs = observers[t]
         if obs.count == 0:
             raise RuntimeError(f"quant point {t!r} saw no data during calibration")
         x, grid, symmetric, method = activation_choice(obs, plan.a_bits[t], cfg, t in softmax_in)
         params = choose_scale(x, grid, symmetric, None, cfg, method, even_zp=True)
+        need = padded.get(t)
+        if need and not holds_values(params, need):
+            params = covering_params(torch.cat([x, torch.tensor(need, dtype=x.dtype)]), plan.a_bits[t],
+                                     obs.nonnegative and min(need) >= 0, cfg)
         if params.po2 and not params.symmetric:
             zp = S.even_zero_point(torch.tensor(params.zero_point)).numpy()
             params = QParams(grid, params.scale, zp, None, po2=True)
