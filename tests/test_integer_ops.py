@@ -128,6 +128,22 @@ def test_global_response_norm_divides_by_the_mean_norm(tmp_path):
     _check(path, _tokens(6), {"l2norm", "div", "mul"}, floor=20.0)
 
 
+def test_simulated_div_by_zero_agrees_with_the_integer_div():
+    """The simulation's Div of floats: x / 0 is +-inf (the output grid's end after fake-quant, as div_round's
+    saturation), and 0 / 0 is 0 as in div_round, not NaN (a divisor like norm + eps quantized to 0: EfficientViT)."""
+    import torch
+
+    from onnxptq.ops.simulate import OPS
+    from onnxptq.quant.requant import div_round
+
+    x = torch.tensor([0.0, 3.0, -2.0, 0.0, 6.0])
+    y = torch.tensor([0.0, 0.0, 0.0, 2.0, 4.0])
+    out = OPS["Div"]([x, y], {})[0]
+    assert out.tolist() == [0.0, float("inf"), float("-inf"), 0.0, 1.5]
+    q = div_round(np.array([0, 3, -2, 0, 6]), np.array([0, 0, 0, 2, 4]))
+    assert np.array_equal(np.sign(q), np.sign(out.numpy())) and q[0] == 0
+
+
 def test_round_sqrt_and_div_round_by_hand():
     """The integer ReduceL2 and Div rules against exact rational arithmetic (Python's round: ties to even)."""
     from fractions import Fraction

@@ -65,7 +65,9 @@ def _div(i, a):
     x, y = i
     if not x.is_floating_point() and not y.is_floating_point():
         return [torch.div(x, y, rounding_mode="trunc")]
-    return [x / y]
+    # 0 / 0 is 0, not NaN: a divisor quantized to 0 (x / (norm + eps) with eps below the grid) then gives what the
+    # integer Div gives (quant.requant.div_round: x / 0 saturates, 0 / 0 = 0) instead of NaN through the model
+    return [torch.where((y == 0) & (x == 0), torch.zeros((), dtype=x.dtype, device=x.device), x / y)]
 
 
 @op("LeakyRelu")
