@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import onnxptq
-from onnxptq.calib.calibrate import holds_values
+from onnxptq.quant.scales import holds_values
 from onnxptq.quant import QParams, activation_grid
 
 from helpers import export_torch_model

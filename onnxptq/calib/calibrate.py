@@ -153,24 +153,13 @@ def pad_values(sim: SimModel) -> dict[str, list[float]]:
     return out
 
 
-def holds_values(params: QParams, values: list[float]) -> bool:
-    """Every value in ``values`` is a level of the (per-tensor) grid of ``params``: within its range and, for
-    power-of-two scales, exactly on it (what the integer format needs to write it)."""
-    scale, zp = float(np.asarray(params.scale).reshape(())), float(np.asarray(params.zero_point).reshape(()))
-    for v in values:
-        q = v / scale + zp
-        if not params.grid.qmin <= q <= params.grid.qmax or (params.po2 and q != round(q)):
-            return False
-    return True
-
-
 def covering_params(x: torch.Tensor, bits: int, nonnegative: bool, cfg: QuantConfig) -> QParams:
     """The grid that covers all of ``x`` (min/max; for Po2 scales the next power of two up, zero point by RAPQ
     Eq. 5): for a quant point whose grid must hold a Pad constant (``pad_values``)."""
     grid = activation_grid(bits, nonnegative and get_target(cfg.target).unsigned_activations)
     scale, zp = float_scale(x, grid, cfg.a_symmetric or not grid.signed, None, cfg, "minmax")
     if cfg.scale == "po2":
-        new = torch.exp2(torch.ceil(torch.log2(scale)))
+        new = S.po2_ceil(scale)
         zp, scale = S.po2_zero_point(scale, zp, new, grid), new
     return QParams(grid, scale.detach().cpu().numpy(), zp.detach().cpu().numpy(), None, cfg.scale == "po2")
 
@@ -196,7 +185,7 @@ def _calibrate_activations(sim: SimModel, observers: dict[str, Observer], plan: 
         x, grid, symmetric, method = activation_choice(obs, plan.a_bits[t], cfg, t in softmax_in)
         params = choose_scale(x, grid, symmetric, None, cfg, method, even_zp=True)
         need = padded.get(t)
-        if need and not holds_values(params, need):
+        if need and not S.holds_values(params, need):
             params = covering_params(torch.cat([x, torch.tensor(need, dtype=x.dtype)]), plan.a_bits[t],
                                      obs.nonnegative and min(need) >= 0, cfg)
         if params.po2 and not params.symmetric:

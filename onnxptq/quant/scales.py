@@ -5,13 +5,17 @@ given). They return float scales and integer zero-points as torch tensors; ``QPa
 """
 from __future__ import annotations
 
-import math
+from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 
 from .grid import Grid
 from .rapq import po2_base_exponent
 from .rounding import fake_quantize
+
+if TYPE_CHECKING:
+    from .params import QParams
 
 EPS = 1e-12
 
@@ -130,6 +134,11 @@ def po2_round(scale: torch.Tensor) -> torch.Tensor:
     return torch.exp2(torch.round(torch.log2(scale.double()))).to(scale.dtype)
 
 
+def po2_ceil(scale: torch.Tensor) -> torch.Tensor:
+    """2^ceil(log2 s): the smallest power of two that clips nothing the scale s covers."""
+    return torch.exp2(torch.ceil(torch.log2(scale.double()))).to(scale.dtype)
+
+
 def po2_zero_point(scale: torch.Tensor, zp: torch.Tensor, new_scale: torch.Tensor, grid: Grid) -> torch.Tensor:
     """Zero point after a scale change keeping x_min fixed: z' = s z / s' (RAPQ Eq. 5), rounded and clipped."""
     return (scale * zp / new_scale).round().clamp(grid.qmin, grid.qmax).to(torch.int64)
@@ -229,7 +238,7 @@ def bias_safe_weight_scale(w_scale: torch.Tensor, bias: torch.Tensor, x_scale: f
     if margin:
         need = need * (1.0 + margin)
     if po2:
-        need = torch.exp2(torch.ceil(torch.log2(need.clamp(min=1e-300))))
+        need = po2_ceil(need.clamp(min=1e-300))
     return torch.maximum(w_scale.double(), need).to(w_scale.dtype)
 
 
@@ -242,8 +251,19 @@ def bias_safe_act_scale(x_scale: float, bias: torch.Tensor, w_scale: torch.Tenso
     if margin:
         need *= 1.0 + margin
     if po2 and need > 0.0:
-        need = float(2.0 ** math.ceil(math.log2(need)))
+        need = float(po2_ceil(torch.tensor(need, dtype=torch.float64)))
     return max(float(x_scale), need)
+
+
+def holds_values(params: QParams, values: list[float]) -> bool:
+    """Every value in ``values`` is a level of the (per-tensor) grid of ``params``: within its range and, for
+    power-of-two scales, exactly on it (what the integer format needs to write it)."""
+    scale, zp = float(np.asarray(params.scale).reshape(())), float(np.asarray(params.zero_point).reshape(()))
+    for v in values:
+        q = v / scale + zp
+        if not params.grid.qmin <= q <= params.grid.qmax or (params.po2 and q != round(q)):
+            return False
+    return True
 
 
 def even_zero_point(zp: torch.Tensor) -> torch.Tensor:
