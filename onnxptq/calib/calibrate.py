@@ -18,6 +18,7 @@ from ..diagnostics import Diagnostics
 from ..plan import BitPlan
 from ..graph.qgraph import Layer, attrs_of
 from ..memory import trim_heap
+from ..ops.shape import pad_constant
 from ..quant import QParams, activation_grid, fake_quantize, weight_grid
 from ..quant import scales as S
 from ..quant.grid import Grid
@@ -140,13 +141,7 @@ def pad_values(sim: SimModel) -> dict[str, list[float]]:
     for n in sim.qg.nodes:
         if n.op_type != "Pad" or not n.input:
             continue
-        a = attrs_of(n)
-        mode = a.get("mode", b"constant")
-        if (mode.decode() if isinstance(mode, bytes) else mode) != "constant":
-            continue
-        v = a.get("value", 0.0)  # opset < 11: an attribute; later: input 2
-        if len(n.input) > 2 and n.input[2] and n.input[2] in sim.consts:
-            v = float(np.asarray(sim.consts[n.input[2]]).reshape(-1)[0])
+        v = pad_constant(attrs_of(n), sim.consts.get(n.input[2]) if len(n.input) > 2 and n.input[2] else None)
         t = sim.qg.source.get(n.input[0])
         if v and t is not None and sim.qg.source.get(n.output[0]) == t:
             out.setdefault(t, []).append(float(v))

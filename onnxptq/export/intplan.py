@@ -31,6 +31,7 @@ from ..errors import ConfigError, UnsupportedOpError
 from ..graph.fold import bn_affine, bn_epsilon
 from ..graph.qgraph import attrs_of
 from ..ops.registry import REGISTRY
+from ..ops.shape import pad_constant
 from ..quant import quantize
 from ..quant.requant import (F32_EXACT, ROUNDING_MODES, exact_in_float32, int16_multiplier, po2_frac, requant_shift,
                              shift_bound)
@@ -390,7 +391,7 @@ class _Lowering:
         if not spatial or any(d <= 0 for d in spatial):
             raise _Unsupported("a ConvTranspose needs the static spatial size of its input (set --input-shapes)")
         k = list(conv_w_shape[2:])
-        strides, dil, opad, pads = conv_transpose_pads(spatial, torch.empty(layer.weight_shape, device="meta"), a)
+        strides, dil, opad, pads = conv_transpose_pads(spatial, k, a)
         nd = len(k)
         begin = [dil[i] * (k[i] - 1) - pads[i] for i in range(nd)]
         end = [dil[i] * (k[i] - 1) - pads[nd + i] + opad[i] for i in range(nd)]
@@ -799,12 +800,8 @@ class _Lowering:
                 self.tint(o)
         attrs: dict = {"op_type": n.op_type, "attrs": a}
         if n.op_type == "Pad":
-            mode = a.get("mode", b"constant")
-            mode = mode.decode() if isinstance(mode, bytes) else mode
-            if mode == "constant":
-                v = 0.0
-                if len(n.input) > 2 and n.input[2]:
-                    v = float(np.asarray(self.sim.consts[n.input[2]]).reshape(-1)[0])
+            v = pad_constant(a, self.sim.consts[n.input[2]] if len(n.input) > 2 and n.input[2] else None)
+            if v is not None:
                 qv = v * 2.0 ** x.frac
                 if qv != np.round(qv) or not x.lo <= x.zp + int(qv) <= x.hi:
                     raise _Unsupported(f"pad value {v} is not on the input's integer grid")

@@ -49,12 +49,12 @@ def conv(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, a: dict) -> t
     return fn(x, w, b, stride=strides, padding=padding, dilation=dil, groups=group)
 
 
-def conv_transpose_pads(in_sizes: list[int], w: torch.Tensor, a: dict) -> tuple[list[int], list[int], list[int],
-                                                                             list[int]]:
+def conv_transpose_pads(in_sizes: list[int], kernel: list[int], a: dict) -> tuple[list[int], list[int], list[int],
+                                                                                list[int]]:
     """(strides, dilations, output_padding, pads begin+end) of an ONNX ConvTranspose, with ``output_shape`` and
     SAME_* auto_pad turned into explicit pads (ONNX ConvTranspose: total_padding = stride (in - 1) + output_padding
     + (k - 1) dilation + 1 - out; SAME_UPPER puts the smaller half first, otherwise the larger)."""
-    nd = w.dim() - 2
+    nd = len(kernel)
     strides = list(a.get("strides", [1] * nd))
     dil = list(a.get("dilations", [1] * nd))
     opad = list(a.get("output_padding", [0] * nd))
@@ -65,7 +65,7 @@ def conv_transpose_pads(in_sizes: list[int], w: torch.Tensor, a: dict) -> tuple[
     if out is not None or auto in ("SAME_UPPER", "SAME_LOWER"):
         out = list(out)[-nd:] if out is not None else [in_sizes[i] * strides[i] for i in range(nd)]
         for i in range(nd):
-            total = strides[i] * (in_sizes[i] - 1) + opad[i] + (w.shape[2 + i] - 1) * dil[i] + 1 - out[i]
+            total = strides[i] * (in_sizes[i] - 1) + opad[i] + (kernel[i] - 1) * dil[i] + 1 - out[i]
             small, large = total // 2, total - total // 2
             pads[i], pads[nd + i] = (small, large) if auto == "SAME_UPPER" else (large, small)
     elif auto == "VALID":
@@ -77,7 +77,7 @@ def conv_transpose(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, a: 
     """ONNX ConvTranspose: torch's transposed convolution (with output_padding) without padding, then the
     (possibly asymmetric) pads cropped from each end."""
     nd = w.dim() - 2
-    strides, dil, opad, pads = conv_transpose_pads(list(x.shape[2:]), w, a)
+    strides, dil, opad, pads = conv_transpose_pads(list(x.shape[2:]), list(w.shape[2:]), a)
     if any(p < 0 for p in pads):
         raise ValueError(f"ConvTranspose output_shape {a.get('output_shape')} is larger than the transposed "
                          "convolution's output (negative pads)")

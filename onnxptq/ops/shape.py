@@ -165,13 +165,27 @@ def _range(i, a):
     return [torch.arange(i[0].item(), i[1].item(), i[2].item(), dtype=i[0].dtype)]
 
 
+def pad_mode(attrs: dict) -> str:
+    mode = attrs.get("mode", b"constant")
+    return mode.decode() if isinstance(mode, bytes) else mode
+
+
+def pad_constant(attrs: dict, value=None) -> float | None:
+    """The value a constant-mode Pad writes: its input 2 (opset >= 11; a tensor or array, may be empty) or its
+    ``value`` attribute (earlier opsets), default 0; None for the reflect and edge modes."""
+    if pad_mode(attrs) != "constant":
+        return None
+    if value is not None and len(value.reshape(-1)):
+        return float(value.reshape(-1)[0])
+    return float(attrs.get("value", 0.0))
+
+
 @op("Pad")
 def _pad(i, a):
     x = i[0]
     pads = _ints(i[1]) if len(i) > 1 and i[1] is not None else a.get("pads")
-    value = float(i[2]) if len(i) > 2 and i[2] is not None and i[2].numel() else a.get("value", 0.0)
-    mode = a.get("mode", b"constant")
-    mode = mode.decode() if isinstance(mode, bytes) else mode
+    value = pad_constant(a, i[2] if len(i) > 2 else None)
+    mode = pad_mode(a)
     n = x.dim()
     axes = _ints(i[3]) if len(i) > 3 and i[3] is not None else list(range(n))
     full = [0] * (2 * n)
