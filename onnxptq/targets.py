@@ -116,6 +116,12 @@ def exact_onnxruntime_target(flags: set[str] | None = None) -> str:
 PAIR_SAFE = 2**15 - 1  # AVX2 u8 x s8 (vpmaddubsw) sums pairs of products in int16
 
 
+def u8s8_pairs_safe(x_max: int, w_max: int) -> bool:
+    """No pair of uint8 x int8 products (|x| <= x_max, |w| <= w_max) can pass int16 in onnxruntime's AVX2 kernels
+    without VNNI: x_max * 2 w_max <= 2^15 - 1 (DESIGN.md section 4)."""
+    return x_max * 2 * w_max <= PAIR_SAFE
+
+
 def saturating_u8s8_node(model: onnx.ModelProto) -> str | None:
     """The first layer that onnxruntime runs as uint8 x int8 with weights wide enough for a pair of products to
     pass int16 (255 * 2 |w| > 2^15 - 1, i.e. beyond 7 bits): QDQ (DequantizeLinear of uint8 activations and of an
@@ -131,7 +137,7 @@ def saturating_u8s8_node(model: onnx.ModelProto) -> str | None:
         return n if inits[n.input[2]].data_type == elem else None
 
     def wide(w) -> bool:
-        return 255 * 2 * int(np.abs(numpy_helper.to_array(w).astype(np.int32)).max(initial=0)) > PAIR_SAFE
+        return not u8s8_pairs_safe(255, int(np.abs(numpy_helper.to_array(w).astype(np.int32)).max(initial=0)))
 
     U8, S8 = onnx.TensorProto.UINT8, onnx.TensorProto.INT8
     for n in model.graph.node:

@@ -165,7 +165,7 @@ def test_u8s8_hint_names_the_saturating_node_on_x86_without_vnni(w_max, flags, h
     int16 (255 * 2 * 127 > 2^15 - 1; 7-bit weights cannot), with what to do."""
     from onnx import TensorProto, helper, numpy_helper
 
-    from onnxptq.verify.integer import u8s8_hint
+    from onnxptq.targets import cpu_saturation_note as u8s8_hint
 
     w = np.full((2, 3, 1, 1), w_max, np.int8)
     inits = [numpy_helper.from_array(np.array(0.5, np.float32), "s"), numpy_helper.from_array(np.array(3, np.uint8), "xz"),

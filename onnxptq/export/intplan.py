@@ -37,7 +37,7 @@ from ..quant.requant import (F32_EXACT, ROUNDING_MODES, exact_in_float32, int16_
                              shift_bound)
 from ..quant.rounding import rne
 from ..sim.model import SimModel
-from ..targets import PAIR_SAFE  # AVX2 u8 x s8 (vpmaddubsw) saturates each pair of products to int16
+from ..targets import u8s8_pairs_safe
 
 INT8_MIN, INT8_MAX = -128, 127
 CONTAINERS = {"int8": (-128, 127), "uint8": (0, 255)}
@@ -1012,7 +1012,7 @@ def weight_kernel(container: str, x_max: int, w_max: int, u8s8: str = "proven") 
     ``u8u8`` (weights + 128, exact on every x86 kernel)."""
     if container == "int8":
         return "s8s8"
-    if u8s8 == "always" or x_max * 2 * w_max <= PAIR_SAFE:
+    if u8s8 == "always" or u8s8_pairs_safe(x_max, w_max):
         return "u8s8"
     return "u8u8"
 

@@ -24,6 +24,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from ..errors import DataError, ModelError
 from ..graph.batch import fixed_batch
+from ..targets import cpu_saturation_note
 from ..export.integer import FORMAT_KEY, PROGRAM_KEY, qname
 from ..export.intplan import IntProgram, form_summary, program_from_json
 
@@ -38,20 +39,12 @@ class Mismatch:
     count: int
     elements: int
     max_delta: float
-    hint: str = ""  # a known cause and what to do (``u8s8_hint``)
+    hint: str = ""  # a known cause and what to do (``targets.cpu_saturation_note``)
 
     def __str__(self) -> str:
         return (f"{self.engine} differs from sim at tensor {self.tensor!r} (node {self.node!r}): "
                 f"{self.count}/{self.elements} elements, max |delta| {self.max_delta:g}"
                 + (f". {self.hint}" if self.hint else ""))
-
-
-def u8s8_hint(model: onnx.ModelProto, flags: set[str] | None = None) -> str:
-    """Why onnxruntime may differ on this CPU (``targets.cpu_saturation_note``) and what to do; empty when
-    that is not the case."""
-    from ..targets import cpu_saturation_note
-
-    return cpu_saturation_note(model, flags)
 
 
 @dataclass
@@ -220,6 +213,6 @@ def verify_integer(model: onnx.ModelProto, inputs: dict[str, np.ndarray], batch_
         name = min(bad, key=lambda x: position.get(x, 1 << 30))
         c = per[name]
         first[engine] = Mismatch(name, c[3], engine, c[0], c[1], c[2],
-                                 u8s8_hint(model) if engine == "onnxruntime" else "")
+                                 cpu_saturation_note(model) if engine == "onnxruntime" else "")
     mism = sorted(first.values(), key=lambda m: position.get(m.tensor, 1 << 30))
     return IntParityReport(n, n_ref, len(order), list(engines), mism, problems, form_summary(program))
