@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from ..eval import sqnr_db
 from ..export.intplan import IntProgram
 from ..sim.model import SimModel
 from .int_sim import IntSim
@@ -82,12 +83,6 @@ class LoweringParity:
                                               + [f"  {d}" for d in bad])
 
 
-def _sqnr(ref: np.ndarray, x: np.ndarray) -> float:
-    noise = float(np.sum((ref.astype(np.float64) - x) ** 2))
-    signal = float(np.sum(ref.astype(np.float64) ** 2))
-    return float("inf") if noise == 0 else 10 * np.log10(max(signal, 1e-30) / noise)
-
-
 def lowering_parity(sim: SimModel, program: IntProgram, inputs: dict[str, np.ndarray], batch_size: int = 8,
                     device: str = "cpu") -> LoweringParity:
     """``LoweringParity`` of ``program`` (lowered from ``sim``'s state) on ``inputs``."""
@@ -121,13 +116,14 @@ def lowering_parity(sim: SimModel, program: IntProgram, inputs: dict[str, np.nda
                 # the program's containers as the simulation's grid integers q = c - zp_program + z
                 q = {t: got[f"{t}.q"] - program.tensors[t].zp + info[t][1] for t in points}
                 feeds = {k: torch.from_numpy(np.asarray(v)).to(device) for k, v in chunk.items()}
-                free = simulate_quant_points(sim, feeds, points=points)
+                sim_out: dict[str, np.ndarray] = {}
+                free = simulate_quant_points(sim, feeds, points=points, outputs=sim_out)
                 forced = simulate_quant_points(sim, feeds, forced={t: q[t] + info[t][2] for t in points}, points=points)
                 for t in points:
                     e2e[t].append(free[t] - q[t])
                     local[t].append(forced[t] - q[t])
                 outs_int.append(got[out_name])
-                outs_sim.append(sim(feeds)[sim.qg.outputs[0]].cpu().numpy())
+                outs_sim.append(sim_out[sim.qg.outputs[0]])
     finally:
         sim.train(was_training)
     return LoweringParity(
@@ -135,7 +131,7 @@ def lowering_parity(sim: SimModel, program: IntProgram, inputs: dict[str, np.nda
         end_to_end={t: _report(t, np.concatenate(v), n) for t, v in e2e.items()},
         local={t: _report(t, np.concatenate(v), n) for t, v in local.items()},
         steps={t: producer[t] for t in points},
-        output_sqnr=_sqnr(np.concatenate(outs_sim), np.concatenate(outs_int)),
+        output_sqnr=sqnr_db(np.concatenate(outs_sim), np.concatenate(outs_int)),
         scale_problems=problems,
         skipped=skipped,
     )

@@ -289,11 +289,13 @@ class OrtExactRunner:
 @torch.no_grad()
 def simulate_quant_points(sim: SimModel, feeds: dict[str, torch.Tensor], kernels: dict | OrtExactRunner | None = None,
                           forced: dict[str, np.ndarray] | None = None,
-                          points: list[str] | None = None) -> dict[str, np.ndarray]:
+                          points: list[str] | None = None,
+                          outputs: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
     """Grid integers of every quant point (or of ``points``) for one batch.
 
     ``kernels`` (from ``ort_kernels``, or an ``OrtExactRunner``): evaluate in ort-exact mode; ``forced`` ({quant point: onnxruntime's
     container integers}): teacher forcing, each quant point is replaced by onnxruntime's value once computed.
+    ``outputs``: filled with this run's graph outputs (float), so a caller needs no second forward pass.
     """
     runner = kernels if isinstance(kernels, OrtExactRunner) else OrtExactRunner(sim, kernels) if kernels else None
     qps = sim.qg.quant_points
@@ -331,6 +333,8 @@ def simulate_quant_points(sim: SimModel, feeds: dict[str, torch.Tensor], kernels
         for o in outs:
             if o in info:
                 record(o, env)
+    if outputs is not None:
+        outputs.update({o: env[o].cpu().numpy() for o in sim.qg.outputs})
     return res
 
 
