@@ -81,13 +81,12 @@ class Region:
         for layer in self.layers:
             fq = sim.weight_quantizer(layer.name)
             w = sim.weight(layer.weight)
-            if layer.bias and (layer.name in sim.bias_delta or self._step_learned_here(layer)):
+            headroom = self._step_learned_here(layer)
+            if layer.bias and (layer.name in sim.bias_delta or headroom):
                 # RTN bias correction compensates RTN's error; the learned rounding replaces it
                 sim.bias_delta.pop(layer.name, None)
                 p = fq.params
-                s_x = self._input_scale(layer)
-                if self._step_learned_here(layer):
-                    s_x /= STEP_HEADROOM
+                s_x = self._input_scale(layer) / (STEP_HEADROOM if headroom else 1.0)
                 safe = S.bias_safe_weight_scale(torch.from_numpy(p.scale), sim.weight(layer.bias).detach().cpu(),
                                                 s_x, p.po2)
                 if not torch.equal(safe, torch.from_numpy(p.scale)):
@@ -212,14 +211,14 @@ class Region:
             if learned == calibrated:
                 continue
             inside, later = self._readers(t)
+            biases = {x.name: sim.effective_bias(x, quantized_weights=True).detach().cpu() for x in inside}
             s_x = learned
             for x in inside:
                 s_w = torch.from_numpy(sim.weight_quantizer(x.name).params.scale)
-                s_x = S.bias_safe_act_scale(s_x, sim.effective_bias(x, quantized_weights=True).detach().cpu(), s_w,
-                                            bool(new.po2), margin=0.0 if new.po2 else S.FLOAT32_MARGIN)
+                s_x = S.bias_safe_act_scale(s_x, biases[x.name], s_w, bool(new.po2),
+                                            margin=0.0 if new.po2 else S.FLOAT32_MARGIN)
             s32 = np.float32(s_x)
-            if float(s32) == calibrated or not all(self._bias_in_range(x, sim.effective_bias(
-                    x, quantized_weights=True).detach(), float(s32)) for x in inside):
+            if float(s32) == calibrated or not all(self._bias_in_range(x, biases[x.name], float(s32)) for x in inside):
                 kept.append(t)
                 continue
             for x in later:
@@ -238,11 +237,11 @@ class Region:
     def _readers(self, tensor: str) -> tuple[list, list]:
         """Layers with a bias that read ``tensor``: (in this region or before it, in later regions)."""
         sim = self.sim
-        pos = {n.layer.name: i for i, n in enumerate(sim.nodes) if n.layer is not None}
+        later_layers = {n.layer.name for n in sim.nodes[self.span.stop:] if n.layer is not None}
         inside, later = [], []
         for x in sim.qg.layers:
             if x.bias and sim.qg.source.get(x.input) == tensor:
-                (later if pos.get(x.name, -1) >= self.span.stop else inside).append(x)
+                (later if x.name in later_layers else inside).append(x)
         return inside, later
 
     @torch.no_grad()
