@@ -397,7 +397,8 @@ def _quantize(model, calib, config: QuantConfig, out: Path | None, rep: Path | N
         from .deploy.check import kernel_warnings
 
         t0 = time.perf_counter()
-        result.warnings += kernel_warnings(out if out is not None else qmodel, config.target, result.diagnostics)
+        result.warnings += kernel_warnings(out if out is not None else qmodel, config.target, result.diagnostics,
+                                           proto=qmodel)
         timings["kernel check"] = time.perf_counter() - t0
     if rep is not None:
         from .report import write_report

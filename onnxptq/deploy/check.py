@@ -24,12 +24,14 @@ def _listed(layers) -> str:
 
 
 def kernel_warnings(model: str | Path | onnx.ModelProto, target: str = "onnxruntime",
-                    diagnostics: Diagnostics | None = None) -> list[str]:
+                    diagnostics: Diagnostics | None = None, proto: onnx.ModelProto | None = None) -> list[str]:
     """Warnings naming the layers that ``target``'s runtime runs on float kernels ([] if none); with
     ``diagnostics``, each such layer is also recorded there (kind ``float-kernel``, out of all layers).
 
     Creates a session (or compiles the model) only, runs no inference. A target with no runtime here
-    (TensorRT, or OpenVINO when not installed) gives one note saying the check was not done."""
+    (TensorRT, or OpenVINO when not installed) gives one note saying the check was not done. For onnxruntime,
+    also the CPU saturation note (``targets.cpu_saturation_note``), read from ``proto`` when the caller holds
+    the loaded model."""
     try:
         runtime = get_target(target).runtime  # targets.py: the runtime that stands for this target here
     except ConfigError:
@@ -51,7 +53,9 @@ def kernel_warnings(model: str | Path | onnx.ModelProto, target: str = "onnxrunt
     floats = report.float_layers
     warnings = []
     if runtime == "onnxruntime":
-        note = cpu_saturation_note(model if isinstance(model, onnx.ModelProto) else onnx.load(str(model)))
+        if proto is None:  # the caller's copy when it has one (``proto``): no second read of the file
+            proto = model if isinstance(model, onnx.ModelProto) else onnx.load(str(model))
+        note = cpu_saturation_note(proto)
         if note:  # a property of this CPU, not of the file: a warning, not a fallback
             log.warning(note)
             warnings.append(note)
