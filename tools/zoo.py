@@ -345,12 +345,11 @@ def _stage(row: ZooRow, label: str, fn):
     return None, msg
 
 
-def ort_static_sqnr(pre: Path, calib: dict, feeds: dict, ref: np.ndarray, work: Path) -> float:
-    """SQNR of onnxruntime's quantize_static on ``pre`` (the model after ``ort_preprocess``); with
-    ``reduce_range`` (7-bit weights) where onnxruntime's docs ask for it: x86 without VNNI."""
+def ort_static_sqnr(pre: Path, calib: dict, feeds: dict, ref: np.ndarray, work: Path,
+                    reduce_range: bool = False) -> float:
+    """SQNR of onnxruntime's quantize_static on ``pre`` (the model after ``ort_preprocess``); ``reduce_range``
+    (7-bit weights) where onnxruntime's docs ask for it: x86 without VNNI."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-
-    from onnxptq.targets import exact_onnxruntime_target
 
     out = work / f"{pre.stem}.ort.onnx"
     # onnxruntime saves large models with external data under generated names in the working folder
@@ -358,7 +357,7 @@ def ort_static_sqnr(pre: Path, calib: dict, feeds: dict, ref: np.ndarray, work: 
         quantize_static(str(pre), str(out), ArrayReader(calib, batch=1), quant_format=QuantFormat.QDQ,
                         per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                         calibrate_method=CalibrationMethod.MinMax,
-                        reduce_range=exact_onnxruntime_target() == "onnxruntime-avx2")
+                        reduce_range=reduce_range)
     return _sqnr(ref, _run_float(out, feeds))
 
 
@@ -376,6 +375,7 @@ def run_model(zm: ZooModel, work: Path, photos=None, num_calib: int = NUM_CALIB,
     from onnxptq.verify.integer import verify_integer
 
     t0 = time.perf_counter()
+    target = exact_onnxruntime_target()  # the onnxruntime form that is exact on this CPU (targets.py)
     row = ZooRow(zm.name, zm.family)
     path, err = _stage(row, "export", lambda: export(zm))
     if path is None:
@@ -398,7 +398,7 @@ def run_model(zm: ZooModel, work: Path, photos=None, num_calib: int = NUM_CALIB,
         res, err = _stage(row, "W8A8 QDQ" + tag,
                           lambda: onnxptq.quantize(str(path), calib, output=qdq, force=True,
                                                    **{"w_bits": 8, "a_bits": 8, "num_calib": num_calib,
-                                                      "target": exact_onnxruntime_target(), **(options or {})}))
+                                                      "target": target, **(options or {})}))
         if res is not None:
             row.onnxptq_draws.append(_sqnr(ref, _run_float(qdq, feeds)))
             if d == 0:
@@ -409,14 +409,15 @@ def run_model(zm: ZooModel, work: Path, photos=None, num_calib: int = NUM_CALIB,
                 row.int_kernels = rep.count() if rep is not None else "?"
         if ort:
             pre = pre or ort_preprocess(path, work)[0]  # once per model: every draw quantizes the same graph
-            v, _ = _stage(row, "ort quantize_static" + tag, lambda: ort_static_sqnr(pre, calib, feeds, ref, work))
+            v, _ = _stage(row, "ort quantize_static" + tag, lambda: ort_static_sqnr(pre, calib, feeds, ref, work,
+                                                                                      target == "onnxruntime-avx2"))
             if v is not None:
                 row.ort_draws.append(v)
     intp = work / f"{zm.name}.po2.int.onnx"
     # level-1 verify needs onnxruntime exact on this CPU: 7-bit weights on x86 without VNNI (targets.py)
     res, err = _stage(row, "po2 int", lambda: onnxptq.quantize(str(path), first_calib, output=intp, force=True,
                                                                 **{"w_bits": 8, "a_bits": 8, "num_calib": num_calib,
-                                                                   "target": exact_onnxruntime_target(),
+                                                                   "target": target,
                                                                    **(options or {}), "scale": "po2",
                                                                    "format": "int"}))
     row.int_export = "ok" if res is not None else err
