@@ -29,21 +29,20 @@ def sqnr_db(noise_to_signal: float) -> float:
 
 
 def layer_sensitivities(model: str, calib, bits: tuple[int, ...], samples: int) -> list[dict]:
-    """One dict per layer: name, op, weight count, depthwise flag, and ``sqnr_db`` {bits: dB}, worst first."""
+    """One dict per layer: name, op, weight count, depthwise flag, and ``sqnr_db`` {bits: dB}, worst first.
+    ``calib``: a data file or a ``Dataset``."""
     import onnxptq
     from onnxptq.mixed.sensitivity import measure_sensitivities
 
+    if not hasattr(calib, "inputs"):  # a file: read once, for the calibration and the measurement
+        from onnxptq.data import load_dataset, model_input_specs
+        from onnxptq.graph.load import read_model
+
+        calib = load_dataset(calib, model_input_specs(read_model(model)), samples)
     res = onnxptq.quantize(model, calib, num_calib=samples, progress=False, check_kernels=False)
     qg, cfg = res.qgraph, res.config
     names = [layer.name for layer in qg.layers]
-    data = calib if hasattr(calib, "inputs") else None
-    if data is None:
-        from onnxptq.data import load_dataset, model_input_specs
-
-        import onnx
-
-        data = load_dataset(calib, model_input_specs(onnx.load(model, load_external_data=False)), samples)
-    diag, _ = measure_sensitivities(res.sim, data, cfg, names, tuple(sorted(bits)), samples=samples,
+    diag, _ = measure_sensitivities(res.sim, calib, cfg, names, tuple(sorted(bits)), samples=samples,
                                     progress=True, pairs=False)
     rows = []
     for layer in qg.layers:
