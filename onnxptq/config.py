@@ -89,6 +89,10 @@ class QuantConfig:
                                        "model-output error on 16 calibration samples, greedy in node order (costs "
                                        "about 4 runs of the rest of the graph per point; mixed results: "
                                        "docs/benchmarks.md digits-ranges)", group="scales")
+    join_grids: bool = opt(False, "each merge point (Add, Concat, pool, ...) takes over an input's grid where that "
+                                  "rounds its output, computed from quantized inputs, within 1 % of its own L_p "
+                                  "error: no second rounding of a residual stream whose branches are small "
+                                  "(calib/join_grids.py; off by default, see docs/methods.md)", group="scales")
     w_scale_method: str = opt("mse", "weight scale search (mse: L_p, BRECQ p = 2.4)", group="scales",
                               choices=SCALE_METHODS)
     a_scale_method: str = opt("mse", "activation scale search", group="scales", choices=SCALE_METHODS)

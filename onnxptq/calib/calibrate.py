@@ -27,6 +27,7 @@ from ..quant.rounding import WEIGHT_ROUNDINGS, ceil_round, floor_round, rne, sto
 from ..run_context import RunContext
 from ..sim.capture import layer_inputs
 from ..sim.model import SimModel
+from .join_grids import align_join_grids
 from .output_search import float_range_search, po2_output_search
 from ..targets import get_target
 
@@ -321,6 +322,8 @@ def calibrate(sim: SimModel, data: Dataset, plan: BitPlan, cfg: QuantConfig, ctx
     state.input_means.clear()
     state.input_means.update(input_means)  # also used after learned rounding (recon/engine.py)
     calibrate_activations(sim, observers, plan, cfg)
+    if cfg.join_grids:
+        align_join_grids(sim, data, softmax_inputs(sim) | set(pad_values(sim)))
     if cfg.scale == "po2" and cfg.po2_output_points > 0:
         po2_output_search(sim, data, observers, cfg.po2_output_points)
     elif cfg.scale == "float" and cfg.a_output_search:

@@ -34,7 +34,8 @@ OUTPUT_SEARCH_SAMPLES = 16  # calibration samples the model-output searches run 
 Candidates = Callable[[str, QParams], list[QParams]]
 
 
-def _feeds(sim: SimModel, data: Dataset, n_samples: int) -> dict[str, torch.Tensor]:
+def sample_feeds(sim: SimModel, data: Dataset, n_samples: int) -> dict[str, torch.Tensor]:
+    """The first ``n_samples`` calibration samples on the simulation's device (a multiple of a fixed batch)."""
     device = next(iter(sim.weights.values())).device if len(sim.weights) else torch.device("cpu")
     n = n_samples if sim.chunk is None else max(sim.chunk, n_samples - n_samples % sim.chunk)
     return {k: torch.from_numpy(v[:n]).to(device) for k, v in data.inputs.items()}
@@ -122,7 +123,7 @@ def float_range_search(sim: SimModel, data: Dataset, observers: dict[str, Observ
     points = [t for t in node_order_points(sim) if eligible(t)]
     if not points:
         return {}
-    return greedy_output_search(sim, _feeds(sim, data, n_samples), points, candidates, progress)
+    return greedy_output_search(sim, sample_feeds(sim, data, n_samples), points, candidates, progress)
 
 
 def po2_output_search(sim: SimModel, data: Dataset, observers: dict[str, Observer], n_points: int,
@@ -143,5 +144,5 @@ def po2_output_search(sim: SimModel, data: Dataset, observers: dict[str, Observe
         scales, zps = S.po2_clip_candidates(obs.min, obs.max, float(p0.scale), int(p0.zero_point), p0.grid)
         return [QParams(p0.grid, s.numpy(), z.numpy(), None, po2=True) for s, z in zip(scales, zps)]
 
-    return greedy_output_search(sim, _feeds(sim, data, n_samples), points, candidates)
+    return greedy_output_search(sim, sample_feeds(sim, data, n_samples), points, candidates)
 
