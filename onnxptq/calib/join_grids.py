@@ -5,9 +5,9 @@ Each activation's L_p scale (``calibrate.py``) is chosen on float samples of tha
 node that misses one cost: the node combines tensors that are already on their own grids, and its output is
 rounded once more onto its own. Where the output is mostly one of its inputs (a residual stream through blocks
 whose branches are small), re-rounding onto a grid whose step differs by a few percent adds a whole extra
-rounding noise, while the input's own grid rounds it at no cost. Measured on poolformer_s12 (random weights,
-layer scales 1e-5): the residual stream's L_p scales differ by 2.6 % between two consecutive Adds, and that
-one re-rounding cost 0.8 dB of the stream's SQNR.
+rounding noise, while the input's own grid rounds it at no cost. Seen on poolformer_s12 (random weights,
+layer scales 1e-5): the L_p scales of its residual stream differ by a few percent between consecutive Adds,
+and the stream's SQNR drops at each such Add.
 
 So one pass over a few calibration samples, in node order (quant points before the current one quantized,
 weights in float, as the scales were calibrated), compares at each merge point the L_p error (BRECQ's p = 2.4,
