@@ -15,8 +15,8 @@ the criterion of ``scales.lp_search``) of its own parameters with that of each i
 grid, on the output computed from quantized inputs, and keeps the lowest. An input's grid wins within 1 % of the
 lowest error (``JOIN_TOL``, below the sampling spread of an error measured on 16 samples), or when its error
 is that of an offset of 1 % of a step everywhere or less: one grid fewer, and the runtime's requantization
-between the two tensors becomes the identity. Where the branches
-matter the output is off every input's grid and the comparison is the usual L_p one.
+between the two tensors becomes the identity. Where the branches matter the output is off every input's grid
+and the comparison is the usual L_p one.
 """
 from __future__ import annotations
 
