@@ -52,3 +52,13 @@ def test_the_w8a8_comparison_is_the_mean_over_calibration_draws():
     text = zoo.summary([row, zoo.ZooRow("n", "timm", onnxptq_draws=[1.0], ort_draws=[2.0])])
     assert "mean SQNR not below quantize_static's (0.05 dB tolerance) 1/2 compared (per draw: 2/4)" in text
     assert "10.00 / 14.00 / 15.00" in zoo.table([row])
+
+
+def test_section_name_keeps_the_full_table():
+    """--out: only the full zoo run writes the `zoo` section; a subset or a variant gets its own."""
+    assert zoo.section_name(False, {}, []) == ("zoo", "")
+    assert zoo.section_name(True, {}, []) == ("zoo-extra", "")
+    key, suffix = zoo.section_name(False, {}, ["poolformer_s12", "coat_lite_tiny"])
+    assert key == "zoo-only-poolformer_s12,coat_lite_tiny" and suffix == " — only poolformer_s12, coat_lite_tiny"
+    key, suffix = zoo.section_name(False, {"join_grids": True}, ["fast"])
+    assert key == "zoo-join_grids-True-only-fast" and suffix == " — with join_grids=True — only fast"

@@ -483,6 +483,17 @@ def summary(rows: list[ZooRow]) -> str:
             f"po2 int + level-1 verify {ver}/{n}, lowering check within 1 LSB {low}/{n}, internal errors in {internal}.")
 
 
+def section_name(extra: bool, options: dict, subset: list[str]) -> tuple[str, str]:
+    """(section key, title suffix) of a ``--out`` run: a variant (``--set``) and a subset (``--only``,
+    ``--fast``) each get their own section, so neither replaces the full table."""
+    key = ("zoo-extra" if extra else "zoo") + "".join(f"-{k}-{v}" for k, v in options.items())
+    suffix = " — with " + ", ".join(f"{k}={v}" for k, v in options.items()) if options else ""
+    if subset:
+        key += "-only-" + ",".join(subset)
+        suffix += " — only " + ", ".join(subset)
+    return key, suffix
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--only", default="", help="comma-separated model names (default: all): " +
@@ -545,10 +556,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.extra:
             text = text.replace("## Model zoo (issue 16): random-weight timm / ultralytics / transformers models",
                                 "## Models outside the zoo (issue 16): other tasks and families, tried the same way", 1)
-        key = ("zoo-extra" if args.extra else "zoo") + "".join(f"-{k}-{v}" for k, v in options.items())
-        if options:  # a variant gets its own section, named by its options
-            title = text.split("\n", 1)[0]
-            text = text.replace(title, title + " — with " + ", ".join(f"{k}={v}" for k, v in options.items()), 1)
+        key, suffix = section_name(args.extra, options, names or (["fast"] if args.fast else []))
+        title = text.split("\n", 1)[0]
+        text = text.replace(title, title + suffix, 1)
         write_section(Path(args.out), key, text)
     return 0
 
