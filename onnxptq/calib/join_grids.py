@@ -92,7 +92,8 @@ def align_join_grids(sim: SimModel, data: Dataset, fixed: set[str] = frozenset()
     """Let each merge point take over an input's grid where that lowers its L_p error on the output computed
     from quantized inputs (module doc). ``fixed``: points whose grid must stay (a Softmax input reaching down
     to an attention mask's floor, a grid holding a Pad constant). Returns point -> the input whose parameters
-    it now carries. Leaves activation quantization on and weights in float."""
+    it now carries, also logged at INFO level (the CLI's ``--verbose``). Leaves activation quantization on
+    and weights in float."""
     points = join_points(sim, fixed)
     if not points:
         return {}
@@ -117,6 +118,6 @@ def align_join_grids(sim: SimModel, data: Dataset, fixed: set[str] = frozenset()
                 taken[o] = points[o][b]
             env[o] = fq(env[o])
     if taken:
-        log.debug("%d merge point(s) took over an input's grid: %s", len(taken),
-                  ", ".join(f"{t} <- {s}" for t, s in taken.items()))
+        log.info("%d merge point(s) took over an input's grid: %s", len(taken),
+                 ", ".join(f"{t} <- {s}" for t, s in taken.items()))
     return taken
