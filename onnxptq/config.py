@@ -102,6 +102,10 @@ class QuantConfig:
                                    "non-negative activations always use the unsigned grid)", group="scales")
     bias_correction: bool = opt(True, "shift biases by E[(W_q - W) x] measured on the calibration data",
                                 group="scales")
+    bias_correction_guard: bool = opt(True, "method rtn: keep the bias correction only if it lowers the model-output "
+                                            "error on held-out calibration samples (estimated on one half, measured "
+                                            "on the other, both ways; calib/calibrate.py bias_correction_pays)",
+                                      group="scales")
     rounding: str = opt("nearest", "weight rounding of --method rtn: nearest | floor | ceil | stochastic "
                                    "(baselines)", group="method", choices=ROUNDINGS)
     # mixed precision (mixed/allocate.py)

@@ -89,16 +89,10 @@ def observe_activations(sim: SimModel, data: Dataset, cfg: QuantConfig, points: 
     for k, (t, fq) in enumerate(sim.act_quantizers()):
         if points is None or t in points:
             fq.observer = observers[t] = Observer(seed=cfg.seed + k)
-    device = next(iter(sim.weights.values())).device if len(sim.weights) else torch.device("cpu")
+    device = _device(sim)
     sums: dict[str, torch.Tensor] = {}
     counts: dict[str, int] = {}
-
-    def input_mean(layer, x: torch.Tensor) -> None:
-        """Per-input-channel sums of each layer's input (channel axis 1, or last for Gemm/MatMul)."""
-        dims = [d for d in range(x.dim()) if d != (1 if layer.spatial else x.dim() - 1)]
-        sums[layer.name] = sums.get(layer.name, 0) + x.sum(dim=dims, dtype=torch.float64)  # no float64 copy of x
-        counts[layer.name] = counts.get(layer.name, 0) + x.numel() // x.shape[1 if layer.spatial else -1]
-
+    input_mean = _input_sums(sums, counts)
     try:
         n_batches = (len(data) + cfg.batch_size - 1) // cfg.batch_size
         with layer_inputs(sim, input_mean):
@@ -110,6 +104,33 @@ def observe_activations(sim: SimModel, data: Dataset, cfg: QuantConfig, points: 
         for _, fq in sim.act_quantizers():
             fq.observer = None
     return observers, {k: (v / counts[k]).float() for k, v in sums.items()}
+
+
+def _device(sim: SimModel) -> torch.device:
+    return next(iter(sim.weights.values())).device if len(sim.weights) else torch.device("cpu")
+
+
+def _input_sums(sums: dict[str, torch.Tensor], counts: dict[str, int]) -> Callable[[Layer, torch.Tensor], None]:
+    """A ``layer_inputs`` callback adding up each layer's input per input channel (channel axis 1, or last for
+    Gemm/MatMul) into ``sums`` and the values per channel into ``counts``."""
+    def input_sum(layer: Layer, x: torch.Tensor) -> None:
+        dims = [d for d in range(x.dim()) if d != (1 if layer.spatial else x.dim() - 1)]
+        sums[layer.name] = sums.get(layer.name, 0) + x.sum(dim=dims, dtype=torch.float64)  # no float64 copy of x
+        counts[layer.name] = counts.get(layer.name, 0) + x.numel() // x.shape[1 if layer.spatial else -1]
+    return input_sum
+
+
+@torch.no_grad()
+def layer_input_means(sim: SimModel, data: Dataset, cfg: QuantConfig) -> dict[str, torch.Tensor]:
+    """Per-input-channel mean of every layer's input, float model, over ``data`` (what bias correction uses)."""
+    sim.set_quant(weights=False, acts=False)
+    sums: dict[str, torch.Tensor] = {}
+    counts: dict[str, int] = {}
+    device = _device(sim)
+    with layer_inputs(sim, _input_sums(sums, counts)):
+        for feeds in data.batches(cfg.batch_size):
+            sim({k: torch.from_numpy(v).to(device) for k, v in feeds.items()})
+    return {k: (v / counts[k]).float() for k, v in sums.items()}
 
 
 @torch.no_grad()
@@ -297,6 +318,57 @@ def layer_weight_params(layer: Layer, w: torch.Tensor, bias: torch.Tensor | None
     return params, delta
 
 
+BIAS_GUARD_MIN_HALF = 4  # samples per half below which the held-out check is skipped (the correction stays)
+BIAS_GUARD_EVAL = 64  # held-out samples per fold at most
+
+
+@torch.no_grad()
+def _outputs(sim: SimModel, data: Dataset, cfg: QuantConfig, quant: bool) -> dict[str, torch.Tensor]:
+    sim.set_quant(weights=quant, acts=quant)
+    device = _device(sim)
+    outs: dict[str, list[torch.Tensor]] = {}
+    for feeds in data.batches(cfg.batch_size):
+        r = sim({k: torch.from_numpy(v).to(device) for k, v in feeds.items()})
+        for o in sim.qg.outputs:
+            if r[o].is_floating_point():
+                outs.setdefault(o, []).append(r[o].double().cpu())
+    return {o: torch.cat(v) for o, v in outs.items()}
+
+
+def _relative_error(ref: dict[str, torch.Tensor], out: dict[str, torch.Tensor]) -> float:
+    """Sum over the float outputs of ||out - ref||^2 / ||ref||^2."""
+    return sum(float(((out[o] - ref[o]) ** 2).sum()) / max(float((ref[o] ** 2).sum()), 1e-30) for o in ref)
+
+
+@torch.no_grad()
+def bias_correction_pays(sim: SimModel, data: Dataset, plan: BitPlan, cfg: QuantConfig,
+                         input_errors: dict[str, torch.Tensor] | None = None) -> tuple[bool, float, float] | None:
+    """Two-fold held-out check of the bias correction (Nagel et al. 2019, Eq. 13) on round-to-nearest weights.
+
+    The correction is a mean estimated from the calibration samples; on the same samples it always lowers each
+    layer's output error (it subtracts that error's mean), so only held-out samples can say whether the
+    estimate carries over. The calibration data is split in halves; for each, the correction estimated on it
+    (``layer_input_means``) is applied and the relative model-output error is measured on (up to
+    ``BIAS_GUARD_EVAL`` samples of) the other half, with and without it. Returns (pays: corrected error <
+    uncorrected, corrected error, uncorrected error), the errors averaged over the two folds; None when a half
+    has fewer than ``BIAS_GUARD_MIN_HALF`` samples. Leaves the weights calibrated without correction."""
+    step = sim.chunk or 1
+    half = len(data) // 2 // step * step
+    n_eval = min(half, BIAS_GUARD_EVAL) // step * step
+    if half < BIAS_GUARD_MIN_HALF or n_eval == 0:
+        return None
+    folds = (data.rows(0, half), data.rows(half, 2 * half))
+    on = off = 0.0
+    for est, held in (folds, folds[::-1]):
+        held = held.take(n_eval)
+        ref = _outputs(sim, held, cfg, quant=False)
+        calibrate_weights(sim, plan, cfg, layer_input_means(sim, est, cfg), input_errors)
+        on += _relative_error(ref, _outputs(sim, held, cfg, quant=True))
+        calibrate_weights(sim, plan, cfg)
+        off += _relative_error(ref, _outputs(sim, held, cfg, quant=True))
+    return on < off, on / 2, off / 2
+
+
 def weight_round_fn(rounding: str, w: torch.Tensor, seed: int, index: int) -> Callable[[torch.Tensor], torch.Tensor]:
     """The rounding function of ``--rounding`` for one weight tensor (Attention Round Table 5 baselines);
     stochastic draws its uniforms from (seed, layer index), so a seed gives the same weights."""
@@ -334,9 +406,18 @@ def calibrate(sim: SimModel, data: Dataset, plan: BitPlan, cfg: QuantConfig, ctx
         if not apply_ecaq(sim, data, cfg):
             diagnostics.add("other", "", "--ecaq: no quant point qualifies (a non-negative 4-D tensor read only by "
                             "convs, e.g. inside a residual block), so no activation has per-channel scales")
-    errors = input_quant_error(sim, data, cfg) if cfg.bias_correction else None
-    calibrate_weights(sim, plan, cfg, state.input_means if cfg.bias_correction else None, errors)
-    if cfg.bias_correction:
+    correct = cfg.bias_correction
+    errors = input_quant_error(sim, data, cfg) if correct else None
+    if correct and cfg.bias_correction_guard and cfg.method == "rtn" and cfg.rounding == "nearest":
+        check = bias_correction_pays(sim, data, plan, cfg, errors)
+        if check is not None and not check[0]:
+            correct = False
+            diagnostics.add("bias-correction-dropped", "", f"the bias correction raised the model-output error on "
+                            f"held-out calibration samples ({check[1]:.4g} with it, {check[2]:.4g} without, relative "
+                            "squared error, 2 folds), so no layer's bias is corrected (--no-bias-correction-guard "
+                            "keeps it)")
+    calibrate_weights(sim, plan, cfg, state.input_means if correct else None, errors if correct else None)
+    if correct:
         for layer in sim.qg.layers:
             if not layer.bias:
                 diagnostics.add("bias-correction-dropped", layer.name, "no bias input to hold the correction "
