@@ -36,7 +36,7 @@ def quant_point_sqnr(sim, data: Dataset, samples: int = SQNR_SAMPLES) -> dict[st
     (errors accumulated from the input), on the first ``samples`` calibration samples."""
     from .recon.float_weights import FloatWeights
 
-    device = next(iter(sim.weights.values())).device
+    device = sim.device
     feeds = {k: torch.from_numpy(v[:samples]).to(device) for k, v in data.inputs.items()}
     points = set(sim.qg.quant_points)
     was_training = sim.training

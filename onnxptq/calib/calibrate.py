@@ -89,7 +89,7 @@ def observe_activations(sim: SimModel, data: Dataset, cfg: QuantConfig, points: 
     for k, (t, fq) in enumerate(sim.act_quantizers()):
         if points is None or t in points:
             fq.observer = observers[t] = Observer(seed=cfg.seed + k)
-    device = _device(sim)
+    device = sim.device
     sums: dict[str, torch.Tensor] = {}
     counts: dict[str, int] = {}
     input_mean = _input_sums(sums, counts)
@@ -106,10 +106,6 @@ def observe_activations(sim: SimModel, data: Dataset, cfg: QuantConfig, points: 
     return observers, {k: (v / counts[k]).float() for k, v in sums.items()}
 
 
-def _device(sim: SimModel) -> torch.device:
-    return next(iter(sim.weights.values())).device if len(sim.weights) else torch.device("cpu")
-
-
 def _input_sums(sums: dict[str, torch.Tensor], counts: dict[str, int]) -> Callable[[Layer, torch.Tensor], None]:
     """A ``layer_inputs`` callback adding up each layer's input per input channel (channel axis 1, or last for
     Gemm/MatMul) into ``sums`` and the values per channel into ``counts``."""
@@ -121,16 +117,17 @@ def _input_sums(sums: dict[str, torch.Tensor], counts: dict[str, int]) -> Callab
 
 
 @torch.no_grad()
-def layer_input_means(sim: SimModel, data: Dataset, cfg: QuantConfig) -> dict[str, torch.Tensor]:
-    """Per-input-channel mean of every layer's input, float model, over ``data`` (what bias correction uses)."""
-    sim.set_quant(weights=False, acts=False)
+def layer_input_means(sim: SimModel, data: Dataset, cfg: QuantConfig, n_out: int = 0
+                      ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """One float pass over ``data``: the per-input-channel mean of every layer's input (what bias correction
+    uses) and the model's float outputs (``_outputs``) on its first ``n_out`` samples."""
     sums: dict[str, torch.Tensor] = {}
     counts: dict[str, int] = {}
-    device = _device(sim)
     with layer_inputs(sim, _input_sums(sums, counts)):
-        for feeds in data.batches(cfg.batch_size):
-            sim({k: torch.from_numpy(v).to(device) for k, v in feeds.items()})
-    return {k: (v / counts[k]).float() for k, v in sums.items()}
+        outs = _outputs(sim, data.take(n_out), cfg, quant=False) if n_out else {}
+        if n_out < len(data):
+            _outputs(sim, data.rows(n_out, len(data)), cfg, quant=False)
+    return {k: (v / counts[k]).float() for k, v in sums.items()}, outs
 
 
 @torch.no_grad()
@@ -325,7 +322,7 @@ BIAS_GUARD_EVAL = 64  # held-out samples per fold at most
 @torch.no_grad()
 def _outputs(sim: SimModel, data: Dataset, cfg: QuantConfig, quant: bool) -> dict[str, torch.Tensor]:
     sim.set_quant(weights=quant, acts=quant)
-    device = _device(sim)
+    device = sim.device
     outs: dict[str, list[torch.Tensor]] = {}
     for feeds in data.batches(cfg.batch_size):
         r = sim({k: torch.from_numpy(v).to(device) for k, v in feeds.items()})
@@ -347,8 +344,9 @@ def bias_correction_pays(sim: SimModel, data: Dataset, plan: BitPlan, cfg: Quant
 
     The correction is a mean estimated from the calibration samples; on the same samples it always lowers each
     layer's output error (it subtracts that error's mean), so only held-out samples can say whether the
-    estimate carries over. The calibration data is split in halves; for each, the correction estimated on it
-    (``layer_input_means``) is applied and the relative model-output error is measured on (up to
+    estimate carries over. The calibration data is split in halves (one float pass each, ``layer_input_means``:
+    the means the correction is estimated from and the reference outputs); for each, the correction estimated
+    on it is applied and the relative model-output error is measured on (up to
     ``BIAS_GUARD_EVAL`` samples of) the other half, with and without it. Returns (pays: corrected error <
     uncorrected, corrected error, uncorrected error), the errors averaged over the two folds; None when a half
     has fewer than ``BIAS_GUARD_MIN_HALF`` samples. Leaves the weights calibrated without correction."""
@@ -358,11 +356,11 @@ def bias_correction_pays(sim: SimModel, data: Dataset, plan: BitPlan, cfg: Quant
     if half < BIAS_GUARD_MIN_HALF or n_eval == 0:
         return None
     folds = (data.rows(0, half), data.rows(half, 2 * half))
+    means, refs = zip(*(layer_input_means(sim, f, cfg, n_eval) for f in folds))  # one float pass per half
     on = off = 0.0
-    for est, held in (folds, folds[::-1]):
-        held = held.take(n_eval)
-        ref = _outputs(sim, held, cfg, quant=False)
-        calibrate_weights(sim, plan, cfg, layer_input_means(sim, est, cfg), input_errors)
+    for k in (0, 1):
+        held, ref = folds[1 - k].take(n_eval), refs[1 - k]
+        calibrate_weights(sim, plan, cfg, means[k], input_errors)
         on += _relative_error(ref, _outputs(sim, held, cfg, quant=True))
         calibrate_weights(sim, plan, cfg)
         off += _relative_error(ref, _outputs(sim, held, cfg, quant=True))

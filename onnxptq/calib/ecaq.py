@@ -94,7 +94,7 @@ def apply_ecaq(sim: SimModel, data: Dataset, cfg: QuantConfig) -> dict[str, np.n
             pick = torch.randperm(flat.shape[1], generator=gen)[:POSITIONS * x.shape[0]]
             samples[t] = flat[:, pick.to(flat.device)].t().float().cpu()
 
-    device = next(iter(sim.weights.values())).device
+    device = sim.device
     feeds = {k: torch.from_numpy(v[:SAMPLES]).to(device) for k, v in data.inputs.items()}
     sim.set_quant(weights=False, acts=False)
     with layer_inputs(sim, grab):

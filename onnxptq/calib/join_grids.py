@@ -29,12 +29,11 @@ from ..data import Dataset
 from ..quant import QParams
 from ..quant import scales as S
 from ..quant.observer import SATURATING
-from ..sim.model import SimModel
+from ..sim.model import SimModel, SimNode
 from .output_search import OUTPUT_SEARCH_SAMPLES, sample_feeds
 
 log = logging.getLogger("onnxptq")
 
-LP_P = 2.4  # the L_p norm of scales.lp_search (BRECQ Appendix B.1)
 JOIN_TOL = 0.01  # an input's grid wins within 1 % of the lowest error (module doc)
 
 
@@ -45,11 +44,10 @@ def _per_tensor(sim: SimModel, t: str) -> QParams | None:
     return fq.params
 
 
-def same_grid_inputs(sim: SimModel, point: str) -> list[str]:
-    """The quant points that ``point``'s producer reads (in input order, each once) whose per-tensor
+def same_grid_inputs(sim: SimModel, point: str, node: SimNode) -> list[str]:
+    """The quant points that ``node`` (``point``'s producer) reads, in input order, each once, whose per-tensor
     parameters sit on the same grid as ``point``'s: the grids it may take over."""
     own = sim.act_quantizer(point).params
-    node = next(n for n in sim.nodes if n.name == sim.qg.quant_points[point].producer)
     out: list[str] = []
     for i in node.inputs:
         src = sim.qg.source.get(i)
@@ -65,9 +63,10 @@ def join_points(sim: SimModel, fixed: set[str] = frozenset()) -> dict[str, list[
     """Merge quant points with per-tensor parameters, other than ``fixed`` -> the inputs whose grid they may
     take over."""
     out = {}
+    nodes = {n.name: n for n in sim.nodes}
     for t, qp in sim.qg.quant_points.items():
         if qp.kind == "merge" and t not in fixed and _per_tensor(sim, t) is not None:
-            ins = same_grid_inputs(sim, t)
+            ins = same_grid_inputs(sim, t, nodes[qp.producer])
             if ins:
                 out[t] = ins
     return out
@@ -82,7 +81,7 @@ def pick_params(y: torch.Tensor, candidates: list[QParams], rel_tol: float = 0.0
     y = y[y.abs() < SATURATING]  # attention masks' float minimum stands for -inf (quant/observer.py)
     if not len(y):
         return 0
-    err = S.candidate_lp_errors(y, scale, zp, candidates[0].grid, LP_P, None).double()
+    err = S.candidate_lp_errors(y, scale, zp, candidates[0].grid, S.LP_NORM, None).double()
     return int(torch.nonzero(err <= max(float(err.min()) * (1 + rel_tol), abs_tol))[0, 0])
 
 
@@ -112,7 +111,7 @@ def align_join_grids(sim: SimModel, data: Dataset, fixed: set[str] = frozenset()
         for o in here:
             fq = sim.act_quantizer(o)
             cands = [sim.act_quantizer(s).params for s in points[o]] + [fq.params]
-            b = pick_params(env[o], cands, JOIN_TOL, (JOIN_TOL * float(fq.params.scale)) ** LP_P)
+            b = pick_params(env[o], cands, JOIN_TOL, (JOIN_TOL * float(fq.params.scale)) ** S.LP_NORM)
             if b < len(points[o]):
                 fq.set_params(cands[b])
                 taken[o] = points[o][b]

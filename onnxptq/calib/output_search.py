@@ -36,7 +36,7 @@ Candidates = Callable[[str, QParams], list[QParams]]
 
 def sample_feeds(sim: SimModel, data: Dataset, n_samples: int) -> dict[str, torch.Tensor]:
     """The first ``n_samples`` calibration samples on the simulation's device (a multiple of a fixed batch)."""
-    device = next(iter(sim.weights.values())).device if len(sim.weights) else torch.device("cpu")
+    device = sim.device
     n = n_samples if sim.chunk is None else max(sim.chunk, n_samples - n_samples % sim.chunk)
     return {k: torch.from_numpy(v[:n]).to(device) for k, v in data.inputs.items()}
 

@@ -70,7 +70,7 @@ def _measure(sim: SimModel, data: Dataset, cfg: QuantConfig, layers: list[str], 
     from ..calib.calibrate import choose_scale, threads
 
     qg = sim.qg
-    device = next(iter(sim.weights.values())).device
+    device = sim.device
     feeds = {k: torch.from_numpy(v[:samples]).to(device) for k, v in data.inputs.items()}
     was_training = sim.training
     sim.eval()

@@ -57,6 +57,9 @@ def percentile(x: torch.Tensor, grid: Grid, symmetric: bool, axis: int | None = 
     return range_to_qparams(lo, hi, grid, symmetric)
 
 
+LP_NORM = 2.4  # BRECQ Appendix B.1: the p of the L_p clipping criterion
+
+
 def lp_error(x: torch.Tensor, xq: torch.Tensor, p: float, axis: int | None) -> torch.Tensor:
     """Mean |x - xq|^p per channel (or scalar): the clipping criterion of BRECQ's L_p search (p = 2.4)."""
     return _abs_pow_mean(x - xq, p, _reduce_dims(x, axis))
@@ -97,7 +100,7 @@ def _pick(err: torch.Tensor, *cands: torch.Tensor) -> list[torch.Tensor]:
     return [c.gather(0, idx.expand(1, *c.shape[1:]))[0] for c in cands]
 
 
-def lp_search(x: torch.Tensor, grid: Grid, symmetric: bool, axis: int | None = None, p: float = 2.4,
+def lp_search(x: torch.Tensor, grid: Grid, symmetric: bool, axis: int | None = None, p: float = LP_NORM,
               candidates: int = 80, min_ratio: float = 0.2):
     """Shrink the min/max range by a ratio in [min_ratio, 1]; keep the ratio minimizing the L_p error.
 
@@ -175,7 +178,7 @@ def po2_candidates(x: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor, grid:
 
 
 def po2_search(x: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor, grid: Grid, axis: int | None = None,
-               p: float = 2.4, span: int = 2, even_zp: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+               p: float = LP_NORM, span: int = 2, even_zp: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Exponent search (Quark-style MinMSE): the ``po2_candidates`` pair with the lowest L_p error."""
     scales, zps = po2_candidates(x, scale, zp, grid, axis, span, even_zp)
     err = candidate_lp_errors(x, scales, zps, grid, p, axis)

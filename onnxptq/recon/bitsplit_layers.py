@@ -188,7 +188,7 @@ def bitsplit_layers(sim: SimModel, data: Dataset, cfg: QuantConfig, diag: Diagno
     an uninterrupted run (each layer's row sampling has its own seed)."""
     t_all = time.perf_counter()
     qg = sim.qg
-    device = next(iter(sim.weights.values())).device
+    device = sim.device
     n_rows = cfg.bitsplit_points + max(1, round(cfg.bitsplit_points * HOLDOUT / (1 - HOLDOUT)))
     floats = FloatWeights(sim)
     report = ReconReport("bitsplit", "layer", f"closed form ({cfg.weight_grid} weights)", len(data))

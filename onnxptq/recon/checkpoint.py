@@ -106,7 +106,7 @@ def restore(sim: SimModel, state: dict) -> list[str]:
         if s is not None and fq.params is not None:
             p = fq.params
             fq.set_params(QParams(p.grid, s["scale"], s["zero_point"], p.axis, p.po2))
-    device = next(iter(sim.weights.values())).device
+    device = sim.device
     sim.bias_delta.clear()
     sim.bias_delta.update({k: v.to(device) for k, v in state["bias_delta"].items()})
     return list(state["weights"])

@@ -76,7 +76,7 @@ class Engine:
         self.inputs = {k: v for k, v in data.inputs.items()}
         self.n = len(data)
         self.n_train = self.n - held_out(self.n)  # minibatches come from samples [0, n_train)
-        self.device = next(iter(sim.weights.values())).device if len(sim.weights) else torch.device("cpu")
+        self.device = sim.device
         self.spans = region_spans(sim, partition(sim.qg, self.st.granularity))
         self.batch = cfg.batch_size  # caching batch
         budget = cfg.cache_budget_mb

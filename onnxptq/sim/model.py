@@ -92,6 +92,11 @@ class SimModel(nn.Module):
         return self._state
 
     @property
+    def device(self) -> torch.device:
+        """Where the weights (and so the simulation) live; the CPU for a model without weights."""
+        return next(iter(self.weights.values())).device if len(self.weights) else torch.device("cpu")
+
+    @property
     def bias_delta(self) -> dict[str, torch.Tensor]:
         """``state.bias_delta`` (kept while reconstruction moves to ``state``)."""
         return self._state.bias_delta
@@ -130,7 +135,7 @@ class SimModel(nn.Module):
         if unknown:
             raise ValueError(f"the state names {unknown[:5]} which this model does not have (a state of another model?)")
         state = state.detached()
-        device = next(iter(self.weights.values())).device if len(self.weights) else torch.device("cpu")
+        device = self.device
         self._state.float_weights.clear()
         self._state.float_weights.update(state.float_weights)
         for name, key in self._wkey.items():
@@ -307,7 +312,7 @@ class SimModel(nn.Module):
 
 @torch.no_grad()
 def simulate(sim: SimModel, inputs: dict[str, np.ndarray], batch_size: int = 32) -> np.ndarray:
-    device = next(iter(sim.weights.values())).device if len(sim.weights) else torch.device("cpu")
+    device = sim.device
     n = len(next(iter(inputs.values())))
     outs = []
     for i in range(0, n, batch_size):

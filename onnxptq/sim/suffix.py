@@ -39,7 +39,7 @@ def trial_outputs(sim: SimModel, inputs: dict[str, np.ndarray], trials: Sequence
     order = sorted(range(len(trials)), key=lambda j: trials[j].start)
     results: list[list[np.ndarray]] = [[] for _ in trials]
     n = len(next(iter(inputs.values())))
-    device = next(iter(sim.weights.values())).device if len(sim.weights) else torch.device("cpu")
+    device = sim.device
     for i in range(0, n, batch_size):
         feeds = {k: torch.from_numpy(v[i:i + batch_size]).to(device) for k, v in inputs.items()}
         env: dict[str, torch.Tensor] | None = None
