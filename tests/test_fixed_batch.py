@@ -157,7 +157,9 @@ def test_the_chunked_fallback_is_visible(tmp_path, capsys):
     src = tmp_path / "b.onnx"
     batch_mixing(src)
     x = RNG.standard_normal((8, 3, 8, 8)).astype(np.float32)
-    res = onnxptq.quantize(str(src), x, w_bits=8, a_bits=8)
+    # the bias correction's held-out check (its own fallback, tests/test_bias_guard.py) is off: on 4 + 4 samples
+    # its decision hangs on which draw of the module's RNG this test gets, i.e. on the test order
+    res = onnxptq.quantize(str(src), x, w_bits=8, a_bits=8, bias_correction_guard=False)
     assert [f.kind for f in res.diagnostics.items] == ["batch-chunks"]
     assert "conv_over_batch" in res.diagnostics.items[0].detail
     assert main(["inspect", str(src)]) == 0
