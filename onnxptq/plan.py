@@ -4,8 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .config import QuantConfig
-from .quant.grid import Grid, weight_grid
-from .targets import Target, get_target
+from .targets import Target
 from .graph.qgraph import QGraph
 
 
@@ -37,13 +36,3 @@ def make_plan(qg: QGraph, cfg: QuantConfig) -> BitPlan:
 def cap_weight_bits(plan: BitPlan, target: Target) -> None:
     """Cap every layer's weight bits at the target's (``reduce_range``: 8 -> 7), after mixed precision."""
     plan.w_bits.update({k: target.weight_bits(b) for k, b in plan.w_bits.items()})
-
-
-def weight_grid_for(cfg: QuantConfig, bits: int) -> Grid:
-    """The integer grid of a layer's weights at ``bits`` (already capped by ``cap_weight_bits``) on ``cfg``'s
-    target: its full-range grid [-2^(b-1), 2^(b-1)] for symmetric weights at the target's cap
-    (``onnxruntime-avx2``: onnxruntime's reduce-range [-64, 64]), else the b-bit grid. Asymmetric weights keep
-    the b-bit grid: centred on their zero point they must still fit int8."""
-    target = get_target(cfg.target)
-    full = target.weight_full_range and cfg.w_symmetric and bits == target.weight_max_bits
-    return weight_grid(bits, full_range=full)

@@ -7,12 +7,9 @@ that (measured on EfficientNet-Lite0: uint8 weights with zero point 128 kept all
 OpenVINO 2026.4 and on the slower u8u8 path in onnxruntime 1.32).
 
 Fields:
-- ``weight_max_bits``: 7 is onnxruntime's ``reduce_range`` (weights on [-64, 64]): with it a uint8 x
+- ``weight_max_bits``: 7 is onnxruntime's ``reduce_range`` (weights on [-64, 63]): with it a uint8 x
   int8 pair product sum never saturates the int16 accumulator of AVX2 CPUs without VNNI
   (255 * 64 * 2 = 32640 < 32767), so fused kernels are exact there too, for one bit of weight precision.
-- ``weight_full_range``: symmetric weights at ``weight_max_bits`` use the grid [-2^(b-1), 2^(b-1)]: at 7 bits
-  onnxruntime's own reduce-range grid [-64, 64] (quant_utils ``get_qmin_qmax_for_qType``), which keeps the
-  same int16 bound (|w| <= 64) with a scale max|w| / 64 instead of max|w| / 63 (``plan.weight_grid_for``).
 - ``unsigned_activations``: non-negative tensors may use the unsigned grid [0, 2^b - 1] (uint8
   container); False for TensorRT, whose Q/DQ are int8 with zero point 0 only.
 - ``symmetric_activations``: every activation grid has zero point 0 (TensorRT).
@@ -50,7 +47,6 @@ class Target:
     name: str
     description: str
     weight_max_bits: int = 8
-    weight_full_range: bool = False
     unsigned_activations: bool = True
     symmetric_activations: bool = False
     activation_container: str = "uint8"  # uint8 | int8
@@ -68,8 +64,8 @@ class Target:
 TARGETS: dict[str, Target] = {t.name: t for t in (
     Target("onnxruntime", "onnxruntime CPU (QLinearConv/QGemm): uint8 activations, int8 weights; exact "
            "with VNNI (AVX512-VNNI / AVX-VNNI) and on ARM", exact_u8s8=True),
-    Target("onnxruntime-avx2", "onnxruntime on x86 without VNNI: 7-bit weights on onnxruntime's reduce-range "
-           "grid [-64, 64] so u8 x s8 kernels never saturate", weight_max_bits=7, weight_full_range=True),
+    Target("onnxruntime-avx2", "onnxruntime on x86 without VNNI: 7-bit weights (reduce_range) so u8 x s8 "
+           "kernels never saturate", weight_max_bits=7),
     # OpenVINO folds a float Clamp in front of its FakeQuantize and runs every conv in u8 either way; the float
     # form was 5-7 % faster (EfficientNet-Lite0 Po2 W8A8: b1 3.55-3.90 vs 3.85-3.94 ms, b8 25.4 vs 27.3 ms;
     # `python tools/bench.py deploy --target onnxruntime,openvino`), while onnxruntime runs it 5x slower.

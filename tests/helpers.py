@@ -133,14 +133,3 @@ def suite_weight_bits(bits: int) -> int:
     from onnxptq.targets import exact_onnxruntime_target, get_target
 
     return get_target(exact_onnxruntime_target()).weight_bits(bits)
-
-
-def suite_weight_grid(bits: int):
-    """The integer grid of symmetric weights asked for at ``bits`` under the suite's target on this CPU
-    (``onnxruntime-avx2``: 7 bits on onnxruntime's reduce-range grid [-64, 64])."""
-    from onnxptq.config import QuantConfig
-    from onnxptq.plan import weight_grid_for
-    from onnxptq.targets import exact_onnxruntime_target, get_target
-
-    target = exact_onnxruntime_target()
-    return weight_grid_for(QuantConfig(target=target), get_target(target).weight_bits(bits))

@@ -11,7 +11,6 @@ import torch
 from torch import nn
 
 import onnxptq
-from onnxptq.plan import weight_grid_for
 from onnxptq.calib.calibrate import float_scale
 from onnxptq.calib.po2_rescale import MARGIN, channel_factors, factor, po2_equalize_factors
 from onnxptq.config import QuantConfig
@@ -239,8 +238,7 @@ def test_equalized_weight_channels_get_the_power_of_two_of_their_float_scale(dwn
             layer = res.qgraph.layer(channel_rescalable_points(res.qgraph)[t].producer)
             w = torch.from_numpy(np.array(res.qgraph.initializer(layer.weight)))
             bits = res.sim.weight_quantizer(layer.name).bits
-            grid = weight_grid_for(res.config, bits)  # onnxruntime-avx2: [-64, 64] at 7 bits
-            best, _ = float_scale(w, grid, True, layer.weight_axis, cfg, cfg.w_scale_method)
+            best, _ = float_scale(w, weight_grid(bits), True, layer.weight_axis, cfg, cfg.w_scale_method)
             s_po2 = np.asarray(res.sim.weight_quantizer(layer.name).params.scale, np.float64).reshape(-1)
             np.testing.assert_allclose(s_po2, best.numpy().reshape(-1) / MARGIN, rtol=1e-5)
     ref = run_onnxruntime(str(path), {"input": x})

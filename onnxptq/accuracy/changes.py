@@ -21,8 +21,7 @@ import torch
 
 from ..calib.calibrate import layer_weight_params, threads
 from ..config import QuantConfig
-from ..plan import weight_grid_for
-from ..quant import QParams
+from ..quant import QParams, weight_grid
 from ..quant.grid import Grid
 from ..sim.model import SimModel
 from ..sim.state import QuantState
@@ -99,8 +98,7 @@ def _rtn_weights(state: QuantState, sim: SimModel, name: str, cfg: QuantConfig, 
     if layer.bias and sim.qg.source[layer.input] not in state.ecaq_scales:
         s_x = float(state.act_params[sim.qg.source[layer.input]].scale)
     with threads(1):
-        grid = weight_grid_for(cfg, bits)
-        p, delta = layer_weight_params(layer, sim.float_weight(layer.weight), bias, grid, cfg, s_x,
+        p, delta = layer_weight_params(layer, sim.float_weight(layer.weight), bias, weight_grid(bits), cfg, s_x,
                                        None if mean is None else mean.cpu())
     if delta is not None:
         state.bias_delta[name] = delta

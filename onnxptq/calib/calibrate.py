@@ -15,11 +15,11 @@ from tqdm import tqdm
 from ..config import QuantConfig
 from ..data import Dataset
 from ..diagnostics import Diagnostics
-from ..plan import BitPlan, weight_grid_for
+from ..plan import BitPlan
 from ..graph.qgraph import Layer, attrs_of
 from ..memory import trim_heap
 from ..ops.shape import pad_constant
-from ..quant import QParams, activation_grid, fake_quantize
+from ..quant import QParams, activation_grid, fake_quantize, weight_grid
 from ..quant import scales as S
 from ..quant.grid import Grid
 from ..quant.observer import SATURATING, Observer
@@ -276,7 +276,7 @@ def _calibrate_weights(sim: SimModel, plan: BitPlan, cfg: QuantConfig,
     for i, layer in enumerate(sim.qg.layers):
         fq = sim.weight_quantizer(layer.name)
         w = sim.weight(layer.weight).detach()
-        grid = weight_grid_for(cfg, plan.w_bits[layer.name])
+        grid = weight_grid(plan.w_bits[layer.name])
         round_fn = weight_round_fn(cfg.rounding, w, cfg.seed, i)
         mean = input_means.get(layer.name) if input_means is not None else None
         err = input_errors.get(layer.name) if input_errors else None

@@ -20,10 +20,10 @@ from ..config import QuantConfig
 from ..data import Dataset
 from ..graph.qgraph import QGraph
 from ..graph.rescale import channel_rescalable_points, reader_multiplier, rescalable_points
-from ..plan import BitPlan, weight_grid_for
+from ..plan import BitPlan
 from ..quant import scales as S
 from ..sim.model import SimModel
-from .calibrate import activation_choice, float_scale, observe_activations, threads
+from .calibrate import activation_choice, float_scale, observe_activations, threads, weight_grid
 
 MARGIN = 1.0 + 2.0 ** -12
 
@@ -69,9 +69,8 @@ def po2_equalize_factors(qg: QGraph, plan: BitPlan, cfg: QuantConfig) -> dict[st
             if r is None:
                 continue
             w = weight(layer.name)
-            grid = weight_grid_for(cfg, plan.w_bits[layer.name])
-            scale, _ = float_scale(torch.from_numpy(w).float(), grid, cfg.w_symmetric, layer.weight_axis, cfg,
-                                   cfg.w_scale_method)
+            scale, _ = float_scale(torch.from_numpy(w).float(), weight_grid(plan.w_bits[layer.name]),
+                                   cfg.w_symmetric, layer.weight_axis, cfg, cfg.w_scale_method)
             c = channel_factors(scale.cpu().numpy())
             if np.all(np.abs(np.log2(c)) <= 2.0 ** -10):
                 continue

@@ -20,8 +20,7 @@ from tqdm import tqdm
 from ..config import QuantConfig
 from ..data import Dataset
 from ..graph.partition import partition
-from ..plan import weight_grid_for
-from ..quant import fake_quantize
+from ..quant import fake_quantize, weight_grid
 from ..sim.model import SimModel
 from ..sim.suffix import Trial, node_positions, trial_outputs
 
@@ -85,8 +84,7 @@ def _measure(sim: SimModel, data: Dataset, cfg: QuantConfig, layers: list[str], 
             layer = qg.layer(name)
             w = sim.weight(layer.weight).detach()
             with threads(1):
-                grid = weight_grid_for(cfg, bits)
-                p = choose_scale(w, grid, cfg.w_symmetric, layer.weight_axis, cfg, cfg.w_scale_method)
+                p = choose_scale(w, weight_grid(bits), cfg.w_symmetric, layer.weight_axis, cfg, cfg.w_scale_method)
             scale, zp = p.shaped_for(w.dim())
             quantized[(name, bits)] = fake_quantize(w, torch.from_numpy(np.asarray(scale)).to(w.device),
                                                     torch.from_numpy(np.asarray(zp, dtype=np.float32)).to(w.device),
