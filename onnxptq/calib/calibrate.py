@@ -26,7 +26,7 @@ from ..quant.observer import SATURATING, Observer
 from ..quant.rounding import WEIGHT_ROUNDINGS, ceil_round, floor_round, rne, stochastic_round
 from ..run_context import RunContext
 from ..sim.capture import layer_inputs
-from ..sim.model import SimModel
+from ..sim.model import SimModel, simulate_outputs
 from .join_grids import align_join_grids
 from .output_search import float_range_search, po2_output_search
 from ..targets import get_target
@@ -319,17 +319,11 @@ BIAS_GUARD_MIN_HALF = 4  # samples per half below which the held-out check is sk
 BIAS_GUARD_EVAL = 64  # held-out samples per fold at most
 
 
-@torch.no_grad()
 def _outputs(sim: SimModel, data: Dataset, cfg: QuantConfig, quant: bool) -> dict[str, torch.Tensor]:
+    """The float graph outputs over ``data`` (float64), quantized or float (``sim.model.simulate_outputs``)."""
     sim.set_quant(weights=quant, acts=quant)
-    device = sim.device
-    outs: dict[str, list[torch.Tensor]] = {}
-    for feeds in data.batches(cfg.batch_size):
-        r = sim({k: torch.from_numpy(v).to(device) for k, v in feeds.items()})
-        for o in sim.qg.outputs:
-            if r[o].is_floating_point():
-                outs.setdefault(o, []).append(r[o].double().cpu())
-    return {o: torch.cat(v) for o, v in outs.items()}
+    outs = simulate_outputs(sim, data.inputs, cfg.batch_size)
+    return {o: torch.from_numpy(v).double() for o, v in outs.items() if np.issubdtype(v.dtype, np.floating)}
 
 
 def _relative_error(ref: dict[str, torch.Tensor], out: dict[str, torch.Tensor]) -> float:
@@ -406,15 +400,17 @@ def calibrate(sim: SimModel, data: Dataset, plan: BitPlan, cfg: QuantConfig, ctx
                             "convs, e.g. inside a residual block), so no activation has per-channel scales")
     correct = cfg.bias_correction
     errors = input_quant_error(sim, data, cfg) if correct else None
+    check = None
     if correct and cfg.bias_correction_guard and cfg.method == "rtn" and cfg.rounding == "nearest":
         check = bias_correction_pays(sim, data, plan, cfg, errors)
-        if check is not None and not check[0]:
-            correct = False
-            diagnostics.add("bias-correction-dropped", "", f"the bias correction raised the model-output error on "
-                            f"held-out calibration samples ({check[1]:.4g} with it, {check[2]:.4g} without, relative "
-                            "squared error, 2 folds), so no layer's bias is corrected (--no-bias-correction-guard "
-                            "keeps it)")
-    calibrate_weights(sim, plan, cfg, state.input_means if correct else None, errors if correct else None)
+    if check is not None and not check[0]:  # the check left the weights calibrated without the correction
+        correct = False
+        diagnostics.add("bias-correction-dropped", "", f"the bias correction raised the model-output error on "
+                        f"held-out calibration samples ({check[1]:.4g} with it, {check[2]:.4g} without, relative "
+                        "squared error, 2 folds), so no layer's bias is corrected (--no-bias-correction-guard "
+                        "keeps it)")
+    else:
+        calibrate_weights(sim, plan, cfg, state.input_means if correct else None, errors)
     if correct:
         for layer in sim.qg.layers:
             if not layer.bias:

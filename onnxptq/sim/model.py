@@ -311,11 +311,22 @@ class SimModel(nn.Module):
 
 
 @torch.no_grad()
-def simulate(sim: SimModel, inputs: dict[str, np.ndarray], batch_size: int = 32) -> np.ndarray:
+def simulate_outputs(sim: SimModel, inputs: dict[str, np.ndarray], batch_size: int = 32,
+                     names: list[str] | None = None) -> dict[str, np.ndarray]:
+    """The simulation's graph outputs (or ``names`` of them) over ``inputs``, run ``batch_size`` samples at a
+    time in its current quantization mode."""
     device = sim.device
+    names = list(sim.qg.outputs) if names is None else names
     n = len(next(iter(inputs.values())))
-    outs = []
+    outs: dict[str, list[np.ndarray]] = {o: [] for o in names}
     for i in range(0, n, batch_size):
         feeds = {k: torch.from_numpy(v[i:i + batch_size]).to(device) for k, v in inputs.items()}
-        outs.append(sim(feeds)[sim.qg.outputs[0]].cpu().numpy())
-    return np.concatenate(outs)
+        r = sim(feeds)
+        for o in names:
+            outs[o].append(r[o].cpu().numpy())
+    return {o: np.concatenate(v) for o, v in outs.items()}
+
+
+def simulate(sim: SimModel, inputs: dict[str, np.ndarray], batch_size: int = 32) -> np.ndarray:
+    """The simulation's first graph output over ``inputs`` (``simulate_outputs``)."""
+    return simulate_outputs(sim, inputs, batch_size, sim.qg.outputs[:1])[sim.qg.outputs[0]]
