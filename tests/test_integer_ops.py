@@ -14,6 +14,7 @@ import onnxptq
 from onnxptq.api import QuantResult
 from onnxptq.errors import OnnxPtqError
 from onnxptq.eval import sqnr_db
+from onnxptq.export.integer import weight_digits
 from onnxptq.export.intplan import resize_phases
 from onnxptq.verify.integer import verify_integer
 
@@ -417,12 +418,15 @@ def _resize_model(tmp_path, scales: list[float], mode: str = "linear", ctm: str 
     return str(path)
 
 
-@pytest.mark.parametrize("scales", [[2, 2], [4, 4], [2, 1], [1, 4]])
-def test_linear_resize_by_integer_factors_is_a_tent_weighted_average(tmp_path, scales):
-    """Bilinear upsampling (half_pixel, onnxruntime's edge clamping) by power-of-two factors: one 3x3 integer sum
-    per output phase over the edge-padded input, divided by 4 r_h r_w, phases interleaved. Level-1 parity, and
-    as close to the float model as the QDQ model (the float interpolation of power-of-two grids is exact)."""
-    path = _resize_model(tmp_path, scales)
+@pytest.mark.parametrize("scales, ctm", [([2, 2], "half_pixel"), ([4, 4], "half_pixel"), ([2, 1], "half_pixel"),
+                                         ([1, 4], "half_pixel"), ([8, 8], "half_pixel"), ([16, 2], "half_pixel"),
+                                         ([2, 2], "asymmetric"), ([8, 4], "asymmetric")])
+def test_linear_resize_by_integer_factors_is_a_tent_weighted_average(tmp_path, scales, ctm):
+    """Bilinear upsampling (half_pixel or asymmetric, onnxruntime's edge clamping) by power-of-two factors: one
+    3x3 integer sum per output phase over the edge-padded input, divided by 4 r_h r_w, phases interleaved
+    (factors of 8 and more: weights above 127, summed in base-128 digits). Level-1 parity, and as close to the
+    float model as the QDQ model (the float interpolation of power-of-two grids is exact)."""
+    path = _resize_model(tmp_path, scales, ctm=ctm)
     x = np.random.default_rng(4).standard_normal((16, 3, 8, 8)).astype(np.float32)
     res = onnxptq.quantize(path, x, w_bits=8, a_bits=8, scale="po2", format="int", progress=False)
     step = next(s for s in res.program.steps if s.node == "up")
@@ -445,6 +449,23 @@ def test_resize_phases_by_hand():
     assert w4.tolist() == [[3, 5, 0], [1, 7, 0], [0, 7, 1], [0, 5, 3]]
     assert resize_phases(1, 1).tolist() == [[[0, 0, 0], [0, 4, 0], [0, 0, 0]]]
     assert resize_phases(3, 2) is None and resize_phases(2, 6) is None
+    # asymmetric r = 4: output 4j + t samples j + t/4: (4 - t)/4 of x_j, t/4 of x_(j+1) (units 1/8)
+    a4 = resize_phases(1, 4, asymmetric=True)[:, 1, :] // 2
+    assert a4.tolist() == [[0, 8, 0], [0, 6, 2], [0, 4, 4], [0, 2, 6]]
+    # r = 8 half-pixel: offsets f = -7/16 .. 7/16; the centre phase weights reach 15 * 15 = 225 > 127
+    w8 = resize_phases(8, 8)
+    assert w8.max() == 225 and (w8.sum((1, 2)) == 4 * 64).all()
+
+
+def test_weight_digits_by_hand():
+    """Base-128 digits, lowest first, reassemble the weights; one digit below 128."""
+    w = np.array([0, 1, 127, 128, 225, 961, 16384])
+    d = weight_digits(w)
+    assert [x.tolist() for x in d] == [[0, 1, 127, 0, 97, 65, 0], [0, 0, 0, 1, 1, 7, 0], [0, 0, 0, 0, 0, 0, 1]]
+    assert (sum(128**k * x for k, x in enumerate(d)) == w).all()
+    assert len(weight_digits(np.array([3, 127]))) == 1
+    with pytest.raises(ValueError):
+        weight_digits(np.array([-1]))
 
 
 @pytest.mark.parametrize("scales, ctm", [([3, 3], "half_pixel"), ([1.5, 1.5], "half_pixel"), ([2, 2], "align_corners")])

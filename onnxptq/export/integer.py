@@ -51,6 +51,20 @@ def qname(t: str) -> str:
     return f"{t}.q"
 
 
+def weight_digits(w: np.ndarray, base: int = 128) -> list[np.ndarray]:
+    """Non-negative integer weights as base-``base`` digits, lowest first: ``w = sum_k base^k d_k`` with every
+    ``0 <= d_k < base`` (a ConvInteger weight in int8 or uint8); one digit when ``w < base``."""
+    w = np.asarray(w, dtype=np.int64)
+    if (w < 0).any():
+        raise ValueError("weight_digits takes non-negative weights")
+    digits = [w % base]
+    rest = w // base
+    while rest.any():
+        digits.append(rest % base)
+        rest //= base
+    return digits
+
+
 class IntegerWriter:
     def __init__(self, program: IntProgram, source: onnx.ModelProto) -> None:
         self.p, self.src = program, source
@@ -302,17 +316,28 @@ class IntegerWriter:
             if a["op_type"] == "Resize":  # edge padding, then every output phase's 3x3 sum (interleaved after)
                 x = self.op("Pad", [x, self.const(f"{base}/pads", np.array([0, 0, 1, 1] * 2, np.int64))],
                             f"{base}/edge", mode="edge")
-                w = np.tile(a["weights"], (a["channels"], 1, 1))[:, None].astype(self.cdt)
+                w = np.tile(a["weights"], (a["channels"], 1, 1))[:, None].astype(np.int64)
                 kernel, strides = [3, 3], [1, 1]
             else:
                 if any(a["pads"]):
                     x = self.pad_zp(x, a["pads"], a["x_zp"], base)
-                w = np.ones((a["channels"], 1, *a["kernel"]), self.cdt)  # u8 x u8 or s8 x s8: exact
+                w = np.ones((a["channels"], 1, *a["kernel"]), np.int64)  # u8 x u8 or s8 x s8: exact
                 kernel, strides = a["kernel"], a["strides"]
-            s = self.op("ConvInteger", [x, self.const(f"{base}/weights", w), x_zp],
-                        f"{base}/window_sum", group=a["channels"], kernel_shape=kernel, strides=strides)
-            if wide:
-                s = self.op("Cast", [s], f"{base}/sum64", to=elem)
+            # weights above 127 (Resize by 8 or more) in base-128 digits, one ConvInteger each:
+            # S = sum_k 128^k S_k, every S_k exact in int32 and S bounded by the step's (wide) container
+            digits = weight_digits(w)
+            for k, d in enumerate(digits):
+                sk = self.op("ConvInteger", [x, self.const(f"{base}/weights" + (f"_d{k}" if k else ""),
+                                                           d.astype(self.cdt)), x_zp],
+                             f"{base}/window_sum" + (f"_d{k}" if k else ""), group=a["channels"],
+                             kernel_shape=kernel, strides=strides)
+                if wide:
+                    sk = self.op("Cast", [sk], f"{base}/sum64" + (f"_d{k}" if k else ""), to=elem)
+                if k == 0:
+                    s = sk
+                    continue
+                sk = self.op("Mul", [sk, self.const(f"{base}/digit{k}", np_dt(128 ** k))], f"{base}/digit{k}_sum")
+                s = self.op("Add", [s, sk], f"{base}/window_sum_{k}")
         else:
             v = self.widen(x, a["x_zp"], wide, f"{base}/in")
             s = self.op("ReduceSum", [v, self.const(f"{base}/axes", np.array(a["axes"], np.int64))], f"{base}/sum",

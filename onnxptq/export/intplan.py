@@ -496,18 +496,19 @@ class _Lowering:
 
     def resize_linear(self, n, a: dict) -> None:
         """Linear Resize by power-of-two factors r_h, r_w with half-pixel centres (align_corners=False: torch's
-        bilinear upsampling, feature pyramids). Output ``r j + t`` on an axis interpolates at ``j + f``,
-        ``f = (2t + 1 - r) / 2r``: ``-f`` of ``x_(j-1)`` and ``1 + f`` of ``x_j`` for ``f < 0``, ``1 - f`` of
-        ``x_j`` and ``f`` of ``x_(j+1)`` otherwise, clamped at the edges as onnxruntime does. So each of the
-        r_h r_w output phases is a 3x3 depthwise sum over the edge-padded input with integer weights in units of
-        ``1 / (4 r_h r_w)``, a power of two: with power-of-two scales the float interpolation of the dequantized
-        input is exact and its quantization is this integer average (``resize_phases``); the phases are then
-        interleaved."""
+        bilinear upsampling, feature pyramids, segmentation heads) or asymmetric coordinates (TensorFlow's
+        resize_bilinear without half-pixel centres). Output ``r j + t`` on an axis interpolates at ``j + f``:
+        half-pixel ``f = (2t + 1 - r) / 2r``, ``-f`` of ``x_(j-1)`` and ``1 + f`` of ``x_j`` for ``f < 0``,
+        ``1 - f`` of ``x_j`` and ``f`` of ``x_(j+1)`` otherwise; asymmetric ``f = t / r``. Both clamp at the
+        edges as onnxruntime does. So each of the r_h r_w output phases is a 3x3 depthwise sum over the
+        edge-padded input with integer weights in units of ``1 / (4 r_h r_w)``, a power of two: with power-of-two
+        scales the float interpolation of the dequantized input is exact and its quantization is this integer
+        average (``resize_phases``); the phases are then interleaved."""
         ctm = a.get("coordinate_transformation_mode", b"half_pixel")
         ctm = ctm.decode() if isinstance(ctm, bytes) else ctm
-        if ctm not in ("half_pixel", "pytorch_half_pixel") or a.get("antialias", 0):
+        if ctm not in ("half_pixel", "pytorch_half_pixel", "asymmetric") or a.get("antialias", 0):
             raise _Unsupported(f"linear Resize with coordinate_transformation_mode {ctm!r} (the integer form covers "
-                               "half_pixel without antialias)")
+                               "half_pixel and asymmetric without antialias)")
         shape_in, shape_out = self.qg.shapes.get(n.input[0], ()), self.qg.shapes.get(n.output[0], ())
         if len(shape_in) != 4 or len(shape_out) != 4 or any(not isinstance(d, int) or d <= 0
                                                             for d in (*shape_in[1:], *shape_out[1:])):
@@ -515,10 +516,11 @@ class _Lowering:
         if shape_in[1] != shape_out[1]:
             raise _Unsupported("linear Resize along the channel axis")
         r = [shape_out[d] // shape_in[d] for d in (2, 3)]
-        weights = resize_phases(*r) if all(shape_out[d] == rd * shape_in[d] for d, rd in zip((2, 3), r)) else None
-        if weights is None or weights.max() > 127:
+        exact = all(shape_out[d] == rd * shape_in[d] for d, rd in zip((2, 3), r))
+        weights = resize_phases(*r, asymmetric=ctm == "asymmetric") if exact else None
+        if weights is None:
             raise _Unsupported(f"linear Resize {list(shape_in[2:])} -> {list(shape_out[2:])} is not by power-of-two "
-                               "factors up to 4 (other factors' weights are no multiples of a power of two)")
+                               "factors (other factors' weights are no multiples of a power of two)")
         x, y = self.tint(n.input[0]), self.tint(n.output[0])
         self.average(n, x, y, 4 * r[0] * r[1], {"op_type": "Resize", "channels": int(shape_in[1]), "factors": r,
                                                 "in_hw": [int(shape_in[2]), int(shape_in[3])], "weights": weights})
@@ -815,14 +817,18 @@ class _Unsupported(Exception):
     pass
 
 
-def resize_phases(r_h: int, r_w: int) -> np.ndarray | None:
-    """The 3x3 integer kernels (units ``1 / (4 r_h r_w)``) of the r_h r_w output phases of a linear half-pixel
-    Resize by power-of-two factors (``_Lowering.resize_linear``), phase ``t_h r_w + t_w`` first; None for a
-    factor that is no power of two."""
+def resize_phases(r_h: int, r_w: int, asymmetric: bool = False) -> np.ndarray | None:
+    """The 3x3 integer kernels (units ``1 / (4 r_h r_w)``) of the r_h r_w output phases of a linear Resize by
+    power-of-two factors (``_Lowering.resize_linear``), half-pixel or asymmetric coordinates, phase
+    ``t_h r_w + t_w`` first; None for a factor that is no power of two. Each kernel adds up to ``4 r_h r_w``;
+    its largest weight is ``(2r_h - 1)(2r_w - 1)`` (half-pixel) or ``4 r_h r_w`` (asymmetric, phase 0)."""
     if any(r < 1 or r & (r - 1) for r in (r_h, r_w)):
         return None
 
     def taps(r: int) -> np.ndarray:  # (r, 3): weights of x_(j-1), x_j, x_(j+1) in units 1 / 2r
+        if asymmetric:  # output r j + t samples j + t / r: (r - t) / r of x_j, t / r of x_(j+1)
+            t = np.arange(r)
+            return np.stack([np.zeros(r, np.int64), 2 * (r - t), 2 * t], axis=1)
         k = 2 * np.arange(r) + 1 - r
         return np.stack([np.maximum(-k, 0), 2 * r - np.abs(k), np.maximum(k, 0)], axis=1)
 
