@@ -128,7 +128,7 @@ def add_config_args(p: argparse.ArgumentParser) -> None:
                 help_ += f" (default {f.default})"
         if f.name == "target":
             help_ += ": " + "; ".join(f"{t.name}: {t.description}" for t in TARGETS.values())
-        groups[m["group"]].add_argument(cli_flag(f), help=help_, **kw)
+        groups[m["group"]].add_argument(cli_flag(f), help=help_.replace("%", "%%"), **kw)  # argparse %-formats help
 
 
 def config_from_args(args: argparse.Namespace) -> QuantConfig:

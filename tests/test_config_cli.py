@@ -64,3 +64,15 @@ def test_field_checks_name_the_option():
         QuantConfig(scale="po3")
     with pytest.raises(ConfigError, match="unknown target"):
         QuantConfig(target="tpu")
+
+
+def test_every_subcommand_prints_its_help():
+    """argparse %-formats help strings: a literal '%' in an option's help (``--a-output-search``: "within 1 %")
+    made ``onnxptq quantize --help`` crash with a traceback."""
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    assert parser.format_help()
+    for name, p in sub.choices.items():
+        text = p.format_help()
+        assert name in text
+    assert "1 %" in sub.choices["quantize"].format_help()
