@@ -145,6 +145,10 @@ class QuantConfig:
     lr: float | None = opt(None, "Adam learning rate of the rounding variables", group="recon")
     act_lr: float | None = opt(None, "Adam learning rate of the activation step sizes", group="recon")
     round_lambda: float | None = opt(None, "weight of the AdaRound regularizer (BRECQ Eq. 28)", group="recon")
+    recon_crop: float | None = opt(None, "side of the spatial crop each reconstruction step trains on, as a share of "
+                                         "the region input's side (1 = whole images); regions of convolutions, pools "
+                                         "and pointwise ops only, inputs of at least 32 pixels (recon/crops.py)",
+                                   group="recon")
     drop_prob: float = opt(0.5, "qdrop: probability of keeping an activation in float", group="recon")
     fisher_damping: float = opt(1.0, "Fisher weights (|g|/rms + d)^2: 0 = pure Eq. 11, larger = closer to MSE",
                                 group="recon")
@@ -236,6 +240,8 @@ class QuantConfig:
             v = getattr(self, name)
             if v is not None and v < 0:
                 raise ConfigError(f"{name} must be >= 0; got {v!r}")
+        if self.recon_crop is not None and not 0.0 < self.recon_crop <= 1.0:
+            raise ConfigError(f"recon_crop must be in (0, 1]; got {self.recon_crop!r}")
         if not 0.0 <= self.drop_prob < 1.0:
             raise ConfigError(f"drop_prob must be in [0, 1); got {self.drop_prob}")
         if self.lp_alpha is not None and not 0.0 < self.lp_alpha <= 1.0:

@@ -106,7 +106,7 @@ def collect(res, data: Dataset | None) -> dict:
     regions = [] if res.recon is None else [
         {"region": r.name, "layers": len(r.layers), "loss_before": r.loss_before, "loss_after": r.loss_after,
          "seconds": r.seconds, "reverted": r.reverted, "bias_corrected": r.bias_corrected,
-         "curve": list(getattr(r, "curve", []))}
+         "crop": getattr(r, "crop", 1.0), "curve": list(getattr(r, "curve", []))}
         for r in res.recon.regions]
     acc = getattr(res, "accuracy_control", None)
     return {"summary": res.summary(), "config": res.config.to_dict(), "layers": layers, "activations": acts,
@@ -210,7 +210,8 @@ def _tables(info: dict) -> list[tuple[str, list[str], list[list[str]]]]:
            ("Layers", lay_cols, [[_fmt(x[c]) for c in lay_cols] for x in info["layers"]]),
            ("Activations", act_cols, [[_fmt(a[c]) for c in act_cols] for a in info["activations"]])]
     if info["regions"]:
-        cols = ["region", "layers", "loss_before", "loss_after", "seconds", "bias_corrected", "reverted"]  # no curve
+        cols = ["region", "layers", "loss_before", "loss_after", "seconds", "crop", "bias_corrected",
+                "reverted"]  # no curve
         out.append(("Reconstruction regions", cols, [[_fmt(r[c]) for c in cols] for r in info["regions"]]))
     acc = info.get("accuracy_control")
     if acc is not None:

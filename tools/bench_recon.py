@@ -31,6 +31,7 @@ Experiments (``--experiments all`` runs them in this order, digits first):
   effnet-ranges       EfficientNet-Lite0 RTN W8A8 / W8A4 / W4A8, activation ranges L_p vs --a-output-search
   digits-ranges       the same on the digits models at W8A4 / W4A4
   effnet-fast         EfficientNet-Lite0 BRECQ W4A8 and W4A4, fast preset: time (run alone) and fidelity
+  effnet-crop         the effnet-fast rows with each training step on a spatial crop of half the side, and without
   effnet-fast-layer   the same rows reconstructed layer by layer instead of block by block (same iterations
                       per region: a layer's iteration is cheaper, so more regions in about the same time)
   digits-fast-layer   the same on the digits models
@@ -219,6 +220,10 @@ EXPERIMENTS: dict[str, Exp] = {
                        "at most 300 s on 2 cores)", [
         ("brecq W4A8", dict(method="brecq", w_bits=4, a_bits=8)),
         ("brecq W4A4", dict(method="brecq", w_bits=4, a_bits=4))]),
+    "effnet-crop": Exp("efficientnet", "the fast preset's W4A8 and W4A4 BRECQ with each training step on a spatial "
+                       "crop of half the side (recon_crop 0.5, recon/crops.py) vs whole images", [
+        (f"brecq W4A{a}{' crop 0.5' if c < 1 else ''}", dict(method="brecq", w_bits=4, a_bits=a, recon_crop=c))
+        for a in (8, 4) for c in (1.0, 0.5)]),
     "effnet-fast-layer": Exp("efficientnet", "the fast preset's W4A8 and W4A4 BRECQ reconstructed layer by layer "
                              "(the block rows are effnet-fast)", [
         (f"brecq layer W4A{a}", dict(method="brecq", granularity="layer", w_bits=4, a_bits=a)) for a in (8, 4)]),
@@ -301,11 +306,13 @@ def run_row(bm: B.BenchModel, calib, eval_ds, float_out, label: str, overrides: 
         row.notes += accuracy_notes(res.accuracy_control)
     if res.recon is not None:
         r = res.recon
+        cropped = sum(x.crop < 1 for x in r.regions)
         row.notes += (f"{r.granularity} x{len(r.regions)}, {r.loss}, iters {sum(x.iterations for x in r.regions)}"
-                     f"/{len(r.regions)} regions, {sum(x.bias_corrected for x in r.regions)} bias-corrected, "
-                     f"{sum(x.reverted for x in r.regions)} kept RTN, "
-                     f"{sum(len(x.steps_kept) for x in r.regions)} steps kept / "
-                     f"{sum(len(x.steps_clamped) for x in r.regions)} clamped (int32 bias)")
+                      f"/{len(r.regions)} regions, {sum(x.bias_corrected for x in r.regions)} bias-corrected, "
+                      f"{sum(x.reverted for x in r.regions)} kept RTN, "
+                      + (f"{cropped} trained on crops, " if cropped else "") +
+                      f"{sum(len(x.steps_kept) for x in r.regions)} steps kept / "
+                      f"{sum(len(x.steps_clamped) for x in r.regions)} clamped (int32 bias)")
         ps = [x.lp_exponent for x in r.regions if x.lp_exponent is not None]
         if ps:
             srcs = sorted({x.lp_source for x in r.regions if x.lp_source})

@@ -42,6 +42,7 @@ from ..sim.model import SimModel
 from . import checkpoint as ckpt
 from .adaround import beta_at
 from .cache import ActivationStore, Cached
+from .crops import Crop, CropSampler, footprint
 from .fallbacks import record
 from .float_weights import FloatWeights
 from .fisher import float_logits, output_gradients
@@ -131,15 +132,37 @@ class Engine:
         env.update(self.side(len(next(iter(env.values())))))
         return env
 
-    def _region_loss(self, out: dict[str, torch.Tensor], targets: dict[str, Cached], weights, idx) -> torch.Tensor:
+    def _region_loss(self, out: dict[str, torch.Tensor], targets: dict[str, Cached], weights, idx,
+                     crop: Crop | None = None) -> torch.Tensor:
+        """The region loss of a minibatch; on a crop (``crops.py``), over the outputs it computes exactly."""
         total = 0.0
         for t, tgt in targets.items():
+            pred, full = out[t], (...,)
+            if crop is not None:
+                (ch, cw), (fh, fw) = crop.outputs[t]
+                pred, full = pred[..., ch, cw], (..., fh, fw)
             w = None
             if weights is not None:
                 g, ms = weights[t]
-                w = fisher_weights(g.read(idx).to(self.device), ms, self.st.fisher_damping)
-            total = total + self.loss_fn(out[t], tgt.read(idx).to(self.device), w)
+                w = fisher_weights(g.read(idx)[full].to(self.device), ms, self.st.fisher_damping)
+            total = total + self.loss_fn(pred, tgt.read(idx)[full].to(self.device), w)
         return total
+
+    def _crop_sampler(self, span: Span, qf: Frontier, names: list[str], targets: dict[str, Cached]
+                      ) -> CropSampler | None:
+        """Crops for the region's training steps (``st.crop`` < 1), or None where the region is not
+        translation-equivariant (``crops.footprint``) or its input is too small to crop."""
+        if self.st.crop >= 1.0 or not names:
+            return None
+        shapes = {t: (1, *qf.tensors[t].shape) for t in names}
+        if any(len(targets[t].shape) != 3 for t in targets):
+            return None
+        reach = footprint(self.sim, span.start, span.stop, shapes, list(targets))
+        if reach is None:
+            return None
+        in_size = next(s[2:] for s in shapes.values() if s[2:] != (1, 1))
+        sampler = CropSampler(reach, in_size, {t: tuple(targets[t].shape[1:]) for t in targets}, self.st.crop)
+        return sampler if sampler.active else None
 
     def _use_region_loss(self, span: Span, targets: dict[str, Cached]) -> tuple[float | None, str | None]:
         """Select the region's loss (``losses.region_loss``); returns its exponent and where it came from."""
@@ -289,6 +312,9 @@ class Engine:
         st, sim = self.st, self.sim
         names = consumed_inputs(sim, qf, span.start, span.stop)
         result = RegionResult(span.name, [x.name for x in region.layers], 0.0, 0.0, 0.0, 0)
+        sampler = self._crop_sampler(span, qf, names, targets)
+        if sampler is not None:
+            result.crop = sampler.share
         rounding_done = False
         for p_idx, (phase, iters) in enumerate(st.phases):
             gen, gen_dev = self._generators(k, p_idx)
@@ -321,11 +347,15 @@ class Engine:
                 for it in range(iters):
                     idx = torch.randperm(self.n_train, generator=gen)[:st.batch_size]
                     env = self._batch_env(qf, ff, names, idx, drop, gen_dev)
+                    crop = sampler.draw(gen) if sampler is not None else None
+                    if crop is not None:
+                        env = {t: v[..., crop.window[0], crop.window[1]] if t in names and v.dim() == 4
+                               and tuple(v.shape[2:]) == sampler.size else v for t, v in env.items()}
                     if self.channels_last:  # 2-3x faster (depthwise) convolutions and their gradients on CPU
                         env = {t: v.contiguous(memory_format=torch.channels_last) if v.dim() == 4 else v
                                for t, v in env.items()}
                     out = sim.run_nodes(env, span.start, span.stop)
-                    rec = self._region_loss(out, targets, weights, idx)
+                    rec = self._region_loss(out, targets, weights, idx, crop)
                     loss = rec
                     beta = beta_at(it, iters, st.warmup, *st.beta) if learn_rounding or learn_scales else None
                     if beta is not None and learn_rounding and st.round_lambda > 0:

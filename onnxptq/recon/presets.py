@@ -15,6 +15,7 @@ class Preset:
     act_lr: float
     round_lambda: float
     lp_alpha: float = 0.1  # RAPQ Eq. 19 (quick mode's 0.1 for short schedules)
+    crop: float = 1.0  # side of each step's spatial crop, share of the region input's (recon/crops.py)
 
 
 PRESETS = {

@@ -22,6 +22,7 @@ class RegionResult:
     lp_source: str | None = None  # where its gamma came from: "bn" (folded BN) | "std" (output std estimate)
     bias_corrected: bool = False  # bias correction re-applied to the learned rounding (it lowered the loss)
     reverted: bool = False  # the region ended above its calibrated loss and went back to it (recon_guard)
+    crop: float = 1.0  # share of the input's area each training step saw (recon/crops.py; 1: whole images)
     curve: list = field(default_factory=list)  # [phase, iteration, region loss] every 25 iterations (loss curves)
 
 

@@ -61,6 +61,7 @@ class ReconSettings:
     attn_tau: float = 0.5  # Attention Round tau and its unit (recon/attention_round.py)
     attn_tau_unit: str = "step"
     rounding: str = "soft-offset"  # the learned rounding (recon/roundings.py ROUNDINGS)
+    crop: float = 1.0  # side of each step's spatial crop, share of the region input's (recon/crops.py)
 
     @property
     def phases(self) -> list[tuple[str, int]]:
@@ -106,4 +107,5 @@ def resolve(cfg: QuantConfig) -> ReconSettings:
         attn_tau=cfg.attn_tau,
         attn_tau_unit=cfg.attn_tau_unit,
         rounding=m.rounding,
+        crop=p.crop if cfg.recon_crop is None else cfg.recon_crop,
     )

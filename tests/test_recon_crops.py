@@ -1,0 +1,133 @@
+"""Spatial crops of reconstruction steps (recon/crops.py): on a region of convolutions, pools and pointwise ops,
+the outputs a crop computes exactly are the full outputs at the same positions; regions with anything else
+are never cropped; a reconstruction with crops runs, reports the crop share, and lands near the uncropped one."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import onnxptq
+from onnxptq.graph import import_model, partition
+from onnxptq.recon.crops import IDENTITY, CropSampler, Reach, footprint
+from onnxptq.recon.streams import live_after, produced, region_spans
+from onnxptq.sim.model import SimModel
+
+from helpers import export_torch_model
+
+
+class _Net(nn.Module):
+    """Stem (stride 2), an inverted residual (dilated depthwise, asymmetric-free pads), a stride-2 block with
+    a padded max pool, then a global pool and a classifier (not croppable)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.ReLU6())
+        self.expand = nn.Conv2d(8, 16, 1)
+        self.dw = nn.Conv2d(16, 16, 3, 1, 2, dilation=2, groups=16)
+        self.project = nn.Conv2d(16, 8, 1)
+        self.down = nn.Sequential(nn.Conv2d(8, 12, 3, 2, 1), nn.Hardswish(), nn.MaxPool2d(3, 1, 1),
+                                  nn.Conv2d(12, 12, (1, 5), 1, (0, 2)), nn.Sigmoid())
+        self.head = nn.Linear(12, 5)
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = x + self.project(torch.relu(self.dw(torch.relu(self.expand(x)))))
+        x = self.down(x)
+        return self.head(x.mean((2, 3)))
+
+
+@pytest.fixture(scope="module")
+def net(tmp_path_factory):
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("crops") / "net.onnx"
+    export_torch_model(_Net(), torch.randn(1, 3, 96, 96), path, keep_bn=False)
+    qg = import_model(str(path))
+    sim = SimModel(qg).eval()
+    x = torch.randn(2, 3, 96, 96)
+    with torch.no_grad():
+        env = sim.run_nodes(sim.input_env({qg.inputs[0]: x}), keep=True)
+    return sim, env
+
+
+def _region_io(sim, env, span):
+    read = {i for n in sim.nodes[span.start:span.stop] for i in n.inputs if i}
+    made = set(produced(sim, span.start, span.stop))
+    names = [t for t in read if t in env and t not in made and t not in sim.consts]
+    outputs = live_after(sim, span.stop, produced(sim, span.start, span.stop))
+    return names, outputs
+
+
+def test_reach_by_hand():
+    """A 3x3 conv, stride 2, pad 1 reads [2j - 1, 2j + 1]; after it a 3x3 conv, stride 1, pad 1 reads
+    [2(j - 1) - 1, 2(j + 1) + 1]; pointwise operands join to the union of reaches."""
+    r = IDENTITY.then([3, 3], [2, 2], [1, 1], [1, 1])
+    assert r == Reach((2, 2), (-1, -1), (1, 1))
+    r2 = r.then([3, 3], [1, 1], [1, 1], [1, 1])
+    assert r2 == Reach((2, 2), (-3, -3), (3, 3))
+    assert r.join(r2) == r2 and r.join(IDENTITY) is None
+    dil = IDENTITY.then([3, 1], [1, 1], [2, 1], [2, 0])
+    assert dil == Reach((1, 1), (-2, 0), (2, 0))
+
+
+def test_crops_compute_the_full_outputs_where_they_say(net):
+    sim, env = net
+    spans = region_spans(sim, partition(sim.qg, "block"))
+    croppable = 0
+    gen = torch.Generator().manual_seed(0)
+    for span in spans:
+        names, outputs = _region_io(sim, env, span)
+        shapes = {t: tuple(env[t].shape) for t in names}
+        reach = footprint(sim, span.start, span.stop, shapes, outputs)
+        convs_only = all(n.op_type != "Gemm" and n.op_type not in ("ReduceMean", "GlobalAveragePool", "MatMul")
+                         for n in sim.nodes[span.start:span.stop])
+        assert (reach is not None) == convs_only, span.name
+        if reach is None:
+            continue
+        croppable += 1
+        size = next(s[2:] for s in shapes.values())
+        sampler = CropSampler(reach, size, {t: tuple(env[t].shape[2:]) for t in outputs}, 0.5)
+        assert sampler.active and 0.2 < sampler.share < 0.5
+        borders = set()
+        for _ in range(12):
+            crop = sampler.draw(gen)
+            borders |= {("start" if w.start == 0 else None) for w in crop.window}
+            borders |= {("end" if w.stop == n else None) for w, n in zip(crop.window, size)}
+            with torch.no_grad():
+                out = sim.run_nodes({t: env[t][..., crop.window[0], crop.window[1]] for t in names},
+                                    span.start, span.stop)
+            for t in outputs:
+                (ch, cw), (fh, fw) = crop.outputs[t]
+                got, want = out[t][..., ch, cw], env[t][..., fh, fw]
+                assert got.numel() > 0 and got.shape == want.shape, (span.name, t)
+                torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+        assert {"start", "end"} <= borders  # both image borders are drawn, not only interior crops
+    assert croppable >= 2
+
+
+def test_small_inputs_are_not_cropped():
+    """Axes shorter than MIN_SIDE keep the whole image: no crop at all on a 16x16 input."""
+    r = {"y": IDENTITY.then([3, 3], [1, 1], [1, 1], [1, 1])}
+    assert not CropSampler(r, (16, 16), {"y": (16, 16)}, 0.5).active
+    s = CropSampler(r, (64, 16), {"y": (64, 16)}, 0.5)
+    assert s.active and s.length == [32, 16]
+
+
+def test_reconstruction_with_crops_reports_them(tmp_path):
+    """BRECQ with recon_crop 0.5 on the net at 96x96: the croppable regions report the crop share,
+    the head region reports whole images, and the result stays close to the uncropped run."""
+    torch.manual_seed(0)
+    path = tmp_path / "net.onnx"
+    export_torch_model(_Net(), torch.randn(1, 3, 96, 96), path, keep_bn=False)
+    x = np.random.default_rng(0).standard_normal((32, 3, 96, 96)).astype(np.float32)
+    kw = dict(method="brecq", w_bits=4, a_bits=8, iters=20, act_iters=10, recon_batch_size=8, progress=False)
+    full = onnxptq.quantize(str(path), x, **kw)
+    crop = onnxptq.quantize(str(path), x, recon_crop=0.5, **kw)
+    shares = [r.crop for r in crop.recon.regions]
+    assert all(r.crop == 1.0 for r in full.recon.regions)
+    assert min(shares) < 0.5 and shares[-1] == 1.0, shares
+    after_full = sum(r.loss_after for r in full.recon.regions)
+    after_crop = sum(r.loss_after for r in crop.recon.regions)
+    before = sum(r.loss_before for r in full.recon.regions)
+    assert after_crop < before and after_crop < 1.5 * after_full, (before, after_full, after_crop)
