@@ -131,3 +131,29 @@ def test_reconstruction_with_crops_reports_them(tmp_path):
     after_crop = sum(r.loss_after for r in crop.recon.regions)
     before = sum(r.loss_before for r in full.recon.regions)
     assert after_crop < before and after_crop < 1.5 * after_full, (before, after_full, after_crop)
+
+
+@pytest.mark.parametrize("op", ["Softmax", "LogSoftmax", "GlobalAveragePool"])
+def test_ops_across_positions_are_not_cropped(tmp_path, op):
+    """A softmax over the width (or a global pool) mixes every position of a row: no footprint."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    attrs = {"axis": 3} if op != "GlobalAveragePool" else {}
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["h"], name="c1", pads=[1, 1, 1, 1]),
+             helper.make_node(op, ["h"], ["s"], name="mix", **attrs),
+             helper.make_node("Conv", ["s", "w2"], ["y"], name="c2")]
+    inits = [numpy_helper.from_array(rng.standard_normal((4, 3, 3, 3)).astype(np.float32), "w1"),
+             numpy_helper.from_array(rng.standard_normal((2, 4, 1, 1)).astype(np.float32), "w2")]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 64, 64])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2, 64, 64] if op != "GlobalAveragePool" else ["N", 2, 1, 1])],
+                          initializer=inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    import onnx
+
+    onnx.save(m, str(tmp_path / "m.onnx"))
+    sim = SimModel(import_model(str(tmp_path / "m.onnx")))
+    outs = [o for o in sim.nodes[-1].outputs]
+    assert footprint(sim, 0, len(sim.nodes), {"x": (1, 3, 64, 64)}, outs) is None
+    assert footprint(sim, 0, 1, {"x": (1, 3, 64, 64)}, list(sim.nodes[0].outputs)) is not None

@@ -23,7 +23,7 @@ from ..ops.elementwise import FAMILIES
 from ..sim.model import SimModel
 
 #: Ops computed position by position (their other operands broadcast over the spatial axes).
-POINTWISE = frozenset(op for family, _, _, ops in FAMILIES if family != "softmax" for op in ops) - {"CumSum", "Trilu"}
+POINTWISE = frozenset(op for _, _, _, ops in FAMILIES for op in ops) - {"Softmax", "LogSoftmax", "CumSum", "Trilu"}
 POOLS = frozenset({"MaxPool", "AveragePool"})
 MIN_SIDE = 32  # axes shorter than this (region input) are never cropped: little to save, more border
 
