@@ -157,3 +157,27 @@ def test_ops_across_positions_are_not_cropped(tmp_path, op):
     outs = [o for o in sim.nodes[-1].outputs]
     assert footprint(sim, 0, len(sim.nodes), {"x": (1, 3, 64, 64)}, outs) is None
     assert footprint(sim, 0, 1, {"x": (1, 3, 64, 64)}, list(sim.nodes[0].outputs)) is not None
+
+
+def test_nodes_the_outputs_do_not_read_do_not_count(tmp_path):
+    """A Shape of the input read only after the region (a classifier's Reshape target, as in EfficientNet's
+    stem region) does not stop the region's convolutions from being cropped."""
+    from onnx import TensorProto, helper, numpy_helper
+    import onnx
+
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("Shape", ["x"], ["shape"], name="shape"),
+             helper.make_node("Conv", ["x", "w1"], ["h"], name="c1", pads=[1, 1, 1, 1], strides=[2, 2]),
+             helper.make_node("Relu", ["h"], ["r"], name="relu")]
+    inits = [numpy_helper.from_array(rng.standard_normal((4, 3, 3, 3)).astype(np.float32), "w1")]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 64, 64])],
+                          [helper.make_tensor_value_info("r", TensorProto.FLOAT, ["N", 4, 32, 32]),
+                           helper.make_tensor_value_info("shape", TensorProto.INT64, [4])], initializer=inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    onnx.save(m, str(tmp_path / "m.onnx"))
+    sim = SimModel(import_model(str(tmp_path / "m.onnx")))
+    assert any(n.op_type == "Shape" for n in sim.nodes)
+    out = next(n.outputs[0] for n in sim.nodes if n.op_type == "Relu")
+    reach = footprint(sim, 0, len(sim.nodes), {"x": (1, 3, 64, 64)}, [out])
+    assert reach == {out: Reach((2, 2), (-1, -1), (1, 1))}

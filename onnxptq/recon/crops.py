@@ -9,8 +9,9 @@ padding). A crop ``[x0, x1)`` with ``x0`` a multiple of ``S`` (so every stage ke
 output ``j'`` is full output ``j' + x0 / S``) computes output ``j`` exactly when its reach lies inside the
 crop, or crosses the crop's border where that border is the image's own (``x0 = 0``, ``x1 = size``: the
 padding is then the same). ``CropSampler`` draws such crops and says which outputs to compare.
-Anything else in the region (a global pool, a reshape, a matmul, a constant that varies over positions, a
-padding that depends on the size) leaves it uncropped (``footprint`` returns None).
+Anything else the outputs depend on (a global pool, a reshape, a matmul, a constant that varies over positions,
+a padding that depends on the size) leaves the region uncropped (``footprint`` returns None); nodes the outputs
+do not depend on (shape arithmetic read by later regions) do not count.
 """
 from __future__ import annotations
 
@@ -79,7 +80,13 @@ def footprint(sim: SimModel, start: int, stop: int, inputs: dict[str, tuple[int,
     if len(spatial) != 1 or any(len(s) != 4 for s in inputs.values()):
         return None
     reach: dict[str, Reach | None] = {t: IDENTITY if s[2:] != (1, 1) else None for t, s in inputs.items()}
-    for node in sim.nodes[start:stop]:
+    needed = set(outputs)  # only the nodes the outputs depend on count (not, say, a Shape read by a later region)
+    relevant = []
+    for node in reversed(sim.nodes[start:stop]):
+        if any(o in needed for o in node.outputs if o):
+            relevant.append(node)
+            needed.update(i for i in node.inputs if i)
+    for node in reversed(relevant):
         ins = [i for i in node.inputs if i]
         mapped = [reach[i] for i in ins if i in reach]
         if any(i not in reach and not (i in sim.consts and _spatially_constant(sim.consts[i])) for i in ins):
