@@ -114,6 +114,15 @@ def test_small_inputs_are_not_cropped():
     assert s.active and s.length == [32, 16]
 
 
+def test_the_fast_preset_crops_and_the_papers_presets_do_not():
+    from onnxptq.config import QuantConfig
+    from onnxptq.recon.settings import resolve
+
+    assert resolve(QuantConfig(method="brecq")).crop == 0.5
+    assert resolve(QuantConfig(method="brecq", preset="full")).crop == 1.0
+    assert resolve(QuantConfig(method="brecq", recon_crop=1.0)).crop == 1.0
+
+
 def test_reconstruction_with_crops_reports_them(tmp_path):
     """BRECQ with recon_crop 0.5 on the net at 96x96: the croppable regions report the crop share,
     the head region reports whole images, and the result stays close to the uncropped run."""
@@ -122,7 +131,7 @@ def test_reconstruction_with_crops_reports_them(tmp_path):
     export_torch_model(_Net(), torch.randn(1, 3, 96, 96), path, keep_bn=False)
     x = np.random.default_rng(0).standard_normal((32, 3, 96, 96)).astype(np.float32)
     kw = dict(method="brecq", w_bits=4, a_bits=8, iters=20, act_iters=10, recon_batch_size=8, progress=False)
-    full = onnxptq.quantize(str(path), x, **kw)
+    full = onnxptq.quantize(str(path), x, recon_crop=1.0, **kw)
     crop = onnxptq.quantize(str(path), x, recon_crop=0.5, **kw)
     shares = [r.crop for r in crop.recon.regions]
     assert all(r.crop == 1.0 for r in full.recon.regions)
