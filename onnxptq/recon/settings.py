@@ -27,7 +27,7 @@ Presets (every value overridable by the matching ``QuantConfig`` field):
   (EfficientNet-Lite0 W4A8: 75% undecided, region losses 3x the RTN one). lr 3e-2 with lambda 1.0
   decides >95% of them in 200 iterations. Each training step of a region of convolutions and pointwise ops
   whose input is at least 32 pixels on a side sees a crop of half the side (``recon/crops.py``): on
-  EfficientNet-Lite0 W4A8 and W4A4 and MobileNetV2-0.5 W4A8 this cut the time by 27-52 % at the same fidelity
+  EfficientNet-Lite0 and MobileNetV2-0.5, W4A8 and W4A4, this cut the time by 30-39 % at the same fidelity
   (docs/benchmarks.md ``recon-effnet-crop``). ``full`` trains on whole images, as the papers do.
 """
 from __future__ import annotations
