@@ -146,8 +146,8 @@ class QuantConfig:
     act_lr: float | None = opt(None, "Adam learning rate of the activation step sizes", group="recon")
     round_lambda: float | None = opt(None, "weight of the AdaRound regularizer (BRECQ Eq. 28)", group="recon")
     recon_crop: float | None = opt(None, "side of the spatial crop each reconstruction step trains on, as a share of "
-                                         "the region input's side (1 = whole images); regions of convolutions, pools "
-                                         "and pointwise ops only, inputs of at least 32 pixels (recon/crops.py)",
+                                         "the region input's side (1 = whole images); regions of convolutions, pools, "
+                                         "pads and pointwise ops only, inputs of at least 32 pixels (recon/crops.py)",
                                    group="recon")
     drop_prob: float = opt(0.5, "qdrop: probability of keeping an activation in float", group="recon")
     fisher_damping: float = opt(1.0, "Fisher weights (|g|/rms + d)^2: 0 = pure Eq. 11, larger = closer to MSE",

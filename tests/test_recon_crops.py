@@ -155,7 +155,8 @@ def test_ops_across_positions_are_not_cropped(tmp_path, op):
     inits = [numpy_helper.from_array(rng.standard_normal((4, 3, 3, 3)).astype(np.float32), "w1"),
              numpy_helper.from_array(rng.standard_normal((2, 4, 1, 1)).astype(np.float32), "w2")]
     g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 64, 64])],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2, 64, 64] if op != "GlobalAveragePool" else ["N", 2, 1, 1])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT,
+                                                         ["N", 2, 1, 1] if op == "GlobalAveragePool" else ["N", 2, 64, 64])],
                           initializer=inits)
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
     m.ir_version = 8
@@ -190,3 +191,67 @@ def test_nodes_the_outputs_do_not_read_do_not_count(tmp_path):
     out = next(n.outputs[0] for n in sim.nodes if n.op_type == "Relu")
     reach = footprint(sim, 0, len(sim.nodes), {"x": (1, 3, 64, 64)}, [out])
     assert reach == {out: Reach((2, 2), (-1, -1), (1, 1))}
+
+
+@pytest.mark.parametrize("mode", ["constant", "edge", "reflect"])
+def test_explicit_pads_crop_exactly(tmp_path, mode):
+    """TensorFlow-style exports pad explicitly before a VALID stride-2 conv: Pad (any mode that reads the
+    image's own borders) is a shift of the reach, and crops still compute the full outputs where they say."""
+    from onnx import TensorProto, helper, numpy_helper
+    import onnx
+
+    rng = np.random.default_rng(1)
+    nodes = [helper.make_node("Pad", ["x", "pads"], ["p"], name="pad", mode=mode),
+             helper.make_node("Conv", ["p", "w1"], ["h"], name="c1", strides=[2, 2]),
+             helper.make_node("Relu", ["h"], ["r"], name="relu"),
+             helper.make_node("Conv", ["r", "w2"], ["y"], name="c2", group=4, pads=[2, 2, 2, 2])]
+    inits = [numpy_helper.from_array(np.array([0, 0, 1, 2, 0, 0, 2, 1], np.int64), "pads"),
+             numpy_helper.from_array(rng.standard_normal((4, 3, 3, 3)).astype(np.float32), "w1"),
+             numpy_helper.from_array(rng.standard_normal((4, 1, 5, 5)).astype(np.float32), "w2")]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 64, 48])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, 33, 24])],
+                          initializer=inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    onnx.save(m, str(tmp_path / "m.onnx"))
+    sim = SimModel(import_model(str(tmp_path / "m.onnx"))).eval()
+    # a zero constant pad is folded into the conv's own (asymmetric) pads by the importer: the same reach
+    assert any(n.op_type == "Pad" for n in sim.nodes) == (mode != "constant")
+    x = torch.randn(2, 3, 64, 48)
+    with torch.no_grad():
+        env = sim.run_nodes(sim.input_env({"x": x}), keep=True)
+    out = sim.nodes[-1].outputs[0]
+    reach = footprint(sim, 0, len(sim.nodes), {"x": (2, 3, 64, 48)}, [out])
+    assert reach == {out: Reach((2, 2), (-1 - 4, -2 - 4), (-1 + 2 + 4, -2 + 2 + 4))}
+    sampler = CropSampler(reach, (64, 48), {out: tuple(env[out].shape[2:])}, 0.5)
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(10):
+        crop = sampler.draw(gen)
+        with torch.no_grad():
+            got = sim.run_nodes({"x": x[..., crop.window[0], crop.window[1]]}, 0, len(sim.nodes))[out]
+        (ch, cw), (fh, fw) = crop.outputs[out]
+        assert got[..., ch, cw].numel() > 0
+        torch.testing.assert_close(got[..., ch, cw], env[out][..., fh, fw], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("mode, pads, out_hw", [("constant", [0, 0, -1, 0, 0, 0, 0, 0], [63, 64]),
+                                                ("wrap", [0, 0, 1, 1, 0, 0, 1, 1], [66, 66]),
+                                                ("constant", [0, 1, 1, 1, 0, 0, 1, 1], [66, 66])])
+def test_pads_that_crop_wrap_or_add_channels_are_not_cropped(tmp_path, mode, pads, out_hw):
+    """A negative pad (a crop), wrap (reads the far side, which a crop moves) or a pad of the channels."""
+    from onnx import TensorProto, helper, numpy_helper
+    import onnx
+
+    nodes = [helper.make_node("Pad", ["x", "pads"], ["p"], name="pad", mode=mode),
+             helper.make_node("Relu", ["p"], ["y"], name="relu")]
+    inits = [numpy_helper.from_array(np.array(pads, np.int64), "pads")]
+    c_out = 3 + pads[1] + pads[5]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 64, 64])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", c_out, *out_hw])],
+                          initializer=inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 19)])
+    m.ir_version = 9
+    onnx.save(m, str(tmp_path / "m.onnx"))
+    sim = SimModel(import_model(str(tmp_path / "m.onnx")))
+    assert [n.op_type for n in sim.nodes] == ["Pad", "Relu"]
+    assert footprint(sim, 0, len(sim.nodes), {"x": (1, 3, 64, 64)}, [sim.nodes[-1].outputs[0]]) is None

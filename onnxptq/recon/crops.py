@@ -1,4 +1,4 @@
-"""Spatial crops for reconstruction steps: a region made only of convolutions, pools and pointwise ops is
+"""Spatial crops for reconstruction steps: a region made only of convolutions, pools, pads and pointwise ops is
 translation-equivariant, so its loss on a crop of its input, compared on the outputs that depend on the crop
 alone, is the full loss restricted to those positions; one training step then costs the crop's share of the
 image (``QuantConfig.recon_crop``).
@@ -71,6 +71,22 @@ def _spatially_constant(t: torch.Tensor) -> bool:
     return t.dim() < 2 or (t.shape[-1] == 1 and t.shape[-2] == 1)
 
 
+def _spatial_pads(sim: SimModel, node) -> list[int] | None:
+    """The begin pads (H, W) of a Pad over the spatial axes of an NCHW tensor, constant, edge or reflect
+    (each reads the image's own pixels at the image's borders, so a crop there pads the same way); None for
+    other modes (wrap reads the far side), pads not constant, negative (cropping) or on the batch or channels."""
+    mode = node.attrs.get("mode", b"constant")
+    mode = mode.decode() if isinstance(mode, bytes) else mode
+    if mode not in ("constant", "edge", "reflect") or len(node.inputs) < 2 or node.inputs[1] not in sim.consts:
+        return None
+    if len(node.inputs) > 3 and node.inputs[3]:
+        return None  # explicit axes (opset 18): not needed by the exporters seen so far
+    pads = [int(v) for v in sim.consts[node.inputs[1]].reshape(-1).tolist()]
+    if len(pads) != 8 or min(pads) < 0 or any(pads[k] for k in (0, 1, 4, 5)):
+        return None
+    return [pads[2], pads[3]]
+
+
 def footprint(sim: SimModel, start: int, stop: int, inputs: dict[str, tuple[int, ...]],
               outputs: list[str]) -> dict[str, Reach] | None:
     """The reach of each of ``outputs`` over the region's inputs (nodes[start:stop]; ``inputs``: the consumed
@@ -108,6 +124,11 @@ def footprint(sim: SimModel, start: int, stop: int, inputs: dict[str, tuple[int,
             if win is None:
                 return None
             out = reach[node.inputs[0]].then(kernel, *win)
+        elif node.op_type == "Pad":
+            pads = _spatial_pads(sim, node)
+            if pads is None or reach.get(node.inputs[0]) is None:
+                return None
+            out = reach[node.inputs[0]].then([1, 1], [1, 1], [1, 1], pads)
         elif node.op_type in POINTWISE:
             grids = [r for r in mapped if r is not None]
             out = grids[0] if grids else None
