@@ -327,12 +327,11 @@ class IntegerWriter:
             # S = sum_k 128^k S_k, every S_k exact in int32 and S bounded by the step's (wide) container
             digits = weight_digits(w)
             for k, d in enumerate(digits):
-                sk = self.op("ConvInteger", [x, self.const(f"{base}/weights" + (f"_d{k}" if k else ""),
-                                                           d.astype(self.cdt)), x_zp],
-                             f"{base}/window_sum" + (f"_d{k}" if k else ""), group=a["channels"],
-                             kernel_shape=kernel, strides=strides)
+                tag = f"_d{k}" if k else ""  # the one-digit case keeps the names it always had
+                sk = self.op("ConvInteger", [x, self.const(f"{base}/weights{tag}", d.astype(self.cdt)), x_zp],
+                             f"{base}/window_sum{tag}", group=a["channels"], kernel_shape=kernel, strides=strides)
                 if wide:
-                    sk = self.op("Cast", [sk], f"{base}/sum64" + (f"_d{k}" if k else ""), to=elem)
+                    sk = self.op("Cast", [sk], f"{base}/sum64{tag}", to=elem)
                 if k == 0:
                     s = sk
                     continue
