@@ -255,3 +255,38 @@ def test_pads_that_crop_wrap_or_add_channels_are_not_cropped(tmp_path, mode, pad
     sim = SimModel(import_model(str(tmp_path / "m.onnx")))
     assert [n.op_type for n in sim.nodes] == ["Pad", "Relu"]
     assert footprint(sim, 0, len(sim.nodes), {"x": (1, 3, 64, 64)}, [sim.nodes[-1].outputs[0]]) is None
+
+
+@pytest.mark.parametrize("budget_mb", [64, 0])
+def test_windowed_reads_equal_reading_then_slicing(budget_mb):
+    """``Cached.read(index, window)`` copies only the window, in RAM and from a spilled file, and gives what
+    reading whole rows and slicing them gives."""
+    from onnxptq.recon.cache import ActivationStore
+
+    store = ActivationStore(budget_mb)
+    c = store.new("x", 6, (3, 10, 12))
+    c.write(0, torch.arange(6 * 3 * 10 * 12, dtype=torch.float32).reshape(6, 3, 10, 12))
+    assert c.on_disk == (budget_mb == 0)
+    window = (slice(2, 7), slice(4, 12))
+    for index in (torch.tensor([5, 0, 3]), slice(1, 4)):
+        whole = c.read(index)
+        part = c.read(index, window)
+        assert part.shape == (3, 3, 5, 8) and torch.equal(part, whole[..., window[0], window[1]])
+    store.close()
+
+
+@pytest.mark.parametrize("method", ["brecq", "qdrop"])
+def test_crops_from_a_spilled_cache_equal_crops_in_ram(tmp_path, method):
+    """Training on crops reads the cached inputs and targets through the crop's window: a run whose cache
+    spills to disk gives the same integers as one that keeps it in RAM (QDrop's float/quantized mix as well)."""
+    torch.manual_seed(0)
+    path = tmp_path / "net.onnx"
+    export_torch_model(_Net(), torch.randn(1, 3, 96, 96), path, keep_bn=False)
+    x = np.random.default_rng(1).standard_normal((16, 3, 96, 96)).astype(np.float32)
+    kw = dict(method=method, w_bits=4, a_bits=8, iters=6, recon_batch_size=4, recon_crop=0.5, progress=False,
+              **({"act_iters": 4} if method == "brecq" else {}))
+    ram = onnxptq.quantize(str(path), x, **kw)
+    disk = onnxptq.quantize(str(path), x, cache_budget_mb=0, **kw)
+    assert min(r.crop for r in ram.recon.regions) < 0.5
+    for layer in ram.qgraph.layers:
+        assert np.array_equal(ram.sim.weight(layer.weight).detach().numpy(), disk.sim.weight(layer.weight).detach().numpy())

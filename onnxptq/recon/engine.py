@@ -122,11 +122,18 @@ class Engine:
         return g, gd
 
     def _batch_env(self, qf: Frontier, ff: Frontier, names: list[str], idx, drop: float,
-                   gen: torch.Generator | None) -> dict[str, torch.Tensor]:
-        env = {t: qf.tensors[t].read(idx).to(self.device) for t in names}
+                   gen: torch.Generator | None, crop: Crop | None = None,
+                   size: tuple[int, int] | None = None) -> dict[str, torch.Tensor]:
+        """The region inputs of minibatch ``idx``; on a ``crop``, each 4-D input of spatial ``size`` is read
+        through the crop's window only (the rest of each sample is never copied)."""
+        def window(t: str) -> tuple[slice, slice] | None:
+            shape = qf.tensors[t].shape
+            return crop.window if crop is not None and len(shape) == 3 and tuple(shape[1:]) == size else None
+
+        env = {t: qf.tensors[t].read(idx, window(t)).to(self.device) for t in names}
         if drop > 0:
             for t in names:
-                xf = ff.tensors[t].read(idx).to(self.device)
+                xf = ff.tensors[t].read(idx, window(t)).to(self.device)
                 keep_float = torch.rand(xf.shape, generator=gen, device=self.device) < drop
                 env[t] = torch.where(keep_float, xf, env[t])
         env.update(self.side(len(next(iter(env.values())))))
@@ -137,15 +144,15 @@ class Engine:
         """The region loss of a minibatch; on a crop (``crops.py``), over the outputs it computes exactly."""
         total = 0.0
         for t, tgt in targets.items():
-            pred, full = out[t], (...,)
+            pred, full = out[t], None
             if crop is not None:
-                (ch, cw), (fh, fw) = crop.outputs[t]
-                pred, full = pred[..., ch, cw], (..., fh, fw)
+                (ch, cw), full = crop.outputs[t]
+                pred = pred[..., ch, cw]
             w = None
             if weights is not None:
                 g, ms = weights[t]
-                w = fisher_weights(g.read(idx)[full].to(self.device), ms, self.st.fisher_damping)
-            total = total + self.loss_fn(pred, tgt.read(idx)[full].to(self.device), w)
+                w = fisher_weights(g.read(idx, full).to(self.device), ms, self.st.fisher_damping)
+            total = total + self.loss_fn(pred, tgt.read(idx, full).to(self.device), w)
         return total
 
     def _crop_sampler(self, span: Span, qf: Frontier, names: list[str], targets: dict[str, Cached]
@@ -346,11 +353,9 @@ class Engine:
                 bar.set_description(f"[{k + 1}/{len(self.spans)}] {span.name} {phase}")
                 for it in range(iters):
                     idx = torch.randperm(self.n_train, generator=gen)[:st.batch_size]
-                    env = self._batch_env(qf, ff, names, idx, drop, gen_dev)
                     crop = sampler.draw(gen) if sampler is not None else None
-                    if crop is not None:
-                        env = {t: v[..., crop.window[0], crop.window[1]] if t in names and v.dim() == 4
-                               and tuple(v.shape[2:]) == sampler.size else v for t, v in env.items()}
+                    env = self._batch_env(qf, ff, names, idx, drop, gen_dev, crop,
+                                          sampler.size if sampler is not None else None)
                     if self.channels_last:  # 2-3x faster (depthwise) convolutions and their gradients on CPU
                         env = {t: v.contiguous(memory_format=torch.channels_last) if v.dim() == 4 else v
                                for t, v in env.items()}
