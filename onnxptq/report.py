@@ -197,6 +197,11 @@ def _fmt(v) -> str:
     return str(v)
 
 
+def _phases(seconds: dict) -> str:
+    """``RegionResult.phase_seconds`` as "rounding 5.1, steps 3, cache 1.2, ...", largest first."""
+    return ", ".join(f"{k} {v:.3g}" for k, v in sorted(seconds.items(), key=lambda kv: -kv[1]))
+
+
 def _tables(info: dict) -> list[tuple[str, list[str], list[list[str]]]]:
     s = info["summary"]
     run = [[k, _fmt(v) if not isinstance(v, dict) else ", ".join(f"{a}: {_fmt(b)}" for a, b in v.items())]
@@ -212,7 +217,8 @@ def _tables(info: dict) -> list[tuple[str, list[str], list[list[str]]]]:
     if info["regions"]:
         cols = ["region", "layers", "loss_before", "loss_after", "seconds", "crop", "bias_corrected",
                 "reverted"]  # no curve
-        out.append(("Reconstruction regions", cols, [[_fmt(r[c]) for c in cols] for r in info["regions"]]))
+        rows = [[_fmt(r[c]) for c in cols] + [_phases(r.get("phase_seconds") or {})] for r in info["regions"]]
+        out.append(("Reconstruction regions", cols + ["seconds_by_phase"], rows))
     acc = info.get("accuracy_control")
     if acc is not None:
         out.append(_accuracy_table(acc))

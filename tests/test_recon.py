@@ -395,3 +395,17 @@ def test_guard_decides_on_held_out_samples(tiny, monkeypatch):
     n_train = n - E.held_out(n)
     assert seen["measure"] == set(range(n_train, n))
     assert seen["train"] and max(seen["train"]) < n_train
+
+
+def test_region_time_is_split_by_phase(tiny, tmp_path):
+    """Each region's seconds are split into caching, measuring and the method's phases (rounding, steps), which
+    add up to the region's seconds; the report's region table shows the split."""
+    _, path, calib, _ = tiny
+    res = api.quantize(path, calib, method="brecq", w_bits=4, a_bits=8, report=str(tmp_path / "r.md"),
+                       **method_kw("brecq", **FAST))
+    for r in res.recon.regions:
+        if not r.layers:
+            continue
+        assert {"cache", "measure", "rounding", "steps"} <= set(r.phase_seconds), r.phase_seconds
+        assert sum(r.phase_seconds.values()) == pytest.approx(r.seconds, rel=0.02, abs=0.01)
+    assert "seconds_by_phase" in (tmp_path / "r.md").read_text()

@@ -65,6 +65,20 @@ def held_out(n: int) -> int:
     return min(EVAL_SAMPLES, n // 8)
 
 
+class _PhaseClock:
+    """Seconds of a region's reconstruction by what they were spent on (``RegionResult.phase_seconds``)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def tick(self, what: str) -> None:
+        """Charge the time since the previous tick to ``what``."""
+        now = time.perf_counter()
+        self.seconds[what] = round(self.seconds.get(what, 0.0) + now - self._last, 3)
+        self._last = now
+
+
 class Engine:
     def __init__(self, sim: SimModel, data: Dataset, cfg: QuantConfig, checkpoint_dir: str | None = None,
                  diag: Diagnostics | None = None) -> None:
@@ -231,6 +245,7 @@ class Engine:
                 if k < done:
                     continue
                 t0 = time.perf_counter()
+                clock = _PhaseClock()
                 # 1. inputs (quantized model so far) and float targets
                 if qf.pos < span.start:
                     qf = self._replace(qf, advance(sim, qf, span.start, self.store, self.side, True, self.batch,
@@ -244,18 +259,21 @@ class Engine:
                            if t in ff_out.tensors]
                 targets = {t: ff_out.tensors[t] for t in outputs}
                 lp = self._use_region_loss(span, targets)
+                clock.tick("cache")
                 # 2. Fisher weights at the starting point
                 weights = None
                 if st.loss in NEEDS_GRADIENTS:
                     grads, ms = output_gradients(sim, qf, span.start, span.stop, outputs, logits, self.store,
                                                  self.side, self.batch, self.device)
                     weights = {t: (grads[t], ms[t]) for t in outputs}
+                    clock.tick("fisher")
                 set_quant_state(sim, True)
                 before = self._measure(span, qf, targets, weights)
+                clock.tick("measure")
                 # 3-4. optimize
                 region = Region(sim, span, st, None)
                 start_state = region.snapshot()
-                result = self._optimize(k, span, region, qf, ff, targets, weights, bar)
+                result = self._optimize(k, span, region, qf, ff, targets, weights, bar, clock)
                 set_quant_state(sim, True)
                 result.loss_before = before
                 result.lp_exponent, result.lp_source = lp
@@ -264,6 +282,7 @@ class Engine:
                     region.restore(start_state)
                     result.reverted, result.loss_after = True, before
                     log.info("%s: reconstructed loss above the calibrated one; calibrated state kept", span.name)
+                clock.tick("measure")
                 # 5. move on with the quantized region's outputs
                 new_qf = advance(sim, qf, span.stop, self.store, self.side, True, self.batch, self.device, "q")
                 qf = self._replace(qf, new_qf)
@@ -271,7 +290,9 @@ class Engine:
                 if weights is not None:
                     for g, _ in weights.values():
                         g.free()
+                clock.tick("cache")
                 result.seconds = time.perf_counter() - t0
+                result.phase_seconds = clock.seconds
                 report.regions.append(result)
                 record(self.diag, result, self._bias_tried(result))
                 layers_done += result.layers
@@ -315,7 +336,7 @@ class Engine:
         return new
 
     def _optimize(self, k: int, span: Span, region: Region, qf: Frontier, ff: Frontier, targets, weights,
-                  bar) -> RegionResult:
+                  bar, clock: "_PhaseClock | None" = None) -> RegionResult:
         st, sim = self.st, self.sim
         names = consumed_inputs(sim, qf, span.start, span.stop)
         result = RegionResult(span.name, [x.name for x in region.layers], 0.0, 0.0, 0.0, 0)
@@ -386,8 +407,12 @@ class Engine:
             kept, clamped = region.finish_steps()
             result.steps_kept += kept
             result.steps_clamped += clamped
+            if clock is not None:
+                clock.tick(phase)
             if learn_rounding and self.cfg.bias_correction and sim.input_means:
                 result.bias_corrected = self._bias_correct(span, region, qf, targets, weights)
+                if clock is not None:
+                    clock.tick("measure")
         if not rounding_done and region.layers and st.iters == 0:
             log.info("%s: no rounding iterations; weights keep their calibrated rounding", span.name)
         return result

@@ -23,6 +23,7 @@ class RegionResult:
     bias_corrected: bool = False  # bias correction re-applied to the learned rounding (it lowered the loss)
     reverted: bool = False  # the region ended above its calibrated loss and went back to it (recon_guard)
     crop: float = 1.0  # share of the input's area each training step saw (recon/crops.py; 1: whole images)
+    phase_seconds: dict = field(default_factory=dict)  # where ``seconds`` went: cache, fisher, measure, each phase
     curve: list = field(default_factory=list)  # [phase, iteration, region loss] every 25 iterations (loss curves)
 
 
