@@ -106,7 +106,8 @@ def collect(res, data: Dataset | None) -> dict:
     regions = [] if res.recon is None else [
         {"region": r.name, "layers": len(r.layers), "loss_before": r.loss_before, "loss_after": r.loss_after,
          "seconds": r.seconds, "reverted": r.reverted, "bias_corrected": r.bias_corrected,
-         "crop": getattr(r, "crop", 1.0), "curve": list(getattr(r, "curve", []))}
+         "crop": getattr(r, "crop", 1.0), "phase_seconds": dict(getattr(r, "phase_seconds", {})),
+         "curve": list(getattr(r, "curve", []))}
         for r in res.recon.regions]
     acc = getattr(res, "accuracy_control", None)
     return {"summary": res.summary(), "config": res.config.to_dict(), "layers": layers, "activations": acts,
