@@ -69,14 +69,18 @@ class _PhaseClock:
     """Seconds of a region's reconstruction by what they were spent on (``RegionResult.phase_seconds``)."""
 
     def __init__(self) -> None:
-        self.seconds: dict[str, float] = {}
+        self._seconds: dict[str, float] = {}
         self._last = time.perf_counter()
 
     def tick(self, what: str) -> None:
         """Charge the time since the previous tick to ``what``."""
         now = time.perf_counter()
-        self.seconds[what] = round(self.seconds.get(what, 0.0) + now - self._last, 3)
+        self._seconds[what] = self._seconds.get(what, 0.0) + now - self._last
         self._last = now
+
+    @property
+    def seconds(self) -> dict[str, float]:
+        return {k: round(v, 3) for k, v in self._seconds.items()}
 
 
 class Engine:

@@ -27,9 +27,9 @@ Presets (every value overridable by the matching ``QuantConfig`` field):
   (EfficientNet-Lite0 W4A8: 75% undecided, region losses 3x the RTN one). lr 3e-2 with lambda 1.0
   decides >95% of them in 200 iterations. More rounding iterations keep paying at W4A8 (EfficientNet-Lite0:
   +0.35-0.45 dB per 100 more, ``recon-effnet-fast-iters``) while the step time is set by the convolutions,
-  so the preset spends its time on 400 iterations of minibatches of 8 rather than 200 of 16 (W4A8 +0.47 dB,
-  W4A4 +0.36 dB in 5-25 % more time on EfficientNet-Lite0). Each training step of a region of convolutions and pointwise ops
-  whose input is at least 32 pixels on a side sees a crop of half the side (``recon/crops.py``): on
+  so the preset spends its time on 400 iterations of minibatches of 8 rather than 200 of 16 (EfficientNet-Lite0
+  W4A8 +0.47 dB, W4A4 +0.36 dB in 6-27 % more time). Each training step of a region of convolutions and
+  pointwise ops whose input is at least 32 pixels on a side sees a crop of half the side (``recon/crops.py``): on
   EfficientNet-Lite0 and MobileNetV2-0.5, W4A8 and W4A4, this cut the time by 30-39 % at the same fidelity
   (docs/benchmarks.md ``recon-effnet-crop``). ``full`` trains on whole images, as the papers do.
 """
