@@ -52,26 +52,25 @@ class Cached:
     def read(self, index: torch.Tensor | slice, window: tuple[slice, ...] | None = None) -> torch.Tensor:
         """Rows ``index`` (a slice or a 1-D index tensor) as a torch tensor (a copy); with ``window`` (slices of the
         last axes, e.g. a spatial crop) only that part of each row is copied."""
-        sub = (...,) + tuple(window) if window is not None else None
+        def part(a):  # a view: only the window's elements are copied from it
+            return a if window is None else a[(...,) + tuple(window)]
+
         if self.on_disk:
             mm = np.load(self.path, mmap_mode="r")
             try:
                 if isinstance(index, slice):
-                    rows = mm[index]
-                    return torch.from_numpy(np.array(rows if sub is None else rows[sub]))
+                    return torch.from_numpy(np.array(part(mm)[index]))
                 idx = np.asarray(index.cpu().numpy())
                 order = np.argsort(idx, kind="stable")  # sequential disk reads, then back to the asked order
-                rows = mm[idx[order]]
-                rows = np.array(rows if sub is None else rows[sub])
+                rows = part(mm)[idx[order]]  # fancy indexing: already a copy in memory
             finally:
                 del mm
-            out = np.empty_like(rows)
+            out = np.empty(rows.shape, rows.dtype)  # a plain array (rows may be an np.memmap instance)
             out[order] = rows
             return torch.from_numpy(out)
-        data = self.data if sub is None else self.data[sub]  # a view: only the window's elements are copied
         if isinstance(index, slice):
-            return data[index].clone()
-        return data.index_select(0, index.cpu())
+            return part(self.data)[index].clone()
+        return part(self.data).index_select(0, index.cpu())
 
     def batches(self, size: int):
         for i in range(0, self.n, size):

@@ -76,7 +76,8 @@ def _spatial_pads(sim: SimModel, node) -> list[int] | None:
     """The begin pads (H, W) of a Pad over the spatial axes of an NCHW tensor, constant, edge or reflect
     (each reads the image's own pixels at the image's borders, so a crop there pads the same way); None for
     other modes (wrap reads the far side), pads not constant, negative (cropping) or on the batch or channels."""
-    if pad_mode(node.attrs) not in ("constant", "edge", "reflect") or len(node.inputs) < 2 or node.inputs[1] not in sim.consts:
+    if pad_mode(node.attrs) not in ("constant", "edge", "reflect") or len(node.inputs) < 2 \
+            or node.inputs[1] not in sim.consts:
         return None
     if len(node.inputs) > 3 and node.inputs[3]:
         return None  # explicit axes (opset 18): not needed by the exporters seen so far

@@ -340,7 +340,7 @@ class Engine:
         return new
 
     def _optimize(self, k: int, span: Span, region: Region, qf: Frontier, ff: Frontier, targets, weights,
-                  bar, clock: "_PhaseClock | None" = None) -> RegionResult:
+                  bar, clock: _PhaseClock) -> RegionResult:
         st, sim = self.st, self.sim
         names = consumed_inputs(sim, qf, span.start, span.stop)
         result = RegionResult(span.name, [x.name for x in region.layers], 0.0, 0.0, 0.0, 0)
@@ -411,12 +411,10 @@ class Engine:
             kept, clamped = region.finish_steps()
             result.steps_kept += kept
             result.steps_clamped += clamped
-            if clock is not None:
-                clock.tick(phase)
+            clock.tick(phase)
             if learn_rounding and self.cfg.bias_correction and sim.input_means:
                 result.bias_corrected = self._bias_correct(span, region, qf, targets, weights)
-                if clock is not None:
-                    clock.tick("measure")
+                clock.tick("measure")
         if not rounding_done and region.layers and st.iters == 0:
             log.info("%s: no rounding iterations; weights keep their calibrated rounding", span.name)
         return result
