@@ -62,3 +62,18 @@ def test_section_name_keeps_the_full_table():
     assert key == "zoo-only-poolformer_s12,coat_lite_tiny" and suffix == " — only poolformer_s12, coat_lite_tiny"
     key, suffix = zoo.section_name(False, {"join_grids": True}, ["fast"])
     assert key == "zoo-join_grids-True-only-fast" and suffix == " — with join_grids=True — only fast"
+
+
+def test_the_zoo_bench_group_names_zoo_models(tmp_path, monkeypatch):
+    """`tools/bench.py recon --experiments zoo-fast` benchmarks zoo architectures on the EfficientNet photo crops;
+    `--models all` stays digits + EfficientNet (the zoo group exports models, so it is asked for by name)."""
+    sys.path.insert(0, str(ROOT / "tools"))
+    import bench
+    import bench_recon
+
+    assert set(bench.ZOO_BENCH) <= set(zoo.BY_NAME) and len(bench.ZOO_BENCH) >= 2
+    assert "zoo" in bench.GROUPS and "zoo" not in bench.ALL_GROUPS
+    assert bench_recon.EXPERIMENTS["zoo-fast"].group == "zoo"
+    monkeypatch.setenv("ONNXPTQ_CACHE", str(tmp_path))  # no photo files there: the group says how to make them
+    with pytest.raises(bench.BenchError, match="make_models.py --efficientnet"):
+        bench.zoo_models()

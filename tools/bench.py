@@ -215,11 +215,35 @@ def efficientnet_models() -> list[BenchModel]:
     return [b]
 
 
-GROUPS = {"digits": digits_models, "efficientnet": efficientnet_models}
+# zoo architectures for the low-bit rows beside EfficientNet-Lite0 (issue 18: "at least two other models"): a plain
+# CNN, a depthwise net and a transformer, random weights (tools/zoo.py), fed the same real-photo crops
+ZOO_BENCH = ("resnet18", "mobilenetv2_050", "vit_tiny_patch16_224")
+
+
+def zoo_models() -> list[BenchModel]:
+    """The ``ZOO_BENCH`` models, exported once by tools/zoo.py (needs timm: ``pip install -e .[zoo]``), with the
+    EfficientNet-Lite0 photo crops (224 x 224, ImageNet-normalized like the zoo's own crops) as their data."""
+    from tools import zoo
+
+    effnet = efficientnet_models()[0]  # checks the photo files and says how to build them
+    known = {m.name: m for m in zoo.MODELS}
+    out = []
+    for name in ZOO_BENCH:
+        try:
+            path = zoo.export(known[name])
+        except ImportError as e:
+            raise BenchError(f"zoo model {name} needs {e.name or 'timm'} (`pip install -e .[zoo]`)") from None
+        out.append(BenchModel(name, path, effnet.calib, effnet.eval, "zoo", effnet.default_calib,
+                              effnet.default_eval))
+    return out
+
+
+GROUPS = {"digits": digits_models, "efficientnet": efficientnet_models, "zoo": zoo_models}
+ALL_GROUPS = ("digits", "efficientnet")  # what --models all means: the zoo group is asked for by name
 
 
 def select_groups(which: str) -> dict[str, list[BenchModel]]:
-    names = list(GROUPS) if which == "all" else [which]
+    names = list(ALL_GROUPS) if which == "all" else [which]
     return {g: GROUPS[g]() for g in names}  # resolves (and checks) every group before any work
 
 

@@ -42,6 +42,8 @@ Experiments (``--experiments all`` runs them in this order, digits first):
   effnet-accuracy     W4A4 BRECQ with an accuracy target (--min-sqnr 12): layers changed, SQNR before/after,
                       size and latency cost, time
   digits-accuracy     the same mode on the digits models at W2A4 (RTN and BRECQ, --min-sqnr 12): a quick check
+  zoo-fast            RTN W8A8 / W4A8 and the fast preset's BRECQ W4A8 / W4A4 on resnet18, mobilenetv2_050 and
+                      vit_tiny_patch16_224 (tools/zoo.py, random weights, real-photo crops; needs `.[zoo]`)
 
 Every quantized model is exported to QDQ and run in onnxruntime (CPU, default session options) on the
 evaluation samples; ``SQNR dB`` is onnxruntime's output against the float model's, ``sim SQNR dB`` is
@@ -62,11 +64,12 @@ import numpy as np
 import bench as B
 
 W2A4 = dict(w_bits=2, a_bits=4)
+W4A8, W4A4 = dict(w_bits=4, a_bits=8), dict(w_bits=4, a_bits=4)
 
 
 @dataclass
 class Exp:
-    group: str  # digits | efficientnet
+    group: str  # digits | efficientnet | zoo
     title: str
     rows: list[tuple[str, dict]]  # (label, QuantConfig overrides)
 
@@ -264,6 +267,10 @@ EXPERIMENTS: dict[str, Exp] = {
         (f"{m} W2A4 min-sqnr 12{' rank 32' if k else ''}",
          dict(method=m, min_sqnr=12.0, target_latency=True, target_rank_samples=k, **W2A4))
         for m in ("rtn", "brecq") for k in (None, 32)]),
+    "zoo-fast": Exp("zoo", "the fast preset's W4A8 and W4A4 BRECQ on zoo architectures beside EfficientNet-Lite0 "
+                           "(issue 18: the defaults on other models), with RTN W8A8 / W4A8 references", [
+        ("rtn W8A8", dict(method="rtn")), ("rtn W4A8", dict(method="rtn", **W4A8)),
+        ("brecq W4A8", dict(method="brecq", **W4A8)), ("brecq W4A4", dict(method="brecq", **W4A4))]),
     "digits-iters": Exp("digits", "W2A4 BRECQ: fidelity vs rounding iterations per region", [
         (f"brecq W2A4 iters {n}", dict(method="brecq", iters=n, act_iters=n // 2, **W2A4)) for n in (50, 200, 800, 3200)]),
 }
