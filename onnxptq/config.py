@@ -149,6 +149,10 @@ class QuantConfig:
                                          "the region input's side (1 = whole images); regions of convolutions, pools, "
                                          "pads and pointwise ops only, inputs of at least 32 pixels (recon/crops.py)",
                                    group="recon")
+    w_scale_lr: float | None = opt(None, "Adam learning rate of a per-channel gain on each float weight step, "
+                                         "learned with the rounding and folded into the step at the end (the "
+                                         "integers stay on the calibrated grid; power-of-two steps keep theirs; "
+                                         "0: off; recon/weight_gain.py)", group="recon")
     drop_prob: float = opt(0.5, "qdrop: probability of keeping an activation in float", group="recon")
     fisher_damping: float = opt(1.0, "Fisher weights (|g|/rms + d)^2: 0 = pure Eq. 11, larger = closer to MSE",
                                 group="recon")
@@ -236,7 +240,7 @@ class QuantConfig:
             v = getattr(self, name)
             if v is not None and not v > 0:
                 raise ConfigError(f"{name} must be positive; got {v!r}")
-        for name in ("round_lambda", "fisher_damping", "cache_budget_mb"):
+        for name in ("round_lambda", "fisher_damping", "cache_budget_mb", "w_scale_lr"):
             v = getattr(self, name)
             if v is not None and v < 0:
                 raise ConfigError(f"{name} must be >= 0; got {v!r}")

@@ -42,6 +42,7 @@ Experiments (``--experiments all`` runs them in this order, digits first):
   effnet-accuracy     W4A4 BRECQ with an accuracy target (--min-sqnr 12): layers changed, SQNR before/after,
                       size and latency cost, time
   digits-accuracy     the same mode on the digits models at W2A4 (RTN and BRECQ, --min-sqnr 12): a quick check
+  effnet-gain         the effnet-fast rows with learned weight-step gains (--w-scale-lr 1e-3 and 3e-3)
   zoo-fast            RTN W8A8 / W4A8 and the fast preset's BRECQ W4A8 / W4A4 on resnet18, mobilenetv2_050 and
                       vit_tiny_patch16_224 (tools/zoo.py, random weights, real-photo crops; needs `.[zoo]`)
 
@@ -267,6 +268,10 @@ EXPERIMENTS: dict[str, Exp] = {
         (f"{m} W2A4 min-sqnr 12{' rank 32' if k else ''}",
          dict(method=m, min_sqnr=12.0, target_latency=True, target_rank_samples=k, **W2A4))
         for m in ("rtn", "brecq") for k in (None, 32)]),
+    "effnet-gain": Exp("efficientnet", "the fast preset's W4A8 and W4A4 BRECQ with learned weight-step gains "
+                               "(--w-scale-lr, recon/weight_gain.py; the rows without them are effnet-fast)", [
+        (f"brecq W{w}A{a} w-scale-lr {lr:g}", dict(method="brecq", w_bits=w, a_bits=a, w_scale_lr=lr))
+        for w, a in ((4, 8), (4, 4)) for lr in (1e-3, 3e-3)]),
     "zoo-fast": Exp("zoo", "the fast preset's W4A8 and W4A4 BRECQ on zoo architectures beside EfficientNet-Lite0 "
                            "(issue 18: the defaults on other models), with RTN W8A8 / W4A8 references", [
         ("rtn W8A8", dict(method="rtn")), ("rtn W4A8", dict(method="rtn", **W4A8)),

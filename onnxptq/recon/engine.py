@@ -355,7 +355,7 @@ class Engine:
             learn_scales = phase == "scales" and bool(region.layers)
             weight_phase = phase in ("rounding", "scales")  # BRECQ/RAPQ: activations float unless acts_during_rounding
             if learn_rounding:
-                region.start_rounding()
+                region.start_rounding(gain=st.w_scale_lr > 0)
             if learn_scales:
                 region.start_scale_group(self.cfg)
             if phase in ("steps", "joint") or st.drop_prob > 0:
@@ -366,6 +366,8 @@ class Engine:
             groups = []
             if learn_rounding:
                 groups.append({"params": region.parameters("rounding"), "lr": st.lr})
+                if region.gains:
+                    groups.append({"params": region.parameters("gains"), "lr": st.w_scale_lr})
             if learn_scales:
                 groups.append({"params": region.parameters("scales"), "lr": st.lr})
             step_params = region.parameters("steps")

@@ -16,6 +16,7 @@ class Preset:
     round_lambda: float
     lp_alpha: float = 0.1  # RAPQ Eq. 19 (quick mode's 0.1 for short schedules)
     crop: float = 1.0  # side of each step's spatial crop, share of the region input's (recon/crops.py)
+    w_scale_lr: float = 0.0  # weight step gains learned with the rounding (recon/weight_gain.py; 0: off)
 
 
 PRESETS = {

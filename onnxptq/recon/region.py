@@ -17,6 +17,7 @@ from .attention_round import beyond_neighbors
 from .lsq import LearnedStep
 from .po2_group import Po2ScaleGroup
 from .roundings import ROUNDINGS
+from .weight_gain import WeightGain, folded_scale
 from .settings import ReconSettings
 from .streams import Span, produced
 
@@ -36,6 +37,7 @@ class Region:
         self.acts = [o for o in produced(sim, span.start, span.stop) if o in sim.qg.quant_points]
         self.rounders: dict[str, torch.nn.Module] = {}  # layer -> learned rounding (recon/roundings.py)
         self.groups: dict[str, Po2ScaleGroup] = {}
+        self.gains: dict[str, WeightGain] = {}  # layer -> learned step gain (float scales, recon/weight_gain.py)
         self.steps: dict[str, LearnedStep] = {}
         self.originals = {}
         self.gen_dev = gen_dev
@@ -76,7 +78,9 @@ class Region:
 
     # ---------------------------------------------------------------- rounding
     @torch.no_grad()
-    def start_rounding(self) -> None:
+    def start_rounding(self, gain: bool = False) -> None:
+        """Learned rounding for every layer of the region; ``gain``: also a learned per-channel gain on each
+        float weight step (``recon/weight_gain.py``; power-of-two steps keep theirs)."""
         sim = self.sim
         for layer in self.layers:
             fq = sim.weight_quantizer(layer.name)
@@ -94,6 +98,10 @@ class Region:
             r = ROUNDINGS[self.st.rounding](w.detach() / fq.scale, fq.scale, self.st, self.gen)
             fq.round_fn = r
             self.rounders[layer.name] = r
+            if gain and not fq.params.po2:
+                g = WeightGain(tuple(fq.scale.shape)).to(w.device)
+                fq.gain_fn = g
+                self.gains[layer.name] = g
 
     @torch.no_grad()
     def finish_rounding(self) -> tuple[float, float]:
@@ -120,6 +128,12 @@ class Region:
             far.append(beyond_neighbors(q_np, t, grid.qmin, grid.qmax))
             counts.append(q_np.size)
             near = not r.WITHIN_ONE_STEP or within_one_step(q_np, w_float, scale, zp, grid.qmin, grid.qmax)
+            g = self.gains.pop(layer.name, None)
+            if g is not None:  # the integers stay; the learned gain folds into the step (s' = s g)
+                fq.gain_fn = None
+                self._fold_gain(layer, folded_scale(fq.params.scale, g.gain()))
+                w.copy_(dequantize(q, fq.scale, fq.zero_point))
+                ints = integer_weights(sim, layer.name)
             if not (np.array_equal(ints, q_np) and np.all(q_np == np.round(q_np)) and q_np.min() >= grid.qmin
                     and q_np.max() <= grid.qmax and near):
                 raise RuntimeError(f"learned rounding of {layer.name!r} is not exactly on its grid"
@@ -127,6 +141,20 @@ class Region:
         if not undecided:
             return 0.0, 0.0
         return float(np.mean(undecided)), float(np.average(far, weights=counts))
+
+    @torch.no_grad()
+    def _fold_gain(self, layer, scale: np.ndarray) -> None:
+        """Set ``layer``'s weight step to the folded ``scale``, raised where its int32 bias needs it (as at
+        calibration: ``quant.scales.bias_safe_weight_scale``, with the headroom of a step learned later)."""
+        fq = self.sim.weight_quantizer(layer.name)
+        p = fq.params
+        safe = torch.from_numpy(scale)
+        if layer.bias:
+            s_x = self._input_scale(layer) / (STEP_HEADROOM if self._step_learned_here(layer) else 1.0)
+            safe = S.bias_safe_weight_scale(safe, self.sim.weight(layer.bias).detach().cpu(), s_x, False,
+                                            margin=S.FLOAT32_MARGIN)
+        fq.set_params(QParams(p.grid, safe.numpy().astype(np.float32), p.zero_point, p.axis, p.po2),
+                      len(layer.weight_shape))
 
     @torch.no_grad()
     def correct_bias(self, float_weights: dict[str, torch.Tensor]) -> None:
@@ -267,6 +295,8 @@ class Region:
             return [p for r in self.rounders.values() for p in r.parameters()]
         if which == "scales":
             return [g.v for g, *_ in self.groups.values()]
+        if which == "gains":
+            return [g.t for g in self.gains.values()]
         return [ls.step for ls in self.steps.values() if ls.learn]
 
     def regularizer(self, beta: float) -> torch.Tensor:

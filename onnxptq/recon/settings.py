@@ -68,6 +68,7 @@ class ReconSettings:
     attn_tau_unit: str = "step"
     rounding: str = "soft-offset"  # the learned rounding (recon/roundings.py ROUNDINGS)
     crop: float = 1.0  # side of each step's spatial crop, share of the region input's (recon/crops.py)
+    w_scale_lr: float = 0.0  # Adam lr of the weight step gains learned with the rounding (recon/weight_gain.py)
 
     @property
     def phases(self) -> list[tuple[str, int]]:
@@ -114,4 +115,5 @@ def resolve(cfg: QuantConfig) -> ReconSettings:
         attn_tau_unit=cfg.attn_tau_unit,
         rounding=m.rounding,
         crop=p.crop if cfg.recon_crop is None else cfg.recon_crop,
+        w_scale_lr=p.w_scale_lr if cfg.w_scale_lr is None else cfg.w_scale_lr,
     )

@@ -74,6 +74,7 @@ class FakeQuant(nn.Module):
         self.enabled = False
         self.round_fn = None  # replaces STE rounding of x / s when set (AdaRound: recon/adaround.py)
         self.scale_fn = None  # returns the scale instead of the fixed one when set (RAPQ: recon/po2_group.py)
+        self.gain_fn = None  # per-channel factor on the dequantized output when set (recon/weight_gain.py)
         self.register_buffer("scale", torch.ones(()), persistent=False)
         self.register_buffer("zero_point", torch.zeros(()), persistent=False)
 
@@ -125,5 +126,7 @@ class FakeQuant(nn.Module):
             return x
         scale = self.scale if self.scale_fn is None else self.scale_fn()
         if self.round_fn is None:
-            return fake_quantize_ste(x, scale, self.zero_point, self.params.grid)
-        return fake_quantize(x, scale, self.zero_point, self.params.grid, self.round_fn)
+            out = fake_quantize_ste(x, scale, self.zero_point, self.params.grid)
+        else:
+            out = fake_quantize(x, scale, self.zero_point, self.params.grid, self.round_fn)
+        return out if self.gain_fn is None else out * self.gain_fn()

@@ -18,7 +18,7 @@ Check = Callable[[QuantConfig], None]
 # what every reconstruction method (one engine, recon/engine.py) reads
 RECON_OPTIONS = frozenset({
     "loss", "preset", "iters", "act_iters", "recon_batch_size", "lr", "act_lr", "round_lambda", "fisher_damping",
-    "lp_alpha", "lp_beta", "recon_guard", "checkpoint_dir", "resume", "granularity",
+    "lp_alpha", "lp_beta", "recon_guard", "checkpoint_dir", "resume", "granularity", "w_scale_lr",
 })
 RTN_SAMPLES = 256  # calibration samples of a method without a preset budget
 
