@@ -3,9 +3,10 @@
 While a region's rounding is learned, each weight channel c is dequantized as (q_c - z_c) s_c g_c with
 g_c = exp(t_c): the integers q = clip(floor(w / s) + h(V) + z) stay on the calibrated grid of step s (so
 AdaRound's variables keep their meaning, BRECQ Eq. 27), while the step s_c g_c is fitted to the region loss by
-the same optimizer, as LSQ fits a step (Esser et al. 2020, Eq. 3; here with the grid fixed, as FlexRound's
-division-free form). When the rounding becomes hard the gain folds into the scale: s' = s g. ``t`` starts at 0,
-so before the first step the region computes exactly what it computed without the gain."""
+the same optimizer, as LSQ fits a step (Esser et al. 2020) but with the grid of the rounding held fixed (a
+simpler relative of FlexRound, Lee et al. 2023, which learns the step jointly with the rounding). When the rounding
+becomes hard the gain folds into the scale: s' = s g. ``t`` starts at 0, so before the first step the region
+computes exactly what it computed without the gain."""
 from __future__ import annotations
 
 import numpy as np

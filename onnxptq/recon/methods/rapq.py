@@ -9,4 +9,6 @@ def _needs_po2(cfg) -> None:
         raise ConfigError("--method rapq learns power-of-two scales: add --scale po2 (float scales: --method brecq)")
 
 
-METHOD = Method("rapq", RECON_OPTIONS - {"w_scale_lr"}, SHARED_CHECKS + (_needs_po2,), default_loss="lp", scale_group=0.2)
+# float-step gains (--w-scale-lr) would leave the Po2 scale group's exponents
+METHOD = Method("rapq", RECON_OPTIONS - {"w_scale_lr"}, SHARED_CHECKS + (_needs_po2,), default_loss="lp",
+                scale_group=0.2)
