@@ -43,6 +43,7 @@ Experiments (``--experiments all`` runs them in this order, digits first):
                       size and latency cost, time
   digits-accuracy     the same mode on the digits models at W2A4 (RTN and BRECQ, --min-sqnr 12): a quick check
   effnet-gain         the effnet-fast rows with learned weight-step gains (--w-scale-lr 1e-3 and 3e-3)
+  digits-gain         W4A4 BRECQ on the digits models without and with --w-scale-lr 1e-3
   zoo-fast            RTN W8A8 / W4A8 and the fast preset's BRECQ W4A8 / W4A4 on resnet18, mobilenetv2_050 and
                       vit_tiny_patch16_224 (tools/zoo.py, random weights, real-photo crops; needs `.[zoo]`)
 
@@ -272,6 +273,9 @@ EXPERIMENTS: dict[str, Exp] = {
                                "(--w-scale-lr, recon/weight_gain.py; the rows without them are effnet-fast)", [
         (f"brecq W{w}A{a} w-scale-lr {lr:g}", dict(method="brecq", w_bits=w, a_bits=a, w_scale_lr=lr))
         for w, a in ((4, 8), (4, 4)) for lr in (1e-3, 3e-3)]),
+    "digits-gain": Exp("digits", "W4A4 BRECQ (fast preset) without and with learned weight-step gains "
+                               "(--w-scale-lr 1e-3, recon/weight_gain.py)", [
+        (f"brecq W4A4 w-scale-lr {lr:g}", dict(method="brecq", w_scale_lr=lr, **W4A4)) for lr in (0.0, 1e-3)]),
     "zoo-fast": Exp("zoo", "the fast preset's W4A8 and W4A4 BRECQ on zoo architectures beside EfficientNet-Lite0 "
                            "(issue 18: the defaults on other models), with RTN W8A8 / W4A8 references", [
         ("rtn W8A8", dict(method="rtn")), ("rtn W4A8", dict(method="rtn", **W4A8)),
