@@ -67,7 +67,7 @@ def test_section_name_keeps_the_full_table():
 def test_the_zoo_bench_group_names_zoo_models(tmp_path, monkeypatch):
     """`tools/bench.py recon --experiments zoo-fast` benchmarks zoo architectures on the EfficientNet photo crops;
     `--models all` stays digits + EfficientNet (the zoo group exports models, so it is asked for by name)."""
-    sys.path.insert(0, str(ROOT / "tools"))
+    monkeypatch.syspath_prepend(str(ROOT / "tools"))  # the bench scripts import each other by module name
     import bench
     import bench_recon
 
