@@ -179,7 +179,10 @@ class SimModel(nn.Module):
         return ((t, self.act_fq[k]) for t, k in self._act_key.items())
 
     def set_quant(self, weights: bool | None = None, acts: bool | None = None) -> None:
-        """Turn weight and/or activation quantization on or off."""
+        """Turn weight and/or activation quantization on or off.
+
+        After a learned rounding the weights themselves hold the hard-rounded values (``Region.finish_rounding``),
+        so weights off is not the float model there: its weights are ``float_weight(name)``."""
         if weights is not None:
             for fq in self.w_fq.values():
                 fq.enabled = weights
