@@ -119,11 +119,9 @@ class Region:
             grid = fq.params.grid
             q = quantize(w.detach(), fq.scale, fq.zero_point, grid, r)
             w_float = w.detach().cpu().numpy().copy()
-            w.copy_(dequantize(q, fq.scale, fq.zero_point))
             fq.round_fn = None
             q_np = q.cpu().numpy().astype(np.int64)
-            ints = integer_weights(sim, layer.name)
-            scale, zp = fq.params.shaped_for(w.dim())
+            scale, zp = fq.params.shaped_for(w.dim())  # the calibrated step: the grid the rounding chose on
             t = w_float / scale.astype(np.float64) + zp
             far.append(beyond_neighbors(q_np, t, grid.qmin, grid.qmax))
             counts.append(q_np.size)
@@ -132,8 +130,8 @@ class Region:
             if g is not None:  # the integers stay; the learned gain folds into the step (s' = s g)
                 fq.gain_fn = None
                 self._fold_gain(layer, folded_scale(fq.params.scale, g.gain()))
-                w.copy_(dequantize(q, fq.scale, fq.zero_point))
-                ints = integer_weights(sim, layer.name)
+            w.copy_(dequantize(q, fq.scale, fq.zero_point))
+            ints = integer_weights(sim, layer.name)
             if not (np.array_equal(ints, q_np) and np.all(q_np == np.round(q_np)) and q_np.min() >= grid.qmin
                     and q_np.max() <= grid.qmax and near):
                 raise RuntimeError(f"learned rounding of {layer.name!r} is not exactly on its grid"
@@ -148,13 +146,10 @@ class Region:
         calibration: ``quant.scales.bias_safe_weight_scale``, with the headroom of a step learned later)."""
         fq = self.sim.weight_quantizer(layer.name)
         p = fq.params
-        safe = torch.from_numpy(scale)
+        fq.set_params(QParams(p.grid, scale, p.zero_point, p.axis, p.po2), len(layer.weight_shape))
         if layer.bias:
-            s_x = self._input_scale(layer) / (STEP_HEADROOM if self._step_learned_here(layer) else 1.0)
-            safe = S.bias_safe_weight_scale(safe, self.sim.weight(layer.bias).detach().cpu(), s_x, False,
-                                            margin=S.FLOAT32_MARGIN)
-        fq.set_params(QParams(p.grid, safe.numpy().astype(np.float32), p.zero_point, p.axis, p.po2),
-                      len(layer.weight_shape))
+            self._fit_weight_scale(layer, self._input_scale(layer) / (STEP_HEADROOM if self._step_learned_here(layer)
+                                                                      else 1.0))
 
     @torch.no_grad()
     def correct_bias(self, float_weights: dict[str, torch.Tensor]) -> None:
@@ -274,7 +269,8 @@ class Region:
 
     @torch.no_grad()
     def _fit_weight_scale(self, layer, s_x: float) -> None:
-        """Raise ``layer``'s weight scales (not rounded yet) just enough for its int32 bias at input step s_x."""
+        """Raise ``layer``'s weight scales just enough for its int32 bias at input step s_x (weights not rounded yet, or
+        a folded gain whose integers are written back afterwards)."""
         fq = self.sim.weight_quantizer(layer.name)
         p = fq.params
         safe = S.bias_safe_weight_scale(torch.from_numpy(p.scale), self.sim.effective_bias(

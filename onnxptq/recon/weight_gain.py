@@ -31,4 +31,4 @@ class WeightGain(nn.Module):
 
     @torch.no_grad()
     def gain(self) -> np.ndarray:
-        return torch.exp(self.t).detach().cpu().double().numpy().reshape(-1)
+        return self().cpu().double().numpy().reshape(-1)
