@@ -4,11 +4,13 @@ step, per tensor and per channel, at and beyond the grid ends), and hand-compute
 Clip's simulation keeps clamp's values and gradients."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
 from onnxptq.ops.registry import REGISTRY
 from onnxptq.quant import fake_quantize
+from onnxptq.quant.rounding import fake_quantize_rne_inplace, rne
 from onnxptq.quant.grid import activation_grid, weight_grid
 from onnxptq.sim.fake_quant import fake_quantize_ste, round_ste
 
@@ -57,11 +59,36 @@ def test_lsq_gradient_hand_values():
     assert x.grad.tolist() == [1.0, 1.0, 0.0, 0.0, 0.0]  # 7.5 / 0.5 = 15: the grid end, like clamp
 
 
-def test_no_grad_runs_the_chain():
+def test_no_grad_gives_the_chain_values():
     grid = weight_grid(8)
     x, s, z = torch.randn(10), torch.tensor(0.1), torch.tensor(0.0)
     with torch.no_grad():
         assert torch.equal(fake_quantize_ste(x, s, z, grid), fake_quantize(x, s, z, grid, round_ste))
+
+
+@pytest.mark.parametrize("per_channel", [False, True])
+@pytest.mark.parametrize("grid,zp", [(activation_grid(4, nonnegative=True), 3.0), (weight_grid(4), 0.0),
+                                     (activation_grid(8, nonnegative=False), -5.0)])
+def test_inplace_rne_equals_the_chain(per_channel, grid, zp):
+    """``fake_quantize_rne_inplace``: bit for bit ``fake_quantize`` with round half to even, at ties (x / s
+    exactly k + 0.5, rounding down for even k and up for odd), at and beyond the grid ends, per channel, with
+    NumPy or torch parameters, in the channels-last layout; x is not written."""
+    g = torch.Generator().manual_seed(1)
+    s_list = [0.25, 0.5, 0.125]  # powers of two: the ties below are exact in float32
+    x = torch.randn(2, 3, 6, 6, generator=g) * 2.0
+    x[0, :, 0, :4] = torch.tensor([0.5, 1.5, 2.5, -2.5]).reshape(1, 4) * torch.tensor(s_list).reshape(3, 1)
+    x[1, 0, 0, :2] = torch.tensor([1e3, -1e3])
+    s_np = np.array(s_list, np.float32).reshape(1, 3, 1, 1) if per_channel else np.float32(0.25)
+    z_np = np.full(np.shape(s_np), zp, np.float32)
+    ref = fake_quantize(x, torch.as_tensor(s_np), torch.as_tensor(z_np), grid, rne)
+    kept = x.clone()
+    for s_, z_ in ((s_np, z_np), (torch.as_tensor(s_np), torch.as_tensor(z_np))):
+        assert torch.equal(fake_quantize_rne_inplace(x, s_, z_, grid), ref)
+        assert torch.equal(x, kept)
+    cl = x.contiguous(memory_format=torch.channels_last)
+    assert torch.equal(fake_quantize_rne_inplace(cl, s_np, z_np, grid), ref)
+    if not per_channel and zp == 0.0:  # hand values: 0.5/0.25 = 2 ... ties 0.5 -> 0, 1.5 -> 2, 2.5 -> 2, -2.5 -> -2
+        assert ref[0, 0, 0, :4].tolist() == [0.0, 0.5, 0.5, -0.5]
 
 
 @pytest.mark.parametrize("bounds", [(0.0, 6.0), (-1.0, 1.0)])

@@ -51,8 +51,8 @@ from .results import ReconReport, RegionResult
 from .region import Region
 from .losses import LOSSES, NEEDS_GRADIENTS, fisher_weights, region_loss
 from .settings import resolve
-from .streams import (Frontier, SideTensors, Span, advance, consumed_inputs, input_frontier, live_after, produced,
-                      region_spans, set_quant_state)
+from .streams import (Frontier, SideTensors, Span, advance, channels_last, consumed_inputs, input_frontier, live_after,
+                      produced, region_spans, set_quant_state)
 
 log = logging.getLogger(__name__)
 EVAL_SAMPLES = 64  # at most this many held-out samples (the decisions' loss; module doc)
@@ -116,7 +116,6 @@ class Engine:
         self.checkpoint_dir = checkpoint_dir
         self.fp = ckpt.fingerprint(sim, self.inputs, cfg) if checkpoint_dir else ""
         self.float_weights = FloatWeights(sim)
-        self.channels_last = self.device.type == "cpu"  # training steps only: caching stays in the default layout
 
     # ---------------------------------------------------------------- helpers
     def _step_bytes(self) -> int:
@@ -154,6 +153,7 @@ class Engine:
                 xf = ff.tensors[t].read(idx, window(t)).to(self.device)
                 keep_float = torch.rand(xf.shape, generator=gen, device=self.device) < drop
                 env[t] = torch.where(keep_float, xf, env[t])
+        env = {t: channels_last(v) for t, v in env.items()}  # faster (depthwise) convolutions on CPU
         env.update(self.side(len(next(iter(env.values())))))
         return env
 
@@ -251,11 +251,11 @@ class Engine:
                 t0 = time.perf_counter()
                 clock = _PhaseClock()
                 # 1. inputs (quantized model so far) and float targets
-                if qf.pos < span.start:
-                    qf = self._replace(qf, advance(sim, qf, span.start, self.store, self.side, True, self.batch,
+                for cut in self._cuts(qf.pos, span.start):
+                    qf = self._replace(qf, advance(sim, qf, cut, self.store, self.side, True, self.batch,
                                                    self.device, "q"))
                     with self.float_weights:
-                        ff = self._replace(ff, advance(sim, ff, span.start, self.store, self.side, False, self.batch,
+                        ff = self._replace(ff, advance(sim, ff, cut, self.store, self.side, False, self.batch,
                                                        self.device, "f"))
                 with self.float_weights:
                     ff_out = advance(sim, ff, span.stop, self.store, self.side, False, self.batch, self.device, "f")
@@ -334,6 +334,13 @@ class Engine:
         sim.bias_delta.update(saved)
         return False
 
+    def _cuts(self, pos: int, stop: int) -> list[int]:
+        """The region boundaries in (pos, stop], then ``stop``: the positions a run without interruption advances
+        the frontiers to. A resumed run advances through the same ones, so that every tensor it caches took the
+        same path (layout conversions at each cut included) and holds the same bits."""
+        cuts = sorted({b for s in self.spans for b in (s.start, s.stop) if pos < b < stop})
+        return cuts + [stop] if pos < stop else []
+
     @staticmethod
     def _replace(old: Frontier, new: Frontier) -> Frontier:
         old.free_except(new)
@@ -383,9 +390,6 @@ class Engine:
                     crop = sampler.draw(gen) if sampler is not None else None
                     env = self._batch_env(qf, ff, names, idx, drop, gen_dev, crop,
                                           sampler.size if sampler is not None else None)
-                    if self.channels_last:  # 2-3x faster (depthwise) convolutions and their gradients on CPU
-                        env = {t: v.contiguous(memory_format=torch.channels_last) if v.dim() == 4 else v
-                               for t, v in env.items()}
                     out = sim.run_nodes(env, span.start, span.stop)
                     rec = self._region_loss(out, targets, weights, idx, crop)
                     loss = rec

@@ -131,6 +131,12 @@ def input_frontier(sim: SimModel, inputs: dict[str, np.ndarray], store: Activati
     return Frontier(0, tensors, n)
 
 
+def channels_last(x: torch.Tensor) -> torch.Tensor:
+    """A 4-D CPU tensor in the channels-last layout: 2-3x faster (depthwise) convolutions on CPU, and with
+    them the caching passes and training steps; other tensors unchanged."""
+    return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 and x.device.type == "cpu" else x
+
+
 def consumed_inputs(sim: SimModel, front: Frontier, start: int, stop: int) -> list[str]:
     """Frontier tensors read by nodes [start, stop)."""
     read = {i for n in sim.nodes[start:stop] for i in n.inputs}
@@ -155,7 +161,7 @@ def advance(sim: SimModel, front: Frontier, stop: int, store: ActivationStore, s
     set_quant_state(sim, quantized)
     for i in range(0, front.n, batch):
         sl = slice(i, min(i + batch, front.n))
-        env = {t: front.tensors[t].read(sl).to(device) for t in consumed}
+        env = {t: channels_last(front.tensors[t].read(sl).to(device)) for t in consumed}
         env.update(side(sl.stop - sl.start))
         env = sim.run_nodes(env, start, stop)
         for t in new_names:

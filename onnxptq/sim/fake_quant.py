@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from ..quant import QParams, fake_quantize, quantize
+from ..quant.rounding import fake_quantize_rne_inplace
 from ..quant.observer import Observer
 
 
@@ -57,7 +58,7 @@ def fake_quantize_ste(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Te
     steps): the same values, the gradients of that chain (``_FakeQuantSTE``) at a fraction of its memory and
     time. Scale and zero point broadcast against ``x``; the scale may carry a gradient (learned steps)."""
     if not torch.is_grad_enabled() or not (x.requires_grad or scale.requires_grad):
-        return fake_quantize(x, scale, zero_point, grid, round_ste)
+        return fake_quantize_rne_inplace(x, scale, zero_point, grid)
     return _FakeQuantSTE.apply(x, scale, zero_point, grid.qmin, grid.qmax)
 
 
