@@ -152,7 +152,8 @@ class QuantConfig:
     w_scale_lr: float | None = opt(None, "Adam learning rate of a per-channel gain on each float weight step, "
                                          "learned with the rounding and folded into the step at the end (the "
                                          "integers stay on the calibrated grid; power-of-two steps keep theirs; "
-                                         "0: off; recon/weight_gain.py)", group="recon")
+                                         "0: off; default: the preset's, fast 1e-3, full off; recon/weight_gain.py)",
+                                   group="recon")
     drop_prob: float = opt(0.5, "qdrop: probability of keeping an activation in float", group="recon")
     fisher_damping: float = opt(1.0, "Fisher weights (|g|/rms + d)^2: 0 = pure Eq. 11, larger = closer to MSE",
                                 group="recon")

@@ -31,7 +31,11 @@ Presets (every value overridable by the matching ``QuantConfig`` field):
   W4A8 +0.47 dB, W4A4 +0.36 dB in 6-27 % more time). Each training step of a region of convolutions and
   pointwise ops whose input is at least 32 pixels on a side sees a crop of half the side (``recon/crops.py``): on
   EfficientNet-Lite0 and MobileNetV2-0.5, W4A8 and W4A4, this cut the time by 30-39 % at the same fidelity
-  (docs/benchmarks.md ``recon-effnet-crop``). ``full`` trains on whole images, as the papers do.
+  (docs/benchmarks.md ``recon-effnet-crop``). ``full`` trains on whole images, as the papers do. Each float weight
+  step gets a per-channel gain learned with the rounding (``w_scale_lr`` 1e-3, ``recon/weight_gain.py``):
+  EfficientNet-Lite0 +0.34 dB (W4A8) and +0.21 dB (W4A4), MobileNetV2-0.5 +2.7 and +2.0 dB, the digits CNNs at W4A4
+  -0.3 to +0.2 dB, for 10-20 % more time (``recon-effnet-gain``, ``recon-digits-gain``). ``full`` keeps the papers'
+  fixed steps.
 """
 from __future__ import annotations
 
@@ -115,5 +119,5 @@ def resolve(cfg: QuantConfig) -> ReconSettings:
         attn_tau_unit=cfg.attn_tau_unit,
         rounding=m.rounding,
         crop=p.crop if cfg.recon_crop is None else cfg.recon_crop,
-        w_scale_lr=p.w_scale_lr if cfg.w_scale_lr is None else cfg.w_scale_lr,
+        w_scale_lr=(p.w_scale_lr if cfg.w_scale_lr is None else cfg.w_scale_lr) if "w_scale_lr" in m.options else 0.0,
     )
