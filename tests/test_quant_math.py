@@ -412,6 +412,20 @@ def test_observer_is_seeded():
     assert torch.equal(a.sample(), b.sample())
 
 
+def test_observer_reads_channels_last_in_memory_order():
+    """A channels-last tensor is read in its memory order (no copy into NCHW order): the same statistics, and
+    the same sample as from the NHWC tensor that holds those values in that order."""
+    x = torch.randn(2, 3, 5, 4, generator=torch.Generator().manual_seed(3))
+    cl = x.contiguous(memory_format=torch.channels_last)
+    a, b, c = Observer(sample_size=16, seed=2), Observer(sample_size=16, seed=2), Observer(sample_size=16, seed=2)
+    a.update(cl)
+    b.update(x.permute(0, 2, 3, 1).contiguous())  # the values in channels-last memory order
+    c.update(x)
+    assert torch.equal(a.sample(), b.sample())
+    assert (a.min, a.max, a.count) == (c.min, c.max, c.count) == (float(x.min()), float(x.max()), x.numel())
+    assert set(a.sample()[:-2].tolist()) <= set(x.flatten().tolist())
+
+
 def test_observer_sample_is_uniform_over_batches():
     """Every observed value has the same chance to be kept: a small batch is not over-represented."""
     obs = Observer(sample_size=1000, seed=0)

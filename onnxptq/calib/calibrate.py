@@ -26,6 +26,7 @@ from ..quant.observer import SATURATING, Observer
 from ..quant.rounding import WEIGHT_ROUNDINGS, ceil_round, floor_round, rne, stochastic_round
 from ..run_context import RunContext
 from ..sim.capture import layer_inputs
+from ..sim.layout import channels_last
 from ..sim.model import SimModel, simulate_outputs
 from .join_grids import align_join_grids
 from .output_search import float_range_search, po2_output_search
@@ -98,7 +99,7 @@ def observe_activations(sim: SimModel, data: Dataset, cfg: QuantConfig, points: 
         with layer_inputs(sim, input_mean):
             for feeds in tqdm(data.batches(cfg.batch_size), total=n_batches, desc="calibrating activations",
                               disable=not cfg.progress, leave=False):
-                sim({k: torch.from_numpy(v).to(device) for k, v in feeds.items()})
+                sim({k: channels_last(torch.from_numpy(v).to(device)) for k, v in feeds.items()})
                 trim_heap()  # each batch's activations: back to the OS (the resident set stays flat)
     finally:
         for _, fq in sim.act_quantizers():

@@ -20,6 +20,14 @@ COMPACT_AT = 8  # reduce to the bottom-k once this many times ``sample_size`` va
 SATURATING = 1e30  # |x| at least this: an infinity in disguise (module doc)
 
 
+def _storage_order(x: torch.Tensor) -> torch.Tensor:
+    """``x``'s values as a 1-D tensor in their order in memory: no copy for a channels-last tensor, where
+    ``reshape(-1)`` would copy it into logical order (the sample is uniform in any order)."""
+    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        return x.permute(0, 2, 3, 1).reshape(-1)
+    return x.reshape(-1)
+
+
 class Observer:
     """Collects min, max and a uniform sample of at most ``sample_size`` values of one tensor."""
 
@@ -38,7 +46,7 @@ class Observer:
         self._pending = 0
 
     def update(self, x: torch.Tensor) -> None:
-        x = x.detach().reshape(-1)
+        x = _storage_order(x.detach())
         n = x.numel()
         if n == 0:
             return

@@ -38,6 +38,7 @@ from ..graph.partition import partition
 from ..memory import trim_heap
 from ..plan import BitPlan
 from ..run_context import RunContext
+from ..sim.layout import channels_last
 from ..sim.model import SimModel
 from . import checkpoint as ckpt
 from .adaround import beta_at
@@ -51,7 +52,7 @@ from .results import ReconReport, RegionResult
 from .region import Region
 from .losses import LOSSES, NEEDS_GRADIENTS, fisher_weights, region_loss
 from .settings import resolve
-from .streams import (Frontier, SideTensors, Span, advance, channels_last, consumed_inputs, input_frontier, live_after,
+from .streams import (Frontier, SideTensors, Span, advance, consumed_inputs, input_frontier, live_after,
                       produced, region_spans, set_quant_state)
 
 log = logging.getLogger(__name__)

@@ -16,6 +16,7 @@ import torch
 
 from ..graph.partition import Region
 from ..memory import trim_heap
+from ..sim.layout import channels_last
 from ..sim.model import SimModel
 from .cache import ActivationStore, Cached
 
@@ -129,12 +130,6 @@ def input_frontier(sim: SimModel, inputs: dict[str, np.ndarray], store: Activati
             c.write(i, x)
         tensors[name] = c
     return Frontier(0, tensors, n)
-
-
-def channels_last(x: torch.Tensor) -> torch.Tensor:
-    """A 4-D CPU tensor in the channels-last layout: 2-3x faster (depthwise) convolutions on CPU, and with
-    them the caching passes and training steps; other tensors unchanged."""
-    return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 and x.device.type == "cpu" else x
 
 
 def consumed_inputs(sim: SimModel, front: Frontier, start: int, stop: int) -> list[str]:
