@@ -47,6 +47,7 @@ Experiments (``--experiments all`` runs them in this order, digits first):
   effnet-samples      the effnet-fast rows on 512 and 1024 calibration samples instead of the preset's 256
   zoo-fast            RTN W8A8 / W4A8 and the fast preset's BRECQ W4A8 / W4A4 on resnet18, mobilenetv2_050 and
                       vit_tiny_patch16_224 (tools/zoo.py, random weights, real-photo crops; needs `.[zoo]`)
+  zoo-samples         the zoo models' W4A8 and W4A4 BRECQ on 256 and 1024 calibration samples
 
 Every quantized model is exported to QDQ and run in onnxruntime (CPU, default session options) on the
 evaluation samples; ``SQNR dB`` is onnxruntime's output against the float model's, ``sim SQNR dB`` is
@@ -285,6 +286,10 @@ EXPERIMENTS: dict[str, Exp] = {
                            "(issue 18: the defaults on other models), with RTN W8A8 / W4A8 references", [
         ("rtn W8A8", dict(method="rtn")), ("rtn W4A8", dict(method="rtn", **W4A8)),
         ("brecq W4A8", dict(method="brecq", **W4A8)), ("brecq W4A4", dict(method="brecq", **W4A4))]),
+    "zoo-samples": Exp("zoo", "the fast preset's W4A8 and W4A4 BRECQ on 256 and 1024 calibration samples, on zoo "
+                              "architectures (effnet-samples on other models)", [
+        (f"brecq W4A{a} {n} samples", dict(method="brecq", w_bits=4, a_bits=a, num_calib=n))
+        for a in (8, 4) for n in (256, 1024)]),
     "digits-iters": Exp("digits", "W2A4 BRECQ: fidelity vs rounding iterations per region", [
         (f"brecq W2A4 iters {n}", dict(method="brecq", iters=n, act_iters=n // 2, **W2A4)) for n in (50, 200, 800, 3200)]),
 }
