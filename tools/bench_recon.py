@@ -301,8 +301,8 @@ def run_row(bm: B.BenchModel, calib, eval_ds, float_out, label: str, overrides: 
 
     out = work / f"{bm.name}.{label.replace(' ', '-').replace(',', '_').replace('=', 'eq')}.onnx"
     overrides = dict(overrides)
-    if "num_calib" in overrides:  # a row with its own number of calibration samples (effnet-samples)
-        calib = B.load_data(bm.calib, bm.path, overrides.pop("num_calib"))
+    if "num_calib" in overrides:  # a row with its own number of calibration samples (effnet-samples, defaults)
+        calib = load_calib(bm, overrides.pop("num_calib"))
     if "budget_like" in overrides:  # a size budget equal to another configuration's weight size
         overrides["budget_size"] = reference_size(bm, overrides, *overrides.pop("budget_like"))
     row = B.Row("onnxptq", label)
@@ -356,7 +356,27 @@ def run_row(bm: B.BenchModel, calib, eval_ds, float_out, label: str, overrides: 
         far = [x.beyond_neighbors for x in r.regions if x.beyond_neighbors]
         if far:
             row.notes += f", {100 * np.mean(far):.1f}% of weights beyond their two nearest grid points"
+    if len(calib) != bm.default_calib:
+        row.notes += ("; " if row.notes else "") + f"{len(calib)} calibration samples"
     return row
+
+
+_CALIB: dict[tuple[str, int], object] = {}
+
+
+def load_calib(bm: B.BenchModel, n: int):
+    """The first ``n`` calibration samples of ``bm``'s file, loaded once per (model, n)."""
+    if (bm.name, n) not in _CALIB:
+        _CALIB[(bm.name, n)] = B.load_data(bm.calib, bm.path, n)
+    return _CALIB[(bm.name, n)]
+
+
+def default_samples(overrides: dict) -> int:
+    """The calibration samples ``quantize`` takes by default for a row's method and preset (RTN 256, a learned
+    method its preset's: fast and full 1024)."""
+    from onnxptq.recon.methods import get_method
+
+    return get_method(overrides.get("method", "rtn")).default_samples(overrides.get("preset", "fast"))
 
 
 def accuracy_notes(acc) -> str:
@@ -500,7 +520,9 @@ def cmd_recon(args) -> int:
                     ref = B.fidelity(float_out, float_out, eval_ds.labels).float_accuracy
                     cache[bm.name] = (calib, eval_ds, float_out, ref)
                 calib, eval_ds, float_out, ref = cache[bm.name]
-                note = (f"Calibration {bm.calib.name} ({len(calib)} samples), evaluation {bm.eval.name} "
+                note = (f"Calibration {bm.calib.name} ({len(calib)} samples unless a row's notes say otherwise: "
+                        "without --num-calib each row takes as many as quantize does by default, RTN 256, the "
+                        f"reconstruction presets 1024), evaluation {bm.eval.name} "
                         f"({len(eval_ds)} samples{', labels' if eval_ds.labels is not None else ''}).")
                 rows = []
                 if ref is not None:
@@ -514,6 +536,8 @@ def cmd_recon(args) -> int:
                 for label, ov in chosen:
                     print(f"== {name} {bm.name} {label} ...", flush=True)
                     ov = ov if ov.get("method") == "rtn" else {**sets, **ov}  # a row's own options win
+                    if args.num_calib is None and "num_calib" not in ov and default_samples(ov) != len(calib):
+                        ov = {**ov, "num_calib": default_samples(ov)}  # as many as quantize takes by default
                     try:
                         row = run_row(bm, calib, eval_ds, float_out, label, ov, work)
                     except Exception as e:  # noqa: BLE001 - a failed row is reported, the run goes on

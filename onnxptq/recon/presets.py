@@ -22,7 +22,7 @@ class Preset:
 PRESETS = {
     "full": Preset(samples=1024, batch_size=32, iters=20000, act_iters=5000, lr=1e-3, act_lr=4e-5, round_lambda=0.01,
                    lp_alpha=0.9),
-    "fast": Preset(samples=256, batch_size=8, iters=400, act_iters=100, lr=3e-2, act_lr=1e-3, round_lambda=1.0,
+    "fast": Preset(samples=1024, batch_size=8, iters=400, act_iters=100, lr=3e-2, act_lr=1e-3, round_lambda=1.0,
                    crop=0.5, w_scale_lr=1e-3),
     # RAPQ Sec. 5: 1024 images, 80k weight and 5k activation iterations, alpha 0.9; quick mode (Sec. 5.4):
     # 20k / 1k iterations, alpha 0.1 (batch, learning rates and lambda as BRECQ's code, which RAPQ builds on)
