@@ -32,7 +32,7 @@ Experiments (``--experiments all`` runs them in this order, digits first):
   digits-ranges       the same on the digits models at W8A4 / W4A4
   effnet-fast         EfficientNet-Lite0 BRECQ W4A8 and W4A4, fast preset: time (run alone) and fidelity
   effnet-crop         the effnet-fast rows with each training step on a spatial crop of half the side, and without
-  effnet-fast-iters   the fast preset's W4A8 and W4A4 BRECQ (crops) at 100 / 200 / 300 / 400 rounding iterations
+  effnet-fast-iters   the fast preset's W4A8 and W4A4 BRECQ (crops) at 100 to 600 rounding iterations
   effnet-fast-layer   the same rows reconstructed layer by layer instead of block by block (same iterations
                       per region: a layer's iteration is cheaper, so more regions in about the same time)
   digits-fast-layer   the same on the digits models
@@ -232,10 +232,10 @@ EXPERIMENTS: dict[str, Exp] = {
                        "crop of half the side (recon_crop 0.5, recon/crops.py) vs whole images", [
         (f"brecq W4A{a}{' crop 0.5' if c < 1 else ''}", dict(method="brecq", w_bits=4, a_bits=a, recon_crop=c))
         for a in (8, 4) for c in (1.0, 0.5)]),
-    "effnet-fast-iters": Exp("efficientnet", "the fast preset's W4A8 and W4A4 BRECQ (crops) at 100 / 200 / 300 / 400 "
-                             "rounding iterations per region: fidelity vs time", [
+    "effnet-fast-iters": Exp("efficientnet", "the fast preset's W4A8 and W4A4 BRECQ (crops) at 100 / 200 / 300 / 400 / "
+                             "600 rounding iterations per region: fidelity vs time", [
         (f"brecq W4A{a} iters {n}", dict(method="brecq", w_bits=4, a_bits=a, iters=n))
-        for a in (8, 4) for n in (100, 200, 300, 400)]),
+        for a in (8, 4) for n in (100, 200, 300, 400, 600)]),
     "effnet-fast-layer": Exp("efficientnet", "the fast preset's W4A8 and W4A4 BRECQ reconstructed layer by layer "
                              "(the block rows are effnet-fast)", [
         (f"brecq layer W4A{a}", dict(method="brecq", granularity="layer", w_bits=4, a_bits=a)) for a in (8, 4)]),
