@@ -57,8 +57,11 @@ def _check_float_parity(rep, all_integer: bool) -> None:
     assert rep.max_local_lsb <= 1
     if all_integer:
         assert rep.exact_output.max_lsb <= 1, rep.exact_output.histogram
-    else:  # units run in float (4-bit grids: Q -> Clip) may flip 1 LSB; downstream it can grow at the output
-        assert rep.exact_output.exact_rate >= 0.99, rep.exact_output.histogram
+    else:  # units run in float (4-bit grids: Q -> Clip) may flip 1 LSB; downstream it can grow at the output.
+        # How often depends on the CPU: onnxruntime's float Conv sums in another order than torch's, and its
+        # kernels differ between CPUs (digits_resnet W4A8: above 99 % exact on an AVX2 EPYC, 98.5 % on an
+        # AVX-512 Xeon). A wrong scale or zero point would give far more and larger differences than this bound.
+        assert rep.exact_output.exact_rate >= 0.95 and rep.exact_output.max_lsb <= 2, rep.exact_output.histogram
     if all_integer:
         bad = [t for t, r in rep.exact_end_to_end.items() if not r.bit_exact]
         assert not bad, f"ort-exact not bit-exact end to end at {bad[:3]}"
