@@ -64,11 +64,11 @@ def fake_quantize(x: T, scale, zero_point, grid: Grid, round_fn: Callable[[T], T
     return dequantize(quantize(x, scale, zero_point, grid, round_fn), scale, zero_point)
 
 
-def fake_quantize_rne_inplace(x, scale, zero_point, grid: Grid):
-    """``fake_quantize(x, scale, zero_point, grid)`` (round half to even) for a torch tensor outside autograd:
-    the same float operations in the same order, so the same values, but every step after x / s works in
-    that one new buffer. On large activations this is 3-4x faster than the chain, which allocates (and
-    page-faults) a tensor per step; x itself is not written."""
+def fake_quantize_rne_inplace(x: T, scale, zero_point, grid: Grid) -> T:
+    """``fake_quantize(x, scale, zero_point, grid)`` (round half to even) for a torch tensor outside autograd
+    (torch only: the in-place methods are torch's): the same float operations in the same order, so the same
+    values, but every step after x / s works in that one new buffer. On large activations this is 3-4x faster
+    than the chain, which allocates (and page-faults) a tensor per step; x itself is not written."""
     t = x / _like(scale, x)
     z = _like(zero_point, t)
     return t.round_().add_(z).clamp_(grid.qmin, grid.qmax).sub_(z).mul_(_like(scale, t))
