@@ -44,7 +44,7 @@ Experiments (``--experiments all`` runs them in this order, digits first):
   digits-accuracy     the same mode on the digits models at W2A4 (RTN and BRECQ, --min-sqnr 12): a quick check
   effnet-gain         the effnet-fast rows with learned weight-step gains off, at 1e-3 (the default) and at 3e-3
   digits-gain         W4A4 BRECQ on the digits models without and with --w-scale-lr 1e-3
-  effnet-samples      the effnet-fast rows on 512 and 1024 calibration samples instead of the preset's 256
+  effnet-samples      the effnet-fast rows on 512 and 1024 calibration samples (the preset's 256 before 0b147ea)
   zoo-fast            RTN W8A8 / W4A8 and the fast preset's BRECQ W4A8 / W4A4 on resnet18, mobilenetv2_050 and
                       vit_tiny_patch16_224 (tools/zoo.py, random weights, real-photo crops; needs `.[zoo]`)
   zoo-samples         the zoo models' W4A8 and W4A4 BRECQ on 256 and 1024 calibration samples
@@ -272,14 +272,15 @@ EXPERIMENTS: dict[str, Exp] = {
          dict(method=m, min_sqnr=12.0, target_latency=True, target_rank_samples=k, **W2A4))
         for m in ("rtn", "brecq") for k in (None, 32)]),
     "effnet-gain": Exp("efficientnet", "the fast preset's W4A8 and W4A4 BRECQ with learned weight-step gains "
-                               "(--w-scale-lr, recon/weight_gain.py; 1e-3 is the fast preset's default since a9d2549, 0 turns them off)", [
+                               "(--w-scale-lr, recon/weight_gain.py; 1e-3 is the fast preset's default since "
+                               "a9d2549, 0 turns them off)", [
         (f"brecq W{w}A{a} w-scale-lr {lr:g}", dict(method="brecq", w_bits=w, a_bits=a, w_scale_lr=lr))
         for w, a in ((4, 8), (4, 4)) for lr in (0.0, 1e-3, 3e-3)]),
     "digits-gain": Exp("digits", "W4A4 BRECQ (fast preset) without and with learned weight-step gains "
                                "(--w-scale-lr 1e-3, recon/weight_gain.py)", [
         (f"brecq W4A4 w-scale-lr {lr:g}", dict(method="brecq", w_scale_lr=lr, **W4A4)) for lr in (0.0, 1e-3)]),
     "effnet-samples": Exp("efficientnet", "the fast preset's W4A8 and W4A4 BRECQ on 512 and 1024 calibration samples "
-                                  "(the preset's 256 are effnet-fast): fidelity vs time", [
+                                  "(256, the preset's before 0b147ea: effnet-fast at a9d2549): fidelity vs time", [
         (f"brecq W4A{a} {n} samples", dict(method="brecq", w_bits=4, a_bits=a, num_calib=n))
         for n in (512, 1024) for a in (8, 4)]),
     "zoo-fast": Exp("zoo", "the fast preset's W4A8 and W4A4 BRECQ on zoo architectures beside EfficientNet-Lite0 "
@@ -301,8 +302,9 @@ def run_row(bm: B.BenchModel, calib, eval_ds, float_out, label: str, overrides: 
 
     out = work / f"{bm.name}.{label.replace(' ', '-').replace(',', '_').replace('=', 'eq')}.onnx"
     overrides = dict(overrides)
-    if "num_calib" in overrides:  # a row with its own number of calibration samples (effnet-samples, defaults)
-        calib = load_calib(bm, overrides.pop("num_calib"))
+    n = overrides.pop("num_calib", len(calib))  # a row with its own number of samples (effnet-samples, defaults)
+    if n != len(calib):
+        calib = load_calib(bm, n)
     if "budget_like" in overrides:  # a size budget equal to another configuration's weight size
         overrides["budget_size"] = reference_size(bm, overrides, *overrides.pop("budget_like"))
     row = B.Row("onnxptq", label)
@@ -372,11 +374,12 @@ def load_calib(bm: B.BenchModel, n: int):
 
 
 def default_samples(overrides: dict) -> int:
-    """The calibration samples ``quantize`` takes by default for a row's method and preset (RTN 256, a learned
-    method its preset's: fast and full 1024)."""
-    from onnxptq.recon.methods import get_method
+    """The calibration samples ``quantize`` takes by default for a row's method and preset (``method_defaults``)."""
+    from onnxptq.config import QuantConfig
+    from onnxptq.recon.methods import method_defaults
 
-    return get_method(overrides.get("method", "rtn")).default_samples(overrides.get("preset", "fast"))
+    cfg = QuantConfig(**{k: overrides[k] for k in ("method", "preset") if k in overrides})
+    return method_defaults(cfg)["num_calib"]
 
 
 def accuracy_notes(acc) -> str:
@@ -521,8 +524,9 @@ def cmd_recon(args) -> int:
                     cache[bm.name] = (calib, eval_ds, float_out, ref)
                 calib, eval_ds, float_out, ref = cache[bm.name]
                 note = (f"Calibration {bm.calib.name} ({len(calib)} samples unless a row's notes say otherwise: "
-                        "without --num-calib each row takes as many as quantize does by default, RTN 256, the "
-                        f"reconstruction presets 1024), evaluation {bm.eval.name} "
+                        "without --num-calib each row takes as many as quantize does by default, RTN "
+                        f"{default_samples({})}, the fast preset {default_samples({'method': 'brecq'})}), "
+                        f"evaluation {bm.eval.name} "
                         f"({len(eval_ds)} samples{', labels' if eval_ds.labels is not None else ''}).")
                 rows = []
                 if ref is not None:
@@ -536,7 +540,7 @@ def cmd_recon(args) -> int:
                 for label, ov in chosen:
                     print(f"== {name} {bm.name} {label} ...", flush=True)
                     ov = ov if ov.get("method") == "rtn" else {**sets, **ov}  # a row's own options win
-                    if args.num_calib is None and "num_calib" not in ov and default_samples(ov) != len(calib):
+                    if args.num_calib is None and "num_calib" not in ov:
                         ov = {**ov, "num_calib": default_samples(ov)}  # as many as quantize takes by default
                     try:
                         row = run_row(bm, calib, eval_ds, float_out, label, ov, work)
