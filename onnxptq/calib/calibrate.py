@@ -112,7 +112,8 @@ def _input_sums(sums: dict[str, torch.Tensor], counts: dict[str, int]) -> Callab
     Gemm/MatMul) into ``sums`` and the values per channel into ``counts``."""
     def input_sum(layer: Layer, x: torch.Tensor) -> None:
         dims = [d for d in range(x.dim()) if d != (1 if layer.spatial else x.dim() - 1)]
-        sums[layer.name] = sums.get(layer.name, 0) + x.sum(dim=dims, dtype=torch.float64)  # no float64 copy of x
+        # float32 per batch (a float64 reduction runs about 10x slower on CPU), float64 across batches
+        sums[layer.name] = sums.get(layer.name, 0) + x.sum(dim=dims, dtype=torch.float32).double()
         counts[layer.name] = counts.get(layer.name, 0) + x.numel() // x.shape[1 if layer.spatial else -1]
     return input_sum
 
