@@ -117,6 +117,25 @@ def test_the_runners_never_name_a_method():
         assert "isinstance(" not in code or not re.search(r"isinstance\([^)]*Rounding", code), name
 
 
+def test_fast_preset_gives_the_step_iterations_of_wide_activations_to_the_rounding():
+    """At 8-bit activations with float scales the fast preset runs no step phase; its iterations go to the
+    rounding. Narrower activations anywhere (the body, or the first/last layers' inputs), Po2 scales, an explicit
+    act_iters, or a preset without the rule keep both phases; an explicit iters is not topped up."""
+    from onnxptq.recon.settings import resolve
+    fast = PRESETS["fast"]
+    phases = lambda **kw: resolve(QuantConfig(method="brecq", **kw)).phases  # noqa: E731
+    assert fast.steps_below_bits == 8
+    assert phases(a_bits=8) == [("rounding", fast.iters + fast.act_iters)]
+    assert phases(a_bits=4) == [("rounding", fast.iters), ("steps", fast.act_iters)]
+    assert phases(a_bits=8, first_last_bits=4) == [("rounding", fast.iters), ("steps", fast.act_iters)]
+    assert phases(a_bits=8, act_iters=30) == [("rounding", fast.iters), ("steps", 30)]
+    assert phases(a_bits=8, iters=250) == [("rounding", 250)]
+    full = PRESETS["full"]
+    assert phases(a_bits=8, preset="full") == [("rounding", full.iters), ("steps", full.act_iters)]
+    assert phases(a_bits=8, scale="po2") == [("rounding", fast.iters), ("steps", fast.act_iters)]
+    assert resolve(QuantConfig(method="qdrop", a_bits=8)).phases == [("joint", fast.iters)]  # steps learned jointly
+
+
 def test_a_method_is_data_the_engine_follows():
     from onnxptq.recon.settings import resolve
     from onnxptq.recon.methods.base import Method
@@ -126,7 +145,7 @@ def test_a_method_is_data_the_engine_follows():
     assert isinstance(joint, Method)
     st = resolve(QuantConfig(method="qdrop"))
     assert [p for p, _ in st.phases] == ["joint"] and st.drop_prob == 0.5 and st.rounding == "soft-offset"
-    st = resolve(QuantConfig(method="attention"))
+    st = resolve(QuantConfig(method="attention", a_bits=4))
     assert st.rounding == "any-grid-point" and st.round_lambda == 0.0 and [p for p, _ in st.phases] == ["rounding", "steps"]
     assert resolve(QuantConfig(method="adaround", granularity="block")).granularity == "layer"
 

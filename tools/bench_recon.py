@@ -48,6 +48,9 @@ Experiments (``--experiments all`` runs them in this order, digits first):
   zoo-fast            RTN W8A8 / W4A8 and the fast preset's BRECQ W4A8 / W4A4 on resnet18, mobilenetv2_050 and
                       vit_tiny_patch16_224 (tools/zoo.py, random weights, real-photo crops; needs `.[zoo]`)
   zoo-samples         the zoo models' W4A8 and W4A4 BRECQ on 256 and 1024 calibration samples
+  effnet-a8-steps     W4A8 BRECQ: 400 rounding + 100 step-size iterations (the fast preset before 8-bit
+                      activations gave the step iterations to the rounding), 400 without steps, and the default
+  zoo-a8-steps        the same on the zoo models
 
 Every quantized model is exported to QDQ and run in onnxruntime (CPU, default session options) on the
 evaluation samples; ``SQNR dB`` is onnxruntime's output against the float model's, ``sim SQNR dB`` is
@@ -291,6 +294,11 @@ EXPERIMENTS: dict[str, Exp] = {
                               "architectures (effnet-samples on other models)", [
         (f"brecq W4A{a} {n} samples", dict(method="brecq", w_bits=4, a_bits=a, num_calib=n))
         for a in (8, 4) for n in (256, 1024)]),
+    **{f"{g}-a8-steps": Exp(m, "W4A8 BRECQ (fast preset): are 8-bit activation steps worth learning? 400 rounding + "
+                               "100 step-size iterations, 400 + none, and the default (500 rounding, no step phase)", [
+        ("brecq W4A8 400 + 100 steps", dict(method="brecq", iters=400, act_iters=100, **W4A8)),
+        ("brecq W4A8 400, no steps", dict(method="brecq", iters=400, act_iters=0, **W4A8)),
+        ("brecq W4A8", dict(method="brecq", **W4A8))]) for g, m in (("effnet", "efficientnet"), ("zoo", "zoo"))},
     "digits-iters": Exp("digits", "W2A4 BRECQ: fidelity vs rounding iterations per region", [
         (f"brecq W2A4 iters {n}", dict(method="brecq", iters=n, act_iters=n // 2, **W2A4)) for n in (50, 200, 800, 3200)]),
 }
