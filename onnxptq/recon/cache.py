@@ -4,6 +4,9 @@
 while the store's total stays within its byte budget; beyond it new arrays are ``.npy`` files in a
 spill directory (removed when the store closes), written with file I/O and read through short-lived
 memory maps, so a large model at 224x224 with 1024 samples runs with a bounded resident set. Rows are written batch by batch and read by sample index.
+Per-sample (C, H, W) tensors are stored channels-last, as (H, W, C), the layout the simulation computes in on CPU
+(``sim/layout.py``): writing a batch and reading a minibatch then copy memory as it lies instead of transposing it,
+and reads return (N, C, H, W) tensors in the channels-last layout.
 """
 from __future__ import annotations
 
@@ -21,15 +24,17 @@ class Cached:
     def __init__(self, store: "ActivationStore", name: str, n: int, shape: tuple[int, ...], dtype: np.dtype) -> None:
         self.store, self.name, self.n, self.shape, self.dtype = store, name, n, tuple(shape), np.dtype(dtype)
         self.nbytes = int(n * int(np.prod(shape, dtype=np.int64)) * self.dtype.itemsize)
+        self.channels_last = len(self.shape) == 3  # stored as (n, H, W, C)
+        stored = (n, *self.shape[1:], self.shape[0]) if self.channels_last else (n, *self.shape)
         self.path: Path | None = None
         if store.ram_bytes + self.nbytes <= store.budget_bytes:
-            self.data: torch.Tensor | np.memmap = torch.empty((n, *shape), dtype=torch.from_numpy(np.empty(0, self.dtype)).dtype)
+            self.data: torch.Tensor | np.memmap = torch.empty(stored, dtype=torch.from_numpy(np.empty(0, self.dtype)).dtype)
             store.ram_bytes += self.nbytes
         else:
             # a .npy file written and read with plain file I/O and short-lived maps: pages of a long-lived
             # np.memmap stay in the process's resident set, which a memory budget must not count on
             self.path = store.spill_path(name)
-            mm = np.lib.format.open_memmap(self.path, mode="w+", dtype=self.dtype, shape=(n, *shape))
+            mm = np.lib.format.open_memmap(self.path, mode="w+", dtype=self.dtype, shape=stored)
             del mm
             self._offset = self.path.stat().st_size - self.nbytes  # after the .npy header
             self._row = self.nbytes // max(n, 1)
@@ -42,6 +47,8 @@ class Cached:
 
     def write(self, start: int, batch: torch.Tensor) -> None:
         b = batch.detach()
+        if self.channels_last:
+            b = b.permute(0, 2, 3, 1)  # a view, already contiguous for a channels-last batch
         if self.on_disk:
             with open(self.path, "r+b") as f:
                 f.seek(self._offset + start * self._row)
@@ -53,13 +60,23 @@ class Cached:
         """Rows ``index`` (a slice or a 1-D index tensor) as a torch tensor (a copy); with ``window`` (slices of the
         last axes, e.g. a spatial crop) only that part of each row is copied."""
         def part(a):  # a view: only the window's elements are copied from it
-            return a if window is None else a[(...,) + tuple(window)]
+            if window is None:
+                return a
+            if not self.channels_last:
+                return a[(...,) + tuple(window)]
+            at = [slice(None)] * 4  # stored axes (n, H, W, C) of the logical axes (n, C, H, W)
+            for axis, sl in zip(range(4 - len(window), 4), window):
+                at[(0, 3, 1, 2)[axis]] = sl
+            return a[tuple(at)]
+
+        def logical(t: torch.Tensor) -> torch.Tensor:
+            return t.permute(0, 3, 1, 2) if self.channels_last else t
 
         if self.on_disk:
             mm = np.load(self.path, mmap_mode="r")
             try:
                 if isinstance(index, slice):
-                    return torch.from_numpy(np.array(part(mm)[index]))
+                    return logical(torch.from_numpy(np.array(part(mm)[index])))
                 idx = np.asarray(index.cpu().numpy())
                 order = np.argsort(idx, kind="stable")  # sequential disk reads, then back to the asked order
                 rows = part(mm)[idx[order]]  # fancy indexing: already a copy in memory
@@ -67,10 +84,10 @@ class Cached:
                 del mm
             out = np.empty(rows.shape, rows.dtype)  # a plain array (rows may be an np.memmap instance)
             out[order] = rows
-            return torch.from_numpy(out)
+            return logical(torch.from_numpy(out))
         if isinstance(index, slice):
-            return part(self.data)[index].clone()
-        return part(self.data).index_select(0, index.cpu())
+            return logical(part(self.data)[index].clone())
+        return logical(part(self.data).index_select(0, index.cpu()))
 
     def batches(self, size: int):
         for i in range(0, self.n, size):
