@@ -275,6 +275,30 @@ def test_windowed_reads_equal_reading_then_slicing(budget_mb):
     store.close()
 
 
+@pytest.mark.parametrize("budget_mb", [64, 0])
+def test_cache_stores_images_channels_last_and_reads_back_what_was_written(budget_mb):
+    """(C, H, W) samples are kept as (H, W, C): batches written in either layout read back equal to them (rows,
+    indices, windows; in RAM and spilled), as channels-last (N, C, H, W) tensors; other ranks are kept as given."""
+    from onnxptq.recon.cache import ActivationStore
+
+    store = ActivationStore(budget_mb)
+    x = torch.randn(7, 3, 5, 6)
+    c = store.new("x", 7, (3, 5, 6))
+    c.write(0, x[:4])  # contiguous (N, C, H, W)
+    c.write(4, x[4:].contiguous(memory_format=torch.channels_last))
+    assert c.channels_last and c.on_disk == (budget_mb == 0)
+    for index in (slice(0, 7), slice(2, 5), torch.tensor([6, 1, 3])):
+        got = c.read(index)
+        assert torch.equal(got, x[index]) and got.is_contiguous(memory_format=torch.channels_last)
+        assert torch.equal(c.read(index, (slice(1, 4), slice(2, 6))), x[index][..., 1:4, 2:6])
+        assert torch.equal(c.read(index, (slice(3, 6),)), x[index][..., 3:6])  # a window on W alone
+    v = torch.randn(7, 10)
+    flat = store.new("v", 7, (10,))
+    flat.write(0, v)
+    assert not flat.channels_last and torch.equal(flat.read(torch.tensor([2, 0])), v[[2, 0]])
+    store.close()
+
+
 @pytest.mark.parametrize("method", ["brecq", "qdrop"])
 def test_crops_from_a_spilled_cache_equal_crops_in_ram(tmp_path, method):
     """Training on crops reads the cached inputs and targets through the crop's window: a run whose cache
