@@ -52,7 +52,7 @@ class Cached:
         if self.on_disk:
             with open(self.path, "r+b") as f:
                 f.seek(self._offset + start * self._row)
-                f.write(np.ascontiguousarray(b.cpu().numpy(), dtype=self.dtype).tobytes())
+                f.write(np.ascontiguousarray(b.cpu().numpy(), dtype=self.dtype))  # its buffer: no bytes copy
         else:
             self.data[start:start + len(b)] = b.cpu()
 
