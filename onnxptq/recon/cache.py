@@ -34,8 +34,8 @@ class Cached:
             # a .npy file written and read with plain file I/O and short-lived maps: pages of a long-lived
             # np.memmap stay in the process's resident set, which a memory budget must not count on
             self.path = store.spill_path(name)
-            mm = np.lib.format.open_memmap(self.path, mode="w+", dtype=self.dtype, shape=stored)
-            del mm
+            # the file with its .npy header; the map itself is dropped at once
+            np.lib.format.open_memmap(self.path, mode="w+", dtype=self.dtype, shape=stored)
             self._offset = self.path.stat().st_size - self.nbytes  # after the .npy header
             self._row = self.nbytes // max(n, 1)
             self.data = None
