@@ -69,13 +69,20 @@ class AdaRoundRounding(nn.Module):
         super().__init__()
         self.v = nn.Parameter(init_v(w_over_s.detach()).float())
         self.hard = False
+        self._h: torch.Tensor | None = None  # h(V) of the last soft forward, for ``regularizer`` to reuse
 
     def h(self) -> torch.Tensor:
         return rectified_sigmoid(self.v)
 
     def offsets(self) -> torch.Tensor:
-        """The rounding offsets added to floor(w / s): soft h(V), or 0/1 once hard."""
-        return (self.v >= 0).to(self.v.dtype) if self.hard else self.h()
+        """The rounding offsets added to floor(w / s): soft h(V), or 0/1 once hard. A soft forward keeps its h(V)
+        for the ``regularizer`` of the same training step, so that the rectified sigmoid and its backward run once
+        per step instead of twice (autograd sums both terms' gradients in h, as it would in V)."""
+        if self.hard:
+            self._h = None
+            return (self.v >= 0).to(self.v.dtype)
+        self._h = self.h() if torch.is_grad_enabled() else None
+        return self._h if self._h is not None else self.h()
 
     def forward(self, w_over_s: torch.Tensor) -> torch.Tensor:
         if w_over_s.shape != self.v.shape:
@@ -83,7 +90,9 @@ class AdaRoundRounding(nn.Module):
         return torch.floor(w_over_s.detach()) + self.offsets()
 
     def regularizer(self, beta: float) -> torch.Tensor:
-        return rounding_regularizer(self.h(), beta)
+        """Eq. 28 on h(V): the h of this step's forward when there was one (used once), else computed afresh."""
+        h, self._h = self._h, None
+        return rounding_regularizer(h if h is not None else self.h(), beta)
 
     @torch.no_grad()
     def undecided(self, tol: float = 1e-3) -> float:
