@@ -81,8 +81,9 @@ class AdaRoundRounding(nn.Module):
         if self.hard:
             self._h = None
             return (self.v >= 0).to(self.v.dtype)
-        self._h = self.h() if torch.is_grad_enabled() else None
-        return self._h if self._h is not None else self.h()
+        h = self.h()
+        self._h = h if torch.is_grad_enabled() else None
+        return h
 
     def forward(self, w_over_s: torch.Tensor) -> torch.Tensor:
         if w_over_s.shape != self.v.shape:
