@@ -58,5 +58,5 @@ class Adam:
                 c1, c2 = 1.0 - self.b1 ** t, 1.0 - self.b2 ** t
                 m.mul_(self.b1).add_(p.grad, alpha=1.0 - self.b1)
                 v.mul_(self.b2).addcmul_(p.grad, p.grad, value=1.0 - self.b2)
-                denom = (v.sqrt() / c2 ** 0.5).add_(self.eps)
+                denom = v.sqrt().div_(c2 ** 0.5).add_(self.eps)
                 p.addcdiv_(m, denom, value=-g["lr"] / c1)
