@@ -326,6 +326,55 @@ def test_reduce_mean_over_tokens_or_channels(tmp_path, axes, keepdims):
     assert sqnr_db(ref, ort_run(res.model, {"x": x})[0]) > 25
 
 
+def _conv_reduce_model(tmp_path, reduce_node: onnx.NodeProto, out_shape: list, rng) -> str:
+    """Conv (8 -> 8 channels) -> Reshape to (N, 2, 4, 5, 5) -> ``reduce_node`` on ``r`` -> Flatten -> y."""
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["h"], name="conv", pads=[1, 1, 1, 1]),
+             helper.make_node("Reshape", ["h", "split_shape"], ["r"], name="split"),
+             reduce_node,
+             helper.make_node("Flatten", ["s"], ["y"], name="flat")]
+    inits = [numpy_helper.from_array((rng.standard_normal((8, 3, 3, 3)) * 0.3).astype(np.float32), "w"),
+             numpy_helper.from_array((rng.standard_normal(8) * 0.1).astype(np.float32), "b"),
+             numpy_helper.from_array(np.array([0, 2, 4, 5, 5], np.int64), "split_shape")]
+    g = helper.make_graph(nodes, "reduce", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 5, 5])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", int(np.prod(out_shape))])],
+                          initializer=inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    path = tmp_path / "reduce.onnx"
+    onnx.save(m, str(path))
+    return str(path)
+
+
+@pytest.mark.parametrize("axes,keepdims", [([1], 0), ([1, 3, 4], 1)])
+def test_reduce_sum_is_an_integer_sum_requantized(tmp_path, axes, keepdims):
+    """ReduceSum (ResNeSt's sum over the radix splits; a sum over positions): the integer sum of the inputs,
+    requantized to the output grid like an average pool with divisor 1; exact parity, close to the float model."""
+    rng = np.random.default_rng(10)
+    node = helper.make_node("ReduceSum", ["r", "axes"], ["s"], name="radix_sum", keepdims=keepdims)
+    out = [4, 5, 5] if axes == [1] else [1, 4, 1, 1]
+    path = _conv_reduce_model(tmp_path, node, out, rng)
+    m = onnx.load(path)
+    m.graph.initializer.append(numpy_helper.from_array(np.array(axes, np.int64), "axes"))
+    onnx.save(m, path)
+    x = rng.standard_normal((40, 3, 5, 5)).astype(np.float32)
+    res = _check(path, x, {"avgpool"}, floor=25.0)
+    step = next(s for s in res.program.steps if s.node == "radix_sum")
+    assert step.kind == "avgpool" and step.attrs["count"] == 1 and step.attrs["axes"] == axes
+
+
+@pytest.mark.parametrize("op", ["ReduceMax", "ReduceMin"])
+def test_reduce_max_and_min_carry_their_input_grid(tmp_path, op):
+    """ReduceMax / ReduceMin (CBAM's channel max, a max over splits) select input values: the output keeps the
+    input's quant point (no requantization) and runs on the integer containers; exact parity."""
+    rng = np.random.default_rng(11)
+    node = helper.make_node(op, ["r"], ["s"], name="select", axes=[1], keepdims=0)
+    path = _conv_reduce_model(tmp_path, node, [4, 5, 5], rng)
+    x = rng.standard_normal((40, 3, 5, 5)).astype(np.float32)
+    res = _check(path, x, {"carry"}, floor=25.0)
+    assert [s.kind for s in res.program.steps if s.node == "select"] == ["carry"]
+    assert "s" not in res.qgraph.quant_points  # the input's grid carries over
+
+
 @pytest.mark.parametrize("pads,strides", [([1, 1, 1, 1], [1, 1]), ([0, 1, 1, 0], [2, 2])])
 def test_padded_average_pool_without_the_pads_in_its_count(tmp_path, pads, strides):
     """AveragePool with count_include_pad=0 (PoolFormer's token mixer, pool(x) - x): each position divides by

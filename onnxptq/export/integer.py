@@ -567,6 +567,8 @@ class IntegerWriter:
             ins = (ins + ["", ""])[:3] if len(ins) < 3 else ins
             ins[2] = self.const(f"{step.node}/pad_value", self.cdt.type(a["pad_value"]))
             attrs.pop("value", None)
+        if op_type in ("ReduceMax", "ReduceMin") and "axes" in attrs:  # an attribute before opset 18, an input since
+            ins = [ins[0], self.const(f"{step.node}/axes", np.array(attrs.pop("axes"), np.int64))]
         if op_type == "GlobalMaxPool":
             self.nodes.append(helper.make_node("ReduceMax", [ins[0], self.const(f"{step.node}/axes", np.arange(2, a["rank"]))],
                                                outs, name=self._unique(step.node), keepdims=1))

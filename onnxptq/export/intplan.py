@@ -279,7 +279,7 @@ class _Lowering:
             self.batchnorm(n)
         else:
             raise _Unsupported("no exact integer form (supported: Conv/Gemm/MatMul, Add/Sub/Sum, Mul, Div, Concat, "
-                               "average pools, ReduceL2, linear Resize by 2 or 4, Softmax, LayerNormalization, "
+                               "average pools, ReduceSum, ReduceL2, linear Resize by 2 or 4, Softmax, LayerNormalization, "
                                "elementwise activations as lookup tables, data-movement ops)")
 
     # -------------------------------------------------------------- steps
@@ -476,12 +476,12 @@ class _Lowering:
                 raise _Unsupported("AveragePool input with an unknown channel count")
             attrs.update(channels=int(shape[1]), kernel=k, pads=pads, strides=strides)
         else:
-            if n.op_type == "ReduceMean":
+            if n.op_type in ("ReduceMean", "ReduceSum"):
                 axes = a.get("axes")
                 if axes is None and len(n.input) > 1:
                     axes = self.qg.initializer(n.input[1]).tolist() if n.input[1] else None
                 if not axes:
-                    raise _Unsupported("ReduceMean over every axis (the batch included)")
+                    raise _Unsupported(f"{n.op_type} over every axis (the batch included)")
                 if not a.get("keepdims", 1):
                     attrs["keepdims"] = 0
                 axes = sorted(int(v) % len(shape) for v in axes)  # any static axes: spatial, tokens, channels
@@ -492,6 +492,9 @@ class _Lowering:
                 raise _Unsupported(f"average over the non-static dims {dims} of {shape}")
             count = int(np.prod(dims))
             attrs["axes"] = axes
+            if n.op_type == "ReduceSum":  # the sum itself, requantized: an average whose divisor is 1
+                self.average(n, x, y, 1, attrs, terms=count)
+                return
         self.average(n, x, y, count, attrs)
 
     def resize_linear(self, n, a: dict) -> None:
@@ -525,13 +528,14 @@ class _Lowering:
         self.average(n, x, y, 4 * r[0] * r[1], {"op_type": "Resize", "channels": int(shape_in[1]), "factors": r,
                                                 "in_hw": [int(shape_in[2]), int(shape_in[3])], "weights": weights})
 
-    def average(self, n, x: TInt, y: TInt, count: int | np.ndarray, attrs: dict) -> None:
+    def average(self, n, x: TInt, y: TInt, count: int | np.ndarray, attrs: dict, terms: int | None = None) -> None:
         """An ``avgpool`` step: output = clip(RNE(S 2^up / (count 2^down)) + z_y) for the (weighted) window sum S
-        of ``x - z_x``, whose weights add up to ``count``."""
+        of ``x - z_x``, whose weights add up to ``count``; ``terms`` (ReduceSum: divisor 1): the weights add up
+        to this instead, for the bound on S."""
         up = max(0, y.frac - x.frac)
         per_position = isinstance(count, np.ndarray)
         c_max = int(count.max()) if per_position else count
-        s_max = c_max * x.max_abs * 2**up
+        s_max = (c_max if terms is None else terms) * x.max_abs * 2**up
         down = int(cap_shift(max(0, x.frac - y.frac), s_max))  # |S| < divisor / 2 rounds to 0 either way
         divisor = count * 2**down
         bound = 2 * s_max + c_max * 2**down + 1

@@ -13,7 +13,10 @@ from .base import OPS, _ints, op, torch_pad
 FAMILIES = [
     ("average pools", "merge", "avgpool", ("GlobalAveragePool", "AveragePool", "ReduceMean")),
     ("max pools", "carry", "carry", ("MaxPool", "GlobalMaxPool")),
-    ("reductions", "island", None, ("ReduceSum", "ReduceMax", "ReduceMin")),
+    # an integer sum of the zero-point-free inputs, requantized: an average pool whose divisor is 1
+    ("sums", "merge", "avgpool", ("ReduceSum",)),
+    # select one input value per output: the input's grid and quant point carry over (as MaxPool)
+    ("max / min reductions", "carry", "carry", ("ReduceMax", "ReduceMin")),
     ("L2 norms", "island", "l2norm", ("ReduceL2",)),  # sqrt of an integer sum of squares (quant.requant.round_sqrt)
 ]
 
