@@ -345,6 +345,36 @@ def _conv_reduce_model(tmp_path, reduce_node: onnx.NodeProto, out_shape: list, r
     return str(path)
 
 
+def test_concat_with_a_constant_class_token(tmp_path):
+    """A fixed-batch ViT-style graph concatenates a constant class token with the patch tokens (no Expand: the
+    exporter folded it, as in timm's CrossViT, whose fixed-size Resize keeps the batch fixed): the constant is
+    quantized to the Concat's output grid at lowering time; exact parity, close to the float model."""
+    rng = np.random.default_rng(12)
+    nodes = [helper.make_node("Resize", ["x", "", "", "sizes"], ["r"], name="fixed", mode="nearest"),
+             helper.make_node("MatMul", ["r", "w"], ["h"], name="embed"),
+             helper.make_node("Concat", ["cls", "h"], ["t"], name="with_cls", axis=1),
+             helper.make_node("MatMul", ["t", "w2"], ["y"], name="head")]
+    inits = [numpy_helper.from_array((rng.standard_normal((C, C)) * 0.3).astype(np.float32), "w"),
+             numpy_helper.from_array((rng.standard_normal((1, 1, C)) * 0.5).astype(np.float32), "cls"),
+             numpy_helper.from_array((rng.standard_normal((C, C)) * 0.3).astype(np.float32), "w2"),
+             numpy_helper.from_array(np.array([1, T, C], np.int64), "sizes")]  # keeps the batch fixed
+    g = helper.make_graph(nodes, "cls", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, T, C])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, T + 1, C])], initializer=inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    path = str(tmp_path / "cls.onnx")
+    onnx.save(m, path)
+    x = _tokens(13, n=40)
+    res = onnxptq.quantize(path, x[:32], w_bits=8, a_bits=8, scale="po2", format="int", progress=False)
+    assert verify_integer(res.model, {"x": x[32:36]}).ok  # runs the fixed batch one sample at a time
+    assert res.lowering.ok, res.lowering.format()
+    ref = np.concatenate([ort_run(path, {"x": x[k:k + 1]})[0] for k in range(32, 40)])
+    got = np.concatenate([ort_run(res.model, {"x": x[k:k + 1]})[0] for k in range(32, 40)])
+    assert _sqnr(ref, got) > 25
+    step = next(s for s in res.program.steps if s.node == "with_cls")
+    assert step.inputs[0] == "with_cls.input0_q" and step.attrs["parts"][0]["const"]
+
+
 @pytest.mark.parametrize("axes,keepdims", [([1], 0), ([1, 3, 4], 1)])
 def test_reduce_sum_is_an_integer_sum_requantized(tmp_path, axes, keepdims):
     """ReduceSum (ResNeSt's sum over the radix splits; a sum over positions): the integer sum of the inputs,

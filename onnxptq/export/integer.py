@@ -298,6 +298,9 @@ class IntegerWriter:
         a, base = step.attrs, step.node
         parts = []
         for k, (t, part) in enumerate(zip(step.inputs, a["parts"])):
+            if part.get("const"):  # a constant quantized to the output grid at lowering time
+                parts.append(self.const(t, self.p.arrays[t]))
+                continue
             if part["same"]:
                 parts.append(qname(t))
                 continue

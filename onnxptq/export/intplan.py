@@ -436,17 +436,25 @@ class _Lowering:
             "wide": _wide(bound, n_shift + pre), "form": float_form(a.max_abs * b.max_abs, [-n_shift], self.rounding)}))
 
     def concat(self, n, a: dict) -> None:
-        ins = [self.tint(i) for i in n.input]
+        """Each input requantized to the output grid (or taken as it is where the grids agree); a float constant
+        input (a class token concatenated without an Expand in a fixed-batch graph) is quantized to the output
+        grid at lowering time (program array ``<node>.input<k>_q``): the output quantizer rounds those values
+        alone, so the integers are the same."""
         y = self.tint(n.output[0])
-        parts = []
-        for t in ins:
+        parts, inputs = [], list(n.input)
+        for k, name in enumerate(n.input):
+            if not self.is_int(name) and name in self.sim.consts:
+                inputs[k] = self.const_on_grid(name, n.output[0], f"{n.name}.input{k}_q")
+                parts.append({"zp": y.zp, "shift": 0, "pre": 0, "same": True, "const": True})
+                continue
+            t = self.tint(name)
             n_shift = int(cap_shift(t.frac - y.frac, t.max_abs))
             pre = max(0, 1 - n_shift)
             if _wide(shift_bound(t.max_abs, n_shift + pre, pre, self.rounding), n_shift + pre):
                 raise _Unsupported(f"input {t.name!r} needs a shift of {t.frac - y.frac} bits to the output scale")
             parts.append({"zp": t.zp, "shift": n_shift, "pre": pre,
                           "same": n_shift == 0 and t.zp == y.zp and t.lo >= y.lo and t.hi <= y.hi})
-        self.steps.append(Step("concat", n.name, list(n.input), [n.output[0]], {
+        self.steps.append(Step("concat", n.name, inputs, [n.output[0]], {
             "axis": int(a.get("axis", 1)), "parts": parts, "y_zp": y.zp, "lo": y.lo, "hi": y.hi}))
 
     def avgpool(self, n, a: dict) -> None:

@@ -241,7 +241,8 @@ class IntSim:
                 result[step.outputs[0]] = ((c - t.zp) * 2.0 ** -t.frac).float().cpu().numpy()
             else:
                 fn = getattr(self, EXECUTORS[k])
-                env[step.outputs[0]] = fn(step, [env[i] for i in step.inputs] if k in _NARY else env[step.inputs[0]])
+                env[step.outputs[0]] = fn(step, [self._val(env, i) for i in step.inputs] if k in _NARY
+                                          else env[step.inputs[0]])
         for name, t in self.p.tensors.items():
             if name in env and (keep or name in self.p.outputs):
                 result[f"{name}.q"] = env[name].to(torch.int64).cpu().numpy()
