@@ -61,6 +61,7 @@ def test_duplicate_or_unimplemented_ops_are_rejected():
     ("Selu", lambda x: 1.0507009873554805 * np.where(x > 0, x, 1.6732632423543772 * np.expm1(x))),
     ("Celu", lambda x: np.maximum(0, x) + np.minimum(0, np.expm1(x))),
     ("ThresholdedRelu", lambda x: np.where(x > 1.0, x, 0.0)),
+    ("Sin", np.sin), ("Cos", np.cos), ("Tan", np.tan), ("Atan", np.arctan),  # YOLOv8-OBB's angle head: Sin, Cos
 ])
 def test_added_activations_simulate_as_onnx_defines_them(op, ref):
     x = np.linspace(-4, 4, 33).astype(np.float64)
@@ -69,9 +70,10 @@ def test_added_activations_simulate_as_onnx_defines_them(op, ref):
     assert REGISTRY[op].lowering == "lut"
 
 
-def test_softsign_end_to_end_through_the_registry(tmp_path):
-    """Softsign (added as one torch line and one name in a FAMILIES row of ops/elementwise.py) imports,
-    calibrates and lowers to an integer lookup table that the integer model runs exactly (level 1)."""
+@pytest.mark.parametrize("op", ["Softsign", "Cos"])
+def test_added_activation_end_to_end_through_the_registry(tmp_path, op):
+    """Softsign and Cos (each added as one torch line and one name in a FAMILIES row of ops/elementwise.py) import,
+    calibrate and lower to an integer lookup table that the integer model runs exactly (level 1)."""
     import onnxptq
     from onnx import numpy_helper
     from onnxptq.verify.integer import verify_integer
@@ -80,7 +82,7 @@ def test_softsign_end_to_end_through_the_registry(tmp_path):
     w = (rng.standard_normal((4, 3, 3, 3)) * 0.3).astype(np.float32)
     nodes = [helper.make_node("Conv", ["input", "w", "b"], ["c"], name="/c/Conv", pads=[1, 1, 1, 1],
                               kernel_shape=[3, 3]),
-             helper.make_node("Softsign", ["c"], ["out"], name="/s/Softsign")]
+             helper.make_node(op, ["c"], ["out"], name=f"/s/{op}")]
     g = helper.make_graph(nodes, "softsign",
                           [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, 6, 6])],
                           [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", 4, 6, 6])],
@@ -92,7 +94,7 @@ def test_softsign_end_to_end_through_the_registry(tmp_path):
     calib = rng.uniform(-1, 1, (8, 3, 6, 6)).astype(np.float32)
     res = onnxptq.quantize(p, calib, scale="po2", format="int", progress=False, num_calib=8, first_last_bits=None,
                            w_scale_method="minmax", a_scale_method="minmax")
-    assert any(s.kind == "lut" and s.attrs["op_type"] == "Softsign" for s in res.program.steps)
+    assert any(s.kind == "lut" and s.attrs["op_type"] == op for s in res.program.steps)
     rep = verify_integer(res.model, {"input": calib[:4]}, batch_size=4, reference_samples=1)
     assert rep.ok, rep.format()
 

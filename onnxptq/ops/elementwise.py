@@ -15,7 +15,7 @@ FAMILIES = [
     ("pass-through without integer form", "carry", None, ("Dropout",)),
     ("activations as lookup tables", "island", "lut",
      ("Relu", "Clip", "Sigmoid", "Tanh", "HardSwish", "HardSigmoid", "LeakyRelu", "Elu", "Softplus", "Mish", "Gelu",
-      "Erf", "Neg", "Abs", "Exp", "Selu", "Celu", "Softsign", "ThresholdedRelu")),
+      "Erf", "Neg", "Abs", "Exp", "Selu", "Celu", "Softsign", "ThresholdedRelu", "Sin", "Cos", "Tan", "Atan")),
     # one activation with scalar constants: a lookup table (export/intplan.py); two activations: no integer form
     ("elementwise as lookup tables", "island", "lut", ("Log", "Sqrt", "Reciprocal", "Floor", "Ceil", "Pow", "Div")),
     ("softmax", "island", "softmax", ("Softmax",)),  # exp table, integer sum and division (export/intplan.py)
@@ -36,6 +36,10 @@ OPS["Exp"] = lambda i, a: [torch.exp(i[0])]
 OPS["Log"] = lambda i, a: [torch.log(i[0])]
 OPS["Sqrt"] = lambda i, a: [torch.sqrt(i[0])]
 OPS["Erf"] = lambda i, a: [torch.erf(i[0])]
+OPS["Sin"] = lambda i, a: [torch.sin(i[0])]
+OPS["Cos"] = lambda i, a: [torch.cos(i[0])]
+OPS["Tan"] = lambda i, a: [torch.tan(i[0])]
+OPS["Atan"] = lambda i, a: [torch.atan(i[0])]
 OPS["Neg"] = lambda i, a: [-i[0]]
 OPS["Abs"] = lambda i, a: [i[0].abs()]
 OPS["Reciprocal"] = lambda i, a: [1.0 / i[0]]
