@@ -180,3 +180,19 @@ def test_u8s8_hint_names_the_saturating_node_on_x86_without_vnni(w_max, flags, h
     assert bool(hint) == hinted
     if hinted:
         assert "'conv7'" in hint and "--target onnxruntime-avx2" in hint
+
+
+def test_an_op_runtime_lacks_is_a_user_error_naming_the_node():
+    """A node the bundled runtime cannot run (an op passed through onto the integer model's float or int64 side)
+    is reported as a user-facing error naming the node, not as a crash of verify."""
+    from onnx import TensorProto, helper
+
+    from onnxptq.errors import ModelError
+    from onnxptq.verify.integer import make_engine
+
+    g = helper.make_graph([helper.make_node("Hardmax", ["x"], ["y"], name="the_hardmax")], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    with pytest.raises(ModelError, match="the_hardmax.*Hardmax.*onnxruntime"):
+        make_engine("runtime", m, ["y"])({"x": np.zeros((1, 4), np.float32)})

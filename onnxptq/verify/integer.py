@@ -134,8 +134,22 @@ def make_engine(engine: str, model: onnx.ModelProto, names: list[str]) -> Callab
     if engine == "runtime":
         import runtime
 
-        sess = runtime.Session(model)
-        return lambda feeds: sess.run(feeds, outputs=names)
+        def unsupported(e: Exception) -> ModelError:
+            return ModelError(f"the bundled integer runtime (runtime/) cannot run this model: {e}. The model itself is "
+                              "valid ONNX; check it in onnxruntime (onnxptq eval), and report the op so that "
+                              "runtime/ learns it")
+
+        try:
+            sess = runtime.Session(model)
+        except runtime.UnsupportedOpError as e:
+            raise unsupported(e) from None
+
+        def run(feeds):
+            try:
+                return sess.run(feeds, outputs=names)
+            except runtime.UnsupportedOpError as e:
+                raise unsupported(e) from None
+        return run
     m = _with_outputs(model, names)
     outs = [o.name for o in m.graph.output]
     if engine == "onnxruntime":

@@ -1,4 +1,4 @@
-"""Reductions: ReduceSum, ReduceMean, ReduceMax, ReduceMin, ReduceProd.
+"""Reductions: ReduceSum, ReduceMean, ReduceMax, ReduceMin, ReduceProd; CumSum (a running sum).
 
 ``axes`` is an attribute before ReduceSum-13 / the others' opset 18 and an optional input after;
 with the input form, empty axes mean "all axes" unless ``noop_with_empty_axes=1`` (identity).
@@ -65,3 +65,17 @@ register("ReduceMean")(_reducer("mean"))
 register("ReduceMax")(_reducer("max"))
 register("ReduceMin")(_reducer("min"))
 register("ReduceProd")(_reducer("prod"))
+
+
+@register("CumSum")
+def cumsum(node: Node, x: np.ndarray, axis: np.ndarray) -> np.ndarray:
+    """Running sum along ``axis`` (a scalar input), in the input dtype (integers wrap); ``exclusive=1`` leaves
+    each element out of its own sum, ``reverse=1`` sums from the end (a padding mask's position ids in RoBERTa)."""
+    ax = int(np.asarray(axis).reshape(-1)[0])
+    ax = ax + x.ndim if ax < 0 else ax
+    v = np.flip(x, ax) if node.attr("reverse", 0) else x
+    out = np.cumsum(v, axis=ax, dtype=x.dtype)
+    if node.attr("exclusive", 0):
+        out = np.concatenate([np.zeros_like(np.take(out, [0], axis=ax)),
+                              np.take(out, np.arange(out.shape[ax] - 1), axis=ax)], axis=ax)
+    return np.flip(out, ax) if node.attr("reverse", 0) else out
