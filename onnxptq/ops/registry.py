@@ -1,6 +1,6 @@
 """REGISTRY: ONNX op_type -> OpSpec, built from one declaration per op family.
 
-Each family module (conv, elementwise, normalization, indexing, pooling, shape) defines its torch functions
+Each family module (conv, elementwise, normalization, indexing, pooling, recurrent, shape) defines its torch functions
 (registered in OPS) and FAMILIES, its ops' roles and integer-lowering kinds; the runtime kernel name is the op_type when
 runtime/ops implements it (RUNTIME_KERNELS, checked against runtime.ops.REGISTRY by tests/test_opspec.py).
 Adding an op: its torch function and its name in a FAMILIES row of its family module (a new family: a new
@@ -9,7 +9,7 @@ module and one line in _FAMILIES below).
 
 from __future__ import annotations
 
-from . import conv, elementwise, indexing, normalization, pooling, shape
+from . import conv, elementwise, indexing, normalization, pooling, recurrent, shape
 from .simulate import OPS
 from .spec import OpSpec
 
@@ -21,6 +21,7 @@ _FAMILIES: list[tuple[str, str, str | None, tuple[str, ...]]] = [
     *normalization.FAMILIES,
     *indexing.FAMILIES,
     *pooling.FAMILIES,
+    *recurrent.FAMILIES,
     *shape.FAMILIES,
 ]
 
