@@ -190,7 +190,49 @@ def _distilbert(seq: int = 32) -> Callable[[], tuple]:
     return build
 
 
-#: Models outside the zoo, tried the same way (``--extra``): other tasks and families than the zoo's.
+def _hf_text(kind: str, seq: int = 32) -> Callable[[], tuple]:
+    """A tiny transformers text model (random weights, eager attention): gpt2 | albert | deberta | roberta (their
+    logits) | t5-encoder (its last hidden state); inputs: token ids and an attention mask."""
+    def build():
+        import torch
+        import transformers as tf
+
+        torch.manual_seed(0)
+        small = dict(vocab_size=1000, num_attention_heads=2, intermediate_size=128, max_position_embeddings=80)
+        if kind == "t5-encoder":
+            inner = tf.T5EncoderModel(tf.T5Config(vocab_size=1000, d_model=64, d_kv=32, d_ff=128, num_layers=2,
+                                                  num_heads=2)).eval()
+
+            class Encoder(torch.nn.Module):
+                def __init__(self):
+                    super().__init__()
+                    self.inner = inner
+
+                def forward(self, ids, mask):
+                    return self.inner(input_ids=ids, attention_mask=mask).last_hidden_state
+            module, outs = Encoder().eval(), ["hidden"]
+        else:
+            if kind == "gpt2":
+                m = tf.GPT2LMHeadModel(tf.GPT2Config(vocab_size=1000, n_positions=64, n_embd=64, n_layer=2, n_head=2,
+                                                     attn_implementation="eager"))
+            elif kind == "albert":  # one set of layer weights shared by every layer
+                m = tf.AlbertForSequenceClassification(tf.AlbertConfig(
+                    embedding_size=32, hidden_size=64, num_hidden_layers=3, attn_implementation="eager", **small))
+            elif kind == "deberta":  # disentangled relative-position attention
+                m = tf.DebertaV2ForSequenceClassification(tf.DebertaV2Config(
+                    hidden_size=64, num_hidden_layers=2, relative_attention=True, position_buckets=16,
+                    pos_att_type=["p2c", "c2p"], **small))
+            else:
+                m = tf.RobertaForSequenceClassification(tf.RobertaConfig(
+                    hidden_size=64, num_hidden_layers=2, attn_implementation="eager", **small))
+            module, outs = _logits(m.eval(), ["input_ids", "attention_mask"]), ["logits"]
+        ids = torch.randint(0, 1000, (1, seq))
+        return module, (ids, torch.ones(1, seq, dtype=torch.int64)), ["input_ids", "attention_mask"], outs
+    return build
+
+
+#: Models outside the zoo, tried the same way (``--extra``): other tasks and families than the zoo's. The
+#: second group (from mobilenetv4_conv_small on) was added at the stop that first tried it.
 EXTRA: list[ZooModel] = [
     ZooModel("pit_ti_224", "timm", _timm("pit_ti_224")),
     ZooModel("ese_vovnet19b_dw", "timm", _timm("ese_vovnet19b_dw")),
@@ -201,6 +243,25 @@ EXTRA: list[ZooModel] = [
     ZooModel("hf_vit_tiny", "transformers", _hf_vision("vit")),
     ZooModel("segformer_tiny", "transformers", _hf_vision("segformer")),
     ZooModel("distilbert_tiny", "transformers", _distilbert()),
+    ZooModel("mobilenetv4_conv_small", "timm", _timm("mobilenetv4_conv_small")),
+    ZooModel("fastvit_t8", "timm", _timm("fastvit_t8")),
+    ZooModel("edgenext_xx_small", "timm", _timm("edgenext_xx_small")),
+    ZooModel("xcit_nano_12_p16_224", "timm", _timm("xcit_nano_12_p16_224")),
+    ZooModel("resnest14d", "timm", _timm("resnest14d")),
+    ZooModel("gcvit_xxtiny", "timm", _timm("gcvit_xxtiny")),
+    ZooModel("cait_xxs24_224", "timm", _timm("cait_xxs24_224")),
+    ZooModel("nf_regnet_b0", "timm", _timm("nf_regnet_b0")),
+    ZooModel("crossvit_tiny_240", "timm", _timm("crossvit_tiny_240", 240)),
+    ZooModel("lcnet_050", "timm", _timm("lcnet_050")),
+    ZooModel("mobileone_s0", "timm", _timm("mobileone_s0")),
+    ZooModel("sequencer2d_s", "timm", _timm("sequencer2d_s")),
+    ZooModel("yolov10n", "ultralytics", _yolo("yolov10n.yaml")),
+    ZooModel("yolov8n_obb", "ultralytics", _yolo("yolov8n-obb.yaml", task="OBBModel")),
+    ZooModel("gpt2_tiny", "transformers", _hf_text("gpt2")),
+    ZooModel("albert_tiny", "transformers", _hf_text("albert")),
+    ZooModel("deberta_tiny", "transformers", _hf_text("deberta")),
+    ZooModel("roberta_tiny", "transformers", _hf_text("roberta")),
+    ZooModel("t5_encoder_tiny", "transformers", _hf_text("t5-encoder")),
 ]
 BY_NAME = {m.name: m for m in MODELS + EXTRA}
 
