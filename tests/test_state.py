@@ -201,7 +201,8 @@ def test_calibration_fallbacks_are_diagnostics(tmp_path):
     assert conv1.bias.endswith(".bias_zero") and fc.op_type == "MatMul" and not fc.bias
     assert conv1.name in res.qgraph.import_info["zero_bias_added"]
     assert conv1.name in res.sim.state.bias_delta  # its correction is held by the zero bias
-    assert [x.where for x in res.diagnostics.of("bias-correction-dropped")] == [fc.name]
+    assert [x.where for x in res.diagnostics.of("no-bias-input")] == [fc.name]
+    assert not res.diagnostics.of("bias-correction-dropped")  # nothing was dropped for not paying
     assert len(res.diagnostics.of("other")) == 1 and "--ecaq" in res.diagnostics.of("other")[0].detail
     assert not res.state.ecaq_scales
     plain = api.quantize(path, calib, bias_correction=False, progress=False, check_kernels=False)

@@ -416,7 +416,7 @@ def calibrate(sim: SimModel, data: Dataset, plan: BitPlan, cfg: QuantConfig, ctx
     if correct:
         for layer in sim.qg.layers:
             if not layer.bias:
-                diagnostics.add("bias-correction-dropped", layer.name, "no bias input to hold the correction "
+                diagnostics.add("no-bias-input", layer.name, "no bias input to hold the correction "
                                 "(Nagel et al. 2019, Eq. 13); its mean output shift stays", quiet=True)
     sim.set_quant(weights=True, acts=True)
 
