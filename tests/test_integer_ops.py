@@ -345,6 +345,28 @@ def _conv_reduce_model(tmp_path, reduce_node: onnx.NodeProto, out_shape: list, r
     return str(path)
 
 
+def test_gather_elements_moves_integers(tmp_path):
+    """GatherElements with constant indices (DeBERTa's relative-position gathers in its fixed-batch export, a
+    detector's top-k pick) selects input values: it carries its input's grid and runs on the integer containers;
+    exact parity."""
+    rng = np.random.default_rng(14)
+    node = helper.make_node("GatherElements", ["r", "idx"], ["s"], name="pick", axis=1)
+    path = _conv_reduce_model(tmp_path, node, [4, 5, 5], rng)
+    m = onnx.load(path)
+    m.graph.initializer.append(numpy_helper.from_array(rng.integers(-2, 2, size=(1, 1, 4, 5, 5)), "idx"))
+    for vi in (m.graph.input[0], m.graph.output[0]):  # constant indices hold one sample: the batch is 1
+        vi.type.tensor_type.shape.dim[0].dim_value = 1
+    onnx.save(m, path)
+    x = rng.standard_normal((40, 3, 5, 5)).astype(np.float32)
+    res = onnxptq.quantize(path, x[:32], w_bits=8, a_bits=8, scale="po2", format="int", progress=False)
+    assert [s.kind for s in res.program.steps if s.node == "pick"] == ["carry"]
+    assert verify_integer(res.model, {"x": x[32:36]}).ok
+    assert res.lowering.ok, res.lowering.format()
+    ref = np.concatenate([ort_run(path, {"x": x[k:k + 1]})[0] for k in range(32, 40)])
+    got = np.concatenate([ort_run(res.model, {"x": x[k:k + 1]})[0] for k in range(32, 40)])
+    assert _sqnr(ref, got) > 25
+
+
 def test_concat_with_a_constant_class_token(tmp_path):
     """A fixed-batch ViT-style graph concatenates a constant class token with the patch tokens (no Expand: the
     exporter folded it, as in timm's CrossViT, whose fixed-size Resize keeps the batch fixed): the constant is

@@ -10,7 +10,8 @@ from .base import op
 
 #: (family, role, integer-lowering kind, op types) for ops/registry.py (roles and kinds: ops/spec.py)
 FAMILIES = [
-    ("element gathers", "carry", None, ("GatherElements", "GatherND")),
+    ("element gathers", "carry", "carry", ("GatherElements",)),  # moves integers as they are (runtime/ runs it)
+    ("nd gathers", "carry", None, ("GatherND",)),
     ("index ops", "island", None,
      ("TopK", "ArgMax", "ArgMin", "ScatterND", "ScatterElements", "Scatter", "NonZero", "NonMaxSuppression",
       "OneHot")),
