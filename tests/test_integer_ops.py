@@ -367,6 +367,36 @@ def test_gather_elements_moves_integers(tmp_path):
     assert _sqnr(ref, got) > 25
 
 
+def test_an_engine_onnx_reference_cannot_run_is_named_not_a_crash(tmp_path, monkeypatch):
+    """onnx.reference has gaps of its own (its GatherElements fails on indices smaller than the data, as in
+    RoBERTa's token-type gather): verify still compares the other engines and names the one left out; a failure
+    of onnxruntime is not swallowed."""
+    import onnx.reference
+
+    rng = np.random.default_rng(15)
+    path = _conv_reduce_model(tmp_path, helper.make_node("ReduceMax", ["r"], ["s"], name="select", axes=[1],
+                                                         keepdims=0), [4, 5, 5], rng)
+    x = rng.standard_normal((36, 3, 5, 5)).astype(np.float32)
+    res = onnxptq.quantize(path, x[:32], w_bits=8, a_bits=8, scale="po2", format="int", progress=False)
+
+    class Broken:
+        def __init__(self, *a, **k):
+            pass
+
+        def run(self, *a, **k):
+            raise ValueError("cannot reshape array of size 1 into shape (1,32)")
+
+    monkeypatch.setattr(onnx.reference, "ReferenceEvaluator", Broken)
+    rep = verify_integer(res.model, {"x": x[32:]})
+    assert rep.ok and "ValueError" in rep.unavailable["reference"]
+    assert "reference could not run the model" in rep.format()
+    import onnxruntime
+
+    monkeypatch.setattr(onnxruntime, "InferenceSession", Broken)
+    with pytest.raises(ValueError, match="cannot reshape"):
+        verify_integer(res.model, {"x": x[32:]})
+
+
 def test_concat_with_a_constant_class_token(tmp_path):
     """A fixed-batch ViT-style graph concatenates a constant class token with the patch tokens (no Expand: the
     exporter folded it, as in timm's CrossViT, whose fixed-size Resize keeps the batch fixed): the constant is

@@ -486,8 +486,8 @@ def run_model(zm: ZooModel, work: Path, photos=None, num_calib: int = NUM_CALIB,
         few = {k: v[:num_verify] for k, v in feeds.items()}
         rep, err = _stage(row, "verify", lambda: verify_integer(onnx.load(str(intp)), few, 1, num_verify,
                                                                 progress=False))
-        row.verify = ("pass" if rep.ok else f"FAIL {rep.first or '; '.join(rep.record_problems)}") \
-            if rep is not None else err
+        row.verify = ("pass" + (f" ({', '.join(rep.unavailable)} could not run)" if rep.unavailable else "")
+                      if rep.ok else f"FAIL {rep.first or '; '.join(rep.record_problems)}") if rep is not None else err
         row.int_sqnr, _ = _stage(row, "int SQNR", lambda: _sqnr(ref, _run_float(intp, feeds)))
         row.lowering = lowering_cell(res.lowering)
     row.seconds = time.perf_counter() - t0
@@ -536,12 +536,15 @@ def summary(rows: list[ZooRow]) -> str:
     both = [r for r in rows if r.onnxptq_sqnr is not None and r.ort_sqnr is not None]
     not_below = sum(r.onnxptq_sqnr >= r.ort_sqnr - TOL for r in both)
     per_draw = [r.draws_not_below(TOL) for r in both]
-    ver = sum(r.verify == "pass" for r in rows)
+    ver = sum(r.verify.startswith("pass") for r in rows)
+    partial = sum(r.verify.startswith("pass (") for r in rows)  # an engine (onnx.reference) could not run it
+    without = f" ({partial} without onnx.reference, which could not run them)" if partial else ""
     low = sum(r.lowering.startswith("ok") for r in rows)
     internal = sum(any("INTERNAL" in x for x in r.notes) for r in rows)
     return (f"{n} models: W8A8 QDQ {qdq}/{n}, mean SQNR not below quantize_static's ({TOL} dB tolerance) "
             f"{not_below}/{len(both)} compared (per draw: {sum(a for a, _ in per_draw)}/{sum(b for _, b in per_draw)}), "
-            f"po2 int + level-1 verify {ver}/{n}, lowering check within 1 LSB {low}/{n}, internal errors in {internal}.")
+            f"po2 int + level-1 verify {ver}/{n}{without}, lowering check within 1 LSB {low}/{n}, "
+            f"internal errors in {internal}.")
 
 
 def section_name(extra: bool, options: dict, subset: list[str]) -> tuple[str, str]:

@@ -56,6 +56,9 @@ class IntParityReport:
     mismatches: list[Mismatch] = field(default_factory=list)  # first mismatch per engine
     record_problems: list[str] = field(default_factory=list)  # file constants that differ from the record
     forms: str = ""  # per-layer ONNX forms of the program (``intplan.form_summary``)
+    # engine -> why it could not run the model (only onnx.reference may be left out: a gap of that evaluator,
+    # e.g. its GatherElements with indices smaller than the data; the other engines still agree or not)
+    unavailable: dict[str, str] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -69,12 +72,13 @@ class IntParityReport:
         return {"level": 1, "ok": self.ok, "samples": self.samples, "reference_samples": self.reference_samples,
                 "tensors_compared": self.tensors, "engines": self.engines,
                 "mismatches": [m.__dict__ for m in self.mismatches], "record_problems": self.record_problems,
-                "forms": self.forms}
+                "forms": self.forms, "unavailable": self.unavailable}
 
     def format(self) -> str:
         head = (f"level-1 parity over {self.samples} samples ({self.reference_samples} for reference), "
                 f"{self.tensors} integer tensors, engines {', '.join(self.engines)}: ")
         forms = f"\n  layers: {self.forms}" if self.forms else ""
+        forms += "".join(f"\n  {e} could not run the model, not compared: {why}" for e, why in self.unavailable.items())
         if self.ok:
             return head + "identical on every tensor" + forms
         lines = [head + "MISMATCH" + forms]
@@ -190,19 +194,36 @@ def verify_integer(model: onnx.ModelProto, inputs: dict[str, np.ndarray], batch_
     n_ref = min(reference_samples, n) if "reference" in engines else 0
     first: dict[str, Mismatch] = {}
     counts: dict[str, dict[str, list]] = {}
-    runners = {e: make_engine(e, model, tensor_names + outputs) for e in engines if e != "sim"}
+    unavailable: dict[str, str] = {}
+
+    def failed(engine: str, e: Exception) -> None:
+        if engine != "reference":  # onnxruntime and runtime/ must run it (runtime/'s gaps: make_engine's error)
+            raise e
+        unavailable[engine] = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+
+    runners = {}
+    for e in engines:
+        if e != "sim":
+            try:
+                runners[e] = make_engine(e, model, tensor_names + outputs)
+            except Exception as err:  # noqa: BLE001 - onnx.reference's own gaps (failed() re-raises the rest)
+                failed(e, err)
     for i in tqdm(range(0, n, batch_size), desc="verifying", disable=not progress, leave=False):
         feeds = {k: v[i:i + batch_size] for k, v in inputs.items()}
         ref = sim.run(feeds, keep=True)
         for engine in engines:
-            if engine == "sim":
+            if engine == "sim" or engine in unavailable:
                 continue
             f = feeds
             if engine == "reference":
                 if i >= n_ref:
                     continue
                 f = {k: v[:n_ref - i] for k, v in feeds.items()}
-            got = runners[engine](f)
+            try:
+                got = runners[engine](f)
+            except Exception as err:  # noqa: BLE001 - onnx.reference's own gaps (failed() re-raises the rest)
+                failed(engine, err)
+                continue
             for name, node in [(qname(t), nd) for t, nd in order] + [(o, o) for o in outputs]:
                 if name not in ref or name not in got:
                     continue
@@ -229,4 +250,4 @@ def verify_integer(model: onnx.ModelProto, inputs: dict[str, np.ndarray], batch_
         first[engine] = Mismatch(name, c[3], engine, c[0], c[1], c[2],
                                  cpu_saturation_note(model) if engine == "onnxruntime" else "")
     mism = sorted(first.values(), key=lambda m: position.get(m.tensor, 1 << 30))
-    return IntParityReport(n, n_ref, len(order), list(engines), mism, problems, form_summary(program))
+    return IntParityReport(n, n_ref, len(order), list(engines), mism, problems, form_summary(program), unavailable)
