@@ -66,13 +66,21 @@ class ZooModel:
     fast: bool = False  # in the test suite's subset
 
 
-def _timm(name: str, size: int = 224, **kw) -> Callable[[], tuple]:
+def _timm(name: str, size: int = 224, random_zero_weights: bool = False, **kw) -> Callable[[], tuple]:
+    """A timm model with its random initial weights; ``random_zero_weights``: weight matrices timm initializes to
+    zero (Sequencer's classifier) get small random values instead, or the output would be zero for every input
+    and no SQNR could be measured."""
     def build():
         import timm
         import torch
 
         torch.manual_seed(0)
         m = timm.create_model(name, pretrained=False, **kw).eval()
+        if random_zero_weights:
+            with torch.no_grad():
+                for p in m.parameters():
+                    if p.dim() > 1 and not p.any():
+                        torch.nn.init.normal_(p, std=0.02)
         return m, (torch.randn(1, 3, size, size),), ["input"], ["output"]
     return build
 
@@ -254,7 +262,7 @@ EXTRA: list[ZooModel] = [
     ZooModel("crossvit_tiny_240", "timm", _timm("crossvit_tiny_240", 240)),
     ZooModel("lcnet_050", "timm", _timm("lcnet_050")),
     ZooModel("mobileone_s0", "timm", _timm("mobileone_s0")),
-    ZooModel("sequencer2d_s", "timm", _timm("sequencer2d_s")),
+    ZooModel("sequencer2d_s", "timm", _timm("sequencer2d_s", random_zero_weights=True)),
     ZooModel("yolov10n", "ultralytics", _yolo("yolov10n.yaml")),
     ZooModel("yolov8n_obb", "ultralytics", _yolo("yolov8n-obb.yaml", task="OBBModel")),
     ZooModel("gpt2_tiny", "transformers", _hf_text("gpt2")),
