@@ -187,7 +187,7 @@ def test_required_ops_have_integer_cases() -> None:
 #: its cases too; a newly supported op must be added here.
 CONFORMANCE_OPS = frozenset("""
 Abs Add And AveragePool BatchNormalization BitShift BitwiseAnd BitwiseNot BitwiseOr BitwiseXor Cast CastLike Ceil
-Clip Concat Constant ConstantOfShape Conv ConvInteger DequantizeLinear Div Dropout DynamicQuantizeLinear Equal Exp
+Clip Concat Constant ConstantOfShape Conv ConvInteger CumSum DequantizeLinear Div Dropout DynamicQuantizeLinear Equal Exp
 Expand EyeLike Flatten Floor Gather GatherElements Gemm GlobalAveragePool GlobalMaxPool Greater GreaterOrEqual
 HardSigmoid HardSwish Identity IsNaN LeakyRelu Less LessOrEqual Log LogSoftmax MatMul MatMulInteger Max MaxPool
 Mean Min Mod Mul Neg Not Or PRelu Pad Pow QLinearConv QLinearMatMul QuantizeLinear Range Reciprocal ReduceMax
