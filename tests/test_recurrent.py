@@ -129,3 +129,42 @@ def test_a_model_with_an_lstm_quantizes_with_the_recurrence_float(tmp_path):
     assert sqnr > 25, sqnr
     with pytest.raises(UnsupportedOpError, match="'lstm' \\(LSTM"):
         onnxptq.quantize(str(path), x[:32], w_bits=8, a_bits=8, scale="po2", format="int", progress=False)
+
+
+def _seq_first_lstm(tmp_path, lens: list[int] | None):
+    """x (5, 2, IN) fixed, time first: the LSTM reads axis 0 as time, so the graph's first axis stays fixed."""
+    rng = np.random.default_rng(5)
+    nodes = [helper.make_node("MatMul", ["x", "w_in"], ["e"], name="embed"),
+             helper.make_node("LSTM", ["e", "W", "R", "", "lens" if lens else ""], ["Y"], name="lstm",
+                              hidden_size=H)]
+    inits = {"w_in": rng.standard_normal((IN, IN)), "W": rng.standard_normal((1, 4 * H, IN)),
+             "R": rng.standard_normal((1, 4 * H, H))}
+    g = helper.make_graph(nodes, "seq", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [SEQ, 2, IN])],
+                          [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [SEQ, 1, 2, H])],
+                          [numpy_helper.from_array(np.asarray(v, np.float32), k) for k, v in inits.items()]
+                          + ([numpy_helper.from_array(np.array(lens, np.int32), "lens")] if lens else []))
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    path = tmp_path / "seq_first.onnx"
+    onnx.save(m, str(path))
+    return str(path), rng.standard_normal((10, 2, IN)).astype(np.float32)
+
+
+def test_an_attribute_the_simulation_lacks_is_a_user_error_naming_the_node(tmp_path):
+    """An op's simulation raises NotImplementedError for attribute values it does not cover (LSTM variable
+    sequence lengths, Resize modes): the run stops with the node named, not with an internal error."""
+    import onnxptq
+    from onnxptq.errors import UnsupportedOpError
+
+    path, x = _seq_first_lstm(tmp_path, [SEQ, 3])
+    with pytest.raises(UnsupportedOpError, match="'lstm' \\(LSTM: LSTM with sequence_lens shorter"):
+        onnxptq.quantize(path, x, batch_size=SEQ, progress=False)
+
+
+def test_batches_that_are_no_multiple_of_a_fixed_batch_are_a_user_error(tmp_path):
+    import onnxptq
+    from onnxptq.errors import DataError
+
+    path, x = _seq_first_lstm(tmp_path, None)
+    with pytest.raises(DataError, match=f"multiple of {SEQ} \\(got 8\\).*--num-calib and --batch-size"):
+        onnxptq.quantize(path, x[:8], progress=False)

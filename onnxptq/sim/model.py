@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..errors import DataError, UnsupportedOpError
 from ..graph.qgraph import Layer, QGraph, attrs_of
 from ..quant import QParams, fake_quantize
 from ..quant.grid import BIAS_GRID
@@ -258,7 +259,10 @@ class SimModel(nn.Module):
         if self.chunk is None or n <= self.chunk:
             return self._run_nodes(env, start, stop, keep)
         if n % self.chunk:
-            raise ValueError(f"the model fixes its batch to {self.chunk}; batches must be multiples of it (got {n})")
+            raise DataError(f"the model fixes its batch to {self.chunk} and onnxptq runs it {self.chunk} samples at a "
+                            f"time, so every batch it feeds must be a multiple of {self.chunk} (got {n}): give "
+                            f"--num-calib and --batch-size as multiples of {self.chunk}, or re-export the model with a "
+                            "dynamic batch")
         parts = []
         for i in range(0, n, self.chunk):
             part = {k: v[i:i + self.chunk] if k in self._batched and v.dim() and len(v) == n else v
@@ -279,7 +283,10 @@ class SimModel(nn.Module):
                 outs = [self._layer_forward(node, env[node.inputs[0]])]
             else:
                 ins = [None if not i else env[i] if i in env else self.consts[i] for i in node.inputs]
-                outs = (node.fn if node.fn is not None else REGISTRY[node.op_type].simulate)(ins, node.attrs)
+                try:
+                    outs = (node.fn if node.fn is not None else REGISTRY[node.op_type].simulate)(ins, node.attrs)
+                except NotImplementedError as e:  # an attribute value the op's simulation does not cover
+                    raise UnsupportedOpError([(node.name, f"{node.op_type}: {e}")]) from None
             for name, v in zip(node.outputs, outs):
                 if not name:
                     continue
