@@ -101,8 +101,9 @@ def _yolo(yaml: str, size: int = 320, task: str = "DetectionModel") -> Callable[
     return build
 
 
-def _logits(inner, arg_names: list[str]):
-    """``inner`` (a transformers model) as a module taking its inputs positionally and returning the logits."""
+def _logits(inner, arg_names: list[str], output: str = "logits"):
+    """``inner`` (a transformers model) as a module taking its inputs positionally and returning its ``output``
+    (the logits, or e.g. an encoder's last hidden state)."""
     import torch
 
     class Logits(torch.nn.Module):
@@ -111,23 +112,50 @@ def _logits(inner, arg_names: list[str]):
             self.inner = inner
 
         def forward(self, *args):
-            return self.inner(**dict(zip(arg_names, args))).logits
+            return getattr(self.inner(**dict(zip(arg_names, args))), output)
 
     return Logits().eval()
 
 
-def _bert(seq: int = 32) -> Callable[[], tuple]:
+def _hf_text(kind: str, seq: int = 32) -> Callable[[], tuple]:
+    """A tiny transformers text model (random weights, eager attention): bert | distilbert | gpt2 | albert | deberta |
+    roberta (their logits) | t5-encoder (its last hidden state); inputs: token ids and an attention mask."""
     def build():
         import torch
-        from transformers import BertConfig, BertForSequenceClassification
+        import transformers as tf
 
         torch.manual_seed(0)
-        cfg = BertConfig(vocab_size=1000, hidden_size=128, num_hidden_layers=2, num_attention_heads=2,
-                         intermediate_size=256, max_position_embeddings=128, num_labels=4,
-                         attn_implementation="eager")
-        m = BertForSequenceClassification(cfg).eval()
+        small = dict(vocab_size=1000, num_attention_heads=2, intermediate_size=128, max_position_embeddings=80)
+        output = "logits"
+        if kind == "bert":
+            m = tf.BertForSequenceClassification(tf.BertConfig(
+                vocab_size=1000, hidden_size=128, num_hidden_layers=2, num_attention_heads=2, intermediate_size=256,
+                max_position_embeddings=128, num_labels=4, attn_implementation="eager"))
+        elif kind == "distilbert":
+            m = tf.DistilBertForSequenceClassification(tf.DistilBertConfig(
+                vocab_size=1000, dim=64, n_layers=2, n_heads=2, hidden_dim=128, max_position_embeddings=64,
+                attn_implementation="eager"))
+        elif kind == "t5-encoder":
+            m = tf.T5EncoderModel(tf.T5Config(vocab_size=1000, d_model=64, d_kv=32, d_ff=128, num_layers=2,
+                                              num_heads=2))
+            output = "last_hidden_state"
+        elif kind == "gpt2":
+            m = tf.GPT2LMHeadModel(tf.GPT2Config(vocab_size=1000, n_positions=64, n_embd=64, n_layer=2, n_head=2,
+                                                 attn_implementation="eager"))
+        elif kind == "albert":  # one set of layer weights shared by every layer
+            m = tf.AlbertForSequenceClassification(tf.AlbertConfig(
+                embedding_size=32, hidden_size=64, num_hidden_layers=3, attn_implementation="eager", **small))
+        elif kind == "deberta":  # disentangled relative-position attention
+            m = tf.DebertaV2ForSequenceClassification(tf.DebertaV2Config(
+                hidden_size=64, num_hidden_layers=2, relative_attention=True, position_buckets=16,
+                pos_att_type=["p2c", "c2p"], **small))
+        else:
+            m = tf.RobertaForSequenceClassification(tf.RobertaConfig(
+                hidden_size=64, num_hidden_layers=2, attn_implementation="eager", **small))
+        names = ["input_ids", "attention_mask"]
         ids = torch.randint(0, 1000, (1, seq))
-        return _logits(m, ["input_ids", "attention_mask"]), (ids, torch.ones(1, seq, dtype=torch.int64)), ["input_ids", "attention_mask"], ["logits"]
+        return (_logits(m.eval(), names, output), (ids, torch.ones(1, seq, dtype=torch.int64)), names,
+                ["hidden" if kind == "t5-encoder" else "logits"])
     return build
 
 
@@ -161,7 +189,7 @@ MODELS: list[ZooModel] = [
     ZooModel("yolov8n", "ultralytics", _yolo("yolov8n.yaml"), fast=True),
     ZooModel("yolo11n", "ultralytics", _yolo("yolo11n.yaml")),
     # language
-    ZooModel("bert_tiny", "transformers", _bert(), fast=True),
+    ZooModel("bert_tiny", "transformers", _hf_text("bert"), fast=True),
 ]
 
 
@@ -184,61 +212,6 @@ def _hf_vision(kind: str) -> Callable[[], tuple]:
     return build
 
 
-def _distilbert(seq: int = 32) -> Callable[[], tuple]:
-    def build():
-        import torch
-        from transformers import DistilBertConfig, DistilBertForSequenceClassification
-
-        torch.manual_seed(0)
-        m = DistilBertForSequenceClassification(DistilBertConfig(
-            vocab_size=1000, dim=64, n_layers=2, n_heads=2, hidden_dim=128, max_position_embeddings=64,
-            attn_implementation="eager")).eval()
-        ids = torch.randint(0, 1000, (1, seq))
-        return _logits(m, ["input_ids", "attention_mask"]), (ids, torch.ones(1, seq, dtype=torch.int64)), ["input_ids", "attention_mask"], ["logits"]
-    return build
-
-
-def _hf_text(kind: str, seq: int = 32) -> Callable[[], tuple]:
-    """A tiny transformers text model (random weights, eager attention): gpt2 | albert | deberta | roberta (their
-    logits) | t5-encoder (its last hidden state); inputs: token ids and an attention mask."""
-    def build():
-        import torch
-        import transformers as tf
-
-        torch.manual_seed(0)
-        small = dict(vocab_size=1000, num_attention_heads=2, intermediate_size=128, max_position_embeddings=80)
-        if kind == "t5-encoder":
-            inner = tf.T5EncoderModel(tf.T5Config(vocab_size=1000, d_model=64, d_kv=32, d_ff=128, num_layers=2,
-                                                  num_heads=2)).eval()
-
-            class Encoder(torch.nn.Module):
-                def __init__(self):
-                    super().__init__()
-                    self.inner = inner
-
-                def forward(self, ids, mask):
-                    return self.inner(input_ids=ids, attention_mask=mask).last_hidden_state
-            module, outs = Encoder().eval(), ["hidden"]
-        else:
-            if kind == "gpt2":
-                m = tf.GPT2LMHeadModel(tf.GPT2Config(vocab_size=1000, n_positions=64, n_embd=64, n_layer=2, n_head=2,
-                                                     attn_implementation="eager"))
-            elif kind == "albert":  # one set of layer weights shared by every layer
-                m = tf.AlbertForSequenceClassification(tf.AlbertConfig(
-                    embedding_size=32, hidden_size=64, num_hidden_layers=3, attn_implementation="eager", **small))
-            elif kind == "deberta":  # disentangled relative-position attention
-                m = tf.DebertaV2ForSequenceClassification(tf.DebertaV2Config(
-                    hidden_size=64, num_hidden_layers=2, relative_attention=True, position_buckets=16,
-                    pos_att_type=["p2c", "c2p"], **small))
-            else:
-                m = tf.RobertaForSequenceClassification(tf.RobertaConfig(
-                    hidden_size=64, num_hidden_layers=2, attn_implementation="eager", **small))
-            module, outs = _logits(m.eval(), ["input_ids", "attention_mask"]), ["logits"]
-        ids = torch.randint(0, 1000, (1, seq))
-        return module, (ids, torch.ones(1, seq, dtype=torch.int64)), ["input_ids", "attention_mask"], outs
-    return build
-
-
 #: Models outside the zoo, tried the same way (``--extra``): other tasks and families than the zoo's. The
 #: second group (from mobilenetv4_conv_small on) was added at the stop that first tried it.
 EXTRA: list[ZooModel] = [
@@ -250,7 +223,7 @@ EXTRA: list[ZooModel] = [
     ZooModel("yolov8n_cls", "ultralytics", _yolo("yolov8n-cls.yaml", 224, task="ClassificationModel")),
     ZooModel("hf_vit_tiny", "transformers", _hf_vision("vit")),
     ZooModel("segformer_tiny", "transformers", _hf_vision("segformer")),
-    ZooModel("distilbert_tiny", "transformers", _distilbert()),
+    ZooModel("distilbert_tiny", "transformers", _hf_text("distilbert")),
     ZooModel("mobilenetv4_conv_small", "timm", _timm("mobilenetv4_conv_small")),
     ZooModel("fastvit_t8", "timm", _timm("fastvit_t8")),
     ZooModel("edgenext_xx_small", "timm", _timm("edgenext_xx_small")),
