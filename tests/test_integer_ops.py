@@ -54,6 +54,19 @@ def _check(path: str, x: np.ndarray, kinds: set[str], floor: float, **int_option
     return res
 
 
+def _check_batch_one(path: str, x: np.ndarray) -> QuantResult:
+    """``_check`` for a graph whose batch stays fixed at 1: the integer model from ``x[:32]`` passes level-1
+    verify on 4 samples (run one at a time), the lowering check, and, fed one sample at a time, stays above 25 dB
+    against the float model on ``x[32:40]``."""
+    res = onnxptq.quantize(path, x[:32], w_bits=8, a_bits=8, scale="po2", format="int", progress=False)
+    assert verify_integer(res.model, {"x": x[32:36]}).ok
+    assert res.lowering.ok, res.lowering.format()
+    ref = np.concatenate([ort_run(path, {"x": x[k:k + 1]})[0] for k in range(32, 40)])
+    got = np.concatenate([ort_run(res.model, {"x": x[k:k + 1]})[0] for k in range(32, 40)])
+    assert _sqnr(ref, got) > 25
+    return res
+
+
 def _tokens(seed: int, n: int = 48, scale: float = 1.0) -> np.ndarray:
     return (np.random.default_rng(seed).standard_normal((n, T, C)) * scale).astype(np.float32)
 
@@ -358,13 +371,8 @@ def test_gather_elements_moves_integers(tmp_path):
         vi.type.tensor_type.shape.dim[0].dim_value = 1
     onnx.save(m, path)
     x = rng.standard_normal((40, 3, 5, 5)).astype(np.float32)
-    res = onnxptq.quantize(path, x[:32], w_bits=8, a_bits=8, scale="po2", format="int", progress=False)
+    res = _check_batch_one(path, x)
     assert [s.kind for s in res.program.steps if s.node == "pick"] == ["carry"]
-    assert verify_integer(res.model, {"x": x[32:36]}).ok
-    assert res.lowering.ok, res.lowering.format()
-    ref = np.concatenate([ort_run(path, {"x": x[k:k + 1]})[0] for k in range(32, 40)])
-    got = np.concatenate([ort_run(res.model, {"x": x[k:k + 1]})[0] for k in range(32, 40)])
-    assert _sqnr(ref, got) > 25
 
 
 def test_an_engine_onnx_reference_cannot_run_is_named_not_a_crash(tmp_path, monkeypatch):
@@ -417,12 +425,7 @@ def test_concat_with_a_constant_class_token(tmp_path):
     path = str(tmp_path / "cls.onnx")
     onnx.save(m, path)
     x = _tokens(13, n=40)
-    res = onnxptq.quantize(path, x[:32], w_bits=8, a_bits=8, scale="po2", format="int", progress=False)
-    assert verify_integer(res.model, {"x": x[32:36]}).ok  # runs the fixed batch one sample at a time
-    assert res.lowering.ok, res.lowering.format()
-    ref = np.concatenate([ort_run(path, {"x": x[k:k + 1]})[0] for k in range(32, 40)])
-    got = np.concatenate([ort_run(res.model, {"x": x[k:k + 1]})[0] for k in range(32, 40)])
-    assert _sqnr(ref, got) > 25
+    res = _check_batch_one(path, x)
     step = next(s for s in res.program.steps if s.node == "with_cls")
     assert step.inputs[0] == "with_cls.input0_q" and step.attrs["parts"][0]["const"]
 
