@@ -26,6 +26,21 @@ def digits_path(name: str) -> Path:
     return MODELS / f"{name}.onnx"
 
 
+def save_graph(tmp_path, name: str, nodes: list, x_shape: list, y_shape: list, inits: dict) -> str:
+    """Save a one-input ("x") one-output ("y") opset-17 model of ``nodes`` with float32 ``inits``, batch "N"
+    in front of both shapes; returns its path."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    g = helper.make_graph(nodes, name, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", *x_shape])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", *y_shape])],
+                          [numpy_helper.from_array(np.asarray(v, np.float32), k) for k, v in inits.items()])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    path = str(tmp_path / f"{name}.onnx")
+    onnx.save(m, path)
+    return path
+
+
 def sha256(path: str | os.PathLike) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 

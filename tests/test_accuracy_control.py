@@ -25,7 +25,10 @@ MODEL = MODELS / "digits_resnet.onnx"
 CALIB = MODELS / "digits_calib.npz"
 VAL = MODELS / "digits_val.npz"
 FAST = dict(num_calib=32, w_scale_method="minmax", a_scale_method="minmax", progress=False, check_kernels=False)
-W2A4 = dict(w_bits=2, a_bits=4)  # RTN at W2A4: about 2 dB, raising every layer to 8 bits: about 17 dB
+W2A4 = dict(w_bits=2, a_bits=4)  # RTN at W2A4: about 2.5 dB
+# the search's target: high enough that it raises activation points no layer reads (a residual branch before its
+# Add) as well as layers (at 12 dB, layers alone meet it)
+TARGET_DB = 16.0
 
 
 # ------------------------------------------------------------------------------------------ pure helpers
@@ -89,7 +92,7 @@ def test_options_are_checked():
 @pytest.fixture(scope="module")
 def met(tmp_path_factory):
     out = tmp_path_factory.mktemp("acc") / "m.onnx"
-    res = onnxptq.quantize(MODEL, CALIB, output=out, min_sqnr=12.0, target_data=str(VAL), report=out.with_suffix(".md"),
+    res = onnxptq.quantize(MODEL, CALIB, output=out, min_sqnr=TARGET_DB, target_data=str(VAL), report=out.with_suffix(".md"),
                            **W2A4, **FAST)
     return res, out
 
@@ -97,15 +100,15 @@ def met(tmp_path_factory):
 def test_target_met_after_changing_layers_in_ranked_order(met):
     res, out = met
     acc = res.accuracy_control
-    assert acc.before.sqnr_db < 12.0 <= acc.after.sqnr_db and acc.met
+    assert acc.before.sqnr_db < TARGET_DB <= acc.after.sqnr_db and acc.met
     assert acc.eval_samples == 128 and str(VAL) in acc.eval_source
     kept = [s for s in acc.steps if s.kept]
     assert kept and acc.changed() == {s.layer: "bits" for s in kept}
     # tried in the order of their gain alone (the ranking), and the search stopped at the first step that met it
     alone = [s.alone.sqnr_db for s in acc.steps]
     assert alone == sorted(alone, reverse=True)
-    assert acc.steps[-1].kept and acc.steps[-1].measure.sqnr_db >= 12.0
-    assert all(s.measure.sqnr_db < 12.0 for s in acc.steps[:-1])  # no earlier step met it: none is spare
+    assert acc.steps[-1].kept and acc.steps[-1].measure.sqnr_db >= TARGET_DB
+    assert all(s.measure.sqnr_db < TARGET_DB for s in acc.steps[:-1])  # no earlier step met it: none is spare
     layers = [s for s in kept if s.kind == "layer"]
     assert len(layers) < len(res.qgraph.layers) - 2  # not simply everything
     for s in kept:  # raised quant points (no layer reads them directly) are 8-bit
@@ -126,7 +129,7 @@ def test_ranking_on_fewer_samples_measures_every_greedy_step_on_all(met):
     """--target-rank-samples 32: the 'alone' column ranks on the first 32 samples; every kept or undone step is
     measured on all 128 (the first step too, not reused from the ranking), so the exported value is the full one."""
     ref = met[0].accuracy_control
-    res = onnxptq.quantize(MODEL, CALIB, min_sqnr=12.0, target_data=str(VAL), target_rank_samples=32, **W2A4, **FAST)
+    res = onnxptq.quantize(MODEL, CALIB, min_sqnr=TARGET_DB, target_data=str(VAL), target_rank_samples=32, **W2A4, **FAST)
     acc = res.accuracy_control
     assert acc.met and acc.rank_samples == 32 and ref.rank_samples == 128
     assert "ranked on the first 32 samples" in "\n".join(acc.lines())

@@ -8,7 +8,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from helpers import ort_run
+from helpers import ort_run, save_graph as _save
 
 import onnxptq
 from onnxptq.api import QuantResult
@@ -19,17 +19,6 @@ from onnxptq.export.intplan import resize_phases
 from onnxptq.verify.integer import verify_integer
 
 T, C = 8, 16  # sequence length and width of the token models
-
-
-def _save(tmp_path, name, nodes, x_shape, y_shape, inits) -> str:
-    g = helper.make_graph(nodes, name, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", *x_shape])],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", *y_shape])],
-                          [numpy_helper.from_array(np.asarray(v, np.float32), k) for k, v in inits.items()])
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
-    m.ir_version = 8
-    path = str(tmp_path / f"{name}.onnx")
-    onnx.save(m, path)
-    return path
 
 
 def _sqnr(ref: np.ndarray, got: np.ndarray) -> float:

@@ -61,7 +61,11 @@ def test_state_round_trips_into_a_fresh_simulation(tiny, options):
         assert state.ecaq_scales and state.float_weights and not state.weight_overrides
     else:  # learned or stochastic rounding: on-grid weights that differ from the float ones
         assert state.weight_overrides and not state.float_weights
-    assert state.bias_delta and state.input_means and len(state.weight_params) == len(res.qgraph.layers)
+    # BRECQ keeps the bias correction of its learned rounding only where it lowered the region loss (on this
+    # model, in no region); the other two runs hold bias deltas, so their round trip covers them
+    dropped = {x.where for x in res.diagnostics.of("bias-correction-dropped")}
+    assert bool(state.bias_delta) or (options.get("method") == "brecq" and dropped)
+    assert state.input_means and len(state.weight_params) == len(res.qgraph.layers)
     fresh = SimModel(res.qgraph)
     fresh.load_state(state)
     fresh.set_quant(weights=True, acts=True)

@@ -150,7 +150,8 @@ class _Lowering:
         self.arrays: dict[str, np.ndarray] = {}
         self.steps: list[Step] = []
         self.layer_by_node = {layer.name: layer for layer in self.qg.layers}
-        self.fused_act = {layer.act_node: layer for layer in self.qg.layers if layer.act_node}
+        self.fused_act = {layer.act_node for layer in self.qg.layers if layer.act_node} | {
+            m.act_node for m in self.qg.merge_acts.values()}  # computed by their layer's or Add's step
         self.node_by_name = {n.name: n for n in self.qg.model.graph.node}
         self.chain_inner = {m for _, names in self.qg.chains.values() for m in names[:-1]}
         self.errors: list[tuple[str, str, str]] = []
@@ -331,17 +332,9 @@ class _Lowering:
         pre = max(0, 1 - int(n_shift.min()))
         acc_bound = int(max(acc_max))
         bound = shift_bound(acc_bound, int((n_shift + pre).max()), pre, self.rounding)
-        lo, hi = y.lo, y.hi
-        if layer.act_bounds is not None:  # fused Relu / Clip bounds on the output grid (per channel under ECAQ)
-            a_lo, a_hi = layer.act_bounds
-            scale_up = 2.0 ** np.asarray(y_frac, dtype=np.float64)
-            if np.isfinite(a_lo):
-                lo = np.maximum(lo, y.zp + rne(np.float64(a_lo) * scale_up).astype(np.int64))
-            if np.isfinite(a_hi):
-                hi = np.minimum(hi, y.zp + rne(np.float64(a_hi) * scale_up).astype(np.int64))
-            lo, hi = _shared(lo), _shared(hi)
-            if isinstance(lo, np.ndarray):
-                raise _Unsupported("a lower activation bound that differs per channel (ECAQ with a Clip min > 0)")
+        lo, hi = act_codes(y, y_frac, layer.act_bounds)  # fused Relu / Clip (per channel under ECAQ)
+        if isinstance(lo, np.ndarray):
+            raise _Unsupported("a lower activation bound that differs per channel (ECAQ with a Clip min > 0)")
         rank = 2 if op_type == "Gemm" else len(self.qg.shapes.get(layer.input, ()) or ())  # Gemm A is 2-D
         ecaq = isinstance(y_frac, np.ndarray) or isinstance(hi, np.ndarray)
         conv_c = per_out.astype(object) * x.max_abs
@@ -407,8 +400,12 @@ class _Lowering:
         return out, attrs
 
     def add(self, n) -> None:
+        """The integer sum of the aligned inputs, requantized; with a fused Relu / Clip (``QGraph.merge_acts``)
+        onto the activation's grid, clipped to its bounds there."""
         ins = [self.tint(i) for i in n.input]
-        y = self.tint(n.output[0])
+        fused = self.qg.merge_acts.get(n.name)
+        y = self.tint(fused.output if fused else n.output[0])
+        lo, hi = act_codes(y, y.frac, fused.act_bounds if fused else None)
         F = max(t.frac for t in ins)
         left = [F - t.frac for t in ins]
         total = sum(t.max_abs * 2**s for t, s in zip(ins, left))
@@ -418,9 +415,9 @@ class _Lowering:
         pre = max(0, 1 - n_shift)
         bound = shift_bound(total, n_shift + pre, pre, self.rounding)
         signs = [1] + [(-1 if n.op_type == "Sub" else 1)] * (len(ins) - 1)
-        self.steps.append(Step("add", n.name, list(n.input), [n.output[0]], {
+        self.steps.append(Step("add", n.name, list(n.input), [y.name], {
             "zps": [t.zp for t in ins], "left": left, "signs": signs, "shift": n_shift, "pre": pre, "y_zp": y.zp,
-            "lo": y.lo, "hi": y.hi, "wide": _wide(bound, n_shift + pre),
+            "lo": int(lo), "hi": int(hi), "wide": _wide(bound, n_shift + pre),
             "form": float_form(total, [s - n_shift for s in left], self.rounding)}))
 
     def mul(self, n) -> None:
@@ -864,6 +861,21 @@ def ceil_mode_overhang(shape: tuple, kernel: list[int], pads: list[int], strides
             out -= 1
         extra.append(max(0, (out - 1) * strides[d] + kernel[d] - span))
     return extra
+
+
+def act_codes(y: TInt, y_frac, bounds: tuple[float, float] | None) -> tuple:
+    """The output codes (lo, hi) a step clips to: ``y``'s grid, narrowed to a fused Relu / Clip's ``bounds``
+    rounded onto it (``y_frac``: its fractional bits, one per channel under ECAQ). Exact: RNE is monotone, so
+    Q(clip(x, a, b)) = clip(Q(x), Q(a), Q(b)). Scalars where every channel agrees (``_shared``)."""
+    lo, hi = y.lo, y.hi
+    if bounds is None:
+        return lo, hi
+    scale_up = 2.0 ** np.asarray(y_frac, dtype=np.float64)
+    if np.isfinite(bounds[0]):
+        lo = np.maximum(lo, y.zp + rne(np.float64(bounds[0]) * scale_up).astype(np.int64))
+    if np.isfinite(bounds[1]):
+        hi = np.minimum(hi, y.zp + rne(np.float64(bounds[1]) * scale_up).astype(np.int64))
+    return _shared(lo), _shared(hi)
 
 
 def _shared(v) -> int | np.ndarray:

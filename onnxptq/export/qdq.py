@@ -5,7 +5,7 @@
 - bias: int32 initializer + DequantizeLinear with scale s_x * s_w (axis 0);
 - activations: one QuantizeLinear -> DequantizeLinear pair per quant point, shared by all consumers, in the
   target's container (``targets.Target``: uint8, signed grids shifted by +128; or int8 for TensorRT);
-- clipping (a fused ReLU/ReLU6/Clip, or a grid narrower than its container): with
+- clipping (a ReLU/ReLU6/Clip fused into a layer or an Add, or a grid narrower than its container): with
   ``Target.clip_in_integer_domain`` the float activation node is dropped and the clip is written on the
   integer codes between QuantizeLinear and DequantizeLinear (exact: RNE is monotone, so
   Q(clip(x, lo, hi)) == clip(Q(x), Q(lo), Q(hi))), which the runtimes' QDQ fusion accepts; otherwise a
@@ -136,7 +136,9 @@ class QDQWriter:
     def write_activations(self) -> None:
         producer_index = {o: k for k, n in enumerate(self.g.node) for o in n.output}
         graph_inputs = set(self.qg.inputs)
-        fused = {layer.output: layer for layer in self.qg.layers if layer.act_node}
+        # unit output -> the bounds of its fused Relu / Clip (a layer's or an Add's: QGraph.merge_acts)
+        fused = {layer.output: layer.act_bounds or (0.0, float("inf")) for layer in self.qg.layers if layer.act_node}
+        fused.update({m.output: m.act_bounds for m in self.qg.merge_acts.values()})
         for t, fq in self.sim.act_quantizers():
             p = fq.params
             if saturating_scale(p):  # an attention mask of the float minimum: kept float (``saturating_scale``)
@@ -158,10 +160,9 @@ class QDQWriter:
                 self._write_ecaq(t, fq, src, dq_out, at)
                 continue
             bounds = None
-            layer = fused.get(t)
-            if layer is not None and self.target.clip_in_integer_domain:
+            if t in fused and self.target.clip_in_integer_domain:
                 act = self.g.node[at]  # the fused Relu/Clip: dropped, its bounds go onto the codes
-                src, bounds = act.input[0], layer.act_bounds or (0.0, float("inf"))
+                src, bounds = act.input[0], fused[t]
                 self.dropped.add(act.name)
             self._write_pair(t, p, src, dq_out, at, bounds)
 

@@ -3,7 +3,8 @@
 Placement follows DESIGN.md section 3:
 - quantized layers: Conv, Gemm, MatMul with a constant weight operand (2-D);
 - a layer followed by Relu, or by Clip with constant bounds, is one unit: its quant point is after
-  the activation function;
+  the activation function; so is an Add / Sub / Sum of activations followed by one (``MergeAct``: the
+  residual Add + ReLU of ResNets and MobileOne, quantized once on the ReLU's grid, as onnxruntime does);
 - every other float tensor produced by a non-carry op (Add, Mul, Concat, pools, islands such as
   Sigmoid/HardSwish/Softmax) and every float graph input is a quant point;
 - carry ops (MaxPool, Reshape, Flatten, Transpose, Pad, Slice, Split, ...) keep their input's
@@ -27,6 +28,7 @@ from .fold import FoldReport
 
 CARRY_OPS = ops_with(role="carry")
 LAYER_OPS = ops_with(role="layer")
+ADD_OPS = ops_with(lowering="add")  # Add, Sub, Sum: a fused Relu / Clip after them makes a MergeAct
 FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16}
 
 
@@ -65,6 +67,18 @@ class Layer:
         return self.op_type == "Conv" and self.groups > 1 and self.groups == self.out_channels
 
 
+@dataclass(frozen=True)
+class MergeAct:
+    """An Add / Sub / Sum of activations whose only consumer is a Relu or a Clip with constant bounds: like a
+    layer's fused activation, the sum is not a quant point; the activation's output is, and the integer
+    step writes the clipped sum straight onto its grid (onnxruntime's QLinearAdd with the Relu dropped)."""
+
+    node: str  # the Add / Sub / Sum
+    act_node: str  # the fused Relu / Clip
+    act_bounds: tuple[float, float]  # its clip bounds (Relu: (0, inf))
+    output: str  # the activation's output: the unit's quant point
+
+
 @dataclass
 class QuantPoint:
     """A float tensor that the deployed model holds as integers with its own scale."""
@@ -96,6 +110,18 @@ class QGraph:
     # quant points (one rounding for the whole function; the integer format makes it one lookup table)
     chains: dict[str, tuple[str, tuple[str, ...]]] = field(default_factory=dict)
     fallback: dict[str, OpFn] = field(default_factory=dict)  # node -> onnx2torch simulation (ops/fallback.py)
+    merge_acts: dict[str, "MergeAct"] = field(default_factory=dict)  # Add/Sub/Sum node -> its fused Relu / Clip
+
+    def unit_output(self, node: str, output: str) -> str:
+        """The tensor that holds ``node``'s result once quantized: the fused activation's output for a layer
+        or a merge with a fused Relu / Clip, else ``output`` itself."""
+        m = self.merge_acts.get(node)
+        if m is not None:
+            return m.output
+        for layer in self.layers:
+            if layer.name == node:
+                return layer.output
+        return output
 
     @property
     def nodes(self) -> list[onnx.NodeProto]:
@@ -144,6 +170,25 @@ def _constant_value(name: str, inits: dict, const_nodes: dict) -> np.ndarray | N
         return inits[name]
     if name in const_nodes:
         return const_nodes[name]
+    return None
+
+
+def fusable_activation(t: str, consumers: dict, graph_outputs: set, skip_nodes: frozenset, inits: dict,
+                       const_nodes: dict) -> tuple[onnx.NodeProto, tuple[float, float]] | None:
+    """The Relu, or Clip with constant bounds, that is the only consumer of ``t`` (not a graph output, not
+    skipped), with its bounds (Relu: (0, inf)); None otherwise."""
+    cons = consumers.get(t, [])
+    if len(cons) != 1 or t in graph_outputs or cons[0].name in skip_nodes:
+        return None
+    c = cons[0]
+    if c.op_type == "Relu":
+        return c, (0.0, float("inf"))
+    if c.op_type == "Clip":
+        ca = attrs_of(c)
+        lo = _constant_value(c.input[1], inits, const_nodes) if len(c.input) > 1 and c.input[1] else ca.get("min", -np.inf)
+        hi = _constant_value(c.input[2], inits, const_nodes) if len(c.input) > 2 and c.input[2] else ca.get("max", np.inf)
+        if lo is not None and hi is not None:
+            return c, (float(np.asarray(lo)), float(np.asarray(hi)))
     return None
 
 
@@ -327,23 +372,24 @@ def build_qgraph(model: onnx.ModelProto, fold: FoldReport, import_info: dict,
                       weight_shape=tuple(w.shape), macs_per_sample=macs,
                       bn_gamma=fold.gamma.get(n.name), bn_beta=fold.beta.get(n.name),
                       stride_area=int(np.prod(a.get("strides", [1]))) if n.op_type == "ConvTranspose" else 1)
-        cons = consumers.get(n.output[0], [])
-        if len(cons) == 1 and n.output[0] not in graph_outputs and cons[0].name not in skip_nodes:
-            c = cons[0]
-            bounds = None
-            if c.op_type == "Relu":
-                bounds = (0.0, float("inf"))
-            elif c.op_type == "Clip":
-                ca = attrs_of(c)
-                lo = _constant_value(c.input[1], inits, const_nodes) if len(c.input) > 1 and c.input[1] else ca.get("min", -np.inf)
-                hi = _constant_value(c.input[2], inits, const_nodes) if len(c.input) > 2 and c.input[2] else ca.get("max", np.inf)
-                if lo is not None and hi is not None:
-                    bounds = (float(np.asarray(lo)), float(np.asarray(hi)))
-            if bounds is not None:
-                layer.act_node, layer.act_bounds, layer.output = c.name, bounds, c.output[0]
-                fused_inner.add(n.output[0])
+        act = fusable_activation(n.output[0], consumers, set(graph_outputs), skip_nodes, inits, const_nodes)
+        if act is not None:
+            layer.act_node, layer.act_bounds, layer.output = act[0].name, act[1], act[0].output[0]
+            fused_inner.add(n.output[0])
         layers.append(layer)
         layer_of_node[n.name] = layer
+
+    # ---- Add / Sub / Sum of activations followed by Relu / Clip: one unit, quantized after the activation
+    merge_acts: dict[str, MergeAct] = {}
+    for n in g.node:
+        if (n.name in skip_nodes or n.name in fallback or n.op_type not in ADD_OPS
+                or len(n.output) != 1 or not is_float(n.output[0])
+                or sum(1 for i in n.input if i and is_float(i)) < 2):
+            continue
+        act = fusable_activation(n.output[0], consumers, set(graph_outputs), skip_nodes, inits, const_nodes)
+        if act is not None:
+            merge_acts[n.name] = MergeAct(n.name, act[0].name, act[1], act[0].output[0])
+            fused_inner.add(n.output[0])
 
     # ---- quant points and carried tensors
     quant_points: dict[str, QuantPoint] = {}
@@ -353,6 +399,7 @@ def build_qgraph(model: onnx.ModelProto, fold: FoldReport, import_info: dict,
             quant_points[t] = QuantPoint(t, None, "input")
             source[t] = t
     fused_act_nodes = {layer.act_node for layer in layers if layer.act_node}
+    merge_act_nodes = {m.act_node for m in merge_acts.values()}
     for n in g.node:
         if n.op_type == "Constant":
             continue
@@ -365,11 +412,12 @@ def build_qgraph(model: onnx.ModelProto, fold: FoldReport, import_info: dict,
                     source[o] = src
                     continue
             kind = "layer" if n.name in layer_of_node or n.name in fused_act_nodes else (
-                "merge" if n.name not in fallback and REGISTRY[n.op_type].role == "merge"
+                "merge" if n.name in merge_act_nodes or (n.name not in fallback and REGISTRY[n.op_type].role == "merge")
                 else "island")
             quant_points[o] = QuantPoint(o, n.name, kind)
             source[o] = o
-    chains = elementwise_chains(g, quant_points, source, layer_of_node, fused_act_nodes, inits, const_nodes,
+    chains = elementwise_chains(g, quant_points, source, layer_of_node, fused_act_nodes | merge_act_nodes, inits,
+                                const_nodes,
                                 is_float, set(graph_outputs), consumers)
     for qp in quant_points.values():
         qp.consumers = sorted({c.name for t, s in source.items() if s == qp.tensor for c in consumers.get(t, [])})
@@ -385,7 +433,7 @@ def build_qgraph(model: onnx.ModelProto, fold: FoldReport, import_info: dict,
         t for t in inputs if is_float(t))
     return QGraph(model=model, layers=layers, quant_points=quant_points, source=source, shapes=shapes,
                   inputs=inputs, outputs=graph_outputs, fold=fold, import_info=import_info,
-                  float_tensors=float_tensors, chains=chains, fallback=fallback)
+                  float_tensors=float_tensors, chains=chains, fallback=fallback, merge_acts=merge_acts)
 
 
 #: integer-lowering kinds of elementwise ops (one value in, one value out, given scalar constants)

@@ -252,9 +252,11 @@ class OrtExactRunner:
         return _from_int(q_c - shift_y, s_y, z_y)
 
     def merge(self, node, ins: list[torch.Tensor]) -> torch.Tensor:
+        """QLinearAdd / QLinearMul / QLinearGlobalAveragePool onto the unit's output grid (an Add's fused Relu,
+        dropped in the QDQ file, is the clamp at the output zero point)."""
         sim, kind = self.sim, node.op_type
         srcs = [sim.qg.source[i] for i in node.inputs[: len(ins)]]
-        s_y, z_y, shift_y, lo, hi = _qp(sim, node.outputs[0])
+        s_y, z_y, shift_y, lo, hi = _qp(sim, sim.qg.unit_output(node.name, node.outputs[0]))
         zc = z_y + shift_y
         if kind == "GlobalAveragePool":
             s_x, z_x, shift_x, _, _ = _qp(sim, srcs[0])
@@ -283,7 +285,7 @@ class OrtExactRunner:
         if node.layer is not None:
             return self.kernels.get(node.layer.output) in INT_LAYER_KERNELS
         want = INT_MERGE_KERNELS.get(node.op_type)
-        return want is not None and self.kernels.get(node.outputs[0]) == want
+        return want is not None and self.kernels.get(self.sim.qg.unit_output(node.name, node.outputs[0])) == want
 
 
 @torch.no_grad()
@@ -325,8 +327,11 @@ def simulate_quant_points(sim: SimModel, feeds: dict[str, torch.Tensor], kernels
                 if node.layer.act_node:
                     skip.add(node.layer.act_node)
             else:
-                env[node.outputs[0]] = runner.merge(node, [env[i] for i in node.inputs if i])
-                outs = [node.outputs[0]]
+                out = sim.qg.unit_output(node.name, node.outputs[0])
+                env[out] = runner.merge(node, [env[i] for i in node.inputs if i])
+                outs = [out]
+                if node.name in sim.qg.merge_acts:
+                    skip.add(sim.qg.merge_acts[node.name].act_node)
         else:
             sim.run_nodes(env, k, k + 1, keep=True)
             outs = [o for o in node.outputs if o]
