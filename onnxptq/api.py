@@ -464,6 +464,8 @@ def inspect(model: str | os.PathLike, granularity: str = "block", input_shapes: 
                     "bn_gamma": x.bn_gamma is not None, "macs": x.macs_per_sample} for x in qg.layers],
         "quant_points": [{"tensor": q.tensor, "kind": q.kind, "producer": q.producer, "consumers": q.consumers}
                          for q in qg.quant_points.values()],
+        "merge_activations": [{"node": m.node, "activation": m.act_node, "bounds": list(m.act_bounds),
+                               "output": m.output} for m in qg.merge_acts.values()],
         "granularity": granularity,
         "regions": [r.to_dict() for r in regions],
     }

@@ -311,6 +311,10 @@ def cmd_inspect(args) -> int:
     for q in info["quant_points"]:
         kinds[q["kind"]] = kinds.get(q["kind"], 0) + 1
     print(f"\n{len(info['quant_points'])} activation quant points: " + ", ".join(f"{v} {k}" for k, v in kinds.items()))
+    if info["merge_activations"]:
+        n = len(info["merge_activations"])
+        print(f"  {n} Add/Sub/Sum node{'s' if n > 1 else ''} with {'their' if n > 1 else 'its'} Relu/Clip fused "
+              "(quantized once, after the activation)")
     print(f"\n{len(info['regions'])} regions at granularity '{info['granularity']}'")
     for r in info["regions"]:
         print(f"  {r['name']:<28} {len(r['layers']):>2} layers  {r['nodes']:>3} nodes  in={r['input']}  out={r['output']}")

@@ -112,3 +112,13 @@ def test_integer_step_clips_onto_the_activation_grid(tmp_path, act, op):
         assert (st.attrs["hi"] - y.zp) * 2.0 ** -y.frac <= 6.0
     assert verify_integer(res.model, {"x": x[32:40]}, batch_size=8).ok
     assert res.lowering.ok, res.lowering.format()
+
+
+def test_inspect_lists_the_fused_sums(tmp_path, capsys):
+    from onnxptq.cli import main
+
+    path = _residual(tmp_path, "Clip")
+    info = onnxptq.inspect(path)
+    assert info["merge_activations"] == [{"node": "sum", "activation": "act", "bounds": [0.0, 6.0], "output": "r"}]
+    assert main(["inspect", path]) == 0
+    assert "1 Add/Sub/Sum node with its Relu/Clip fused (quantized once, after the activation)" in capsys.readouterr().out
