@@ -175,3 +175,13 @@ def test_class_token_lowers_to_integers(tmp_path):
     assert any(s.attrs.get("int_input") for s in res.program.steps)
     assert verify_integer(res.model, {"x": x[:3]}).ok
     assert onnxptq.eval.sqnr_db(_per_sample(onnx.load(str(src)), x), _per_sample(res.model, x)) > 25
+
+
+def test_every_elementwise_op_of_the_table_has_a_batch_rule():
+    """An op the simulation treats as elementwise (a lookup table in integer form) keeps the batch axis; the
+    batch rewrite must know it, or a fixed-batch model using it runs in chunks for no reason (Sin / Cos of
+    YOLOv8-OBB were missing)."""
+    from onnxptq.graph import batch
+    from onnxptq.ops.registry import ops_with
+
+    assert ops_with(lowering="lut") <= batch._SAME | batch._BROADCAST

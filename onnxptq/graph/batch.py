@@ -75,7 +75,8 @@ def fixed_batch(model: onnx.ModelProto) -> int | None:
 # ops whose output keeps the input's batch axis unchanged, one data input (the others are constants or absent)
 _SAME = {"Relu", "Clip", "Sigmoid", "Tanh", "HardSwish", "HardSigmoid", "LeakyRelu", "Elu", "Softplus", "Mish", "Gelu",
          "Erf", "Neg", "Abs", "Exp", "Log", "Sqrt", "Reciprocal", "Floor", "Ceil", "Selu", "Celu", "Softsign",
-         "ThresholdedRelu", "Identity", "Dropout", "Cast", "Not", "IsNaN", "IsInf", "Sign", "Round"}
+         "ThresholdedRelu", "Identity", "Dropout", "Cast", "Not", "IsNaN", "IsInf", "Sign", "Round", "Sin", "Cos", "Tan",
+         "Atan"}
 # broadcasting elementwise ops (every input may carry the batch)
 _BROADCAST = {"Add", "Sub", "Mul", "Div", "Pow", "Sum", "Max", "Min", "Equal", "Less", "Greater", "LessOrEqual",
               "GreaterOrEqual", "And", "Or", "Xor", "Where", "PRelu", "Mod", "Mean"}
