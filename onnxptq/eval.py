@@ -61,6 +61,35 @@ def session_batch(sess, batch_size: int) -> int:
     return fixed.pop() if len(fixed) == 1 else batch_size
 
 
+def padded_rows(start: int, size: int, n: int) -> np.ndarray:
+    """Row indices of a run of ``size`` samples from ``start`` among ``n``: past the last sample, copies of it
+    (the filling of a last run of a fixed batch that does not divide the samples)."""
+    return np.minimum(np.arange(start, start + size), n - 1)
+
+
+def kept_rows(length: int, size: int, real: int) -> int:
+    """Rows to keep of a tensor of first axis ``length`` from a run of ``size`` samples holding ``real`` real
+    ones (the rest ``padded_rows`` copies): the first ``real`` of every ``length // size`` rows per sample,
+    which is batch-major layouts, merged rows (batch x tokens) included; everything when nothing is padded
+    or the axis is not a multiple of the batch."""
+    return length // size * real if real < size and length % size == 0 else length
+
+
+def session_feeds(sess, inputs: dict[str, np.ndarray], batch_size: int):
+    """(``inputs`` in runs of ``session_batch(sess, batch_size)`` samples, real samples in each run). Where
+    the session fixes a batch that does not divide the samples, the last run is filled with copies of the last
+    sample; ``kept_rows`` says what of its outputs to keep (``run_onnxruntime``), as the simulation does
+    (sim/model.py run_nodes)."""
+    fixed = session_batch(sess, 0)  # 0: the inputs do not fix the batch
+    bs = fixed or batch_size
+    n = len(next(iter(inputs.values())))
+    for i in range(0, n, bs):
+        if not fixed or i + bs <= n:
+            yield {k: v[i:i + bs] for k, v in inputs.items()}, bs
+        else:
+            yield {k: v[padded_rows(i, bs, n)] for k, v in inputs.items()}, n - i
+
+
 def run_onnxruntime(model, inputs: dict[str, np.ndarray], batch_size: int = 32, threads: int | None = None) -> np.ndarray:
     """First output of ``model`` (path or bytes) over ``inputs`` in batches (batch 1 if the batch dim is fixed)."""
     import onnxruntime as ort
@@ -70,7 +99,8 @@ def run_onnxruntime(model, inputs: dict[str, np.ndarray], batch_size: int = 32, 
         so.intra_op_num_threads = threads
     sess = ort.InferenceSession(model if isinstance(model, (str, bytes)) else str(model), so,
                                 providers=["CPUExecutionProvider"])
-    bs = session_batch(sess, batch_size)
-    n = len(next(iter(inputs.values())))
-    outs = [sess.run(None, {k: v[i:i + bs] for k, v in inputs.items()})[0] for i in range(0, n, bs)]
+    outs = []
+    for feed, real in session_feeds(sess, inputs, batch_size):
+        out = sess.run(None, feed)[0]
+        outs.append(out[:kept_rows(len(out), len(next(iter(feed.values()))), real)])
     return np.concatenate(outs)

@@ -11,6 +11,7 @@ import onnxptq
 from onnxptq.graph import import_model
 from onnxptq.graph.batch import NotProvable, check_free_batch, fixed_batch, free_batch, restore_batch
 from onnxptq.verify.integer import verify_integer
+from onnxptq.verify.qdq import qdq_parity
 
 RNG = np.random.default_rng(0)
 
@@ -175,6 +176,50 @@ def test_class_token_lowers_to_integers(tmp_path):
     assert any(s.attrs.get("int_input") for s in res.program.steps)
     assert verify_integer(res.model, {"x": x[:3]}).ok
     assert onnxptq.eval.sqnr_db(_per_sample(onnx.load(str(src)), x), _per_sample(res.model, x)) > 25
+
+
+B = 5  # a fixed batch above 1
+
+
+def sized_resize(path=None):
+    """Batch fixed at ``B`` by a Resize to fixed sizes (not provable: runs in chunks of B) and by
+    ``Reshape [B, -1]``; samples kept apart."""
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], name="conv"),
+             helper.make_node("Relu", ["c"], ["r"], name="relu"),
+             helper.make_node("Resize", ["r", "", "", "sizes"], ["u"], name="down", mode="nearest"),
+             helper.make_node("Reshape", ["u", "shape"], ["f"], name="flat"),
+             helper.make_node("Gemm", ["f", "g", "gb"], ["y"], name="fc")]
+    inits = {"w": _w(4, 3, 1, 1), "b": _w(4), "sizes": np.array([B, 4, 4, 4], np.int64),
+             "shape": np.array([B, -1], np.int64), "g": _w(4 * 16, 10), "gb": _w(10)}
+    return _model(nodes, inits, (B, 10), in_shape=(B, 3, 8, 8), path=path)
+
+
+def test_batches_no_multiple_of_a_fixed_batch_fill_the_last_chunk(tmp_path):
+    """Any number of samples runs: the last chunk is filled with copies of the last sample and their rows are
+    dropped, in the simulation and in onnxruntime (eval, verify), so every internal batch size works (the Po2
+    output search's 16, reconstruction's minibatches and held-out samples)."""
+    src = tmp_path / "b5.onnx"
+    sized_resize(src)
+    qg = import_model(str(src))
+    assert qg.import_info["batch"]["mode"] == "chunks" and qg.import_info["batch"]["fixed"] == B
+    x = RNG.standard_normal((24, 3, 8, 8)).astype(np.float32)
+    ref = onnxptq.eval.run_onnxruntime(str(src), {"x": x[:7]})  # 5 + (2 and 3 copies of sample 6)
+    assert ref.shape == (7, 10)
+    np.testing.assert_allclose(ref[5:], onnxptq.eval.run_onnxruntime(str(src), {"x": x[5:10]})[:2], rtol=1e-5)
+    res = onnxptq.quantize(str(src), x[:12], w_bits=8, a_bits=8, scale="po2", format="int", progress=False)
+    assert fixed_batch(res.model) == B
+    assert verify_integer(res.model, {"x": x[12:22]}, batch_size=B).ok
+    qdq = onnxptq.quantize(str(src), x[:12], output=tmp_path / "q.onnx", w_bits=4, a_bits=8, method="brecq",
+                           iters=20, act_iters=0, recon_batch_size=8, progress=False)
+    sim = qdq.simulate({"x": x[12:19]})
+    got = onnxptq.eval.run_onnxruntime(str(tmp_path / "q.onnx"), {"x": x[12:19]})
+    assert sim.shape == got.shape == (7, 10)
+    np.testing.assert_allclose(sim, qdq.simulate({"x": x[12:22]})[:7], rtol=1e-6)  # the filling changes nothing
+    assert onnxptq.eval.sqnr_db(onnxptq.eval.run_onnxruntime(str(src), {"x": x[12:19]}), got) > 15
+    fid = onnxptq.evaluate(str(src), str(tmp_path / "q.onnx"), {"x": x[12:19]})
+    assert fid.samples == 7
+    rep = qdq_parity(qdq.sim, str(tmp_path / "q.onnx"), {"x": x[12:19]})  # level 2, onnxruntime's runs filled too
+    assert rep.output.elements == 7 * 10 and rep.max_local_lsb <= 1
 
 
 def test_every_elementwise_op_of_the_table_has_a_batch_rule():

@@ -159,12 +159,3 @@ def test_an_attribute_the_simulation_lacks_is_a_user_error_naming_the_node(tmp_p
     path, x = _seq_first_lstm(tmp_path, [SEQ, 3])
     with pytest.raises(UnsupportedOpError, match="'lstm' \\(LSTM: LSTM with sequence_lens shorter"):
         onnxptq.quantize(path, x, batch_size=SEQ, progress=False)
-
-
-def test_batches_that_are_no_multiple_of_a_fixed_batch_are_a_user_error(tmp_path):
-    import onnxptq
-    from onnxptq.errors import DataError
-
-    path, x = _seq_first_lstm(tmp_path, None)
-    with pytest.raises(DataError, match=f"multiple of {SEQ} \\(got 8\\).*--num-calib and --batch-size"):
-        onnxptq.quantize(path, x[:8], progress=False)

@@ -15,7 +15,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import DataError, UnsupportedOpError
+from ..errors import UnsupportedOpError
+from ..eval import kept_rows, padded_rows
 from ..graph.qgraph import Layer, QGraph, attrs_of
 from ..quant import QParams, fake_quantize
 from ..quant.grid import BIAS_GRID
@@ -254,22 +255,27 @@ class SimModel(nn.Module):
         """Execute nodes[start:stop] on ``env`` (tensor name -> value), quantizing at quant points.
 
         A graph that fixes its batch (``self.chunk``) runs ``chunk`` samples at a time; the activations
-        (float tensors and graph inputs) are split and joined along their first axis."""
+        (float tensors and graph inputs) are split and joined along their first axis. A last chunk that is not
+        full is filled with copies of the last sample and those rows are dropped from every result (exact where
+        the graph keeps samples apart, the usual case; a graph that mixes samples across its batch depends on
+        which samples share a chunk anyway)."""
         n = next((len(v) for k, v in env.items() if k in self._batched and v.dim()), 0)
-        if self.chunk is None or n <= self.chunk:
+        if self.chunk is None or n in (0, self.chunk):
             return self._run_nodes(env, start, stop, keep)
-        if n % self.chunk:
-            raise DataError(f"the model fixes its batch to {self.chunk} and onnxptq runs it {self.chunk} samples at a "
-                            f"time, so every batch it feeds must be a multiple of {self.chunk} (got {n}): give "
-                            f"--num-calib and --batch-size as multiples of {self.chunk}, or re-export the model with a "
-                            "dynamic batch")
+        size = self.chunk
+        real = n - (n - 1) // size * size  # real samples in the last chunk
+
+        def rows(v: torch.Tensor, i: int) -> torch.Tensor:
+            if i + size <= n:
+                return v[i:i + size]
+            return v.index_select(0, torch.from_numpy(padded_rows(i, size, n)).to(v.device))
+
         parts = []
-        for i in range(0, n, self.chunk):
-            part = {k: v[i:i + self.chunk] if k in self._batched and v.dim() and len(v) == n else v
-                    for k, v in env.items()}
+        for i in range(0, n, size):
+            part = {k: rows(v, i) if k in self._batched and v.dim() and len(v) == n else v for k, v in env.items()}
             parts.append(self._run_nodes(part, start, stop, keep))
-        joined = {k: torch.cat([p[k] for p in parts]) if k in self._batched and v.dim() else v
-                  for k, v in parts[0].items()}
+        joined = {k: torch.cat([p[k] for p in parts[:-1]] + [v[:kept_rows(len(v), size, real)]])
+                  if k in self._batched and v.dim() else v for k, v in parts[-1].items()}
         env.clear()
         env.update(joined)
         return env

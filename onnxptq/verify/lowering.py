@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..eval import sqnr_db
+from ..eval import padded_rows, sqnr_db
 from ..export.intplan import IntProgram
 from ..sim.model import SimModel
 from .int_sim import IntSim
@@ -86,8 +86,10 @@ class LoweringParity:
 def lowering_parity(sim: SimModel, program: IntProgram, inputs: dict[str, np.ndarray], batch_size: int = 8,
                     device: str = "cpu") -> LoweringParity:
     """``LoweringParity`` of ``program`` (lowered from ``sim``'s state) on ``inputs``."""
-    if sim.chunk:
+    if sim.chunk:  # a fixed batch: whole runs of it, the last one filled with copies of the last sample
         batch_size = sim.chunk
+        n = len(next(iter(inputs.values())))
+        inputs = {k: v[padded_rows(0, n + (-n % batch_size), n)] for k, v in inputs.items()}
     isim = IntSim(program, sim.consts, device)
     producer = {o: (s.node, s.kind) for s in program.steps if s.kind != "output" for o in s.outputs if o}
     points = [t for t in sim.qg.quant_points if t in program.tensors and t in producer]

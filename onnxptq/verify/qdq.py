@@ -32,7 +32,7 @@ import numpy as np
 import onnx
 import torch
 
-from ..eval import run_onnxruntime, session_batch
+from ..eval import kept_rows, run_onnxruntime, session_feeds
 from ..sim.model import SimModel
 
 INT_LAYER_KERNELS = ("QLinearConv", "QGemm", "QLinearMatMul")
@@ -155,14 +155,13 @@ def ort_quantized_tensors(model, inputs: dict[str, np.ndarray], tensors: list[st
     added = {o.name for o in m.graph.output[len(_load(model).graph.output):]}
     names = [t for t in tensors if quantized_name(t) in added]
     sess = _session(m.SerializeToString())
-    n = len(next(iter(inputs.values())))
-    batch_size = session_batch(sess, batch_size)
     outs, qs = [], {t: [] for t in names}
-    for i in range(0, n, batch_size):
-        res = sess.run(None, {k: v[i:i + batch_size] for k, v in inputs.items()})
-        outs.append(res[0])
+    for feed, real in session_feeds(sess, inputs, batch_size):
+        res = sess.run(None, feed)
+        size = len(next(iter(feed.values())))
+        outs.append(res[0][:kept_rows(len(res[0]), size, real)])
         for t, r in zip(names, res[-len(names):] if names else []):
-            qs[t].append(r)
+            qs[t].append(r[:kept_rows(len(r), size, real)])
     return np.concatenate(outs), {t: np.concatenate(v).astype(np.int64) for t, v in qs.items()}
 
 
