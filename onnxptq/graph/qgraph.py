@@ -417,8 +417,7 @@ def build_qgraph(model: onnx.ModelProto, fold: FoldReport, import_info: dict,
             quant_points[o] = QuantPoint(o, n.name, kind)
             source[o] = o
     chains = elementwise_chains(g, quant_points, source, layer_of_node, fused_act_nodes | merge_act_nodes, inits,
-                                const_nodes,
-                                is_float, set(graph_outputs), consumers)
+                                const_nodes, is_float, set(graph_outputs), consumers)
     for qp in quant_points.values():
         qp.consumers = sorted({c.name for t, s in source.items() if s == qp.tensor for c in consumers.get(t, [])})
 
