@@ -649,6 +649,28 @@ def test_attention_mask_of_the_float_minimum(tmp_path, rounding):
     assert _sqnr(ref, ort_run(res.model, test)[0]) >= s_qdq - 0.5
 
 
+@pytest.mark.parametrize("fill, scores_first", [(float(np.finfo(np.float32).min), False),
+                                                  (float(np.finfo(np.float32).min), True), (-6.0, False)],
+                         ids=["float-min", "scores-first", "finite-fill"])
+def test_masked_fill_of_attention_scores(tmp_path, fill, scores_first):
+    """Where(mask, fill, scores) (masked_fill; DeBERTa's attention, GPT-2's causal mask) with a constant fill:
+    the scores requantized to the output's grid, the fill quantized to it, Where on the integers
+    (intplan.masked_select); level-1 verify, the lowering check and the SQNR of ``_check``."""
+    rng = np.random.default_rng(8)
+    causal = np.triu(np.ones((T, T), bool), 1)  # True above the diagonal: masked
+    cond = ~causal if scores_first else causal
+    values = ["s", "fill"] if scores_first else ["fill", "s"]
+    nodes = [helper.make_node("Constant", [], ["m"], name="mask", value=numpy_helper.from_array(cond)),
+             helper.make_node("MatMul", ["x", "w"], ["s"], name="scores"),
+             helper.make_node("Where", ["m", *values], ["f"], name="masked_fill"),
+             helper.make_node("Softmax", ["f"], ["y"], name="softmax", axis=-1)]
+    path = _save(tmp_path, "masked_fill", nodes, [T, C], [T, T], {"w": _w(rng, C, T, scale=0.8), "fill": fill})
+    res = _check(path, _tokens(9), {"concat", "softmax"}, 20.0)
+    step = next(s for s in res.program.steps if s.node == "masked_fill")
+    assert step.kind == "carry" and set(step.attrs["int_inputs"]) == {1 if not scores_first else 2}
+    assert step.inputs[2 if not scores_first else 1] == "masked_fill/x_on_grid"
+
+
 def test_observer_leaves_saturating_values_out_of_a_range():
     from onnxptq.quant.observer import Observer
 

@@ -251,6 +251,9 @@ class _Lowering:
             self.constant_carry(n, a, out)  # e.g. a class token expanded to the batch: quantized, then moved
         elif not float_in and n.op_type == "Where" and all(i in self.sim.consts for i in n.input[1:3]):
             self.constant_select(n, a, out)  # e.g. an attention mask: Where(mask, 0, -inf) from the input ids
+        elif (n.op_type == "Where" and len(float_in) == 1 and float_in[0] in n.input[1:3]
+              and all(i in self.sim.consts for i in n.input[1:3] if i != float_in[0])):
+            self.masked_select(n, a, out, float_in[0])  # masked_fill: Where(mask, -inf, scores)
         elif lowering in ("add", "mul", "lut") and len(float_in) == 1 and len(n.output) == 1:
             if n.op_type in AFFINE_OPS and self.positional_const(n, float_in[0]):
                 self.affine(n, float_in[0])  # x + P, x * gamma with a constant per position / channel
@@ -444,15 +447,38 @@ class _Lowering:
                 inputs[k] = self.const_on_grid(name, n.output[0], f"{n.name}.input{k}_q")
                 parts.append({"zp": y.zp, "shift": 0, "pre": 0, "same": True, "const": True})
                 continue
-            t = self.tint(name)
-            n_shift = int(cap_shift(t.frac - y.frac, t.max_abs))
-            pre = max(0, 1 - n_shift)
-            if _wide(shift_bound(t.max_abs, n_shift + pre, pre, self.rounding), n_shift + pre):
-                raise _Unsupported(f"input {t.name!r} needs a shift of {t.frac - y.frac} bits to the output scale")
-            parts.append({"zp": t.zp, "shift": n_shift, "pre": pre,
-                          "same": n_shift == 0 and t.zp == y.zp and t.lo >= y.lo and t.hi <= y.hi})
+            parts.append(self.onto_grid(self.tint(name), y))
         self.steps.append(Step("concat", n.name, inputs, [n.output[0]], {
             "axis": int(a.get("axis", 1)), "parts": parts, "y_zp": y.zp, "lo": y.lo, "hi": y.hi}))
+
+    def onto_grid(self, t: TInt, y: TInt) -> dict:
+        """A concat part: ``t``'s integers requantized to ``y``'s grid (a right shift, RNE; taken as they are
+        where the grids agree)."""
+        n_shift = int(cap_shift(t.frac - y.frac, t.max_abs))
+        pre = max(0, 1 - n_shift)
+        if _wide(shift_bound(t.max_abs, n_shift + pre, pre, self.rounding), n_shift + pre):
+            raise _Unsupported(f"input {t.name!r} needs a shift of {t.frac - y.frac} bits to the output scale")
+        return {"zp": t.zp, "shift": n_shift, "pre": pre,
+                "same": n_shift == 0 and t.zp == y.zp and t.lo >= y.lo and t.hi <= y.hi}
+
+    def masked_select(self, n, a: dict, out: str, x_name: str) -> None:
+        """Where(cond, C, x) or Where(cond, x, C) with a constant C (masked_fill of attention scores): x
+        requantized to the output's grid (a one-input concat step into ``<node>/x_on_grid``), C quantized to it
+        at lowering time, then Where on the integers. Exact: selection is elementwise, so
+        Q(Where(c, C, x)) = Where(c, Q(C), Q(x))."""
+        y, x = self.tint(out), self.tint(x_name)
+        on_grid = f"{n.name}/x_on_grid"
+        self.tensors[on_grid] = TInt(on_grid, y.frac, y.zp, y.lo, y.hi, y.bits, y.signed)
+        self.steps.append(Step("concat", f"{n.name}/requant", [x_name], [on_grid], {
+            "axis": 0, "parts": [self.onto_grid(x, y)], "y_zp": y.zp, "lo": y.lo, "hi": y.hi}))
+        ins, keys = list(n.input), {}
+        for k in (1, 2):
+            if n.input[k] == x_name:
+                ins[k] = on_grid
+            else:
+                ins[k] = keys[k] = self.const_on_grid(n.input[k], out, f"{n.name}.input{k}_q")
+        self.steps.append(Step("carry", n.name, ins, list(n.output), {"op_type": "Where", "attrs": a,
+                                                                    "int_inputs": keys}))
 
     def avgpool(self, n, a: dict) -> None:
         if n.op_type == "Resize":
