@@ -671,6 +671,21 @@ def test_masked_fill_of_attention_scores(tmp_path, fill, scores_first):
     assert step.inputs[2 if not scores_first else 1] == "masked_fill/x_on_grid"
 
 
+@pytest.mark.parametrize("other", ["thr", "h2"], ids=["constant", "other-grid"])
+def test_a_comparison_the_codes_cannot_answer_names_its_node(tmp_path, other):
+    """Greater(h, 0.5) or Greater(h, h2) on two grids would compare container integers, not values: refused by
+    name (the masked_fill after it has an integer form, so the comparison is what stops the export)."""
+    rng = np.random.default_rng(10)
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"], name="fc"),
+             helper.make_node("MatMul", ["x", "w2"], ["h2"], name="fc2"),
+             helper.make_node("Greater", ["h", other], ["c"], name="gt"),
+             helper.make_node("Where", ["c", "h", "zero"], ["y"], name="sel")]
+    path = _save(tmp_path, "cmp", nodes, [T, C], [T, C], {"w": _w(rng, C, C), "w2": _w(rng, C, C, scale=3.0),
+                                                          "thr": 0.5, "zero": 0.0})
+    with pytest.raises(OnnxPtqError, match="'gt' \\(Greater: compares an activation"):
+        onnxptq.quantize(path, _tokens(11)[:32], scale="po2", format="int", progress=False)
+
+
 def test_observer_leaves_saturating_values_out_of_a_range():
     from onnxptq.quant.observer import Observer
 

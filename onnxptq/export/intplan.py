@@ -43,6 +43,7 @@ INT8_MIN, INT8_MAX = -128, 127
 CONTAINERS = {"int8": (-128, 127), "uint8": (0, 255)}
 SCALE_EXP_MAX = 100  # 2^-e with |e| <= 100 and products of two such stay normal float32
 FORM_SHIFT = "shift"
+COMPARISONS = ("Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual")  # on codes only within one grid
 AFFINE_OPS = ("Add", "Sub", "Mul", "Div")  # x op constant-per-position: one integer multiply-add (``affine``)
 CONST_BITS = 8  # an added constant keeps this many fractional bits beyond the output's
 SOFTMAX_BITS = 16  # exp table T[k] = round(2^16 exp(-k 2^-f)): T[0] = 2^16
@@ -242,6 +243,7 @@ class _Lowering:
         if any(not self.is_int(i) for i in float_in):
             raise _Unsupported("reads a float tensor that has no integer form (a layer left float, e.g. by --skip-nodes)")
         if not float_out:  # e.g. Shape of an activation: runs on the container
+            self.codes_only(n, float_in)
             self.steps.append(Step("pass", n.name, list(n.input), list(n.output), {"op_type": n.op_type, "attrs": a}))
             return
         out = float_out[0]
@@ -450,6 +452,19 @@ class _Lowering:
             parts.append(self.onto_grid(self.tint(name), y))
         self.steps.append(Step("concat", n.name, inputs, [n.output[0]], {
             "axis": int(a.get("axis", 1)), "parts": parts, "y_zp": y.zp, "lo": y.lo, "hi": y.hi}))
+
+    def codes_only(self, n, float_in: list[str]) -> None:
+        """An op reading activations with no float output runs on their containers; refuse it where the codes
+        would give another answer than the values: a comparison with a float constant or across grids, a Cast
+        of an activation to another type."""
+        if n.op_type == "Cast":
+            raise _Unsupported("a Cast of an activation to a non-float type has no exact integer form")
+        if n.op_type not in COMPARISONS:
+            return
+        grids = {(self.tint(i).frac, self.tint(i).zp) for i in float_in}
+        if len(float_in) != len([i for i in n.input if i]) or len(grids) != 1:
+            raise _Unsupported("compares an activation with a constant or with an activation on another grid: "
+                               "its container integers would give another answer (no exact integer form yet)")
 
     def onto_grid(self, t: TInt, y: TInt) -> dict:
         """A concat part: ``t``'s integers requantized to ``y``'s grid (a right shift, RNE; taken as they are
