@@ -671,19 +671,45 @@ def test_masked_fill_of_attention_scores(tmp_path, fill, scores_first):
     assert step.inputs[2 if not scores_first else 1] == "masked_fill/x_on_grid"
 
 
-@pytest.mark.parametrize("other", ["thr", "h2"], ids=["constant", "other-grid"])
-def test_a_comparison_the_codes_cannot_answer_names_its_node(tmp_path, other):
-    """Greater(h, 0.5) or Greater(h, h2) on two grids would compare container integers, not values: refused by
-    name (the masked_fill after it has an integer form, so the comparison is what stops the export)."""
+def _compare_then_select(tmp_path, op: str, operands: list[str], thr: float = 0.5) -> str:
+    """x -> MatMul h (and h2 on a wider grid); c = op(*operands); y = Where(c, h, -1)."""
     rng = np.random.default_rng(10)
     nodes = [helper.make_node("MatMul", ["x", "w"], ["h"], name="fc"),
              helper.make_node("MatMul", ["x", "w2"], ["h2"], name="fc2"),
-             helper.make_node("Greater", ["h", other], ["c"], name="gt"),
-             helper.make_node("Where", ["c", "h", "zero"], ["y"], name="sel")]
-    path = _save(tmp_path, "cmp", nodes, [T, C], [T, C], {"w": _w(rng, C, C), "w2": _w(rng, C, C, scale=3.0),
-                                                          "thr": 0.5, "zero": 0.0})
-    with pytest.raises(OnnxPtqError, match="'gt' \\(Greater: compares an activation"):
-        onnxptq.quantize(path, _tokens(11)[:32], scale="po2", format="int", progress=False)
+             helper.make_node(op, operands, ["c"], name="cmp"),
+             helper.make_node("Where", ["c", "h", "fill"], ["y"], name="sel")]
+    return _save(tmp_path, "cmp", nodes, [T, C], [T, C], {"w": _w(rng, C, C), "w2": _w(rng, C, C, scale=3.0),
+                                                          "thr": thr, "fill": -1.0})
+
+
+def test_a_comparison_across_grids_names_its_node(tmp_path):
+    """Greater(h, h2) with h and h2 on two grids would compare container integers, not values: refused by name
+    (the masked_fill after it has an integer form, so the comparison is what stops the export)."""
+    with pytest.raises(OnnxPtqError, match="'cmp' \\(Greater: compares an activation"):
+        onnxptq.quantize(_compare_then_select(tmp_path, "Greater", ["h", "h2"]), _tokens(11)[:32], scale="po2",
+                         format="int", progress=False)
+
+
+@pytest.mark.parametrize("thr", [0.5, 0.25, 100.0, -100.0], ids=["between-codes", "on-a-code", "above", "below"])
+@pytest.mark.parametrize("const_first", [False, True], ids=["x-first", "const-first"])
+@pytest.mark.parametrize("op", ["Less", "LessOrEqual", "Greater", "GreaterOrEqual"])
+def test_comparison_with_a_constant_is_a_threshold_on_the_codes(tmp_path, op, const_first, thr):
+    """op(h, c) / op(c, h): one comparison of h's codes with an integer threshold (intplan.threshold) that
+    decides every element as the QDQ model does on h's dequantized values, thresholds on a code, between
+    codes and past the container included."""
+    path = _compare_then_select(tmp_path, op, ["thr", "h"] if const_first else ["h", "thr"], thr)
+    x = _tokens(11)
+    res = onnxptq.quantize(path, x[:32], scale="po2", format="int", progress=False)
+    step = next(s for s in res.program.steps if s.node == "cmp")
+    assert step.kind == "pass" and step.inputs == ["h", "cmp.threshold"]
+    assert verify_integer(res.model, {"x": x[32:]}, batch_size=16).ok
+    assert res.lowering.ok, res.lowering.format()
+    qdq = onnxptq.quantize(path, x[:32], scale="po2", format="qdq", progress=False)
+    ref = ort_run(qdq.model, {"x": x[32:]})[0]
+    got = ort_run(res.model, {"x": x[32:]})[0]
+    np.testing.assert_array_equal(got == -1.0, ref == -1.0)  # the same elements selected
+    if thr in (100.0, -100.0):  # past every code: a threshold at the container's end
+        assert int(res.program.arrays["cmp.threshold"]) in (0, 255)
 
 
 def test_observer_leaves_saturating_values_out_of_a_range():

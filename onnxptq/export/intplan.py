@@ -44,6 +44,7 @@ CONTAINERS = {"int8": (-128, 127), "uint8": (0, 255)}
 SCALE_EXP_MAX = 100  # 2^-e with |e| <= 100 and products of two such stay normal float32
 FORM_SHIFT = "shift"
 COMPARISONS = ("Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual")  # on codes only within one grid
+_MIRROR = {"Less": "Greater", "Greater": "Less", "LessOrEqual": "GreaterOrEqual", "GreaterOrEqual": "LessOrEqual"}
 AFFINE_OPS = ("Add", "Sub", "Mul", "Div")  # x op constant-per-position: one integer multiply-add (``affine``)
 CONST_BITS = 8  # an added constant keeps this many fractional bits beyond the output's
 SOFTMAX_BITS = 16  # exp table T[k] = round(2^16 exp(-k 2^-f)): T[0] = 2^16
@@ -243,6 +244,8 @@ class _Lowering:
         if any(not self.is_int(i) for i in float_in):
             raise _Unsupported("reads a float tensor that has no integer form (a layer left float, e.g. by --skip-nodes)")
         if not float_out:  # e.g. Shape of an activation: runs on the container
+            if self.threshold(n, float_in):
+                return
             self.codes_only(n, float_in)
             self.steps.append(Step("pass", n.name, list(n.input), list(n.output), {"op_type": n.op_type, "attrs": a}))
             return
@@ -452,6 +455,38 @@ class _Lowering:
             parts.append(self.onto_grid(self.tint(name), y))
         self.steps.append(Step("concat", n.name, inputs, [n.output[0]], {
             "axis": int(a.get("axis", 1)), "parts": parts, "y_zp": y.zp, "lo": y.lo, "hi": y.hi}))
+
+    def threshold(self, n, float_in: list[str]) -> bool:
+        """Less / LessOrEqual / Greater / GreaterOrEqual of one activation x and a scalar constant c (either
+        order): one comparison of x's codes q with an integer threshold (program array ``<node>.threshold``).
+        Exact: with b = z + c 2^f, x < c <=> q <= ceil(b) - 1, x <= c <=> q <= floor(b), x > c <=>
+        q >= floor(b) + 1, x >= c <=> q >= ceil(b); a threshold past the container's range becomes the
+        comparison that is always true or always false there. False (nothing emitted) for other nodes."""
+        if n.op_type not in _MIRROR or len(float_in) != 1 or len(n.input) != 2:
+            return False
+        k_x = list(n.input).index(float_in[0])
+        c = self.sim.consts.get(n.input[1 - k_x])
+        if c is None or c.numel() != 1 or not c.is_floating_point():
+            return False
+        op = n.op_type if k_x == 0 else _MIRROR[n.op_type]  # c < x is x > c
+        x = self.tint(float_in[0])
+        b = x.zp + float(c.reshape(()).item()) * 2.0 ** x.frac  # exact in float64: a float32 times 2^f, plus z
+        lo_c, hi_c = CONTAINERS[self.container]
+        if op in ("Less", "LessOrEqual"):
+            op, t = "LessOrEqual", (math.ceil(b) - 1 if op == "Less" else math.floor(b))
+            if t < lo_c:
+                op, t = "Less", lo_c  # no code is below the container: always false
+            t = min(t, hi_c)
+        else:
+            op, t = "GreaterOrEqual", (math.floor(b) + 1 if op == "Greater" else math.ceil(b))
+            if t > hi_c:
+                op, t = "Greater", hi_c  # always false
+            t = max(t, lo_c)
+        key = f"{n.name}.threshold"
+        self.arrays[key] = np.array(t, dtype=np.uint8 if self.container == "uint8" else np.int8)
+        self.steps.append(Step("pass", n.name, [float_in[0], key], list(n.output),
+                               {"op_type": op, "attrs": {}, "int_inputs": {1: key}}))
+        return True
 
     def codes_only(self, n, float_in: list[str]) -> None:
         """An op reading activations with no float output runs on their containers; refuse it where the codes
