@@ -599,6 +599,26 @@ def test_linear_resize_without_an_integer_form_names_its_node(tmp_path, scales, 
         onnxptq.quantize(path, x, scale="po2", format="int", progress=False)
 
 
+def _save_with_mask(tmp_path, name: str, nodes: list, mask_shape: list, y_shape: list, inits: list) -> str:
+    """A model of token inputs "x" (N, T, C) and an int64 "mask" (N, *mask_shape) with output "y" (N, *y_shape)."""
+    g = helper.make_graph(nodes, name, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", T, C]),
+                                        helper.make_tensor_value_info("mask", TensorProto.INT64, ["N", *mask_shape])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", *y_shape])], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    path = str(tmp_path / f"{name}.onnx")
+    onnx.save(m, path)
+    return path
+
+
+def _padding_mask(n: int) -> np.ndarray:
+    """(n, T) int64 padding masks: sample k has its last 1 + k % 4 positions padded (0)."""
+    mask = np.ones((n, T), np.int64)
+    for k in range(n):
+        mask[k, T - 1 - k % 4:] = 0
+    return mask
+
+
 @pytest.mark.parametrize("rounding", ["rne", "half_up"])
 def test_attention_mask_of_the_float_minimum(tmp_path, rounding):
     """scores + Where(mask == 0, float min, 0) (Hugging Face's padding mask) from an int64 mask input: the mask's
@@ -615,17 +635,9 @@ def test_attention_mask_of_the_float_minimum(tmp_path, rounding):
     inits = [numpy_helper.from_array(np.asarray(_w(rng, C, T, scale=0.8), np.float32), "w"),
              numpy_helper.from_array(np.float32(0.0), "zero"), numpy_helper.from_array(np.float32(fmin), "fmin"),
              numpy_helper.from_array(np.int64(0), "zero_i")]
-    g = helper.make_graph(nodes, "mask", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", T, C]),
-                                          helper.make_tensor_value_info("mask", TensorProto.INT64, ["N", 1, T])],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", T, T])], inits)
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
-    m.ir_version = 8
-    path = str(tmp_path / "mask.onnx")
-    onnx.save(m, path)
+    path = _save_with_mask(tmp_path, "mask", nodes, [1, T], [T, T], inits)
     x = _tokens(7)
-    mask = np.ones((len(x), 1, T), np.int64)
-    for k in range(len(x)):
-        mask[k, 0, T - 1 - k % 4:] = 0  # 1 to 4 padded positions
+    mask = _padding_mask(len(x))[:, None, :]
     data = {"x": x, "mask": mask}
     calib = {k: v[:32] for k, v in data.items()}
     test = {k: v[32:] for k, v in data.items()}
@@ -710,6 +722,33 @@ def test_comparison_with_a_constant_is_a_threshold_on_the_codes(tmp_path, op, co
     np.testing.assert_array_equal(got == -1.0, ref == -1.0)  # the same elements selected
     if thr in (100.0, -100.0):  # past every code: a threshold at the container's end
         assert int(res.program.arrays["cmp.threshold"]) in (0, 255)
+
+
+def test_a_mask_cast_to_float_is_quantized_in_integers(tmp_path):
+    """h * attention_mask.float() (a masked mean's numerator): the Cast of the int64 mask input lowers to its codes
+    (intplan.int_to_grid: rne(v 2^f) + z in float64), the product is an integer Mul; level-1 verify feeds the
+    int64 mask as it is, and padded tokens stay exactly 0."""
+    rng = np.random.default_rng(12)
+    nodes = [helper.make_node("Cast", ["mask"], ["mf"], name="mask_float", to=TensorProto.FLOAT),
+             helper.make_node("Unsqueeze", ["mf", "last"], ["m"], name="per_token"),
+             helper.make_node("MatMul", ["x", "w"], ["h"], name="fc"),
+             helper.make_node("Mul", ["h", "m"], ["y"], name="masked")]
+    inits = [numpy_helper.from_array(np.asarray(_w(rng, C, C), np.float32), "w"),
+             numpy_helper.from_array(np.array([-1], np.int64), "last")]
+    path = _save_with_mask(tmp_path, "mask_cast", nodes, [T], [T, C], inits)
+    x = _tokens(12)
+    mask = _padding_mask(len(x))
+    data = {"x": x, "mask": mask}
+    calib, test = {k: v[:32] for k, v in data.items()}, {k: v[32:] for k, v in data.items()}
+    res = onnxptq.quantize(path, calib, scale="po2", format="int", progress=False)
+    step = next(s for s in res.program.steps if s.node == "mask_float")
+    assert step.kind == "intcast" and step.inputs == ["mask"]
+    assert verify_integer(res.model, test, batch_size=8).ok
+    assert res.lowering.ok, res.lowering.format()
+    ref, got = ort_run(path, test)[0], ort_run(res.model, test)[0]
+    assert np.all(got[test["mask"] == 0] == 0)
+    qdq = onnxptq.quantize(path, calib, scale="po2", format="qdq", progress=False)
+    assert _sqnr(ref, got) >= _sqnr(ref, ort_run(qdq.model, test)[0]) - 0.5 and _sqnr(ref, got) > 25
 
 
 def test_observer_leaves_saturating_values_out_of_a_range():

@@ -43,7 +43,7 @@ FORMAT_KEY = "onnxptq.format"
 WRITERS = {"input": "s_input", "layer": "s_layer", "add": "s_add", "mul": "s_mul", "affine": "s_affine",
            "matmul": "s_matmul", "concat": "s_concat", "avgpool": "s_avgpool", "softmax": "s_softmax", "lut": "s_lut",
            "layernorm": "s_layernorm", "batchnorm": "s_affine", "l2norm": "s_l2norm", "div": "s_div", "carry": "s_copy",
-           "pass": "s_copy", "output": "s_output", "dilate": "s_dilate"}
+           "pass": "s_copy", "output": "s_output", "dilate": "s_dilate", "intcast": "s_intcast"}
 
 
 def qname(t: str) -> str:
@@ -168,6 +168,18 @@ class IntegerWriter:
         v = self.op("Clip", [v, self.const(f"{base}/lo", np.float32(t.lo)), self.const(f"{base}/hi", np.float32(t.hi))],
                     f"{base}/clipped")
         self.op("Cast", [v], base, out=qname(x), to=self.celem)
+
+    def s_intcast(self, step: Step) -> None:
+        """An integer tensor to its codes: Cast(double), Mul(2^f), Round (half to even), + z, Clip, Cast."""
+        a, base = step.attrs, step.node
+        v = self.op("Cast", [step.inputs[0]], f"{base}/double", to=TensorProto.DOUBLE)
+        v = self.op("Mul", [v, self.const(f"{base}/scale", np.float64(2.0 ** a["frac"]))], f"{base}/scaled")
+        v = self.op("Round", [v], f"{base}/rounded")
+        if a["y_zp"]:
+            v = self.op("Add", [v, self.const(f"{base}/zp", np.float64(a["y_zp"]))], f"{base}/with_zp")
+        v = self.op("Clip", [v, self.const(f"{base}/lo", np.float64(a["lo"])), self.const(f"{base}/hi", np.float64(a["hi"]))],
+                    f"{base}/clipped")
+        self.op("Cast", [v], base, out=qname(step.outputs[0]), to=self.celem)
 
     def s_layer(self, step: Step) -> None:
         if step.attrs.get("form", "shift") != "shift":

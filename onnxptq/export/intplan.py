@@ -70,7 +70,7 @@ class TInt:
 
 @dataclass
 class Step:
-    kind: str  # input | layer | add | mul | affine | matmul | concat | avgpool | softmax | lut | carry | pass | output
+    kind: str  # input | layer | add | mul | affine | matmul | concat | avgpool | softmax | lut | intcast | carry | pass | output
     node: str  # ONNX node name (the tensor name for input/output steps)
     inputs: list[str]  # float tensor names read (container tensors for integer operands)
     outputs: list[str]
@@ -256,6 +256,9 @@ class _Lowering:
             self.constant_carry(n, a, out)  # e.g. a class token expanded to the batch: quantized, then moved
         elif not float_in and n.op_type == "Where" and all(i in self.sim.consts for i in n.input[1:3]):
             self.constant_select(n, a, out)  # e.g. an attention mask: Where(mask, 0, -inf) from the input ids
+        elif (n.op_type == "Cast" and not float_in and n.input[0] not in self.sim.consts
+              and n.input[0] not in self.qg.float_tensors):
+            self.int_to_grid(n, out)  # e.g. attention_mask.float() for a masked mean
         elif (n.op_type == "Where" and len(float_in) == 1 and float_in[0] in n.input[1:3]
               and all(i in self.sim.consts for i in n.input[1:3] if i != float_in[0])):
             self.masked_select(n, a, out, float_in[0])  # masked_fill: Where(mask, -inf, scores)
@@ -455,6 +458,13 @@ class _Lowering:
             parts.append(self.onto_grid(self.tint(name), y))
         self.steps.append(Step("concat", n.name, inputs, [n.output[0]], {
             "axis": int(a.get("axis", 1)), "parts": parts, "y_zp": y.zp, "lo": y.lo, "hi": y.hi}))
+
+    def int_to_grid(self, n, out: str) -> None:
+        """Cast of an integer tensor v to float: its codes rne(v 2^f) + z, clipped to the grid, computed in
+        float64 (exact for |v| < 2^53), which is what the output quantizer does to the cast values."""
+        y = self.tint(out)
+        self.steps.append(Step("intcast", n.name, [n.input[0]], [out],
+                               {"frac": y.frac, "y_zp": y.zp, "lo": y.lo, "hi": y.hi}))
 
     def threshold(self, n, float_in: list[str]) -> bool:
         """Less / LessOrEqual / Greater / GreaterOrEqual of one activation x and a scalar constant c (either

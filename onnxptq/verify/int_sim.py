@@ -23,7 +23,7 @@ from ..ops.simulate import conv, torch_pad
 EXECUTORS = {"layer": "_layer", "add": "_add", "mul": "_mul", "affine": "_affine", "matmul": "_matmul",
              "concat": "_concat", "avgpool": "_avgpool", "softmax": "_softmax", "lut": "_lut",
              "layernorm": "_layernorm", "batchnorm": "_affine", "l2norm": "_l2norm", "div": "_div", "carry": "_generic",
-             "dilate": "_dilate"}
+             "dilate": "_dilate", "intcast": "_intcast"}
 _NARY = frozenset({"add", "mul", "matmul", "concat", "div"})  # executors that take the list of inputs
 
 
@@ -73,6 +73,10 @@ class IntSim:
         t: TInt = self.p.tensors[step.outputs[0]]
         xf = torch.as_tensor(np.asarray(x, dtype=np.float32), device=self.device).double()
         return (torch.round(xf * 2.0 ** t.frac) + t.zp).clamp(t.lo, t.hi)
+
+    def _intcast(self, step: Step, x: torch.Tensor) -> torch.Tensor:
+        a = step.attrs
+        return (torch.round(x.double() * 2.0 ** a["frac"]) + a["y_zp"]).clamp(a["lo"], a["hi"])
 
     def _layer(self, step: Step, x: torch.Tensor) -> torch.Tensor:
         a = step.attrs
