@@ -20,7 +20,7 @@ KINDS: dict[str, str] = {
     "region-rtn": "regions kept RTN (reconstruction did not lower the held-out loss)",
     "steps-kept": "activation steps kept at calibration (a learned step would overflow an int32 bias)",
     "steps-clamped": "learned activation steps raised until an int32 bias fits",
-    "bias-correction-dropped": "bias corrections dropped (they did not lower the held-out error)",
+    "bias-correction-dropped": "bias corrections dropped (the held-out error was not lower with them)",
     "no-bias-input": "layers with no bias input to hold a bias correction (MatMul: its mean output shift stays)",
     "channels-rtn": "layers with Bit-Split channels kept at RTN",
     "float-layer": "layers left in float",
@@ -35,6 +35,21 @@ KINDS: dict[str, str] = {
     "lowering": "integer steps off the simulation by more than 1 LSB (verify/lowering.py)",
     "other": "other warnings",
 }
+
+
+_PLURALS = {"regions": "region", "steps": "step", "corrections": "correction", "layers": "layer", "nodes": "node",
+            "points": "point", "warnings": "warning"}
+
+
+def singular(what: str) -> str:
+    """A ``KINDS`` phrase for a count of one: its first plural noun made singular ("bias corrections dropped" ->
+    "bias correction dropped")."""
+    words = what.split(" ")
+    for k, w in enumerate(words):
+        if w in _PLURALS:
+            words[k] = _PLURALS[w]
+            break
+    return " ".join(words)
 
 
 @dataclass(frozen=True)
@@ -91,7 +106,8 @@ class Diagnostics:
                                                      if len(where) > max_names else "")
             total = self.totals.get(kind)
             count = f"{n}/{total}" if total else f"{n}"
-            lines.append(f"{count} {KINDS[kind]}" + (f": {names}" if names else ""))
+            what = KINDS[kind] if total or n != 1 else singular(KINDS[kind])
+            lines.append(f"{count} {what}" + (f": {names}" if names else ""))
         return lines
 
     def to_dict(self) -> dict:

@@ -211,3 +211,14 @@ def test_calibration_fallbacks_are_diagnostics(tmp_path):
     assert not res.state.ecaq_scales
     plain = api.quantize(path, calib, bias_correction=False, progress=False, check_kernels=False)
     assert not plain.diagnostics.items
+
+
+def test_a_count_of_one_reads_in_the_singular():
+    """``1 bias correction dropped``, not ``1 bias corrections``; counts with a total keep the plural (1/18 layers)."""
+    diag = Diagnostics()
+    diag.add("bias-correction-dropped", "", "the guard dropped it", quiet=True)
+    diag.add("no-bias-input", "fc", "a MatMul", quiet=True)
+    diag.add("no-bias-input", "fc2", "a MatMul", quiet=True)
+    lines = diag.summary_lines()
+    assert lines[0].startswith("1 bias correction dropped (")
+    assert lines[1].startswith("2 layers with no bias input")
