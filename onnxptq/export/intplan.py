@@ -152,8 +152,8 @@ class _Lowering:
         self.arrays: dict[str, np.ndarray] = {}
         self.steps: list[Step] = []
         self.layer_by_node = {layer.name: layer for layer in self.qg.layers}
-        self.fused_act = {layer.act_node for layer in self.qg.layers if layer.act_node} | {
-            m.act_node for m in self.qg.merge_acts.values()}  # computed by their layer's or Add's step
+        # computed by their layer's or Add's step
+        self.fused_act = {f.act_node for f in self.qg.fused_activations.values()}
         self.node_by_name = {n.name: n for n in self.qg.model.graph.node}
         self.chain_inner = {m for _, names in self.qg.chains.values() for m in names[:-1]}
         self.errors: list[tuple[str, str, str]] = []

@@ -136,9 +136,8 @@ class QDQWriter:
     def write_activations(self) -> None:
         producer_index = {o: k for k, n in enumerate(self.g.node) for o in n.output}
         graph_inputs = set(self.qg.inputs)
-        # unit output -> the bounds of its fused Relu / Clip (a layer's or an Add's: QGraph.merge_acts)
-        fused = {layer.output: layer.act_bounds or (0.0, float("inf")) for layer in self.qg.layers if layer.act_node}
-        fused.update({m.output: m.act_bounds for m in self.qg.merge_acts.values()})
+        # unit output -> the bounds of its fused Relu / Clip (a layer's or an Add's)
+        fused = {f.output: f.act_bounds for f in self.qg.fused_activations.values()}
         for t, fq in self.sim.act_quantizers():
             p = fq.params
             if saturating_scale(p):  # an attention mask of the float minimum: kept float (``saturating_scale``)

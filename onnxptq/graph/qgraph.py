@@ -3,7 +3,7 @@
 Placement follows DESIGN.md section 3:
 - quantized layers: Conv, Gemm, MatMul with a constant weight operand (2-D);
 - a layer followed by Relu, or by Clip with constant bounds, is one unit: its quant point is after
-  the activation function; so is an Add / Sub / Sum of activations followed by one (``MergeAct``: the
+  the activation function; so is an Add / Sub / Sum of activations followed by one (``FusedAct``: the
   residual Add + ReLU of ResNets and MobileOne, quantized once on the ReLU's grid, as onnxruntime does);
 - every other float tensor produced by a non-carry op (Add, Mul, Concat, pools, islands such as
   Sigmoid/HardSwish/Softmax) and every float graph input is a quant point;
@@ -28,7 +28,7 @@ from .fold import FoldReport
 
 CARRY_OPS = ops_with(role="carry")
 LAYER_OPS = ops_with(role="layer")
-ADD_OPS = ops_with(lowering="add")  # Add, Sub, Sum: a fused Relu / Clip after them makes a MergeAct
+ADD_OPS = ops_with(lowering="add")  # Add, Sub, Sum: a fused Relu / Clip after them makes a FusedAct
 FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16}
 
 
@@ -68,12 +68,13 @@ class Layer:
 
 
 @dataclass(frozen=True)
-class MergeAct:
-    """An Add / Sub / Sum of activations whose only consumer is a Relu or a Clip with constant bounds: like a
-    layer's fused activation, the sum is not a quant point; the activation's output is, and the integer
-    step writes the clipped sum straight onto its grid (onnxruntime's QLinearAdd with the Relu dropped)."""
+class FusedAct:
+    """A Relu or a Clip with constant bounds fused into the node before it, a layer or an Add / Sub / Sum of
+    activations (its only consumer): the node's own output is no quant point, the activation's output is,
+    and the node's integer step writes the clipped result straight onto its grid (QLinearConv, or QLinearAdd
+    with the Relu dropped, in onnxruntime)."""
 
-    node: str  # the Add / Sub / Sum
+    node: str  # the layer or the Add / Sub / Sum
     act_node: str  # the fused Relu / Clip
     act_bounds: tuple[float, float]  # its clip bounds (Relu: (0, inf))
     output: str  # the activation's output: the unit's quant point
@@ -110,18 +111,18 @@ class QGraph:
     # quant points (one rounding for the whole function; the integer format makes it one lookup table)
     chains: dict[str, tuple[str, tuple[str, ...]]] = field(default_factory=dict)
     fallback: dict[str, OpFn] = field(default_factory=dict)  # node -> onnx2torch simulation (ops/fallback.py)
-    merge_acts: dict[str, "MergeAct"] = field(default_factory=dict)  # Add/Sub/Sum node -> its fused Relu / Clip
+    merge_acts: dict[str, "FusedAct"] = field(default_factory=dict)  # Add/Sub/Sum node -> its fused Relu / Clip
+
+    @property
+    def fused_activations(self) -> dict[str, "FusedAct"]:
+        """Every fused Relu / Clip, a layer's or an Add's: the node it is fused into -> ``FusedAct``."""
+        return self._fused
 
     def unit_output(self, node: str, output: str) -> str:
-        """The tensor that holds ``node``'s result once quantized: the fused activation's output for a layer
-        or a merge with a fused Relu / Clip, else ``output`` itself."""
-        m = self.merge_acts.get(node)
-        if m is not None:
-            return m.output
-        for layer in self.layers:
-            if layer.name == node:
-                return layer.output
-        return output
+        """The tensor that holds ``node``'s result once quantized: its fused activation's output, else
+        ``output`` itself."""
+        f = self._fused.get(node)
+        return f.output if f is not None else output
 
     @property
     def nodes(self) -> list[onnx.NodeProto]:
@@ -135,6 +136,9 @@ class QGraph:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_digest", self._model_digest())
+        fused = {x.name: FusedAct(x.name, x.act_node, x.act_bounds or (0.0, float("inf")), x.output)
+                 for x in self.layers if x.act_node}
+        object.__setattr__(self, "_fused", {**fused, **self.merge_acts})
 
     def _model_digest(self) -> bytes:
         return hashlib.sha256(self.model.SerializeToString()).digest()
@@ -380,7 +384,7 @@ def build_qgraph(model: onnx.ModelProto, fold: FoldReport, import_info: dict,
         layer_of_node[n.name] = layer
 
     # ---- Add / Sub / Sum of activations followed by Relu / Clip: one unit, quantized after the activation
-    merge_acts: dict[str, MergeAct] = {}
+    merge_acts: dict[str, FusedAct] = {}
     for n in g.node:
         if (n.name in skip_nodes or n.name in fallback or n.op_type not in ADD_OPS
                 or len(n.output) != 1 or not is_float(n.output[0])
@@ -388,7 +392,7 @@ def build_qgraph(model: onnx.ModelProto, fold: FoldReport, import_info: dict,
             continue
         act = fusable_activation(n.output[0], consumers, set(graph_outputs), skip_nodes, inits, const_nodes)
         if act is not None:
-            merge_acts[n.name] = MergeAct(n.name, act[0].name, act[1], act[0].output[0])
+            merge_acts[n.name] = FusedAct(n.name, act[0].name, act[1], act[0].output[0])
             fused_inner.add(n.output[0])
 
     # ---- quant points and carried tensors

@@ -320,17 +320,12 @@ def simulate_quant_points(sim: SimModel, feeds: dict[str, torch.Tensor], kernels
         if node.name in skip:
             continue
         if runner is not None and runner.handles(node):
-            if node.layer is not None:
-                env[node.layer.output] = runner.layer(node, env)
-                outs = [node.layer.output]
-                if node.layer.act_node:
-                    skip.add(node.layer.act_node)
-            else:
-                out = sim.qg.unit_output(node.name, node.outputs[0])
-                env[out] = runner.merge(node, [env[i] for i in node.inputs if i])
-                outs = [out]
-                if node.name in sim.qg.merge_acts:
-                    skip.add(sim.qg.merge_acts[node.name].act_node)
+            out = sim.qg.unit_output(node.name, node.outputs[0])
+            env[out] = runner.layer(node, env) if node.layer is not None else runner.merge(
+                node, [env[i] for i in node.inputs if i])
+            outs = [out]
+            if node.name in sim.qg.fused_activations:  # computed with its fused Relu / Clip
+                skip.add(sim.qg.fused_activations[node.name].act_node)
         else:
             sim.run_nodes(env, k, k + 1, keep=True)
             outs = [o for o in node.outputs if o]
