@@ -158,28 +158,27 @@ class IntegerWriter:
                                self.const(f"{base}/pad_value", self.cdt.type(zp))], f"{base}/padded", mode="constant")
 
     # ------------------------------------------------------------------ steps
+    def quantize(self, v: str, frac: int, zp: int, lo: int, hi: int, base: str, out: str, ftype=np.float32) -> str:
+        """Float values ``v`` (of numpy type ``ftype``) to their codes: Mul(2^f), Round (half to even), + z,
+        Clip to [lo, hi], Cast to the container."""
+        v = self.op("Mul", [v, self.const(f"{base}/scale", ftype(2.0 ** frac))], f"{base}/scaled")
+        v = self.op("Round", [v], f"{base}/rounded")
+        if zp:
+            v = self.op("Add", [v, self.const(f"{base}/zp", ftype(zp))], f"{base}/with_zp")
+        v = self.op("Clip", [v, self.const(f"{base}/lo", ftype(lo)), self.const(f"{base}/hi", ftype(hi))],
+                    f"{base}/clipped")
+        return self.op("Cast", [v], base, out=out, to=self.celem)
+
     def s_input(self, step: Step) -> None:
         t: TInt = self.p.tensors[step.outputs[0]]
-        x, base = step.inputs[0], f"{step.node}/quantize"
-        v = self.op("Mul", [x, self.const(f"{base}/scale", np.float32(2.0 ** t.frac))], f"{base}/scaled")
-        v = self.op("Round", [v], f"{base}/rounded")
-        if t.zp:
-            v = self.op("Add", [v, self.const(f"{base}/zp", np.float32(t.zp))], f"{base}/with_zp")
-        v = self.op("Clip", [v, self.const(f"{base}/lo", np.float32(t.lo)), self.const(f"{base}/hi", np.float32(t.hi))],
-                    f"{base}/clipped")
-        self.op("Cast", [v], base, out=qname(x), to=self.celem)
+        x = step.inputs[0]
+        self.quantize(x, t.frac, t.zp, t.lo, t.hi, f"{step.node}/quantize", qname(x))
 
     def s_intcast(self, step: Step) -> None:
-        """An integer tensor to its codes: Cast(double), Mul(2^f), Round (half to even), + z, Clip, Cast."""
+        """An integer tensor to its codes: Cast(double) (exact below 2^53), then ``quantize`` in float64."""
         a, base = step.attrs, step.node
         v = self.op("Cast", [step.inputs[0]], f"{base}/double", to=TensorProto.DOUBLE)
-        v = self.op("Mul", [v, self.const(f"{base}/scale", np.float64(2.0 ** a["frac"]))], f"{base}/scaled")
-        v = self.op("Round", [v], f"{base}/rounded")
-        if a["y_zp"]:
-            v = self.op("Add", [v, self.const(f"{base}/zp", np.float64(a["y_zp"]))], f"{base}/with_zp")
-        v = self.op("Clip", [v, self.const(f"{base}/lo", np.float64(a["lo"])), self.const(f"{base}/hi", np.float64(a["hi"]))],
-                    f"{base}/clipped")
-        self.op("Cast", [v], base, out=qname(step.outputs[0]), to=self.celem)
+        self.quantize(v, a["frac"], a["y_zp"], a["lo"], a["hi"], base, qname(step.outputs[0]), np.float64)
 
     def s_layer(self, step: Step) -> None:
         if step.attrs.get("form", "shift") != "shift":

@@ -69,14 +69,19 @@ class IntSim:
         return torch.as_tensor(self.p.arrays[name].astype(np.int64), device=self.device)  # a quantized constant
 
     # ------------------------------------------------------------------ steps
+    @staticmethod
+    def _codes(v: torch.Tensor, frac: int, zp: int, lo: int, hi: int) -> torch.Tensor:
+        """float64 values to their codes: rne(v 2^f) + z, clamped to [lo, hi] (the writer's ``quantize``)."""
+        return (torch.round(v * 2.0 ** frac) + zp).clamp(lo, hi)
+
     def _input(self, step: Step, x: np.ndarray) -> torch.Tensor:
         t: TInt = self.p.tensors[step.outputs[0]]
         xf = torch.as_tensor(np.asarray(x, dtype=np.float32), device=self.device).double()
-        return (torch.round(xf * 2.0 ** t.frac) + t.zp).clamp(t.lo, t.hi)
+        return self._codes(xf, t.frac, t.zp, t.lo, t.hi)
 
     def _intcast(self, step: Step, x: torch.Tensor) -> torch.Tensor:
         a = step.attrs
-        return (torch.round(x.double() * 2.0 ** a["frac"]) + a["y_zp"]).clamp(a["lo"], a["hi"])
+        return self._codes(x.double(), a["frac"], a["y_zp"], a["lo"], a["hi"])
 
     def _layer(self, step: Step, x: torch.Tensor) -> torch.Tensor:
         a = step.attrs
