@@ -76,18 +76,20 @@ def kept_rows(length: int, size: int, real: int) -> int:
 
 
 def session_feeds(sess, inputs: dict[str, np.ndarray], batch_size: int):
-    """(``inputs`` in runs of ``session_batch(sess, batch_size)`` samples, real samples in each run). Where
-    the session fixes a batch that does not divide the samples, the last run is filled with copies of the last
-    sample; ``kept_rows`` says what of its outputs to keep (``run_onnxruntime``), as the simulation does
-    (sim/model.py run_nodes)."""
+    """(feeds, trim) for ``inputs`` in runs of ``session_batch(sess, batch_size)`` samples; ``trim(output)``
+    keeps an output's rows of real samples. Where the session fixes a batch that does not divide the samples,
+    the last run is filled with copies of the last sample, whose rows ``trim`` drops (``kept_rows``), as the
+    simulation does (sim/model.py run_nodes)."""
     fixed = session_batch(sess, 0)  # 0: the inputs do not fix the batch
     bs = fixed or batch_size
     n = len(next(iter(inputs.values())))
     for i in range(0, n, bs):
         if not fixed or i + bs <= n:
-            yield {k: v[i:i + bs] for k, v in inputs.items()}, bs
+            yield {k: v[i:i + bs] for k, v in inputs.items()}, (lambda out: out)
         else:
-            yield {k: v[padded_rows(i, bs, n)] for k, v in inputs.items()}, n - i
+            real = n - i
+            yield ({k: v[padded_rows(i, bs, n)] for k, v in inputs.items()},
+                   lambda out, real=real: out[:kept_rows(len(out), bs, real)])
 
 
 def run_onnxruntime(model, inputs: dict[str, np.ndarray], batch_size: int = 32, threads: int | None = None) -> np.ndarray:
@@ -99,8 +101,4 @@ def run_onnxruntime(model, inputs: dict[str, np.ndarray], batch_size: int = 32, 
         so.intra_op_num_threads = threads
     sess = ort.InferenceSession(model if isinstance(model, (str, bytes)) else str(model), so,
                                 providers=["CPUExecutionProvider"])
-    outs = []
-    for feed, real in session_feeds(sess, inputs, batch_size):
-        out = sess.run(None, feed)[0]
-        outs.append(out[:kept_rows(len(out), len(next(iter(feed.values()))), real)])
-    return np.concatenate(outs)
+    return np.concatenate([trim(sess.run(None, feed)[0]) for feed, trim in session_feeds(sess, inputs, batch_size)])

@@ -158,6 +158,11 @@ class _Lowering:
         self.chain_inner = {m for _, names in self.qg.chains.values() for m in names[:-1]}
         self.errors: list[tuple[str, str, str]] = []
 
+    @property
+    def cdtype(self) -> type:
+        """The numpy type of the program's containers."""
+        return np.uint8 if self.container == "uint8" else np.int8
+
     # -------------------------------------------------------------- tensors
     def quant_point(self, t: str) -> TInt:
         fq = self.sim.act_quantizer(t)
@@ -493,7 +498,7 @@ class _Lowering:
                 op, t = "Greater", hi_c  # always false
             t = max(t, lo_c)
         key = f"{n.name}.threshold"
-        self.arrays[key] = np.array(t, dtype=np.uint8 if self.container == "uint8" else np.int8)
+        self.arrays[key] = np.array(t, dtype=self.cdtype)
         self.steps.append(Step("pass", n.name, [float_in[0], key], list(n.output),
                                {"op_type": op, "attrs": {}, "int_inputs": {1: key}}))
         return True
@@ -710,8 +715,7 @@ class _Lowering:
             raise _Unsupported("the function is not finite on the input grid")
         fq = self.sim.act_quantizer(self.qg.source[n.output[0]])
         q = quantize(v, np.float32(fq.params.scale), np.float32(fq.params.zero_point), fq.params.grid)
-        table = (q.astype(np.int64) + (y.zp - int(fq.params.zero_point))).astype(
-            np.uint8 if self.container == "uint8" else np.int8)
+        table = (q.astype(np.int64) + (y.zp - int(fq.params.zero_point))).astype(self.cdtype)
         self.steps.append(Step("lut", n.name, [x_name], [n.output[0]], {"op_type": n.op_type, "table": table,
                                                                       "offset": x.lo}))
 
@@ -875,7 +879,7 @@ class _Lowering:
         y, p = self.tint(out), self.sim.act_quantizer(out).params
         c = self.sim.consts[const].detach().cpu().numpy().astype(np.float32)
         q = quantize(c, np.float32(p.scale), np.float32(p.zero_point), p.grid).astype(np.int64)
-        self.arrays[key] = (q + (y.zp - int(p.zero_point))).astype(np.uint8 if self.container == "uint8" else np.int8)
+        self.arrays[key] = (q + (y.zp - int(p.zero_point))).astype(self.cdtype)
         return key
 
     def constant_select(self, n, a: dict, out: str) -> None:

@@ -32,7 +32,7 @@ import numpy as np
 import onnx
 import torch
 
-from ..eval import kept_rows, run_onnxruntime, session_feeds
+from ..eval import run_onnxruntime, session_feeds
 from ..sim.model import SimModel
 
 INT_LAYER_KERNELS = ("QLinearConv", "QGemm", "QLinearMatMul")
@@ -156,12 +156,11 @@ def ort_quantized_tensors(model, inputs: dict[str, np.ndarray], tensors: list[st
     names = [t for t in tensors if quantized_name(t) in added]
     sess = _session(m.SerializeToString())
     outs, qs = [], {t: [] for t in names}
-    for feed, real in session_feeds(sess, inputs, batch_size):
+    for feed, trim in session_feeds(sess, inputs, batch_size):
         res = sess.run(None, feed)
-        size = len(next(iter(feed.values())))
-        outs.append(res[0][:kept_rows(len(res[0]), size, real)])
+        outs.append(trim(res[0]))
         for t, r in zip(names, res[-len(names):] if names else []):
-            qs[t].append(r[:kept_rows(len(r), size, real)])
+            qs[t].append(trim(r))
     return np.concatenate(outs), {t: np.concatenate(v).astype(np.int64) for t, v in qs.items()}
 
 
