@@ -318,6 +318,8 @@ def model_data(path: Path, n: int, seed: int, photos=None) -> dict[str, np.ndarr
         dims = [d.dim_value for d in tt.shape.dim]
         if tt.elem_type == onnx.TensorProto.FLOAT and len(dims) == 4:
             feeds[vi.name] = photo_crops(n, dims[2], seed, photos)
+        elif tt.elem_type == onnx.TensorProto.FLOAT:  # audio, spectrogram frames: no real data shipped
+            feeds[vi.name] = rng.standard_normal((n, *dims[1:])).astype(np.float32)
         elif "mask" in vi.name:
             lengths = rng.integers(dims[1] // 4, dims[1] + 1, size=n)
             feeds[vi.name] = (np.arange(dims[1])[None, :] < lengths[:, None]).astype(np.int64)
