@@ -39,15 +39,18 @@ KINDS: dict[str, str] = {
 
 _PLURALS = {"regions": "region", "steps": "step", "corrections": "correction", "layers": "layer", "nodes": "node",
             "points": "point", "warnings": "warning"}
+_PRONOUNS = {"them": "it", "they": "it"}
 
 
 def singular(what: str) -> str:
-    """A ``KINDS`` phrase for a count of one: its first plural noun made singular ("bias corrections dropped" ->
-    "bias correction dropped")."""
+    """A ``KINDS`` phrase for a count of one: its first plural noun made singular and the pronouns that refer
+    to it too ("bias corrections dropped (... with them)" -> "bias correction dropped (... with it)")."""
     words = what.split(" ")
     for k, w in enumerate(words):
         if w in _PLURALS:
             words[k] = _PLURALS[w]
+            words[k + 1:] = [_PRONOUNS.get(x.rstrip(")"), x.rstrip(")")) + x[len(x.rstrip(")")):]
+                             for x in words[k + 1:]]
             break
     return " ".join(words)
 

@@ -220,5 +220,5 @@ def test_a_count_of_one_reads_in_the_singular():
     diag.add("no-bias-input", "fc", "a MatMul", quiet=True)
     diag.add("no-bias-input", "fc2", "a MatMul", quiet=True)
     lines = diag.summary_lines()
-    assert lines[0].startswith("1 bias correction dropped (")
+    assert lines[0].startswith("1 bias correction dropped (") and lines[0].endswith("lower with it)")
     assert lines[1].startswith("2 layers with no bias input")
