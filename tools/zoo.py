@@ -117,9 +117,30 @@ def _logits(inner, arg_names: list[str], output: str = "logits"):
     return Logits().eval()
 
 
-def _hf_text(kind: str, seq: int = 32) -> Callable[[], tuple]:
+def _additive_mask(inner, fill: float, output: str = "logits"):
+    """``inner`` (a transformers model) taking token ids and a 0 / 1 attention mask (N, T) that enters as the
+    additive (1 - mask) * ``fill`` of older exports (BERT's -10000.0 before transformers 4.x, and many ONNX files
+    in the wild), which the model adds to its attention scores as it is; returns its ``output``."""
+    import torch
+
+    class AdditiveMask(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, input_ids, attention_mask):
+            additive = (1.0 - attention_mask[:, None, None, :].to(torch.float32)) * fill
+            return getattr(self.inner(input_ids=input_ids, attention_mask=additive), output)
+
+    return AdditiveMask().eval()
+
+
+def _hf_text(kind: str, seq: int = 32, mask_fill: float | None = None, init: float = 0.02) -> Callable[[], tuple]:
     """A tiny transformers text model (random weights, eager attention): bert | distilbert | gpt2 | albert | deberta |
-    roberta (their logits) | t5-encoder (its last hidden state); inputs: token ids and an attention mask."""
+    roberta (their logits) | t5-encoder (its last hidden state); inputs: token ids and an attention mask, which
+    ``mask_fill`` turns into an additive mask of that fill (``_additive_mask``); ``init``: BERT's
+    ``initializer_range`` (0.02 by default; at 0.1 its random attention is peaked, as a trained model's is, instead of
+    nearly uniform, so that how a quantizer keeps the attention scores shows in the output)."""
     def build():
         import torch
         import transformers as tf
@@ -130,7 +151,7 @@ def _hf_text(kind: str, seq: int = 32) -> Callable[[], tuple]:
         if kind == "bert":
             m = tf.BertForSequenceClassification(tf.BertConfig(
                 vocab_size=1000, hidden_size=128, num_hidden_layers=2, num_attention_heads=2, intermediate_size=256,
-                max_position_embeddings=128, num_labels=4, attn_implementation="eager"))
+                max_position_embeddings=128, num_labels=4, attn_implementation="eager", initializer_range=init))
         elif kind == "distilbert":
             m = tf.DistilBertForSequenceClassification(tf.DistilBertConfig(
                 vocab_size=1000, dim=64, n_layers=2, n_heads=2, hidden_dim=128, max_position_embeddings=64,
@@ -154,7 +175,8 @@ def _hf_text(kind: str, seq: int = 32) -> Callable[[], tuple]:
                 hidden_size=64, num_hidden_layers=2, attn_implementation="eager", **small))
         names = ["input_ids", "attention_mask"]
         ids = torch.randint(0, 1000, (1, seq))
-        return (_logits(m.eval(), names, output), (ids, torch.ones(1, seq, dtype=torch.int64)), names,
+        module = _logits(m.eval(), names, output) if mask_fill is None else _additive_mask(m.eval(), mask_fill, output)
+        return (module, (ids, torch.ones(1, seq, dtype=torch.int64)), names,
                 ["hidden" if kind == "t5-encoder" else "logits"])
     return build
 
@@ -243,6 +265,7 @@ EXTRA: list[ZooModel] = [
     ZooModel("deberta_tiny", "transformers", _hf_text("deberta")),
     ZooModel("roberta_tiny", "transformers", _hf_text("roberta")),
     ZooModel("t5_encoder_tiny", "transformers", _hf_text("t5-encoder")),
+    ZooModel("bert_tiny_mask1e4", "transformers", _hf_text("bert", mask_fill=-1e4, init=0.1)),
 ]
 BY_NAME = {m.name: m for m in MODELS + EXTRA}
 
