@@ -12,6 +12,7 @@ from helpers import ort_run, save_graph as _save
 
 import onnxptq
 from onnxptq.api import QuantResult
+from onnxptq.calib.calibrate import SOFTMAX_MASK_SPAN
 from onnxptq.errors import OnnxPtqError
 from onnxptq.eval import sqnr_db
 from onnxptq.export.integer import weight_digits
@@ -619,35 +620,44 @@ def _padding_mask(n: int) -> np.ndarray:
     return mask
 
 
-@pytest.mark.parametrize("rounding", ["rne", "half_up"])
-def test_attention_mask_of_the_float_minimum(tmp_path, rounding):
+@pytest.mark.parametrize("rounding, reshaped", [("rne", False), ("half_up", False), ("rne", True)],
+                         ids=["rne", "half-up", "reshaped"])
+def test_attention_mask_of_the_float_minimum(tmp_path, rounding, reshaped):
     """scores + Where(mask == 0, float min, 0) (Hugging Face's padding mask) from an int64 mask input: the mask's
-    values stand for -inf, so the sum's range comes from the scores (quant/observer.py), the Where of two
-    constants selects their integers (intplan.constant_select), the mask term's alignment shift is capped where
-    it saturates (intplan.saturating_lefts), and level-1 verify feeds the int64 input as it is."""
+    values stand for -inf, so the sum's range comes from the scores (quant/observer.py, calib.softmax_floor) and
+    the mask term's grid reaches down only as far as the sum's needs (calib.mask_term_floors), the Where of two
+    constants selects their integers (intplan.constant_select), and level-1 verify feeds the int64 input as it
+    is. ``reshaped``: the Add reads the mask term through an Unsqueeze, so it gets no floor and keeps its two values
+    (a scale of 1e36, no Q/DQ pair, named in the warnings) and the integer Add caps its alignment shift where it
+    saturates (intplan.saturating_lefts)."""
     rng = np.random.default_rng(6)
     fmin = np.finfo(np.float32).min
     nodes = [helper.make_node("MatMul", ["x", "w"], ["h"], name="fc"),
              helper.make_node("Equal", ["mask", "zero_i"], ["pad"], name="is_pad"),
              helper.make_node("Where", ["pad", "fmin", "zero"], ["bias"], name="mask_bias"),
-             helper.make_node("Add", ["h", "bias"], ["s"], name="masked"),
+             *([helper.make_node("Unsqueeze", ["bias", "axes"], ["bias_r"], name="unsqueeze")] if reshaped else []),
+             helper.make_node("Add", ["h", "bias_r" if reshaped else "bias"], ["s"], name="masked"),
              helper.make_node("Softmax", ["s"], ["y"], name="softmax", axis=-1)]
     inits = [numpy_helper.from_array(np.asarray(_w(rng, C, T, scale=0.8), np.float32), "w"),
              numpy_helper.from_array(np.float32(0.0), "zero"), numpy_helper.from_array(np.float32(fmin), "fmin"),
-             numpy_helper.from_array(np.int64(0), "zero_i")]
-    path = _save_with_mask(tmp_path, "mask", nodes, [1, T], [T, T], inits)
+             numpy_helper.from_array(np.int64(0), "zero_i"), numpy_helper.from_array(np.array([1]), "axes")]
+    path = _save_with_mask(tmp_path, "mask", nodes, [T] if reshaped else [1, T], [T, T], inits)
     x = _tokens(7)
     mask = _padding_mask(len(x))[:, None, :]
-    data = {"x": x, "mask": mask}
+    data = {"x": x, "mask": mask[:, 0] if reshaped else mask}
     calib = {k: v[:32] for k, v in data.items()}
     test = {k: v[32:] for k, v in data.items()}
     ref = ort_run(path, test)[0]
     qdq = onnxptq.quantize(path, calib, scale="po2", progress=False)
     p = qdq.sim.act_quantizer("s").params
     assert float(p.scale) < 1.0  # the scores' range, not the float minimum's
-    assert float(qdq.sim.act_quantizer("bias").params.scale) > 1e30  # the mask itself keeps its two values
-    assert "bias_QuantizeLinear" not in {n.name for n in qdq.model.graph.node}  # and is no Q/DQ pair there
-    assert [x.where for x in qdq.diagnostics.of("other")] == ["bias"]
+    if reshaped:
+        assert float(qdq.sim.act_quantizer("bias").params.scale) > 1e30  # the mask itself keeps its two values
+        assert "bias_QuantizeLinear" not in {n.name for n in qdq.model.graph.node}  # and is no Q/DQ pair there
+        assert [x.where for x in qdq.diagnostics.of("other")] == ["bias"]
+    else:  # a grid like the scores': the Add is a quantized Add
+        assert float(qdq.sim.act_quantizer("bias").params.scale) < 1.0
+        assert not qdq.diagnostics.of("other")
     s_qdq = _sqnr(ref, ort_run(qdq.model, test)[0])
     assert s_qdq > 25.0
     assert np.all(ort_run(qdq.model, test)[0][mask[32:, 0, None, :].repeat(T, 1) == 0] < 1e-3)  # padding stays masked
@@ -655,10 +665,67 @@ def test_attention_mask_of_the_float_minimum(tmp_path, rounding):
     step = next(s for s in res.program.steps if s.node == "mask_bias")
     assert step.kind == "carry" and set(step.attrs["int_inputs"]) == {1, 2}
     add = next(s for s in res.program.steps if s.node == "masked")
-    assert max(add.attrs["left"]) < 40  # capped: the uncapped shift is over 120
+    assert max(add.attrs["left"]) < 40  # reshaped: capped, the uncapped shift is over 120
     rep = verify_integer(res.model, {k: v[:8] for k, v in test.items()}, batch_size=8)
     assert rep.ok, rep.format()
     assert _sqnr(ref, ort_run(res.model, test)[0]) >= s_qdq - 0.5
+
+
+@pytest.mark.parametrize("fill", [-1e4, -1e9])
+def test_finite_additive_mask_keeps_the_scores_resolution(tmp_path, fill):
+    """scores + (1 - mask) * fill with a finite fill (older BERT and GPT-2 exports: -1e4, -1e9): the sum's
+    grid reaches only SOFTMAX_MASK_SPAN below the smallest row maximum (calib.softmax_floor), and the mask term's
+    as far as that needs (calib.mask_term_floors), so the scores keep their resolution and the masked positions
+    clip to a level that the Softmax still maps to about 0 (a grid over the whole range put every score on one
+    code). QDQ in onnxruntime and the Po2 integer format with level-1 verify."""
+    rng = np.random.default_rng(12)
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"], name="fc"),
+             helper.make_node("Cast", ["mask"], ["mf"], name="mask_float", to=TensorProto.FLOAT),
+             helper.make_node("Sub", ["one", "mf"], ["inv"], name="invert"),
+             helper.make_node("Mul", ["inv", "fill"], ["bias"], name="mask_bias"),
+             helper.make_node("Add", ["h", "bias"], ["s"], name="masked"),
+             helper.make_node("Softmax", ["s"], ["y"], name="softmax", axis=-1)]
+    inits = [numpy_helper.from_array(np.asarray(_w(rng, C, T, scale=0.8), np.float32), "w"),
+             numpy_helper.from_array(np.float32(1.0), "one"), numpy_helper.from_array(np.float32(fill), "fill")]
+    path = _save_with_mask(tmp_path, "finite_mask", nodes, [1, T], [T, T], inits)
+    x = _tokens(13)
+    mask = _padding_mask(len(x))[:, None, :]
+    calib = {"x": x[:32], "mask": mask[:32]}
+    test = {"x": x[32:], "mask": mask[32:]}
+    ref = ort_run(path, test)[0]
+    qdq = onnxptq.quantize(path, calib, progress=False)
+    p = qdq.sim.act_quantizer("s").params
+    lo = (p.grid.qmin - float(p.zero_point)) * float(p.scale)  # the grid's lowest value
+    assert -4 * SOFTMAX_MASK_SPAN < lo < -SOFTMAX_MASK_SPAN  # the span (and ln T) below the scores, not the fill
+    assert float(qdq.sim.act_quantizer("bias").params.scale) < 1.0  # the mask term: floored too (mask_term_floors)
+    out = ort_run(qdq.model, test)[0]  # fused QLinearAdd: at -1e9 it lost the scores to the mask term's step
+    assert _sqnr(ref, out) > 25.0
+    assert np.all(out[mask[32:, 0, None, :].repeat(T, 1) == 0] < 1e-3)  # padding stays masked
+    res = onnxptq.quantize(path, calib, scale="po2", format="int", progress=False)
+    assert verify_integer(res.model, {k: v[:8] for k, v in test.items()}, batch_size=8).ok
+    assert _sqnr(ref, ort_run(res.model, test)[0]) > 25.0
+
+
+def test_softmax_input_that_is_also_an_output_keeps_its_range(tmp_path):
+    """logits -> Softmax with the logits a graph output too: the user reads every logit, so their grid covers
+    the observed range instead of stopping SOFTMAX_MASK_SPAN below the smallest row maximum (softmax_inputs)."""
+    rng = np.random.default_rng(14)
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["logits"], name="fc"),
+             helper.make_node("Softmax", ["logits"], ["y"], name="softmax", axis=-1)]
+    w = numpy_helper.from_array(np.asarray(_w(rng, C, C, scale=4.0), np.float32), "w")
+    g = helper.make_graph(nodes, "two_outputs", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", T, C])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", T, C]),
+                           helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", T, C])], [w])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    path = str(tmp_path / "two_outputs.onnx")
+    onnx.save(m, path)
+    x = _tokens(15)
+    logits = ort_run(path, {"x": x[:32]})[1]
+    res = onnxptq.quantize(path, x[:32], progress=False)
+    p = res.sim.act_quantizer("logits").params
+    assert float(logits.max() - logits.min()) > 3 * SOFTMAX_MASK_SPAN  # a floor would clip these logits
+    assert (p.grid.qmin - float(p.zero_point)) * float(p.scale) < float(logits.min()) + float(p.scale)
 
 
 @pytest.mark.parametrize("fill, scores_first", [(float(np.finfo(np.float32).min), False),

@@ -426,6 +426,28 @@ def test_observer_reads_channels_last_in_memory_order():
     assert set(a.sample()[:-2].tolist()) <= set(x.flatten().tolist())
 
 
+def test_softmax_floor_from_row_maxima_by_hand():
+    """Rows [2, 1, -1e4] and [0.5, 0, -1e4] (a finite mask): the smallest row maximum is 0.5, so the floor is
+    0.5 - SOFTMAX_MASK_SPAN - ln 3 (three values a row); rows whose maximum saturates (a fully masked row of float minima) do not count; a
+    tensor whose values all lie above the floor needs none; without row statistics only a saturating mask
+    gives a floor, SPAN below the largest finite value."""
+    from onnxptq.calib.calibrate import SOFTMAX_MASK_SPAN, softmax_floor
+
+    fmin = float(np.finfo(np.float32).min)
+    obs = Observer(sample_size=64, row_axis=-1)
+    obs.update(torch.tensor([[[2.0, 1.0, -1e4], [0.5, 0.0, -1e4], [fmin, fmin, fmin]]]))
+    assert obs.row_max_min == 0.5 and obs.row_length == 3
+    assert softmax_floor(obs) == pytest.approx(0.5 - SOFTMAX_MASK_SPAN - math.log(3))
+    near = Observer(sample_size=64, row_axis=-1)
+    near.update(torch.tensor([[2.0, 1.0, -3.0], [0.5, 0.0, -2.0]]))
+    assert softmax_floor(near) is None  # -3 is within the span of every row's maximum
+    flat = Observer(sample_size=64)  # no row statistics: the finite mask is a value like any other
+    flat.update(torch.tensor([[2.0, 1.0, -1e4], [0.5, 0.0, -1e4]]))
+    assert softmax_floor(flat) is None
+    flat.update(torch.tensor([[2.0, fmin]]))
+    assert softmax_floor(flat) == pytest.approx(2.0 - SOFTMAX_MASK_SPAN)
+
+
 def test_observer_sample_is_uniform_over_batches():
     """Every observed value has the same chance to be kept: a small batch is not over-represented."""
     obs = Observer(sample_size=1000, seed=0)

@@ -87,9 +87,10 @@ def observe_activations(sim: SimModel, data: Dataset, cfg: QuantConfig, points: 
     per-channel mean of every layer's input (for bias correction)."""
     sim.set_quant(weights=False, acts=False)
     observers = {}
+    rows = softmax_inputs(sim)
     for k, (t, fq) in enumerate(sim.act_quantizers()):
         if points is None or t in points:
-            fq.observer = observers[t] = Observer(seed=cfg.seed + k)
+            fq.observer = observers[t] = Observer(seed=cfg.seed + k, row_axis=rows.get(t))
     device = sim.device
     sums: dict[str, torch.Tensor] = {}
     counts: dict[str, int] = {}
@@ -141,15 +142,37 @@ def calibrate_activations(sim: SimModel, observers: dict[str, Observer], plan: B
 SOFTMAX_MASK_SPAN = 17 * math.log(2)  # exp(-span) = 2^-17: below half a step of a 16-bit softmax output
 
 
-def softmax_inputs(sim: SimModel) -> set[str]:
-    """Quant points that a Softmax reads (directly or through value-moving ops)."""
-    return {sim.qg.source.get(n.input[0]) for n in sim.qg.nodes if n.op_type == "Softmax"} - {None}
+def softmax_inputs(sim: SimModel) -> dict[str, int | None]:
+    """Quant points that a Softmax reads (directly or through value-moving ops) -> the Softmax's axis where
+    Softmax nodes are the only readers of the quant point and read it as it is (its rows are theirs; it is no
+    graph output), else None."""
+    out: dict[str, int | None] = {}
+    softmax = {n.name: n for n in sim.qg.nodes if n.op_type == "Softmax"}
+    for n in softmax.values():
+        t = sim.qg.source.get(n.input[0])
+        if t is None:
+            continue
+        qp = sim.qg.quant_points.get(t)
+        only = (qp is not None and all(c in softmax and softmax[c].input[0] == t for c in qp.consumers)
+                and not read_out(sim, t))
+        axis = int(attrs_of(n).get("axis", -1)) if only else None
+        out[t] = axis if out.get(t, axis) == axis else None
+    return out
 
 
-def mask_floor(obs: Observer) -> float | None:
-    """For a Softmax input whose observer left out saturating values (an attention mask's float minimum,
-    ``quant/observer.py``): the value the grid must reach down to so that its lowest level still acts as -inf
-    after the Softmax, ``SOFTMAX_MASK_SPAN`` below the largest finite value; None when no widening is needed."""
+def softmax_floor(obs: Observer) -> float | None:
+    """For a Softmax input: the lowest value its grid must reach, or None when the observed values need no
+    floor. Values below it clip to it; an attention mask's -inf, float minimum or finite fill (-1e4) must
+    still act as -inf there.
+    - With row statistics (``Observer.row_axis``): ``SOFTMAX_MASK_SPAN`` + ln(row length) below the smallest
+      row maximum, where some value lies below that. A row's clipped values then weigh at most
+      exp(-SOFTMAX_MASK_SPAN) = 2^-17 of its largest value together, after the Softmax; every value within
+      the span of its row's maximum stays on the grid.
+    - Without them (the Softmax reads the point through other ops): where the observer left out saturating
+      values (``quant/observer.py``), ``SOFTMAX_MASK_SPAN`` below the largest finite value."""
+    if math.isfinite(obs.row_max_min):
+        floor = obs.row_max_min - SOFTMAX_MASK_SPAN - math.log(max(obs.row_length, 1))
+        return floor if obs.min < floor else None
     if not obs.saturating or obs.min > -SATURATING:
         return None
     return obs.finite_max - SOFTMAX_MASK_SPAN
@@ -180,35 +203,76 @@ def covering_params(x: torch.Tensor, bits: int, nonnegative: bool, cfg: QuantCon
     return QParams(grid, scale.detach().cpu().numpy(), zp.detach().cpu().numpy(), None, cfg.scale == "po2")
 
 
-def activation_choice(obs: Observer, bits: int, cfg: QuantConfig, softmax_input: bool = False
+def activation_choice(obs: Observer, bits: int, cfg: QuantConfig, floor: float | None = None
                       ) -> tuple[torch.Tensor, Grid, bool, str]:
     """What an activation quant point's scale is chosen from: (values, grid, symmetric, method). The grid is
-    unsigned for a non-negative tensor where the target allows it; a Softmax input behind an attention mask
-    reaches down to ``mask_floor`` by min/max."""
+    unsigned for a non-negative tensor where the target allows it; with a ``floor`` (``softmax_floor``,
+    ``mask_term_floors``) it covers [floor, max] by min/max, the values below clipping to the floor."""
     grid = activation_grid(bits, obs.nonnegative and get_target(cfg.target).unsigned_activations)
-    floor = mask_floor(obs) if softmax_input else None
-    x = obs.sample() if floor is None else torch.cat([obs.sample(), torch.tensor([floor])])
+    x = obs.sample() if floor is None else torch.cat([obs.sample().clamp(min=floor), torch.tensor([floor])])
     return x, grid, cfg.a_symmetric or not grid.signed, cfg.a_scale_method if floor is None else "minmax"
+
+
+def mask_term_floors(sim: SimModel, observers: dict[str, Observer], floors: dict[str, float]) -> dict[str, float]:
+    """Floors for the inputs of an Add / Sum whose output has a floor F (``softmax_floor``): where input u is
+    below F minus the other inputs' grid tops, the sum is below F, and its grid clips it to F whatever u is, so
+    u's grid needs to reach only that far down. An additive attention mask (-1e4, -1e9) otherwise gets a step
+    that dwarfs the scores' (onnxruntime's fused QLinearAdd then loses the scores at -1e9). A quant point gets a
+    floor only where every reader is such an Add (the lowest of their floors)."""
+    out: dict[str, float] = {}
+    readers: dict[str, set[str]] = {}
+    for n in sim.qg.nodes:
+        if n.op_type not in ("Add", "Sum") or len(n.output) != 1 or n.output[0] not in floors:
+            continue
+        srcs = [sim.qg.source.get(i) for i in n.input]
+        if any(u is None or u not in observers or sim.act_quantizer(u).params is None
+               or sim.act_quantizer(u).params.axis is not None for u in srcs):
+            continue
+        tops = [sim.act_quantizer(u).params.top for u in srcs]
+        for k, u in enumerate(srcs):
+            f = floors[n.output[0]] - (sum(tops) - tops[k])
+            if observers[u].min < f:
+                out[u] = min(out.get(u, f), f)
+                readers.setdefault(u, set()).add(n.name)
+    return {u: f for u, f in out.items()
+            if set(sim.qg.quant_points[u].consumers) <= readers[u] and not read_out(sim, u)}
+
+
+def read_out(sim: SimModel, t: str) -> bool:
+    """Whether quant point ``t`` or a tensor carrying it is a graph output (the user reads its values)."""
+    return any(sim.qg.source.get(o, o) == t for o in sim.qg.outputs)
+
+
+def _point_params(obs: Observer, bits: int, cfg: QuantConfig, floor: float | None, need: list[float] | None
+                  ) -> QParams:
+    """One activation quant point's parameters: ``activation_choice``'s grid, widened to hold ``need`` (Pad
+    constants, ``pad_values``), and an even zero point for asymmetric Po2 grids."""
+    x, grid, symmetric, method = activation_choice(obs, bits, cfg, floor)
+    params = choose_scale(x, grid, symmetric, None, cfg, method, even_zp=True)
+    if need and not S.holds_values(params, need):
+        params = covering_params(torch.cat([x, torch.tensor(need, dtype=x.dtype)]), bits,
+                                 obs.nonnegative and min(need) >= 0, cfg)
+    if params.po2 and not params.symmetric:
+        zp = S.even_zero_point(torch.tensor(params.zero_point)).numpy()
+        params = QParams(grid, params.scale, zp, None, po2=True)
+    return params
 
 
 def _calibrate_activations(sim: SimModel, observers: dict[str, Observer], plan: BitPlan, cfg: QuantConfig) -> None:
     softmax_in = softmax_inputs(sim)
     padded = pad_values(sim)
+    floors: dict[str, float] = {}
     for t, fq in sim.act_quantizers():
         obs = observers[t]
         if obs.count == 0:
             raise RuntimeError(f"quant point {t!r} saw no data during calibration")
-        x, grid, symmetric, method = activation_choice(obs, plan.a_bits[t], cfg, t in softmax_in)
-        params = choose_scale(x, grid, symmetric, None, cfg, method, even_zp=True)
-        need = padded.get(t)
-        if need and not S.holds_values(params, need):
-            params = covering_params(torch.cat([x, torch.tensor(need, dtype=x.dtype)]), plan.a_bits[t],
-                                     obs.nonnegative and min(need) >= 0, cfg)
-        if params.po2 and not params.symmetric:
-            zp = S.even_zero_point(torch.tensor(params.zero_point)).numpy()
-            params = QParams(grid, params.scale, zp, None, po2=True)
-        fq.bits = grid.bits
-        fq.set_params(params)
+        floor = softmax_floor(obs) if t in softmax_in else None
+        if floor is not None:
+            floors[t] = floor
+        fq.bits = plan.a_bits[t]
+        fq.set_params(_point_params(obs, plan.a_bits[t], cfg, floor, padded.get(t)))
+    for t, floor in mask_term_floors(sim, observers, floors).items():
+        sim.act_quantizer(t).set_params(_point_params(observers[t], plan.a_bits[t], cfg, floor, padded.get(t)))
 
 
 @torch.no_grad()
@@ -389,7 +453,7 @@ def calibrate(sim: SimModel, data: Dataset, plan: BitPlan, cfg: QuantConfig, ctx
     state.input_means.update(input_means)  # also used after learned rounding (recon/engine.py)
     calibrate_activations(sim, observers, plan, cfg)
     if cfg.join_grids:
-        align_join_grids(sim, data, softmax_inputs(sim) | set(pad_values(sim)))
+        align_join_grids(sim, data, set(softmax_inputs(sim)) | set(pad_values(sim)))
     if cfg.scale == "po2" and cfg.po2_output_points > 0:
         po2_output_search(sim, data, observers, cfg.po2_output_points)
     elif cfg.scale == "float" and cfg.a_output_search:

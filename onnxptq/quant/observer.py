@@ -10,6 +10,10 @@ Values of magnitude at least ``SATURATING`` (1e30: an attention mask's float min
 scores) stand for infinities: when the other values span a range, the sample leaves them out, so the range
 comes from the other values and they clip to the grid's end (as an infinity would). A tensor holding only such
 values and one other value (the mask itself: 0 and -3.4e38) keeps them: that is its range.
+
+With ``row_axis`` (a Softmax input, read along that axis) the observer also keeps the smallest row maximum,
+``row_max_min``, over the rows whose maximum is not saturating, and the row length: the Softmax input's grid
+needs to reach only a span below it (``calib/calibrate.py`` ``softmax_floor``).
 """
 from __future__ import annotations
 
@@ -31,8 +35,11 @@ def _storage_order(x: torch.Tensor) -> torch.Tensor:
 class Observer:
     """Collects min, max and a uniform sample of at most ``sample_size`` values of one tensor."""
 
-    def __init__(self, sample_size: int = 1 << 16, seed: int = 0) -> None:
+    def __init__(self, sample_size: int = 1 << 16, seed: int = 0, row_axis: int | None = None) -> None:
         self.sample_size = sample_size
+        self.row_axis = row_axis
+        self.row_max_min = float("inf")  # the smallest non-saturating maximum along ``row_axis``
+        self.row_length = 0  # the longest row along ``row_axis``
         self.min = float("inf")
         self.max = float("-inf")
         self.finite_min = float("inf")  # of the values below SATURATING in magnitude
@@ -46,6 +53,12 @@ class Observer:
         self._pending = 0
 
     def update(self, x: torch.Tensor) -> None:
+        if self.row_axis is not None and x.dim() > 0 and x.numel():
+            self.row_length = max(self.row_length, x.shape[self.row_axis])
+            rows = x.detach().amax(dim=self.row_axis)
+            rows = rows[rows > -SATURATING]
+            if rows.numel():
+                self.row_max_min = min(self.row_max_min, float(rows.min()))
         x = _storage_order(x.detach())
         n = x.numel()
         if n == 0:

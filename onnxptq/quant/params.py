@@ -33,6 +33,11 @@ class QParams:
         return bool(np.all(self.zero_point == 0))
 
     @property
+    def top(self) -> float:
+        """The largest value of a per-tensor grid, (qmax - z) s."""
+        return float((self.grid.qmax - self.zero_point.reshape(())) * self.scale.reshape(()))
+
+    @property
     def exponents(self) -> np.ndarray:
         """Integer k with scale == 2^k (Po2 scales only)."""
         if not self.po2:
