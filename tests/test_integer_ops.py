@@ -671,23 +671,27 @@ def test_attention_mask_of_the_float_minimum(tmp_path, rounding, reshaped):
     assert _sqnr(ref, ort_run(res.model, test)[0]) >= s_qdq - 0.5
 
 
-@pytest.mark.parametrize("fill", [-1e4, -1e9])
-def test_finite_additive_mask_keeps_the_scores_resolution(tmp_path, fill):
+@pytest.mark.parametrize("fill, windows", [(-1e4, False), (-1e9, False), (-100.0, True)],
+                         ids=["bert-1e4", "1e9", "swin-windows"])
+def test_finite_additive_mask_keeps_the_scores_resolution(tmp_path, fill, windows):
     """scores + (1 - mask) * fill with a finite fill (older BERT and GPT-2 exports: -1e4, -1e9): the sum's
     grid reaches only SOFTMAX_MASK_SPAN below the smallest row maximum (calib.softmax_floor), and the mask term's
     as far as that needs (calib.mask_term_floors), so the scores keep their resolution and the masked positions
     clip to a level that the Softmax still maps to about 0 (a grid over the whole range put every score on one
-    code). QDQ in onnxruntime and the Po2 integer format with level-1 verify."""
+    code). QDQ in onnxruntime and the Po2 integer format with level-1 verify. ``windows``: the Softmax reads the
+    sum through a Reshape that keeps the last axis, as Swin's shifted windows do with their -100 mask."""
     rng = np.random.default_rng(12)
     nodes = [helper.make_node("MatMul", ["x", "w"], ["h"], name="fc"),
              helper.make_node("Cast", ["mask"], ["mf"], name="mask_float", to=TensorProto.FLOAT),
              helper.make_node("Sub", ["one", "mf"], ["inv"], name="invert"),
              helper.make_node("Mul", ["inv", "fill"], ["bias"], name="mask_bias"),
              helper.make_node("Add", ["h", "bias"], ["s"], name="masked"),
-             helper.make_node("Softmax", ["s"], ["y"], name="softmax", axis=-1)]
+             *([helper.make_node("Reshape", ["s", "windows"], ["sw"], name="windows")] if windows else []),
+             helper.make_node("Softmax", ["sw" if windows else "s"], ["y"], name="softmax", axis=-1)]
     inits = [numpy_helper.from_array(np.asarray(_w(rng, C, T, scale=0.8), np.float32), "w"),
-             numpy_helper.from_array(np.float32(1.0), "one"), numpy_helper.from_array(np.float32(fill), "fill")]
-    path = _save_with_mask(tmp_path, "finite_mask", nodes, [1, T], [T, T], inits)
+             numpy_helper.from_array(np.float32(1.0), "one"), numpy_helper.from_array(np.float32(fill), "fill"),
+             numpy_helper.from_array(np.array([-1, 2, T // 2, T]), "windows")]
+    path = _save_with_mask(tmp_path, "finite_mask", nodes, [1, T], [2, T // 2, T] if windows else [T, T], inits)
     x = _tokens(13)
     mask = _padding_mask(len(x))[:, None, :]
     calib = {"x": x[:32], "mask": mask[:32]}
@@ -700,7 +704,7 @@ def test_finite_additive_mask_keeps_the_scores_resolution(tmp_path, fill):
     assert float(qdq.sim.act_quantizer("bias").params.scale) < 1.0  # the mask term: floored too (mask_term_floors)
     out = ort_run(qdq.model, test)[0]  # fused QLinearAdd: at -1e9 it lost the scores to the mask term's step
     assert _sqnr(ref, out) > 25.0
-    assert np.all(out[mask[32:, 0, None, :].repeat(T, 1) == 0] < 1e-3)  # padding stays masked
+    assert np.all(out.reshape(-1, T, T)[mask[32:, 0, None, :].repeat(T, 1) == 0] < 1e-3)  # padding stays masked
     res = onnxptq.quantize(path, calib, scale="po2", format="int", progress=False)
     assert verify_integer(res.model, {k: v[:8] for k, v in test.items()}, batch_size=8).ok
     assert _sqnr(ref, ort_run(res.model, test)[0]) > 25.0

@@ -142,22 +142,50 @@ def calibrate_activations(sim: SimModel, observers: dict[str, Observer], plan: B
 SOFTMAX_MASK_SPAN = 17 * math.log(2)  # exp(-span) = 2^-17: below half a step of a 16-bit softmax output
 
 
+ROW_KEEPING_OPS = ("Reshape", "Squeeze", "Unsqueeze", "Flatten", "Identity")  # keep each last-axis row whole
+
+
 def softmax_inputs(sim: SimModel) -> dict[str, int | None]:
-    """Quant points that a Softmax reads (directly or through value-moving ops) -> the Softmax's axis where
-    Softmax nodes are the only readers of the quant point and read it as it is (its rows are theirs; it is no
-    graph output), else None."""
+    """Quant points that a Softmax reads (directly or through value-moving ops) -> the axis of the quant point
+    along which it holds the rows the Softmax normalizes, or None. An axis is given where the Softmax reads the
+    point itself, or through reshapes that keep the last axis (Swin's shifted windows) with the Softmax on the
+    last axis, and where those Softmax nodes and reshapes are the point's only readers and it is no graph output."""
+    producer = {o: n for n in sim.qg.nodes for o in n.output}
     out: dict[str, int | None] = {}
-    softmax = {n.name: n for n in sim.qg.nodes if n.op_type == "Softmax"}
-    for n in softmax.values():
+    on_path: dict[str, set[str]] = {}  # quant point -> the Softmax nodes and reshapes that lead to them
+    for n in sim.qg.nodes:
+        if n.op_type != "Softmax":
+            continue
         t = sim.qg.source.get(n.input[0])
         if t is None:
             continue
-        qp = sim.qg.quant_points.get(t)
-        only = (qp is not None and all(c in softmax and softmax[c].input[0] == t for c in qp.consumers)
-                and not read_out(sim, t))
-        axis = int(attrs_of(n).get("axis", -1)) if only else None
+        axis, path = _softmax_rows(sim, n, t, producer)
+        on_path.setdefault(t, set()).update(path)
         out[t] = axis if out.get(t, axis) == axis else None
+    for t, axis in out.items():
+        qp = sim.qg.quant_points.get(t)
+        if axis is not None and (qp is None or not set(qp.consumers) <= on_path[t] or read_out(sim, t)):
+            out[t] = None
     return out
+
+
+def _softmax_rows(sim: SimModel, n, t: str, producer: dict) -> tuple[int | None, set[str]]:
+    """(the axis of quant point ``t`` that holds Softmax ``n``'s rows or None, the nodes from ``t`` to ``n``)."""
+    axis = int(attrs_of(n).get("axis", -1))
+    x, path = n.input[0], {n.name}
+    if x == t:
+        return axis, path
+    shape_in, shape_t = sim.qg.shapes.get(x), sim.qg.shapes.get(t)
+    if (not shape_in or not shape_t or axis not in (-1, len(shape_in) - 1) or shape_in[-1] <= 0
+            or shape_in[-1] != shape_t[-1]):
+        return None, path
+    while x != t:
+        p = producer.get(x)
+        if p is None or p.op_type not in ROW_KEEPING_OPS:
+            return None, path
+        path.add(p.name)
+        x = p.input[0]
+    return -1, path
 
 
 def softmax_floor(obs: Observer) -> float | None:
