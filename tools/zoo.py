@@ -137,10 +137,11 @@ def _additive_mask(inner, fill: float, output: str = "logits"):
 
 def _hf_text(kind: str, seq: int = 32, mask_fill: float | None = None, init: float = 0.02) -> Callable[[], tuple]:
     """A tiny transformers text model (random weights, eager attention): bert | distilbert | gpt2 | albert | deberta |
-    roberta (their logits) | t5-encoder (its last hidden state); inputs: token ids and an attention mask, which
-    ``mask_fill`` turns into an additive mask of that fill (``_additive_mask``); ``init``: BERT's
-    ``initializer_range`` (0.02 by default; at 0.1 its random attention is peaked, as a trained model's is, instead of
-    nearly uniform, so that how a quantizer keeps the attention scores shows in the output)."""
+    roberta | llama | qwen2 | phi3 | mobilebert | electra (their logits) | t5-encoder (its last hidden state);
+    inputs: token ids and an attention mask, which ``mask_fill`` turns into an additive mask of that fill
+    (``_additive_mask``). ``init``: BERT's ``initializer_range`` (0.02 by default; at 0.1 its random attention is
+    peaked, as a trained model's is, instead of nearly uniform, so that how a quantizer keeps the attention scores
+    shows in the output)."""
     def build():
         import torch
         import transformers as tf
@@ -170,6 +171,20 @@ def _hf_text(kind: str, seq: int = 32, mask_fill: float | None = None, init: flo
             m = tf.DebertaV2ForSequenceClassification(tf.DebertaV2Config(
                 hidden_size=64, num_hidden_layers=2, relative_attention=True, position_buckets=16,
                 pos_att_type=["p2c", "c2p"], **small))
+        elif kind in ("llama", "qwen2", "phi3"):  # decoders: RMSNorm, rotary positions, grouped KV heads, causal mask
+            config, model = {"llama": (tf.LlamaConfig, tf.LlamaForCausalLM),
+                             "qwen2": (tf.Qwen2Config, tf.Qwen2ForCausalLM),
+                             "phi3": (tf.Phi3Config, tf.Phi3ForCausalLM)}[kind]
+            m = model(config(hidden_size=64, num_hidden_layers=2, num_key_value_heads=1, use_cache=False,
+                             attn_implementation="eager", pad_token_id=0, **small))
+        elif kind == "mobilebert":  # bottlenecks, NoNorm (an elementwise affine), no LayerNorm
+            m = tf.MobileBertForSequenceClassification(tf.MobileBertConfig(
+                hidden_size=64, num_hidden_layers=2, embedding_size=32, intra_bottleneck_size=32, num_labels=3,
+                attn_implementation="eager", **{**small, "intermediate_size": 64}))
+        elif kind == "electra":  # an embedding projection in front of a BERT encoder
+            m = tf.ElectraForSequenceClassification(tf.ElectraConfig(
+                hidden_size=64, num_hidden_layers=2, embedding_size=32, num_labels=3, attn_implementation="eager",
+                **small))
         else:
             m = tf.RobertaForSequenceClassification(tf.RobertaConfig(
                 hidden_size=64, num_hidden_layers=2, attn_implementation="eager", **small))
@@ -234,8 +249,33 @@ def _hf_vision(kind: str) -> Callable[[], tuple]:
     return build
 
 
+def _hf_audio(kind: str) -> Callable[[], tuple]:
+    """A tiny transformers speech model (random weights): whisper-encoder (log-mel frames (16, 64) in, last hidden
+    state out) | wav2vec2 (4000 raw samples in, the logits of a 3-class head out)."""
+    def build():
+        import torch
+        import transformers as tf
+
+        torch.manual_seed(0)
+        if kind == "whisper-encoder":
+            enc = tf.WhisperModel(tf.WhisperConfig(
+                vocab_size=1000, num_mel_bins=16, encoder_layers=2, encoder_attention_heads=2, decoder_layers=1,
+                decoder_attention_heads=2, d_model=64, encoder_ffn_dim=128, decoder_ffn_dim=128,
+                max_source_positions=32, max_target_positions=32, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+                decoder_start_token_id=1, attn_implementation="eager")).get_encoder().eval()
+            module = _logits(enc, ["input_features"], "last_hidden_state")
+            return module, (torch.randn(1, 16, 64),), ["input_features"], ["hidden"]
+        m = tf.Wav2Vec2ForSequenceClassification(tf.Wav2Vec2Config(
+            hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128, conv_dim=(32, 32, 32),
+            conv_stride=(5, 2, 2), conv_kernel=(10, 3, 3), num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4,
+            num_labels=3, attn_implementation="eager"))
+        return _logits(m.eval(), ["input_values"]), (torch.randn(1, 4000),), ["input_values"], ["logits"]
+    return build
+
+
 #: Models outside the zoo, tried the same way (``--extra``): other tasks and families than the zoo's. The
-#: second group (from mobilenetv4_conv_small on) was added at the stop that first tried it.
+#: second group (from mobilenetv4_conv_small on) and the third (from bert_tiny_mask1e4 on) were added at the stops
+#: that first tried them.
 EXTRA: list[ZooModel] = [
     ZooModel("pit_ti_224", "timm", _timm("pit_ti_224")),
     ZooModel("ese_vovnet19b_dw", "timm", _timm("ese_vovnet19b_dw")),
@@ -266,6 +306,26 @@ EXTRA: list[ZooModel] = [
     ZooModel("roberta_tiny", "transformers", _hf_text("roberta")),
     ZooModel("t5_encoder_tiny", "transformers", _hf_text("t5-encoder")),
     ZooModel("bert_tiny_mask1e4", "transformers", _hf_text("bert", mask_fill=-1e4, init=0.1)),
+    ZooModel("tiny_vit_5m_224", "timm", _timm("tiny_vit_5m_224")),
+    ZooModel("repvit_m0_9", "timm", _timm("repvit_m0_9")),
+    ZooModel("ghostnetv2_100", "timm", _timm("ghostnetv2_100")),
+    ZooModel("convnextv2_atto", "timm", _timm("convnextv2_atto")),
+    ZooModel("mobilevitv2_050", "timm", _timm("mobilevitv2_050", 256)),
+    ZooModel("efficientformer_l1", "timm", _timm("efficientformer_l1")),
+    ZooModel("fasternet_t0", "timm", _timm("fasternet_t0")),
+    ZooModel("starnet_s050", "timm", _timm("starnet_s050")),
+    ZooModel("efficientvit_m0", "timm", _timm("efficientvit_m0")),
+    ZooModel("pvt_v2_b0", "timm", _timm("pvt_v2_b0")),
+    ZooModel("swiftformer_xs", "timm", _timm("swiftformer_xs")),
+    ZooModel("mambaout_femto", "timm", _timm("mambaout_femto")),
+    ZooModel("skresnet18", "timm", _timm("skresnet18")),
+    ZooModel("llama_tiny", "transformers", _hf_text("llama")),
+    ZooModel("qwen2_tiny", "transformers", _hf_text("qwen2")),
+    ZooModel("phi3_tiny", "transformers", _hf_text("phi3")),
+    ZooModel("mobilebert_tiny", "transformers", _hf_text("mobilebert")),
+    ZooModel("electra_tiny", "transformers", _hf_text("electra")),
+    ZooModel("whisper_encoder_tiny", "transformers", _hf_audio("whisper-encoder")),
+    ZooModel("wav2vec2_tiny", "transformers", _hf_audio("wav2vec2")),
 ]
 BY_NAME = {m.name: m for m in MODELS + EXTRA}
 
