@@ -11,6 +11,7 @@ raised to 8 bits or left in float, an accuracy target missed. Each is logged at 
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import asdict, dataclass, field
 
 log = logging.getLogger("onnxptq")
@@ -39,7 +40,6 @@ KINDS: dict[str, str] = {
 
 _PLURALS = {"regions": "region", "steps": "step", "corrections": "correction", "layers": "layer", "nodes": "node",
             "points": "point", "warnings": "warning"}
-_PRONOUNS = {"them": "it", "they": "it"}
 
 
 def singular(what: str) -> str:
@@ -48,11 +48,9 @@ def singular(what: str) -> str:
     words = what.split(" ")
     for k, w in enumerate(words):
         if w in _PLURALS:
-            words[k] = _PLURALS[w]
-            words[k + 1:] = [_PRONOUNS.get(x.rstrip(")"), x.rstrip(")")) + x[len(x.rstrip(")")):]
-                             for x in words[k + 1:]]
-            break
-    return " ".join(words)
+            rest = re.sub(r"\b(them|they)\b", "it", " ".join(words[k + 1:]))
+            return " ".join(words[:k] + [_PLURALS[w]] + ([rest] if rest else []))
+    return what
 
 
 @dataclass(frozen=True)
