@@ -710,6 +710,41 @@ def test_finite_additive_mask_keeps_the_scores_resolution(tmp_path, fill, window
     assert _sqnr(ref, ort_run(res.model, test)[0]) > 25.0
 
 
+@pytest.mark.parametrize("pattern", ["where-float-min", "additive-1e4"])
+def test_a_mask_with_no_padding_in_calibration_still_masks(tmp_path, pattern):
+    """Calibration samples without padding (every mask all ones): the mask term holds one value (0) there, and its
+    grid used to hold only that, so padding at deployment was not masked (both cases fail there). It is widened as if it masked (calib.unvaried_mask_terms), named in the warnings, and padded keys get
+    no weight in QDQ and in the Po2 integer format."""
+    rng = np.random.default_rng(16)
+    fill = np.finfo(np.float32).min if pattern == "where-float-min" else np.float32(-1e4)
+    if pattern == "where-float-min":
+        mask_nodes = [helper.make_node("Equal", ["mask", "zero_i"], ["pad"], name="is_pad"),
+                      helper.make_node("Where", ["pad", "fill", "zero"], ["bias"], name="mask_bias")]
+    else:
+        mask_nodes = [helper.make_node("Cast", ["mask"], ["mf"], name="mask_float", to=TensorProto.FLOAT),
+                      helper.make_node("Sub", ["one", "mf"], ["inv"], name="invert"),
+                      helper.make_node("Mul", ["inv", "fill"], ["bias"], name="mask_bias")]
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"], name="fc"), *mask_nodes,
+             helper.make_node("Add", ["h", "bias"], ["s"], name="masked"),
+             helper.make_node("Softmax", ["s"], ["y"], name="softmax", axis=-1)]
+    inits = [numpy_helper.from_array(np.asarray(_w(rng, C, T, scale=0.8), np.float32), "w"),
+             numpy_helper.from_array(np.float32(fill), "fill"), numpy_helper.from_array(np.float32(0.0), "zero"),
+             numpy_helper.from_array(np.float32(1.0), "one"), numpy_helper.from_array(np.int64(0), "zero_i")]
+    path = _save_with_mask(tmp_path, "no_padding", nodes, [1, T], [T, T], inits)
+    x = _tokens(17)
+    mask = _padding_mask(len(x))[:, None, :]
+    calib = {"x": x[:32], "mask": np.ones_like(mask[:32])}
+    test = {"x": x[32:], "mask": mask[32:]}
+    ref = ort_run(path, test)[0]
+    padded = mask[32:, 0, None, :].repeat(T, 1) == 0
+    for fmt in ("qdq", "int"):
+        res = onnxptq.quantize(path, calib, scale="po2", format=fmt, progress=False)
+        assert [d.where for d in res.diagnostics.of("other")] == ["bias"]
+        out = ort_run(res.model, test)[0]
+        assert np.all(out[padded] < 1e-3), fmt
+        assert _sqnr(ref, out) > 25.0, fmt
+
+
 def test_softmax_input_that_is_also_an_output_keeps_its_range(tmp_path):
     """logits -> Softmax with the logits a graph output too: the user reads every logit, so their grid covers
     the observed range instead of stopping SOFTMAX_MASK_SPAN below the smallest row maximum (softmax_inputs)."""

@@ -134,9 +134,12 @@ def layer_input_means(sim: SimModel, data: Dataset, cfg: QuantConfig, n_out: int
 
 
 @torch.no_grad()
-def calibrate_activations(sim: SimModel, observers: dict[str, Observer], plan: BitPlan, cfg: QuantConfig) -> None:
+def calibrate_activations(sim: SimModel, observers: dict[str, Observer], plan: BitPlan, cfg: QuantConfig
+                          ) -> list[str]:
+    """Every activation quant point's parameters from its observer; returns the mask terms that held one value
+    over the calibration data and were widened to still mask (``unvaried_mask_terms``)."""
     with threads(1):
-        _calibrate_activations(sim, observers, plan, cfg)
+        return _calibrate_activations(sim, observers, plan, cfg)
 
 
 SOFTMAX_MASK_SPAN = 17 * math.log(2)  # exp(-span) = 2^-17: below half a step of a 16-bit softmax output
@@ -188,10 +191,11 @@ def _softmax_rows(sim: SimModel, n, t: str, producer: dict) -> tuple[int | None,
     return -1, path
 
 
-def softmax_floor(obs: Observer) -> float | None:
+def softmax_floor(obs: Observer, unseen_mask: bool = False) -> float | None:
     """For a Softmax input: the lowest value its grid must reach, or None when the observed values need no
-    floor. Values below it clip to it; an attention mask's -inf, float minimum or finite fill (-1e4) must
-    still act as -inf there.
+    floor (``unseen_mask``: reach it anyway, a mask term that never masked in calibration may mask later).
+    Values below it clip to it; an attention mask's -inf, float minimum or finite fill (-1e4) must still act as
+    -inf there.
     - With row statistics (``Observer.row_axis``): ``SOFTMAX_MASK_SPAN`` + ln(row length) below the smallest
       row maximum, where some value lies below that. A row's clipped values then weigh at most
       exp(-SOFTMAX_MASK_SPAN) = 2^-17 of its largest value together, after the Softmax; every value within
@@ -200,7 +204,7 @@ def softmax_floor(obs: Observer) -> float | None:
       values (``quant/observer.py``), ``SOFTMAX_MASK_SPAN`` below the largest finite value."""
     if math.isfinite(obs.row_max_min):
         floor = obs.row_max_min - SOFTMAX_MASK_SPAN - math.log(max(obs.row_length, 1))
-        return floor if obs.min < floor else None
+        return floor if obs.min < floor or unseen_mask else None
     if not obs.saturating or obs.min > -SATURATING:
         return None
     return obs.finite_max - SOFTMAX_MASK_SPAN
@@ -236,7 +240,8 @@ def activation_choice(obs: Observer, bits: int, cfg: QuantConfig, floor: float |
     """What an activation quant point's scale is chosen from: (values, grid, symmetric, method). The grid is
     unsigned for a non-negative tensor where the target allows it; with a ``floor`` (``softmax_floor``,
     ``mask_term_floors``) it covers [floor, max] by min/max, the values below clipping to the floor."""
-    grid = activation_grid(bits, obs.nonnegative and get_target(cfg.target).unsigned_activations)
+    nonnegative = obs.nonnegative and (floor is None or floor >= 0)
+    grid = activation_grid(bits, nonnegative and get_target(cfg.target).unsigned_activations)
     x = obs.sample() if floor is None else torch.cat([obs.sample().clamp(min=floor), torch.tensor([floor])])
     return x, grid, cfg.a_symmetric or not grid.signed, cfg.a_scale_method if floor is None else "minmax"
 
@@ -246,7 +251,9 @@ def mask_term_floors(sim: SimModel, observers: dict[str, Observer], floors: dict
     below F minus the other inputs' grid tops, the sum is below F, and its grid clips it to F whatever u is, so
     u's grid needs to reach only that far down. An additive attention mask (-1e4, -1e9) otherwise gets a step
     that dwarfs the scores' (onnxruntime's fused QLinearAdd then loses the scores at -1e9). A quant point gets a
-    floor only where every reader is such an Add (the lowest of their floors)."""
+    floor only where every reader is such an Add (the lowest of their floors). An input that held one value
+    over the calibration data (a padding mask with no padding in it) gets the floor too, so that it can still
+    mask (``unvaried_mask_terms``)."""
     out: dict[str, float] = {}
     readers: dict[str, set[str]] = {}
     for n in sim.qg.nodes:
@@ -259,11 +266,29 @@ def mask_term_floors(sim: SimModel, observers: dict[str, Observer], floors: dict
         tops = [sim.act_quantizer(u).params.top for u in srcs]
         for k, u in enumerate(srcs):
             f = floors[n.output[0]] - (sum(tops) - tops[k])
-            if observers[u].min < f:
+            if observers[u].min < f or _unvaried(observers[u]):
                 out[u] = min(out.get(u, f), f)
                 readers.setdefault(u, set()).add(n.name)
     return {u: f for u, f in out.items()
             if set(sim.qg.quant_points[u].consumers) <= readers[u] and not read_out(sim, u)}
+
+
+def _unvaried(obs: Observer) -> bool:
+    return obs.count > 0 and obs.min == obs.max
+
+
+def unvaried_mask_terms(sim: SimModel, observers: dict[str, Observer], softmax_in: dict[str, int | None]
+                        ) -> dict[str, list[str]]:
+    """Softmax inputs (read along rows) made by an Add / Sum with an input that held one value over the
+    calibration data -> those inputs: an attention mask with no padding in the calibration samples adds 0
+    everywhere there, and its grid and the sum's must still reach down to where it masks."""
+    out: dict[str, list[str]] = {}
+    for n in sim.qg.nodes:
+        if n.op_type in ("Add", "Sum") and len(n.output) == 1 and softmax_in.get(n.output[0]) is not None:
+            idle = [u for u in (sim.qg.source.get(i) for i in n.input) if u in observers and _unvaried(observers[u])]
+            if idle:
+                out[n.output[0]] = idle
+    return out
 
 
 def read_out(sim: SimModel, t: str) -> bool:
@@ -286,21 +311,25 @@ def _point_params(obs: Observer, bits: int, cfg: QuantConfig, floor: float | Non
     return params
 
 
-def _calibrate_activations(sim: SimModel, observers: dict[str, Observer], plan: BitPlan, cfg: QuantConfig) -> None:
+def _calibrate_activations(sim: SimModel, observers: dict[str, Observer], plan: BitPlan, cfg: QuantConfig
+                           ) -> list[str]:
     softmax_in = softmax_inputs(sim)
     padded = pad_values(sim)
+    unvaried = unvaried_mask_terms(sim, observers, softmax_in)
     floors: dict[str, float] = {}
     for t, fq in sim.act_quantizers():
         obs = observers[t]
         if obs.count == 0:
             raise RuntimeError(f"quant point {t!r} saw no data during calibration")
-        floor = softmax_floor(obs) if t in softmax_in else None
+        floor = softmax_floor(obs, t in unvaried) if t in softmax_in else None
         if floor is not None:
             floors[t] = floor
         fq.bits = plan.a_bits[t]
         fq.set_params(_point_params(obs, plan.a_bits[t], cfg, floor, padded.get(t)))
-    for t, floor in mask_term_floors(sim, observers, floors).items():
+    widened = mask_term_floors(sim, observers, floors)
+    for t, floor in widened.items():
         sim.act_quantizer(t).set_params(_point_params(observers[t], plan.a_bits[t], cfg, floor, padded.get(t)))
+    return sorted({u for terms in unvaried.values() for u in terms if u in widened})
 
 
 @torch.no_grad()
@@ -479,7 +508,10 @@ def calibrate(sim: SimModel, data: Dataset, plan: BitPlan, cfg: QuantConfig, ctx
     state = sim.state
     state.input_means.clear()
     state.input_means.update(input_means)  # also used after learned rounding (recon/engine.py)
-    calibrate_activations(sim, observers, plan, cfg)
+    for t in calibrate_activations(sim, observers, plan, cfg):
+        diagnostics.add("other", t, "held one value in every calibration sample (an attention mask with no padding "
+                        "in them?): its grid and the attention sum's were widened so that it can still mask; "
+                        "calibrate with padded samples for the sum's finer grid")
     if cfg.join_grids:
         align_join_grids(sim, data, set(softmax_inputs(sim)) | set(pad_values(sim)))
     if cfg.scale == "po2" and cfg.po2_output_points > 0:
