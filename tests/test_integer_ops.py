@@ -713,8 +713,9 @@ def test_finite_additive_mask_keeps_the_scores_resolution(tmp_path, fill, window
 @pytest.mark.parametrize("pattern", ["where-float-min", "additive-1e4"])
 def test_a_mask_with_no_padding_in_calibration_still_masks(tmp_path, pattern):
     """Calibration samples without padding (every mask all ones): the mask term holds one value (0) there, and its
-    grid used to hold only that, so padding at deployment was not masked (both cases fail there). It is widened as if it masked (calib.unvaried_mask_terms), named in the warnings, and padded keys get
-    no weight in QDQ and in the Po2 integer format."""
+    grid used to hold only that, so padding at deployment was not masked (both cases fail there). It is widened
+    as if it masked (calib.unvaried_mask_terms), named in the warnings, and padded keys get no weight in QDQ and
+    in the Po2 integer format."""
     rng = np.random.default_rng(16)
     fill = np.finfo(np.float32).min if pattern == "where-float-min" else np.float32(-1e4)
     if pattern == "where-float-min":

@@ -246,29 +246,34 @@ def activation_choice(obs: Observer, bits: int, cfg: QuantConfig, floor: float |
     return x, grid, cfg.a_symmetric or not grid.signed, cfg.a_scale_method if floor is None else "minmax"
 
 
-def mask_term_floors(sim: SimModel, observers: dict[str, Observer], floors: dict[str, float]) -> dict[str, float]:
-    """Floors for the inputs of an Add / Sum whose output has a floor F (``softmax_floor``): where input u is
-    below F minus the other inputs' grid tops, the sum is below F, and its grid clips it to F whatever u is, so
-    u's grid needs to reach only that far down. An additive attention mask (-1e4, -1e9) otherwise gets a step
-    that dwarfs the scores' (onnxruntime's fused QLinearAdd then loses the scores at -1e9). A quant point gets a
-    floor only where every reader is such an Add (the lowest of their floors). An input that held one value
-    over the calibration data (a padding mask with no padding in it) gets the floor too, so that it can still
-    mask (``unvaried_mask_terms``)."""
+def softmax_adds(sim: SimModel, softmax_in: dict[str, int | None]) -> dict[str, list[str | None]]:
+    """Softmax inputs that an Add / Sum makes -> the quant points its inputs carry (None for an input that is
+    none): where an attention mask meets the scores."""
+    return {n.output[0]: [sim.qg.source.get(i) for i in n.input] for n in sim.qg.nodes
+            if n.op_type in ("Add", "Sum") and len(n.output) == 1 and n.output[0] in softmax_in}
+
+
+def mask_term_floors(sim: SimModel, observers: dict[str, Observer], floors: dict[str, float],
+                     adds: dict[str, list[str | None]]) -> dict[str, float]:
+    """Floors for the inputs of an Add / Sum (``softmax_adds``) whose output has a floor F (``softmax_floor``):
+    where input u is below F minus the other inputs' grid tops, the sum is below F, and its grid clips it to F
+    whatever u is, so u's grid needs to reach only that far down. An additive attention mask (-1e4, -1e9)
+    otherwise gets a step that dwarfs the scores' (onnxruntime's fused QLinearAdd then loses the scores at
+    -1e9). A quant point gets a floor only where every reader is such an Add (the lowest of their floors). An
+    input that held one value over the calibration data (a padding mask with no padding in it) gets the floor
+    too, so that it can still mask (``unvaried_mask_terms``)."""
     out: dict[str, float] = {}
     readers: dict[str, set[str]] = {}
-    for n in sim.qg.nodes:
-        if n.op_type not in ("Add", "Sum") or len(n.output) != 1 or n.output[0] not in floors:
-            continue
-        srcs = [sim.qg.source.get(i) for i in n.input]
-        if any(u is None or u not in observers or sim.act_quantizer(u).params is None
-               or sim.act_quantizer(u).params.axis is not None for u in srcs):
+    for s, srcs in adds.items():
+        if s not in floors or any(u is None or u not in observers or sim.act_quantizer(u).params is None
+                                  or sim.act_quantizer(u).params.axis is not None for u in srcs):
             continue
         tops = [sim.act_quantizer(u).params.top for u in srcs]
         for k, u in enumerate(srcs):
-            f = floors[n.output[0]] - (sum(tops) - tops[k])
+            f = floors[s] - (sum(tops) - tops[k])
             if observers[u].min < f or _unvaried(observers[u]):
                 out[u] = min(out.get(u, f), f)
-                readers.setdefault(u, set()).add(n.name)
+                readers.setdefault(u, set()).add(sim.qg.quant_points[s].producer)
     return {u: f for u, f in out.items()
             if set(sim.qg.quant_points[u].consumers) <= readers[u] and not read_out(sim, u)}
 
@@ -277,17 +282,16 @@ def _unvaried(obs: Observer) -> bool:
     return obs.count > 0 and obs.min == obs.max
 
 
-def unvaried_mask_terms(sim: SimModel, observers: dict[str, Observer], softmax_in: dict[str, int | None]
-                        ) -> dict[str, list[str]]:
-    """Softmax inputs (read along rows) made by an Add / Sum with an input that held one value over the
-    calibration data -> those inputs: an attention mask with no padding in the calibration samples adds 0
-    everywhere there, and its grid and the sum's must still reach down to where it masks."""
+def unvaried_mask_terms(observers: dict[str, Observer], softmax_in: dict[str, int | None],
+                        adds: dict[str, list[str | None]]) -> dict[str, list[str]]:
+    """Softmax inputs (read along rows) made by an Add / Sum (``softmax_adds``) with an input that held one value
+    over the calibration data -> those inputs: an attention mask with no padding in the calibration samples adds
+    0 everywhere there, and its grid and the sum's must still reach down to where it masks."""
     out: dict[str, list[str]] = {}
-    for n in sim.qg.nodes:
-        if n.op_type in ("Add", "Sum") and len(n.output) == 1 and softmax_in.get(n.output[0]) is not None:
-            idle = [u for u in (sim.qg.source.get(i) for i in n.input) if u in observers and _unvaried(observers[u])]
-            if idle:
-                out[n.output[0]] = idle
+    for s, srcs in adds.items():
+        idle = [u for u in srcs if u in observers and _unvaried(observers[u])]
+        if idle and softmax_in[s] is not None:
+            out[s] = idle
     return out
 
 
@@ -315,7 +319,8 @@ def _calibrate_activations(sim: SimModel, observers: dict[str, Observer], plan: 
                            ) -> list[str]:
     softmax_in = softmax_inputs(sim)
     padded = pad_values(sim)
-    unvaried = unvaried_mask_terms(sim, observers, softmax_in)
+    adds = softmax_adds(sim, softmax_in)
+    unvaried = unvaried_mask_terms(observers, softmax_in, adds)
     floors: dict[str, float] = {}
     for t, fq in sim.act_quantizers():
         obs = observers[t]
@@ -326,7 +331,7 @@ def _calibrate_activations(sim: SimModel, observers: dict[str, Observer], plan: 
             floors[t] = floor
         fq.bits = plan.a_bits[t]
         fq.set_params(_point_params(obs, plan.a_bits[t], cfg, floor, padded.get(t)))
-    widened = mask_term_floors(sim, observers, floors)
+    widened = mask_term_floors(sim, observers, floors, adds)
     for t, floor in widened.items():
         sim.act_quantizer(t).set_params(_point_params(observers[t], plan.a_bits[t], cfg, floor, padded.get(t)))
     return sorted({u for terms in unvaried.values() for u in terms if u in widened})
