@@ -437,6 +437,9 @@ def import_diagnostics(qg: QGraph, diagnostics: Diagnostics) -> None:
                                                                "stays float"))
     if floats:
         diagnostics.totals["float-layer"] = len(qg.layers) + len(floats)
+    for name in qg.import_info.get("constant_operands", []):
+        diagnostics.add("constant-operand", name, "its constant operand has no weight channel axis, so it is "
+                        "quantized per tensor on an activation grid (graph/constant_operands.py)", quiet=True)
     for name in qg.import_info.get("onnx2torch_nodes", []):
         op = next(n.op_type for n in qg.model.graph.node if n.name == name)
         diagnostics.add("onnx2torch", name, f"{op} is not in onnxptq's op table; onnx2torch's converter simulates it "
@@ -459,6 +462,7 @@ def inspect(model: str | os.PathLike, granularity: str = "block", input_shapes: 
         "float_layers": qg.import_info.get("float_layers", []),
         "batch": qg.import_info.get("batch", {}),
         "onnx2torch_nodes": qg.import_info.get("onnx2torch_nodes", []),
+        "constant_operands": qg.import_info.get("constant_operands", []),
         "layers": [{"name": x.name, "op": x.op_type, "weight_shape": list(x.weight_shape), "groups": x.groups,
                     "activation": x.act_node and (("ReLU" if x.act_bounds[1] == float("inf") else f"Clip{x.act_bounds}")),
                     "bn_gamma": x.bn_gamma is not None, "macs": x.macs_per_sample} for x in qg.layers],

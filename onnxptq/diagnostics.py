@@ -28,6 +28,7 @@ KINDS: dict[str, str] = {
     "simplifier": "onnxsim skipped",
     "batch-chunks": "fixed batch kept: the graph runs in chunks of it (slower calibration)",
     "float-kernel": "layers on float kernels in the target runtime",
+    "constant-operand": "MatMul constant operands quantized like activations (per tensor, at the activation bits)",
     "onnx2torch": "nodes simulated by onnx2torch (ops outside the own table; no integer form)",
     "target-bits": "layers raised to 8 bits for the accuracy target (weights and input)",
     "target-float": "layers left in float for the accuracy target",
@@ -39,7 +40,7 @@ KINDS: dict[str, str] = {
 
 
 _PLURALS = {"regions": "region", "steps": "step", "corrections": "correction", "layers": "layer", "nodes": "node",
-            "points": "point", "warnings": "warning"}
+            "points": "point", "warnings": "warning", "operands": "operand"}
 
 
 def singular(what: str) -> str:

@@ -878,3 +878,27 @@ def torch_tensor(v):
     import torch
 
     return torch.tensor(v, dtype=torch.float32)
+
+
+@pytest.mark.parametrize("case", ["3-d second", "2-d first"])
+def test_matmul_with_a_constant_operand_that_is_no_weight(tmp_path, case):
+    """A MatMul whose constant operand is not a 2-D second operand (DeBERTa's folded position projection, DETR's
+    learned queries) reads that constant through an Identity quant point (graph/constant_operands.py): in QDQ
+    both of its inputs come from DequantizeLinear, the integer format lowers it as a MatMul of two integer
+    tensors, and the run names the node under 'constant-operand'."""
+    rng = np.random.default_rng(7)
+    fc = helper.make_node("MatMul", ["x", "w"], ["h"], name="fc")
+    if case == "3-d second":
+        nodes = [fc, helper.make_node("MatMul", ["h", "p"], ["y"], name="pos")]
+        inits, y_shape = {"w": _w(rng, C, C), "p": _w(rng, 1, C, T)}, (T, T)
+    else:
+        nodes = [fc, helper.make_node("MatMul", ["p", "h"], ["y"], name="pos")]
+        inits, y_shape = {"w": _w(rng, C, C), "p": _w(rng, T, T)}, (T, C)
+    path = _save(tmp_path, "const_operand", nodes, (T, C), y_shape, inits)
+    res = _check(path, _tokens(5), {"matmul"}, floor=25.0)
+    assert [x.where for x in res.diagnostics.of("constant-operand")] == ["pos"]
+    qdq = onnxptq.quantize(path, _tokens(5)[:32], w_bits=8, a_bits=8, progress=False)
+    producer = {o: n.op_type for n in qdq.model.graph.node for o in n.output}
+    pos = next(n for n in qdq.model.graph.node if n.name == "pos")
+    assert [producer.get(i) for i in pos.input] == ["DequantizeLinear", "DequantizeLinear"]
+

@@ -7,6 +7,8 @@ Placement follows DESIGN.md section 3:
   residual Add + ReLU of ResNets and MobileOne, quantized once on the ReLU's grid, as onnxruntime does);
 - every other float tensor produced by a non-carry op (Add, Mul, Concat, pools, islands such as
   Sigmoid/HardSwish/Softmax) and every float graph input is a quant point;
+- a float constant that a MatMul reads other than as its 2-D weight is routed through an Identity whose
+  output is a quant point (graph/constant_operands.py), so the MatMul multiplies two quantized tensors;
 - carry ops (MaxPool, Reshape, Flatten, Transpose, Pad, Slice, Split, ...) keep their input's
   quantization: their outputs are "carried" tensors, not new quant points.
 """
@@ -24,6 +26,7 @@ from ..errors import ModelError, UnsupportedOpError
 from ..ops.fallback import Onnx2Torch
 from ..ops.registry import REGISTRY, ops_with
 from ..ops.spec import OpFn
+from .constant_operands import route_constant_operands
 from .fold import FoldReport
 
 CARRY_OPS = ops_with(role="carry")
@@ -266,6 +269,17 @@ def add_zero_biases(g: onnx.GraphProto) -> list[str]:
     return changed
 
 
+def _float_constants(g: onnx.GraphProto) -> dict[str, tuple[int, tuple[int, ...], bool]]:
+    """name -> (element type, shape, is an initializer) of the graph's float initializers and ``Constant``
+    outputs."""
+    out = {i.name: (i.data_type, tuple(i.dims), True) for i in g.initializer if i.data_type in FLOAT_TYPES}
+    for n in g.node:
+        v = attrs_of(n).get("value") if n.op_type == "Constant" else None
+        if isinstance(v, np.ndarray) and v.dtype.kind == "f":
+            out[n.output[0]] = (helper.np_dtype_to_tensor_dtype(v.dtype), v.shape, False)
+    return out
+
+
 def _fallback_fns(model: onnx.ModelProto, import_info: dict) -> dict[str, OpFn]:
     """node name -> onnx2torch's simulation of each node outside the op table (ops/fallback.py), listed in
     ``import_info["onnx2torch_nodes"]``; nodes neither can simulate raise UnsupportedOpError."""
@@ -294,6 +308,9 @@ def build_qgraph(model: onnx.ModelProto, fold: FoldReport, import_info: dict,
 
     unshare_layer_initializers(g)
     import_info["zero_bias_added"] = add_zero_biases(g)
+    routed = route_constant_operands(g, _float_constants(g), skip_nodes)
+    if routed or "constant_operands" not in import_info:  # a rebuild (graph/rescale.py) finds them routed
+        import_info["constant_operands"] = routed
     fallback = _fallback_fns(model, import_info)  # after unsharing: the converters see the final input names
     inits = {i.name: numpy_helper.to_array(i) for i in g.initializer}
     const_nodes = {n.output[0]: attrs_of(n).get("value") for n in g.node if n.op_type == "Constant"}

@@ -136,7 +136,8 @@ class IntSim:
 
     def _matmul(self, step: Step, ins: list[torch.Tensor]) -> torch.Tensor:
         a = step.attrs
-        acc = torch.matmul(ins[0] - a["zps"][0], ins[1] - a["zps"][1])  # float64, |acc| < 2^31: exact
+        # float64 (a quantized constant operand arrives as int64 codes), |acc| < 2^31: exact
+        acc = torch.matmul(ins[0].double() - a["zps"][0], ins[1].double() - a["zps"][1])
         return self._requant(acc, a["shift"], a["pre"], step)
 
     def _softmax(self, step: Step, x: torch.Tensor) -> torch.Tensor:
