@@ -902,3 +902,16 @@ def test_matmul_with_a_constant_operand_that_is_no_weight(tmp_path, case):
     pos = next(n for n in qdq.model.graph.node if n.name == "pos")
     assert [producer.get(i) for i in pos.input] == ["DequantizeLinear", "DequantizeLinear"]
 
+
+def test_a_nan_guard_on_an_activation_is_false_on_its_codes(tmp_path):
+    """Where(IsNaN(p), 0, p) after a Softmax (DETR's attention): a quantized value is never NaN, so the integer
+    program writes IsNaN as Less(codes, lowest code), false everywhere; ONNX has no IsNaN on integers."""
+    rng = np.random.default_rng(8)
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"], name="fc"),
+             helper.make_node("Softmax", ["h"], ["p"], name="softmax", axis=-1),
+             helper.make_node("IsNaN", ["p"], ["nan"], name="isnan"),
+             helper.make_node("Where", ["nan", "zero", "p"], ["y"], name="guard")]
+    path = _save(tmp_path, "nan_guard", nodes, (T, C), (T, C), {"w": _w(rng, C, C), "zero": np.zeros(())})
+    res = _check(path, _tokens(6, scale=2.0), {"softmax"}, floor=25.0)
+    step = next(s for s in res.program.steps if s.node == "isnan")
+    assert step.attrs["op_type"] == "Less" and not any(n.op_type == "IsNaN" for n in res.model.graph.node)

@@ -249,7 +249,7 @@ class _Lowering:
         if any(not self.is_int(i) for i in float_in):
             raise _Unsupported("reads a float tensor that has no integer form (a layer left float, e.g. by --skip-nodes)")
         if not float_out:  # e.g. Shape of an activation: runs on the container
-            if self.threshold(n, float_in):
+            if self.threshold(n, float_in) or self.never_special(n, float_in):
                 return
             self.codes_only(n, float_in)
             self.steps.append(Step("pass", n.name, list(n.input), list(n.output), {"op_type": n.op_type, "attrs": a}))
@@ -501,6 +501,19 @@ class _Lowering:
         self.arrays[key] = np.array(t, dtype=self.cdtype)
         self.steps.append(Step("pass", n.name, [float_in[0], key], list(n.output),
                                {"op_type": op, "attrs": {}, "int_inputs": {1: key}}))
+        return True
+
+    def never_special(self, n, float_in: list[str]) -> bool:
+        """IsNaN / IsInf of an activation (a guard such as DETR's ``where(isnan(attn), 0, attn)``): a quantized
+        value is a finite grid point, so the answer is false everywhere, written as ``Less(q, lo)`` with lo the
+        container's lowest code (program array ``<node>.threshold``): ONNX defines neither op on integers.
+        False (nothing emitted) for other nodes."""
+        if n.op_type not in ("IsNaN", "IsInf") or len(float_in) != 1:
+            return False
+        key = f"{n.name}.threshold"
+        self.arrays[key] = np.array(CONTAINERS[self.container][0], dtype=self.cdtype)
+        self.steps.append(Step("pass", n.name, [float_in[0], key], list(n.output),
+                               {"op_type": "Less", "attrs": {}, "int_inputs": {1: key}}))
         return True
 
     def codes_only(self, n, float_in: list[str]) -> None:
