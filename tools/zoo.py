@@ -231,11 +231,32 @@ MODELS: list[ZooModel] = [
 
 
 def _hf_vision(kind: str) -> Callable[[], tuple]:
-    """A tiny transformers vision model (random weights) returning its logits: vit | segformer."""
+    """A tiny transformers vision model (random weights) returning its logits: vit | segformer | detr (a DETR
+    detector with a small ResNet backbone, one encoder and one decoder layer, 10 learned queries: class logits and
+    boxes out)."""
     def build():
         import torch
 
         torch.manual_seed(0)
+        if kind == "detr":
+            import transformers as tf
+
+            m = tf.DetrForObjectDetection(tf.DetrConfig(
+                use_timm_backbone=False, use_pretrained_backbone=False, backbone_config=tf.ResNetConfig(
+                    embedding_size=16, hidden_sizes=[16, 32, 64, 128], depths=[1, 1, 1, 1], out_features=["stage4"]),
+                d_model=64, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2, decoder_attention_heads=2,
+                encoder_ffn_dim=128, decoder_ffn_dim=128, num_queries=10, num_labels=5)).eval()
+
+            class Detections(torch.nn.Module):
+                def __init__(self):
+                    super().__init__()
+                    self.inner = m
+
+                def forward(self, x):
+                    o = self.inner(pixel_values=x)
+                    return o.logits, o.pred_boxes
+
+            return Detections().eval(), (torch.randn(1, 3, 224, 224),), ["input"], ["logits", "boxes"]
         if kind == "vit":
             from transformers import ViTConfig, ViTForImageClassification
             m = ViTForImageClassification(ViTConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
@@ -274,7 +295,7 @@ def _hf_audio(kind: str) -> Callable[[], tuple]:
 
 
 #: Models outside the zoo, tried the same way (``--extra``): other tasks and families than the zoo's. The
-#: second group (from mobilenetv4_conv_small on) and the third (from bert_tiny_mask1e4 on) were added at the stops
+#: second group (from mobilenetv4_conv_small on), the third (from bert_tiny_mask1e4 on) and detr_tiny were added at the stops
 #: that first tried them.
 EXTRA: list[ZooModel] = [
     ZooModel("pit_ti_224", "timm", _timm("pit_ti_224")),
@@ -326,6 +347,7 @@ EXTRA: list[ZooModel] = [
     ZooModel("electra_tiny", "transformers", _hf_text("electra")),
     ZooModel("whisper_encoder_tiny", "transformers", _hf_audio("whisper-encoder")),
     ZooModel("wav2vec2_tiny", "transformers", _hf_audio("wav2vec2")),
+    ZooModel("detr_tiny", "transformers", _hf_vision("detr")),
 ]
 BY_NAME = {m.name: m for m in MODELS + EXTRA}
 
