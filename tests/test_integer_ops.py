@@ -12,6 +12,7 @@ from helpers import ort_run, save_graph as _save
 
 import onnxptq
 from onnxptq.api import QuantResult
+from onnxptq.deploy.kernels import classify_onnxruntime
 from onnxptq.calib.calibrate import SOFTMAX_MASK_SPAN
 from onnxptq.errors import OnnxPtqError
 from onnxptq.eval import sqnr_db
@@ -901,6 +902,9 @@ def test_matmul_with_a_constant_operand_that_is_no_weight(tmp_path, case):
     producer = {o: n.op_type for n in qdq.model.graph.node for o in n.output}
     pos = next(n for n in qdq.model.graph.node if n.name == "pos")
     assert [producer.get(i) for i in pos.input] == ["DequantizeLinear", "DequantizeLinear"]
+    onnx.save(qdq.model, tmp_path / "qdq.onnx")
+    kernels = {x.name: x for x in classify_onnxruntime(tmp_path / "qdq.onnx").layers}
+    assert kernels["pos"].integer, kernels["pos"]  # a layer with a constant operand, on an integer kernel
 
 
 def test_a_nan_guard_on_an_activation_is_false_on_its_codes(tmp_path):

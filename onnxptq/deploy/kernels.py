@@ -79,7 +79,8 @@ def _producers(graph: onnx.GraphProto) -> dict[str, onnx.NodeProto]:
 
 
 def _is_constant(name: str, inits: set[str], prod: dict[str, onnx.NodeProto]) -> bool:
-    """An initializer, a Constant, or a DequantizeLinear/Transpose/Reshape/Cast chain over one."""
+    """An initializer, a Constant, or a DequantizeLinear/QuantizeLinear/Transpose/Reshape/Cast/Identity chain
+    over one."""
     seen = 0
     while name not in inits and seen < 4:
         node = prod.get(name)
@@ -87,7 +88,7 @@ def _is_constant(name: str, inits: set[str], prod: dict[str, onnx.NodeProto]) ->
             return False
         if node.op_type == "Constant":
             return True
-        if node.op_type not in ("DequantizeLinear", "Transpose", "Reshape", "Cast", "Identity"):
+        if node.op_type not in ("DequantizeLinear", "QuantizeLinear", "Transpose", "Reshape", "Cast", "Identity"):
             return False
         name, seen = node.input[0], seen + 1
     return name in inits
