@@ -1,4 +1,4 @@
-"""Reductions: ReduceSum, ReduceMean, ReduceMax, ReduceMin, ReduceProd; CumSum (a running sum).
+"""Reductions: ReduceSum, ReduceMean, ReduceMax, ReduceMin, ReduceProd; ArgMax, ArgMin; CumSum (a running sum).
 
 ``axes`` is an attribute before ReduceSum-13 / the others' opset 18 and an optional input after;
 with the input form, empty axes mean "all axes" unless ``noop_with_empty_axes=1`` (identity).
@@ -65,6 +65,27 @@ register("ReduceMean")(_reducer("mean"))
 register("ReduceMax")(_reducer("max"))
 register("ReduceMin")(_reducer("min"))
 register("ReduceProd")(_reducer("prod"))
+
+
+def _arg(largest: bool):
+    def fn(node: Node, x: np.ndarray) -> np.ndarray:
+        """int64 index of the first (``select_last_index=1``: the last) largest / smallest element along ``axis``
+        (default 0); ``keepdims`` (default 1) keeps the axis with length 1. NaN counts as the extreme, as in
+        numpy (a float model's container is never NaN)."""
+        ax = int(node.attr("axis", 0))
+        ax = ax + x.ndim if ax < 0 else ax
+        last = bool(node.attr("select_last_index", 0))
+        v = np.flip(x, ax) if last else x
+        idx = (np.argmax if largest else np.argmin)(v, axis=ax).astype(np.int64)
+        if last:
+            idx = x.shape[ax] - 1 - idx
+        return np.expand_dims(idx, ax) if node.attr("keepdims", 1) else idx
+
+    return fn
+
+
+register("ArgMax")(_arg(True))
+register("ArgMin")(_arg(False))
 
 
 @register("CumSum")
