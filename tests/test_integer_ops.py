@@ -17,7 +17,7 @@ from onnxptq.calib.calibrate import SOFTMAX_MASK_SPAN
 from onnxptq.errors import OnnxPtqError
 from onnxptq.eval import sqnr_db
 from onnxptq.export.integer import weight_digits
-from onnxptq.export.intplan import resize_phases
+from onnxptq.export.intplan import resize_phases, resize_taps
 from onnxptq.verify.integer import verify_integer
 
 T, C = 8, 16  # sequence length and width of the token models
@@ -593,11 +593,49 @@ def test_weight_digits_by_hand():
         weight_digits(np.array([-1]))
 
 
-@pytest.mark.parametrize("scales, ctm", [([3, 3], "half_pixel"), ([1.5, 1.5], "half_pixel"), ([2, 2], "align_corners")])
-def test_linear_resize_without_an_integer_form_names_its_node(tmp_path, scales, ctm):
+@pytest.mark.parametrize("scales, ctm", [([3, 3], "half_pixel"), ([1.5, 1.5], "half_pixel"), ([2, 2], "align_corners"),
+                                         ([3, 2], "align_corners"), ([0.5, 0.5], "half_pixel"), ([3, 1], "asymmetric"),
+                                         ([1.5, 3], "pytorch_half_pixel")])
+def test_other_linear_resizes_are_exact_two_tap_sums(tmp_path, scales, ctm):
+    """Linear Resize by factors that are no power of two, downsampling and align_corners (DPT's upsampling): per
+    axis two taps with integer weights over a common denominator (``resize_taps``), the sum divided by the
+    product of the denominators with exact rounding. Level-1 parity, every step within 1 LSB of the simulation,
+    and as close to the float model as the QDQ model."""
     path = _resize_model(tmp_path, scales, ctm=ctm)
+    x = np.random.default_rng(4).standard_normal((16, 3, 8, 8)).astype(np.float32)
+    res = onnxptq.quantize(path, x, w_bits=8, a_bits=8, scale="po2", format="int", progress=False)
+    step = next(s for s in res.program.steps if s.node == "up")
+    assert step.kind == "avgpool" and "taps" in step.attrs
+    for (_, _, w0, w1), n_out in zip(step.attrs["taps"], (int(8 * scales[0]), int(8 * scales[1]))):
+        assert len(w0) == n_out and len(set((np.asarray(w0) + np.asarray(w1)).tolist())) == 1
+    rep = verify_integer(res.model, {"x": x[:4]})
+    assert rep.ok, rep.format()
+    assert res.lowering.ok, res.lowering.format()
+    qdq = onnxptq.quantize(path, x, w_bits=8, a_bits=8, scale="po2", progress=False)
+    ref = ort_run(path, {"x": x})[0]
+    s_int, s_qdq = sqnr_db(ref, ort_run(res.model, {"x": x})[0]), sqnr_db(ref, ort_run(qdq.model, {"x": x})[0])
+    assert s_int > 25 and abs(s_int - s_qdq) < 0.2, (s_int, s_qdq)
+
+
+def test_resize_taps_by_hand():
+    """align_corners 3 -> 5 samples 0, 1/2, 1, 3/2, 2; half_pixel 2 -> 3 samples -1/6 (clamped to 0), 1/2, 7/6
+    (clamped to 1): sixths reduced to halves; asymmetric 4 -> 2 samples 0 and 2 (downsampling)."""
+    i0, i1, w0, w1, den = resize_taps(3, 5, "align_corners")
+    assert den == 2 and i0.tolist() == [0, 0, 1, 1, 2] and i1.tolist() == [1, 1, 2, 2, 2]
+    assert w0.tolist() == [2, 1, 2, 1, 2] and w1.tolist() == [0, 1, 0, 1, 0]
+    i0, i1, w0, w1, den = resize_taps(2, 3, "half_pixel")
+    assert den == 2 and i0.tolist() == [0, 0, 1] and w0.tolist() == [2, 1, 2] and w1.tolist() == [0, 1, 0]
+    i0, _, w0, w1, den = resize_taps(4, 2, "asymmetric")
+    assert den == 1 and i0.tolist() == [0, 2] and w0.tolist() == [1, 1] and w1.tolist() == [0, 0]
+    assert resize_taps(4, 2, "tf_crop_and_resize") is None
+
+
+@pytest.mark.parametrize("ctm", ["half_pixel", "asymmetric"])
+def test_linear_resize_without_an_integer_form_names_its_node(tmp_path, ctm):
+    """Scales 1.3 on 8 pixels give 10 outputs, but onnxruntime samples by the scale, not by 10 / 8."""
+    path = _resize_model(tmp_path, [1.3, 1.3], ctm=ctm)
     x = np.random.default_rng(4).standard_normal((8, 3, 8, 8)).astype(np.float32)
-    with pytest.raises(OnnxPtqError, match="'up' \\(Resize"):
+    with pytest.raises(OnnxPtqError, match="'up' \\(Resize.*scale 1.29"):
         onnxptq.quantize(path, x, scale="po2", format="int", progress=False)
 
 

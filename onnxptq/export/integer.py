@@ -325,7 +325,18 @@ class IntegerWriter:
         wide = a["wide"]
         elem, np_dt = self._dt(wide)
         x = qname(step.inputs[0])
-        if a["op_type"] in ("AveragePool", "Resize"):
+        phases = a["op_type"] == "Resize" and "taps" not in a
+        if a["op_type"] == "Resize" and not phases:  # two taps per output along H, then along W
+            s = self.widen(x, a["x_zp"], wide, f"{base}/in")
+            for axis, (i0, i1, w0, w1) in zip((2, 3), a["taps"]):
+                shape = [1, 1, -1, 1] if axis == 2 else [1, 1, 1, -1]
+                tap = f"{base}/axis{axis}"
+                g0 = self.op("Gather", [s, self.const(f"{tap}/i0", np.asarray(i0, np.int64))], f"{tap}/x0", axis=axis)
+                g1 = self.op("Gather", [s, self.const(f"{tap}/i1", np.asarray(i1, np.int64))], f"{tap}/x1", axis=axis)
+                s = self.op("Add", [self.op("Mul", [g0, self.const(f"{tap}/w0", np_dt(w0).reshape(shape))], f"{tap}/t0"),
+                                    self.op("Mul", [g1, self.const(f"{tap}/w1", np_dt(w1).reshape(shape))], f"{tap}/t1")],
+                            f"{tap}/sum")
+        elif a["op_type"] in ("AveragePool", "Resize"):
             x_zp = self.const(f"{base}/x_zp", self.cdt.type(a["x_zp"]))
             if a["op_type"] == "Resize":  # edge padding, then every output phase's 3x3 sum (interleaved after)
                 x = self.op("Pad", [x, self.const(f"{base}/pads", np.array([0, 0, 1, 1] * 2, np.int64))],
@@ -355,7 +366,7 @@ class IntegerWriter:
             v = self.widen(x, a["x_zp"], wide, f"{base}/in")
             s = self.op("ReduceSum", [v, self.const(f"{base}/axes", np.array(a["axes"], np.int64))], f"{base}/sum",
                         keepdims=int(a.get("keepdims", 1)))
-        out = qname(step.outputs[0]) if a["op_type"] != "Resize" else self._unique(f"{base}/phases")
+        out = self._unique(f"{base}/phases") if phases else qname(step.outputs[0])
         if a.get("form") == "float32":  # divisor 2^k, |sum| <= 2^24: Cast, Mul(2^(up - k)), Round are exact
             k = int(a["divisor"]).bit_length() - 1
             v = self.op("Cast", [s], f"{base}/sum_float", to=TensorProto.FLOAT)
@@ -367,7 +378,7 @@ class IntegerWriter:
             D = self.const(f"{base}/divisor", np_dt(a["divisor"]))
             y = self.rne_divide(s, D, self.const(f"{base}/divisor_p1", np_dt(a["divisor"] + 1)), np_dt, base)
             self.finish(y, step, out, wide, f"{base}/out")
-        if a["op_type"] == "Resize":  # (N, C r_h r_w, H, W) -> (N, C, H r_h, W r_w)
+        if phases:  # (N, C r_h r_w, H, W) -> (N, C, H r_h, W r_w)
             (rh, rw), (h, w), c = a["factors"], a["in_hw"], a["channels"]
             v = self.op("Reshape", [out, self.const(f"{base}/split", np.array([0, c, rh, rw, h, w], np.int64))],
                         f"{base}/by_phase")

@@ -607,35 +607,53 @@ class _Lowering:
         self.average(n, x, y, count, attrs)
 
     def resize_linear(self, n, a: dict) -> None:
-        """Linear Resize by power-of-two factors r_h, r_w with half-pixel centres (align_corners=False: torch's
-        bilinear upsampling, feature pyramids, segmentation heads) or asymmetric coordinates (TensorFlow's
-        resize_bilinear without half-pixel centres). Output ``r j + t`` on an axis interpolates at ``j + f``:
+        """Linear Resize of an NCHW tensor over H and W, two integer forms.
+
+        By power-of-two factors r_h, r_w with half-pixel centres (align_corners=False: torch's bilinear
+        upsampling, feature pyramids, segmentation heads) or asymmetric coordinates (TensorFlow's
+        resize_bilinear without half-pixel centres): output ``r j + t`` on an axis interpolates at ``j + f``:
         half-pixel ``f = (2t + 1 - r) / 2r``, ``-f`` of ``x_(j-1)`` and ``1 + f`` of ``x_j`` for ``f < 0``,
         ``1 - f`` of ``x_j`` and ``f`` of ``x_(j+1)`` otherwise; asymmetric ``f = t / r``. Both clamp at the
         edges as onnxruntime does. So each of the r_h r_w output phases is a 3x3 depthwise sum over the
         edge-padded input with integer weights in units of ``1 / (4 r_h r_w)``, a power of two: with power-of-two
         scales the float interpolation of the dequantized input is exact and its quantization is this integer
-        average (``resize_phases``); the phases are then interleaved."""
+        average (``resize_phases``); the phases are then interleaved.
+
+        Any other static sizes, and align_corners (DPT's and many segmentation heads' upsampling): each axis's
+        source coordinates are exact fractions num / den (``resize_taps``), so the output is the two-tap sum
+        S = sum w0 x_i0 + w1 x_i1 per axis in integers, divided by den_h den_w with exact rounding."""
         ctm = a.get("coordinate_transformation_mode", b"half_pixel")
         ctm = ctm.decode() if isinstance(ctm, bytes) else ctm
-        if ctm not in ("half_pixel", "pytorch_half_pixel", "asymmetric") or a.get("antialias", 0):
-            raise _Unsupported(f"linear Resize with coordinate_transformation_mode {ctm!r} (the integer form covers "
-                               "half_pixel and asymmetric without antialias)")
+        if a.get("antialias", 0):
+            raise _Unsupported("linear Resize with antialias has no integer form")
         shape_in, shape_out = self.qg.shapes.get(n.input[0], ()), self.qg.shapes.get(n.output[0], ())
         if len(shape_in) != 4 or len(shape_out) != 4 or any(not isinstance(d, int) or d <= 0
                                                             for d in (*shape_in[1:], *shape_out[1:])):
             raise _Unsupported(f"linear Resize of the non-static or non-NCHW shape {shape_in} -> {shape_out}")
         if shape_in[1] != shape_out[1]:
             raise _Unsupported("linear Resize along the channel axis")
+        x, y = self.tint(n.input[0]), self.tint(n.output[0])
+        attrs = {"op_type": "Resize", "channels": int(shape_in[1]), "in_hw": [int(shape_in[2]), int(shape_in[3])]}
         r = [shape_out[d] // shape_in[d] for d in (2, 3)]
         exact = all(shape_out[d] == rd * shape_in[d] for d, rd in zip((2, 3), r))
-        weights = resize_phases(*r, asymmetric=ctm == "asymmetric") if exact else None
-        if weights is None:
-            raise _Unsupported(f"linear Resize {list(shape_in[2:])} -> {list(shape_out[2:])} is not by power-of-two "
-                               "factors (other factors' weights are no multiples of a power of two)")
-        x, y = self.tint(n.input[0]), self.tint(n.output[0])
-        self.average(n, x, y, 4 * r[0] * r[1], {"op_type": "Resize", "channels": int(shape_in[1]), "factors": r,
-                                                "in_hw": [int(shape_in[2]), int(shape_in[3])], "weights": weights})
+        weights = resize_phases(*r, asymmetric=ctm == "asymmetric") if exact and ctm in (
+            "half_pixel", "pytorch_half_pixel", "asymmetric") else None
+        if weights is not None:
+            self.average(n, x, y, 4 * r[0] * r[1], {**attrs, "factors": r, "weights": weights})
+            return
+        scales = self.sim.consts.get(n.input[2]) if len(n.input) > 2 and n.input[2] else None
+        taps = []
+        for d in (2, 3):
+            if ctm != "align_corners" and scales is not None and scales.numel() == 4 and \
+                    float(scales.reshape(-1)[d]) * shape_in[d] != shape_out[d]:
+                raise _Unsupported(f"linear Resize by the scale {float(scales.reshape(-1)[d])}, which is not "
+                                   f"{shape_out[d]} / {shape_in[d]} (onnxruntime samples by the scale)")
+            t = resize_taps(int(shape_in[d]), int(shape_out[d]), ctm)
+            if t is None:
+                raise _Unsupported(f"linear Resize with coordinate_transformation_mode {ctm!r} (the integer form "
+                                   "covers half_pixel, pytorch_half_pixel, asymmetric and align_corners)")
+            taps.append(t)
+        self.average(n, x, y, taps[0][4] * taps[1][4], {**attrs, "taps": [list(t[:4]) for t in taps]})
 
     def average(self, n, x: TInt, y: TInt, count: int | np.ndarray, attrs: dict, terms: int | None = None) -> None:
         """An ``avgpool`` step: output = clip(RNE(S 2^up / (count 2^down)) + z_y) for the (weighted) window sum S
@@ -946,6 +964,29 @@ def resize_phases(r_h: int, r_w: int, asymmetric: bool = False) -> np.ndarray | 
 
     th, tw = taps(r_h), taps(r_w)
     return (th[:, None, :, None] * tw[None, :, None, :]).reshape(r_h * r_w, 3, 3).astype(np.int64)
+
+
+def resize_taps(n_in: int, n_out: int, ctm: str) -> tuple | None:
+    """Linear Resize along one axis in exact fractions: output o samples the source coordinate num_o / den
+    (align_corners: o (n_in - 1) / (n_out - 1); asymmetric: o n_in / n_out; half_pixel and pytorch_half_pixel:
+    ((2o + 1) n_in - n_out) / (2 n_out); one output: 0 for align_corners and pytorch_half_pixel), clamped to
+    [0, n_in - 1] as onnxruntime does. Returns (i0, i1, w0, w1, den): int64 source indices, i1 = min(i0 + 1,
+    n_in - 1), and integer weights with w0 + w1 = den, the fraction reduced; None for other modes."""
+    o = np.arange(n_out, dtype=np.int64)
+    if ctm == "align_corners" or (ctm == "pytorch_half_pixel" and n_out == 1):
+        num, den = (o * (n_in - 1), n_out - 1) if n_out > 1 else (np.zeros(1, np.int64), 1)
+    elif ctm == "asymmetric":
+        num, den = o * n_in, n_out
+    elif ctm in ("half_pixel", "pytorch_half_pixel"):
+        num, den = (2 * o + 1) * n_in - n_out, 2 * n_out
+    else:
+        return None
+    num = np.clip(num, 0, (n_in - 1) * den)
+    i0 = num // den
+    f = num - i0 * den
+    g = int(np.gcd.reduce(np.append(f, den)))
+    f, den = f // g, den // g
+    return i0, np.minimum(i0 + 1, n_in - 1), den - f, f, int(den)
 
 
 def ceil_mode_overhang(shape: tuple, kernel: list[int], pads: list[int], strides: list[int]) -> list[int]:

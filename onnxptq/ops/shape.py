@@ -33,8 +33,8 @@ def _resize_role(attrs: dict) -> str:
 
 
 def _resize_lowering(attrs: dict) -> str | None:
-    """Nearest: moves integers (carry); linear: a weighted average of its inputs (``avgpool``, by integer
-    factors: export/intplan.py ``resize_linear``); cubic: no exact integer form."""
+    """Nearest: moves integers (carry); linear: a weighted average of its inputs (``avgpool``: export/intplan.py
+    ``resize_linear``); cubic: no exact integer form."""
     return {"nearest": "carry", "linear": "avgpool"}.get(_resize_mode(attrs))
 
 

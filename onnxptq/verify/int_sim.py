@@ -170,6 +170,13 @@ class IntSim:
             ones = torch.ones((xz.shape[1], 1, *k), dtype=xz.dtype, device=xz.device)
             fn = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[nd]
             s = fn(xz, ones, None, a["strides"], 0, 1, xz.shape[1])
+        elif a["op_type"] == "Resize" and "taps" in a:  # two taps per output along H, then along W
+            s = xz.to(torch.int64)
+            for axis, (i0, i1, w0, w1) in zip((2, 3), a["taps"]):
+                shape = [1, 1, -1, 1] if axis == 2 else [1, 1, 1, -1]
+                take = [torch.as_tensor(np.asarray(i), device=s.device) for i in (i0, i1)]
+                ws = [torch.as_tensor(np.asarray(w, np.int64), device=s.device).reshape(shape) for w in (w0, w1)]
+                s = s.index_select(axis, take[0]) * ws[0] + s.index_select(axis, take[1]) * ws[1]
         elif a["op_type"] == "Resize":  # every output phase's 3x3 sum over the edge-padded input
             w = torch.as_tensor(np.tile(a["weights"], (xz.shape[1], 1, 1))[:, None], dtype=xz.dtype, device=xz.device)
             s = F.conv2d(F.pad(xz, (1, 1, 1, 1), mode="replicate"), w, None, 1, 0, 1, xz.shape[1])
@@ -179,7 +186,7 @@ class IntSim:
         d = a["divisor"]
         d = torch.as_tensor(d, device=s.device) if isinstance(d, np.ndarray) else d  # per position: count_include_pad=0
         y = (rne_div(s, d, self.p.rounding) + a["y_zp"]).clamp(a["lo"], a["hi"]).double()
-        if a["op_type"] == "Resize":  # (N, C r_h r_w, H, W) -> (N, C, H r_h, W r_w)
+        if a["op_type"] == "Resize" and "taps" not in a:  # (N, C r_h r_w, H, W) -> (N, C, H r_h, W r_w)
             (rh, rw), (h, w), c = a["factors"], a["in_hw"], a["channels"]
             y = y.reshape(-1, c, rh, rw, h, w).permute(0, 1, 4, 2, 5, 3).reshape(-1, c, h * rh, w * rw)
         return y
