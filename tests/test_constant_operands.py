@@ -48,3 +48,10 @@ def test_only_constant_operands_that_are_no_weight_are_routed():
 def test_a_constant_first_operand_is_routed_too():
     g = _graph()
     assert "first" in route_constant_operands(g, _float_constants(g))
+
+
+def test_every_constant_einsum_operand_is_routed():
+    """Einsum is no layer: even a 2-D constant second operand gets the Identity."""
+    g = _graph()
+    g.node.append(helper.make_node("Einsum", ["x", "w2"], ["g"], name="einsum", equation="ij,jk->ik"))
+    assert route_constant_operands(g, _float_constants(g))[-1] == "einsum"

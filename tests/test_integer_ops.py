@@ -957,3 +957,24 @@ def test_a_nan_guard_on_an_activation_is_false_on_its_codes(tmp_path):
     res = _check(path, _tokens(6, scale=2.0), {"softmax"}, floor=25.0)
     step = next(s for s in res.program.steps if s.node == "isnan")
     assert step.attrs["op_type"] == "Less" and not any(n.op_type == "IsNaN" for n in res.model.graph.node)
+
+
+@pytest.mark.parametrize("case", ["two activations", "constant operand"])
+def test_einsum_is_an_integer_einsum_of_the_centred_codes(tmp_path, case):
+    """Einsum of two activations (attention scores written with einsum, as Funnel does) and of an activation and
+    a constant (routed through an Identity quant point): Einsum of the centred int32 codes, then the shift."""
+    rng = np.random.default_rng(9)
+    nodes = [helper.make_node("MatMul", ["x", "wa"], ["a"], name="fa")]
+    inits = {"wa": _w(rng, C, C)}
+    if case == "two activations":
+        nodes += [helper.make_node("MatMul", ["x", "wb"], ["b"], name="fb"),
+                  helper.make_node("Einsum", ["a", "b"], ["y"], name="scores", equation="btc,bsc->bts")]
+        inits["wb"], y_shape = _w(rng, C, C), (T, T)
+    else:
+        nodes += [helper.make_node("Einsum", ["a", "p"], ["y"], name="scores", equation="btc,hcd->bhtd")]
+        inits["p"], y_shape = _w(rng, 2, C, 4), (2, T, 4)
+    path = _save(tmp_path, "einsum", nodes, (T, C), y_shape, inits)
+    res = _check(path, _tokens(4), {"einsum"}, floor=25.0)
+    step = next(s for s in res.program.steps if s.kind == "einsum")
+    assert 0 < step.attrs["bound"] <= C * 255 * 255  # contracted over the C channels
+    assert [x.where for x in res.diagnostics.of("constant-operand")] == ([] if case == "two activations" else ["scores"])

@@ -43,7 +43,8 @@ FORMAT_KEY = "onnxptq.format"
 WRITERS = {"input": "s_input", "layer": "s_layer", "add": "s_add", "mul": "s_mul", "affine": "s_affine",
            "matmul": "s_matmul", "concat": "s_concat", "avgpool": "s_avgpool", "softmax": "s_softmax", "lut": "s_lut",
            "layernorm": "s_layernorm", "batchnorm": "s_affine", "l2norm": "s_l2norm", "div": "s_div", "carry": "s_copy",
-           "pass": "s_copy", "output": "s_output", "dilate": "s_dilate", "intcast": "s_intcast"}
+           "pass": "s_copy", "output": "s_output", "dilate": "s_dilate", "intcast": "s_intcast",
+           "einsum": "s_einsum"}
 
 
 def qname(t: str) -> str:
@@ -437,6 +438,14 @@ class IntegerWriter:
             acc = self.op("Cast", [acc], f"{base}/acc64", to=TensorProto.INT64)
         r = self.requant(acc, a["shift"], a["pre"], a["wide"], f"{base}/requant")
         self.finish(r, step, out, a["wide"], f"{base}/out")
+
+    def s_einsum(self, step: Step) -> None:
+        """Einsum of the centred int32 (int64 where wide) operands, then R."""
+        a, base = step.attrs, step.node
+        ins = [self.widen(qname(t), z, a["wide"], f"{base}/in{k}") for k, (t, z) in enumerate(zip(step.inputs, a["zps"]))]
+        acc = self.op("Einsum", ins, f"{base}/acc", equation=a["equation"])
+        r = self.requant(acc, a["shift"], a["pre"], a["wide"], f"{base}/requant")
+        self.finish(r, step, qname(step.outputs[0]), a["wide"], f"{base}/out")
 
     def s_affine(self, step: Step) -> None:
         """(c - z) * M + B requantized by 2^-n: exact float32 ops where ``intplan.float_form`` bounds the

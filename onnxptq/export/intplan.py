@@ -276,6 +276,8 @@ class _Lowering:
             self.matmul(n)
         elif n.op_type == "Div" and len(float_in) == 2:  # kind "lut" for a constant divisor
             self.divide(n)
+        elif lowering == "einsum":
+            self.einsum(n, a)
         elif lowering == "l2norm":
             self.l2norm(n, a)
         elif lowering == "softmax":
@@ -296,7 +298,7 @@ class _Lowering:
             self.batchnorm(n)
         else:
             raise _Unsupported("no exact integer form (supported: Conv/Gemm/MatMul, Add/Sub/Sum, Mul, Div, Concat, "
-                               "average pools, ReduceSum, ReduceL2, linear Resize by 2 or 4, Softmax, LayerNormalization, "
+                               "average pools, ReduceSum, ReduceL2, linear Resize, Softmax, LayerNormalization, Einsum, "
                                "elementwise activations as lookup tables, data-movement ops)")
 
     # -------------------------------------------------------------- steps
@@ -839,6 +841,40 @@ class _Lowering:
             "zps": [a.zp, b.zp], "shift": n_shift, "pre": pre, "y_zp": y.zp, "lo": y.lo, "hi": y.hi,
             "wide": _wide(bound, n_shift + pre), "bound": acc, "form": form, "form_why": why,
             "x_frac": a.frac, "y_frac": y.frac}))
+
+    def einsum(self, n, a: dict) -> None:
+        """Einsum of two activations (Funnel's and Transformer-XL's attention, written with einsum): the same
+        contraction of the centred integers, R(einsum(a - z_a, b - z_b), f_a + f_b - f_y), in int32 where
+        (product of the contracted dims) |a - z_a| |b - z_b| stays below 2^31, else in int64. Constant operands
+        reach it as activations (graph/constant_operands.py)."""
+        if len(n.input) != 2 or not all(self.is_int(i) for i in n.input):
+            raise _Unsupported("the integer Einsum covers two activation operands")
+        eq = a["equation"]
+        eq = (eq.decode() if isinstance(eq, bytes) else eq).replace(" ", "")
+        lhs, _, out = eq.partition("->")
+        terms = lhs.split(",")
+        if "." in eq or not out or len(terms) != 2:
+            raise _Unsupported(f"Einsum {eq!r}: the integer form needs an explicit output and no ellipsis")
+        sizes: dict[str, int] = {}
+        for t, name in zip(terms, n.input):
+            shape = self.qg.shapes.get(name) or ()
+            if len(shape) == len(t):
+                for letter, d in zip(t, shape):
+                    if isinstance(d, int) and d > 0:
+                        sizes[letter] = d
+        summed = set("".join(terms)) - set(out)
+        if any(letter not in sizes for letter in summed):
+            raise _Unsupported(f"Einsum {eq!r}: the contracted dims are not static (no accumulator bound)")
+        x0, x1, y = self.tint(n.input[0]), self.tint(n.input[1]), self.tint(n.output[0])
+        acc = math.prod(sizes[letter] for letter in summed) * x0.max_abs * x1.max_abs
+        n_shift = int(cap_shift(x0.frac + x1.frac - y.frac, acc))
+        pre = max(0, 1 - n_shift)
+        bound = shift_bound(acc, n_shift + pre, pre, self.rounding)
+        if bound >= 2**62:
+            raise _Unsupported("the Einsum needs more than 62 bits")
+        self.steps.append(Step("einsum", n.name, list(n.input), [n.output[0]], {
+            "equation": eq, "zps": [x0.zp, x1.zp], "shift": n_shift, "pre": pre, "y_zp": y.zp, "lo": y.lo,
+            "hi": y.hi, "wide": _wide(max(bound, acc), n_shift + pre), "bound": acc}))
 
     def softmax(self, n, a: dict) -> None:
         """Softmax over one axis: d = max(c) - c along the axis (value difference d 2^-f_x), e = T[d] with

@@ -11,7 +11,7 @@ FAMILIES = [
     # InstanceNormalization: a layer norm over the spatial axes with a scale per channel (same lowering)
     ("layernorm", "island", "layernorm", ("LayerNormalization", "InstanceNormalization")),
     ("normalizations", "island", None, ("GroupNormalization",)),
-    ("einsum", "island", None, ("Einsum",)),
+    ("einsum", "island", "einsum", ("Einsum",)),  # two activations: an integer Einsum (export/intplan.py einsum)
 ]
 
 

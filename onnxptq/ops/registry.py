@@ -33,7 +33,8 @@ RUNTIME_KERNELS = frozenset({
     "HardSigmoid", "LeakyRelu", "Neg", "Abs", "Exp", "Log", "Sqrt", "Reciprocal", "Floor", "Ceil", "Pow", "Div",
     "PRelu", "Softmax", "LogSoftmax", "BatchNormalization", "ReduceSum", "ReduceMax", "ReduceMin", "Equal", "Less",
     "Greater", "Not", "Where", "Max", "Min", "Cast", "Shape", "Size", "ConstantOfShape", "Range", "And", "Or", "Xor",
-    "IsNaN", "LessOrEqual", "GreaterOrEqual", "Sign", "Round", "Mod", "GatherElements", "CumSum", "ArgMax", "ArgMin"})
+    "IsNaN", "LessOrEqual", "GreaterOrEqual", "Sign", "Round", "Mod", "GatherElements", "CumSum", "ArgMax", "ArgMin",
+    "Einsum"})
 
 
 #: op types whose role / lowering kind depends on the node's attributes (declared next to their torch functions)

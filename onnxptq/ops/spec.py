@@ -18,7 +18,7 @@ ROLES = ("layer", "carry", "merge", "island")
 #: Integer-lowering kinds: the Step.kind export/intplan.py emits for the op; export/integer.py
 #: (writer) and verify/int_sim.py (executor) each keep a handler per kind.
 LOWERINGS = ("layer", "carry", "add", "mul", "concat", "avgpool", "lut", "softmax", "matmul", "affine", "layernorm", "batchnorm",
-             "l2norm", "div", "dilate", "intcast")
+             "l2norm", "div", "dilate", "intcast", "einsum")
 #: Kinds no op declares: the lowering picks them from the operands. "matmul": a MatMul (kind "layer")
 #: whose second operand is an activation; "affine": Add/Sub/Mul/Div (kinds "add", "mul", "lut") with a
 #: constant that holds a value per position (scalar constants give "lut"); "div": a Div of two activations;

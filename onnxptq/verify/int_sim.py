@@ -23,8 +23,8 @@ from ..ops.simulate import conv, torch_pad
 EXECUTORS = {"layer": "_layer", "add": "_add", "mul": "_mul", "affine": "_affine", "matmul": "_matmul",
              "concat": "_concat", "avgpool": "_avgpool", "softmax": "_softmax", "lut": "_lut",
              "layernorm": "_layernorm", "batchnorm": "_affine", "l2norm": "_l2norm", "div": "_div", "carry": "_generic",
-             "dilate": "_dilate", "intcast": "_intcast"}
-_NARY = frozenset({"add", "mul", "matmul", "concat", "div"})  # executors that take the list of inputs
+             "dilate": "_dilate", "intcast": "_intcast", "einsum": "_einsum"}
+_NARY = frozenset({"add", "mul", "matmul", "concat", "div", "einsum"})  # executors that take the list of inputs
 
 
 def _per_channel(v: np.ndarray, cdim: int, ndim: int, device) -> torch.Tensor:
@@ -139,6 +139,11 @@ class IntSim:
         # float64 (a quantized constant operand arrives as int64 codes), |acc| < 2^31: exact
         acc = torch.matmul(ins[0].double() - a["zps"][0], ins[1].double() - a["zps"][1])
         return self._requant(acc, a["shift"], a["pre"], step)
+
+    def _einsum(self, step: Step, ins: list[torch.Tensor]) -> torch.Tensor:
+        a = step.attrs
+        acc = torch.einsum(a["equation"], *(v.to(torch.int64) - z for v, z in zip(ins, a["zps"])))
+        return self._requant(acc if a["wide"] else acc.double(), a["shift"], a["pre"], step)
 
     def _softmax(self, step: Step, x: torch.Tensor) -> torch.Tensor:
         a = step.attrs

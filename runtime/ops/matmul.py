@@ -1,4 +1,4 @@
-"""MatMul, MatMulInteger, QLinearMatMul and Gemm (NumPy ``matmul`` broadcasting semantics).
+"""MatMul, MatMulInteger, QLinearMatMul, Gemm (NumPy ``matmul`` broadcasting semantics) and Einsum.
 
 Integer products are exact (see :mod:`runtime.kernels`): float32/float64 BLAS when the bound allows,
 int64 otherwise; results wrap to the output type (MatMul on int32 gives the low 32 bits, the same as
@@ -129,3 +129,15 @@ def gemm(node: Node, a: np.ndarray, b: np.ndarray, c: np.ndarray | None = None) 
         cc = c.astype(dt, copy=False)
         y = y + (cc if beta == 1 else cc * dt.type(beta))
     return y.astype(a.dtype, copy=False)
+
+
+@register("Einsum")
+def einsum(node: Node, *xs: np.ndarray) -> np.ndarray:
+    """Einsum-12: NumPy's ``einsum`` of the equation (spaces dropped; ellipsis and implicit output as NumPy reads
+    them, which is ONNX's definition). Integer operands are summed in int64 and wrap to the input type, as an
+    int32 accumulator would; half-precision floats are summed in float32 and rounded once."""
+    eq = node.attr("equation")
+    eq = (eq.decode() if isinstance(eq, bytes) else eq).replace(" ", "")
+    dt = xs[0].dtype
+    work = np.int64 if is_integer(dt) else compute_float(dt)
+    return np.asarray(np.einsum(eq, *(x.astype(work) for x in xs))).astype(dt)

@@ -182,12 +182,12 @@ def test_required_ops_have_integer_cases() -> None:
     assert not missing, f"no runnable int8/uint8/int32 conformance case for {missing}"
 
 
-#: Every op whose onnx conformance cases runtime/ runs today (93 ops, 1160 cases with onnx 1.23.2). CASES is
+#: Every op whose onnx conformance cases runtime/ runs today (94 ops, 1169 cases with onnx 1.23.2). CASES is
 #: selected by runtime.SUPPORTED_OPS, so without this list an op dropped from the runtime would silently drop
 #: its cases too; a newly supported op must be added here.
 CONFORMANCE_OPS = frozenset("""
 Abs Add And ArgMax ArgMin AveragePool BatchNormalization BitShift BitwiseAnd BitwiseNot BitwiseOr BitwiseXor Cast CastLike Ceil
-Clip Concat Constant ConstantOfShape Conv ConvInteger CumSum DequantizeLinear Div Dropout DynamicQuantizeLinear Equal Exp
+Clip Concat Constant ConstantOfShape Conv ConvInteger CumSum DequantizeLinear Div Dropout DynamicQuantizeLinear Einsum Equal Exp
 Expand EyeLike Flatten Floor Gather GatherElements Gemm GlobalAveragePool GlobalMaxPool Greater GreaterOrEqual
 HardSigmoid HardSwish Identity IsNaN LeakyRelu Less LessOrEqual Log LogSoftmax MatMul MatMulInteger Max MaxPool
 Mean Min Mod Mul Neg Not Or PRelu Pad Pow QLinearConv QLinearMatMul QuantizeLinear Range Reciprocal ReduceMax
