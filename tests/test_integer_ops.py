@@ -978,3 +978,24 @@ def test_einsum_is_an_integer_einsum_of_the_centred_codes(tmp_path, case):
     step = next(s for s in res.program.steps if s.kind == "einsum")
     assert 0 < step.attrs["bound"] <= C * 255 * 255  # contracted over the C channels
     assert [x.where for x in res.diagnostics.of("constant-operand")] == ([] if case == "two activations" else ["scores"])
+
+
+def test_where_between_two_activations_requantizes_both_onto_its_grid(tmp_path):
+    """Where(cond, a, b) of two activations on their own grids with a constant condition (Funnel's token-type
+    attention): each requantized onto the output grid, then Where on the containers; level-1 parity."""
+    rng = np.random.default_rng(10)
+    nodes = [helper.make_node("MatMul", ["x", "wa"], ["a"], name="fa"),
+             helper.make_node("MatMul", ["x", "wb"], ["b"], name="fb"),
+             helper.make_node("Where", ["cond", "a", "b"], ["y"], name="select")]
+    g = helper.make_graph(nodes, "where", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", T, C])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", T, C])],
+                          [numpy_helper.from_array(_w(rng, C, C).astype(np.float32), "wa"),
+                           numpy_helper.from_array(_w(rng, C, C, scale=1.5).astype(np.float32), "wb"),
+                           numpy_helper.from_array(rng.random((T, 1)) < 0.5, "cond")])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    path = str(tmp_path / "where.onnx")
+    onnx.save(m, path)
+    res = _check(path, _tokens(11), {"select"}, floor=25.0)
+    step = next(s for s in res.program.steps if s.kind == "select")
+    assert not all(p["same"] for p in step.attrs["parts"])  # the two grids differ: one is requantized

@@ -44,7 +44,7 @@ WRITERS = {"input": "s_input", "layer": "s_layer", "add": "s_add", "mul": "s_mul
            "matmul": "s_matmul", "concat": "s_concat", "avgpool": "s_avgpool", "softmax": "s_softmax", "lut": "s_lut",
            "layernorm": "s_layernorm", "batchnorm": "s_affine", "l2norm": "s_l2norm", "div": "s_div", "carry": "s_copy",
            "pass": "s_copy", "output": "s_output", "dilate": "s_dilate", "intcast": "s_intcast",
-           "einsum": "s_einsum"}
+           "einsum": "s_einsum", "select": "s_select"}
 
 
 def qname(t: str) -> str:
@@ -307,9 +307,20 @@ class IntegerWriter:
         self.finish(r, step, qname(step.outputs[0]), a["wide"], f"{base}/out")
 
     def s_concat(self, step: Step) -> None:
+        parts = self.onto_output_grid(step, step.inputs)
+        self.op("Concat", parts, step.node, out=qname(step.outputs[0]), axis=step.attrs["axis"])
+
+    def s_select(self, step: Step) -> None:
+        """Where(cond, a, b): both value inputs on the output grid, then Where on the containers."""
+        a_, b_ = self.onto_output_grid(step, step.inputs[1:3])
+        self._copy_initializer(step.inputs[0])  # a constant condition (none where it is computed)
+        self.op("Where", [step.inputs[0], a_, b_], step.node, out=qname(step.outputs[0]))
+
+    def onto_output_grid(self, step: Step, inputs: list[str]) -> list[str]:
+        """The containers of ``inputs`` requantized onto the step's output grid, one per ``attrs["parts"]``."""
         a, base = step.attrs, step.node
         parts = []
-        for k, (t, part) in enumerate(zip(step.inputs, a["parts"])):
+        for k, (t, part) in enumerate(zip(inputs, a["parts"])):
             if part.get("const"):  # a constant quantized to the output grid at lowering time
                 parts.append(self.const(t, self.p.arrays[t]))
                 continue
@@ -319,7 +330,7 @@ class IntegerWriter:
             v = self.widen(qname(t), part["zp"], False, f"{base}/in{k}")
             r = self.requant(v, part["shift"], part["pre"], False, f"{base}/in{k}/requant")
             parts.append(self.finish(r, step, self._unique(f"{base}/in{k}/q"), False, f"{base}/in{k}/out"))
-        self.op("Concat", parts, base, out=qname(step.outputs[0]), axis=a["axis"])
+        return parts
 
     def s_avgpool(self, step: Step) -> None:
         a, base = step.attrs, step.node

@@ -267,6 +267,8 @@ class _Lowering:
         elif (n.op_type == "Where" and len(float_in) == 1 and float_in[0] in n.input[1:3]
               and all(i in self.sim.consts for i in n.input[1:3] if i != float_in[0])):
             self.masked_select(n, a, out, float_in[0])  # masked_fill: Where(mask, -inf, scores)
+        elif n.op_type == "Where" and len(float_in) == 2 and float_in == list(n.input[1:3]):
+            self.select(n, out)  # Where(cond, a, b) of two activations
         elif lowering in ("add", "mul", "lut") and len(float_in) == 1 and len(n.output) == 1:
             if n.op_type in AFFINE_OPS and self.positional_const(n, float_in[0]):
                 self.affine(n, float_in[0])  # x + P, x * gamma with a constant per position / channel
@@ -465,6 +467,15 @@ class _Lowering:
             parts.append(self.onto_grid(self.tint(name), y))
         self.steps.append(Step("concat", n.name, inputs, [n.output[0]], {
             "axis": int(a.get("axis", 1)), "parts": parts, "y_zp": y.zp, "lo": y.lo, "hi": y.hi}))
+
+    def select(self, n, out: str) -> None:
+        """Where(cond, a, b) of two activations (Funnel's token-type attention): a and b each requantized onto the
+        output grid as a Concat part, then Where on the containers. Exact: the output quantizer rounds each chosen
+        value alone, Q_y(where(c, a, b)) = where(c, Q_y(a), Q_y(b))."""
+        y = self.tint(out)
+        parts = [self.onto_grid(self.tint(t), y) for t in n.input[1:3]]
+        self.steps.append(Step("select", n.name, list(n.input), [out], {
+            "parts": parts, "y_zp": y.zp, "lo": y.lo, "hi": y.hi}))
 
     def int_to_grid(self, n, out: str) -> None:
         """Cast of an integer tensor v to float: its codes rne(v 2^f) + z, clipped to the grid, computed in

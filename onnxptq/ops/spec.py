@@ -18,13 +18,14 @@ ROLES = ("layer", "carry", "merge", "island")
 #: Integer-lowering kinds: the Step.kind export/intplan.py emits for the op; export/integer.py
 #: (writer) and verify/int_sim.py (executor) each keep a handler per kind.
 LOWERINGS = ("layer", "carry", "add", "mul", "concat", "avgpool", "lut", "softmax", "matmul", "affine", "layernorm", "batchnorm",
-             "l2norm", "div", "dilate", "intcast", "einsum")
+             "l2norm", "div", "dilate", "intcast", "einsum", "select")
 #: Kinds no op declares: the lowering picks them from the operands. "matmul": a MatMul (kind "layer")
 #: whose second operand is an activation; "affine": Add/Sub/Mul/Div (kinds "add", "mul", "lut") with a
 #: constant that holds a value per position (scalar constants give "lut"); "div": a Div of two activations;
 #: "dilate": the zero-point insertion in front of a ConvTranspose lowered as a Conv (stride > 1);
-#: "intcast": a Cast of an integer tensor (a mask from the input ids) to float, quantized onto its grid.
-DERIVED_LOWERINGS = frozenset({"matmul", "affine", "div", "dilate", "intcast"})
+#: "intcast": a Cast of an integer tensor (a mask from the input ids) to float, quantized onto its grid;
+#: "select": a Where choosing between two activations, each requantized onto the output grid.
+DERIVED_LOWERINGS = frozenset({"matmul", "affine", "div", "dilate", "intcast", "select"})
 
 
 @dataclass(frozen=True)

@@ -23,8 +23,9 @@ from ..ops.simulate import conv, torch_pad
 EXECUTORS = {"layer": "_layer", "add": "_add", "mul": "_mul", "affine": "_affine", "matmul": "_matmul",
              "concat": "_concat", "avgpool": "_avgpool", "softmax": "_softmax", "lut": "_lut",
              "layernorm": "_layernorm", "batchnorm": "_affine", "l2norm": "_l2norm", "div": "_div", "carry": "_generic",
-             "dilate": "_dilate", "intcast": "_intcast", "einsum": "_einsum"}
-_NARY = frozenset({"add", "mul", "matmul", "concat", "div", "einsum"})  # executors that take the list of inputs
+             "dilate": "_dilate", "intcast": "_intcast", "einsum": "_einsum",
+             "select": "_select"}
+_NARY = frozenset({"add", "mul", "matmul", "concat", "div", "einsum", "select"})  # executors that take the list of inputs
 
 
 def _per_channel(v: np.ndarray, cdim: int, ndim: int, device) -> torch.Tensor:
@@ -154,14 +155,20 @@ class IntSim:
         return y.clamp(a["lo"], a["hi"]).double()
 
     def _concat(self, step: Step, ins: list[torch.Tensor]) -> torch.Tensor:
-        a = step.attrs
+        return torch.cat(self._onto_output_grid(step, ins), dim=step.attrs["axis"])
+
+    def _select(self, step: Step, ins: list[torch.Tensor]) -> torch.Tensor:
+        a, b = self._onto_output_grid(step, ins[1:3])
+        return torch.where(ins[0].bool(), a, b)
+
+    def _onto_output_grid(self, step: Step, ins: list[torch.Tensor]) -> list[torch.Tensor]:
         parts = []
-        for x, part in zip(ins, a["parts"]):
+        for x, part in zip(ins, step.attrs["parts"]):
             if part["same"]:
                 parts.append(x)
             else:
                 parts.append(self._requant(x - part["zp"], part["shift"], part["pre"], step))
-        return torch.cat(parts, dim=a["axis"])
+        return parts
 
     def _avgpool(self, step: Step, x: torch.Tensor) -> torch.Tensor:
         a = step.attrs
