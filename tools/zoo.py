@@ -137,7 +137,8 @@ def _additive_mask(inner, fill: float, output: str = "logits"):
 
 def _hf_text(kind: str, seq: int = 32, mask_fill: float | None = None, init: float = 0.02) -> Callable[[], tuple]:
     """A tiny transformers text model (random weights, eager attention): bert | distilbert | gpt2 | albert | deberta |
-    roberta | llama | qwen2 | phi3 | mobilebert | electra (their logits) | t5-encoder (its last hidden state);
+    roberta | llama | qwen2 | phi3 | mobilebert | electra | funnel (their logits) | t5-encoder (its last hidden
+    state) | clip-text (CLIP's text embedding: the end token, found by ArgMax over the ids, projected);
     inputs: token ids and an attention mask, which ``mask_fill`` turns into an additive mask of that fill
     (``_additive_mask``). ``init``: BERT's ``initializer_range`` (0.02 by default; at 0.1 its random attention is
     peaked, as a trained model's is, instead of nearly uniform, so that how a quantizer keeps the attention scores
@@ -181,6 +182,14 @@ def _hf_text(kind: str, seq: int = 32, mask_fill: float | None = None, init: flo
             m = tf.MobileBertForSequenceClassification(tf.MobileBertConfig(
                 hidden_size=64, num_hidden_layers=2, embedding_size=32, intra_bottleneck_size=32, num_labels=3,
                 attn_implementation="eager", **{**small, "intermediate_size": 64}))
+        elif kind == "funnel":  # pooled blocks, relative attention written with einsum, token-type selection
+            m = tf.FunnelForSequenceClassification(tf.FunnelConfig(
+                vocab_size=1000, block_sizes=[1, 1], d_model=64, n_head=2, d_head=32, d_inner=128, num_labels=3))
+        elif kind == "clip-text":
+            m = tf.CLIPTextModelWithProjection(tf.CLIPTextConfig(
+                vocab_size=1000, hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128,
+                projection_dim=32, max_position_embeddings=seq, attn_implementation="eager"))
+            output = "text_embeds"
         elif kind == "electra":  # an embedding projection in front of a BERT encoder
             m = tf.ElectraForSequenceClassification(tf.ElectraConfig(
                 hidden_size=64, num_hidden_layers=2, embedding_size=32, num_labels=3, attn_implementation="eager",
@@ -192,7 +201,7 @@ def _hf_text(kind: str, seq: int = 32, mask_fill: float | None = None, init: flo
         ids = torch.randint(0, 1000, (1, seq))
         module = _logits(m.eval(), names, output) if mask_fill is None else _additive_mask(m.eval(), mask_fill, output)
         return (module, (ids, torch.ones(1, seq, dtype=torch.int64)), names,
-                ["hidden" if kind == "t5-encoder" else "logits"])
+                ["hidden" if kind == "t5-encoder" else "embeds" if kind == "clip-text" else "logits"])
     return build
 
 
@@ -233,7 +242,8 @@ MODELS: list[ZooModel] = [
 def _hf_vision(kind: str) -> Callable[[], tuple]:
     """A tiny transformers vision model (random weights) returning its logits: vit | segformer | detr (a DETR
     detector with a small ResNet backbone, one encoder and one decoder layer, 10 learned queries: class logits and
-    boxes out)."""
+    boxes out) | dpt (DPT depth estimation: a ViT, reassembled and fused with align_corners upsampling; the depth
+    map out)."""
     def build():
         import torch
 
@@ -257,6 +267,15 @@ def _hf_vision(kind: str) -> Callable[[], tuple]:
                     return o.logits, o.pred_boxes
 
             return Detections().eval(), (torch.randn(1, 3, 224, 224),), ["input"], ["logits", "boxes"]
+        if kind == "dpt":
+            import transformers as tf
+
+            m = tf.DPTForDepthEstimation(tf.DPTConfig(
+                hidden_size=64, num_hidden_layers=4, num_attention_heads=2, intermediate_size=128, image_size=224,
+                patch_size=16, neck_hidden_sizes=[16, 32, 64, 64], fusion_hidden_size=32,
+                backbone_out_indices=[0, 1, 2, 3], attn_implementation="eager"))
+            return _logits(m.eval(), ["pixel_values"], "predicted_depth"), (torch.randn(1, 3, 224, 224),), ["input"], \
+                ["depth"]
         if kind == "vit":
             from transformers import ViTConfig, ViTForImageClassification
             m = ViTForImageClassification(ViTConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
@@ -295,8 +314,8 @@ def _hf_audio(kind: str) -> Callable[[], tuple]:
 
 
 #: Models outside the zoo, tried the same way (``--extra``): other tasks and families than the zoo's. The
-#: second group (from mobilenetv4_conv_small on), the third (from bert_tiny_mask1e4 on) and detr_tiny were added at the stops
-#: that first tried them.
+#: second group (from mobilenetv4_conv_small on), the third (from bert_tiny_mask1e4 on) and the fourth (from detr_tiny
+#: on) were added at the stops that first tried them.
 EXTRA: list[ZooModel] = [
     ZooModel("pit_ti_224", "timm", _timm("pit_ti_224")),
     ZooModel("ese_vovnet19b_dw", "timm", _timm("ese_vovnet19b_dw")),
@@ -348,6 +367,9 @@ EXTRA: list[ZooModel] = [
     ZooModel("whisper_encoder_tiny", "transformers", _hf_audio("whisper-encoder")),
     ZooModel("wav2vec2_tiny", "transformers", _hf_audio("wav2vec2")),
     ZooModel("detr_tiny", "transformers", _hf_vision("detr")),
+    ZooModel("dpt_tiny", "transformers", _hf_vision("dpt")),
+    ZooModel("funnel_tiny", "transformers", _hf_text("funnel")),
+    ZooModel("clip_text_tiny", "transformers", _hf_text("clip-text")),
 ]
 BY_NAME = {m.name: m for m in MODELS + EXTRA}
 
