@@ -521,22 +521,24 @@ def test_ceil_mode_counting_the_pads_names_its_node(tmp_path):
         onnxptq.quantize(str(path), x, scale="po2", format="int", progress=False)
 
 
-def _resize_model(tmp_path, scales: list[float], mode: str = "linear", ctm: str = "half_pixel") -> str:
-    """Conv -> Relu -> Resize(scales) -> Conv, 8x8 input, as feature pyramids upsample (a fixed spatial size)."""
+def _resize_model(tmp_path, scales: list[float], mode: str = "linear", ctm: str = "half_pixel",
+                  axes: list[int] | None = None) -> str:
+    """Conv -> Relu -> Resize(scales) -> Conv, 8x8 input, as feature pyramids upsample (a fixed spatial size);
+    ``axes`` (opset 18): the Resize names the axes its scales are for."""
     rng = np.random.default_rng(3)
     nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["h"], name="conv1", pads=[1, 1, 1, 1]),
              helper.make_node("Relu", ["h"], ["r"], name="relu"),
              helper.make_node("Resize", ["r", "", "scales"], ["u"], name="up", mode=mode,
-                              coordinate_transformation_mode=ctm),
+                              coordinate_transformation_mode=ctm, **({"axes": axes} if axes else {})),
              helper.make_node("Conv", ["u", "w2", "b2"], ["y"], name="conv2", pads=[1, 1, 1, 1])]
     inits = [numpy_helper.from_array((rng.standard_normal((6, 3, 3, 3)) * 0.3).astype(np.float32), "w1"),
              numpy_helper.from_array((rng.standard_normal(6) * 0.1).astype(np.float32), "b1"),
-             numpy_helper.from_array(np.array([1, 1, *scales], np.float32), "scales"),
+             numpy_helper.from_array(np.array(scales if axes else [1, 1, *scales], np.float32), "scales"),
              numpy_helper.from_array((rng.standard_normal((4, 6, 3, 3)) * 0.3).astype(np.float32), "w2"),
              numpy_helper.from_array((rng.standard_normal(4) * 0.1).astype(np.float32), "b2")]
     g = helper.make_graph(nodes, "resize", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
                           [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], initializer=inits)
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 18 if axes else 17)])
     m.ir_version = 8
     path = tmp_path / "resize.onnx"
     onnx.save(onnx.shape_inference.infer_shapes(m), str(path))
@@ -630,10 +632,11 @@ def test_resize_taps_by_hand():
     assert resize_taps(4, 2, "tf_crop_and_resize") is None
 
 
-@pytest.mark.parametrize("ctm", ["half_pixel", "asymmetric"])
-def test_linear_resize_without_an_integer_form_names_its_node(tmp_path, ctm):
-    """Scales 1.3 on 8 pixels give 10 outputs, but onnxruntime samples by the scale, not by 10 / 8."""
-    path = _resize_model(tmp_path, [1.3, 1.3], ctm=ctm)
+@pytest.mark.parametrize("ctm, axes", [("half_pixel", None), ("asymmetric", None), ("half_pixel", [2, 3])])
+def test_linear_resize_without_an_integer_form_names_its_node(tmp_path, ctm, axes):
+    """Scales 1.3 on 8 pixels give 10 outputs, but onnxruntime samples by the scale, not by 10 / 8 (also where
+    opset 18's ``axes`` names the axes the scales are for)."""
+    path = _resize_model(tmp_path, [1.3, 1.3], ctm=ctm, axes=axes)
     x = np.random.default_rng(4).standard_normal((8, 3, 8, 8)).astype(np.float32)
     with pytest.raises(OnnxPtqError, match="'up' \\(Resize.*scale 1.29"):
         onnxptq.quantize(path, x, scale="po2", format="int", progress=False)

@@ -655,12 +655,14 @@ class _Lowering:
             self.average(n, x, y, 4 * r[0] * r[1], {**attrs, "factors": r, "weights": weights})
             return
         scales = self.sim.consts.get(n.input[2]) if len(n.input) > 2 and n.input[2] else None
+        scales = scales.reshape(-1).tolist() if scales is not None and scales.numel() else None
+        axes = [int(d) % 4 for d in a.get("axes", range(4))]  # opset 18: scales for these axes only
         taps = []
         for d in (2, 3):
-            if ctm != "align_corners" and scales is not None and scales.numel() == 4 and \
-                    float(scales.reshape(-1)[d]) * shape_in[d] != shape_out[d]:
-                raise _Unsupported(f"linear Resize by the scale {float(scales.reshape(-1)[d])}, which is not "
-                                   f"{shape_out[d]} / {shape_in[d]} (onnxruntime samples by the scale)")
+            scale = scales[axes.index(d)] if scales is not None and d in axes else None
+            if ctm != "align_corners" and scale is not None and scale * shape_in[d] != shape_out[d]:
+                raise _Unsupported(f"linear Resize by the scale {scale}, which is not {shape_out[d]} / {shape_in[d]} "
+                                   "(onnxruntime samples by the scale)")
             t = resize_taps(int(shape_in[d]), int(shape_out[d]), ctm)
             if t is None:
                 raise _Unsupported(f"linear Resize with coordinate_transformation_mode {ctm!r} (the integer form "
