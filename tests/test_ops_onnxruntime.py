@@ -503,3 +503,21 @@ def test_scatter_opset_10():
 def test_flatten_every_axis(axis):
     """Flatten's axis runs over [-rank, rank]; axis = rank gives (numel, 1) (BERT's attention mask)."""
     check("Flatten", [rand(3, 4)], axis=axis)
+
+
+# ---------------------------------------------------------------- sampling
+
+@pytest.mark.parametrize("mode", ["bilinear", "nearest", "bicubic"])
+@pytest.mark.parametrize("padding_mode", ["zeros", "border", "reflection"])
+@pytest.mark.parametrize("align_corners", [0, 1])
+def test_grid_sample(mode, padding_mode, align_corners):
+    """Deformable attention's sampling (RT-DETR): grid points inside and outside [-1, 1]."""
+    grid = (np.random.default_rng(1).random((2, 5, 6, 2)) * 2.6 - 1.3).astype(np.float32)
+    check("GridSample", [rand(2, 3, 7, 8), grid], opset=16, atol=1e-5, rtol=1e-5, mode=mode,
+          padding_mode=padding_mode, align_corners=align_corners)
+
+
+@pytest.mark.parametrize("mode", ["linear", "cubic"])
+def test_grid_sample_opset_20_mode_names(mode):
+    grid = (np.random.default_rng(2).random((1, 4, 4, 2)) * 2 - 1).astype(np.float32)
+    check("GridSample", [rand(1, 2, 5, 5), grid], opset=20, atol=1e-5, rtol=1e-5, mode=mode)

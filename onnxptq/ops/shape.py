@@ -18,6 +18,8 @@ FAMILIES = [
       "Gather")),
     ("data movement without integer form", "carry", None, ("Upsample",)),
     ("shape arithmetic", "island", None, ("Shape", "Size", "ConstantOfShape", "Range")),
+    # samples at computed coordinates (deformable attention: RT-DETR, Deformable DETR): new values, no integer form
+    ("sampling", "island", None, ("GridSample",)),
 ]
 
 
@@ -413,3 +415,20 @@ def _upsample(i, a):
     s = [np.float32(v) for v in (i[1].float().tolist() if len(i) > 1 and i[1] is not None else a["scales"])]
     sizes = [int(np.float32(n) * v) for n, v in zip(x.shape, s)]
     return [_resize_run(x, s, sizes, [0.0] * x.dim() + [1.0] * x.dim(), a, legacy=True)]
+
+
+_GRID_MODES = {"linear": "bilinear", "cubic": "bicubic"}  # opset 20 names -> torch's (opset 16 uses torch's)
+
+
+@op("GridSample")
+def _grid_sample(i, a):
+    """GridSample-16/20 on 4-D input as torch's ``grid_sample`` computes it (ONNX took its definition from it):
+    mode bilinear / linear, nearest (halves to even, as torch and onnxruntime round), bicubic / cubic;
+    padding_mode zeros / border / reflection; align_corners. 5-D input (opset 20) is refused: torch has no
+    5-D bicubic, and no model seen uses it."""
+    x, grid = i
+    if x.dim() != 4:
+        raise NotImplementedError(f"GridSample of a {x.dim()}-D input (4-D only)")
+    mode = _s(a, "mode", "bilinear")
+    return [F.grid_sample(x, grid.to(x.dtype), mode=_GRID_MODES.get(mode, mode),
+                          padding_mode=_s(a, "padding_mode", "zeros"), align_corners=bool(a.get("align_corners", 0)))]
