@@ -370,6 +370,7 @@ EXTRA: list[ZooModel] = [
     ZooModel("dpt_tiny", "transformers", _hf_vision("dpt")),
     ZooModel("funnel_tiny", "transformers", _hf_text("funnel")),
     ZooModel("clip_text_tiny", "transformers", _hf_text("clip-text")),
+    ZooModel("rtdetr_l", "ultralytics", _yolo("rtdetr-l.yaml", task="RTDETRDetectionModel")),
 ]
 BY_NAME = {m.name: m for m in MODELS + EXTRA}
 
