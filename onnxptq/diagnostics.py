@@ -28,7 +28,8 @@ KINDS: dict[str, str] = {
     "simplifier": "onnxsim skipped",
     "batch-chunks": "fixed batch kept: the graph runs in chunks of it (slower calibration)",
     "float-kernel": "layers on float kernels in the target runtime",
-    "constant-operand": "MatMul / Einsum constant operands quantized like activations (per tensor, at the activation bits)",
+    "constant-operand": "MatMul / Einsum constant operands quantized like activations (per tensor, at the "
+                        "activation bits)",
     "onnx2torch": "nodes simulated by onnx2torch (ops outside the own table; no integer form)",
     "target-bits": "layers raised to 8 bits for the accuracy target (weights and input)",
     "target-float": "layers left in float for the accuracy target",

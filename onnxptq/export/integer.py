@@ -343,11 +343,12 @@ class IntegerWriter:
             for axis, (i0, i1, w0, w1) in zip((2, 3), a["taps"]):
                 shape = [1, 1, -1, 1] if axis == 2 else [1, 1, 1, -1]
                 tap = f"{base}/axis{axis}"
-                g0 = self.op("Gather", [s, self.const(f"{tap}/i0", np.asarray(i0, np.int64))], f"{tap}/x0", axis=axis)
-                g1 = self.op("Gather", [s, self.const(f"{tap}/i1", np.asarray(i1, np.int64))], f"{tap}/x1", axis=axis)
-                s = self.op("Add", [self.op("Mul", [g0, self.const(f"{tap}/w0", np_dt(w0).reshape(shape))], f"{tap}/t0"),
-                                    self.op("Mul", [g1, self.const(f"{tap}/w1", np_dt(w1).reshape(shape))], f"{tap}/t1")],
-                            f"{tap}/sum")
+                terms = []
+                for j, (i, w) in enumerate(((i0, w0), (i1, w1))):
+                    g = self.op("Gather", [s, self.const(f"{tap}/i{j}", np.asarray(i, np.int64))], f"{tap}/x{j}",
+                                axis=axis)
+                    terms.append(self.op("Mul", [g, self.const(f"{tap}/w{j}", np_dt(w).reshape(shape))], f"{tap}/t{j}"))
+                s = self.op("Add", terms, f"{tap}/sum")
         elif a["op_type"] in ("AveragePool", "Resize"):
             x_zp = self.const(f"{base}/x_zp", self.cdt.type(a["x_zp"]))
             if a["op_type"] == "Resize":  # edge padding, then every output phase's 3x3 sum (interleaved after)
@@ -453,7 +454,8 @@ class IntegerWriter:
     def s_einsum(self, step: Step) -> None:
         """Einsum of the centred int32 (int64 where wide) operands, then R."""
         a, base = step.attrs, step.node
-        ins = [self.widen(qname(t), z, a["wide"], f"{base}/in{k}") for k, (t, z) in enumerate(zip(step.inputs, a["zps"]))]
+        ins = [self.widen(qname(t), z, a["wide"], f"{base}/in{k}")
+               for k, (t, z) in enumerate(zip(step.inputs, a["zps"]))]
         acc = self.op("Einsum", ins, f"{base}/acc", equation=a["equation"])
         r = self.requant(acc, a["shift"], a["pre"], a["wide"], f"{base}/requant")
         self.finish(r, step, qname(step.outputs[0]), a["wide"], f"{base}/out")

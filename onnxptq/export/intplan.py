@@ -300,8 +300,8 @@ class _Lowering:
             self.batchnorm(n)
         else:
             raise _Unsupported("no exact integer form (supported: Conv/Gemm/MatMul, Add/Sub/Sum, Mul, Div, Concat, "
-                               "average pools, ReduceSum, ReduceL2, linear Resize, Softmax, LayerNormalization, Einsum, "
-                               "elementwise activations as lookup tables, data-movement ops)")
+                               "average pools, ReduceSum, ReduceL2, linear Resize, Softmax, LayerNormalization, "
+                               "Einsum, elementwise activations as lookup tables, data-movement ops)")
 
     # -------------------------------------------------------------- steps
     def layer(self, n, a: dict) -> None:

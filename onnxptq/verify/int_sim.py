@@ -25,7 +25,8 @@ EXECUTORS = {"layer": "_layer", "add": "_add", "mul": "_mul", "affine": "_affine
              "layernorm": "_layernorm", "batchnorm": "_affine", "l2norm": "_l2norm", "div": "_div", "carry": "_generic",
              "dilate": "_dilate", "intcast": "_intcast", "einsum": "_einsum",
              "select": "_select"}
-_NARY = frozenset({"add", "mul", "matmul", "concat", "div", "einsum", "select"})  # executors that take the list of inputs
+# executors that take the list of inputs
+_NARY = frozenset({"add", "mul", "matmul", "concat", "div", "einsum", "select"})
 
 
 def _per_channel(v: np.ndarray, cdim: int, ndim: int, device) -> torch.Tensor:
