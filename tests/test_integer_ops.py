@@ -1002,3 +1002,27 @@ def test_where_between_two_activations_requantizes_both_onto_its_grid(tmp_path):
     res = _check(path, _tokens(11), {"select"}, floor=25.0)
     step = next(s for s in res.program.steps if s.kind == "select")
     assert not all(p["same"] for p in step.attrs["parts"])  # the two grids differ: one is requantized
+
+
+def test_a_class_index_output_keeps_its_type(tmp_path):
+    """A classifier exported with ArgMax at its end: the index is computed on the logits' codes (their order is
+    the values' order) and is a graph output as it is, int64, not dequantized; the lowering check reports no
+    output SQNR (no quantized output) instead of failing."""
+    rng = np.random.default_rng(12)
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"], name="fc"),
+             helper.make_node("ArgMax", ["h"], ["y"], name="argmax", axis=-1, keepdims=0)]
+    g = helper.make_graph(nodes, "argmax", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", C])],
+                          [helper.make_tensor_value_info("y", TensorProto.INT64, ["N"])],
+                          [numpy_helper.from_array(_w(rng, C, 10).astype(np.float32), "w")])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    path = str(tmp_path / "argmax.onnx")
+    onnx.save(m, path)
+    x = np.random.default_rng(13).standard_normal((48, C)).astype(np.float32)
+    res = onnxptq.quantize(path, x[:32], w_bits=8, a_bits=8, scale="po2", format="int", progress=False)
+    assert res.model.graph.output[0].type.tensor_type.elem_type == TensorProto.INT64
+    rep = verify_integer(res.model, {"x": x[32:]})
+    assert rep.ok, rep.format()
+    assert res.lowering.ok and np.isnan(res.lowering.output_sqnr) and "no quantized output" in res.lowering.format()
+    got, want = ort_run(res.model, {"x": x[32:]})[0], ort_run(path, {"x": x[32:]})[0]
+    assert got.dtype == np.int64 and (got == want).mean() >= 0.9  # 8-bit logits: the same class nearly always

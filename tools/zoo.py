@@ -28,6 +28,7 @@ import argparse
 import contextlib
 import io
 import logging
+import math
 import sys
 import tempfile
 import time
@@ -613,7 +614,8 @@ def lowering_cell(lp) -> str:
         return "-"
     worst = max((r.max_lsb for r in lp.local.values()), default=0.0)
     head = "ok" if lp.ok else f"FAIL {len(lp.defects())} step(s)"
-    return f"{head}: max {worst:g} LSB, output {lp.output_sqnr:.1f} dB"
+    out = "no quantized output" if math.isnan(lp.output_sqnr) else f"output {lp.output_sqnr:.1f} dB"
+    return f"{head}: max {worst:g} LSB, {out}"
 
 
 def _f(v: float | None) -> str:

@@ -651,7 +651,9 @@ class IntegerWriter:
             getattr(self, WRITERS[step.kind])(step)
         g = self.src.graph
         inputs = [i for i in g.input if i.name in self.p.inputs]
-        outputs = [helper.make_tensor_value_info(o.name, TensorProto.FLOAT, _dims(o)) for o in g.output]
+        # quantized outputs are dequantized to float; others (ArgMax's int64 class index) keep their type
+        outputs = [helper.make_tensor_value_info(o.name, TensorProto.FLOAT if o.name in self.p.tensors else
+                                                 o.type.tensor_type.elem_type, _dims(o)) for o in g.output]
         graph = helper.make_graph(self.nodes, f"{g.name or 'model'}_integer", inputs, outputs, self.inits)
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", self.p.opset)],
                                   producer_name="onnxptq")

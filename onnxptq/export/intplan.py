@@ -219,7 +219,10 @@ class _Lowering:
                 self.node(n)
             except _Unsupported as e:
                 self.errors.append((n.name, n.op_type, str(e)))
+        produced = {t for s in self.steps for t in s.outputs}
         for o in self.qg.outputs:
+            if o not in self.qg.float_tensors and o in produced:
+                continue  # a non-float output (ArgMax's class index): computed as it is, no dequantization
             if not self.is_int(o):
                 self.errors.append((o, "output", "the graph output is not an integer tensor"))
                 continue

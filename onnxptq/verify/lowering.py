@@ -39,7 +39,7 @@ class LoweringParity:
     end_to_end: dict[str, ParityReport]
     local: dict[str, ParityReport]
     steps: dict[str, tuple[str, str]]  # quant point -> (node, step kind) of the program step producing it
-    output_sqnr: float  # dB, the program's first output against the simulation's
+    output_sqnr: float  # dB, the program's first quantized output against the simulation's (NaN: none)
     scale_problems: list[tuple[str, str]] = field(default_factory=list)  # (quant point, why): step is not the sim's
     skipped: list[str] = field(default_factory=list)  # quant points not compared (per-channel steps)
 
@@ -75,7 +75,8 @@ class LoweringParity:
 
     def format(self) -> str:
         kinds = ", ".join(f"{k} {v['max_lsb']:g}" for k, v in self.by_kind().items())
-        head = (f"integer program vs simulation over {self.samples} samples: output SQNR {self.output_sqnr:.1f} dB, "
+        out = "no quantized output" if np.isnan(self.output_sqnr) else f"output SQNR {self.output_sqnr:.1f} dB"
+        head = (f"integer program vs simulation over {self.samples} samples: {out}, "
                 f"max local |delta| per step kind (LSB): {kinds}"
                 + (f" ({len(self.skipped)} per-channel quant point(s) not compared)" if self.skipped else ""))
         bad = self.defects()
@@ -107,7 +108,8 @@ def lowering_parity(sim: SimModel, program: IntProgram, inputs: dict[str, np.nda
     local: dict[str, list[np.ndarray]] = {t: [] for t in points}
     outs_int, outs_sim = [], []
     n = len(next(iter(inputs.values())))
-    out_name = program.outputs[0]
+    # the first output the program dequantizes (others, such as ArgMax's class index, are no grid values)
+    out_name = next((o for o in program.outputs if o in program.tensors), None)
     was_training = sim.training
     sim.eval()
     try:
@@ -124,8 +126,9 @@ def lowering_parity(sim: SimModel, program: IntProgram, inputs: dict[str, np.nda
                 for t in points:
                     e2e[t].append(free[t] - q[t])
                     local[t].append(forced[t] - q[t])
-                outs_int.append(got[out_name])
-                outs_sim.append(sim_out[sim.qg.outputs[0]])
+                if out_name is not None:
+                    outs_int.append(got[out_name])
+                    outs_sim.append(sim_out[out_name])
     finally:
         sim.train(was_training)
     return LoweringParity(
@@ -133,7 +136,7 @@ def lowering_parity(sim: SimModel, program: IntProgram, inputs: dict[str, np.nda
         end_to_end={t: _report(t, np.concatenate(v), n) for t, v in e2e.items()},
         local={t: _report(t, np.concatenate(v), n) for t, v in local.items()},
         steps={t: producer[t] for t in points},
-        output_sqnr=sqnr_db(np.concatenate(outs_sim), np.concatenate(outs_int)),
+        output_sqnr=sqnr_db(np.concatenate(outs_sim), np.concatenate(outs_int)) if outs_int else float("nan"),
         scale_problems=problems,
         skipped=skipped,
     )
