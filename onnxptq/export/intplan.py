@@ -443,14 +443,20 @@ class _Lowering:
             "lo": int(lo), "hi": int(hi), "wide": _wide(bound, n_shift + pre),
             "form": float_form(total, [s - n_shift for s in left], self.rounding)}))
 
+    def shift_plan(self, shift: int, total: int) -> tuple[int, int, int]:
+        """R(v 2^pre, n + pre) for |v| <= ``total`` and the requantization shift ``shift``: n capped where it
+        would zero every result (``cap_shift``), pre = max(0, 1 - n), and the largest intermediate
+        (``shift_bound``); returns (n, pre, bound)."""
+        n_shift = int(cap_shift(shift, total))
+        pre = max(0, 1 - n_shift)
+        return n_shift, pre, shift_bound(total, n_shift + pre, pre, self.rounding)
+
     def mul(self, n) -> None:
         if not all(self.is_int(i) for i in n.input):
             raise _Unsupported("Mul by a constant has no exact integer form; only activation x activation")
         a, b = self.tint(n.input[0]), self.tint(n.input[1])
         y = self.tint(n.output[0])
-        n_shift = int(cap_shift(a.frac + b.frac - y.frac, a.max_abs * b.max_abs))
-        pre = max(0, 1 - n_shift)
-        bound = shift_bound(a.max_abs * b.max_abs, n_shift + pre, pre, self.rounding)
+        n_shift, pre, bound = self.shift_plan(a.frac + b.frac - y.frac, a.max_abs * b.max_abs)
         self.steps.append(Step("mul", n.name, list(n.input), [n.output[0]], {
             "zps": [a.zp, b.zp], "shift": n_shift, "pre": pre, "y_zp": y.zp, "lo": y.lo, "hi": y.hi,
             "wide": _wide(bound, n_shift + pre), "form": float_form(a.max_abs * b.max_abs, [-n_shift], self.rounding)}))
@@ -513,23 +519,25 @@ class _Lowering:
             if t > hi_c:
                 op, t = "Greater", hi_c  # always false
             t = max(t, lo_c)
+        self.code_comparison(n, float_in[0], op, t)
+        return True
+
+    def code_comparison(self, n, x_name: str, op: str, t: int) -> None:
+        """``op(codes of x, t)``: a comparison with the integer threshold t (program array ``<node>.threshold``)
+        that computes node ``n``'s outputs on the containers."""
         key = f"{n.name}.threshold"
         self.arrays[key] = np.array(t, dtype=self.cdtype)
-        self.steps.append(Step("pass", n.name, [float_in[0], key], list(n.output),
+        self.steps.append(Step("pass", n.name, [x_name, key], list(n.output),
                                {"op_type": op, "attrs": {}, "int_inputs": {1: key}}))
-        return True
 
     def never_special(self, n, float_in: list[str]) -> bool:
         """IsNaN / IsInf of an activation (a guard such as DETR's ``where(isnan(attn), 0, attn)``): a quantized
         value is a finite grid point, so the answer is false everywhere, written as ``Less(q, lo)`` with lo the
-        container's lowest code (program array ``<node>.threshold``): ONNX defines neither op on integers.
+        container's lowest code, as ``threshold`` writes "always false": ONNX defines neither op on integers.
         False (nothing emitted) for other nodes."""
         if n.op_type not in ("IsNaN", "IsInf") or len(float_in) != 1:
             return False
-        key = f"{n.name}.threshold"
-        self.arrays[key] = np.array(CONTAINERS[self.container][0], dtype=self.cdtype)
-        self.steps.append(Step("pass", n.name, [float_in[0], key], list(n.output),
-                               {"op_type": "Less", "attrs": {}, "int_inputs": {1: key}}))
+        self.code_comparison(n, float_in[0], "Less", CONTAINERS[self.container][0])
         return True
 
     def codes_only(self, n, float_in: list[str]) -> None:
@@ -548,9 +556,8 @@ class _Lowering:
     def onto_grid(self, t: TInt, y: TInt) -> dict:
         """A concat part: ``t``'s integers requantized to ``y``'s grid (a right shift, RNE; taken as they are
         where the grids agree)."""
-        n_shift = int(cap_shift(t.frac - y.frac, t.max_abs))
-        pre = max(0, 1 - n_shift)
-        if _wide(shift_bound(t.max_abs, n_shift + pre, pre, self.rounding), n_shift + pre):
+        n_shift, pre, bound = self.shift_plan(t.frac - y.frac, t.max_abs)
+        if _wide(bound, n_shift + pre):
             raise _Unsupported(f"input {t.name!r} needs a shift of {t.frac - y.frac} bits to the output scale")
         return {"zp": t.zp, "shift": n_shift, "pre": pre,
                 "same": n_shift == 0 and t.zp == y.zp and t.lo >= y.lo and t.hi <= y.hi}
@@ -815,9 +822,7 @@ class _Lowering:
                      f_c: int) -> None:
         """clip(R((c - z) M + B, f_c - f_y) + z_y): the bounds, the int32/int64 choice and the step."""
         total = x.max_abs * int(np.abs(mult).max()) + (int(np.abs(offset).max()) if offset is not None else 0)
-        n_shift = int(cap_shift(f_c - y.frac, total))
-        pre = max(0, 1 - n_shift)
-        bound = shift_bound(total, n_shift + pre, pre, self.rounding)
+        n_shift, pre, bound = self.shift_plan(f_c - y.frac, total)
         if bound >= 2**62:
             raise _Unsupported("the constant needs more than 62 bits")
         wide = _wide(bound, n_shift + pre)
@@ -846,9 +851,7 @@ class _Lowering:
         acc = k * a.max_abs * b.max_abs
         if acc >= 2**31:
             raise _Unsupported(f"its accumulator can reach {acc} >= 2^31 inside MatMulInteger")
-        n_shift = int(cap_shift(a.frac + b.frac - y.frac, acc))
-        pre = max(0, 1 - n_shift)
-        bound = shift_bound(acc, n_shift + pre, pre, self.rounding)
+        n_shift, pre, bound = self.shift_plan(a.frac + b.frac - y.frac, acc)
         form, why = qlinear_form("MatMul", a, y, np.array([n_shift]), np.array([acc], dtype=object), None, y.lo, y.hi,
                                  rank=max(3, len(sa)), rounding=self.rounding, container=self.container)
         if form != FORM_SHIFT and not CONTAINERS[self.container][0] <= b.zp <= CONTAINERS[self.container][1]:
@@ -883,14 +886,12 @@ class _Lowering:
             raise _Unsupported(f"Einsum {eq!r}: the contracted dims are not static (no accumulator bound)")
         x0, x1, y = self.tint(n.input[0]), self.tint(n.input[1]), self.tint(n.output[0])
         acc = math.prod(sizes[letter] for letter in summed) * x0.max_abs * x1.max_abs
-        n_shift = int(cap_shift(x0.frac + x1.frac - y.frac, acc))
-        pre = max(0, 1 - n_shift)
-        bound = shift_bound(acc, n_shift + pre, pre, self.rounding)
+        n_shift, pre, bound = self.shift_plan(x0.frac + x1.frac - y.frac, acc)
         if bound >= 2**62:
             raise _Unsupported("the Einsum needs more than 62 bits")
         self.steps.append(Step("einsum", n.name, list(n.input), [n.output[0]], {
             "equation": eq, "zps": [x0.zp, x1.zp], "shift": n_shift, "pre": pre, "y_zp": y.zp, "lo": y.lo,
-            "hi": y.hi, "wide": _wide(max(bound, acc), n_shift + pre), "bound": acc}))
+            "hi": y.hi, "wide": _wide(bound, n_shift + pre), "bound": acc}))
 
     def softmax(self, n, a: dict) -> None:
         """Softmax over one axis: d = max(c) - c along the axis (value difference d 2^-f_x), e = T[d] with

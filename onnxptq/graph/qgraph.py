@@ -269,14 +269,19 @@ def add_zero_biases(g: onnx.GraphProto) -> list[str]:
     return changed
 
 
-def _float_constants(g: onnx.GraphProto) -> dict[str, tuple[int, tuple[int, ...], bool]]:
+def constant_values(g: onnx.GraphProto) -> dict:
+    """``Constant`` output -> its ``value`` attribute (a numpy array; None for the other value forms)."""
+    return {n.output[0]: attrs_of(n).get("value") for n in g.node if n.op_type == "Constant"}
+
+
+def _float_constants(g: onnx.GraphProto, const_nodes: dict | None = None
+                     ) -> dict[str, tuple[int, tuple[int, ...], bool]]:
     """name -> (element type, shape, is an initializer) of the graph's float initializers and ``Constant``
-    outputs."""
+    outputs (``const_nodes``: ``constant_values(g)`` where the caller has it)."""
     out = {i.name: (i.data_type, tuple(i.dims), True) for i in g.initializer if i.data_type in FLOAT_TYPES}
-    for n in g.node:
-        v = attrs_of(n).get("value") if n.op_type == "Constant" else None
+    for name, v in (constant_values(g) if const_nodes is None else const_nodes).items():
         if isinstance(v, np.ndarray) and v.dtype.kind == "f":
-            out[n.output[0]] = (helper.np_dtype_to_tensor_dtype(v.dtype), v.shape, False)
+            out[name] = (helper.np_dtype_to_tensor_dtype(v.dtype), v.shape, False)
     return out
 
 
@@ -308,12 +313,12 @@ def build_qgraph(model: onnx.ModelProto, fold: FoldReport, import_info: dict,
 
     unshare_layer_initializers(g)
     import_info["zero_bias_added"] = add_zero_biases(g)
-    routed = route_constant_operands(g, _float_constants(g), skip_nodes)
+    const_nodes = constant_values(g)
+    routed = route_constant_operands(g, _float_constants(g, const_nodes), skip_nodes)
     if routed or "constant_operands" not in import_info:  # a rebuild (graph/rescale.py) finds them routed
         import_info["constant_operands"] = routed
     fallback = _fallback_fns(model, import_info)  # after unsharing: the converters see the final input names
     inits = {i.name: numpy_helper.to_array(i) for i in g.initializer}
-    const_nodes = {n.output[0]: attrs_of(n).get("value") for n in g.node if n.op_type == "Constant"}
     elem_type: dict[str, int] = {}
     shapes: dict[str, tuple] = {}
     for vi in list(g.input) + list(g.value_info) + list(g.output):
